@@ -1,0 +1,52 @@
+# changegate: two commands matter — `make up` (whole pipeline on the embedded stack, with a demo feed)
+# and `make test` (installs everything, then lint, types and the whole test suite).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+MEMBERS := shared services/detector services/policy services/executor services/audit services/review-api
+STAMP := $(VENV)/.installed
+
+.PHONY: help install up down test test-fast lint typecheck schemas lock bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.lock $(addsuffix /pyproject.toml,$(MEMBERS))
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation $(addprefix -e ,$(MEMBERS))
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with every pinned dependency and the workspace members (editable)
+
+up: $(STAMP) ## start broker, PostgreSQL and every service on loopback, with the demo feed (Ctrl-C stops all)
+	$(BIN)/changegate dev up --demo
+
+down: $(STAMP) ## stop a stack started by `make up` in another terminal
+	$(BIN)/changegate dev down
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP) ## mypy (strict)
+	$(BIN)/mypy
+
+test: $(STAMP) lint typecheck ## lint, types, then unit, contract, integration and e2e tests on the embedded stack
+	$(BIN)/pytest
+
+test-fast: $(STAMP) ## unit and contract tests only (no broker, no database)
+	$(BIN)/pytest tests/unit tests/contract
+
+schemas: $(STAMP) ## regenerate the checked-in JSON Schemas and AsyncAPI document from the models
+	$(BIN)/changegate schemas export
+
+lock: ## recompile requirements.lock from requirements.in (needs uv in the venv or on PATH)
+	$(BIN)/python -m uv pip compile requirements.in --python-version 3.11 --generate-hashes \
+	  --no-header --no-annotate --quiet -o requirements.lock.tmp
+	{ echo "# Compiled by 'make lock' (uv pip compile --generate-hashes) from requirements.in. Do not edit."; \
+	  cat requirements.lock.tmp; } > requirements.lock && rm requirements.lock.tmp
+
+clean: ## remove the venv and the dev stack's state
+	rm -rf $(VENV) .changegate .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+import asyncio
+
+from changegate.audit.app import main
+
+asyncio.run(main())

@@ -1,0 +1,106 @@
+"""Audit entrypoint: consume decisions and executions into the append-only log; serve queries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from changegate.audit.chain import row_to_entry, verify
+from changegate.audit.settings import AuditSettings
+from changegate.audit.store import append_execution, record_decision
+from changegate.core import __version__
+from changegate.core.contracts import AuditEntry, Decision, Execution
+from changegate.core.contracts.envelope import Envelope
+from changegate.core.db import claim_event
+from changegate.core.kafka import ConsumerLoop, Subscription
+from changegate.core.logging import configure_logging, get_logger
+from changegate.core.service import ServiceRuntime
+from changegate.core.topics import Topic
+from fastapi import FastAPI, Query, Request
+from prometheus_client import Counter
+
+SERVICE = "audit"
+log = get_logger(__name__)
+ROWS_WRITTEN = Counter("changegate_audit_rows_written_total", "Audit rows appended", ["mode"])
+
+
+class AuditConsumer:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def on_decision(self, envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+        decision: Decision = envelope.payload
+        async with self.pool.acquire() as conn:
+            await record_decision(conn, decision)
+
+    async def on_execution(self, envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+        execution: Execution = envelope.payload
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await claim_event(conn, "audit-executions", execution.execution_id):
+                return  # already logged: redelivery writes no second row
+            written = await append_execution(conn, execution)
+        if written:
+            mode = "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved"
+            ROWS_WRITTEN.labels(mode=mode).inc(written)
+            log.info("audited", rows=written, status=execution.status.value)
+
+
+def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool) -> FastAPI:
+    app = FastAPI(
+        title="changegate audit",
+        version=__version__,
+        description="Query and verify the append-only, hash-chained log of executed changes.",
+    )
+    app.state.pool = pool
+
+    @app.get("/audit/entries", response_model=list[AuditEntry], tags=["audit"])
+    async def list_entries(
+        request: Request,
+        record_id: Annotated[str | None, Query(description="only this CRM record")] = None,
+        proposal_id: Annotated[str | None, Query(description="only this proposal")] = None,
+        after_seq: Annotated[int, Query(ge=0, description="page after this sequence number")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[AuditEntry]:
+        rows = await request.app.state.pool.fetch(
+            "SELECT * FROM audit_entries WHERE seq > $1"
+            " AND ($2::text IS NULL OR record_id = $2) AND ($3::uuid IS NULL OR proposal_id = $3)"
+            " ORDER BY seq LIMIT $4",
+            after_seq,
+            record_id,
+            proposal_id,
+            limit,
+        )
+        return [row_to_entry(r) for r in rows]
+
+    @app.get("/audit/verify", tags=["audit"], summary="Recompute the hash chain")
+    async def verify_chain(request: Request) -> dict[str, Any]:
+        report = await verify(request.app.state.pool)
+        return {"ok": report.ok, "rows": report.rows, "problems": report.problems}
+
+    return runtime.app(app)
+
+
+async def main() -> None:
+    settings = AuditSettings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    runtime = ServiceRuntime(SERVICE, settings)
+    pool = await runtime.open_database(SERVICE, "changegate.audit.migrations")
+    producer = await runtime.open_producer()  # dead-letters
+    consumer = AuditConsumer(pool)
+    loop = ConsumerLoop(
+        settings,
+        "changegate-audit",
+        [
+            Subscription(Topic.DECISIONS, consumer.on_decision, frozenset({"decision"})),
+            Subscription(Topic.EXECUTIONS, consumer.on_execution, frozenset({"execution"})),
+        ],
+        producer,
+        runtime.stop,
+    )
+    runtime.checks["consumer"] = loop.ready.is_set
+    try:
+        await runtime.run(build_app(runtime, pool), [loop.run])
+    finally:
+        await producer.stop()
+        await pool.close()

@@ -1,0 +1,5 @@
+import asyncio
+
+from changegate.detector.app import main
+
+asyncio.run(main())

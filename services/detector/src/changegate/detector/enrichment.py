@@ -1,0 +1,70 @@
+"""Enrichment write-back (Clay and other enrichment sources): one field-update proposal per result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from changegate.core.contracts import (
+    CrmEvent,
+    FieldChange,
+    Proposal,
+    ProposalKind,
+    ProposalSource,
+    Trigger,
+)
+from changegate.core.contracts.base import PropertyValue, is_empty, utcnow
+from changegate.detector import DETECTOR_VERSION
+
+DETECTOR = "enrichment"
+
+
+def propose_enrichment(
+    event: CrmEvent, known: dict[str, Any], default_confidence: dict[str, float]
+) -> Proposal | None:
+    """Compare an enrichment result with the record as known; None when nothing would change."""
+    changes = [
+        FieldChange(field=f, previous=known.get(f), proposed=v)
+        for f, v in sorted(event.properties.items())
+        if not is_empty(v) and not _same(known.get(f), v)
+    ]
+    if not changes:
+        return None
+    confidence = (
+        event.confidence
+        if event.confidence is not None
+        else default_confidence.get(event.source_system, default_confidence.get("default", 0.5))
+    )
+    fills = [c.field for c in changes if c.fills_empty]
+    overwrites = [c.field for c in changes if not c.fills_empty]
+    parts = []
+    if fills:
+        parts.append(f"fills empty {', '.join(fills)}")
+    if overwrites:
+        parts.append(f"overwrites {', '.join(overwrites)}")
+    rationale = f"{event.source_system} enrichment {' and '.join(parts)} (confidence {confidence:.2f})"
+    return Proposal(
+        proposal_id=Proposal.make_id(DETECTOR, event.record_id, changes, event.source_event_id),
+        kind=ProposalKind.FIELD_UPDATE,
+        object_type=event.object_type,
+        record_id=event.record_id,
+        changes=changes,
+        source=ProposalSource(
+            system=event.source_system,
+            event_id=event.source_event_id,
+            detector=DETECTOR,
+            detector_version=DETECTOR_VERSION,
+            trigger=Trigger.ENRICHMENT,
+        ),
+        confidence=confidence,
+        rationale=rationale,
+        evidence={
+            "fills_empty": fills,
+            "overwrites": overwrites,
+            "confidence_source": "source" if event.confidence is not None else "default",
+        },
+        proposed_at=utcnow(),
+    )
+
+
+def _same(a: PropertyValue, b: PropertyValue) -> bool:
+    return (is_empty(a) and is_empty(b)) or a == b

@@ -1,0 +1,39 @@
+"""Record state in PostgreSQL: what the detector knows of each record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from changegate.core.contracts import CrmEvent, CrmEventKind
+from changegate.core.db import DbConn
+
+
+async def known_properties(conn: DbConn, event: CrmEvent) -> dict[str, Any]:
+    props: dict[str, Any] | None = await conn.fetchval(
+        "SELECT properties FROM detector_records WHERE object_type = $1 AND record_id = $2 AND NOT deleted",
+        event.object_type.value,
+        event.record_id,
+    )
+    return props or {}
+
+
+async def apply_record_event(conn: DbConn, event: CrmEvent) -> None:
+    """Fold a record lifecycle event (created, changed, merged, deleted) into the known state."""
+    if event.kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
+        await conn.execute(
+            "INSERT INTO detector_records (object_type, record_id, properties) VALUES ($1, $2, $3)"
+            " ON CONFLICT (object_type, record_id) DO UPDATE SET"
+            " properties = detector_records.properties || EXCLUDED.properties,"
+            " deleted = false, updated_at = now()",
+            event.object_type.value,
+            event.record_id,
+            event.properties,
+        )
+    elif event.kind in (CrmEventKind.RECORD_DELETED, CrmEventKind.RECORD_MERGED):
+        gone = [event.record_id] if event.kind is CrmEventKind.RECORD_DELETED else event.merged_record_ids
+        await conn.execute(
+            "UPDATE detector_records SET deleted = true, updated_at = now()"
+            " WHERE object_type = $1 AND record_id = ANY($2::text[])",
+            event.object_type.value,
+            gone,
+        )

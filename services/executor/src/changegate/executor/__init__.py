@@ -1,0 +1,1 @@
+"""Executor: applies approved decisions to the CRM with compare-and-set, exactly once."""

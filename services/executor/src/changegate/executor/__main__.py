@@ -1,0 +1,5 @@
+import asyncio
+
+from changegate.executor.app import main
+
+asyncio.run(main())

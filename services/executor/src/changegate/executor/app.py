@@ -1,0 +1,158 @@
+"""Executor entrypoint: consume decisions, apply the executable ones, emit executions.
+
+Per decision, one transaction holds: the processed-decision claim, the compare-and-set write to the
+sandbox CRM, and the Execution (and, on conflict, the refreshed proposal) in the outbox."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from changegate.core import outbox
+from changegate.core.contracts import (
+    Decision,
+    Execution,
+    ExecutionStatus,
+    FieldChange,
+    Proposal,
+    ProposalSource,
+)
+from changegate.core.contracts.base import utcnow
+from changegate.core.contracts.envelope import Envelope, make_envelope
+from changegate.core.crm import sandbox as sandbox_crm
+from changegate.core.db import DbConn, claim_event
+from changegate.core.kafka import ConsumerLoop, Subscription
+from changegate.core.logging import configure_logging, get_logger
+from changegate.core.outbox import OutboxRelay
+from changegate.core.service import ServiceRuntime
+from changegate.core.topics import Topic, TopicNames
+from changegate.executor.settings import ExecutorSettings
+from prometheus_client import Counter, Histogram
+
+SERVICE = "executor"
+log = get_logger(__name__)
+
+EXECUTIONS = Counter("changegate_executions_total", "Executions by status", ["status"])
+SKIPPED = Counter(
+    "changegate_executor_skipped_decisions_total",
+    "Decisions that do not execute, by outcome",
+    ["outcome"],
+)
+CRM_SECONDS = Histogram(
+    "changegate_crm_call_duration_seconds",
+    "CRM write latency",
+    ["target"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
+
+class Executor:
+    def __init__(self, pool: asyncpg.Pool, names: TopicNames) -> None:
+        self.pool, self.names = pool, names
+
+    async def handle(self, envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+        decision: Decision = envelope.payload
+        if not decision.outcome.executes:
+            SKIPPED.labels(outcome=decision.outcome.value).inc()
+            return  # nothing executes without an approving decision
+        proposal = decision.proposal
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await claim_event(conn, SERVICE, decision.decision_id):
+                log.info("decision already executed", decision_id=str(decision.decision_id))
+                return
+            with CRM_SECONDS.labels(target=sandbox_crm.TARGET).time():
+                result = await sandbox_crm.compare_and_set(
+                    conn, proposal.object_type, proposal.record_id, decision.final_changes
+                )
+            if result is None:
+                status, error, writes = ExecutionStatus.FAILED, "record not found in the CRM", []
+            elif result.applied:
+                status, error, writes = ExecutionStatus.APPLIED, None, result.writes
+            else:
+                status, writes = ExecutionStatus.CONFLICT, result.writes
+                error = f"changed since proposed: {', '.join(result.conflicts)}"
+                await self._back_to_review(conn, decision, result.current)
+            execution = Execution(
+                execution_id=Execution.make_id(decision.decision_id),
+                decision=decision,
+                status=status,
+                writes=writes,
+                crm_target=sandbox_crm.TARGET,
+                crm_response_ids=[f"{proposal.object_type.value}/{proposal.record_id}@v{result.version}"]
+                if result and result.applied
+                else [],
+                error=error,
+                executed_at=utcnow(),
+            )
+            out = make_envelope(
+                execution,
+                service=SERVICE,
+                correlation_id=proposal.proposal_id,
+                dedup_key=str(execution.execution_id),
+            )
+            await outbox.enqueue(conn, SERVICE, self.names(Topic.EXECUTIONS), proposal.record_id, out)
+        EXECUTIONS.labels(status=status.value).inc()
+        log.info("executed", status=status.value, record_id=proposal.record_id, error=error)
+
+    async def _back_to_review(self, conn: DbConn, decision: Decision, current: dict[str, Any]) -> None:
+        """A stale proposal never overwrites: re-propose it against the value the CRM holds now."""
+        old = decision.proposal
+        changes = [
+            FieldChange(field=c.field, previous=current.get(c.field), proposed=c.proposed)
+            for c in decision.final_changes
+            if current.get(c.field) != c.proposed
+        ]
+        if not changes:
+            return  # the CRM already holds what was proposed
+        source_event = f"conflict:{decision.decision_id}"
+        refreshed = Proposal(
+            proposal_id=Proposal.make_id(old.source.detector, old.record_id, changes, source_event),
+            kind=old.kind,
+            object_type=old.object_type,
+            record_id=old.record_id,
+            other_record_ids=old.other_record_ids,
+            changes=changes,
+            source=ProposalSource(**{**old.source.model_dump(), "event_id": source_event}),
+            confidence=old.confidence,
+            rationale=f"{old.rationale} — re-proposed: the record changed after the first proposal",
+            evidence={
+                **old.evidence,
+                "conflict": {
+                    "decision_id": str(decision.decision_id),
+                    "values_at_execution": current,
+                },
+            },
+            proposed_at=utcnow(),
+        )
+        out = make_envelope(
+            refreshed,
+            service=SERVICE,
+            correlation_id=refreshed.proposal_id,
+            dedup_key=f"pending|{refreshed.proposal_id}",
+        )
+        await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS_PENDING), old.record_id, out)
+
+
+async def main() -> None:
+    settings = ExecutorSettings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    runtime = ServiceRuntime(SERVICE, settings)
+    pool = await runtime.open_database(SERVICE)
+    producer = await runtime.open_producer()
+    names = TopicNames(settings.topic_prefix)
+    executor = Executor(pool, names)
+    loop = ConsumerLoop(
+        settings,
+        "changegate-executor",
+        [Subscription(Topic.DECISIONS, executor.handle, frozenset({"decision"}))],
+        producer,
+        runtime.stop,
+    )
+    relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
+    runtime.checks["consumer"] = loop.ready.is_set
+    try:
+        await runtime.run(runtime.app(), [loop.run, relay.run])
+    finally:
+        await producer.stop()
+        await pool.close()

@@ -1,0 +1,1 @@
+"""Policy service: routes each proposal to auto-apply, review or reject by an explicit, versioned policy."""

@@ -1,0 +1,5 @@
+import asyncio
+
+from changegate.policy.app import main
+
+asyncio.run(main())

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from changegate.core.settings import CommonSettings
+from pydantic import Field
+
+
+class PolicySettings(CommonSettings):
+    http_port: int = 8003
+    policy_file: Path | None = Field(None, description="policy YAML; the mission's default policy when unset")

@@ -1,0 +1,5 @@
+import asyncio
+
+from changegate.review_api.app import main
+
+asyncio.run(main())

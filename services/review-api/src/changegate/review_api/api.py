@@ -1,0 +1,138 @@
+"""HTTP routes of the review queue."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from changegate.core.contracts import DecisionOutcome, Proposal
+from changegate.core.contracts.base import PropertyValue
+from changegate.review_api import queue
+from changegate.review_api.auth import Reviewer
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel, ConfigDict, Field
+
+router = APIRouter(prefix="/proposals", tags=["review"])
+
+QueueStatus = Literal["pending", "approved", "approved_with_changes", "rejected", "expired", "superseded"]
+
+
+class ReviewItem(BaseModel):
+    proposal_id: uuid.UUID
+    status: QueueStatus
+    enqueued_at: datetime
+    decision_id: uuid.UUID | None
+    decided_by: str | None
+    decided_at: datetime | None
+    comment: str | None
+    proposal: Proposal
+
+
+class DecisionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: str | None = Field(None, max_length=2000)
+
+
+class ModifyBody(DecisionBody):
+    changes: dict[str, PropertyValue] = Field(
+        min_length=1, description="field -> the value to apply instead of the proposed one"
+    )
+
+
+class DecisionResult(BaseModel):
+    proposal_id: uuid.UUID
+    decision_id: uuid.UUID
+    outcome: DecisionOutcome
+    decided_by: str
+
+
+def _item(row: Any) -> ReviewItem:
+    return ReviewItem.model_validate({**dict(row), "proposal": row["proposal"]})
+
+
+@router.get("", response_model=list[ReviewItem], summary="List the review queue")
+async def list_proposals(
+    request: Request,
+    _: Reviewer,
+    status_: Annotated[QueueStatus, Query(alias="status")] = "pending",
+    kind: Annotated[str | None, Query(description="only this proposal kind")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ReviewItem]:
+    rows = await queue.list_items(request.app.state.pool, status_, kind, limit, offset)
+    return [_item(r) for r in rows]
+
+
+@router.get("/{proposal_id}", response_model=ReviewItem, summary="One proposal of the queue")
+async def get_proposal(request: Request, _: Reviewer, proposal_id: uuid.UUID) -> ReviewItem:
+    row = await queue.get_item(request.app.state.pool, proposal_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
+    return _item(row)
+
+
+async def _decide(
+    request: Request,
+    proposal_id: uuid.UUID,
+    outcome: DecisionOutcome,
+    identity: str,
+    comment: str | None,
+    modified: dict[str, PropertyValue] | None = None,
+) -> DecisionResult:
+    pool = request.app.state.pool
+    final = None
+    if modified is not None:
+        row = await queue.get_item(pool, proposal_id)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
+        try:
+            final = queue.merge_modifications(Proposal.model_validate(row["proposal"]), modified)
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
+    try:
+        decision = await queue.decide(
+            pool, request.app.state.names, proposal_id, outcome, identity, comment, final
+        )
+    except queue.NotPendingError as exc:
+        if exc.status is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue") from exc
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"proposal {proposal_id} is already {exc.status}"
+        ) from exc
+    return DecisionResult(
+        proposal_id=proposal_id,
+        decision_id=decision.decision_id,
+        outcome=outcome,
+        decided_by=identity,
+    )
+
+
+@router.post("/{proposal_id}/approve", response_model=DecisionResult, summary="Approve as proposed")
+async def approve(
+    request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: DecisionBody | None = None
+) -> DecisionResult:
+    comment = body.comment if body else None
+    return await _decide(request, proposal_id, DecisionOutcome.APPROVED, identity, comment)
+
+
+@router.post("/{proposal_id}/reject", response_model=DecisionResult, summary="Reject")
+async def reject(
+    request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: DecisionBody | None = None
+) -> DecisionResult:
+    comment = body.comment if body else None
+    return await _decide(request, proposal_id, DecisionOutcome.REJECTED, identity, comment)
+
+
+@router.post("/{proposal_id}/modify", response_model=DecisionResult, summary="Approve with changed values")
+async def modify(
+    request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: ModifyBody
+) -> DecisionResult:
+    return await _decide(
+        request,
+        proposal_id,
+        DecisionOutcome.APPROVED_WITH_CHANGES,
+        identity,
+        body.comment,
+        body.changes,
+    )

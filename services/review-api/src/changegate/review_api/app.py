@@ -1,0 +1,77 @@
+"""Review API entrypoint: consume pending proposals into the queue; serve the reviewers' HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from changegate.core import __version__
+from changegate.core.contracts import Proposal
+from changegate.core.contracts.envelope import Envelope
+from changegate.core.kafka import ConsumerLoop, Subscription
+from changegate.core.logging import configure_logging, get_logger
+from changegate.core.outbox import OutboxRelay
+from changegate.core.service import ServiceRuntime
+from changegate.core.topics import Topic, TopicNames
+from changegate.review_api import queue
+from changegate.review_api.api import router
+from changegate.review_api.settings import DEV_TOKEN, ReviewApiSettings
+from fastapi import FastAPI
+from prometheus_client import Counter, Gauge
+
+SERVICE = queue.SERVICE
+log = get_logger(__name__)
+ENQUEUED = Counter("changegate_review_enqueued_total", "Proposals queued for review", ["kind"])
+PENDING = Gauge("changegate_review_pending_proposals", "Proposals waiting for a reviewer")
+
+
+async def on_pending(pool: asyncpg.Pool, envelope: Envelope[Any]) -> None:
+    proposal: Proposal = envelope.payload
+    if await queue.enqueue(pool, proposal):
+        ENQUEUED.labels(kind=proposal.kind.value).inc()
+        PENDING.inc()
+        log.info("queued for review", kind=proposal.kind.value, record_id=proposal.record_id)
+
+
+def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSettings) -> FastAPI:
+    app = FastAPI(
+        title="changegate review API",
+        version=__version__,
+        description="Reviewers list pending proposals and approve, reject or modify them. "
+        "Authenticate with 'Authorization: Bearer <token>'.",
+    )
+    app.state.pool = pool
+    app.state.tokens = settings.review_tokens
+    app.state.names = TopicNames(settings.topic_prefix)
+    app.include_router(router)
+    return runtime.app(app)
+
+
+async def main() -> None:
+    settings = ReviewApiSettings()
+    configure_logging(SERVICE, settings.log_level, settings.log_format)
+    if DEV_TOKEN in settings.review_tokens:
+        log.warning("the dev reviewer token is enabled; set CHANGEGATE_REVIEW_TOKENS in production")
+    runtime = ServiceRuntime(SERVICE, settings)
+    pool = await runtime.open_database(SERVICE, "changegate.review_api.migrations")
+    producer = await runtime.open_producer()
+    PENDING.set(await pool.fetchval("SELECT count(*) FROM review_queue WHERE status = 'pending'"))
+
+    async def handle(envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+        await on_pending(pool, envelope)
+
+    loop = ConsumerLoop(
+        settings,
+        "changegate-review-api",
+        [Subscription(Topic.PROPOSALS_PENDING, handle, frozenset({"proposal"}))],
+        producer,
+        runtime.stop,
+    )
+    relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
+    runtime.checks["consumer"] = loop.ready.is_set
+    try:
+        await runtime.run(build_app(runtime, pool, settings), [loop.run, relay.run])
+    finally:
+        await producer.stop()
+        await pool.close()

@@ -1,0 +1,118 @@
+"""The review queue in PostgreSQL: enqueue pending proposals, decide them exactly once."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+from changegate.core import outbox
+from changegate.core.contracts import Decider, Decision, DecisionOutcome, FieldChange, Proposal
+from changegate.core.contracts.base import utcnow
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.db import Queryable
+from changegate.core.topics import Topic, TopicNames
+
+SERVICE = "review-api"
+
+
+class NotPendingError(Exception):
+    def __init__(self, status: str | None) -> None:
+        self.status = status
+
+
+async def enqueue(conn: Queryable, proposal: Proposal) -> bool:
+    """Insert a pending proposal; False if it was already queued (redelivery)."""
+    inserted = await conn.fetchval(
+        "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (proposal_id) DO NOTHING RETURNING 1",
+        proposal.proposal_id,
+        proposal.kind.value,
+        proposal.object_type.value,
+        proposal.record_id,
+        proposal.confidence,
+        proposal.model_dump(mode="json"),
+    )
+    return inserted is not None
+
+
+async def list_items(
+    pool: asyncpg.Pool, status: str, kind: str | None, limit: int, offset: int
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT * FROM review_queue WHERE status = $1 AND ($2::text IS NULL OR kind = $2)"
+        " ORDER BY enqueued_at, proposal_id LIMIT $3 OFFSET $4",
+        status,
+        kind,
+        limit,
+        offset,
+    )
+    return rows
+
+
+async def get_item(pool: asyncpg.Pool, proposal_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await pool.fetchrow(
+        "SELECT * FROM review_queue WHERE proposal_id = $1", proposal_id
+    )
+    return row
+
+
+async def decide(
+    pool: asyncpg.Pool,
+    names: TopicNames,
+    proposal_id: uuid.UUID,
+    outcome: DecisionOutcome,
+    identity: str,
+    comment: str | None,
+    final_changes: list[FieldChange] | None = None,
+) -> Decision:
+    """Close a pending item and emit its decision, in one transaction. Raises NotPendingError."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT proposal, status FROM review_queue WHERE proposal_id = $1 FOR UPDATE",
+            proposal_id,
+        )
+        if row is None or row["status"] != "pending":
+            raise NotPendingError(None if row is None else row["status"])
+        proposal = Proposal.model_validate(row["proposal"])
+        if outcome is DecisionOutcome.APPROVED:
+            final_changes = list(proposal.changes)
+        decision = Decision(
+            decision_id=uuid.uuid4(),
+            proposal=proposal,
+            outcome=outcome,
+            decided_by=Decider(kind="human", identity=identity),
+            decided_at=utcnow(),
+            explanation=f"{outcome.value.replace('_', ' ')} by {identity}",
+            comment=comment,
+            final_changes=final_changes or [],
+        )
+        await conn.execute(
+            "UPDATE review_queue SET status = $2, decision_id = $3, decided_by = $4,"
+            " decided_at = $5, comment = $6 WHERE proposal_id = $1",
+            proposal_id,
+            outcome.value,
+            decision.decision_id,
+            identity,
+            decision.decided_at,
+            comment,
+        )
+        envelope = make_envelope(
+            decision,
+            service=SERVICE,
+            correlation_id=proposal.proposal_id,
+            dedup_key=str(decision.decision_id),
+        )
+        await outbox.enqueue(conn, SERVICE, names(Topic.DECISIONS), proposal.record_id, envelope)
+    return decision
+
+
+def merge_modifications(proposal: Proposal, modified: dict[str, Any]) -> list[FieldChange]:
+    """A reviewer's edits: new proposed values for fields the proposal changes."""
+    unknown = sorted(set(modified) - {c.field for c in proposal.changes})
+    if unknown:
+        raise ValueError(f"fields not in the proposal: {', '.join(unknown)}")
+    return [
+        FieldChange(field=c.field, previous=c.previous, proposed=modified.get(c.field, c.proposed))
+        for c in proposal.changes
+    ]

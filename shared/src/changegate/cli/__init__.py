@@ -1,0 +1,1 @@
+"""The `changegate` command line: dev stack, demo feed, schemas, audit verification."""

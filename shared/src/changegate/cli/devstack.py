@@ -1,0 +1,263 @@
+"""`changegate dev up`: broker, PostgreSQL and every service as processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, stop_postgres
+from changegate.core.db import create_pool, migrate, migrate_core
+from changegate.core.kafka import ensure_topics
+from changegate.core.settings import CommonSettings
+
+# service name -> (module, migrations package or None)
+SERVICES: dict[str, tuple[str, str | None]] = {
+    "audit": ("changegate.audit", "changegate.audit.migrations"),
+    "executor": ("changegate.executor", None),
+    "review-api": ("changegate.review_api", "changegate.review_api.migrations"),
+    "policy": ("changegate.policy", None),
+    "detector": ("changegate.detector", "changegate.detector.migrations"),
+}
+DEFAULT_PORTS = {
+    "broker": 19092,
+    "review-api": 8000,
+    "audit": 8001,
+    "detector": 8002,
+    "policy": 8003,
+    "executor": 8004,
+}
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class DevStack:
+    """Starts and stops the embedded stack. ``workdir`` holds the data, logs and the state file."""
+
+    workdir: Path
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    topic_prefix: str = "changegate."
+    extra_env: dict[str, str] = field(default_factory=dict)
+    kafka: str | None = None  # an external broker instead of the embedded one
+    database_url: str | None = None  # an external PostgreSQL instead of the embedded one
+    on_step: Callable[[str], None] = lambda _: None
+
+    def __post_init__(self) -> None:
+        self.logs = self.workdir / "logs"
+        self.state_file = self.workdir / "state.json"
+        self.broker: EmbeddedBroker | None = None
+        self.postgres: EmbeddedPostgres | None = None
+        self.services: dict[str, ServiceProcess] = {}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, timeout: float = 120) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._write_state()
+        if self.kafka is None:
+            self.on_step("starting the Tansu broker")
+            self.broker = EmbeddedBroker(self.ports["broker"], self.logs / "broker.log")
+            self.kafka = self.broker.start()
+        if self.database_url is None:
+            self.on_step("starting PostgreSQL")
+            self.postgres = EmbeddedPostgres(self.workdir / "pgdata")
+            self.database_url = self.postgres.start()
+        self._write_state()
+        self.on_step("creating topics and migrating")
+        asyncio.run(self._prepare())
+        for name in SERVICES:
+            self.on_step(f"starting {name}")
+            self._spawn(name)
+        self._write_state()
+        self.wait_ready(timeout)
+
+    async def _prepare(self) -> None:
+        settings = self.settings()
+        await ensure_topics(settings)
+        pool = await create_pool(settings.database_url)
+        try:
+            await migrate_core(pool)
+            for name, (_, package) in SERVICES.items():
+                if package:
+                    await migrate(pool, name, package)
+        finally:
+            await pool.close()
+
+    def settings(self) -> CommonSettings:
+        assert self.kafka is not None
+        assert self.database_url is not None
+        return CommonSettings(
+            kafka_bootstrap_servers=self.kafka,
+            database_url=self.database_url,
+            topic_prefix=self.topic_prefix,
+        )
+
+    def env(self, name: str) -> dict[str, str]:
+        assert self.kafka is not None
+        assert self.database_url is not None
+        return {
+            **os.environ,
+            "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": self.kafka,
+            "CHANGEGATE_DATABASE_URL": self.database_url,
+            "CHANGEGATE_TOPIC_PREFIX": self.topic_prefix,
+            "CHANGEGATE_HTTP_HOST": "127.0.0.1",
+            "CHANGEGATE_HTTP_PORT": str(self.ports[name]),
+            **self.extra_env,
+        }
+
+    def _spawn(self, name: str) -> None:
+        module, _ = SERVICES[name]
+        log_path = self.logs / f"{name}.log"
+        log_file = log_path.open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=self.env(name),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # the supervisor stops services in order, not the terminal
+        )
+        self.services[name] = ServiceProcess(name, self.ports[name], proc, log_path, log_file)
+
+    def restart(self, name: str, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+        """Stop one service (SIGKILL simulates a crash) and start it again; wait until ready."""
+        self._stop_service(self.services[name], sig)
+        self._spawn(name)
+        self._write_state()
+        self.wait_ready(timeout, only=[name])
+
+    def wait_ready(self, timeout: float, only: list[str] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(only or self.services)
+        with httpx.Client(timeout=1.0) as client:
+            while waiting:
+                for name in sorted(waiting):
+                    svc = self.services[name]
+                    if svc.proc.poll() is not None:
+                        raise RuntimeError(
+                            f"{name} exited with {svc.proc.returncode}; last log lines:\n{svc.tail()}"
+                        )
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(f"http://127.0.0.1:{svc.port}/readyz").status_code == 200:
+                            waiting.discard(name)
+                            self.on_step(f"{name} ready on :{svc.port}")
+                if time.monotonic() > deadline:
+                    tails = "\n".join(f"--- {n}\n{self.services[n].tail()}" for n in sorted(waiting))
+                    raise TimeoutError(f"not ready after {timeout:.0f}s: {sorted(waiting)}\n{tails}")
+                if waiting:
+                    time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stop services (reverse start order), then the broker, then PostgreSQL."""
+        for svc in reversed(list(self.services.values())):
+            self._stop_service(svc)
+        self.services.clear()
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()
+
+    @staticmethod
+    def _stop_service(svc: ServiceProcess, sig: int = signal.SIGTERM) -> None:
+        if svc.proc.poll() is None:
+            svc.proc.send_signal(sig)
+            try:
+                svc.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                svc.proc.kill()
+                svc.proc.wait()
+        svc.log_file.close()
+
+    # -- state file: lets `changegate dev down` find what `dev up` started -------------------
+    def _write_state(self) -> None:
+        state = {
+            "supervisor_pid": os.getpid(),
+            "kafka": self.kafka,
+            "database_url": self.database_url,
+            "pgdata": str(self.workdir / "pgdata") if self.postgres else None,
+            "pids": {n: s.proc.pid for n, s in self.services.items()}
+            | ({"broker": self.broker.proc.pid} if self.broker and self.broker.proc else {}),
+            "ports": self.ports,
+        }
+        self.state_file.write_text(json.dumps(state, indent=2))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ours(pid: int) -> bool:
+    """Only a process whose command line is one we start (pids are reused after a crash)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return _alive(pid)  # no /proc: trust the state file
+    return b"changegate" in cmdline or b"tansu" in cmdline
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def down(workdir: Path, report: Callable[[str], None]) -> bool:
+    """Stop the stack `dev up` started from ``workdir``, and nothing else. False if none runs."""
+    state_file = workdir / "state.json"
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    supervisor = int(state["supervisor_pid"])
+    if _alive(supervisor) and _ours(supervisor):
+        report(f"stopping the dev stack (supervisor pid {supervisor})")
+        os.kill(supervisor, signal.SIGTERM)
+        if _wait_gone(supervisor, 60):
+            return True
+        report("the supervisor did not stop in 60s; stopping its processes directly")
+    for name, pid in state.get("pids", {}).items():
+        if _alive(pid) and _ours(pid):
+            report(f"stopping {name} (pid {pid})")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            if not _wait_gone(pid, 20):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    if state.get("pgdata"):
+        report("stopping PostgreSQL")
+        stop_postgres(Path(state["pgdata"]))
+    state_file.unlink(missing_ok=True)
+    return True

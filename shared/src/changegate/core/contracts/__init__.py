@@ -1,0 +1,35 @@
+"""Event contracts: the envelope and the payload models every topic carries."""
+
+from changegate.core.contracts.audit import AuditEntry, AuditMode
+from changegate.core.contracts.crm_event import CrmEvent, CrmEventKind, ObjectType
+from changegate.core.contracts.decision import Decider, Decision, DecisionOutcome
+from changegate.core.contracts.envelope import Envelope, Producer
+from changegate.core.contracts.execution import Execution, ExecutionStatus, FieldWrite
+from changegate.core.contracts.proposal import (
+    FieldChange,
+    Proposal,
+    ProposalKind,
+    ProposalSource,
+    Trigger,
+)
+
+__all__ = [
+    "AuditEntry",
+    "AuditMode",
+    "CrmEvent",
+    "CrmEventKind",
+    "Decider",
+    "Decision",
+    "DecisionOutcome",
+    "Envelope",
+    "Execution",
+    "ExecutionStatus",
+    "FieldChange",
+    "FieldWrite",
+    "ObjectType",
+    "Producer",
+    "Proposal",
+    "ProposalKind",
+    "ProposalSource",
+    "Trigger",
+]

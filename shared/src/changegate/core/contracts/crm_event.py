@@ -1,0 +1,45 @@
+"""CrmEvent: something happened in a CRM or in a pipeline beside it (Clay, a verifier, scoring)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from changegate.core.contracts.base import Contract, PropertyValue, UtcDatetime
+from pydantic import Field
+
+
+class ObjectType(StrEnum):
+    CONTACT = "contact"
+    COMPANY = "company"
+
+
+class CrmEventKind(StrEnum):
+    RECORD_CREATED = "record_created"
+    PROPERTY_CHANGED = "property_changed"
+    RECORD_MERGED = "record_merged"
+    RECORD_DELETED = "record_deleted"
+    ENRICHMENT_RESULT = "enrichment_result"
+    VERIFICATION_RESULT = "verification_result"
+    SCORE = "score"
+    LIFECYCLE_EVENT = "lifecycle_event"
+
+
+class CrmEvent(Contract):
+    source_system: str = Field(
+        description="hubspot, salesforce, clay, verifier, scoring, forms, …", min_length=1
+    )
+    source_event_id: str = Field(description="the source's own id of this event", min_length=1)
+    object_type: ObjectType
+    record_id: str = Field(min_length=1, description="CRM id of the record the event is about")
+    kind: CrmEventKind
+    properties: dict[str, PropertyValue] = Field(
+        default_factory=dict,
+        description="record properties (created/changed) or result values (enrichment, verification)",
+    )
+    merged_record_ids: list[str] = Field(
+        default_factory=list, description="for record_merged: the ids merged into record_id"
+    )
+    confidence: float | None = Field(
+        None, ge=0, le=1, description="the source's own confidence in its result, when it gives one"
+    )
+    occurred_at: UtcDatetime | None = Field(None, description="when it happened at the source")

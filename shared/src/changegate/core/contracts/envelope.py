@@ -1,0 +1,134 @@
+"""The envelope every message travels in, and the registry of event types and their versions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from changegate.core import __version__
+from changegate.core.contracts.audit import AuditEntry
+from changegate.core.contracts.base import Contract, UtcDatetime, utcnow
+from changegate.core.contracts.crm_event import CrmEvent
+from changegate.core.contracts.decision import Decision
+from changegate.core.contracts.execution import Execution
+from changegate.core.contracts.proposal import Proposal
+from pydantic import BaseModel, Field, ValidationError
+
+P = TypeVar("P", bound=BaseModel)
+ENVELOPE_NAMESPACE = uuid.UUID("f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9")
+
+RawPayload = dict[str, Any]
+Upcaster = Callable[[RawPayload], RawPayload]
+
+
+class Producer(Contract):
+    service: str
+    version: str = __version__
+
+
+class Envelope(Contract, Generic[P]):
+    event_id: uuid.UUID = Field(description="unique per event; consumers deduplicate on it")
+    event_type: str
+    schema_version: int = Field(ge=1)
+    occurred_at: UtcDatetime
+    correlation_id: uuid.UUID | None = Field(
+        None, description="the proposal's id, carried end to end (absent on CRM events)"
+    )
+    producer: Producer
+    payload: P
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One registered event type: its payload model, current version and upcasters.
+
+    ``upcasters[n]`` turns a version-n payload into version n+1, so a consumer accepts every older
+    version it knows and sees only the current shape."""
+
+    name: str
+    model: type[BaseModel]
+    version: int
+    upcasters: dict[int, Upcaster] = field(default_factory=dict)
+
+    def upcast(self, payload: RawPayload, version: int) -> RawPayload:
+        if version > self.version:
+            raise UnknownEventError(f"{self.name} v{version} is newer than v{self.version}")
+        for v in range(version, self.version):
+            if v not in self.upcasters:
+                raise UnknownEventError(f"{self.name} v{v} has no upcaster to v{v + 1}")
+            payload = self.upcasters[v](payload)
+        return payload
+
+
+class UnknownEventError(ValueError):
+    """A message this consumer cannot understand: it goes to the dead-letter topic."""
+
+
+EVENT_TYPES: dict[str, EventType] = {
+    et.name: et
+    for et in (
+        EventType("crm_event", CrmEvent, 1),
+        EventType("proposal", Proposal, 1),
+        EventType("decision", Decision, 1),
+        EventType("execution", Execution, 1),
+        EventType("audit_entry", AuditEntry, 1),
+    )
+}
+EVENT_TYPE_OF: dict[type[BaseModel], str] = {et.model: et.name for et in EVENT_TYPES.values()}
+
+
+def make_envelope(
+    payload: BaseModel,
+    *,
+    service: str,
+    correlation_id: uuid.UUID | None = None,
+    event_id: uuid.UUID | None = None,
+    dedup_key: str | None = None,
+) -> Envelope[Any]:
+    """Wrap a payload. Pass ``dedup_key`` when the same logical event may be produced again
+    (redelivery, replay): its event id is then derived from it, so consumers see one event."""
+    event_type = EVENT_TYPE_OF[type(payload)]
+    if event_id is None:
+        event_id = uuid.uuid5(ENVELOPE_NAMESPACE, f"{event_type}|{dedup_key}") if dedup_key else uuid.uuid4()
+    return Envelope[Any](
+        event_id=event_id,
+        event_type=event_type,
+        schema_version=EVENT_TYPES[event_type].version,
+        occurred_at=utcnow(),
+        correlation_id=correlation_id,
+        producer=Producer(service=service),
+        payload=payload,
+    )
+
+
+def parse_envelope(raw: dict[str, Any], expected: set[str] | None = None) -> Envelope[Any]:
+    """Validate an envelope and its payload, upcasting older versions.
+
+    Raises UnknownEventError for anything a consumer must not process (it is dead-lettered)."""
+    if not isinstance(raw, dict):
+        raise UnknownEventError("message is not a JSON object")
+    event_type = raw.get("event_type")
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
+        raise UnknownEventError(f"unknown event_type {event_type!r}")
+    if expected is not None and event_type not in expected:
+        raise UnknownEventError(f"event_type {event_type!r} not expected here ({sorted(expected)})")
+    et = EVENT_TYPES[event_type]
+    version = raw.get("schema_version")
+    if not isinstance(version, int) or version < 1:
+        raise UnknownEventError(f"invalid schema_version {version!r}")
+    payload = raw.get("payload")
+    if not isinstance(payload, dict):
+        raise UnknownEventError("payload is not a JSON object")
+    try:
+        upcast = et.upcast(payload, version)
+        model = et.model.model_validate(upcast)
+        return Envelope[Any].model_validate({**raw, "schema_version": et.version, "payload": model})
+    except ValidationError as exc:
+        raise UnknownEventError(f"invalid {event_type} v{version}: {_short(exc)}") from exc
+
+
+def _short(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]]
+    return "; ".join(parts)

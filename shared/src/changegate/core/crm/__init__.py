@@ -1,0 +1,1 @@
+"""CRM adapters: where approved changes are written."""

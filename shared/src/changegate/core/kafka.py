@@ -1,0 +1,235 @@
+"""Kafka plumbing on aiokafka: producer, topic creation, and the consumer loop every service uses.
+
+The consumer loop commits an offset only after the handler's effects are durable, retries transient
+failures (database or broker unavailable) without moving on, and sends a message it cannot process
+to the dead-letter topic with the reason, then keeps going."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from changegate.core import metrics
+from changegate.core.contracts.envelope import Envelope, UnknownEventError
+from changegate.core.logging import correlation, get_logger
+from changegate.core.serde import decode, encode
+from changegate.core.settings import CommonSettings
+from changegate.core.topics import TOPICS, Topic, TopicNames
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+log = get_logger(__name__)
+
+Handler = Callable[[Envelope[Any], ConsumerRecord[bytes, bytes]], Awaitable[None]]
+
+# Infrastructure being away is not the message's fault: retry it without end, never dead-letter it.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    KafkaError,
+)
+
+
+def make_producer(settings: CommonSettings, service: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=service,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=2,
+    )
+
+
+async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, wait_seconds: float = 60) -> None:
+    """Start a client, waiting for the broker to come up."""
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(KafkaConnectionError),
+        wait=wait_exponential(multiplier=0.2, max=2),
+        stop=stop_after_delay(wait_seconds),
+        reraise=True,
+    ):
+        with attempt:
+            await client.start()
+
+
+async def ensure_topics(settings: CommonSettings, topics: Sequence[Topic] | None = None) -> None:
+    """Create the topics (and their dead-letter topics) that do not exist yet."""
+    names = TopicNames(settings.topic_prefix)
+    wanted = list(topics or TOPICS)
+    new = [
+        NewTopic(name=n, num_partitions=TOPICS[t].partitions, replication_factor=1)
+        for t in wanted
+        for n in (names(t), names.dlq(t))
+    ]
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(KafkaConnectionError),
+        wait=wait_exponential(multiplier=0.2, max=2),
+        stop=stop_after_delay(60),
+        reraise=True,
+    ):
+        with attempt:
+            await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in new if t.name not in existing]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another service was first
+                await admin.create_topics(missing)
+            log.info("topics created", topics=[t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+async def publish(producer: AIOKafkaProducer, topic: str, key: str | None, envelope: Envelope[Any]) -> None:
+    await producer.send_and_wait(topic, encode(envelope), key=key.encode() if key else None)
+    metrics.MESSAGES_PRODUCED.labels(topic=topic).inc()
+
+
+@dataclass(frozen=True)
+class Subscription:
+    topic: Topic
+    handler: Handler
+    event_types: frozenset[str]
+
+
+class ConsumerLoop:
+    """Consume ``subscriptions`` in one consumer group until ``stop`` is set."""
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        group_id: str,
+        subscriptions: Sequence[Subscription],
+        producer: AIOKafkaProducer,
+        stop: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.names = TopicNames(settings.topic_prefix)
+        self.by_topic = {self.names(s.topic): s for s in subscriptions}
+        self.producer = producer
+        self.stop = stop
+        self.ready = asyncio.Event()
+        self.consumer = AIOKafkaConsumer(
+            *self.by_topic,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=group_id,
+            client_id=group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            max_poll_records=settings.kafka_max_batch,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
+        )
+
+    async def run(self) -> None:
+        await start_with_retry(self.consumer)
+        self.ready.set()
+        log.info("consuming", group=self.group_id, topics=sorted(self.by_topic))
+        try:
+            while not self.stop.is_set():
+                batch = await self.consumer.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    next_offset = None
+                    for record in records:
+                        if self.stop.is_set() and next_offset is not None:
+                            break  # shut down between messages; the rest is redelivered
+                        await self._process(record)
+                        next_offset = record.offset + 1
+                    if next_offset is not None:
+                        # Only now are the effects of every record up to here durable.
+                        await self.consumer.commit({tp: next_offset})
+                        self._record_lag(tp, next_offset)
+        finally:
+            await self.consumer.stop()
+            log.info("consumer stopped", group=self.group_id)
+
+    def _record_lag(self, tp: TopicPartition, next_offset: int) -> None:
+        # The fetch high watermark is right on Tansu; its ListOffsets answer for the end is not.
+        highwater = self.consumer.highwater(tp)
+        if highwater is not None:
+            lag = max(0, highwater - next_offset)
+            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+
+    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        sub = self.by_topic[record.topic]
+        started = time.perf_counter()
+        try:
+            envelope = decode(record.value, set(sub.event_types))
+        except UnknownEventError as exc:
+            await self.dead_letter(record, "undecodable", str(exc))
+            return
+        with correlation(envelope.correlation_id, event_id=envelope.event_id):
+            try:
+                await self._handle_with_retry(sub.handler, envelope, record)
+            except Exception as exc:
+                log.exception("handler failed, dead-lettering", topic=record.topic)
+                await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
+                return
+        metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="processed").inc()
+        metrics.PROCESSING_SECONDS.labels(topic=record.topic).observe(time.perf_counter() - started)
+
+    async def _handle_with_retry(
+        self, handler: Handler, envelope: Envelope[Any], record: ConsumerRecord[bytes, bytes]
+    ) -> None:
+        attempts = 0
+        while True:
+            try:
+                # Logic errors: a few attempts with backoff, then the message is dead-lettered.
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_not_exception_type(TRANSIENT_ERRORS),
+                    wait=wait_exponential(multiplier=0.05, max=1),
+                    stop=stop_after_attempt(self.settings.handler_max_attempts),
+                    reraise=True,
+                    before_sleep=lambda _: metrics.RETRIES.labels(topic=record.topic).inc(),
+                ):
+                    with attempt:
+                        await handler(envelope, record)
+                return
+            except TRANSIENT_ERRORS as exc:
+                # Infrastructure away: hold this partition and retry until it is back or we stop.
+                attempts += 1
+                metrics.RETRIES.labels(topic=record.topic).inc()
+                log.warning("transient failure, retrying", error=repr(exc), attempt=attempts)
+                if self.stop.is_set():
+                    raise asyncio.CancelledError from exc  # uncommitted: redelivered after restart
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempts))
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, error: str) -> None:
+        sub = self.by_topic[record.topic]
+        headers = [
+            ("x-changegate-reason", reason.encode()),
+            ("x-changegate-error", error[:2000].encode()),
+            ("x-changegate-source-topic", record.topic.encode()),
+            ("x-changegate-source-partition", str(record.partition).encode()),
+            ("x-changegate-source-offset", str(record.offset).encode()),
+            ("x-changegate-consumer-group", self.group_id.encode()),
+        ]
+        dlq = self.names.dlq(sub.topic)
+        await self.producer.send_and_wait(dlq, record.value or b"", key=record.key, headers=headers)
+        metrics.DEAD_LETTERS.labels(topic=record.topic, reason=reason).inc()
+        metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="dead_lettered").inc()
+        log.warning("dead-lettered", topic=record.topic, dlq=dlq, reason=reason, error=error[:500])

@@ -1,0 +1,107 @@
+"""Transactional outbox: messages are written with the state that caused them and published after.
+
+A service that changes state and emits an event must never do one without the other; writing the
+message in the same PostgreSQL transaction, then publishing it, makes the pair atomic. Delivery is at
+least once: consumers deduplicate on the envelope's event id."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from changegate.core import metrics
+from changegate.core.contracts.envelope import Envelope
+from changegate.core.db import DbConn
+from changegate.core.logging import get_logger
+from changegate.core.serde import encode
+
+log = get_logger(__name__)
+
+
+def _channel(service: str) -> str:
+    return f"changegate_outbox_{service.replace('-', '_')}"
+
+
+async def enqueue(conn: DbConn, service: str, topic: str, key: str | None, envelope: Envelope[Any]) -> None:
+    """Add a message to the outbox; call inside the transaction that writes the state."""
+    await conn.execute(
+        "INSERT INTO changegate_outbox (service, topic, key, value) VALUES ($1, $2, $3, $4)",
+        service,
+        topic,
+        key.encode() if key else None,
+        encode(envelope),
+    )
+    await conn.execute("SELECT pg_notify($1, '')", _channel(service))  # delivered on commit
+
+
+class OutboxRelay:
+    """Publishes a service's outbox rows in order. One relay per service is active at a time
+    (a PostgreSQL advisory lock), so replicas never publish out of order."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        service: str,
+        stop: asyncio.Event,
+        batch: int = 500,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self.pool, self.producer, self.service, self.stop = pool, producer, service, stop
+        self.batch, self.poll_seconds = batch, poll_seconds
+        self._wake = asyncio.Event()
+        self._lock_id = zlib.crc32(f"outbox:{service}".encode())
+
+    async def run(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.add_listener(_channel(self.service), lambda *_: self._wake.set())
+            while not self.stop.is_set():
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_id):
+                    break
+                await self._sleep()  # another replica relays; stand by
+            try:
+                while not self.stop.is_set():
+                    self._wake.clear()
+                    if await self.publish_pending(conn) < self.batch:
+                        await self._sleep()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock_all()")
+
+    async def _sleep(self) -> None:
+        stop = asyncio.ensure_future(self.stop.wait())
+        wake = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({stop, wake}, timeout=self.poll_seconds, return_when="FIRST_COMPLETED")
+        for f in (stop, wake):
+            f.cancel()
+
+    async def publish_pending(self, conn: DbConn) -> int:
+        rows = await conn.fetch(
+            "SELECT id, topic, key, value, headers FROM changegate_outbox"
+            " WHERE service = $1 ORDER BY id LIMIT $2",
+            self.service,
+            self.batch,
+        )
+        if not rows:
+            metrics.OUTBOX_PENDING.set(0)
+            return 0
+        futures = []
+        for row in rows:
+            headers = [(k, v.encode()) for k, v in (row["headers"] or [])]
+            futures.append(
+                await self.producer.send(row["topic"], row["value"], key=row["key"], headers=headers)
+            )
+        await asyncio.gather(*futures)  # every row acknowledged by the broker before it goes
+        for row in rows:
+            metrics.MESSAGES_PRODUCED.labels(topic=row["topic"]).inc()
+        await conn.execute(
+            "DELETE FROM changegate_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+        )
+        pending = await conn.fetchval(
+            "SELECT count(*) FROM changegate_outbox WHERE service = $1", self.service
+        )
+        metrics.OUTBOX_PENDING.set(pending)
+        log.debug("outbox published", count=len(rows))
+        return len(rows)

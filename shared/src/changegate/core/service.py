@@ -1,0 +1,123 @@
+"""The process shell every service runs in: ops HTTP endpoints, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from typing import Any
+
+import asyncpg
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from changegate.core import __version__, metrics
+from changegate.core.db import create_pool, migrate, migrate_core
+from changegate.core.kafka import ensure_topics, make_producer, start_with_retry
+from changegate.core.logging import get_logger
+from changegate.core.settings import CommonSettings
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+log = get_logger(__name__)
+
+ReadinessCheck = Callable[[], bool]
+
+
+def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
+    """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (every check passes)."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/metrics", summary="Prometheus metrics")
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/healthz", summary="Liveness: the process answers")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="Readiness: connected to the broker and the database")
+    def readyz() -> JSONResponse:
+        results = {name: check() for name, check in checks.items()}
+        ok = all(results.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": results},
+            status_code=200 if ok else 503,
+        )
+
+    return router
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # the service shell owns SIGTERM/SIGINT and stops the server itself
+
+
+class ServiceRuntime:
+    """Runs a service's workers beside its HTTP app until SIGTERM/SIGINT, then stops them in order.
+
+    A worker that fails ends the process with an error (a supervisor restarts it); uncommitted
+    messages are redelivered, so nothing is lost."""
+
+    def __init__(self, name: str, settings: CommonSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.checks: dict[str, ReadinessCheck] = {}
+        metrics.SERVICE_INFO.info({"service": name, "version": __version__})
+
+    async def open_database(self, component: str, migrations: str | None = None) -> asyncpg.Pool:
+        """Connect, apply the core migrations and the service's own, register a readiness check."""
+        pool = await create_pool(self.settings.database_url, max_size=self.settings.database_pool_max)
+        await migrate_core(pool)
+        if migrations:
+            await migrate(pool, component, migrations)
+        self.checks["database"] = lambda: not pool.is_closing()
+        return pool
+
+    async def open_producer(self) -> AIOKafkaProducer:
+        await ensure_topics(self.settings)
+        producer = make_producer(self.settings, self.name)
+        await start_with_retry(producer)
+        self.checks["broker_producer"] = lambda: not producer._closed
+        return producer
+
+    def app(self, app: FastAPI | None = None) -> FastAPI:
+        app = app or FastAPI(title=f"changegate {self.name}", version=__version__)
+        app.include_router(ops_router(self.checks))
+        return app
+
+    async def run(self, app: FastAPI, workers: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop.set)
+        server = _Server(
+            uvicorn.Config(
+                app,
+                host=self.settings.http_host,
+                port=self.settings.http_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        http = asyncio.create_task(server.serve(), name="http")
+        tasks = [asyncio.create_task(w(), name=getattr(w, "__qualname__", "worker")) for w in workers]
+        stopper = asyncio.create_task(self.stop.wait(), name="stop")
+        log.info("service started", port=self.settings.http_port)
+        done, _ = await asyncio.wait([*tasks, http, stopper], return_when=asyncio.FIRST_COMPLETED)
+        failed = [t for t in done if t is not stopper and t.exception() is not None]
+        self.stop.set()
+        await asyncio.wait(tasks, timeout=15)
+        for t in tasks:
+            t.cancel()
+        server.should_exit = True
+        await asyncio.wait([http], timeout=5)
+        stopper.cancel()
+        if failed:
+            exc = failed[0].exception()
+            log.error("worker failed, exiting", worker=failed[0].get_name(), error=repr(exc))
+            raise SystemExit(1)
+        log.info("service stopped")

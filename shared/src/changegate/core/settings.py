@@ -1,0 +1,39 @@
+"""Settings every service shares. Values come from the environment (prefix ``CHANGEGATE_``);
+the defaults are those of the embedded dev stack (`changegate dev up`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "CHANGEGATE_"
+DEFAULT_KAFKA = "127.0.0.1:19092"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/postgres"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    kafka_bootstrap_servers: str = Field(DEFAULT_KAFKA, description="host:port[,host:port]")
+    topic_prefix: str = Field("changegate.", description="prefix of every topic name")
+    kafka_enable_idempotence: bool = Field(
+        False,
+        description="idempotent producer; the embedded Tansu broker refuses it, turn on for Kafka",
+    )
+    kafka_fetch_max_wait_ms: int = Field(
+        15,
+        description="fetch wait; Tansu waits it out in full even when records are ready, keep it low there",
+    )
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_interval_ms: int = 1_000
+    kafka_rebalance_timeout_ms: int = 5_000
+    kafka_max_batch: int = Field(500, description="max records a consumer takes per poll")
+    handler_max_attempts: int = Field(
+        5, description="attempts per message (exponential backoff) before it is dead-lettered"
+    )
+    database_url: str = Field(DEFAULT_DATABASE_URL, description="asyncpg DSN")
+    database_pool_max: int = 10
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "INFO"
+    log_format: str = Field("json", description="json or console")
