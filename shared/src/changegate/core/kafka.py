@@ -11,10 +11,10 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from changegate.core import metrics
@@ -34,7 +34,7 @@ from tenacity import (
 
 log = get_logger(__name__)
 
-Handler = Callable[[Envelope[Any], ConsumerRecord[bytes, bytes]], Awaitable[None]]
+Handler = Callable[[Envelope[Any]], Awaitable[None]]
 
 # Infrastructure being away is not the message's fault: retry it without end, never dead-letter it.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -113,8 +113,107 @@ class Subscription:
     event_types: frozenset[str]
 
 
+class Record(Protocol):
+    """What the processor needs of a consumed message (aiokafka's and Faust's both fit)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
+class MessageProcessor:
+    """Decode, handle with retries, dead-letter: the per-message policy every consumer shares.
+
+    Logic errors get ``handler_max_attempts`` tries with backoff, then the message goes to the
+    dead-letter topic with the reason and the consumer moves on. Transient errors (database or
+    broker away) are retried without end: the message is not the problem, so it is never dropped."""
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        group_id: str,
+        subscriptions: Sequence[Subscription],
+        producer: AIOKafkaProducer,
+        stop: asyncio.Event,
+        abort_on_stop: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.names = TopicNames(settings.topic_prefix)
+        self.by_topic = {self.names(s.topic): s for s in subscriptions}
+        self.producer = producer
+        self.stop = stop
+        # True when the caller commits only after process() returns: a transient retry may then
+        # give up at shutdown, as the message stays uncommitted and is redelivered.
+        self.abort_on_stop = abort_on_stop
+
+    async def process(self, record: Record) -> None:
+        sub = self.by_topic[record.topic]
+        started = time.perf_counter()
+        try:
+            envelope = decode(record.value, set(sub.event_types))
+        except UnknownEventError as exc:
+            await self.dead_letter(record, "undecodable", str(exc))
+            return
+        with correlation(envelope.correlation_id, event_id=envelope.event_id):
+            try:
+                await self._handle_with_retry(sub.handler, envelope, record.topic)
+            except Exception as exc:
+                log.exception("handler failed, dead-lettering", topic=record.topic)
+                await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
+                return
+        metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="processed").inc()
+        metrics.PROCESSING_SECONDS.labels(topic=record.topic).observe(time.perf_counter() - started)
+
+    async def _handle_with_retry(self, handler: Handler, envelope: Envelope[Any], topic: str) -> None:
+        attempts = 0
+        while True:
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_not_exception_type(TRANSIENT_ERRORS),
+                    wait=wait_exponential(multiplier=0.05, max=1),
+                    stop=stop_after_attempt(self.settings.handler_max_attempts),
+                    reraise=True,
+                    before_sleep=lambda _: metrics.RETRIES.labels(topic=topic).inc(),
+                ):
+                    with attempt:
+                        await handler(envelope)
+                return
+            except TRANSIENT_ERRORS as exc:
+                attempts += 1
+                metrics.RETRIES.labels(topic=topic).inc()
+                log.warning("transient failure, retrying", error=repr(exc), attempt=attempts)
+                if self.stop.is_set() and self.abort_on_stop:
+                    raise asyncio.CancelledError from exc  # uncommitted: redelivered after restart
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempts))
+
+    async def dead_letter(self, record: Record, reason: str, error: str) -> None:
+        sub = self.by_topic[record.topic]
+        headers = [
+            ("x-changegate-reason", reason.encode()),
+            ("x-changegate-error", error[:2000].encode()),
+            ("x-changegate-source-topic", record.topic.encode()),
+            ("x-changegate-source-partition", str(record.partition).encode()),
+            ("x-changegate-source-offset", str(record.offset).encode()),
+            ("x-changegate-consumer-group", self.group_id.encode()),
+        ]
+        dlq = self.names.dlq(sub.topic)
+        await self.producer.send_and_wait(dlq, record.value or b"", key=record.key, headers=headers)
+        metrics.DEAD_LETTERS.labels(topic=record.topic, reason=reason).inc()
+        metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="dead_lettered").inc()
+        log.warning("dead-lettered", topic=record.topic, dlq=dlq, reason=reason, error=error[:500])
+
+
 class ConsumerLoop:
-    """Consume ``subscriptions`` in one consumer group until ``stop`` is set."""
+    """Consume ``subscriptions`` in one consumer group until ``stop`` is set, committing each
+    partition's offset only after its messages' effects are durable."""
 
     def __init__(
         self,
@@ -124,15 +223,12 @@ class ConsumerLoop:
         producer: AIOKafkaProducer,
         stop: asyncio.Event,
     ) -> None:
-        self.settings = settings
         self.group_id = group_id
-        self.names = TopicNames(settings.topic_prefix)
-        self.by_topic = {self.names(s.topic): s for s in subscriptions}
-        self.producer = producer
         self.stop = stop
         self.ready = asyncio.Event()
+        self.processor = MessageProcessor(settings, group_id, subscriptions, producer, stop)
         self.consumer = AIOKafkaConsumer(
-            *self.by_topic,
+            *self.processor.by_topic,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=group_id,
             client_id=group_id,
@@ -148,7 +244,7 @@ class ConsumerLoop:
     async def run(self) -> None:
         await start_with_retry(self.consumer)
         self.ready.set()
-        log.info("consuming", group=self.group_id, topics=sorted(self.by_topic))
+        log.info("consuming", group=self.group_id, topics=sorted(self.processor.by_topic))
         try:
             while not self.stop.is_set():
                 batch = await self.consumer.getmany(timeout_ms=200)
@@ -157,7 +253,7 @@ class ConsumerLoop:
                     for record in records:
                         if self.stop.is_set() and next_offset is not None:
                             break  # shut down between messages; the rest is redelivered
-                        await self._process(record)
+                        await self.processor.process(record)
                         next_offset = record.offset + 1
                     if next_offset is not None:
                         # Only now are the effects of every record up to here durable.
@@ -173,63 +269,3 @@ class ConsumerLoop:
         if highwater is not None:
             lag = max(0, highwater - next_offset)
             metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
-
-    async def _process(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        sub = self.by_topic[record.topic]
-        started = time.perf_counter()
-        try:
-            envelope = decode(record.value, set(sub.event_types))
-        except UnknownEventError as exc:
-            await self.dead_letter(record, "undecodable", str(exc))
-            return
-        with correlation(envelope.correlation_id, event_id=envelope.event_id):
-            try:
-                await self._handle_with_retry(sub.handler, envelope, record)
-            except Exception as exc:
-                log.exception("handler failed, dead-lettering", topic=record.topic)
-                await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
-                return
-        metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="processed").inc()
-        metrics.PROCESSING_SECONDS.labels(topic=record.topic).observe(time.perf_counter() - started)
-
-    async def _handle_with_retry(
-        self, handler: Handler, envelope: Envelope[Any], record: ConsumerRecord[bytes, bytes]
-    ) -> None:
-        attempts = 0
-        while True:
-            try:
-                # Logic errors: a few attempts with backoff, then the message is dead-lettered.
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_not_exception_type(TRANSIENT_ERRORS),
-                    wait=wait_exponential(multiplier=0.05, max=1),
-                    stop=stop_after_attempt(self.settings.handler_max_attempts),
-                    reraise=True,
-                    before_sleep=lambda _: metrics.RETRIES.labels(topic=record.topic).inc(),
-                ):
-                    with attempt:
-                        await handler(envelope, record)
-                return
-            except TRANSIENT_ERRORS as exc:
-                # Infrastructure away: hold this partition and retry until it is back or we stop.
-                attempts += 1
-                metrics.RETRIES.labels(topic=record.topic).inc()
-                log.warning("transient failure, retrying", error=repr(exc), attempt=attempts)
-                if self.stop.is_set():
-                    raise asyncio.CancelledError from exc  # uncommitted: redelivered after restart
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempts))
-
-    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], reason: str, error: str) -> None:
-        sub = self.by_topic[record.topic]
-        headers = [
-            ("x-changegate-reason", reason.encode()),
-            ("x-changegate-error", error[:2000].encode()),
-            ("x-changegate-source-topic", record.topic.encode()),
-            ("x-changegate-source-partition", str(record.partition).encode()),
-            ("x-changegate-source-offset", str(record.offset).encode()),
-            ("x-changegate-consumer-group", self.group_id.encode()),
-        ]
-        dlq = self.names.dlq(sub.topic)
-        await self.producer.send_and_wait(dlq, record.value or b"", key=record.key, headers=headers)
-        metrics.DEAD_LETTERS.labels(topic=record.topic, reason=reason).inc()
-        metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="dead_lettered").inc()
-        log.warning("dead-lettered", topic=record.topic, dlq=dlq, reason=reason, error=error[:500])

@@ -26,7 +26,9 @@ class CommonSettings(BaseSettings):
     )
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_interval_ms: int = 1_000
-    kafka_rebalance_timeout_ms: int = 5_000
+    kafka_rebalance_timeout_ms: int = Field(
+        2_000, description="group join wait; Tansu makes every first join wait it out, keep it low there"
+    )
     kafka_max_batch: int = Field(500, description="max records a consumer takes per poll")
     handler_max_attempts: int = Field(
         5, description="attempts per message (exponential backoff) before it is dead-lettered"

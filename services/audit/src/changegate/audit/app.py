@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import asyncpg
-from aiokafka import ConsumerRecord
 from changegate.audit.chain import row_to_entry, verify
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import append_execution, record_decision
@@ -29,12 +28,12 @@ class AuditConsumer:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def on_decision(self, envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+    async def on_decision(self, envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
         async with self.pool.acquire() as conn:
             await record_decision(conn, decision)
 
-    async def on_execution(self, envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+    async def on_execution(self, envelope: Envelope[Any]) -> None:
         execution: Execution = envelope.payload
         async with self.pool.acquire() as conn, conn.transaction():
             if not await claim_event(conn, "audit-executions", execution.execution_id):

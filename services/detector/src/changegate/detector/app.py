@@ -1,18 +1,23 @@
-"""Detector entrypoint: consume crm.events, detect, publish proposals through the outbox."""
+"""Detector entrypoint: a Faust agent consumes crm.events; proposals leave through the outbox.
+
+Faust commits offsets of events the agent has finished (every 0.5 s and at stop); every effect is
+idempotent in PostgreSQL, so what a crash makes Faust redeliver changes nothing twice."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from aiokafka import ConsumerRecord
-from changegate.core.contracts.envelope import Envelope
-from changegate.core.kafka import ConsumerLoop, Subscription
-from changegate.core.logging import configure_logging
+from changegate.core.kafka import MessageProcessor, Subscription
+from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
-from changegate.core.topics import Topic
+from changegate.core.topics import Topic, TopicNames
+from changegate.detector.faust_runtime import make_app
 from changegate.detector.handler import SERVICE, Detector
 from changegate.detector.settings import DetectorSettings
+
+log = get_logger(__name__)
+GROUP = "changegate-detector"
 
 
 async def main() -> None:
@@ -22,21 +27,37 @@ async def main() -> None:
     pool = await runtime.open_database(SERVICE, "changegate.detector.migrations")
     producer = await runtime.open_producer()
     detector = Detector(pool, settings)
-
-    async def handle(envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
-        await detector.handle(envelope)
-
-    loop = ConsumerLoop(
+    processor = MessageProcessor(
         settings,
-        "changegate-detector",
-        [Subscription(Topic.CRM_EVENTS, handle, frozenset({"crm_event"}))],
+        GROUP,
+        [Subscription(Topic.CRM_EVENTS, detector.handle, frozenset({"crm_event"}))],
         producer,
         runtime.stop,
+        abort_on_stop=False,  # Faust acks a cancelled event: finish it instead
     )
+    app = make_app(GROUP, settings)
+    topic = app.topic(
+        TopicNames(settings.topic_prefix)(Topic.CRM_EVENTS), value_serializer="raw", key_serializer="raw"
+    )
+
+    @app.agent(topic)
+    async def detect(stream: Any) -> None:
+        async for event in stream.events():
+            await processor.process(event.message)  # never raises: Faust would skip the event
+
+    started = False
+
+    async def run_faust() -> None:
+        nonlocal started
+        await app.start()  # returns after the first partition assignment
+        started = True
+        await runtime.stop.wait()
+        await app.stop()
+
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
-    runtime.checks["consumer"] = loop.ready.is_set
+    runtime.checks["consumer"] = lambda: started
     try:
-        await runtime.run(runtime.app(), [loop.run, relay.run])
+        await runtime.run(runtime.app(), [run_faust, relay.run])
     finally:
         await producer.stop()
         await pool.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from aiokafka import ConsumerRecord
 from changegate.core import outbox
 from changegate.core.contracts import (
     Decision,
@@ -51,7 +50,7 @@ class Executor:
     def __init__(self, pool: asyncpg.Pool, names: TopicNames) -> None:
         self.pool, self.names = pool, names
 
-    async def handle(self, envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+    async def handle(self, envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
         if not decision.outcome.executes:
             SKIPPED.labels(outcome=decision.outcome.value).inc()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from changegate.core.contracts import Decider, Decision, DecisionOutcome, Proposal
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope, make_envelope
@@ -65,7 +65,7 @@ class Router:
         )
         return route.action, decision
 
-    async def handle(self, envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+    async def handle(self, envelope: Envelope[Any]) -> None:
         proposal: Proposal = envelope.payload
         action, decision = self.decide(proposal)
         if decision is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-from aiokafka import ConsumerRecord
 from changegate.core import __version__
 from changegate.core.contracts import Proposal
 from changegate.core.contracts.envelope import Envelope
@@ -58,7 +57,7 @@ async def main() -> None:
     producer = await runtime.open_producer()
     PENDING.set(await pool.fetchval("SELECT count(*) FROM review_queue WHERE status = 'pending'"))
 
-    async def handle(envelope: Envelope[Any], _: ConsumerRecord[bytes, bytes]) -> None:
+    async def handle(envelope: Envelope[Any]) -> None:
         await on_pending(pool, envelope)
 
     loop = ConsumerLoop(

