@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,7 +36,7 @@ def _docker_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_bootstrap() -> Iterator[str]:
     if configured := os.environ.get("CHANGEGATE_TEST_KAFKA"):
         yield configured
         return
@@ -44,16 +46,19 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
         return
-    broker = EmbeddedBroker(free_port(), tmp_path_factory.mktemp("broker") / "broker.log")
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps.
+    workdir = Path(tempfile.mkdtemp(prefix="changegate-test-broker-"))
+    broker = EmbeddedBroker(free_port(), workdir / "broker.log")
     broker.start()
     try:
         yield broker.bootstrap
     finally:
         broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def database_url() -> Iterator[str]:
     if configured := os.environ.get("CHANGEGATE_TEST_DATABASE_URL"):
         yield configured
         return
@@ -63,12 +68,14 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with PostgresContainer("postgres:18", driver=None) as pg:
             yield pg.get_connection_url()
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    workdir = Path(tempfile.mkdtemp(prefix="changegate-test-pg-"))
+    server = EmbeddedPostgres(workdir / "data")
     url = server.start()
     try:
         yield url
     finally:
         server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture

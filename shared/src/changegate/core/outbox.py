@@ -56,8 +56,13 @@ class OutboxRelay:
         self._lock_id = zlib.crc32(f"outbox:{service}".encode())
 
     async def run(self) -> None:
+        channel = _channel(self.service)
+
+        def wake(*_: object) -> None:
+            self._wake.set()
+
         async with self.pool.acquire() as conn:
-            await conn.add_listener(_channel(self.service), lambda *_: self._wake.set())
+            await conn.add_listener(channel, wake)
             while not self.stop.is_set():
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_id):
                     break
@@ -69,6 +74,7 @@ class OutboxRelay:
                         await self._sleep()
             finally:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
+                await conn.remove_listener(channel, wake)
 
     async def _sleep(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())

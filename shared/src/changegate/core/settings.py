@@ -24,11 +24,12 @@ class CommonSettings(BaseSettings):
         15,
         description="fetch wait; Tansu waits it out in full even when records are ready, keep it low there",
     )
-    kafka_session_timeout_ms: int = 10_000
-    kafka_heartbeat_interval_ms: int = 1_000
-    kafka_rebalance_timeout_ms: int = Field(
-        2_000, description="group join wait; Tansu makes every first join wait it out, keep it low there"
-    )
+    # Group timings: Tansu makes a first join wait ~the rebalance timeout and a rejoin after a
+    # restart wait ~2 session timeouts (it does not act on LeaveGroup), so the embedded defaults are
+    # short. On Kafka use its usual values (e.g. 45000 / 3000 / 60000).
+    kafka_session_timeout_ms: int = 2_000
+    kafka_heartbeat_interval_ms: int = 500
+    kafka_rebalance_timeout_ms: int = 1_000
     kafka_max_batch: int = Field(500, description="max records a consumer takes per poll")
     handler_max_attempts: int = Field(
         5, description="attempts per message (exponential backoff) before it is dead-lettered"

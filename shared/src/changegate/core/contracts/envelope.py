@@ -116,7 +116,7 @@ def parse_envelope(raw: dict[str, Any], expected: set[str] | None = None) -> Env
         raise UnknownEventError(f"event_type {event_type!r} not expected here ({sorted(expected)})")
     et = EVENT_TYPES[event_type]
     version = raw.get("schema_version")
-    if not isinstance(version, int) or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise UnknownEventError(f"invalid schema_version {version!r}")
     payload = raw.get("payload")
     if not isinstance(payload, dict):

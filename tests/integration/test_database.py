@@ -1,0 +1,177 @@
+"""PostgreSQL-side guarantees: migrations, the outbox, compare-and-set, the append-only audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from changegate.audit.chain import verify
+from changegate.audit.store import append_execution
+from changegate.core import outbox
+from changegate.core.contracts import (
+    Decider,
+    Decision,
+    DecisionOutcome,
+    Execution,
+    ExecutionStatus,
+    FieldChange,
+    FieldWrite,
+    ObjectType,
+    Proposal,
+    ProposalKind,
+    ProposalSource,
+    Trigger,
+)
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.crm import sandbox
+from changegate.core.db import claim_event, migrate, migrate_core
+from changegate.core.kafka import make_producer
+from changegate.core.outbox import OutboxRelay
+from changegate.core.serde import decode
+from changegate.core.settings import CommonSettings
+from helpers import created, read_topic
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+async def test_migrations_apply_once_and_refuse_edited_files(pool: asyncpg.Pool) -> None:
+    await migrate_core(pool)
+    assert await migrate(pool, "audit", "changegate.audit.migrations") == [1]
+    assert await migrate(pool, "audit", "changegate.audit.migrations") == []
+    await pool.execute("UPDATE changegate_migrations SET checksum = 'x' WHERE component = 'audit'")
+    with pytest.raises(RuntimeError, match="changed after it was applied"):
+        await migrate(pool, "audit", "changegate.audit.migrations")
+
+
+async def test_claim_event_is_once_per_consumer(pool: asyncpg.Pool) -> None:
+    await migrate_core(pool)
+    event_id = uuid.uuid4()
+    async with pool.acquire() as conn:
+        assert await claim_event(conn, "a", event_id)
+        assert not await claim_event(conn, "a", event_id)
+        assert await claim_event(conn, "b", event_id)
+
+
+async def test_outbox_publishes_committed_messages_only(
+    pool: asyncpg.Pool, settings: CommonSettings, topics: None
+) -> None:
+    await migrate_core(pool)
+    topic = f"{settings.topic_prefix}crm.events"
+    kept = make_envelope(created("kept"), service="t")
+    rolled_back = make_envelope(created("rolled-back"), service="t")
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await outbox.enqueue(conn, "svc", topic, "kept", kept)
+        tx = conn.transaction()
+        await tx.start()
+        await outbox.enqueue(conn, "svc", topic, "rolled-back", rolled_back)
+        await tx.rollback()  # the state write failed: its message must not leave
+    producer = make_producer(settings, "t")
+    await producer.start()
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, producer, "svc", stop)
+    task = asyncio.create_task(relay.run())
+    try:
+        records = await read_topic(settings.kafka_bootstrap_servers, topic, 1)
+        assert [decode(r.value).event_id for r in records] == [kept.event_id]  # type: ignore[attr-defined]
+        for _ in range(50):
+            if await pool.fetchval("SELECT count(*) FROM changegate_outbox") == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await pool.fetchval("SELECT count(*) FROM changegate_outbox") == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await producer.stop()
+
+
+async def test_compare_and_set_writes_only_over_the_expected_value(pool: asyncpg.Pool) -> None:
+    await migrate_core(pool)
+    await sandbox.upsert_record(pool, ObjectType.CONTACT, "c1", {"jobtitle": "", "city": "Oslo"})
+    async with pool.acquire() as conn:
+        ok = await sandbox.compare_and_set(
+            conn, ObjectType.CONTACT, "c1", [FieldChange(field="jobtitle", previous=None, proposed="CTO")]
+        )
+        stale = await sandbox.compare_and_set(
+            conn, ObjectType.CONTACT, "c1", [FieldChange(field="city", previous="Bergen", proposed="Rome")]
+        )
+        missing = await sandbox.compare_and_set(
+            conn, ObjectType.CONTACT, "nope", [FieldChange(field="city", previous=None, proposed="x")]
+        )
+    assert ok is not None
+    assert ok.applied
+    assert ok.writes[0].overwritten == ""
+    assert stale is not None
+    assert not stale.applied
+    assert stale.conflicts == ["city"]
+    assert missing is None
+    assert await sandbox.get_record(pool, ObjectType.CONTACT, "c1") == {"jobtitle": "CTO", "city": "Oslo"}
+
+
+def _execution(record_id: str, fields: dict[str, str]) -> Execution:
+    changes = [FieldChange(field=f, previous=None, proposed=v) for f, v in fields.items()]
+    proposal = Proposal(
+        proposal_id=uuid.uuid4(),
+        kind=ProposalKind.FIELD_UPDATE,
+        object_type=ObjectType.CONTACT,
+        record_id=record_id,
+        changes=changes,
+        source=ProposalSource(
+            system="clay",
+            event_id="e",
+            detector="enrichment",
+            detector_version="1",
+            trigger=Trigger.ENRICHMENT,
+        ),
+        confidence=0.9,
+        rationale="r",
+        proposed_at=NOW,
+    )
+    decision = Decision(
+        decision_id=uuid.uuid4(),
+        proposal=proposal,
+        outcome=DecisionOutcome.APPROVED,
+        decided_by=Decider(kind="human", identity="alice@example.com"),
+        decided_at=NOW,
+        explanation="approved",
+        final_changes=changes,
+    )
+    return Execution(
+        execution_id=uuid.uuid4(),
+        decision=decision,
+        status=ExecutionStatus.APPLIED,
+        writes=[FieldWrite(field=c.field, expected=None, overwritten=None, new=c.proposed) for c in changes],
+        crm_target="sandbox",
+        executed_at=NOW,
+    )
+
+
+async def test_audit_log_is_append_only_and_tampering_is_detected(pool: asyncpg.Pool) -> None:
+    await migrate_core(pool)
+    await migrate(pool, "audit", "changegate.audit.migrations")
+    for i in range(3):
+        async with pool.acquire() as conn, conn.transaction():
+            await append_execution(conn, _execution(f"c{i}", {"jobtitle": f"T{i}", "city": "Oslo"}))
+    report = await verify(pool)
+    assert report.ok
+    assert report.rows == 6
+
+    for statement in (
+        "UPDATE audit_entries SET new_value = '\"x\"' WHERE seq = 2",
+        "DELETE FROM audit_entries WHERE seq = 2",
+        "TRUNCATE audit_entries",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await pool.execute(statement)
+
+    # Someone with the power to disable the triggers alters one row and removes another.
+    await pool.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+    await pool.execute("UPDATE audit_entries SET new_value = '\"CEO\"' WHERE seq = 2")
+    await pool.execute("DELETE FROM audit_entries WHERE seq = 5")
+    report = await verify(pool)
+    assert not report.ok
+    assert "row 2: content does not match its hash (altered)" in report.problems
+    assert "rows 5..5 are missing" in report.problems

@@ -1,0 +1,249 @@
+"""The audit log's rows and their hash chain, built from executions without a database."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from changegate.audit.chain import GENESIS, entry_hash
+from changegate.audit.store import entries_for
+from changegate.core.contracts import (
+    AuditEntry,
+    AuditMode,
+    Decider,
+    Decision,
+    DecisionOutcome,
+    Execution,
+    ExecutionStatus,
+    FieldChange,
+    FieldWrite,
+    Proposal,
+)
+
+HASHED_FIELDS = [f for f in AuditEntry.model_fields if f not in ("hash", "prev_hash")]
+
+
+@pytest.fixture
+def two_field_execution(
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
+    make_execution: Callable[..., Execution],
+) -> Execution:
+    proposal = make_proposal(
+        changes=[
+            FieldChange(field="city", previous=None, proposed="Berlin"),
+            FieldChange(field="jobtitle", previous="", proposed="VP Sales"),
+        ],
+        confidence=0.91,
+    )
+    decision = make_decision(proposal)
+    return make_execution(
+        decision,
+        writes=[
+            FieldWrite(field="city", expected=None, overwritten=None, new="Berlin"),
+            FieldWrite(field="jobtitle", expected="", overwritten="", new="VP Sales"),
+        ],
+    )
+
+
+def _recomputed(entry: AuditEntry) -> str:
+    return entry_hash(entry.model_dump(mode="json"), entry.prev_hash)
+
+
+# --- rows of an execution -------------------------------------------------------------------------
+
+
+def test_one_row_per_write_of_an_applied_execution(two_field_execution: Execution) -> None:
+    entries = entries_for(two_field_execution, start_seq=12, prev_hash="f" * 64)
+
+    assert [e.seq for e in entries] == [12, 13]
+    assert [(e.field, e.previous_value, e.new_value) for e in entries] == [
+        ("city", None, "Berlin"),
+        ("jobtitle", "", "VP Sales"),
+    ]
+    decision = two_field_execution.decision
+    proposal = decision.proposal
+    for e in entries:
+        assert e.object_type is proposal.object_type
+        assert e.record_id == "hs-contact-1001"
+        assert e.source_system == "clay"
+        assert e.source_event_id == "clay-run-42:row-7"
+        assert e.detector == "enrichment@0.1.0"
+        assert e.confidence == 0.91
+        assert e.proposal_id == proposal.proposal_id
+        assert e.decision_id == decision.decision_id
+        assert e.execution_id == two_field_execution.execution_id
+        assert e.proposed_at == proposal.proposed_at
+        assert e.decided_at == decision.decided_at
+        assert e.executed_at == two_field_execution.executed_at
+
+
+def test_rows_are_chained(two_field_execution: Execution) -> None:
+    first, second = entries_for(two_field_execution, start_seq=1, prev_hash=GENESIS)
+
+    assert first.prev_hash == GENESIS == ""
+    assert first.hash == _recomputed(first)
+    assert second.prev_hash == first.hash
+    assert second.hash == _recomputed(second)
+    assert len(first.hash) == 64
+    assert first.hash != second.hash
+
+
+def test_chain_continues_from_the_given_previous_hash(two_field_execution: Execution) -> None:
+    from_genesis = entries_for(two_field_execution, 1, GENESIS)
+    continued = entries_for(two_field_execution, 1, "e" * 64)
+    assert continued[0].prev_hash == "e" * 64
+    assert continued[0].hash != from_genesis[0].hash
+    assert continued[1].hash != from_genesis[1].hash
+
+
+def test_rows_are_deterministic(two_field_execution: Execution) -> None:
+    assert entries_for(two_field_execution, 5, "d" * 64) == entries_for(two_field_execution, 5, "d" * 64)
+
+
+def test_previous_value_is_what_was_actually_overwritten(
+    make_decision: Callable[..., Decision], make_execution: Callable[..., Execution]
+) -> None:
+    execution = make_execution(
+        make_decision(),
+        writes=[FieldWrite(field="jobtitle", expected=None, overwritten="", new="VP Sales")],
+    )
+    (entry,) = entries_for(execution, 1, GENESIS)
+    assert entry.previous_value == ""
+    assert entry.new_value == "VP Sales"
+
+
+@pytest.mark.parametrize("status", [ExecutionStatus.CONFLICT, ExecutionStatus.FAILED, ExecutionStatus.NOOP])
+def test_no_rows_unless_applied(
+    two_field_execution: Execution, make_execution: Callable[..., Execution], status: ExecutionStatus
+) -> None:
+    execution = make_execution(
+        two_field_execution.decision, status=status, writes=two_field_execution.writes, error="boom"
+    )
+    assert entries_for(execution, 1, GENESIS) == []
+
+
+def test_applied_without_writes_gives_no_rows(make_execution: Callable[..., Execution]) -> None:
+    assert entries_for(make_execution(writes=[]), 1, GENESIS) == []
+
+
+def test_policy_decision_is_auto_applied_with_policy_identity(
+    two_field_execution: Execution, policy_decider: Decider
+) -> None:
+    assert two_field_execution.decision.decided_by == policy_decider
+    for e in entries_for(two_field_execution, 1, GENESIS):
+        assert e.mode is AuditMode.AUTO_APPLIED
+        assert e.approver == "policy:2026-11-24.1"
+        assert e.policy_version == "2026-11-24.1"
+        assert e.policy_hash == "a" * 64
+        assert e.rule_id == "enrichment-fill-empty"
+
+
+@pytest.mark.parametrize("outcome", [DecisionOutcome.APPROVED, DecisionOutcome.APPROVED_WITH_CHANGES])
+def test_human_decision_is_approved_with_the_reviewer_identity(
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
+    make_execution: Callable[..., Execution],
+    human_decider: Decider,
+    outcome: DecisionOutcome,
+) -> None:
+    decision = make_decision(make_proposal(), outcome=outcome, decided_by=human_decider)
+    (entry,) = entries_for(make_execution(decision), 1, GENESIS)
+    assert entry.mode is AuditMode.APPROVED
+    assert entry.approver == "alice@example.com"
+    assert (entry.policy_version, entry.policy_hash, entry.rule_id) == (None, None, None)
+
+
+# --- the hash ------------------------------------------------------------------------------------
+
+
+def _changed(value: Any) -> Any:
+    if value is None:
+        return "now set"
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value / 2
+    if isinstance(value, str):
+        return value[:-1] + ("0" if value[-1:] != "0" else "1")
+    raise AssertionError(f"no change rule for {value!r}")
+
+
+def test_entry_hash_is_sha256_of_canonical_json_and_previous_hash() -> None:
+    fields = {"b": 2, "a": "x", "hash": "ignored", "prev_hash": "ignored too"}
+    expected = hashlib.sha256(b'{"a":"x","b":2}|prev').hexdigest()
+    assert entry_hash(fields, "prev") == expected
+
+
+def test_entry_hash_ignores_stored_hashes_but_not_the_previous_hash(two_field_execution: Execution) -> None:
+    entry = entries_for(two_field_execution, 1, GENESIS)[0]
+    body = entry.model_dump(mode="json")
+    assert entry_hash({**body, "hash": "x", "prev_hash": "y"}, entry.prev_hash) == entry.hash
+    assert entry_hash(body, "0" * 64) != entry.hash
+
+
+@pytest.mark.parametrize("field", HASHED_FIELDS)
+def test_entry_hash_changes_when_any_field_changes(two_field_execution: Execution, field: str) -> None:
+    entry = entries_for(two_field_execution, 1, GENESIS)[0]
+    body = entry.model_dump(mode="json")
+    altered = {**body, field: _changed(body[field])}
+    assert altered[field] != body[field]
+    assert entry_hash(altered, entry.prev_hash) != entry.hash
+
+
+@pytest.mark.parametrize("field", HASHED_FIELDS)
+def test_entry_hash_changes_when_a_field_is_dropped(two_field_execution: Execution, field: str) -> None:
+    entry = entries_for(two_field_execution, 1, GENESIS)[0]
+    body = entry.model_dump(mode="json")
+    del body[field]
+    assert entry_hash(body, entry.prev_hash) != entry.hash
+
+
+def test_every_contract_field_is_covered_by_the_hash() -> None:
+    assert set(HASHED_FIELDS) | {"hash", "prev_hash"} == set(AuditEntry.model_fields)
+    assert len(HASHED_FIELDS) == len(AuditEntry.model_fields) - 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("new_value", "CEO"),
+        ("previous_value", "Sales Manager"),
+        ("approver", "mallory@example.com"),
+        ("mode", AuditMode.APPROVED),
+        ("confidence", 0.99),
+        ("record_id", "hs-contact-9999"),
+        ("executed_at", datetime(2026, 11, 25, tzinfo=UTC)),
+        ("seq", 2),
+    ],
+)
+def test_mutating_a_stored_row_breaks_recomputation(
+    two_field_execution: Execution, field: str, value: Any
+) -> None:
+    entry = entries_for(two_field_execution, 1, GENESIS)[0]
+    assert _recomputed(entry) == entry.hash
+    tampered = AuditEntry.model_validate({**entry.model_dump(), field: value})
+    assert getattr(tampered, field) == value
+    assert _recomputed(tampered) != tampered.hash
+
+
+def test_rewriting_a_row_with_a_new_hash_breaks_the_next_link(two_field_execution: Execution) -> None:
+    first, second = entries_for(two_field_execution, 1, GENESIS)
+    tampered = first.model_copy(update={"new_value": "Munich"})
+    rehashed = tampered.model_copy(update={"hash": _recomputed(tampered)})
+    assert _recomputed(rehashed) == rehashed.hash  # the row alone looks fine …
+    assert second.prev_hash != rehashed.hash  # … but the chain no longer links
+
+
+def test_hash_survives_a_json_round_trip(two_field_execution: Execution) -> None:
+    """What verification recomputes from a stored row equals what was hashed at append time."""
+    for entry in entries_for(two_field_execution, 1, GENESIS):
+        stored = AuditEntry.model_validate(json.loads(entry.model_dump_json()))
+        assert stored == entry
+        assert _recomputed(stored) == entry.hash
