@@ -12,6 +12,8 @@ from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.base import PropertyValue
 
 T = TypeVar("T")
+# Reviewer tokens of the e2e stack: token -> authenticated identity.
+REVIEWERS = {"token-alice": "alice@example.com", "token-bob": "bob@example.com"}
 
 
 async def eventually(

@@ -1,0 +1,231 @@
+"""The walking skeleton through every real process: enrichment auto-applied, enrichment reviewed,
+replay applies nothing twice, stale proposals never overwrite, poison input is dead-lettered, and
+a killed service loses nothing."""
+
+from __future__ import annotations
+
+import re
+import signal
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer
+from changegate.cli.devstack import DevStack
+from changegate.core.contracts import CrmEvent, ObjectType
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.crm import sandbox
+from changegate.core.kafka import publish
+from changegate.core.topics import Topic, TopicNames
+from helpers import REVIEWERS, created, enrichment, eventually, read_topic
+
+ALICE = {"Authorization": "Bearer token-alice"}
+
+
+def _url(stack: DevStack, service: str, path: str) -> str:
+    return f"http://127.0.0.1:{stack.ports[service]}{path}"
+
+
+async def _send(stack: DevStack, producer: AIOKafkaProducer, *events: CrmEvent) -> None:
+    topic = TopicNames(stack.topic_prefix)(Topic.CRM_EVENTS)
+    for event in events:
+        await publish(producer, topic, event.record_id, make_envelope(event, service="e2e"))
+
+
+async def _audit(client: httpx.AsyncClient, stack: DevStack, record_id: str) -> list[dict[str, Any]]:
+    response = await client.get(_url(stack, "audit", "/audit/entries"), params={"record_id": record_id})
+    response.raise_for_status()
+    rows: list[dict[str, Any]] = response.json()
+    return rows
+
+
+async def _queue(
+    client: httpx.AsyncClient, stack: DevStack, record_id: str, status: str = "pending"
+) -> list[dict[str, Any]]:
+    response = await client.get(
+        _url(stack, "review-api", "/proposals"), params={"status": status}, headers=ALICE
+    )
+    response.raise_for_status()
+    return [i for i in response.json() if i["proposal"]["record_id"] == record_id]
+
+
+async def _metric(
+    client: httpx.AsyncClient, stack: DevStack, service: str, name: str, **labels: str
+) -> float:
+    text = (await client.get(_url(stack, service, "/metrics"))).text
+    total = 0.0
+    for line in text.splitlines():
+        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
+        if match and all(f'{k}="{v}"' in (match[1] or "") for k, v in labels.items()):
+            total += float(match[2])
+    return total
+
+
+def _rid(label: str) -> str:
+    return f"{label}-{uuid.uuid4().hex[:8]}"
+
+
+async def test_enrichment_fill_auto_applies_overwrite_waits_for_a_reviewer_and_replay_changes_nothing(
+    stack: DevStack, db: asyncpg.Pool, client: httpx.AsyncClient, producer: AIOKafkaProducer
+) -> None:
+    a, b = _rid("empty"), _rid("filled")
+    await sandbox.upsert_record(db, ObjectType.CONTACT, a, {"email": "ada@acme.example", "jobtitle": ""})
+    await sandbox.upsert_record(
+        db, ObjectType.CONTACT, b, {"email": "bob@acme.example", "jobtitle": "Engineer"}
+    )
+    events = [
+        created(a, email="ada@acme.example", jobtitle=""),
+        created(b, email="bob@acme.example", jobtitle="Engineer"),
+        enrichment(a, confidence=0.93, jobtitle="CTO"),
+        enrichment(b, confidence=0.95, jobtitle="VP Engineering"),
+    ]
+    await _send(stack, producer, *events)
+
+    # Path 1: an empty field filled by a confident source applies by itself, and is audited.
+    rows = await eventually(lambda: _audit(client, stack, a), lambda r: len(r) == 1, what="audit row of A")
+    row = rows[0]
+    assert (row["field"], row["previous_value"], row["new_value"]) == ("jobtitle", "", "CTO")
+    assert (row["mode"], row["rule_id"], row["source_system"]) == (
+        "auto_applied",
+        "enrichment-fill-empty",
+        "clay",
+    )
+    assert row["approver"] == f"policy:{row['policy_version']}"
+    assert re.fullmatch(r"[0-9a-f]{64}", row["policy_hash"])
+    assert row["confidence"] == 0.93
+    assert row["proposed_at"] <= row["decided_at"] <= row["executed_at"]
+    assert (await sandbox.get_record(db, ObjectType.CONTACT, a) or {})["jobtitle"] == "CTO"
+
+    # Path 2: an overwrite waits in the review queue; nothing is written until a human approves.
+    pending = await eventually(lambda: _queue(client, stack, b), lambda q: len(q) == 1, what="B pending")
+    proposal_id = pending[0]["proposal_id"]
+    assert pending[0]["proposal"]["changes"] == [
+        {"field": "jobtitle", "previous": "Engineer", "proposed": "VP Engineering"}
+    ]
+    assert (await sandbox.get_record(db, ObjectType.CONTACT, b) or {})["jobtitle"] == "Engineer"
+    assert await _audit(client, stack, b) == []
+
+    approve = _url(stack, "review-api", f"/proposals/{proposal_id}/approve")
+    assert (await client.post(approve)).status_code == 401
+    assert (await client.post(approve, headers={"Authorization": "Bearer forged"})).status_code == 401
+    # The approver is the token's principal; a self-declared identity in the body is refused.
+    spoof = await client.post(approve, headers=ALICE, json={"comment": "ok", "approver": "mallory"})
+    assert spoof.status_code == 422
+    response = await client.post(approve, headers=ALICE, json={"comment": "checked on LinkedIn"})
+    assert response.status_code == 200, response.text
+    assert response.json()["decided_by"] == REVIEWERS["token-alice"]
+    assert (await client.post(approve, headers=ALICE)).status_code == 409
+
+    rows = await eventually(lambda: _audit(client, stack, b), lambda r: len(r) == 1, what="audit row of B")
+    assert (rows[0]["mode"], rows[0]["approver"]) == ("approved", "alice@example.com")
+    assert (rows[0]["previous_value"], rows[0]["new_value"]) == ("Engineer", "VP Engineering")
+    assert rows[0]["policy_hash"] is None
+    assert (await sandbox.get_record(db, ObjectType.CONTACT, b) or {})["jobtitle"] == "VP Engineering"
+
+    # Second run of the same events on the same stack: every stage sees them, nothing applies twice.
+    versions = await db.fetch(
+        "SELECT record_id, version FROM sandbox_crm_records WHERE record_id = ANY($1)", [a, b]
+    )
+    seen_by_executor = await _metric(client, stack, "executor", "changegate_messages_consumed_total")
+    routed = await _metric(client, stack, "policy", "changegate_policy_decisions_total")
+    await _send(stack, producer, *events)
+    await eventually(
+        lambda: _metric(client, stack, "policy", "changegate_policy_decisions_total"),
+        lambda n: n >= routed + 2,
+        what="policy to route the replayed proposals",
+    )
+    await eventually(
+        lambda: _metric(client, stack, "executor", "changegate_messages_consumed_total"),
+        lambda n: n >= seen_by_executor + 1,
+        what="executor to see the replayed decision",
+    )
+    assert len(await _audit(client, stack, a)) == 1
+    assert len(await _audit(client, stack, b)) == 1
+    assert await _queue(client, stack, b) == []
+    assert (
+        await db.fetch("SELECT record_id, version FROM sandbox_crm_records WHERE record_id = ANY($1)", [a, b])
+        == versions
+    )
+    verify = (await client.get(_url(stack, "audit", "/audit/verify"))).json()
+    assert verify["ok"] is True, verify
+
+
+async def test_a_stale_proposal_never_overwrites_and_goes_back_to_review(
+    stack: DevStack, db: asyncpg.Pool, client: httpx.AsyncClient, producer: AIOKafkaProducer
+) -> None:
+    c = _rid("stale")
+    await sandbox.upsert_record(db, ObjectType.CONTACT, c, {"jobtitle": "Analyst"})
+    await _send(stack, producer, created(c, jobtitle="Analyst"), enrichment(c, jobtitle="Head of Data"))
+    pending = await eventually(lambda: _queue(client, stack, c), lambda q: len(q) == 1, what="C pending")
+    # Sales edits the record in the CRM while the proposal waits.
+    await sandbox.upsert_record(db, ObjectType.CONTACT, c, {"jobtitle": "Director"})
+
+    url = _url(stack, "review-api", f"/proposals/{pending[0]['proposal_id']}/approve")
+    assert (await client.post(url, headers=ALICE)).status_code == 200
+    refreshed = await eventually(
+        lambda: _queue(client, stack, c),
+        lambda q: len(q) == 1 and q[0]["proposal_id"] != pending[0]["proposal_id"],
+        what="the re-proposal with the new context",
+    )
+    assert refreshed[0]["proposal"]["changes"] == [
+        {"field": "jobtitle", "previous": "Director", "proposed": "Head of Data"}
+    ]
+    assert refreshed[0]["proposal"]["evidence"]["conflict"]["values_at_execution"] == {"jobtitle": "Director"}
+    assert (await sandbox.get_record(db, ObjectType.CONTACT, c) or {})["jobtitle"] == "Director"
+    assert await _audit(client, stack, c) == []
+    assert await _metric(client, stack, "executor", "changegate_executions_total", status="conflict") >= 1
+
+
+async def test_poison_input_is_dead_lettered_and_the_pipeline_keeps_going(
+    stack: DevStack, db: asyncpg.Pool, client: httpx.AsyncClient, producer: AIOKafkaProducer
+) -> None:
+    names = TopicNames(stack.topic_prefix)
+    d = _rid("after-poison")
+    await producer.send_and_wait(names(Topic.CRM_EVENTS), b'{"event_type": "crm_event"}', key=d.encode())
+    await sandbox.upsert_record(db, ObjectType.CONTACT, d, {"jobtitle": None})
+    await _send(stack, producer, created(d), enrichment(d, jobtitle="CFO"))
+    await eventually(
+        lambda: _audit(client, stack, d), lambda r: len(r) == 1, what="the event after the poison"
+    )
+    dead = await read_topic(stack.settings().kafka_bootstrap_servers, names.dlq(Topic.CRM_EVENTS), 1)
+    headers = dict(dead[0].headers)  # type: ignore[attr-defined]
+    assert headers["x-changegate-reason"] == b"undecodable"
+    assert b"invalid schema_version None" in headers["x-changegate-error"]
+    assert headers["x-changegate-consumer-group"] == b"changegate-detector"
+
+
+async def test_killed_services_lose_nothing_and_apply_nothing_twice(
+    stack: DevStack, db: asyncpg.Pool, client: httpx.AsyncClient, producer: AIOKafkaProducer
+) -> None:
+    ids = [_rid(f"crash{i}") for i in range(20)]
+    for rid in ids:
+        await sandbox.upsert_record(db, ObjectType.CONTACT, rid, {"jobtitle": ""})
+    stack.restart("executor", signal.SIGKILL)  # a crash, not a graceful stop
+    await _send(stack, producer, *[e for rid in ids for e in (created(rid), enrichment(rid, jobtitle="COO"))])
+    stack.restart("detector", signal.SIGKILL)  # mid-stream
+    stack.restart("executor", signal.SIGKILL)
+
+    async def applied() -> int:
+        n: int = await db.fetchval(
+            "SELECT count(*) FROM sandbox_crm_records"
+            " WHERE record_id = ANY($1) AND properties->>'jobtitle' = 'COO'",
+            ids,
+        )
+        return n
+
+    await eventually(applied, lambda n: n == len(ids), timeout=60, what="every change applied")
+    await eventually(
+        lambda: _audit_count(client, stack, ids),
+        lambda n: n == len(ids),
+        timeout=30,
+        what="every change audited",
+    )
+    rows = [r for rid in ids for r in await _audit(client, stack, rid)]
+    versions = await db.fetch("SELECT version FROM sandbox_crm_records WHERE record_id = ANY($1)", ids)
+    assert {v["version"] for v in versions} == {2}, "a record was written more than once"
+    assert len({r["execution_id"] for r in rows}) == len(rows)
+
+
+async def _audit_count(client: httpx.AsyncClient, stack: DevStack, ids: list[str]) -> int:
+    return sum([len(await _audit(client, stack, rid)) for rid in ids])
