@@ -38,14 +38,33 @@ def dev_up(
     demo: Annotated[bool, typer.Option(help="feed a synthetic CRM event stream")] = False,
     demo_interval: Annotated[float, typer.Option(help="seconds between demo contacts")] = 3.0,
     workdir: WorkDir = DEFAULT_WORKDIR,
+    kafka: Annotated[
+        str | None, typer.Option(help="use this Kafka (host:port) instead of the embedded broker")
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="use this PostgreSQL (DSN) instead of the embedded one")
+    ] = None,
+    base_port: Annotated[
+        int | None,
+        typer.Option(help="broker on this port, services on the next five (default 19092, 8000-8004)"),
+    ] = None,
 ) -> None:
     """Start the broker, PostgreSQL and every service on loopback; Ctrl-C stops them all."""
-    from changegate.cli.devstack import DevStack
+    from changegate.cli.devstack import DEFAULT_PORTS, DevStack
 
     if (workdir / "state.json").exists():
         console.print(f"[yellow]a stack may already run from {workdir}; `changegate dev down` stops it[/]")
         raise typer.Exit(1)
-    stack = DevStack(workdir.resolve(), on_step=lambda s: console.print(f"  {s}"))
+    ports = dict(DEFAULT_PORTS)
+    if base_port is not None:
+        ports = {name: base_port + i for i, name in enumerate(DEFAULT_PORTS)}
+    stack = DevStack(
+        workdir.resolve(),
+        ports=ports,
+        kafka=kafka,
+        database_url=database_url,
+        on_step=lambda s: console.print(f"  {s}"),
+    )
     started = time.monotonic()
     stopping = False
 

@@ -1,0 +1,3 @@
+from changegate.cli.main import app
+
+app(prog_name="changegate")

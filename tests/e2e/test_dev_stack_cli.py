@@ -1,0 +1,102 @@
+"""`changegate dev up` / `dev down` as a user runs them: everything it starts, it stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CLI = [sys.executable, "-m", "changegate.cli"]
+
+
+def _free_base_port() -> int:
+    """Six consecutive free ports."""
+    for base in range(21000 + os.getpid() % 1000 * 20, 65000, 20):
+        try:
+            for p in range(base, base + 6):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")
+
+
+def _start(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
+    proc = subprocess.Popen(
+        [*CLI, "dev", "up", "--workdir", str(workdir), "--base-port", str(_free_base_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if "dev stack ready" in line:
+            break
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("dev up did not get ready:\n" + "".join(lines))
+    state: dict[str, object] = json.loads((workdir / "state.json").read_text())
+    return proc, state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): count it as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _assert_all_gone(state: dict[str, object], workdir: Path) -> None:
+    pids = state["pids"]
+    assert isinstance(pids, dict)
+    assert set(pids) == {"broker", "audit", "executor", "review-api", "policy", "detector"}
+    left = {name: pid for name, pid in pids.items() if _alive(pid)}
+    assert left == {}, f"left running: {left}"
+    assert not (workdir / "pgdata" / "postmaster.pid").exists(), "PostgreSQL still runs"
+    assert not (workdir / "state.json").exists()
+
+
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    proc, state = _start(tmp_path)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0
+    _assert_all_gone(state, tmp_path)
+
+
+def test_dev_down_stops_everything(tmp_path: Path) -> None:
+    proc, state = _start(tmp_path)
+    down = subprocess.run(
+        [*CLI, "dev", "down", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert down.returncode == 0, down.stderr
+    assert proc.wait(30) == 0
+    _assert_all_gone(state, tmp_path)
+    again = subprocess.run(
+        [*CLI, "dev", "down", "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "no dev stack runs" in again.stderr
