@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 import asyncpg
 from changegate.core import __version__
 from changegate.core.contracts import Proposal
 from changegate.core.contracts.envelope import Envelope
-from changegate.core.kafka import ConsumerLoop, Subscription
+from changegate.core.kafka import TRANSIENT_ERRORS, ConsumerLoop, Subscription
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic, TopicNames
-from changegate.review_api import queue
+from changegate.review_api import metrics, queue
 from changegate.review_api.api import router
 from changegate.review_api.settings import DEV_TOKEN, ReviewApiSettings
 from fastapi import FastAPI
-from prometheus_client import Counter, Gauge
 
 SERVICE = queue.SERVICE
 log = get_logger(__name__)
-ENQUEUED = Counter("changegate_review_enqueued_total", "Proposals queued for review", ["kind"])
-PENDING = Gauge("changegate_review_pending_proposals", "Proposals waiting for a reviewer")
 
 
 async def on_pending(pool: asyncpg.Pool, envelope: Envelope[Any]) -> None:
     proposal: Proposal = envelope.payload
     if await queue.enqueue(pool, proposal):
-        ENQUEUED.labels(kind=proposal.kind.value).inc()
-        PENDING.inc()
+        metrics.ENQUEUED.labels(kind=proposal.kind.value).inc()
         log.info("queued for review", kind=proposal.kind.value, record_id=proposal.record_id)
 
 
@@ -55,7 +53,6 @@ async def main() -> None:
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.review_api.migrations")
     producer = await runtime.open_producer()
-    PENDING.set(await pool.fetchval("SELECT count(*) FROM review_queue WHERE status = 'pending'"))
 
     async def handle(envelope: Envelope[Any]) -> None:
         await on_pending(pool, envelope)
@@ -69,8 +66,18 @@ async def main() -> None:
     )
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
     runtime.checks["consumer"] = loop.ready.is_set
+
+    async def watch_depth() -> None:
+        while not runtime.stop.is_set():
+            try:
+                await queue.refresh_depth(pool)
+            except TRANSIENT_ERRORS as exc:  # a gauge may go stale; the service must not stop
+                log.warning("queue depth not refreshed", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runtime.stop.wait(), 5)
+
     try:
-        await runtime.run(build_app(runtime, pool, settings), [loop.run, relay.run])
+        await runtime.run(build_app(runtime, pool, settings), [loop.run, relay.run, watch_depth])
     finally:
         await producer.stop()
         await pool.close()

@@ -12,6 +12,7 @@ from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import Queryable
 from changegate.core.topics import Topic, TopicNames
+from changegate.review_api import metrics
 
 SERVICE = "review-api"
 
@@ -69,7 +70,7 @@ async def decide(
     """Close a pending item and emit its decision, in one transaction. Raises NotPendingError."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            "SELECT proposal, status FROM review_queue WHERE proposal_id = $1 FOR UPDATE",
+            "SELECT proposal, status, enqueued_at FROM review_queue WHERE proposal_id = $1 FOR UPDATE",
             proposal_id,
         )
         if row is None or row["status"] != "pending":
@@ -104,7 +105,19 @@ async def decide(
             dedup_key=str(decision.decision_id),
         )
         await outbox.enqueue(conn, SERVICE, names(Topic.DECISIONS), proposal.record_id, envelope)
+    metrics.DECISIONS.labels(outcome=outcome.value).inc()
+    metrics.REVIEW_LATENCY.observe((decision.decided_at - row["enqueued_at"]).total_seconds())
     return decision
+
+
+async def refresh_depth(pool: asyncpg.Pool) -> None:
+    """Queue depth and the oldest item's age, from the database (true across replicas)."""
+    row = await pool.fetchrow(
+        "SELECT count(*) AS n, extract(epoch FROM now() - min(enqueued_at)) AS age"
+        " FROM review_queue WHERE status = 'pending'"
+    )
+    metrics.PENDING.set(row["n"] if row else 0)
+    metrics.OLDEST_PENDING_AGE.set(float(row["age"] or 0) if row else 0)
 
 
 def merge_modifications(proposal: Proposal, modified: dict[str, Any]) -> list[FieldChange]:
