@@ -22,6 +22,7 @@ from changegate.core.contracts import (
     ObjectType,
     Producer,
     Proposal,
+    ReviewRequest,
 )
 from changegate.core.contracts import envelope as envelope_module
 from changegate.core.contracts.envelope import (
@@ -78,6 +79,14 @@ def _payloads(
         "decision": make_decision(),
         "execution": make_execution(),
         "audit_entry": _audit_entry(),
+        "review_request": ReviewRequest(
+            proposal=make_proposal(),
+            queue="dedup",
+            priority="high",
+            expires_at=datetime(2026, 12, 1, 9, 30, tzinfo=UTC),
+            routed_by=make_decision().decided_by,
+            explanation="sent to review: rule merge-always-review",
+        ),
     }
 
 
@@ -107,7 +116,9 @@ def test_every_registered_event_type_has_a_round_trip_case(
     assert {type(p) for p in payloads.values()} == {et.model for et in EVENT_TYPES.values()}
 
 
-@pytest.mark.parametrize("event_type", ["crm_event", "proposal", "decision", "execution", "audit_entry"])
+@pytest.mark.parametrize(
+    "event_type", ["crm_event", "proposal", "decision", "execution", "audit_entry", "review_request"]
+)
 def test_envelope_round_trips_through_serde(
     event_type: str,
     make_crm_event: Callable[..., CrmEvent],

@@ -53,7 +53,7 @@ def test_fill_below_threshold_goes_to_review(
 ) -> None:
     route = policy.evaluate(make_proposal(confidence=confidence))
     assert route.action is Action.REVIEW
-    assert route.rule_id == "enrichment-overwrite-review"
+    assert route.rule_id == "enrichment-review"
 
 
 def test_overwrite_of_non_empty_field_goes_to_review(
@@ -65,7 +65,7 @@ def test_overwrite_of_non_empty_field_goes_to_review(
     )
     route = policy.evaluate(proposal)
     assert route.action is Action.REVIEW
-    assert route.rule_id == "enrichment-overwrite-review"
+    assert route.rule_id == "enrichment-review"
 
 
 def test_mixed_fill_and_overwrite_goes_to_review(
@@ -125,7 +125,7 @@ def test_lifecycle_from_another_trigger_falls_to_the_default(
     route = policy.evaluate(make_proposal(kind=ProposalKind.LIFECYCLE_TRANSITION, trigger=Trigger.RULE))
     assert route.action is Action.REVIEW
     assert route.rule_id == "default"
-    assert route.explanation == "review: no rule matched"
+    assert route.explanation == "sent to review: no rule matched (default review)"
 
 
 def _email(make_proposal: Callable[..., Proposal], status: str) -> Proposal:
@@ -179,7 +179,7 @@ def test_reject_rule_rejects_with_its_reason(make_proposal: Callable[..., Propos
     policy = Policy.parse(
         _yaml(
             "  - id: no-clay-overwrites\n"
-            "    when: {source_system: [clay], fills_empty: false}\n"
+            "    when: {source_system: [clay], previous_empty: false}\n"
             "    action: reject\n"
             "    reason: clay is not trusted to overwrite\n"
         ),
@@ -197,7 +197,7 @@ def test_reject_rule_rejects_with_its_reason(make_proposal: Callable[..., Propos
 def test_first_matching_rule_wins(make_proposal: Callable[..., Proposal]) -> None:
     policy = Policy.parse(
         _yaml(
-            "  - id: first\n    when: {kind: [field_update]}\n    action: reject\n"
+            "  - id: first\n    when: {kind: [field_update]}\n    action: reject\n    reason: not wanted\n"
             "  - id: second\n    when: {kind: [field_update]}\n    action: review\n"
         ),
         "inline",
@@ -238,13 +238,13 @@ def test_auto_applying_an_always_review_kind_is_refused(kind: str) -> None:
     with pytest.raises(PolicyError) as info:
         Policy.parse(raw, "policies/yolo.yaml")
     message = str(info.value)
-    assert message.startswith("policies/yolo.yaml: invalid policy: ")
-    assert f"rule 'yolo-{kind.replace('_', '-')}' would auto-apply {kind}" in message
+    assert message.startswith(f"policies/yolo.yaml:4: rule 'yolo-{kind.replace('_', '-')}': ")
+    assert f"would auto-apply {kind}: merges and owner reassignments always need a human" in message
 
 
 def test_auto_apply_rule_listing_merge_among_other_kinds_is_refused() -> None:
     raw = _yaml("  - id: sneaky\n    when: {kind: [field_update, merge]}\n    action: auto_apply\n")
-    with pytest.raises(PolicyError, match=r"rule 'sneaky' would auto-apply merge"):
+    with pytest.raises(PolicyError, match=r"rule 'sneaky': would auto-apply merge"):
         Policy.parse(raw, "inline")
 
 
@@ -252,11 +252,11 @@ def test_auto_apply_rule_without_kind_filter_is_refused() -> None:
     raw = _yaml("  - id: everything-confident\n    when: {min_confidence: 0.99}\n    action: auto_apply\n")
     with pytest.raises(PolicyError) as info:
         Policy.parse(raw, "inline")
-    assert "rule 'everything-confident' would auto-apply merge, owner_reassignment" in str(info.value)
+    assert "rule 'everything-confident': would auto-apply merge, owner_reassignment" in str(info.value)
 
 
 def test_auto_apply_rule_without_any_condition_is_refused() -> None:
-    with pytest.raises(PolicyError, match=r"rule 'all' would auto-apply"):
+    with pytest.raises(PolicyError, match=r"rule 'all': would auto-apply"):
         Policy.parse(_yaml("  - id: all\n    action: auto_apply\n"), "inline")
 
 
@@ -264,7 +264,7 @@ def test_review_and_reject_rules_may_cover_merges() -> None:
     policy = Policy.parse(
         _yaml(
             "  - id: merges-review\n    when: {kind: [merge]}\n    action: review\n"
-            "  - id: nothing-else\n    action: reject\n"
+            "  - id: nothing-else\n    action: reject\n    reason: out of scope\n"
         ),
         "inline",
     )
@@ -299,29 +299,31 @@ def test_unknown_key_names_the_file_and_the_key(tmp_path: Path) -> None:
     with pytest.raises(PolicyError) as info:
         Policy.load(path)
     message = str(info.value)
-    assert message.startswith(f"{path}: invalid policy: ")
-    assert "rules.0.when.knd: Extra inputs are not permitted" in message
+    assert message.startswith(f"{path}:4: rule 'x': when.knd: ")
+    assert message.endswith("when.knd: Extra inputs are not permitted")
 
 
 def test_unknown_top_level_key_is_refused() -> None:
-    with pytest.raises(PolicyError, match=r"^inline: invalid policy: .*defaults: Extra inputs"):
+    with pytest.raises(PolicyError, match=r"^inline:2: defaults: Extra inputs"):
         Policy.parse(b"version: '1'\ndefaults: review\nrules: []\n", "inline")
 
 
 def test_unknown_enum_value_is_refused() -> None:
     raw = _yaml("  - id: x\n    when: {kind: [merj]}\n    action: review\n")
-    with pytest.raises(PolicyError, match=r"rules\.0\.when\.kind\.0: "):
+    with pytest.raises(
+        PolicyError, match=r"^inline:5: rule 'x': when\.kind\.0: Input should be 'field_update'"
+    ):
         Policy.parse(raw, "inline")
 
 
 def test_invalid_rule_id_is_refused() -> None:
     raw = _yaml("  - id: Not Valid\n    action: review\n")
-    with pytest.raises(PolicyError, match=r"rules\.0\.id: String should match pattern"):
+    with pytest.raises(PolicyError, match=r"rule 'Not Valid': id: String should match pattern"):
         Policy.parse(raw, "inline")
 
 
 def test_empty_document_is_refused_with_the_source() -> None:
-    with pytest.raises(PolicyError, match=r"^empty\.yaml: invalid policy: "):
+    with pytest.raises(PolicyError, match=r"^empty\.yaml: a policy is a mapping"):
         Policy.parse(b"", "empty.yaml")
 
 

@@ -26,7 +26,7 @@ SERVICES: dict[str, tuple[str, str | None]] = {
     "audit": ("changegate.audit", "changegate.audit.migrations"),
     "executor": ("changegate.executor", None),
     "review-api": ("changegate.review_api", "changegate.review_api.migrations"),
-    "policy": ("changegate.policy", None),
+    "policy": ("changegate.policy", "changegate.policy.migrations"),
     "detector": ("changegate.detector", "changegate.detector.migrations"),
 }
 DEFAULT_PORTS = {

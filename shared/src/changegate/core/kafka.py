@@ -35,6 +35,8 @@ from tenacity import (
 log = get_logger(__name__)
 
 Handler = Callable[[Envelope[Any]], Awaitable[None]]
+# Handles a partition's batch at once (one transaction for many messages).
+BatchHandler = Callable[[list[Envelope[Any]]], Awaitable[None]]
 
 # Infrastructure being away is not the message's fault: retry it without end, never dead-letter it.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -111,6 +113,7 @@ class Subscription:
     topic: Topic
     handler: Handler
     event_types: frozenset[str]
+    batch_handler: BatchHandler | None = None
 
 
 class Record(Protocol):
@@ -157,14 +160,12 @@ class MessageProcessor:
     async def process(self, record: Record) -> None:
         sub = self.by_topic[record.topic]
         started = time.perf_counter()
-        try:
-            envelope = decode(record.value, set(sub.event_types))
-        except UnknownEventError as exc:
-            await self.dead_letter(record, "undecodable", str(exc))
+        envelope = await self._decode(record)
+        if envelope is None:
             return
         with correlation(envelope.correlation_id, event_id=envelope.event_id):
             try:
-                await self._handle_with_retry(sub.handler, envelope, record.topic)
+                await self._with_retry(lambda: sub.handler(envelope), record.topic)
             except Exception as exc:
                 log.exception("handler failed, dead-lettering", topic=record.topic)
                 await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
@@ -172,27 +173,72 @@ class MessageProcessor:
         metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="processed").inc()
         metrics.PROCESSING_SECONDS.labels(topic=record.topic).observe(time.perf_counter() - started)
 
-    async def _handle_with_retry(self, handler: Handler, envelope: Envelope[Any], topic: str) -> None:
-        attempts = 0
+    async def process_batch(self, records: Sequence[Record]) -> None:
+        """One partition's records through the subscription's batch handler; if the batch fails
+        for a reason other than infrastructure, each message is retried alone, so only the poison
+        one is dead-lettered."""
+        if not records:
+            return
+        topic = records[0].topic
+        sub = self.by_topic[topic]
+        assert sub.batch_handler is not None
+        batch_handler = sub.batch_handler
+        started = time.perf_counter()
+        decoded = [(r, e) for r in records if (e := await self._decode(r)) is not None]
+        envelopes = [e for _, e in decoded]
+        if not envelopes:
+            return
+        try:
+            await self._with_retry(lambda: batch_handler(envelopes), topic, attempts=1)
+        except Exception:
+            log.warning("batch failed, handling its messages one by one", topic=topic, size=len(envelopes))
+            for record, envelope in decoded:
+                with correlation(envelope.correlation_id, event_id=envelope.event_id):
+                    try:
+                        await self._with_retry(lambda e=envelope: batch_handler([e]), topic)  # type: ignore[misc]
+                    except Exception as exc:
+                        log.exception("handler failed, dead-lettering", topic=topic)
+                        await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
+                        continue
+                metrics.MESSAGES_CONSUMED.labels(topic=topic, outcome="processed").inc()
+            return
+        metrics.MESSAGES_CONSUMED.labels(topic=topic, outcome="processed").inc(len(envelopes))
+        elapsed = (time.perf_counter() - started) / len(envelopes)
+        for _ in envelopes:
+            metrics.PROCESSING_SECONDS.labels(topic=topic).observe(elapsed)
+
+    async def _decode(self, record: Record) -> Envelope[Any] | None:
+        try:
+            return decode(record.value, set(self.by_topic[record.topic].event_types))
+        except UnknownEventError as exc:
+            await self.dead_letter(record, "undecodable", str(exc))
+            return None
+
+    async def _with_retry(
+        self, call: Callable[[], Awaitable[None]], topic: str, attempts: int | None = None
+    ) -> None:
+        """Logic errors: ``attempts`` tries with backoff, then raise. Transient errors (database
+        or broker away): retry without end, or give up at shutdown when that is safe."""
+        transient = 0
         while True:
             try:
                 async for attempt in AsyncRetrying(
                     retry=retry_if_not_exception_type(TRANSIENT_ERRORS),
                     wait=wait_exponential(multiplier=0.05, max=1),
-                    stop=stop_after_attempt(self.settings.handler_max_attempts),
+                    stop=stop_after_attempt(attempts or self.settings.handler_max_attempts),
                     reraise=True,
                     before_sleep=lambda _: metrics.RETRIES.labels(topic=topic).inc(),
                 ):
                     with attempt:
-                        await handler(envelope)
+                        await call()
                 return
             except TRANSIENT_ERRORS as exc:
-                attempts += 1
+                transient += 1
                 metrics.RETRIES.labels(topic=topic).inc()
-                log.warning("transient failure, retrying", error=repr(exc), attempt=attempts)
+                log.warning("transient failure, retrying", error=repr(exc), attempt=transient)
                 if self.stop.is_set() and self.abort_on_stop:
                     raise asyncio.CancelledError from exc  # uncommitted: redelivered after restart
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempts))
+                await asyncio.sleep(min(5.0, 0.1 * 2**transient))
 
     async def dead_letter(self, record: Record, reason: str, error: str) -> None:
         sub = self.by_topic[record.topic]
@@ -249,6 +295,11 @@ class ConsumerLoop:
             while not self.stop.is_set():
                 batch = await self.consumer.getmany(timeout_ms=200)
                 for tp, records in batch.items():
+                    if self.processor.by_topic[tp.topic].batch_handler is not None:
+                        await self.processor.process_batch(records)
+                        await self.consumer.commit({tp: records[-1].offset + 1})
+                        self._record_lag(tp, records[-1].offset + 1)
+                        continue
                     next_offset = None
                     for record in records:
                         if self.stop.is_set() and next_offset is not None:

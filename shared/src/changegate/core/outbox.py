@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,19 @@ async def enqueue(conn: DbConn, service: str, topic: str, key: str | None, envel
         encode(envelope),
     )
     await conn.execute("SELECT pg_notify($1, '')", _channel(service))  # delivered on commit
+
+
+async def enqueue_many(
+    conn: DbConn, service: str, messages: Sequence[tuple[str, str | None, Envelope[Any]]]
+) -> None:
+    """Add (topic, key, envelope) messages in one round trip; call inside the transaction."""
+    if not messages:
+        return
+    await conn.executemany(
+        "INSERT INTO changegate_outbox (service, topic, key, value) VALUES ($1, $2, $3, $4)",
+        [(service, topic, key.encode() if key else None, encode(env)) for topic, key, env in messages],
+    )
+    await conn.execute("SELECT pg_notify($1, '')", _channel(service))
 
 
 class OutboxRelay:

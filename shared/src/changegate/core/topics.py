@@ -27,7 +27,7 @@ TOPICS: dict[Topic, TopicSpec] = {
     for s in (
         TopicSpec(Topic.CRM_EVENTS, "crm_event", "CRM and pipeline events (webhooks, Clay, verifiers)"),
         TopicSpec(Topic.PROPOSALS, "proposal", "changes the detector proposes"),
-        TopicSpec(Topic.PROPOSALS_PENDING, "proposal", "proposals the policy sent to human review"),
+        TopicSpec(Topic.PROPOSALS_PENDING, "review_request", "proposals sent to human review"),
         TopicSpec(Topic.DECISIONS, "decision", "policy and reviewer decisions"),
         TopicSpec(Topic.EXECUTIONS, "execution", "what the executor did in the CRM"),
     )

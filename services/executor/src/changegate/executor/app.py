@@ -10,12 +10,14 @@ from typing import Any
 import asyncpg
 from changegate.core import outbox
 from changegate.core.contracts import (
+    Decider,
     Decision,
     Execution,
     ExecutionStatus,
     FieldChange,
     Proposal,
     ProposalSource,
+    ReviewRequest,
 )
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope, make_envelope
@@ -124,11 +126,18 @@ class Executor:
             },
             proposed_at=utcnow(),
         )
+        request = ReviewRequest(
+            proposal=refreshed,
+            queue="conflicts",
+            priority="high",
+            routed_by=Decider(kind="system", identity=SERVICE, rule_id="compare-and-set-conflict"),
+            explanation="sent back to review: the record changed after the proposal was approved",
+        )
         out = make_envelope(
-            refreshed,
+            request,
             service=SERVICE,
             correlation_id=refreshed.proposal_id,
-            dedup_key=f"pending|{refreshed.proposal_id}",
+            dedup_key=f"review|{refreshed.proposal_id}",
         )
         await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS_PENDING), old.record_id, out)
 

@@ -1,104 +1,21 @@
-"""The policy as data, and its evaluation: first matching rule wins, else the default action."""
+"""Evaluating a proposal against the policy: the first matching rule wins, else the default."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-import yaml
-from changegate.core.contracts import Proposal, ProposalKind, Trigger
-from changegate.core.contracts.base import PropertyValue
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from changegate.core.contracts import Decider, Proposal
+from changegate.policy.lint import shadowed_rules
+from changegate.policy.loader import DEFAULT_POLICY, PolicyError, parse_document
+from changegate.policy.model import Action, PolicyDocument, ReviewOptions, Rule, evidence_flags
 
-DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
-# Guardrail: these kinds always need a human, whatever a policy file says.
-NEVER_AUTO_APPLY = frozenset({ProposalKind.MERGE, ProposalKind.OWNER_REASSIGNMENT})
+__all__ = ["DEFAULT_POLICY", "Action", "Policy", "PolicyError", "Route"]
 
-
-class Action(StrEnum):
-    AUTO_APPLY = "auto_apply"
-    REVIEW = "review"
-    REJECT = "reject"
-
-
-class Condition(BaseModel):
-    """Every given criterion must hold; an absent criterion matches anything."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: list[ProposalKind] | None = None
-    object_type: list[str] | None = None
-    source_system: list[str] | None = None
-    trigger: list[Trigger] | None = None
-    fields: list[str] | None = Field(None, description="every changed field is one of these")
-    fills_empty: bool | None = Field(None, description="every change fills an empty field")
-    min_confidence: float | None = Field(None, ge=0, le=1)
-    max_confidence: float | None = Field(None, ge=0, le=1)
-    proposed_values: dict[str, list[PropertyValue]] | None = Field(
-        None, description="field -> allowed proposed values"
-    )
-
-    def matches(self, p: Proposal) -> bool:
-        checks = (
-            self.kind is None or p.kind in self.kind,
-            self.object_type is None or p.object_type in self.object_type,
-            self.source_system is None or p.source.system in self.source_system,
-            self.trigger is None or p.source.trigger in self.trigger,
-            self.fields is None or all(c.field in self.fields for c in p.changes),
-            self.fills_empty is None or all(c.fills_empty for c in p.changes) == self.fills_empty,
-            self.min_confidence is None or p.confidence >= self.min_confidence,
-            self.max_confidence is None or p.confidence <= self.max_confidence,
-            self.proposed_values is None or self._values_match(p, self.proposed_values),
-        )
-        return all(checks)
-
-    @staticmethod
-    def _values_match(p: Proposal, wanted: dict[str, list[PropertyValue]]) -> bool:
-        proposed = {c.field: c.proposed for c in p.changes}
-        return all(f in proposed and proposed[f] in allowed for f, allowed in wanted.items())
-
-
-class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
-    description: str | None = None
-    when: Condition = Field(default_factory=Condition)
-    action: Action
-    reason: str | None = Field(None, description="for reject: why")
-
-
-class PolicyDocument(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: str = Field(min_length=1)
-    default: Action = Action.REVIEW
-    rules: list[Rule]
-
-    @model_validator(mode="after")
-    def _guardrails(self) -> PolicyDocument:
-        seen: set[str] = set()
-        for rule in self.rules:
-            if rule.id in seen:
-                raise ValueError(f"rule {rule.id!r}: duplicate rule id")
-            seen.add(rule.id)
-            if rule.action is Action.AUTO_APPLY:
-                kinds = set(rule.when.kind or ProposalKind)
-                unsafe = sorted(kinds & NEVER_AUTO_APPLY)
-                if unsafe:
-                    raise ValueError(
-                        f"rule {rule.id!r} would auto-apply {', '.join(unsafe)}: "
-                        "merges and owner reassignments always need a human reviewer"
-                    )
-        if self.default is Action.AUTO_APPLY:
-            raise ValueError("default action auto_apply is refused: unmatched proposals need review")
-        return self
-
-
-class PolicyError(ValueError):
-    pass
+HIGH_RISK_FIELD = "high-risk-field"
+HIGH_RISK_EVIDENCE = "high-risk-evidence"
 
 
 @dataclass(frozen=True)
@@ -106,6 +23,12 @@ class Route:
     action: Action
     rule_id: str
     explanation: str
+    review: ReviewOptions | None = None
+
+    def expires_at(self, now: datetime) -> datetime | None:
+        if self.review is None or self.review.expires_after is None:
+            return None
+        return now + self.review.expires_after
 
 
 @dataclass(frozen=True)
@@ -113,6 +36,7 @@ class Policy:
     document: PolicyDocument
     content_hash: str
     source: str
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def version(self) -> str:
@@ -129,35 +53,60 @@ class Policy:
 
     @classmethod
     def parse(cls, raw: bytes, source: str) -> Policy:
-        try:
-            data = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise PolicyError(f"{source}: not valid YAML: {exc}") from exc
-        try:
-            document = PolicyDocument.model_validate(data)
-        except ValidationError as exc:
-            details = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-            )
-            raise PolicyError(f"{source}: invalid policy: {details}") from exc
-        return cls(document, hashlib.sha256(raw).hexdigest(), source)
+        document = parse_document(raw, source)
+        return cls(document, hashlib.sha256(raw).hexdigest(), source, shadowed_rules(document))
+
+    def decider(self, rule_id: str) -> Decider:
+        return Decider(
+            kind="policy",
+            identity=f"policy:{self.version}",
+            policy_version=self.version,
+            policy_hash=self.content_hash,
+            rule_id=rule_id,
+        )
 
     def evaluate(self, p: Proposal) -> Route:
         for rule in self.document.rules:
             if rule.when.matches(p):
-                return Route(rule.action, rule.id, self._explain(rule.action, rule, p))
-        return Route(self.document.default, "default", f"{self.document.default.value}: no rule matched")
+                return self._route(rule, p)
+        return Route(
+            self.document.default,
+            "default",
+            f"sent to review: no rule matched (default {self.document.default.value})",
+            self.document.default_review,
+        )
+
+    def _route(self, rule: Rule, p: Proposal) -> Route:
+        if rule.action is Action.AUTO_APPLY and not rule.allow_high_risk:
+            risky_fields = sorted({c.field for c in p.changes} & set(self.document.high_risk_fields))
+            if risky_fields:
+                return Route(
+                    Action.REVIEW,
+                    HIGH_RISK_FIELD,
+                    f"sent to review: rule {rule.id} would auto-apply, but {', '.join(risky_fields)} "
+                    "is a high-risk field",
+                    self.document.default_review,
+                )
+            risky_flags = sorted(evidence_flags(p) & set(self.document.high_risk_evidence))
+            if risky_flags:
+                return Route(
+                    Action.REVIEW,
+                    HIGH_RISK_EVIDENCE,
+                    f"sent to review: rule {rule.id} would auto-apply, but the evidence raises "
+                    f"{', '.join(risky_flags)}",
+                    self.document.default_review,
+                )
+        review = (rule.review or self.document.default_review) if rule.action is Action.REVIEW else None
+        return Route(rule.action, rule.id, self._explain(rule, p), review)
 
     @staticmethod
-    def _explain(action: Action, rule: Rule, p: Proposal) -> str:
-        verb = {
-            Action.AUTO_APPLY: "auto-applied",
-            Action.REVIEW: "sent to review",
-            Action.REJECT: "rejected",
-        }[action]
-        text = f"{verb}: rule {rule.id}"
+    def _explain(rule: Rule, p: Proposal) -> str:
+        verb = {Action.AUTO_APPLY: "auto-applied", Action.REVIEW: "sent to review", Action.REJECT: "rejected"}
+        text = f"{verb[rule.action]}: rule {rule.id}"
         if rule.when.min_confidence is not None:
             text += f", confidence {p.confidence:.2f} ≥ {rule.when.min_confidence:.2f}"
-        if action is Action.REJECT and rule.reason:
+        elif rule.when.max_confidence is not None:
+            text += f", confidence {p.confidence:.2f} ≤ {rule.when.max_confidence:.2f}"
+        if rule.action is Action.REJECT and rule.reason:
             text += f" ({rule.reason})"
         return text

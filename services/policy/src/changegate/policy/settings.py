@@ -9,3 +9,4 @@ from pydantic import Field
 class PolicySettings(CommonSettings):
     http_port: int = 8003
     policy_file: Path | None = Field(None, description="policy YAML; the mission's default policy when unset")
+    policy_poll_seconds: float = Field(2.0, description="how often to look for a changed policy file")

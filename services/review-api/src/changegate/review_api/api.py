@@ -21,7 +21,12 @@ QueueStatus = Literal["pending", "approved", "approved_with_changes", "rejected"
 class ReviewItem(BaseModel):
     proposal_id: uuid.UUID
     status: QueueStatus
+    queue: str
+    priority: Literal["low", "normal", "high"]
+    explanation: str | None = Field(None, description="why it needs a human (policy rule)")
+    routed_by: dict[str, Any] | None = None
     enqueued_at: datetime
+    expires_at: datetime | None
     decision_id: uuid.UUID | None
     decided_by: str | None
     decided_at: datetime | None
@@ -57,10 +62,11 @@ async def list_proposals(
     _: Reviewer,
     status_: Annotated[QueueStatus, Query(alias="status")] = "pending",
     kind: Annotated[str | None, Query(description="only this proposal kind")] = None,
+    queue_: Annotated[str | None, Query(alias="queue", description="only this review queue")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[ReviewItem]:
-    rows = await queue.list_items(request.app.state.pool, status_, kind, limit, offset)
+    rows = await queue.list_items(request.app.state.pool, status_, kind, queue_, limit, offset)
     return [_item(r) for r in rows]
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 from changegate.core import __version__
-from changegate.core.contracts import Proposal
+from changegate.core.contracts import DecisionOutcome, ReviewRequest
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.kafka import TRANSIENT_ERRORS, ConsumerLoop, Subscription
 from changegate.core.logging import configure_logging, get_logger
@@ -25,8 +25,9 @@ log = get_logger(__name__)
 
 
 async def on_pending(pool: asyncpg.Pool, envelope: Envelope[Any]) -> None:
-    proposal: Proposal = envelope.payload
-    if await queue.enqueue(pool, proposal):
+    request: ReviewRequest = envelope.payload
+    proposal = request.proposal
+    if await queue.enqueue(pool, request):
         metrics.ENQUEUED.labels(kind=proposal.kind.value).inc()
         log.info("queued for review", kind=proposal.kind.value, record_id=proposal.record_id)
 
@@ -60,16 +61,30 @@ async def main() -> None:
     loop = ConsumerLoop(
         settings,
         "changegate-review-api",
-        [Subscription(Topic.PROPOSALS_PENDING, handle, frozenset({"proposal"}))],
+        [Subscription(Topic.PROPOSALS_PENDING, handle, frozenset({"review_request"}))],
         producer,
         runtime.stop,
     )
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
     runtime.checks["consumer"] = loop.ready.is_set
 
-    async def watch_depth() -> None:
+    async def housekeeping() -> None:
+        """Expire overdue proposals and refresh the queue gauges, every few seconds."""
+        names = TopicNames(settings.topic_prefix)
         while not runtime.stop.is_set():
             try:
+                for proposal_id in await queue.overdue(pool):
+                    with contextlib.suppress(queue.NotPendingError):  # decided meanwhile
+                        await queue.decide(
+                            pool,
+                            names,
+                            proposal_id,
+                            DecisionOutcome.EXPIRED,
+                            f"system:{SERVICE}",
+                            "not reviewed before it expired",
+                            by_system=True,
+                        )
+                        log.info("expired", correlation_id=str(proposal_id))
                 await queue.refresh_depth(pool)
             except TRANSIENT_ERRORS as exc:  # a gauge may go stale; the service must not stop
                 log.warning("queue depth not refreshed", error=repr(exc))
@@ -77,7 +92,7 @@ async def main() -> None:
                 await asyncio.wait_for(runtime.stop.wait(), 5)
 
     try:
-        await runtime.run(build_app(runtime, pool, settings), [loop.run, relay.run, watch_depth])
+        await runtime.run(build_app(runtime, pool, settings), [loop.run, relay.run, housekeeping])
     finally:
         await producer.stop()
         await pool.close()

@@ -7,7 +7,14 @@ from typing import Any
 
 import asyncpg
 from changegate.core import outbox
-from changegate.core.contracts import Decider, Decision, DecisionOutcome, FieldChange, Proposal
+from changegate.core.contracts import (
+    Decider,
+    Decision,
+    DecisionOutcome,
+    FieldChange,
+    Proposal,
+    ReviewRequest,
+)
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import Queryable
@@ -22,29 +29,50 @@ class NotPendingError(Exception):
         self.status = status
 
 
-async def enqueue(conn: Queryable, proposal: Proposal) -> bool:
+async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
     """Insert a pending proposal; False if it was already queued (redelivery)."""
+    proposal = request.proposal
     inserted = await conn.fetchval(
-        "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal)"
-        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (proposal_id) DO NOTHING RETURNING 1",
+        "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
+        " queue, priority, expires_at, routed_by, explanation)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (proposal_id) DO NOTHING RETURNING 1",
         proposal.proposal_id,
         proposal.kind.value,
         proposal.object_type.value,
         proposal.record_id,
         proposal.confidence,
         proposal.model_dump(mode="json"),
+        request.queue,
+        request.priority,
+        request.expires_at,
+        request.routed_by.model_dump(mode="json"),
+        request.explanation,
     )
     return inserted is not None
 
 
+async def overdue(pool: asyncpg.Pool, limit: int = 100) -> list[uuid.UUID]:
+    rows = await pool.fetch(
+        "SELECT proposal_id FROM review_queue WHERE status = 'pending' AND expires_at <= now()"
+        " ORDER BY expires_at LIMIT $1",
+        limit,
+    )
+    return [r["proposal_id"] for r in rows]
+
+
 async def list_items(
-    pool: asyncpg.Pool, status: str, kind: str | None, limit: int, offset: int
+    pool: asyncpg.Pool, status: str, kind: str | None, queue: str | None, limit: int, offset: int
 ) -> list[asyncpg.Record]:
+    """Highest priority first, then oldest first."""
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT * FROM review_queue WHERE status = $1 AND ($2::text IS NULL OR kind = $2)"
-        " ORDER BY enqueued_at, proposal_id LIMIT $3 OFFSET $4",
+        " AND ($3::text IS NULL OR queue = $3)"
+        " ORDER BY CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END,"
+        " enqueued_at, proposal_id LIMIT $4 OFFSET $5",
         status,
         kind,
+        queue,
         limit,
         offset,
     )
@@ -66,6 +94,8 @@ async def decide(
     identity: str,
     comment: str | None,
     final_changes: list[FieldChange] | None = None,
+    *,
+    by_system: bool = False,
 ) -> Decision:
     """Close a pending item and emit its decision, in one transaction. Raises NotPendingError."""
     async with pool.acquire() as conn, conn.transaction():
@@ -82,7 +112,7 @@ async def decide(
             decision_id=uuid.uuid4(),
             proposal=proposal,
             outcome=outcome,
-            decided_by=Decider(kind="human", identity=identity),
+            decided_by=Decider(kind="system" if by_system else "human", identity=identity),
             decided_at=utcnow(),
             explanation=f"{outcome.value.replace('_', ' ')} by {identity}",
             comment=comment,

@@ -12,6 +12,7 @@ from changegate.core.contracts.proposal import (
     ProposalSource,
     Trigger,
 )
+from changegate.core.contracts.review_request import ReviewRequest
 
 __all__ = [
     "AuditEntry",
@@ -31,5 +32,6 @@ __all__ = [
     "Proposal",
     "ProposalKind",
     "ProposalSource",
+    "ReviewRequest",
     "Trigger",
 ]

@@ -14,6 +14,7 @@ from changegate.core.contracts.crm_event import CrmEvent
 from changegate.core.contracts.decision import Decision
 from changegate.core.contracts.execution import Execution
 from changegate.core.contracts.proposal import Proposal
+from changegate.core.contracts.review_request import ReviewRequest
 from pydantic import BaseModel, Field, ValidationError
 
 P = TypeVar("P", bound=BaseModel)
@@ -71,6 +72,7 @@ EVENT_TYPES: dict[str, EventType] = {
     for et in (
         EventType("crm_event", CrmEvent, 1),
         EventType("proposal", Proposal, 1),
+        EventType("review_request", ReviewRequest, 1),
         EventType("decision", Decision, 1),
         EventType("execution", Execution, 1),
         EventType("audit_entry", AuditEntry, 1),

@@ -1,0 +1,177 @@
+"""The policy document: ordered rules of conditions and actions, validated at load."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Literal
+
+from changegate.core.contracts import ObjectType, Proposal, ProposalKind, Trigger
+from changegate.core.contracts.base import PropertyValue, is_empty
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Guardrail: these kinds always need a human, whatever a policy file says.
+NEVER_AUTO_APPLY = frozenset({ProposalKind.MERGE, ProposalKind.OWNER_REASSIGNMENT})
+_DURATION = re.compile(r"^(\d+)\s*([dhm])$")
+
+
+class Action(StrEnum):
+    AUTO_APPLY = "auto_apply"
+    REVIEW = "review"
+    REJECT = "reject"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Condition(_Strict):
+    """Every given criterion must hold; an absent criterion matches anything."""
+
+    kind: list[ProposalKind] | None = None
+    object_type: list[ObjectType] | None = None
+    source_system: list[str] | None = None
+    trigger: list[Trigger] | None = None
+    fields: list[str] | None = Field(None, description="every changed field is one of these")
+    previous_empty: bool | None = Field(
+        None, description="true: every change fills an empty field; false: some change overwrites"
+    )
+    min_confidence: float | None = Field(None, ge=0, le=1)
+    max_confidence: float | None = Field(None, ge=0, le=1)
+    evidence_flags_any: list[str] | None = Field(None, description="the evidence raises one of these")
+    evidence_flags_none: list[str] | None = Field(None, description="the evidence raises none of these")
+    proposed_values: dict[str, list[PropertyValue]] | None = Field(
+        None, description="field -> allowed proposed values (the field must be changed)"
+    )
+    previous_values: dict[str, list[PropertyValue]] | None = Field(
+        None, description="field -> allowed previous values (the field must be changed)"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Condition:
+        if (
+            self.min_confidence is not None
+            and self.max_confidence is not None
+            and self.min_confidence > self.max_confidence
+        ):
+            raise ValueError("min_confidence is above max_confidence: the rule can never match")
+        return self
+
+    def matches(self, p: Proposal) -> bool:
+        if self.kind is not None and p.kind not in self.kind:
+            return False
+        if self.object_type is not None and p.object_type not in self.object_type:
+            return False
+        if self.source_system is not None and p.source.system not in self.source_system:
+            return False
+        if self.trigger is not None and p.source.trigger not in self.trigger:
+            return False
+        if self.fields is not None and any(c.field not in self.fields for c in p.changes):
+            return False
+        if self.previous_empty is not None and (
+            all(is_empty(c.previous) for c in p.changes) != self.previous_empty
+        ):
+            return False
+        if self.min_confidence is not None and p.confidence < self.min_confidence:
+            return False
+        if self.max_confidence is not None and p.confidence > self.max_confidence:
+            return False
+        flags = evidence_flags(p)
+        if self.evidence_flags_any is not None and not flags.intersection(self.evidence_flags_any):
+            return False
+        if self.evidence_flags_none is not None and flags.intersection(self.evidence_flags_none):
+            return False
+        if self.proposed_values is not None and not _values_match(
+            {c.field: c.proposed for c in p.changes}, self.proposed_values
+        ):
+            return False
+        return self.previous_values is None or _values_match(
+            {c.field: c.previous for c in p.changes}, self.previous_values
+        )
+
+
+def evidence_flags(p: Proposal) -> set[str]:
+    """Risk flags a detector raised in the evidence (e.g. ``different_email_domains``)."""
+    flags = p.evidence.get("flags", [])
+    return {str(f) for f in flags} if isinstance(flags, list) else set()
+
+
+def _values_match(actual: dict[str, PropertyValue], wanted: dict[str, list[PropertyValue]]) -> bool:
+    # Compare with types: in Python True == 1, but a CRM's true and 1 are different values.
+    return all(
+        f in actual and any(type(actual[f]) is type(v) and actual[f] == v for v in allowed)
+        for f, allowed in wanted.items()
+    )
+
+
+class ReviewOptions(_Strict):
+    queue: str = Field("default", min_length=1)
+    priority: Literal["low", "normal", "high"] = "normal"
+    expires_after: timedelta | None = Field(
+        None, description="e.g. '7d', '12h', '30m': undecided by then, the proposal expires"
+    )
+
+    @field_validator("expires_after", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str) and (m := _DURATION.match(value.strip())):
+            unit = {"d": "days", "h": "hours", "m": "minutes"}[m[2]]
+            return timedelta(**{unit: int(m[1])})
+        return value
+
+
+class Rule(_Strict):
+    id: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    description: str | None = None
+    when: Condition = Field(default_factory=Condition)
+    action: Action
+    review: ReviewOptions | None = Field(None, description="for review: queue, priority, expiry")
+    reason: str | None = Field(None, description="for reject: why (required)")
+    allow_high_risk: bool = Field(
+        False, description="auto_apply even when the change touches a high-risk field or evidence"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if self.action is Action.AUTO_APPLY:
+            unsafe = sorted(set(self.when.kind or ProposalKind) & NEVER_AUTO_APPLY)
+            if unsafe:
+                raise ValueError(
+                    f"would auto-apply {', '.join(unsafe)}: merges and owner reassignments always "
+                    "need a human reviewer (limit the rule's kind)"
+                )
+        if self.action is Action.REJECT and not self.reason:
+            raise ValueError("a reject rule needs a reason")
+        if self.review is not None and self.action is not Action.REVIEW:
+            raise ValueError("review options apply to review rules only")
+        return self
+
+
+class PolicyDocument(_Strict):
+    version: str = Field(min_length=1)
+    description: str | None = None
+    default: Action = Action.REVIEW
+    default_review: ReviewOptions = Field(default_factory=ReviewOptions)
+    high_risk_fields: list[str] = Field(
+        default_factory=lambda: ["lifecyclestage", "hubspot_owner_id", "email"],
+        description="changing one needs review, unless the matching rule says allow_high_risk",
+    )
+    high_risk_evidence: list[str] = Field(
+        default_factory=lambda: ["different_email_domains"],
+        description="evidence flags that need review, unless the rule says allow_high_risk",
+    )
+    rules: list[Rule]
+
+    @model_validator(mode="after")
+    def _document(self) -> PolicyDocument:
+        if self.default is Action.AUTO_APPLY:
+            raise ValueError("default action auto_apply is refused: unmatched proposals need review")
+        if self.default is Action.REJECT:
+            raise ValueError("default action reject is refused: say which proposals to reject in a rule")
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"rule {rule.id!r}: duplicate rule id")
+            seen.add(rule.id)
+        return self

@@ -1,0 +1,142 @@
+"""Routing proposals: evaluate, record the route once in PostgreSQL, emit through the outbox.
+
+A batch of proposals is one transaction: routes already recorded (redelivery, replay, a policy
+switch while in flight) are skipped, the new ones are inserted with their decisions or review
+requests in the outbox. So every proposal is routed exactly once, under one policy version."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+from changegate.core import outbox
+from changegate.core.contracts import Decision, DecisionOutcome, Proposal, ReviewRequest
+from changegate.core.contracts.base import utcnow
+from changegate.core.contracts.envelope import Envelope, make_envelope
+from changegate.core.logging import get_logger
+from changegate.core.topics import Topic, TopicNames
+from changegate.policy.engine import Action, Policy, Route
+from prometheus_client import Counter, Gauge, Histogram
+
+SERVICE = "policy"
+log = get_logger(__name__)
+
+DECISIONS = Counter(
+    "changegate_policy_decisions_total",
+    "Proposals routed, by route, rule and kind",
+    ["route", "rule", "kind"],
+)
+DUPLICATES = Counter("changegate_policy_duplicates_total", "Proposals already routed before (redelivered)")
+AUTO_APPLY_RATIO = Gauge("changegate_policy_auto_apply_ratio", "Share of routed proposals auto-applied")
+EVALUATION_SECONDS = Histogram(
+    "changegate_policy_evaluation_duration_seconds",
+    "Time to evaluate one proposal against the policy",
+    buckets=(1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3),
+)
+
+
+def output_for(policy: Policy, proposal: Proposal, route: Route) -> tuple[Topic, Any]:
+    """The message a route produces: a decision (auto-apply, reject) or a review request."""
+    now = utcnow()
+    if route.action is Action.REVIEW:
+        return Topic.PROPOSALS_PENDING, ReviewRequest(
+            proposal=proposal,
+            queue=route.review.queue if route.review else "default",
+            priority=route.review.priority if route.review else "normal",
+            expires_at=route.expires_at(now),
+            routed_by=policy.decider(route.rule_id),
+            explanation=route.explanation,
+        )
+    outcome = DecisionOutcome.AUTO_APPROVED if route.action is Action.AUTO_APPLY else DecisionOutcome.REJECTED
+    return Topic.DECISIONS, Decision(
+        decision_id=Decision.policy_decision_id(proposal.proposal_id, policy.content_hash),
+        proposal=proposal,
+        outcome=outcome,
+        decided_by=policy.decider(route.rule_id),
+        decided_at=now,
+        explanation=route.explanation,
+        final_changes=list(proposal.changes) if outcome.executes else [],
+    )
+
+
+class Router:
+    def __init__(self, pool: asyncpg.Pool, policy: Policy, names: TopicNames) -> None:
+        self.pool, self.policy, self.names = pool, policy, names
+        self._routed = 0
+        self._auto = 0
+
+    def switch(self, policy: Policy) -> None:
+        """Take a new policy; the batch in flight finishes under the old one."""
+        log.info(
+            "policy switched",
+            from_version=self.policy.version,
+            from_hash=self.policy.content_hash,
+            to_version=policy.version,
+            to_hash=policy.content_hash,
+            source=policy.source,
+        )
+        self.policy = policy
+
+    async def handle_batch(self, envelopes: list[Envelope[Any]]) -> None:
+        policy = self.policy  # one policy for the whole batch
+        proposals: dict[uuid.UUID, Proposal] = {}
+        for env in envelopes:
+            proposals.setdefault(env.payload.proposal_id, env.payload)
+        async with self.pool.acquire() as conn, conn.transaction():
+            done = {
+                r["proposal_id"]
+                for r in await conn.fetch(
+                    "SELECT proposal_id FROM policy_routes WHERE proposal_id = ANY($1::uuid[])",
+                    list(proposals),
+                )
+            }
+            fresh = [p for pid, p in proposals.items() if pid not in done]
+            routes = []
+            for proposal in fresh:
+                started = time.perf_counter()
+                route = policy.evaluate(proposal)
+                EVALUATION_SECONDS.observe(time.perf_counter() - started)
+                routes.append((proposal, route))
+            await conn.executemany(
+                "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
+                " explanation) VALUES ($1, $2, $3, $4, $5, $6)",
+                [
+                    (
+                        p.proposal_id,
+                        r.action.value,
+                        r.rule_id,
+                        policy.version,
+                        policy.content_hash,
+                        r.explanation,
+                    )
+                    for p, r in routes
+                ],
+            )
+            messages = []
+            for proposal, route in routes:
+                topic, payload = output_for(policy, proposal, route)
+                dedup = getattr(payload, "decision_id", None) or f"review|{proposal.proposal_id}"
+                env = make_envelope(
+                    payload, service=SERVICE, correlation_id=proposal.proposal_id, dedup_key=str(dedup)
+                )
+                messages.append((self.names(topic), proposal.record_id, env))
+            await outbox.enqueue_many(conn, SERVICE, messages)
+        DUPLICATES.inc(len(envelopes) - len(fresh))
+        for proposal, route in routes:
+            DECISIONS.labels(route=route.action.value, rule=route.rule_id, kind=proposal.kind.value).inc()
+            self._routed += 1
+            self._auto += route.action is Action.AUTO_APPLY
+            log.info(
+                "routed",
+                correlation_id=str(proposal.proposal_id),
+                action=route.action.value,
+                rule=route.rule_id,
+                explanation=route.explanation,
+            )
+        if self._routed:
+            AUTO_APPLY_RATIO.set(self._auto / self._routed)
+
+    async def handle(self, envelope: Envelope[Any]) -> None:
+        await self.handle_batch([envelope])
