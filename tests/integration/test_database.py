@@ -39,7 +39,7 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 async def test_migrations_apply_once_and_refuse_edited_files(pool: asyncpg.Pool) -> None:
     await migrate_core(pool)
-    assert await migrate(pool, "audit", "changegate.audit.migrations") == [1]
+    assert await migrate(pool, "audit", "changegate.audit.migrations") == [1, 2]
     assert await migrate(pool, "audit", "changegate.audit.migrations") == []
     await pool.execute("UPDATE changegate_migrations SET checksum = 'x' WHERE component = 'audit'")
     with pytest.raises(RuntimeError, match="changed after it was applied"):
@@ -175,3 +175,60 @@ async def test_audit_log_is_append_only_and_tampering_is_detected(pool: asyncpg.
     assert not report.ok
     assert "row 2: content does not match its hash (altered)" in report.problems
     assert "rows 5..5 are missing" in report.problems
+
+
+async def test_audit_values_survive_the_database_round_trip(pool: asyncpg.Pool) -> None:
+    await migrate_core(pool)
+    await migrate(pool, "audit", "changegate.audit.migrations")
+    odd_values = {"revenue": 2.5e16, "score": 0.1 + 0.2, "is_customer": "true", "employees": 10**18}
+    execution = _execution("c-values", {k: str(v) for k, v in odd_values.items()})
+    writes = [
+        FieldWrite(field=k, expected=None, overwritten=None if k != "score" else False, new=v)
+        for k, v in odd_values.items()
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        await append_execution(conn, execution.model_copy(update={"writes": writes}))
+    report = await verify(pool)
+    assert report.problems == []
+    assert report.rows == 4
+
+
+async def test_rows_cut_from_the_end_are_caught_against_a_recorded_head(pool: asyncpg.Pool) -> None:
+    await migrate_core(pool)
+    await migrate(pool, "audit", "changegate.audit.migrations")
+    for i in range(3):
+        async with pool.acquire() as conn, conn.transaction():
+            await append_execution(conn, _execution(f"h{i}", {"jobtitle": f"T{i}"}))
+    head = await verify(pool)
+    assert (head.ok, head.head_seq) == (True, 3)
+    await pool.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+    await pool.execute("DELETE FROM audit_entries WHERE seq = 3")
+    assert (await verify(pool)).ok  # the shorter chain is consistent in itself…
+    cut = await verify(pool, (head.head_seq, head.head_hash))
+    assert cut.problems == ["row 3 (the expected head) is missing: the log was cut short"]
+
+
+async def test_outbox_sets_aside_a_message_the_broker_refuses_and_keeps_going(
+    pool: asyncpg.Pool, settings: CommonSettings, topics: None
+) -> None:
+    await migrate_core(pool)
+    topic = f"{settings.topic_prefix}crm.events"
+    huge = make_envelope(created("huge", notes="x" * 2_000_000), service="t")
+    after = make_envelope(created("after"), service="t")
+    async with pool.acquire() as conn, conn.transaction():
+        await outbox.enqueue(conn, "svc", topic, "huge", huge)
+        await outbox.enqueue(conn, "svc", topic, "after", after)
+    producer = make_producer(settings, "t")
+    await producer.start()
+    stop = asyncio.Event()
+    task = asyncio.create_task(OutboxRelay(pool, producer, "svc", stop).run())
+    try:
+        records = await read_topic(settings.kafka_bootstrap_servers, topic, 1)
+        assert [decode(r.value).event_id for r in records] == [after.event_id]  # type: ignore[attr-defined]
+        failed = await pool.fetch("SELECT topic, error FROM changegate_outbox_failed")
+        assert [r["topic"] for r in failed] == [topic]
+        assert "MessageSizeTooLarge" in failed[0]["error"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        await producer.stop()

@@ -248,9 +248,9 @@ def down(workdir: Path, report: Callable[[str], None]) -> bool:
     if _alive(supervisor) and _ours(supervisor):
         report(f"stopping the dev stack (supervisor pid {supervisor})")
         os.kill(supervisor, signal.SIGTERM)
-        if _wait_gone(supervisor, 60):
-            return True
-        report("the supervisor did not stop in 60s; stopping its processes directly")
+        if not _wait_gone(supervisor, 60):
+            report("the supervisor did not stop in 60s; stopping its processes directly")
+    # Whatever the supervisor did not get to (it crashed, or was killed), stop here.
     for name, pid in state.get("pids", {}).items():
         if _alive(pid) and _ours(pid):
             report(f"stopping {name} (pid {pid})")
@@ -259,7 +259,7 @@ def down(workdir: Path, report: Callable[[str], None]) -> bool:
             if not _wait_gone(pid, 20):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-    if state.get("pgdata"):
+    if state.get("pgdata") and (Path(state["pgdata"]) / "postmaster.pid").exists():
         report("stopping PostgreSQL")
         stop_postgres(Path(state["pgdata"]))
     state_file.unlink(missing_ok=True)

@@ -86,6 +86,9 @@ def dev_up(
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C (or `dev down`) must not abandon the shutdown half way.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         console.print("[bold]stopping[/] services, broker and PostgreSQL …")
         stack.stop()
         console.print("stopped; nothing left running")
@@ -190,22 +193,34 @@ def schemas_export(
 
 
 @audit_app.command("verify")
-def audit_verify() -> None:
+def audit_verify(
+    expect_head: Annotated[
+        str | None,
+        typer.Option(help="SEQ:HASH printed by an earlier verify; catches rows cut from the end"),
+    ] = None,
+) -> None:
     """Recompute the audit log's hash chain; exit 1 if a row was altered or removed."""
+    head: tuple[int, str] | None = None
+    if expect_head:
+        seq, _, digest = expect_head.partition(":")
+        if not seq.isdigit() or not digest:
+            raise typer.BadParameter("expected SEQ:HASH", param_hint="--expect-head")
+        head = (int(seq), digest)
 
-    async def run() -> tuple[bool, int, list[str]]:
+    async def run() -> tuple[bool, int, list[str], str]:
         from changegate.audit.chain import verify
         from changegate.core.db import create_pool
 
         pool = await create_pool(CommonSettings().database_url, max_size=1)
         try:
-            report = await verify(pool)
+            report = await verify(pool, head)
         finally:
             await pool.close()
-        return report.ok, report.rows, report.problems
+        return report.ok, report.rows, report.problems, f"{report.head_seq}:{report.head_hash}"
 
-    ok, rows, problems = asyncio.run(run())
+    ok, rows, problems, head_now = asyncio.run(run())
     for p in problems:
         console.print(f"[red]{p}[/]")
-    console.print(f"{rows} rows checked: {'chain intact' if ok else 'CHAIN BROKEN'}")
+    console.print(f"{rows} rows checked: {'chain intact' if ok else 'CHAIN BROKEN'}; head {head_now}")
+    console.print("keep the head outside this database; pass it as --expect-head next time")
     raise typer.Exit(0 if ok else 1)

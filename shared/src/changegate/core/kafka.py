@@ -16,7 +16,14 @@ from typing import Any, Protocol
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    CommitFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    TopicAlreadyExistsError,
+)
 from changegate.core import metrics
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
 from changegate.core.logging import correlation, get_logger
@@ -25,8 +32,8 @@ from changegate.core.settings import CommonSettings
 from changegate.core.topics import TOPICS, Topic, TopicNames
 from tenacity import (
     AsyncRetrying,
+    retry_if_exception,
     retry_if_exception_type,
-    retry_if_not_exception_type,
     stop_after_attempt,
     stop_after_delay,
     wait_exponential,
@@ -39,7 +46,7 @@ Handler = Callable[[Envelope[Any]], Awaitable[None]]
 BatchHandler = Callable[[list[Envelope[Any]]], Awaitable[None]]
 
 # Infrastructure being away is not the message's fault: retry it without end, never dead-letter it.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
@@ -48,8 +55,15 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
-    KafkaError,
 )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Infrastructure trouble worth waiting out. Kafka says itself which of its errors are; one it
+    calls final (a message too large, an unauthorised topic) is the message's problem."""
+    if isinstance(exc, KafkaError):
+        return bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
+    return isinstance(exc, _TRANSIENT_TYPES)
 
 
 def make_producer(settings: CommonSettings, service: str) -> AIOKafkaProducer:
@@ -79,7 +93,11 @@ async def ensure_topics(settings: CommonSettings, topics: Sequence[Topic] | None
     names = TopicNames(settings.topic_prefix)
     wanted = list(topics or TOPICS)
     new = [
-        NewTopic(name=n, num_partitions=TOPICS[t].partitions, replication_factor=1)
+        NewTopic(
+            name=n,
+            num_partitions=TOPICS[t].partitions,
+            replication_factor=settings.kafka_replication_factor,
+        )
         for t in wanted
         for n in (names(t), names.dlq(t))
     ]
@@ -97,7 +115,14 @@ async def ensure_topics(settings: CommonSettings, topics: Sequence[Topic] | None
         missing = [t for t in new if t.name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another service was first
-                await admin.create_topics(missing)
+                response = await admin.create_topics(missing)
+                failed = [
+                    (err[0], err[1], err[2] if len(err) > 2 else None)
+                    for err in response.topic_errors
+                    if err[1] not in (0, TopicAlreadyExistsError.errno)
+                ]
+                if failed:
+                    raise RuntimeError(f"topics not created: {failed}")
             log.info("topics created", topics=[t.name for t in missing])
     finally:
         await admin.close()
@@ -223,7 +248,7 @@ class MessageProcessor:
         while True:
             try:
                 async for attempt in AsyncRetrying(
-                    retry=retry_if_not_exception_type(TRANSIENT_ERRORS),
+                    retry=retry_if_exception(lambda e: not is_transient(e)),
                     wait=wait_exponential(multiplier=0.05, max=1),
                     stop=stop_after_attempt(attempts or self.settings.handler_max_attempts),
                     reraise=True,
@@ -232,7 +257,9 @@ class MessageProcessor:
                     with attempt:
                         await call()
                 return
-            except TRANSIENT_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 transient += 1
                 metrics.RETRIES.labels(topic=topic).inc()
                 log.warning("transient failure, retrying", error=repr(exc), attempt=transient)
@@ -251,7 +278,22 @@ class MessageProcessor:
             ("x-changegate-consumer-group", self.group_id.encode()),
         ]
         dlq = self.names.dlq(sub.topic)
-        await self.producer.send_and_wait(dlq, record.value or b"", key=record.key, headers=headers)
+        value = record.value or b""
+        attempt = 0
+        while True:
+            try:
+                await self.producer.send_and_wait(dlq, value, key=record.key, headers=headers)
+                break
+            except MessageSizeTooLargeError:
+                # Keep the reason and the source coordinates; the body stays in the source topic.
+                value = value[:1024]
+                headers.append(("x-changegate-truncated", b"true"))
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                log.warning("dead-letter send failed, retrying", error=repr(exc), attempt=attempt)
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
         metrics.DEAD_LETTERS.labels(topic=record.topic, reason=reason).inc()
         metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="dead_lettered").inc()
         log.warning("dead-lettered", topic=record.topic, dlq=dlq, reason=reason, error=error[:500])
@@ -297,8 +339,7 @@ class ConsumerLoop:
                 for tp, records in batch.items():
                     if self.processor.by_topic[tp.topic].batch_handler is not None:
                         await self.processor.process_batch(records)
-                        await self.consumer.commit({tp: records[-1].offset + 1})
-                        self._record_lag(tp, records[-1].offset + 1)
+                        await self._commit(tp, records[-1].offset + 1)
                         continue
                     next_offset = None
                     for record in records:
@@ -307,12 +348,26 @@ class ConsumerLoop:
                         await self.processor.process(record)
                         next_offset = record.offset + 1
                     if next_offset is not None:
-                        # Only now are the effects of every record up to here durable.
-                        await self.consumer.commit({tp: next_offset})
-                        self._record_lag(tp, next_offset)
+                        await self._commit(tp, next_offset)
         finally:
             await self.consumer.stop()
             log.info("consumer stopped", group=self.group_id)
+
+    async def _commit(self, tp: TopicPartition, next_offset: int) -> None:
+        """Only now are the effects of every record up to ``next_offset`` durable. A rebalance may
+        have taken the partition meanwhile: its new owner gets the records again, and every
+        handler is idempotent, so that is a log line, not a crash."""
+        try:
+            await self.consumer.commit({tp: next_offset})
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning(
+                "commit refused after a rebalance; records will be redelivered",
+                topic=tp.topic,
+                partition=tp.partition,
+                error=repr(exc),
+            )
+            return
+        self._record_lag(tp, next_offset)
 
     def _record_lag(self, tp: TopicPartition, next_offset: int) -> None:
         # The fetch high watermark is right on Tansu; its ListOffsets answer for the end is not.

@@ -30,3 +30,6 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
 )
 OUTBOX_PENDING = Gauge("changegate_outbox_pending_messages", "Outbox rows not yet published")
+OUTBOX_FAILED = Counter(
+    "changegate_outbox_failed_total", "Outbox messages the broker refused for good (set aside)"
+)

@@ -16,10 +16,17 @@ from aiokafka import AIOKafkaProducer
 from changegate.core import metrics
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import DbConn
+from changegate.core.kafka import is_transient
 from changegate.core.logging import get_logger
 from changegate.core.serde import encode
 
 log = get_logger(__name__)
+
+
+async def _done(value: object) -> object:
+    if isinstance(value, BaseException):
+        raise value
+    return value
 
 
 def _channel(service: str) -> str:
@@ -70,6 +77,19 @@ class OutboxRelay:
         self._lock_id = zlib.crc32(f"outbox:{service}".encode())
 
     async def run(self) -> None:
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                await self._relay()
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                attempt += 1
+                log.warning("outbox relay interrupted, retrying", error=repr(exc), attempt=attempt)
+                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+
+    async def _relay(self) -> None:
         channel = _channel(self.service)
 
         def wake(*_: object) -> None:
@@ -77,11 +97,11 @@ class OutboxRelay:
 
         async with self.pool.acquire() as conn:
             await conn.add_listener(channel, wake)
-            while not self.stop.is_set():
-                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_id):
-                    break
-                await self._sleep()  # another replica relays; stand by
             try:
+                while not self.stop.is_set():
+                    if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self._lock_id):
+                        break
+                    await self._sleep()  # another replica relays; stand by
                 while not self.stop.is_set():
                     self._wake.clear()
                     if await self.publish_pending(conn) < self.batch:
@@ -107,15 +127,41 @@ class OutboxRelay:
         if not rows:
             metrics.OUTBOX_PENDING.set(0)
             return 0
-        futures = []
-        for row in rows:
+
+        async def send(row: asyncpg.Record) -> object:
             headers = [(k, v.encode()) for k, v in (row["headers"] or [])]
-            futures.append(
-                await self.producer.send(row["topic"], row["value"], key=row["key"], headers=headers)
+            try:
+                return await self.producer.send(row["topic"], row["value"], key=row["key"], headers=headers)
+            except Exception as exc:  # refused before it was sent, e.g. too large
+                if is_transient(exc):
+                    raise
+                return exc
+
+        pending = [await send(row) for row in rows]
+        # Every row acknowledged by the broker (or refused for good) before it leaves the outbox.
+        results = await asyncio.gather(
+            *[p if isinstance(p, asyncio.Future) else _done(p) for p in pending], return_exceptions=True
+        )
+        transient = [r for r in results if isinstance(r, BaseException) and is_transient(r)]
+        if transient:
+            raise transient[0]
+        refused = {row["id"]: r for row, r in zip(rows, results, strict=True) if isinstance(r, BaseException)}
+        if refused:
+            await conn.executemany(
+                "INSERT INTO changegate_outbox_failed (id, service, topic, key, value, headers, created_at,"
+                " error) SELECT id, service, topic, key, value, headers, created_at, $2"
+                " FROM changegate_outbox WHERE id = $1 ON CONFLICT DO NOTHING",
+                [(i, repr(e)) for i, e in refused.items()],
             )
-        await asyncio.gather(*futures)  # every row acknowledged by the broker before it goes
+            metrics.OUTBOX_FAILED.inc(len(refused))
+            log.error(
+                "outbox messages refused by the broker, set aside",
+                count=len(refused),
+                errors=sorted({repr(e) for e in refused.values()}),
+            )
         for row in rows:
-            metrics.MESSAGES_PRODUCED.labels(topic=row["topic"]).inc()
+            if row["id"] not in refused:
+                metrics.MESSAGES_PRODUCED.labels(topic=row["topic"]).inc()
         await conn.execute(
             "DELETE FROM changegate_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
         )

@@ -25,7 +25,7 @@ log = get_logger(__name__)
 ReadinessCheck = Callable[[], bool]
 
 
-def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
+def ops_router(checks: dict[str, ReadinessCheck], stopping: asyncio.Event) -> APIRouter:
     """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (every check passes)."""
     router = APIRouter(tags=["operations"])
 
@@ -40,6 +40,7 @@ def ops_router(checks: dict[str, ReadinessCheck]) -> APIRouter:
     @router.get("/readyz", summary="Readiness: connected to the broker and the database")
     def readyz() -> JSONResponse:
         results = {name: check() for name, check in checks.items()}
+        results["not_stopping"] = not stopping.is_set()
         ok = all(results.values())
         return JSONResponse(
             {"status": "ready" if ok else "not ready", "checks": results},
@@ -86,7 +87,7 @@ class ServiceRuntime:
 
     def app(self, app: FastAPI | None = None) -> FastAPI:
         app = app or FastAPI(title=f"changegate {self.name}", version=__version__)
-        app.include_router(ops_router(self.checks))
+        app.include_router(ops_router(self.checks, self.stop))
         return app
 
     async def run(self, app: FastAPI, workers: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> None:
@@ -108,16 +109,18 @@ class ServiceRuntime:
         stopper = asyncio.create_task(self.stop.wait(), name="stop")
         log.info("service started", port=self.settings.http_port)
         done, _ = await asyncio.wait([*tasks, http, stopper], return_when=asyncio.FIRST_COMPLETED)
-        failed = [t for t in done if t is not stopper and t.exception() is not None]
-        self.stop.set()
-        await asyncio.wait(tasks, timeout=15)
-        for t in tasks:
+        failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
+        self.stop.set()  # /readyz answers 503 from here on
+        _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+        for t in late:
+            log.warning("worker did not stop in time, cancelling", worker=t.get_name())
             t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # cancelled ones have unwound
         server.should_exit = True
         await asyncio.wait([http], timeout=5)
         stopper.cancel()
         if failed:
             exc = failed[0].exception()
-            log.error("worker failed, exiting", worker=failed[0].get_name(), error=repr(exc))
+            log.error("worker failed, exiting", worker=failed[0].get_name(), error=repr(exc), exc_info=exc)
             raise SystemExit(1)
         log.info("service stopped")

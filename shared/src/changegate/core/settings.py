@@ -30,9 +30,13 @@ class CommonSettings(BaseSettings):
     kafka_session_timeout_ms: int = 2_000
     kafka_heartbeat_interval_ms: int = 500
     kafka_rebalance_timeout_ms: int = 1_000
+    kafka_replication_factor: int = Field(1, ge=1, description="replicas of each topic it creates")
     kafka_max_batch: int = Field(500, description="max records a consumer takes per poll")
     handler_max_attempts: int = Field(
         5, description="attempts per message (exponential backoff) before it is dead-lettered"
+    )
+    shutdown_grace_seconds: float = Field(
+        15, description="how long workers may finish the message in hand after SIGTERM"
     )
     database_url: str = Field(DEFAULT_DATABASE_URL, description="asyncpg DSN")
     database_pool_max: int = 10

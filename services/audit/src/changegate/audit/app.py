@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 import asyncpg
@@ -16,7 +17,7 @@ from changegate.core.kafka import ConsumerLoop, Subscription
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from prometheus_client import Counter
 
 SERVICE = "audit"
@@ -57,7 +58,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool) -> FastAPI:
     async def list_entries(
         request: Request,
         record_id: Annotated[str | None, Query(description="only this CRM record")] = None,
-        proposal_id: Annotated[str | None, Query(description="only this proposal")] = None,
+        proposal_id: Annotated[uuid.UUID | None, Query(description="only this proposal")] = None,
         after_seq: Annotated[int, Query(ge=0, description="page after this sequence number")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditEntry]:
@@ -73,9 +74,21 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool) -> FastAPI:
         return [row_to_entry(r) for r in rows]
 
     @app.get("/audit/verify", tags=["audit"], summary="Recompute the hash chain")
-    async def verify_chain(request: Request) -> dict[str, Any]:
-        report = await verify(request.app.state.pool)
-        return {"ok": report.ok, "rows": report.rows, "problems": report.problems}
+    async def verify_chain(
+        request: Request,
+        head_seq: Annotated[int | None, Query(ge=1, description="a head recorded earlier: its seq")] = None,
+        head_hash: Annotated[str | None, Query(description="… and its hash")] = None,
+    ) -> dict[str, Any]:
+        if (head_seq is None) != (head_hash is None):
+            raise HTTPException(422, "give head_seq and head_hash together")
+        expect = (head_seq, head_hash) if head_seq is not None and head_hash is not None else None
+        report = await verify(request.app.state.pool, expect)
+        return {
+            "ok": report.ok,
+            "rows": report.rows,
+            "problems": report.problems,
+            "head": {"seq": report.head_seq, "hash": report.head_hash},
+        }
 
     return runtime.app(app)
 

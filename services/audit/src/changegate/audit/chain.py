@@ -21,8 +21,19 @@ def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:
     return hashlib.sha256(f"{canonical}|{prev_hash}".encode()).hexdigest()
 
 
+VALUE_COLUMNS = ("previous_value", "new_value")
+
+
+def to_column(name: str, value: Any) -> Any:
+    """Values go to the database as the JSON text that was hashed (round trip exact)."""
+    return json.dumps(value) if name in VALUE_COLUMNS else value
+
+
 def row_to_entry(row: asyncpg.Record) -> AuditEntry:
-    return AuditEntry.model_validate(dict(row))
+    fields = dict(row)
+    for name in VALUE_COLUMNS:
+        fields[name] = json.loads(fields[name]) if fields[name] is not None else None
+    return AuditEntry.model_validate(fields)
 
 
 @dataclass(frozen=True)
@@ -30,10 +41,15 @@ class VerifyReport:
     ok: bool
     rows: int
     problems: list[str]
+    head_seq: int = 0
+    head_hash: str = GENESIS
 
 
-async def verify(conn: Queryable) -> VerifyReport:
-    """Recompute the chain; report altered rows (hash mismatch) and missing ones (gaps, broken links)."""
+async def verify(conn: Queryable, expect_head: tuple[int, str] | None = None) -> VerifyReport:
+    """Recompute the chain; report altered rows (hash mismatch) and missing ones (gaps, broken links).
+
+    Rows removed from the end leave a shorter chain that is still consistent: only a head recorded
+    elsewhere (``expect_head``: a seq and its hash, e.g. from an earlier verify) reveals them."""
     problems: list[str] = []
     prev_hash, expected_seq, count = GENESIS, 1, 0
     for row in await conn.fetch("SELECT * FROM audit_entries ORDER BY seq"):
@@ -46,4 +62,11 @@ async def verify(conn: Queryable) -> VerifyReport:
         if entry_hash(entry.model_dump(mode="json"), entry.prev_hash) != entry.hash:
             problems.append(f"row {entry.seq}: content does not match its hash (altered)")
         prev_hash, expected_seq = entry.hash, entry.seq + 1
-    return VerifyReport(not problems, count, problems)
+    if expect_head is not None:
+        seq, digest = expect_head
+        head_hash = await conn.fetchval("SELECT hash FROM audit_entries WHERE seq = $1", seq)
+        if head_hash is None:
+            problems.append(f"row {seq} (the expected head) is missing: the log was cut short")
+        elif head_hash != digest:
+            problems.append(f"row {seq} does not carry the expected head hash")
+    return VerifyReport(not problems, count, problems, expected_seq - 1, prev_hash)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from changegate.audit.chain import GENESIS, entry_hash
+from changegate.audit.chain import GENESIS, entry_hash, to_column
 from changegate.core.contracts import AuditEntry, AuditMode, Decision, Execution, ExecutionStatus
 from changegate.core.db import DbConn
 
@@ -75,6 +75,6 @@ async def append_execution(conn: DbConn, execution: Execution) -> int:
         placeholders = ", ".join(f"${i + 1}" for i in range(len(_COLUMNS)))
         await conn.executemany(
             f"INSERT INTO audit_entries ({', '.join(_COLUMNS)}) VALUES ({placeholders})",
-            [[getattr(e, c) for c in _COLUMNS] for e in entries],
+            [[to_column(c, getattr(e, c)) for c in _COLUMNS] for e in entries],
         )
     return len(entries)

@@ -1,7 +1,8 @@
 """Detector entrypoint: a Faust agent consumes crm.events; proposals leave through the outbox.
 
-Faust commits offsets of events the agent has finished (every 0.5 s and at stop); every effect is
-idempotent in PostgreSQL, so what a crash makes Faust redeliver changes nothing twice."""
+Faust commits offsets of events the agent has acked (every 0.5 s and at stop), and the agent acks an
+event only once its effects are durable; every effect is idempotent in PostgreSQL, so what a crash
+makes Faust redeliver changes nothing twice."""
 
 from __future__ import annotations
 
@@ -42,8 +43,15 @@ async def main() -> None:
 
     @app.agent(topic)
     async def detect(stream: Any) -> None:
-        async for event in stream.events():
-            await processor.process(event.message)  # never raises: Faust would skip the event
+        # Manual acks: Faust otherwise acks (and soon commits) an event whose processing raised or
+        # was cancelled. Unacked, it is redelivered after the restart.
+        async for event in stream.noack().events():
+            try:
+                await processor.process(event.message)
+            except BaseException:
+                runtime.stop.set()  # unrecoverable here (or shutting down): restart the process
+                raise
+            event.ack()
 
     started = False
 

@@ -15,7 +15,9 @@ from changegate.core.contracts import (
     Execution,
     ExecutionStatus,
     FieldChange,
+    FieldWrite,
     Proposal,
+    ProposalKind,
     ProposalSource,
     ReviewRequest,
 )
@@ -32,6 +34,15 @@ from changegate.executor.settings import ExecutorSettings
 from prometheus_client import Counter, Histogram
 
 SERVICE = "executor"
+# Kinds whose decision is a set of field writes on one record (compare-and-set).
+FIELD_WRITE_KINDS = frozenset(
+    {
+        ProposalKind.FIELD_UPDATE,
+        ProposalKind.LIFECYCLE_TRANSITION,
+        ProposalKind.OWNER_REASSIGNMENT,
+        ProposalKind.EMAIL_VERIFICATION,
+    }
+)
 log = get_logger(__name__)
 
 EXECUTIONS = Counter("changegate_executions_total", "Executions by status", ["status"])
@@ -62,18 +73,7 @@ class Executor:
             if not await claim_event(conn, SERVICE, decision.decision_id):
                 log.info("decision already executed", decision_id=str(decision.decision_id))
                 return
-            with CRM_SECONDS.labels(target=sandbox_crm.TARGET).time():
-                result = await sandbox_crm.compare_and_set(
-                    conn, proposal.object_type, proposal.record_id, decision.final_changes
-                )
-            if result is None:
-                status, error, writes = ExecutionStatus.FAILED, "record not found in the CRM", []
-            elif result.applied:
-                status, error, writes = ExecutionStatus.APPLIED, None, result.writes
-            else:
-                status, writes = ExecutionStatus.CONFLICT, result.writes
-                error = f"changed since proposed: {', '.join(result.conflicts)}"
-                await self._back_to_review(conn, decision, result.current)
+            status, error, writes, result = await self._apply(conn, decision)
             execution = Execution(
                 execution_id=Execution.make_id(decision.decision_id),
                 decision=decision,
@@ -95,6 +95,30 @@ class Executor:
             await outbox.enqueue(conn, SERVICE, self.names(Topic.EXECUTIONS), proposal.record_id, out)
         EXECUTIONS.labels(status=status.value).inc()
         log.info("executed", status=status.value, record_id=proposal.record_id, error=error)
+
+    async def _apply(
+        self, conn: DbConn, decision: Decision
+    ) -> tuple[ExecutionStatus, str | None, list[FieldWrite], sandbox_crm.CasResult | None]:
+        proposal = decision.proposal
+        if proposal.kind not in FIELD_WRITE_KINDS:
+            # A merge is not a field write: applying its changes to the survivor alone would report
+            # success while the duplicates stay. Refused until a merge adapter exists.
+            return ExecutionStatus.FAILED, f"no executor for {proposal.kind.value} yet", [], None
+        with CRM_SECONDS.labels(target=sandbox_crm.TARGET).time():
+            result = await sandbox_crm.compare_and_set(
+                conn, proposal.object_type, proposal.record_id, decision.final_changes
+            )
+        if result is None:
+            return ExecutionStatus.FAILED, "record not found in the CRM", [], None
+        if result.applied:
+            return ExecutionStatus.APPLIED, None, result.writes, result
+        await self._back_to_review(conn, decision, result.current)
+        return (
+            ExecutionStatus.CONFLICT,
+            f"changed since proposed: {', '.join(result.conflicts)}",
+            result.writes,
+            result,
+        )
 
     async def _back_to_review(self, conn: DbConn, decision: Decision, current: dict[str, Any]) -> None:
         """A stale proposal never overwrites: re-propose it against the value the CRM holds now."""

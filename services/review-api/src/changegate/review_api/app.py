@@ -10,7 +10,7 @@ import asyncpg
 from changegate.core import __version__
 from changegate.core.contracts import DecisionOutcome, ReviewRequest
 from changegate.core.contracts.envelope import Envelope
-from changegate.core.kafka import TRANSIENT_ERRORS, ConsumerLoop, Subscription
+from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
@@ -86,7 +86,9 @@ async def main() -> None:
                         )
                         log.info("expired", correlation_id=str(proposal_id))
                 await queue.refresh_depth(pool)
-            except TRANSIENT_ERRORS as exc:  # a gauge may go stale; the service must not stop
+            except Exception as exc:  # a gauge may go stale; the service must not stop
+                if not is_transient(exc):
+                    raise
                 log.warning("queue depth not refreshed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runtime.stop.wait(), 5)
