@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -22,12 +23,20 @@ demo_app = typer.Typer(help="Synthetic CRM events for demos.", no_args_is_help=T
 schemas_app = typer.Typer(
     help="JSON Schemas and the AsyncAPI document, from the models.", no_args_is_help=True
 )
-audit_app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
 app.add_typer(dev, name="dev")
 app.add_typer(demo_app, name="demo")
 app.add_typer(schemas_app, name="schemas")
-app.add_typer(audit_app, name="audit")
-console = Console(stderr=True)
+
+# Each service that has commands brings them along; an install without it just lacks them.
+with contextlib.suppress(ImportError):
+    from changegate.policy.cli import app as policy_app
+
+    app.add_typer(policy_app, name="policy")
+with contextlib.suppress(ImportError):
+    from changegate.audit.cli import app as audit_app
+
+    app.add_typer(audit_app, name="audit")
+console = Console(stderr=True, soft_wrap=True)
 
 WorkDir = Annotated[Path, typer.Option(help="where the stack keeps data, logs and its state file")]
 DEFAULT_WORKDIR = Path(".changegate/dev")
@@ -190,37 +199,3 @@ def schemas_export(
         return
     for name in schemas.export(out):
         console.print(f"  wrote {out / name}")
-
-
-@audit_app.command("verify")
-def audit_verify(
-    expect_head: Annotated[
-        str | None,
-        typer.Option(help="SEQ:HASH printed by an earlier verify; catches rows cut from the end"),
-    ] = None,
-) -> None:
-    """Recompute the audit log's hash chain; exit 1 if a row was altered or removed."""
-    head: tuple[int, str] | None = None
-    if expect_head:
-        seq, _, digest = expect_head.partition(":")
-        if not seq.isdigit() or not digest:
-            raise typer.BadParameter("expected SEQ:HASH", param_hint="--expect-head")
-        head = (int(seq), digest)
-
-    async def run() -> tuple[bool, int, list[str], str]:
-        from changegate.audit.chain import verify
-        from changegate.core.db import create_pool
-
-        pool = await create_pool(CommonSettings().database_url, max_size=1)
-        try:
-            report = await verify(pool, head)
-        finally:
-            await pool.close()
-        return report.ok, report.rows, report.problems, f"{report.head_seq}:{report.head_hash}"
-
-    ok, rows, problems, head_now = asyncio.run(run())
-    for p in problems:
-        console.print(f"[red]{p}[/]")
-    console.print(f"{rows} rows checked: {'chain intact' if ok else 'CHAIN BROKEN'}; head {head_now}")
-    console.print("keep the head outside this database; pass it as --expect-head next time")
-    raise typer.Exit(0 if ok else 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from changegate.core.contracts import ObjectType, Proposal, ProposalKind, Trigger
 from changegate.core.contracts.base import PropertyValue, is_empty
@@ -59,36 +59,49 @@ class Condition(_Strict):
         return self
 
     def matches(self, p: Proposal) -> bool:
+        return not self.mismatches(p)
+
+    def mismatches(self, p: Proposal) -> list[str]:
+        """Why this condition does not match ``p`` (empty when it does): for `policy explain`."""
+        why: list[str] = []
         if self.kind is not None and p.kind not in self.kind:
-            return False
+            why.append(f"kind {p.kind.value} not in {_names(self.kind)}")
         if self.object_type is not None and p.object_type not in self.object_type:
-            return False
+            why.append(f"object_type {p.object_type.value} not in {_names(self.object_type)}")
         if self.source_system is not None and p.source.system not in self.source_system:
-            return False
+            why.append(f"source_system {p.source.system} not in {self.source_system}")
         if self.trigger is not None and p.source.trigger not in self.trigger:
-            return False
-        if self.fields is not None and any(c.field not in self.fields for c in p.changes):
-            return False
-        if self.previous_empty is not None and (
-            all(is_empty(c.previous) for c in p.changes) != self.previous_empty
-        ):
-            return False
+            why.append(f"trigger {p.source.trigger.value} not in {_names(self.trigger)}")
+        if self.fields is not None:
+            others = sorted({c.field for c in p.changes} - set(self.fields))
+            if others:
+                why.append(f"changes fields outside {self.fields}: {others}")
+        if self.previous_empty is not None:
+            empty = all(is_empty(c.previous) for c in p.changes)
+            if empty != self.previous_empty:
+                why.append("every previous value is empty" if empty else "a previous value is not empty")
         if self.min_confidence is not None and p.confidence < self.min_confidence:
-            return False
+            why.append(f"confidence {p.confidence:.2f} < {self.min_confidence:.2f}")
         if self.max_confidence is not None and p.confidence > self.max_confidence:
-            return False
+            why.append(f"confidence {p.confidence:.2f} > {self.max_confidence:.2f}")
         flags = evidence_flags(p)
         if self.evidence_flags_any is not None and not flags.intersection(self.evidence_flags_any):
-            return False
+            why.append(f"evidence raises none of {self.evidence_flags_any}")
         if self.evidence_flags_none is not None and flags.intersection(self.evidence_flags_none):
-            return False
+            why.append(f"evidence raises {sorted(flags.intersection(self.evidence_flags_none))}")
         if self.proposed_values is not None and not _values_match(
             {c.field: c.proposed for c in p.changes}, self.proposed_values
         ):
-            return False
-        return self.previous_values is None or _values_match(
+            why.append(f"proposed values not in {self.proposed_values}")
+        if self.previous_values is not None and not _values_match(
             {c.field: c.previous for c in p.changes}, self.previous_values
-        )
+        ):
+            why.append(f"previous values not in {self.previous_values}")
+        return why
+
+
+def _names(values: list[Any]) -> list[str]:
+    return [str(getattr(v, "value", v)) for v in values]
 
 
 def evidence_flags(p: Proposal) -> set[str]:

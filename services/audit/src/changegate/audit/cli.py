@@ -1,0 +1,47 @@
+"""`changegate audit`: verify the hash chain of the append-only audit log."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+from changegate.core.settings import CommonSettings
+from rich.console import Console
+
+app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
+console = Console(stderr=True, soft_wrap=True)
+
+
+@app.command("verify")
+def audit_verify(
+    expect_head: Annotated[
+        str | None,
+        typer.Option(help="SEQ:HASH printed by an earlier verify; catches rows cut from the end"),
+    ] = None,
+) -> None:
+    """Recompute the audit log's hash chain; exit 1 if a row was altered or removed."""
+    head: tuple[int, str] | None = None
+    if expect_head:
+        seq, _, digest = expect_head.partition(":")
+        if not seq.isdigit() or not digest:
+            raise typer.BadParameter("expected SEQ:HASH", param_hint="--expect-head")
+        head = (int(seq), digest)
+
+    async def run() -> tuple[bool, int, list[str], str]:
+        from changegate.audit.chain import verify
+        from changegate.core.db import create_pool
+
+        pool = await create_pool(CommonSettings().database_url, max_size=1)
+        try:
+            report = await verify(pool, head)
+        finally:
+            await pool.close()
+        return report.ok, report.rows, report.problems, f"{report.head_seq}:{report.head_hash}"
+
+    ok, rows, problems, head_now = asyncio.run(run())
+    for p in problems:
+        console.print(f"[red]{p}[/]")
+    console.print(f"{rows} rows checked: {'chain intact' if ok else 'CHAIN BROKEN'}; head {head_now}")
+    console.print("keep the head outside this database; pass it as --expect-head next time")
+    raise typer.Exit(0 if ok else 1)
