@@ -1,0 +1,214 @@
+"""The policy service as its own process on the real broker and PostgreSQL: all five kinds reach
+the right topics, a policy edit takes effect without re-routing what was routed, and a broken edit
+is refused while the old policy keeps working."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from changegate.cli.embedded import free_port
+from changegate.core.contracts import Proposal, ProposalKind
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.kafka import make_producer, publish
+from changegate.core.serde import decode
+from changegate.core.settings import CommonSettings
+from changegate.core.topics import Topic, TopicNames
+from changegate.policy.engine import DEFAULT_POLICY, Policy
+from changegate.policy.samples import sample_proposals
+from helpers import eventually
+
+
+@dataclass
+class PolicyProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    policy_file: Path
+    log: Path
+
+    async def metric(self, name: str, **labels: str) -> float:
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{self.port}/metrics")).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                head, _, value = line.rpartition(" ")
+                if head == name or head.startswith(name + "{"):
+                    total += float(value)
+        return total
+
+
+@pytest.fixture
+def service(settings: CommonSettings, tmp_path: Path) -> Iterator[PolicyProcess]:
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(DEFAULT_POLICY.read_text())
+    port = free_port()
+    log = tmp_path / "policy.log"
+    env = {
+        **os.environ,
+        "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "CHANGEGATE_DATABASE_URL": settings.database_url,
+        "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
+        "CHANGEGATE_HTTP_PORT": str(port),
+        "CHANGEGATE_POLICY_FILE": str(policy_file),
+        "CHANGEGATE_POLICY_POLL_SECONDS": "0.2",
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "changegate.policy"], env=env, stdout=out, stderr=out)
+        try:
+            with httpx.Client() as client:
+                for _ in range(300):
+                    if proc.poll() is not None:
+                        pytest.fail(f"policy exited: {log.read_text()[-3000:]}")
+                    try:
+                        if client.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.1)
+            yield PolicyProcess(proc, port, policy_file, log)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+
+
+@pytest.fixture
+async def outputs(settings: CommonSettings) -> AsyncIterator[dict[str, list[Any]]]:
+    """Everything the service emits, by event type, collected in the background."""
+    names = TopicNames(settings.topic_prefix)
+    consumer = AIOKafkaConsumer(
+        names(Topic.DECISIONS),
+        names(Topic.PROPOSALS_PENDING),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+        group_id=None,
+    )
+    await consumer.start()
+    seen: dict[str, list[Any]] = {"decision": [], "review_request": []}
+
+    async def collect() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for r in records:
+                    env = decode(r.value)
+                    seen[env.event_type].append(env.payload)
+
+    task = asyncio.create_task(collect())
+    yield seen
+    task.cancel()
+    await consumer.stop()
+
+
+async def _propose(settings: CommonSettings, proposals: list[Proposal]) -> None:
+    producer = make_producer(settings, "test")
+    await producer.start()
+    try:
+        for p in proposals:
+            await publish(
+                producer,
+                TopicNames(settings.topic_prefix)(Topic.PROPOSALS),
+                p.record_id,
+                make_envelope(p, service="test", correlation_id=p.proposal_id),
+            )
+    finally:
+        await producer.stop()
+
+
+def _routed(outputs: dict[str, list[Any]]) -> dict[str, tuple[str, str]]:
+    """proposal id -> (route, rule) from what the service emitted."""
+    routed: dict[str, tuple[str, str]] = {}
+    for d in outputs["decision"]:
+        routed[str(d.proposal.proposal_id)] = (d.outcome.value, d.decided_by.rule_id)
+    for r in outputs["review_request"]:
+        routed[str(r.proposal.proposal_id)] = ("review", r.routed_by.rule_id)
+    return routed
+
+
+async def test_five_kinds_are_routed_to_the_right_topics_and_edits_apply_without_rerouting(
+    service: PolicyProcess, settings: CommonSettings, outputs: dict[str, list[Any]], topics: None
+) -> None:
+    proposals = list(sample_proposals(60, seed=11))
+    assert {p.kind for p in proposals} == set(ProposalKind)
+    await _propose(settings, proposals)
+    routed = await eventually(
+        lambda: asyncio.sleep(0, _routed(outputs)), lambda r: len(r) == 60, what="60 routed proposals"
+    )
+    policy = Policy.load(service.policy_file)
+    for p in proposals:
+        route = policy.evaluate(p)
+        want = {"auto_apply": "auto_approved", "review": "review", "reject": "rejected"}[route.action.value]
+        assert routed[str(p.proposal_id)] == (want, route.rule_id), p.kind
+    kinds_reviewed = {r.proposal.kind for r in outputs["review_request"]}
+    assert {ProposalKind.MERGE, ProposalKind.OWNER_REASSIGNMENT} <= kinds_reviewed
+    assert all(
+        d.proposal.kind not in (ProposalKind.MERGE, ProposalKind.OWNER_REASSIGNMENT)
+        for d in outputs["decision"]
+    )
+    merge = next(r for r in outputs["review_request"] if r.proposal.kind is ProposalKind.MERGE)
+    assert (merge.queue, merge.expires_at is not None) == ("dedup", True)
+
+    # Edit the file: email results now all go to review. The switch is picked up without restart.
+    service.policy_file.write_text(
+        service.policy_file.read_text()
+        .replace('version: "2026-11-24.1"', 'version: "edited"')
+        .replace(
+            "action: auto_apply\n  - id: email-risky-review", "action: review\n  - id: email-risky-review"
+        )
+    )
+    await eventually(
+        lambda: service.metric("changegate_policy_info", version="edited"),
+        lambda n: n == 1,
+        what="the edited policy to be in force",
+    )
+    # The same proposals again (redelivery, replay): routed once already, nothing new is emitted.
+    before = len(outputs["decision"]) + len(outputs["review_request"])
+    await _propose(settings, proposals)
+    await eventually(
+        lambda: service.metric("changegate_policy_duplicates_total"),
+        lambda n: n >= 60,
+        what="duplicates recognised",
+    )
+    assert len(outputs["decision"]) + len(outputs["review_request"]) == before
+    # New proposals follow the edited policy.
+    fresh = [p for p in sample_proposals(40, seed=12) if p.kind is ProposalKind.EMAIL_VERIFICATION]
+    await _propose(settings, fresh)
+    routed = await eventually(
+        lambda: asyncio.sleep(0, _routed(outputs)),
+        lambda r: all(str(p.proposal_id) in r for p in fresh),
+        what="fresh emails",
+    )
+    assert {routed[str(p.proposal_id)][0] for p in fresh} == {"review"}
+    versions = {r.routed_by.policy_version for r in outputs["review_request"] if r.proposal in fresh}
+    assert versions == {"edited"}
+
+
+async def test_a_broken_edit_is_refused_and_the_policy_in_force_stays(
+    service: PolicyProcess, settings: CommonSettings, outputs: dict[str, list[Any]], topics: None
+) -> None:
+    good = service.policy_file.read_text()
+    service.policy_file.write_text(good + "  - id: yolo\n    action: auto_apply\n")
+    service.proc.send_signal(signal.SIGHUP)
+    await eventually(
+        lambda: asyncio.sleep(0, service.log.read_text()),
+        lambda t: "new policy refused" in t,
+        what="the refusal in the log",
+    )
+    assert "rule 'yolo': would auto-apply merge, owner_reassignment" in service.log.read_text()
+    assert await service.metric("changegate_policy_info", version="2026-11-24.1") == 1
+    merge = next(p for p in sample_proposals(200, seed=13) if p.kind is ProposalKind.MERGE)
+    await _propose(settings, [merge])
+    routed = await eventually(lambda: asyncio.sleep(0, _routed(outputs)), lambda r: len(r) == 1, what="merge")
+    assert routed[str(merge.proposal_id)] == ("review", "merge-always-review")
