@@ -51,9 +51,12 @@ async def enqueue_many(
     """Add (topic, key, envelope) messages in one round trip; call inside the transaction."""
     if not messages:
         return
-    await conn.executemany(
-        "INSERT INTO changegate_outbox (service, topic, key, value) VALUES ($1, $2, $3, $4)",
-        [(service, topic, key.encode() if key else None, encode(env)) for topic, key, env in messages],
+    await conn.copy_records_to_table(
+        "changegate_outbox",
+        columns=("service", "topic", "key", "value"),
+        records=[
+            (service, topic, key.encode() if key else None, encode(env)) for topic, key, env in messages
+        ],
     )
     await conn.execute("SELECT pg_notify($1, '')", _channel(service))
 

@@ -37,6 +37,7 @@ class Policy:
     content_hash: str
     source: str
     warnings: list[str] = field(default_factory=list)
+    _deciders: dict[str, Decider] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def version(self) -> str:
@@ -57,6 +58,12 @@ class Policy:
         return cls(document, hashlib.sha256(raw).hexdigest(), source, shadowed_rules(document))
 
     def decider(self, rule_id: str) -> Decider:
+        cached = self._deciders.get(rule_id)
+        if cached is None:
+            cached = self._deciders[rule_id] = self._new_decider(rule_id)
+        return cached
+
+    def _new_decider(self, rule_id: str) -> Decider:
         return Decider(
             kind="policy",
             identity=f"policy:{self.version}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import asyncpg
@@ -18,17 +19,20 @@ from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.logging import get_logger
 from changegate.core.topics import Topic, TopicNames
 from changegate.policy.engine import Action, Policy, Route
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
+from prometheus_client import Gauge, Histogram
 
 SERVICE = "policy"
 log = get_logger(__name__)
 
-DECISIONS = Counter(
+DECISIONS = PromCounter(
     "changegate_policy_decisions_total",
     "Proposals routed, by route, rule and kind",
     ["route", "rule", "kind"],
 )
-DUPLICATES = Counter("changegate_policy_duplicates_total", "Proposals already routed before (redelivered)")
+DUPLICATES = PromCounter(
+    "changegate_policy_duplicates_total", "Proposals already routed before (redelivered)"
+)
 AUTO_APPLY_RATIO = Gauge("changegate_policy_auto_apply_ratio", "Share of routed proposals auto-applied")
 EVALUATION_SECONDS = Histogram(
     "changegate_policy_evaluation_duration_seconds",
@@ -99,10 +103,10 @@ class Router:
                 route = policy.evaluate(proposal)
                 EVALUATION_SECONDS.observe(time.perf_counter() - started)
                 routes.append((proposal, route))
-            await conn.executemany(
-                "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
-                " explanation) VALUES ($1, $2, $3, $4, $5, $6)",
-                [
+            await conn.copy_records_to_table(
+                "policy_routes",
+                columns=("proposal_id", "action", "rule_id", "policy_version", "policy_hash", "explanation"),
+                records=[
                     (
                         p.proposal_id,
                         r.action.value,
@@ -117,18 +121,22 @@ class Router:
             messages = []
             for proposal, route in routes:
                 topic, payload = output_for(policy, proposal, route)
-                dedup = getattr(payload, "decision_id", None) or f"review|{proposal.proposal_id}"
+                dedup = (
+                    payload.decision_id if isinstance(payload, Decision) else f"review|{proposal.proposal_id}"
+                )
                 env = make_envelope(
                     payload, service=SERVICE, correlation_id=proposal.proposal_id, dedup_key=str(dedup)
                 )
                 messages.append((self.names(topic), proposal.record_id, env))
             await outbox.enqueue_many(conn, SERVICE, messages)
         DUPLICATES.inc(len(envelopes) - len(fresh))
-        for proposal, route in routes:
-            DECISIONS.labels(route=route.action.value, rule=route.rule_id, kind=proposal.kind.value).inc()
-            self._routed += 1
-            self._auto += route.action is Action.AUTO_APPLY
-            log.info(
+        counts = Counter((r.action.value, r.rule_id, p.kind.value) for p, r in routes)
+        for (action, rule, kind), n in counts.items():
+            DECISIONS.labels(route=action, rule=rule, kind=kind).inc(n)
+            self._auto += n if action == Action.AUTO_APPLY.value else 0
+        self._routed += len(routes)
+        for proposal, route in routes:  # the audit log keeps decisions; this is for tracing
+            log.debug(
                 "routed",
                 correlation_id=str(proposal.proposal_id),
                 action=route.action.value,

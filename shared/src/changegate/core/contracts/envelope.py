@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ class Envelope(Contract, Generic[P]):
     )
     producer: Producer
     payload: P
+
+
+# Subscripting a generic model is a cache lookup that costs more than the validation; do it once.
+_AnyEnvelope = Envelope[Any]
 
 
 @dataclass(frozen=True)
@@ -94,15 +99,28 @@ def make_envelope(
     event_type = EVENT_TYPE_OF[type(payload)]
     if event_id is None:
         event_id = uuid.uuid5(ENVELOPE_NAMESPACE, f"{event_type}|{dedup_key}") if dedup_key else uuid.uuid4()
-    return Envelope[Any](
+    # Every field is built right here from validated parts: skip re-validation (hot path).
+    return _AnyEnvelope.model_construct(
         event_id=event_id,
         event_type=event_type,
         schema_version=EVENT_TYPES[event_type].version,
         occurred_at=utcnow(),
         correlation_id=correlation_id,
-        producer=Producer(service=service),
+        producer=_producer(service),
         payload=payload,
     )
+
+
+@functools.cache
+def _producer(service: str) -> Producer:
+    return Producer(service=service)
+
+
+@functools.cache
+def typed_envelope(event_type: str) -> type[BaseModel]:
+    """``Envelope[<payload model>]`` of a registered event type (validates JSON in one pass)."""
+    envelope: type[BaseModel] = Envelope[EVENT_TYPES[event_type].model]  # type: ignore[misc,assignment]
+    return envelope
 
 
 def parse_envelope(raw: dict[str, Any], expected: set[str] | None = None) -> Envelope[Any]:
@@ -126,7 +144,7 @@ def parse_envelope(raw: dict[str, Any], expected: set[str] | None = None) -> Env
     try:
         upcast = et.upcast(payload, version)
         model = et.model.model_validate(upcast)
-        return Envelope[Any].model_validate({**raw, "schema_version": et.version, "payload": model})
+        return _AnyEnvelope.model_validate({**raw, "schema_version": et.version, "payload": model})
     except ValidationError as exc:
         raise UnknownEventError(f"invalid {event_type} v{version}: {_short(exc)}") from exc
 

@@ -1,0 +1,198 @@
+"""Policy speed: decisions/s of the evaluator alone, and of the policy service against the broker
+next to a raw aiokafka consume->produce pass-through measured in the same run (the baseline).
+
+Runs on the embedded stack (Tansu + PostgreSQL from the wheels), which it starts and stops itself.
+Target: the service routes at >= 50% of the pass-through rate.
+
+    .venv/bin/python bench/policy_speed.py [--count 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.kafka import ensure_topics, make_producer
+from changegate.core.serde import encode
+from changegate.core.settings import CommonSettings
+from changegate.core.topics import Topic, TopicNames
+from changegate.policy.engine import Policy
+from changegate.policy.samples import sample_proposals
+
+HERE = Path(__file__).resolve().parent
+
+
+def bench_evaluator(count: int) -> float:
+    policy = Policy.load()
+    proposals = list(sample_proposals(count, seed=5))
+    started = time.perf_counter()
+    for p in proposals:
+        policy.evaluate(p)
+    return count / (time.perf_counter() - started)
+
+
+async def preload(settings: CommonSettings, topic: str, payloads: list[tuple[bytes, bytes]]) -> None:
+    producer = make_producer(settings, "bench")
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value, key=key) for key, value in payloads]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def drain(bootstrap: str, topics: list[str], count: int, timeout: float) -> tuple[float, float]:
+    """Read ``count`` messages from ``topics``; return (first arrival, last arrival) times."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=15,
+        max_poll_records=2000,
+    )
+    await consumer.start()
+    seen, first, last = 0, 0.0, 0.0
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            n = sum(len(r) for r in batch.values())
+            if n:
+                now = time.perf_counter()
+                first = first or now
+                last, seen = now, seen + n
+    finally:
+        await consumer.stop()
+    if seen < count:
+        raise RuntimeError(f"only {seen}/{count} messages arrived")
+    return first, last
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def bench_pipeline(count: int, workdir: Path, bootstrap: str, database_url: str) -> tuple[float, float]:
+    settings = CommonSettings(
+        kafka_bootstrap_servers=bootstrap,
+        database_url=database_url,
+        topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+    )
+    names = TopicNames(settings.topic_prefix)
+    await ensure_topics(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    raw_in, raw_out = f"{settings.topic_prefix}raw.in", f"{settings.topic_prefix}raw.out"
+    await admin.create_topics([NewTopic(raw_in, 3, 1), NewTopic(raw_out, 3, 1)])
+    await admin.close()
+    payloads = [
+        (p.record_id.encode(), encode(make_envelope(p, service="bench", correlation_id=p.proposal_id)))
+        for p in sample_proposals(count, seed=7)
+    ]
+    await preload(settings, raw_in, payloads)
+    await preload(settings, names(Topic.PROPOSALS), payloads)
+
+    # Baseline: raw pass-through over the same bytes.
+    passthrough = start(
+        [
+            sys.executable,
+            str(HERE / "_passthrough.py"),
+            bootstrap,
+            raw_in,
+            raw_out,
+            f"raw-{uuid.uuid4().hex[:6]}",
+        ],
+        dict(os.environ),
+        workdir / "passthrough.log",
+    )
+    try:
+        first, last = await drain(bootstrap, [raw_out], count, timeout=300)
+    finally:
+        stop(passthrough)
+    raw_rate = count / (last - first)
+
+    # The policy service, routing the same proposals (database, outbox and all).
+    port = free_port()
+    env = {
+        **os.environ,
+        "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CHANGEGATE_DATABASE_URL": database_url,
+        "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
+        "CHANGEGATE_HTTP_PORT": str(port),
+        "CHANGEGATE_LOG_LEVEL": "WARNING",
+    }
+    service = start([sys.executable, "-m", "changegate.policy"], env, workdir / "policy.log")
+    try:
+        first, last = await drain(
+            bootstrap, [names(Topic.DECISIONS), names(Topic.PROPOSALS_PENDING)], count, timeout=600
+        )
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        routed = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("changegate_policy_decisions_total{")
+        )
+        assert routed == count, f"service routed {routed}, expected {count}"
+    finally:
+        stop(service)
+    return raw_rate, count / (last - first)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--count", type=int, default=20_000, help="proposals per measurement")
+    args = parser.parse_args()
+    evaluator = bench_evaluator(args.count)
+    print(
+        f"evaluator alone:            {evaluator:>10,.0f} decisions/s  ({args.count} proposals, "
+        "default policy)"
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="changegate-bench-"))
+    broker = EmbeddedBroker(free_port(), workdir / "broker.log")
+    postgres = EmbeddedPostgres(workdir / "pg")
+    try:
+        bootstrap = broker.start()
+        database_url = postgres.start()
+        raw, service = asyncio.run(bench_pipeline(args.count, workdir, bootstrap, database_url))
+    finally:
+        broker.stop()
+        postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"raw aiokafka pass-through:  {raw:>10,.0f} messages/s  (baseline, same run)")
+    print(
+        f"policy service:             {service:>10,.0f} decisions/s  (decode, evaluate, PostgreSQL, outbox)"
+    )
+    ratio = service / raw
+    print(
+        f"service / pass-through:     {ratio:>10.0%}   target >= 50%: {'met' if ratio >= 0.5 else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
