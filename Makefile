@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 MEMBERS := shared services/detector services/policy services/executor services/audit services/review-api
 STAMP := $(VENV)/.installed
 
-.PHONY: help install up down test test-fast lint typecheck schemas lock bench clean
+.PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,11 @@ lock: ## recompile requirements.lock from requirements.in (needs uv in the venv 
 	  --no-header --no-annotate --quiet -o requirements.lock.tmp
 	{ echo "# Compiled by 'make lock' (uv pip compile --generate-hashes) from requirements.in. Do not edit."; \
 	  cat requirements.lock.tmp; } > requirements.lock && rm requirements.lock.tmp
+
+bench: bench-policy ## every benchmark (figures printed, with a baseline from the same run)
+
+bench-policy: $(STAMP) ## policy evaluator and service rate vs a raw aiokafka pass-through
+	$(BIN)/python bench/policy_speed.py
 
 clean: ## remove the venv and the dev stack's state
 	rm -rf $(VENV) .changegate .pytest_cache .mypy_cache .ruff_cache
