@@ -12,9 +12,11 @@ from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import DbConn, claim_event
 from changegate.core.logging import get_logger
 from changegate.core.topics import Topic, TopicNames
-from changegate.detector import state
+from changegate.detector import dedup, lifecycle, owner, state, verification
 from changegate.detector.enrichment import propose_enrichment
+from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.settings import DetectorSettings
+from changegate.detector.supersede import supersede
 from prometheus_client import Counter, Histogram
 
 SERVICE = "detector"
@@ -29,6 +31,13 @@ DETECTION_SECONDS = Histogram(
     "Time to detect on one event, state update included",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+
+SKIPPED = Counter(
+    "changegate_detector_skipped_total",
+    "Events a detector proposed nothing for, by reason",
+    ["detector", "reason"],
+)
+SUPERSEDED = Counter("changegate_detector_superseded_total", "Open proposals retired by a newer one")
 
 RECORD_KINDS = frozenset(
     {
@@ -45,6 +54,7 @@ class Detector:
         self.pool = pool
         self.settings = settings
         self.names = TopicNames(settings.topic_prefix)
+        self.finder = DuplicateFinder(settings.match_weights)
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         event: CrmEvent = envelope.payload
@@ -55,6 +65,20 @@ class Detector:
                 return
             proposals = await self._detect(conn, event)
             for proposal in proposals:
+                for retired in await supersede(conn, proposal):
+                    SUPERSEDED.inc()
+                    await outbox.enqueue(
+                        conn,
+                        SERVICE,
+                        self.names(Topic.DECISIONS),
+                        proposal.record_id,
+                        make_envelope(
+                            retired,
+                            service=SERVICE,
+                            correlation_id=retired.proposal.proposal_id,
+                            dedup_key=str(retired.decision_id),
+                        ),
+                    )
                 out = make_envelope(
                     proposal,
                     service=SERVICE,
@@ -75,11 +99,85 @@ class Detector:
             )
 
     async def _detect(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
-        if event.kind in RECORD_KINDS:
+        kind = event.kind
+        if kind in (CrmEventKind.RECORD_DELETED, CrmEventKind.RECORD_MERGED):
             await state.apply_record_event(conn, event)
+            gone = [event.record_id] if kind is CrmEventKind.RECORD_DELETED else event.merged_record_ids
+            await dedup.unindex(conn, event.object_type, gone)
             return []
-        if event.kind is CrmEventKind.ENRICHMENT_RESULT:
-            known = await state.known_properties(conn, event)
+        if kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
+            await state.apply_record_event(conn, event)
+            record = await state.known_properties(conn, event)
+            proposals = await self._merges(conn, event, record)
+            index = await _round_robin_next(conn)
+            owned = owner.propose_owner(event, record, self.settings.owner, index)
+            if owned.consumed_round_robin:
+                await _round_robin_advance(conn)
+            return proposals + self._kept(owned.proposal, "owner", owned.reason)
+        known = await state.known_properties(conn, event)
+        if kind is CrmEventKind.ENRICHMENT_RESULT:
             proposal = propose_enrichment(event, known, self.settings.enrichment_default_confidence)
-            return [proposal] if proposal else []
-        return []  # other kinds: their detectors come with the detector issue
+            return self._kept(proposal, "enrichment", "proposed" if proposal else "no_change")
+        if kind in (CrmEventKind.LIFECYCLE_EVENT, CrmEventKind.SCORE):
+            moved = lifecycle.propose_lifecycle(event, known, self.settings.lifecycle)
+            return self._kept(moved.proposal, "lifecycle", moved.reason)
+        if kind is CrmEventKind.VERIFICATION_RESULT:
+            verified = verification.propose_verification(event, known, self.settings.verification)
+            return self._kept(verified.proposal, "verification", verified.reason)
+        if kind is CrmEventKind.OWNER_DEACTIVATED:
+            return await self._reassign_from(conn, event)
+        return []
+
+    async def _merges(self, conn: DbConn, event: CrmEvent, record: dict[str, Any]) -> list[Proposal]:
+        found = await dedup.find_duplicates(
+            conn, self.finder, event, record, self.settings.default_phone_region
+        )
+        return [
+            dedup.propose_merge(event, record, match, other)
+            for match, other in found[: self.settings.max_merge_proposals]
+        ]
+
+    async def _reassign_from(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
+        """Every record the deactivated owner holds gets a new owner proposed."""
+        proposals: list[Proposal] = []
+        rows = await conn.fetch(
+            "SELECT record_id, properties FROM detector_records WHERE object_type = $1 AND NOT deleted"
+            " AND properties->>$2 = $3 ORDER BY record_id",
+            event.object_type.value,
+            self.settings.owner.owner_field,
+            event.record_id,
+        )
+        for row in rows:
+            index = await _round_robin_next(conn)
+            result = owner.propose_for_deactivated_owner(
+                event.record_id,
+                event.object_type,
+                row["record_id"],
+                row["properties"],
+                self.settings.owner,
+                source_system=event.source_system,
+                source_event_id=event.source_event_id,
+                next_index=index,
+            )
+            if result.consumed_round_robin:
+                await _round_robin_advance(conn)
+            proposals += self._kept(result.proposal, "owner", result.reason)
+        return proposals
+
+    @staticmethod
+    def _kept(proposal: Proposal | None, detector: str, reason: str) -> list[Proposal]:
+        if proposal is None:
+            SKIPPED.labels(detector=detector, reason=str(reason)).inc()
+            return []
+        return [proposal]
+
+
+async def _round_robin_next(conn: DbConn) -> int:
+    """The rotation position, locked until the transaction ends (one assignment at a time)."""
+    await conn.execute("INSERT INTO detector_round_robin (name) VALUES ('owner') ON CONFLICT DO NOTHING")
+    value: int = await conn.fetchval("SELECT next FROM detector_round_robin WHERE name = 'owner' FOR UPDATE")
+    return value
+
+
+async def _round_robin_advance(conn: DbConn) -> None:
+    await conn.execute("UPDATE detector_round_robin SET next = next + 1 WHERE name = 'owner'")

@@ -22,6 +22,7 @@ class CrmEventKind(StrEnum):
     VERIFICATION_RESULT = "verification_result"
     SCORE = "score"
     LIFECYCLE_EVENT = "lifecycle_event"
+    OWNER_DEACTIVATED = "owner_deactivated"  # record_id: the owner; object_type: whose records to move
 
 
 class CrmEvent(Contract):

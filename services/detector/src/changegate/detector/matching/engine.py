@@ -1,0 +1,46 @@
+"""The duplicate finder: compare a record with its blocking candidates, keep the likely matches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from changegate.detector.matching.compare import compare
+from changegate.detector.matching.normalize import Features
+from changegate.detector.matching.scoring import MatchWeights, Score, Scorer
+
+
+@dataclass(frozen=True)
+class Match:
+    other_id: str
+    levels: dict[str, str]
+    score: Score
+    flags: tuple[str, ...]
+
+    @property
+    def probability(self) -> float:
+        return self.score.probability
+
+
+def risk_flags(a: Features, b: Features) -> tuple[str, ...]:
+    flags = []
+    if a.email_domain and b.email_domain and a.email_domain != b.email_domain:
+        flags.append("different_email_domains")
+    if a.company and b.company and a.company != b.company:
+        flags.append("different_companies")
+    return tuple(flags)
+
+
+class DuplicateFinder:
+    def __init__(self, weights: MatchWeights | None = None) -> None:
+        self.scorer = Scorer(weights)
+        self.threshold = self.scorer.config.review_threshold
+
+    def compare(self, a: Features, other_id: str, b: Features) -> Match:
+        levels = compare(a, b)
+        return Match(other_id, levels, self.scorer.score(levels), risk_flags(a, b))
+
+    def matches(self, record: Features, candidates: Iterable[tuple[str, Features]]) -> list[Match]:
+        """Candidates at or above the review threshold, most likely first."""
+        found = [self.compare(record, other_id, other) for other_id, other in candidates]
+        return sorted((m for m in found if m.probability >= self.threshold), key=lambda m: -m.score.total)

@@ -1,0 +1,232 @@
+"""Identifying properties of a CRM record, normalised for comparison."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import phonenumbers
+from nicknames import NickNamer
+
+# Mailbox providers anyone can sign up with: a shared domain there says nothing about identity.
+FREE_MAIL = frozenset(
+    {
+        "gmail.com",
+        "googlemail.com",
+        "yahoo.com",
+        "yahoo.co.uk",
+        "ymail.com",
+        "hotmail.com",
+        "hotmail.co.uk",
+        "outlook.com",
+        "live.com",
+        "msn.com",
+        "icloud.com",
+        "me.com",
+        "mac.com",
+        "aol.com",
+        "gmx.com",
+        "gmx.de",
+        "gmx.net",
+        "web.de",
+        "proton.me",
+        "protonmail.com",
+        "mail.com",
+        "yandex.com",
+        "yandex.ru",
+        "zoho.com",
+        "fastmail.com",
+        "hey.com",
+        "qq.com",
+        "163.com",
+        "orange.fr",
+        "free.fr",
+        "laposte.net",
+        "t-online.de",
+        "libero.it",
+    }
+)
+_LEGAL_SUFFIXES = re.compile(
+    r"\b(inc|incorporated|llc|l\.l\.c|ltd|limited|corp|corporation|co|company|gmbh|ag|sa|sas|sarl|bv|nv"
+    r"|plc|pty|oy|ab|as|srl|spa|kk|lp|llp)\b\.?",
+)
+_STREET_ABBREVIATIONS = {
+    "street": "st",
+    "avenue": "ave",
+    "road": "rd",
+    "boulevard": "blvd",
+    "drive": "dr",
+    "lane": "ln",
+    "court": "ct",
+    "place": "pl",
+    "square": "sq",
+    "suite": "ste",
+    "north": "n",
+    "south": "s",
+    "east": "e",
+    "west": "w",
+    "strasse": "str",
+    "straße": "str",
+}
+_NON_WORD = re.compile(r"[^a-z0-9 ]+")
+_SPACES = re.compile(r"\s+")
+_nick = NickNamer()
+
+
+def fold(text: Any) -> str:
+    """Lower case, accents removed, punctuation to spaces, spaces collapsed."""
+    if text is None:
+        return ""
+    decomposed = unicodedata.normalize("NFKD", str(text).casefold())
+    ascii_only = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _SPACES.sub(" ", _NON_WORD.sub(" ", ascii_only)).strip()
+
+
+def normalize_email(value: Any) -> str:
+    """Lower case; for Gmail, dots and +tags do not change the mailbox."""
+    email = str(value or "").strip().lower()
+    if "@" not in email:
+        return ""
+    local, _, domain = email.rpartition("@")
+    local = local.split("+", 1)[0]
+    if domain in ("gmail.com", "googlemail.com"):
+        local, domain = local.replace(".", ""), "gmail.com"
+    return f"{local}@{domain}" if local and domain else ""
+
+
+def normalize_domain(value: Any) -> str:
+    """A web domain from a URL or bare host: no scheme, no www., no path."""
+    text = str(value or "").strip().lower()
+    text = re.sub(r"^[a-z]+://", "", text).split("/", 1)[0].split(":", 1)[0]
+    return text.removeprefix("www.")
+
+
+@lru_cache(maxsize=65536)
+def normalize_phone(value: str, region: str) -> str:
+    """E.164 (``+4915112345678``) or '' when it is not a plausible number."""
+    try:
+        number = phonenumbers.parse(value, region or None)
+    except phonenumbers.NumberParseException:
+        return ""
+    if not phonenumbers.is_possible_number(number):
+        return ""
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalize_company(value: Any) -> str:
+    return _SPACES.sub(" ", _LEGAL_SUFFIXES.sub(" ", fold(value))).strip()
+
+
+def normalize_street(value: Any) -> str:
+    return " ".join(_STREET_ABBREVIATIONS.get(w, w) for w in fold(value).split())
+
+
+def normalize_postcode(value: Any) -> str:
+    return re.sub(r"[^A-Z0-9]", "", str(value or "").upper())
+
+
+@lru_cache(maxsize=65536)
+def name_variants(first: str) -> frozenset[str]:
+    """A first name with its nicknames and the names it is a nickname of (Bob ~ Robert)."""
+    if not first:
+        return frozenset()
+    return frozenset({first, *_nick.nicknames_of(first), *_nick.canonicals_of(first)})
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What the matcher compares of one record. Empty string = missing."""
+
+    object_type: str
+    first: str = ""
+    last: str = ""
+    email: str = ""
+    email_local: str = ""
+    email_domain: str = ""
+    phone: str = ""
+    company: str = ""
+    domain: str = ""
+    street: str = ""
+    city: str = ""
+    postcode: str = ""
+    state: str = ""
+    country: str = ""
+
+    @property
+    def corporate_domain(self) -> str:
+        """The email's domain unless it is a free-mail provider."""
+        return self.email_domain if self.email_domain not in FREE_MAIL else ""
+
+
+def features(object_type: str, props: dict[str, Any], default_region: str = "US") -> Features:
+    """Features of a HubSpot-style record (contacts: firstname, lastname, email, phone, company,
+    address, city, zip, state, country; companies: name, domain/website, phone, address, …)."""
+    email = normalize_email(props.get("email"))
+    local, _, email_domain = email.partition("@")
+    country = fold(props.get("country"))
+    region = _region(country) or default_region
+    phone = str(props.get("phone") or props.get("mobilephone") or "").strip()
+    if object_type == "company":
+        return Features(
+            object_type=object_type,
+            company=normalize_company(props.get("name")),
+            domain=normalize_domain(props.get("domain") or props.get("website")),
+            phone=normalize_phone(phone, region) if phone else "",
+            street=normalize_street(props.get("address")),
+            city=fold(props.get("city")),
+            postcode=normalize_postcode(props.get("zip")),
+            state=fold(props.get("state")),
+            country=country,
+        )
+    return Features(
+        object_type=object_type,
+        first=fold(props.get("firstname")),
+        last=fold(props.get("lastname")),
+        email=email,
+        email_local=local,
+        email_domain=email_domain,
+        phone=normalize_phone(phone, region) if phone else "",
+        company=normalize_company(props.get("company")),
+        domain=normalize_domain(props.get("website")),
+        street=normalize_street(props.get("address")),
+        city=fold(props.get("city")),
+        postcode=normalize_postcode(props.get("zip")),
+        state=fold(props.get("state")),
+        country=country,
+    )
+
+
+_COUNTRY_REGIONS = {
+    "united states": "US",
+    "usa": "US",
+    "us": "US",
+    "united kingdom": "GB",
+    "uk": "GB",
+    "gb": "GB",
+    "germany": "DE",
+    "deutschland": "DE",
+    "de": "DE",
+    "france": "FR",
+    "fr": "FR",
+    "canada": "CA",
+    "ca": "CA",
+    "netherlands": "NL",
+    "nl": "NL",
+    "spain": "ES",
+    "es": "ES",
+    "italy": "IT",
+    "it": "IT",
+    "australia": "AU",
+    "au": "AU",
+    "norway": "NO",
+    "no": "NO",
+    "sweden": "SE",
+    "se": "SE",
+}
+
+
+def _region(country: str) -> str:
+    return _COUNTRY_REGIONS.get(country, "")
