@@ -42,7 +42,14 @@ def stack(kafka_bootstrap: str, database_url: str) -> Iterator[DevStack]:
         topic_prefix=f"e2e{uuid.uuid4().hex[:6]}.",
         kafka=kafka_bootstrap,
         database_url=f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else ""),
-        extra_env={"CHANGEGATE_REVIEW_TOKENS": json.dumps(REVIEWERS), "CHANGEGATE_LOG_LEVEL": "DEBUG"},
+        extra_env={
+            "CHANGEGATE_REVIEW_TOKENS": json.dumps(REVIEWERS),
+            "CHANGEGATE_LOG_LEVEL": "DEBUG",
+            # one territory, so the owner scenario has a rule to apply
+            "CHANGEGATE_OWNER": json.dumps(
+                {"territories": [{"country": "us", "state": "CA", "owner": "owner-west"}]}
+            ),
+        },
     )
     try:
         stack.start(timeout=90)

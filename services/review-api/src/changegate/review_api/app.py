@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 from changegate.core import __version__
-from changegate.core.contracts import DecisionOutcome, ReviewRequest
+from changegate.core.contracts import Decision, DecisionOutcome, ReviewRequest
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
 from changegate.core.logging import configure_logging, get_logger
@@ -58,10 +58,19 @@ async def main() -> None:
     async def handle(envelope: Envelope[Any]) -> None:
         await on_pending(pool, envelope)
 
+    async def on_decision(envelope: Envelope[Any]) -> None:
+        decision: Decision = envelope.payload
+        if decision.outcome is DecisionOutcome.SUPERSEDED and await queue.retire(pool, decision):
+            metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
+            log.info("retired: superseded", correlation_id=str(decision.proposal.proposal_id))
+
     loop = ConsumerLoop(
         settings,
         "changegate-review-api",
-        [Subscription(Topic.PROPOSALS_PENDING, handle, frozenset({"review_request"}))],
+        [
+            Subscription(Topic.PROPOSALS_PENDING, handle, frozenset({"review_request"})),
+            Subscription(Topic.DECISIONS, on_decision, frozenset({"decision"})),
+        ],
         producer,
         runtime.stop,
     )

@@ -52,6 +52,21 @@ async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
     return inserted is not None
 
 
+async def retire(conn: Queryable, decision: Decision) -> bool:
+    """A decision made elsewhere (a newer proposal superseded this one) closes a pending item."""
+    closed = await conn.fetchval(
+        "UPDATE review_queue SET status = $2, decision_id = $3, decided_by = $4, decided_at = $5,"
+        " comment = $6 WHERE proposal_id = $1 AND status = 'pending' RETURNING 1",
+        decision.proposal.proposal_id,
+        decision.outcome.value,
+        decision.decision_id,
+        decision.decided_by.identity,
+        decision.decided_at,
+        decision.explanation,
+    )
+    return closed is not None
+
+
 async def overdue(pool: asyncpg.Pool, limit: int = 100) -> list[uuid.UUID]:
     rows = await pool.fetch(
         "SELECT proposal_id FROM review_queue WHERE status = 'pending' AND expires_at <= now()"
