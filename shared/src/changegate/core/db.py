@@ -23,9 +23,26 @@ _MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _MIGRATIONS_LOCK = 0x6367_6D69  # advisory lock id: concurrent replicas migrate one at a time
 
 
+def _jsonb_encode(value: Any) -> bytes:
+    return b"\x01" + json.dumps(value).encode()  # jsonb's binary format: a version byte, then text
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return json.loads(data[1:])
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # Binary codecs, so COPY (binary) can write json/jsonb columns too.
+    await conn.set_type_codec(
+        "json",
+        encoder=lambda v: json.dumps(v).encode(),
+        decoder=json.loads,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
 
 
 async def create_pool(dsn: str, *, max_size: int = 10, wait_seconds: float = 30) -> asyncpg.Pool:

@@ -19,7 +19,7 @@ from changegate.detector import DETECTOR_VERSION
 from changegate.detector.matching import survivorship
 from changegate.detector.matching.blocking import blocking_keys
 from changegate.detector.matching.engine import DuplicateFinder, Match
-from changegate.detector.matching.normalize import features
+from changegate.detector.matching.normalize import cached_features, features
 from prometheus_client import Gauge, Histogram
 
 DETECTOR = "dedup"
@@ -69,7 +69,7 @@ async def find_duplicates(
     CANDIDATES.observe(len(rows))
     others = {r["record_id"]: r["properties"] for r in rows}
     found = finder.matches(
-        f, ((rid, features(event.object_type.value, p, region)) for rid, p in others.items())
+        f, ((rid, cached_features(event.object_type.value, p, region)) for rid, p in others.items())
     )
     return [(m, others[m.other_id]) for m in found]
 

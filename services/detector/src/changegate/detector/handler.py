@@ -15,6 +15,7 @@ from changegate.core.topics import Topic, TopicNames
 from changegate.detector import dedup, lifecycle, owner, state, verification
 from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
+from changegate.detector.matching.normalize import identity_changed
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import supersede
 from prometheus_client import Counter, Histogram
@@ -106,10 +107,18 @@ class Detector:
             await dedup.unindex(conn, event.object_type, gone)
             return []
         if kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
+            before = (
+                await state.known_properties(conn, event) if kind is CrmEventKind.PROPERTY_CHANGED else {}
+            )
             await state.apply_record_event(conn, event)
-            record = await state.known_properties(conn, event)
-            proposals = await self._merges(conn, event, record)
-            index = await _round_robin_next(conn)
+            record = {**before, **event.properties} if before else await state.known_properties(conn, event)
+            proposals: list[Proposal] = []
+            # Duplicates can only appear when something identifying changed (a job title does not).
+            if kind is CrmEventKind.RECORD_CREATED or identity_changed(
+                event.object_type.value, before, record
+            ):
+                proposals += await self._merges(conn, event, record)
+            index = await _round_robin_next(conn) if self.settings.owner.round_robin else None
             owned = owner.propose_owner(event, record, self.settings.owner, index)
             if owned.consumed_round_robin:
                 await _round_robin_advance(conn)

@@ -230,3 +230,22 @@ _COUNTRY_REGIONS = {
 
 def _region(country: str) -> str:
     return _COUNTRY_REGIONS.get(country, "")
+
+
+def identity_changed(object_type: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a change touches what the matcher compares (so duplicates must be looked for again)."""
+    return features(object_type, before) != features(object_type, after)
+
+
+@lru_cache(maxsize=200_000)
+def _cached(object_type: str, items: tuple[tuple[str, Any], ...], region: str) -> Features:
+    return features(object_type, dict(items), region)
+
+
+def cached_features(object_type: str, props: dict[str, Any], region: str = "US") -> Features:
+    """Features of a candidate record, memoised: the same records come back as candidates often.
+    Keyed by content, so a changed record is never served stale features."""
+    try:
+        return _cached(object_type, tuple(sorted(props.items())), region)
+    except TypeError:  # an unhashable property value (a list): compute without the cache
+        return features(object_type, props, region)
