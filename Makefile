@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 MEMBERS := shared services/detector services/policy services/executor services/audit services/review-api
 STAMP := $(VENV)/.installed
 
-.PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy clean
+.PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy \
+	bench-detector-quality bench-detector-speed clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -48,10 +49,16 @@ lock: ## recompile requirements.lock from requirements.in (needs uv in the venv 
 	{ echo "# Compiled by 'make lock' (uv pip compile --generate-hashes) from requirements.in. Do not edit."; \
 	  cat requirements.lock.tmp; } > requirements.lock && rm requirements.lock.tmp
 
-bench: bench-policy ## every benchmark (figures printed, with a baseline from the same run)
+bench: bench-policy bench-detector-quality bench-detector-speed ## every benchmark (figures printed, with a baseline from the same run)
 
 bench-policy: $(STAMP) ## policy evaluator and service rate vs a raw aiokafka pass-through
 	$(BIN)/python bench/policy_speed.py
+
+bench-detector-quality: $(STAMP) ## duplicate finder precision/recall/F1 vs an exact-email baseline
+	$(BIN)/python bench/detector_quality.py
+
+bench-detector-speed: $(STAMP) ## per-event detection latency with 10k, 100k and 1M records indexed
+	$(BIN)/python bench/detector_speed.py
 
 clean: ## remove the venv and the dev stack's state
 	rm -rf $(VENV) .changegate .pytest_cache .mypy_cache .ruff_cache

@@ -200,7 +200,9 @@ def test_normalize_postcode(raw: object, expected: str) -> None:
     assert normalize_postcode(raw) == expected
 
 
-@pytest.mark.parametrize(("nick", "canonical"), [("bob", "robert"), ("bill", "william"), ("liz", "elizabeth")])
+@pytest.mark.parametrize(
+    ("nick", "canonical"), [("bob", "robert"), ("bill", "william"), ("liz", "elizabeth")]
+)
 def test_name_variants_go_both_ways(nick: str, canonical: str) -> None:
     assert canonical in name_variants(nick)
     assert nick in name_variants(canonical)
@@ -259,10 +261,15 @@ def test_contact_phone_falls_back_to_mobile_and_default_region() -> None:
 
 
 def test_company_features() -> None:
-    f = features("company", {"name": "Globex Corporation", "website": "http://www.globex.com/en", "zip": "60601"})
+    f = features(
+        "company", {"name": "Globex Corporation", "website": "http://www.globex.com/en", "zip": "60601"}
+    )
     assert (f.object_type, f.company, f.domain, f.postcode) == ("company", "globex", "globex.com", "60601")
     assert (f.first, f.last, f.email) == ("", "", "")
-    assert features("company", {"name": "Globex", "domain": "globex.io", "website": "x.com"}).domain == "globex.io"
+    assert (
+        features("company", {"name": "Globex", "domain": "globex.io", "website": "x.com"}).domain
+        == "globex.io"
+    )
 
 
 @pytest.mark.parametrize(
@@ -331,7 +338,9 @@ def test_a_corporate_domain_without_a_last_name_is_no_key_on_its_own() -> None:
 
 
 def test_a_last_name_alone_is_no_key() -> None:
-    assert blocking_keys(features("contact", {"lastname": "Smith", "zip": "94105", "company": "Acme"})) == set()
+    assert (
+        blocking_keys(features("contact", {"lastname": "Smith", "zip": "94105", "company": "Acme"})) == set()
+    )
     assert blocking_keys(features("contact", {})) == set()
 
 
@@ -343,7 +352,12 @@ def test_name_keys_need_company_or_postcode() -> None:
 def test_company_blocking_keys() -> None:
     f = features(
         "company",
-        {"name": "Globex Corporation", "domain": "https://globex.com", "phone": "+1 312 555 0199", "zip": "60601"},
+        {
+            "name": "Globex Corporation",
+            "domain": "https://globex.com",
+            "phone": "+1 312 555 0199",
+            "zip": "60601",
+        },
     )
     keys = blocking_keys(f)
     t = _prefix(keys)
