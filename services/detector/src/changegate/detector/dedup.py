@@ -85,7 +85,7 @@ def propose_merge(event: CrmEvent, props: dict[str, Any], match: Match, other: d
     merged_ids = ";".join(x for x in [str(merged_before or ""), choice.merged] if x)
     changes.append(FieldChange(field=MERGED_IDS_FIELD, previous=merged_before, proposed=merged_ids))
     pair = "|".join(sorted((event.record_id, match.other_id)))
-    agreed = [f for f, lvl in match.levels.items() if lvl not in ("disagree",)]
+    agreed = [f for f, w in match.score.weights.items() if w > 0]
     rationale = (
         f"{choice.merged} looks like a duplicate of {choice.survivor} (match probability "
         f"{match.probability:.3f}; agree on {', '.join(sorted(agreed)) or 'nothing'}); "

@@ -12,7 +12,7 @@ MAX_KEY_LENGTH = 200
 
 
 def blocking_keys(f: Features) -> set[str]:
-    t = f.object_type[:2]
+    t = f.object_type
     keys: set[str] = set()
     if f.email:
         keys.add(f"{t}:email:{f.email}")

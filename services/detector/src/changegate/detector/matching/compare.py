@@ -111,7 +111,9 @@ def full_name(first: str | None, last: str | None) -> str | None:
         return EXACT
     if last in (EXACT, SIMILAR) and first in (EXACT, NICKNAME, SIMILAR):
         return SIMILAR  # a nickname, a typo
-    if (last in (EXACT, SIMILAR, None) and first in (PARTIAL, None)) or (first == EXACT and last is None):
+    if (last in (EXACT, SIMILAR, None) and first in (PARTIAL, None)) or (
+        last is None and first in (EXACT, NICKNAME, SIMILAR)
+    ):
         return PARTIAL  # an initial, or one of the two names missing
     return DISAGREE
 

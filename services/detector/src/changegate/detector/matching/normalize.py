@@ -49,10 +49,6 @@ FREE_MAIL = frozenset(
         "libero.it",
     }
 )
-_LEGAL_SUFFIXES = re.compile(
-    r"\b(inc|incorporated|llc|l\.l\.c|ltd|limited|corp|corporation|co|company|gmbh|ag|sa|sas|sarl|bv|nv"
-    r"|plc|pty|oy|ab|as|srl|spa|kk|lp|llp)\b\.?",
-)
 _STREET_ABBREVIATIONS = {
     "street": "st",
     "avenue": "ave",
@@ -100,7 +96,7 @@ def normalize_email(value: Any) -> str:
 def normalize_domain(value: Any) -> str:
     """A web domain from a URL or bare host: no scheme, no www., no path."""
     text = str(value or "").strip().lower()
-    text = re.sub(r"^[a-z]+://", "", text).split("/", 1)[0].split(":", 1)[0]
+    text = re.split(r"[/?#:]", re.sub(r"^[a-z]+://", "", text), maxsplit=1)[0]
     return text.removeprefix("www.")
 
 
@@ -111,13 +107,50 @@ def normalize_phone(value: str, region: str) -> str:
         number = phonenumbers.parse(value, region or None)
     except phonenumbers.NumberParseException:
         return ""
-    if not phonenumbers.is_possible_number(number):
+    # A local-only number (no area code) would make strangers share a phone.
+    if phonenumbers.is_possible_number_with_reason(number) != phonenumbers.ValidationResult.IS_POSSIBLE:
         return ""
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+_SUFFIX_WORDS = frozenset(
+    [
+        "inc",
+        "incorporated",
+        "llc",
+        "ltd",
+        "limited",
+        "corp",
+        "corporation",
+        "co",
+        "company",
+        "gmbh",
+        "ag",
+        "sa",
+        "sas",
+        "sarl",
+        "bv",
+        "nv",
+        "plc",
+        "pty",
+        "oy",
+        "ab",
+        "as",
+        "srl",
+        "spa",
+        "kk",
+        "lp",
+        "llp",
+    ]
+)
+
+
 def normalize_company(value: Any) -> str:
-    return _SPACES.sub(" ", _LEGAL_SUFFIXES.sub(" ", fold(value))).strip()
+    """Folded name without trailing legal-form words ("Acme L.L.C." and "ACME, Inc" -> "acme")."""
+    words = fold(str(value or "").replace(".", "")).split()
+    while len(words) > 1 and words[-1] in _SUFFIX_WORDS:
+        words.pop()
+    return " ".join(words)
 
 
 def normalize_street(value: Any) -> str:

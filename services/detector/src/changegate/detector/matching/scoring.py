@@ -25,7 +25,12 @@ DEFAULT_MU: dict[str, dict[str, tuple[float, float]]] = {
         "partial_same_name": (0.0243, 0.01658),
         "similar": (0.1054, 0.002),
     },
-    "name": {"disagree": (0.06303, 0.8218), "exact": (0.6986, 0.1461), "similar": (0.2384, 0.03211)},
+    "name": {
+        "partial": (0.02, 0.005),
+        "disagree": (0.06303, 0.8218),
+        "exact": (0.6986, 0.1461),
+        "similar": (0.2384, 0.03211),
+    },
     "organisation": {"disagree": (0.1469, 0.9366), "exact": (0.853, 0.06337), "similar": (0.002, 0.002)},
     "phone": {
         "disagree": (0.1379, 0.9893),
@@ -67,6 +72,7 @@ class Scorer:
         self.prior_log_odds = math.log2(self.config.prior / (1 - self.config.prior))
 
     def score(self, levels: dict[str, str]) -> Score:
-        weights = {f: self.weights[f][lvl] for f, lvl in levels.items() if f in self.weights}
+        # A level the weights do not know (not seen when they were fitted) is no evidence either way.
+        weights = {f: self.weights[f].get(lvl, 0.0) for f, lvl in levels.items() if f in self.weights}
         total = sum(weights.values())
         return Score(total, 1 / (1 + 2 ** -(total + self.prior_log_odds)), weights)
