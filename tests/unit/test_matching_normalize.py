@@ -300,7 +300,7 @@ def test_contact_blocking_keys() -> None:
         f"{t}:email:john.smith@acme.com",
         f"{t}:emlast:smith@acme.com",
         f"{t}:phone:+14155552671",
-        f"{t}:name:jsmith",
+        f"{t}:name:john|smith",
         f"{t}:namecomp:smith|acme",
         f"{t}:namepost:smith|94105",
     }
@@ -327,7 +327,7 @@ def test_a_last_name_alone_is_no_key() -> None:
 
 def test_name_keys_need_company_or_postcode() -> None:
     keys = blocking_keys(features("contact", {"firstname": "Ann", "lastname": "Lee"}))
-    assert keys == {f"{_prefix(keys)}:name:alee"}
+    assert keys == {f"{_prefix(keys)}:name:ann|lee"}
 
 
 def test_company_blocking_keys() -> None:

@@ -22,7 +22,7 @@ def blocking_keys(f: Features) -> set[str]:
     if f.phone:
         keys.add(f"{t}:phone:{f.phone}")
     if f.last and f.first:
-        keys.add(f"{t}:name:{f.first[:1]}{f.last}")
+        keys.add(f"{t}:name:{f.first}|{f.last}")
         if f.company:
             keys.add(f"{t}:namecomp:{f.last}|{f.company}")
         if f.postcode:

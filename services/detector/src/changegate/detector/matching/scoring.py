@@ -17,26 +17,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # field -> level -> (m, u)
 DEFAULT_MU: dict[str, dict[str, tuple[float, float]]] = {
-    "address": {"disagree": (0.1469, 0.9211), "exact": (0.8129, 0.03615), "partial": (0.04023, 0.04272)},
+    "address": {"disagree": (0.1417, 0.6877), "exact": (0.8179, 0.1444), "partial": (0.04049, 0.1679)},
     "email": {
-        "disagree": (0.2341, 0.9624),
-        "exact": (0.6356, 0.002),
-        "partial": (0.002, 0.01918),
-        "partial_same_name": (0.0243, 0.01658),
-        "similar": (0.1054, 0.002),
+        "disagree": (0.2309, 0.9314),
+        "exact": (0.6397, 0.002),
+        "partial": (0.002, 0.002),
+        "partial_same_name": (0.02339, 0.06133),
+        "similar": (0.1056, 0.006519),
     },
     "name": {
         "partial": (0.02, 0.005),
-        "disagree": (0.06303, 0.8218),
-        "exact": (0.6986, 0.1461),
-        "similar": (0.2384, 0.03211),
+        "disagree": (0.0624, 0.4106),
+        "exact": (0.7032, 0.586),
+        "similar": (0.2344, 0.003366),
     },
-    "organisation": {"disagree": (0.1469, 0.9366), "exact": (0.853, 0.06337), "similar": (0.002, 0.002)},
+    "organisation": {"disagree": (0.1417, 0.7468), "exact": (0.8582, 0.2532), "similar": (0.002, 0.002)},
     "phone": {
-        "disagree": (0.1379, 0.9893),
-        "exact": (0.05823, 0.01068),
-        "exact_same_name": (0.7843, 0.002),
-        "partial": (0.01959, 0.002),
+        "disagree": (0.1369, 0.9569),
+        "exact": (0.05858, 0.04303),
+        "exact_same_name": (0.7882, 0.002),
+        "partial": (0.01628, 0.002),
     },
 }
 
@@ -49,9 +49,9 @@ class MatchWeights(BaseModel):
     mu: dict[str, dict[str, tuple[float, float]]] = Field(
         default_factory=lambda: DEFAULT_MU, description="field -> level -> (m, u) probabilities"
     )
-    prior: float = Field(0.0112, gt=0, lt=1, description="P(match) of a pair that shares a blocking key")
+    prior: float = Field(0.0432, gt=0, lt=1, description="P(match) of a pair that shares a blocking key")
     review_threshold: float = Field(
-        0.9, gt=0, lt=1, description="match probability from which a merge is proposed"
+        0.8, gt=0, lt=1, description="match probability from which a merge is proposed"
     )
 
 
