@@ -10,16 +10,14 @@ from changegate.core.contracts import (
     ObjectType,
     Proposal,
     ProposalKind,
-    ProposalSource,
     Trigger,
 )
-from changegate.core.contracts.base import utcnow
 from changegate.core.db import DbConn
-from changegate.detector import DETECTOR_VERSION
 from changegate.detector.matching import survivorship
 from changegate.detector.matching.blocking import blocking_keys
 from changegate.detector.matching.engine import DuplicateFinder, Match
 from changegate.detector.matching.normalize import cached_features, features
+from changegate.detector.proposals import build_proposal
 from prometheus_client import Gauge, Histogram
 
 DETECTOR = "dedup"
@@ -93,20 +91,15 @@ def propose_merge(event: CrmEvent, props: dict[str, Any], match: Match, other: d
     )
     if match.flags:
         rationale += f"; risk: {', '.join(match.flags)}"
-    return Proposal(
-        proposal_id=Proposal.make_id(DETECTOR, choice.survivor, changes, f"pair:{pair}"),
+    return build_proposal(
+        detector=DETECTOR,
         kind=ProposalKind.MERGE,
         object_type=event.object_type,
         record_id=choice.survivor,
-        other_record_ids=[choice.merged],
         changes=changes,
-        source=ProposalSource(
-            system=event.source_system,
-            event_id=event.source_event_id,
-            detector=DETECTOR,
-            detector_version=DETECTOR_VERSION,
-            trigger=Trigger.SIMILARITY,
-        ),
+        system=event.source_system,
+        source_event_id=event.source_event_id,
+        trigger=Trigger.SIMILARITY,
         confidence=round(match.probability, 4),
         rationale=rationale,
         evidence={
@@ -124,5 +117,6 @@ def propose_merge(event: CrmEvent, props: dict[str, Any], match: Match, other: d
                 "conflicts": {k: {"kept": v[0], "dropped": v[1]} for k, v in choice.conflicts.items()},
             },
         },
-        proposed_at=utcnow(),
+        id_key=f"pair:{pair}",
+        other_record_ids=[choice.merged],
     )

@@ -9,11 +9,10 @@ from changegate.core.contracts import (
     FieldChange,
     Proposal,
     ProposalKind,
-    ProposalSource,
     Trigger,
 )
-from changegate.core.contracts.base import PropertyValue, is_empty, utcnow
-from changegate.detector import DETECTOR_VERSION
+from changegate.core.contracts.base import PropertyValue, is_empty
+from changegate.detector.proposals import build_proposal
 
 DETECTOR = "enrichment"
 
@@ -42,19 +41,15 @@ def propose_enrichment(
     if overwrites:
         parts.append(f"overwrites {', '.join(overwrites)}")
     rationale = f"{event.source_system} enrichment {' and '.join(parts)} (confidence {confidence:.2f})"
-    return Proposal(
-        proposal_id=Proposal.make_id(DETECTOR, event.record_id, changes, event.source_event_id),
+    return build_proposal(
+        detector=DETECTOR,
         kind=ProposalKind.FIELD_UPDATE,
         object_type=event.object_type,
         record_id=event.record_id,
         changes=changes,
-        source=ProposalSource(
-            system=event.source_system,
-            event_id=event.source_event_id,
-            detector=DETECTOR,
-            detector_version=DETECTOR_VERSION,
-            trigger=Trigger.ENRICHMENT,
-        ),
+        system=event.source_system,
+        source_event_id=event.source_event_id,
+        trigger=Trigger.ENRICHMENT,
         confidence=confidence,
         rationale=rationale,
         evidence={
@@ -62,7 +57,6 @@ def propose_enrichment(
             "overwrites": overwrites,
             "confidence_source": "source" if event.confidence is not None else "default",
         },
-        proposed_at=utcnow(),
     )
 
 

@@ -28,12 +28,11 @@ from changegate.core.contracts import (
     FieldChange,
     Proposal,
     ProposalKind,
-    ProposalSource,
     Trigger,
 )
-from changegate.core.contracts.base import PropertyValue, is_empty, utcnow
-from changegate.detector import DETECTOR_VERSION
+from changegate.core.contracts.base import PropertyValue, is_empty
 from changegate.detector.config import DefinedEvent, LifecycleConfig
+from changegate.detector.proposals import build_proposal
 
 DETECTOR = "lifecycle"
 
@@ -185,23 +184,18 @@ def _propose(
         "direction": direction,
         "allow_backwards": config.allow_backwards,
     }
-    proposal = Proposal(
-        proposal_id=Proposal.make_id(DETECTOR, event.record_id, changes, event.source_event_id),
+    proposal = build_proposal(
+        detector=DETECTOR,
         kind=ProposalKind.LIFECYCLE_TRANSITION,
         object_type=event.object_type,
         record_id=event.record_id,
         changes=changes,
-        source=ProposalSource(
-            system=event.source_system,
-            event_id=event.source_event_id,
-            detector=DETECTOR,
-            detector_version=DETECTOR_VERSION,
-            trigger=trigger,
-        ),
+        system=event.source_system,
+        source_event_id=event.source_event_id,
+        trigger=trigger,
         confidence=confidence,
         rationale=rationale,
         evidence=evidence,
-        proposed_at=utcnow(),
     )
     return LifecycleResult(proposal, LifecycleReason.PROPOSED)
 

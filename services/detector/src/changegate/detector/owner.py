@@ -31,12 +31,11 @@ from changegate.core.contracts import (
     ObjectType,
     Proposal,
     ProposalKind,
-    ProposalSource,
     Trigger,
 )
-from changegate.core.contracts.base import PropertyValue, is_empty, utcnow
-from changegate.detector import DETECTOR_VERSION
+from changegate.core.contracts.base import PropertyValue, is_empty
 from changegate.detector.config import OwnerConfig, Territory
+from changegate.detector.proposals import build_proposal
 
 DETECTOR = "owner"
 
@@ -301,23 +300,18 @@ def _proposal(
     evidence: dict[str, Any],
 ) -> Proposal:
     changes = [FieldChange(field=config.owner_field, previous=current, proposed=owner)]
-    return Proposal(
-        proposal_id=Proposal.make_id(DETECTOR, record_id, changes, source_event_id),
+    return build_proposal(
+        detector=DETECTOR,
         kind=ProposalKind.OWNER_REASSIGNMENT,
         object_type=object_type,
         record_id=record_id,
         changes=changes,
-        source=ProposalSource(
-            system=source_system,
-            event_id=source_event_id,
-            detector=DETECTOR,
-            detector_version=DETECTOR_VERSION,
-            trigger=Trigger.RULE,
-        ),
+        system=source_system,
+        source_event_id=source_event_id,
+        trigger=Trigger.RULE,
         confidence=confidence,
         rationale=rationale,
         evidence=evidence,
-        proposed_at=utcnow(),
     )
 
 

@@ -81,12 +81,11 @@ from changegate.core.contracts import (
     FieldChange,
     Proposal,
     ProposalKind,
-    ProposalSource,
     Trigger,
 )
-from changegate.core.contracts.base import PropertyValue, is_empty, utcnow
-from changegate.detector import DETECTOR_VERSION
+from changegate.core.contracts.base import PropertyValue, is_empty
 from changegate.detector.config import VerificationConfig
+from changegate.detector.proposals import build_proposal
 
 DETECTOR = "verification"
 
@@ -259,23 +258,18 @@ def propose_verification(
         "mapping_basis": mapped.basis,
         "source_confidence": event.confidence,
     }
-    proposal = Proposal(
-        proposal_id=Proposal.make_id(DETECTOR, event.record_id, changes, event.source_event_id),
+    proposal = build_proposal(
+        detector=DETECTOR,
         kind=ProposalKind.EMAIL_VERIFICATION,
         object_type=event.object_type,
         record_id=event.record_id,
         changes=changes,
-        source=ProposalSource(
-            system=event.source_system,
-            event_id=event.source_event_id,
-            detector=DETECTOR,
-            detector_version=DETECTOR_VERSION,
-            trigger=Trigger.VERIFICATION,
-        ),
+        system=event.source_system,
+        source_event_id=event.source_event_id,
+        trigger=Trigger.VERIFICATION,
         confidence=confidence,
         rationale=rationale,
         evidence=evidence,
-        proposed_at=utcnow(),
     )
     return VerificationResult(proposal, VerificationReason.PROPOSED)
 
