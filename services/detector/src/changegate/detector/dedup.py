@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from changegate.core.contracts import (
     CrmEvent,
     FieldChange,
@@ -29,7 +30,18 @@ CANDIDATES = Histogram(
     "Records compared with per record event",
     buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200),
 )
-INDEX_SIZE = Gauge("changegate_detector_index_keys", "Blocking keys in the duplicate index")
+INDEX_KEYS = Gauge("changegate_detector_index_keys", "Blocking keys in the duplicate index (estimate)")
+INDEX_RECORDS = Gauge("changegate_detector_index_records", "Records the detector knows (estimate)")
+
+
+async def refresh_index_size(pool: asyncpg.Pool) -> None:
+    """PostgreSQL's own row estimates: exact counts would scan millions of rows."""
+    rows = await pool.fetch(
+        "SELECT relname, reltuples FROM pg_class WHERE relname IN ('detector_blocking', 'detector_records')"
+    )
+    sizes = {r["relname"]: max(0.0, float(r["reltuples"])) for r in rows}
+    INDEX_KEYS.set(sizes.get("detector_blocking", 0))
+    INDEX_RECORDS.set(sizes.get("detector_records", 0))
 
 
 async def unindex(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> None:
