@@ -12,8 +12,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,57 +19,21 @@ import uuid
 from pathlib import Path
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _stack import drain, preload, start, stop
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.envelope import make_envelope
-from changegate.core.kafka import ensure_topics, make_producer
+from changegate.core.kafka import ensure_topics
 from changegate.core.serde import encode
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
 from crm_population import Population
 
 HERE = Path(__file__).resolve().parent
-
-
-async def preload(settings: CommonSettings, topics: list[str], payloads: list[tuple[bytes, bytes]]) -> None:
-    producer = make_producer(settings, "bench")
-    await producer.start()
-    try:
-        for topic in topics:
-            futures = [await producer.send(topic, value, key=key) for key, value in payloads]
-            await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def forwarded_rate(bootstrap: str, topic: str, count: int) -> float:
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=15,
-        max_poll_records=2000,
-    )
-    await consumer.start()
-    seen, first, last = 0, 0.0, 0.0
-    deadline = time.monotonic() + 300
-    try:
-        while seen < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            n = sum(len(r) for r in batch.values())
-            if n:
-                now = time.perf_counter()
-                first, last, seen = first or now, now, seen + n
-    finally:
-        await consumer.stop()
-    if seen < count:
-        raise RuntimeError(f"only {seen}/{count} forwarded")
-    return count / (last - first)
 
 
 async def processed_rate(database_url: str, count: int) -> float:
@@ -99,18 +61,6 @@ async def processed_rate(database_url: str, count: int) -> float:
     if seen < count:
         raise RuntimeError(f"only {seen}/{count} processed")
     return (count - 1) / (last - first)
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 async def run(events: int, workdir: Path, bootstrap: str, database_url: str) -> tuple[float, float]:
@@ -152,7 +102,8 @@ async def run(events: int, workdir: Path, bootstrap: str, database_url: str) -> 
         workdir / "bare.log",
     )
     try:
-        bare_rate = await forwarded_rate(bootstrap, raw_out, len(payloads))
+        first, last = await drain(bootstrap, [raw_out], len(payloads), timeout=300)
+        bare_rate = len(payloads) / (last - first)
     finally:
         stop(bare)
     env = {

@@ -13,8 +13,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,11 +20,14 @@ import uuid
 from pathlib import Path
 
 import httpx
-from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _stack import drain, preload, start, stop
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from changegate.core.contracts.envelope import make_envelope
-from changegate.core.kafka import ensure_topics, make_producer
+from changegate.core.kafka import ensure_topics
 from changegate.core.serde import encode
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
@@ -43,56 +44,6 @@ def bench_evaluator(count: int) -> float:
     for p in proposals:
         policy.evaluate(p)
     return count / (time.perf_counter() - started)
-
-
-async def preload(settings: CommonSettings, topic: str, payloads: list[tuple[bytes, bytes]]) -> None:
-    producer = make_producer(settings, "bench")
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value, key=key) for key, value in payloads]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def drain(bootstrap: str, topics: list[str], count: int, timeout: float) -> tuple[float, float]:
-    """Read ``count`` messages from ``topics``; return (first arrival, last arrival) times."""
-    consumer = AIOKafkaConsumer(
-        *topics,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=15,
-        max_poll_records=2000,
-    )
-    await consumer.start()
-    seen, first, last = 0, 0.0, 0.0
-    deadline = time.monotonic() + timeout
-    try:
-        while seen < count and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=200)
-            n = sum(len(r) for r in batch.values())
-            if n:
-                now = time.perf_counter()
-                first = first or now
-                last, seen = now, seen + n
-    finally:
-        await consumer.stop()
-    if seen < count:
-        raise RuntimeError(f"only {seen}/{count} messages arrived")
-    return first, last
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = log.open("wb")
-    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 async def bench_pipeline(count: int, workdir: Path, bootstrap: str, database_url: str) -> tuple[float, float]:
@@ -112,8 +63,7 @@ async def bench_pipeline(count: int, workdir: Path, bootstrap: str, database_url
         (p.record_id.encode(), encode(make_envelope(p, service="bench", correlation_id=p.proposal_id)))
         for p in sample_proposals(count, seed=7)
     ]
-    await preload(settings, raw_in, payloads)
-    await preload(settings, names(Topic.PROPOSALS), payloads)
+    await preload(settings, [raw_in, names(Topic.PROPOSALS)], payloads)
 
     # Baseline: raw pass-through over the same bytes.
     passthrough = start(

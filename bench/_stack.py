@@ -1,0 +1,65 @@
+"""Helpers the benchmarks share: preloading topics, draining them, running a service process."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer
+from changegate.core.kafka import make_producer
+from changegate.core.settings import CommonSettings
+
+
+async def preload(settings: CommonSettings, topics: list[str], payloads: list[tuple[bytes, bytes]]) -> None:
+    """Produce (key, value) payloads to each topic, acknowledged."""
+    producer = make_producer(settings, "bench")
+    await producer.start()
+    try:
+        for topic in topics:
+            futures = [await producer.send(topic, value, key=key) for key, value in payloads]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def drain(bootstrap: str, topics: list[str], count: int, timeout: float) -> tuple[float, float]:
+    """Read ``count`` messages from ``topics``; return (first arrival, last arrival) times."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=15,
+        max_poll_records=2000,
+    )
+    await consumer.start()
+    seen, first, last = 0, 0.0, 0.0
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            n = sum(len(r) for r in batch.values())
+            if n:
+                now = time.perf_counter()
+                first = first or now
+                last, seen = now, seen + n
+    finally:
+        await consumer.stop()
+    if seen < count:
+        raise RuntimeError(f"only {seen}/{count} messages arrived")
+    return first, last
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = log.open("wb")
+    return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
