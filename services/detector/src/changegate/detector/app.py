@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from typing import Any
 
 from changegate.core.kafka import MessageProcessor, Subscription, is_transient
@@ -34,10 +35,10 @@ async def main() -> None:
     processor = MessageProcessor(
         settings,
         GROUP,
-        [Subscription(Topic.CRM_EVENTS, detector.handle, frozenset({"crm_event"}))],
+        [Subscription(Topic.CRM_EVENTS, detector.handle, frozenset({"crm_event"}), detector.handle_batch)],
         producer,
         runtime.stop,
-        abort_on_stop=False,  # Faust acks a cancelled event: finish it instead
+        abort_on_stop=True,  # giving up at shutdown exits the process unacked (see the agent)
     )
     app = make_app(GROUP, settings)
     topic = app.topic(
@@ -46,15 +47,15 @@ async def main() -> None:
 
     @app.agent(topic)
     async def detect(stream: Any) -> None:
-        # Manual acks: Faust otherwise acks (and soon commits) an event whose processing raised or
-        # was cancelled. Unacked, it is redelivered after the restart.
-        async for event in stream.noack().events():
+        # Batches: one PostgreSQL transaction per batch instead of per event. Faust acks a batch
+        # when the loop body returns, and also when it raises or is cancelled: so on anything but
+        # success the process ends here, before that ack, and the batch is redelivered.
+        async for events in stream.take_events(settings.kafka_max_batch, within=settings.batch_wait_seconds):
             try:
-                await processor.process(event.message)
+                await processor.process_batch([event.message for event in events])
             except BaseException:
-                runtime.stop.set()  # unrecoverable here (or shutting down): restart the process
-                raise
-            event.ack()
+                log.critical("batch not processed; exiting so that it is redelivered", size=len(events))
+                os._exit(70)
 
     started = False
 

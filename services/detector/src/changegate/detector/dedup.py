@@ -60,15 +60,25 @@ async def find_duplicates(
     f = features(event.object_type.value, props, region)
     keys = sorted(blocking_keys(f))
     await unindex(conn, event.object_type, [event.record_id])
-    rows = await conn.fetch(
-        "SELECT DISTINCT r.record_id, r.properties FROM unnest($1::text[]) AS k(key)"
+    # Two plain index lookups rather than one join: the planner's choice for a join follows table
+    # statistics, which lag behind a fast-growing index (it then scanned every record per event).
+    ids = await conn.fetchval(
+        "SELECT array_agg(DISTINCT c.record_id) FROM unnest($1::text[]) AS k(key)"
         " CROSS JOIN LATERAL (SELECT b.record_id FROM detector_blocking b WHERE b.key = k.key"
-        "   AND b.record_id <> $2 LIMIT $4) c"
-        " JOIN detector_records r ON r.object_type = $3 AND r.record_id = c.record_id AND NOT r.deleted",
+        "   AND b.record_id <> $2 LIMIT $3) c",
         keys,
         event.record_id,
-        event.object_type.value,
         CANDIDATES_PER_KEY,
+    )
+    rows = (
+        await conn.fetch(
+            "SELECT record_id, properties FROM detector_records"
+            " WHERE object_type = $1 AND record_id = ANY($2::text[]) AND NOT deleted",
+            event.object_type.value,
+            ids,
+        )
+        if ids
+        else []
     )
     if keys:
         await conn.copy_records_to_table(

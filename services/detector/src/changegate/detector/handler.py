@@ -58,46 +58,59 @@ class Detector:
         self.finder = DuplicateFinder(settings.match_weights)
 
     async def handle(self, envelope: Envelope[Any]) -> None:
-        event: CrmEvent = envelope.payload
+        await self.handle_batch([envelope])
+
+    async def handle_batch(self, envelopes: list[Envelope[Any]]) -> None:
+        """Events in order, one transaction (one commit, one fsync) for the whole batch."""
         started = time.perf_counter()
+        outcomes: list[tuple[CrmEvent, list[Proposal] | None]] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await claim_event(conn, SERVICE, envelope.event_id):
-                EVENTS.labels(kind=event.kind.value, outcome="duplicate").inc()
-                return
-            proposals = await self._detect(conn, event)
-            for proposal in proposals:
-                for retired in await supersede(conn, proposal):
-                    SUPERSEDED.inc()
-                    await outbox.enqueue(
-                        conn,
-                        SERVICE,
-                        self.names(Topic.DECISIONS),
-                        proposal.record_id,
-                        make_envelope(
-                            retired,
-                            service=SERVICE,
-                            correlation_id=retired.proposal.proposal_id,
-                            dedup_key=str(retired.decision_id),
-                        ),
-                    )
-                out = make_envelope(
-                    proposal,
-                    service=SERVICE,
-                    correlation_id=proposal.proposal_id,
-                    dedup_key=str(proposal.proposal_id),
+            for envelope in envelopes:
+                outcomes.append((envelope.payload, await self._handle_one(conn, envelope)))
+        elapsed = (time.perf_counter() - started) / len(envelopes)
+        for event, proposals in outcomes:
+            DETECTION_SECONDS.observe(elapsed)
+            outcome = "duplicate" if proposals is None else "proposed" if proposals else "no_change"
+            EVENTS.labels(kind=event.kind.value, outcome=outcome).inc()
+            for proposal in proposals or []:
+                PROPOSALS.labels(kind=proposal.kind.value).inc()
+                log.info(
+                    "proposed",
+                    correlation_id=str(proposal.proposal_id),
+                    kind=proposal.kind.value,
+                    record_id=proposal.record_id,
+                    confidence=proposal.confidence,
                 )
-                await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS), proposal.record_id, out)
-        DETECTION_SECONDS.observe(time.perf_counter() - started)
-        EVENTS.labels(kind=event.kind.value, outcome="proposed" if proposals else "no_change").inc()
+
+    async def _handle_one(self, conn: DbConn, envelope: Envelope[Any]) -> list[Proposal] | None:
+        """Claim, detect, emit; None when the event was processed before (redelivery)."""
+        event: CrmEvent = envelope.payload
+        if not await claim_event(conn, SERVICE, envelope.event_id):
+            return None
+        proposals = await self._detect(conn, event)
         for proposal in proposals:
-            PROPOSALS.labels(kind=proposal.kind.value).inc()
-            log.info(
-                "proposed",
-                correlation_id=str(proposal.proposal_id),
-                kind=proposal.kind.value,
-                record_id=proposal.record_id,
-                confidence=proposal.confidence,
+            for retired in await supersede(conn, proposal):
+                SUPERSEDED.inc()
+                await outbox.enqueue(
+                    conn,
+                    SERVICE,
+                    self.names(Topic.DECISIONS),
+                    proposal.record_id,
+                    make_envelope(
+                        retired,
+                        service=SERVICE,
+                        correlation_id=retired.proposal.proposal_id,
+                        dedup_key=str(retired.decision_id),
+                    ),
+                )
+            out = make_envelope(
+                proposal,
+                service=SERVICE,
+                correlation_id=proposal.proposal_id,
+                dedup_key=str(proposal.proposal_id),
             )
+            await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS), proposal.record_id, out)
+        return proposals
 
     async def _detect(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
         kind = event.kind

@@ -18,5 +18,8 @@ class DetectorSettings(CommonSettings):
     owner: OwnerConfig = Field(default_factory=OwnerConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
     match_weights: MatchWeights = Field(default_factory=MatchWeights)
+    batch_wait_seconds: float = Field(
+        0.01, description="how long the agent waits to fill a batch (latency added per hop at most)"
+    )
     max_merge_proposals: int = Field(3, ge=1, description="merge proposals per record event, best first")
     default_phone_region: str = Field("US", description="region of phone numbers written without +code")
