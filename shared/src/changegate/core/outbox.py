@@ -7,6 +7,7 @@ least once: consumers deduplicate on the envelope's event id."""
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -77,6 +78,7 @@ class OutboxRelay:
         self.pool, self.producer, self.service, self.stop = pool, producer, service, stop
         self.batch, self.poll_seconds = batch, poll_seconds
         self._wake = asyncio.Event()
+        self._counted = 0.0
         self._lock_id = zlib.crc32(f"outbox:{service}".encode())
 
     async def run(self) -> None:
@@ -168,9 +170,13 @@ class OutboxRelay:
         await conn.execute(
             "DELETE FROM changegate_outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
         )
-        pending = await conn.fetchval(
-            "SELECT count(*) FROM changegate_outbox WHERE service = $1", self.service
-        )
-        metrics.OUTBOX_PENDING.set(pending)
+        if len(rows) < self.batch:
+            metrics.OUTBOX_PENDING.set(0)  # drained
+        elif time.monotonic() - self._counted > 5:
+            # A backlog: count it now and then, not per batch (the count scans the backlog).
+            self._counted = time.monotonic()
+            metrics.OUTBOX_PENDING.set(
+                await conn.fetchval("SELECT count(*) FROM changegate_outbox WHERE service = $1", self.service)
+            )
         log.debug("outbox published", count=len(rows))
         return len(rows)
