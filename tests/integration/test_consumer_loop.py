@@ -110,3 +110,42 @@ async def test_offsets_are_committed_after_processing_and_not_reprocessed(
         assert [e.payload.record_id for e in again] == ["r5"]
     finally:
         await producer.stop()
+
+
+async def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_rest_processed_once(
+    settings: CommonSettings, topics: None
+) -> None:
+    names = TopicNames(settings.topic_prefix)
+    producer = make_producer(settings, "test")
+    await producer.start()
+    applied: list[str] = []
+    try:
+        for rid in ["a", "b", "boom", "c", "d"]:
+            env = make_envelope(created(rid), service="t")
+            await producer.send_and_wait(names(Topic.CRM_EVENTS), encode(env), key=b"same-key")
+
+        async def batch(envelopes: list[Envelope[Any]]) -> None:
+            staged = [e.payload.record_id for e in envelopes]
+            if "boom" in staged:
+                raise ValueError("boom in batch")  # nothing of the batch is applied
+            applied.extend(staged)
+
+        async def single(envelope: Envelope[Any]) -> None:
+            await batch([envelope])
+
+        loop = ConsumerLoop(
+            settings,
+            f"g-{uuid.uuid4().hex[:6]}",
+            [Subscription(Topic.CRM_EVENTS, single, frozenset({"crm_event"}), batch)],
+            producer,
+            asyncio.Event(),
+        )
+        task = asyncio.create_task(loop.run())
+        await eventually(lambda: asyncio.sleep(0, applied), lambda a: len(a) >= 4, what="the good four")
+        dead = await read_topic(settings.kafka_bootstrap_servers, names.dlq(Topic.CRM_EVENTS), 1)
+        loop.stop.set()
+        await asyncio.wait_for(task, 10)
+        assert applied == ["a", "b", "c", "d"]  # in order, once each
+        assert dict(dead[0].headers)["x-changegate-error"] == b"ValueError: boom in batch"  # type: ignore[attr-defined]
+    finally:
+        await producer.stop()

@@ -19,10 +19,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
+    InvalidTopicError,
     KafkaConnectionError,
     KafkaError,
     MessageSizeTooLargeError,
+    RecordTooLargeError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
 )
 from changegate.core import metrics
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
@@ -55,6 +58,18 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    asyncpg.PostgresConnectionError,  # the server went away mid-query (restart, failover)
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.ReadOnlySQLTransactionError,  # a failover in progress
+)
+# Kafka errors that are the message's fault for good: everything else from Kafka is waited out.
+PERMANENT_KAFKA_ERRORS: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
 )
 
 
@@ -62,7 +77,8 @@ def is_transient(exc: BaseException) -> bool:
     """Infrastructure trouble worth waiting out. Kafka says itself which of its errors are; one it
     calls final (a message too large, an unauthorised topic) is the message's problem."""
     if isinstance(exc, KafkaError):
-        return bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaConnectionError)
+        # KafkaTimeoutError says retriable=False, yet it is what a broker outage looks like.
+        return not isinstance(exc, PERMANENT_KAFKA_ERRORS)
     return isinstance(exc, _TRANSIENT_TYPES)
 
 

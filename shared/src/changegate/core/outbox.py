@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaProducer
 from changegate.core import metrics
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import DbConn
-from changegate.core.kafka import is_transient
+from changegate.core.kafka import PERMANENT_KAFKA_ERRORS, is_transient
 from changegate.core.logging import get_logger
 from changegate.core.serde import encode
 
@@ -137,9 +137,7 @@ class OutboxRelay:
             headers = [(k, v.encode()) for k, v in (row["headers"] or [])]
             try:
                 return await self.producer.send(row["topic"], row["value"], key=row["key"], headers=headers)
-            except Exception as exc:  # refused before it was sent, e.g. too large
-                if is_transient(exc):
-                    raise
+            except PERMANENT_KAFKA_ERRORS as exc:  # refused before it was sent, e.g. too large
                 return exc
 
         pending = [await send(row) for row in rows]
@@ -147,9 +145,12 @@ class OutboxRelay:
         results = await asyncio.gather(
             *[p if isinstance(p, asyncio.Future) else _done(p) for p in pending], return_exceptions=True
         )
-        transient = [r for r in results if isinstance(r, BaseException) and is_transient(r)]
-        if transient:
-            raise transient[0]
+        # Only what Kafka refuses for good is set aside; anything else (an outage) is retried.
+        retry = [
+            r for r in results if isinstance(r, BaseException) and not isinstance(r, PERMANENT_KAFKA_ERRORS)
+        ]
+        if retry:
+            raise retry[0]
         refused = {row["id"]: r for row, r in zip(rows, results, strict=True) if isinstance(r, BaseException)}
         if refused:
             await conn.executemany(

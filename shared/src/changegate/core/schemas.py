@@ -20,6 +20,7 @@ FLOWS: list[tuple[str, str, Topic]] = [
     ("detector", "send", Topic.PROPOSALS),
     ("detector", "send", Topic.DECISIONS),
     ("policy", "receive", Topic.PROPOSALS),
+    ("policy", "receive", Topic.DECISIONS),
     ("policy", "send", Topic.DECISIONS),
     ("policy", "send", Topic.PROPOSALS_PENDING),
     ("reviewApi", "receive", Topic.PROPOSALS_PENDING),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from typing import Any
 
@@ -53,9 +54,14 @@ async def main() -> None:
         async for events in stream.take_events(settings.kafka_max_batch, within=settings.batch_wait_seconds):
             try:
                 await processor.process_batch([event.message for event in events])
-            except BaseException:
-                log.critical("batch not processed; exiting so that it is redelivered", size=len(events))
-                os._exit(70)
+            except BaseException as exc:
+                stopping = runtime.stop.is_set() and isinstance(exc, asyncio.CancelledError)
+                log.log(
+                    logging.INFO if stopping else logging.CRITICAL,
+                    "batch not processed; exiting so that it is redelivered",
+                    size=len(events),
+                )
+                os._exit(0 if stopping else 70)
 
     started = False
 

@@ -8,6 +8,7 @@ from typing import Any
 import asyncpg
 from changegate.core import outbox
 from changegate.core.contracts import CrmEvent, CrmEventKind, Proposal
+from changegate.core.contracts.base import is_empty
 from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import DbConn, claim_event
 from changegate.core.logging import get_logger
@@ -131,7 +132,9 @@ class Detector:
                 event.object_type.value, before, record
             ):
                 proposals += await self._merges(conn, event, record)
-            index = await _round_robin_next(conn) if self.settings.owner.round_robin else None
+            # The rotation row is locked until commit: only take it for an unowned record.
+            unowned = is_empty(record.get(self.settings.owner.owner_field))
+            index = await _round_robin_next(conn) if self.settings.owner.round_robin and unowned else None
             owned = owner.propose_owner(event, record, self.settings.owner, index)
             if owned.consumed_round_robin:
                 await _round_robin_advance(conn)

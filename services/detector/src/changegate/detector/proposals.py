@@ -32,10 +32,15 @@ def build_proposal(
     id_key: str | None = None,
     other_record_ids: list[str] | None = None,
 ) -> Proposal:
-    """``id_key`` replaces the source event in the deterministic id when the same finding can come
-    from different events (a duplicate pair is found again when either record changes)."""
+    """``id_key``, when given, is the whole identity of the finding: the same duplicate pair found
+    again from another event, with other survivorship details, is the same proposal."""
+    proposal_id = (
+        Proposal.make_id(detector, id_key, [], "")
+        if id_key
+        else Proposal.make_id(detector, record_id, changes, source_event_id)
+    )
     return Proposal(
-        proposal_id=Proposal.make_id(detector, record_id, changes, id_key or source_event_id),
+        proposal_id=proposal_id,
         kind=kind,
         object_type=object_type,
         record_id=record_id,

@@ -17,28 +17,42 @@ async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
     older open proposals it replaces (merges are pairwise, they are not superseded this way)."""
     if proposal.kind is ProposalKind.MERGE:
         return []
+    fields = {c.field for c in proposal.changes}
     retired: dict[uuid.UUID, Proposal] = {}
-    for change in proposal.changes:
-        old = await conn.fetchval(
-            "SELECT proposal FROM detector_open_proposals"
-            " WHERE object_type = $1 AND record_id = $2 AND field = $3 FOR UPDATE",
-            proposal.object_type.value,
-            proposal.record_id,
-            change.field,
-        )
-        if old is not None and old["proposal_id"] != str(proposal.proposal_id):
-            older = Proposal.model_validate(old)
+    rows = await conn.fetch(
+        "SELECT proposal_id, proposal FROM detector_open_proposals"
+        " WHERE object_type = $1 AND record_id = $2 AND field = ANY($3::text[]) AND proposal_id <> $4"
+        " FOR UPDATE",
+        proposal.object_type.value,
+        proposal.record_id,
+        sorted(fields),
+        proposal.proposal_id,
+    )
+    for row in rows:
+        older = Proposal.model_validate(row["proposal"])
+        # Only a proposal of the same kind whose every change the newer one covers is replaced;
+        # otherwise retiring it would drop a change nobody re-proposed.
+        if older.kind is proposal.kind and {c.field for c in older.changes} <= fields:
             retired[older.proposal_id] = older
+    if retired:
         await conn.execute(
-            "INSERT INTO detector_open_proposals (object_type, record_id, field, proposal_id, proposal)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (object_type, record_id, field) DO UPDATE"
-            " SET proposal_id = EXCLUDED.proposal_id, proposal = EXCLUDED.proposal",
-            proposal.object_type.value,
-            proposal.record_id,
-            change.field,
-            proposal.proposal_id,
-            proposal.model_dump(mode="json"),
+            "DELETE FROM detector_open_proposals WHERE proposal_id = ANY($1::uuid[])", list(retired)
         )
+    await conn.executemany(
+        "INSERT INTO detector_open_proposals (object_type, record_id, field, proposal_id, proposal)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (object_type, record_id, field) DO UPDATE"
+        " SET proposal_id = EXCLUDED.proposal_id, proposal = EXCLUDED.proposal",
+        [
+            (
+                proposal.object_type.value,
+                proposal.record_id,
+                f,
+                proposal.proposal_id,
+                proposal.model_dump(mode="json"),
+            )
+            for f in sorted(fields)
+        ],
+    )
     return [
         Decision(
             decision_id=uuid.uuid5(SUPERSEDE_NAMESPACE, f"{older.proposal_id}|{proposal.proposal_id}"),

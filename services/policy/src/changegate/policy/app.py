@@ -79,7 +79,10 @@ async def main() -> None:
     loop = ConsumerLoop(
         settings,
         "changegate-policy",
-        [Subscription(Topic.PROPOSALS, router.handle, frozenset({"proposal"}), router.handle_batch)],
+        [
+            Subscription(Topic.PROPOSALS, router.handle, frozenset({"proposal"}), router.handle_batch),
+            Subscription(Topic.DECISIONS, router.on_decision, frozenset({"decision"})),
+        ],
         producer,
         runtime.stop,
     )

@@ -148,3 +148,18 @@ class Router:
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         await self.handle_batch([envelope])
+
+    async def on_decision(self, envelope: Envelope[Any]) -> None:
+        """A proposal superseded before it was routed is never routed (nor auto-applied)."""
+        decision: Decision = envelope.payload
+        if decision.outcome is not DecisionOutcome.SUPERSEDED:
+            return
+        await self.pool.execute(
+            "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
+            " explanation)"
+            " VALUES ($1, 'superseded', 'superseded', $2, $3, $4) ON CONFLICT (proposal_id) DO NOTHING",
+            decision.proposal.proposal_id,
+            self.policy.version,
+            self.policy.content_hash,
+            decision.explanation,
+        )

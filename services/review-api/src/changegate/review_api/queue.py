@@ -54,10 +54,23 @@ async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
 
 async def retire(conn: Queryable, decision: Decision) -> bool:
     """A decision made elsewhere (a newer proposal superseded this one) closes a pending item."""
+    # An upsert: if the decision overtakes the review request (they travel on different topics),
+    # the row it leaves makes the late request a no-op instead of an approvable item.
+    proposal = decision.proposal
     closed = await conn.fetchval(
-        "UPDATE review_queue SET status = $2, decision_id = $3, decided_by = $4, decided_at = $5,"
-        " comment = $6 WHERE proposal_id = $1 AND status = 'pending' RETURNING 1",
-        decision.proposal.proposal_id,
+        "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
+        " status, decision_id, decided_by, decided_at, comment)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " ON CONFLICT (proposal_id) DO UPDATE SET status = EXCLUDED.status,"
+        " decision_id = EXCLUDED.decision_id, decided_by = EXCLUDED.decided_by,"
+        " decided_at = EXCLUDED.decided_at, comment = EXCLUDED.comment"
+        " WHERE review_queue.status = 'pending' RETURNING 1",
+        proposal.proposal_id,
+        proposal.kind.value,
+        proposal.object_type.value,
+        proposal.record_id,
+        proposal.confidence,
+        proposal.model_dump(mode="json"),
         decision.outcome.value,
         decision.decision_id,
         decision.decided_by.identity,
@@ -115,11 +128,14 @@ async def decide(
     """Close a pending item and emit its decision, in one transaction. Raises NotPendingError."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
-            "SELECT proposal, status, enqueued_at FROM review_queue WHERE proposal_id = $1 FOR UPDATE",
+            "SELECT proposal, status, enqueued_at, expires_at <= now() AS overdue FROM review_queue"
+            " WHERE proposal_id = $1 FOR UPDATE",
             proposal_id,
         )
         if row is None or row["status"] != "pending":
             raise NotPendingError(None if row is None else row["status"])
+        if row["overdue"] and not by_system:
+            raise NotPendingError("expired")  # the sweeper has not got to it yet
         proposal = Proposal.model_validate(row["proposal"])
         if outcome is DecisionOutcome.APPROVED:
             final_changes = list(proposal.changes)

@@ -27,4 +27,5 @@ def is_empty(value: PropertyValue) -> bool:
 class Contract(BaseModel):
     """Immutable, strict about unknown fields: a typo in a producer is an error, not silent data."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and Infinity are not JSON: refused at the door rather than written out as null.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)

@@ -16,7 +16,7 @@ from changegate.core.contracts.decision import Decision
 from changegate.core.contracts.execution import Execution
 from changegate.core.contracts.proposal import Proposal
 from changegate.core.contracts.review_request import ReviewRequest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 P = TypeVar("P", bound=BaseModel)
 ENVELOPE_NAMESPACE = uuid.UUID("f1e2d3c4-b5a6-4978-8695-a4b3c2d1e0f9")
@@ -33,7 +33,7 @@ class Producer(Contract):
 class Envelope(Contract, Generic[P]):
     event_id: uuid.UUID = Field(description="unique per event; consumers deduplicate on it")
     event_type: str
-    schema_version: int = Field(ge=1)
+    schema_version: StrictInt = Field(ge=1)
     occurred_at: UtcDatetime
     correlation_id: uuid.UUID | None = Field(
         None, description="the proposal's id, carried end to end (absent on CRM events)"
