@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -34,6 +35,7 @@ DETECTION_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 
+_PROPERTY_NAME = re.compile(r"[A-Za-z0-9_]+")
 SKIPPED = Counter(
     "changegate_detector_skipped_total",
     "Events a detector proposed nothing for, by reason",
@@ -165,11 +167,14 @@ class Detector:
     async def _reassign_from(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
         """Every record the deactivated owner holds gets a new owner proposed."""
         proposals: list[Proposal] = []
+        field = self.settings.owner.owner_field
+        if not _PROPERTY_NAME.fullmatch(field):
+            raise ValueError(f"owner_field {field!r} is not a property name")
+        # The field name is inlined (checked above) so the expression index on it can serve.
         rows = await conn.fetch(
             "SELECT record_id, properties FROM detector_records WHERE object_type = $1 AND NOT deleted"
-            " AND properties->>$2 = $3 ORDER BY record_id",
+            f" AND properties->>'{field}' = $2 ORDER BY record_id",
             event.object_type.value,
-            self.settings.owner.owner_field,
             event.record_id,
         )
         for row in rows:

@@ -96,8 +96,7 @@ async def list_items(
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT * FROM review_queue WHERE status = $1 AND ($2::text IS NULL OR kind = $2)"
         " AND ($3::text IS NULL OR queue = $3)"
-        " ORDER BY CASE priority WHEN 'high' THEN 0 WHEN 'normal' THEN 1 ELSE 2 END,"
-        " enqueued_at, proposal_id LIMIT $4 OFFSET $5",
+        " ORDER BY priority_rank, enqueued_at, proposal_id LIMIT $4 OFFSET $5",
         status,
         kind,
         queue,

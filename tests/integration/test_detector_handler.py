@@ -1,0 +1,60 @@
+"""The detector's handler against PostgreSQL (no broker): what a deactivated owner's records get."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.db import migrate, migrate_core
+from changegate.core.serde import decode
+from changegate.core.settings import CommonSettings
+from changegate.detector.config import OwnerConfig
+from changegate.detector.handler import Detector
+from changegate.detector.settings import DetectorSettings
+
+
+def _event(kind: CrmEventKind, record_id: str, **props: str) -> CrmEvent:
+    return CrmEvent(
+        source_system="hubspot",
+        source_event_id=f"{kind.value}-{record_id}",
+        object_type=ObjectType.CONTACT,
+        record_id=record_id,
+        kind=kind,
+        properties=props,
+    )
+
+
+async def test_a_deactivated_owner_s_records_are_proposed_to_their_territory_owner(
+    settings: CommonSettings, pool: asyncpg.Pool
+) -> None:
+    await migrate_core(pool)
+    await migrate(pool, "detector", "changegate.detector.migrations")
+    owner = OwnerConfig.model_validate(
+        {
+            "territories": [{"country": "us", "state": "CA", "owner": "owner-west"}],
+            "fallback_owner": "owner-pool",
+        }
+    )
+    detector = Detector(pool, DetectorSettings(database_url=settings.database_url, owner=owner))
+    for rid, state, held_by in [("c1", "CA", "owner-17"), ("c2", "NY", "owner-17"), ("c3", "CA", "owner-9")]:
+        event = _event(
+            CrmEventKind.RECORD_CREATED, rid, country="United States", state=state, hubspot_owner_id=held_by
+        )
+        await detector.handle(make_envelope(event, service="t"))
+    await pool.execute("DELETE FROM changegate_outbox")  # only what the deactivation emits, below
+    await detector.handle(make_envelope(_event(CrmEventKind.OWNER_DEACTIVATED, "owner-17"), service="t"))
+
+    rows = await pool.fetch("SELECT value FROM changegate_outbox ORDER BY id")
+    emitted = [decode(r["value"]) for r in rows]
+    proposals = [e.payload for e in emitted if e.event_type == "proposal"]
+    # c1's territory proposal from its creation is replaced by the newer one.
+    retired = [e.payload for e in emitted if e.event_type == "decision"]
+    assert [(d.outcome.value, d.proposal.record_id) for d in retired] == [("superseded", "c1")]
+    assert [(p.record_id, p.changes[0].proposed) for p in proposals] == [
+        ("c1", "owner-west"),  # its territory
+        ("c2", "owner-pool"),  # no territory for NY: the fallback
+    ]
+    assert {p.kind.value for p in proposals} == {"owner_reassignment"}
+    assert all(json.dumps(p.evidence) for p in proposals)
