@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,3 +65,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(30)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def start_service(module: str, settings: CommonSettings, log: Path, port: int) -> subprocess.Popen[bytes]:
+    """A changegate service as its own process, pointed at the benchmark's broker and database."""
+    env = {
+        **os.environ,
+        "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "CHANGEGATE_DATABASE_URL": settings.database_url,
+        "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
+        "CHANGEGATE_HTTP_PORT": str(port),
+        "CHANGEGATE_LOG_LEVEL": "WARNING",
+    }
+    return start([sys.executable, "-m", module], env, log)

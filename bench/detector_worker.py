@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import drain, preload, start, stop
+from _stack import drain, preload, start, start_service, stop
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.envelope import make_envelope
@@ -106,15 +106,7 @@ async def run(events: int, workdir: Path, bootstrap: str, database_url: str) -> 
         bare_rate = len(payloads) / (last - first)
     finally:
         stop(bare)
-    env = {
-        **os.environ,
-        "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CHANGEGATE_DATABASE_URL": database_url,
-        "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
-        "CHANGEGATE_HTTP_PORT": str(free_port()),
-        "CHANGEGATE_LOG_LEVEL": "WARNING",
-    }
-    worker = start([sys.executable, "-m", "changegate.detector"], env, workdir / "detector.log")
+    worker = start_service("changegate.detector", settings, workdir / "detector.log", free_port())
     try:
         worker_rate = await processed_rate(database_url, len(payloads))
     finally:

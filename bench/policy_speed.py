@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import drain, preload, start, stop
+from _stack import drain, preload, start, start_service, stop
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.kafka import ensure_topics
@@ -86,15 +86,7 @@ async def bench_pipeline(count: int, workdir: Path, bootstrap: str, database_url
 
     # The policy service, routing the same proposals (database, outbox and all).
     port = free_port()
-    env = {
-        **os.environ,
-        "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CHANGEGATE_DATABASE_URL": database_url,
-        "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
-        "CHANGEGATE_HTTP_PORT": str(port),
-        "CHANGEGATE_LOG_LEVEL": "WARNING",
-    }
-    service = start([sys.executable, "-m", "changegate.policy"], env, workdir / "policy.log")
+    service = start_service("changegate.policy", settings, workdir / "policy.log", port)
     try:
         first, last = await drain(
             bootstrap, [names(Topic.DECISIONS), names(Topic.PROPOSALS_PENDING)], count, timeout=600

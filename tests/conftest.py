@@ -124,6 +124,3 @@ async def pool(settings: CommonSettings) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture
 async def topics(settings: CommonSettings) -> None:
     await ensure_topics(settings)
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -43,15 +43,6 @@ SKIPPED = Counter(
 )
 SUPERSEDED = Counter("changegate_detector_superseded_total", "Open proposals retired by a newer one")
 
-RECORD_KINDS = frozenset(
-    {
-        CrmEventKind.RECORD_CREATED,
-        CrmEventKind.PROPERTY_CHANGED,
-        CrmEventKind.RECORD_DELETED,
-        CrmEventKind.RECORD_MERGED,
-    }
-)
-
 
 class Detector:
     def __init__(self, pool: asyncpg.Pool, settings: DetectorSettings) -> None:
