@@ -73,6 +73,15 @@ PERMANENT_KAFKA_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+class MessageRefusedError(Exception):
+    """A handler refuses a message for good (e.g. a decision it may not execute): it is dead-lettered
+    at once with ``reason`` (a short machine-readable label) and ``detail``, without retries."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
 def is_transient(exc: BaseException) -> bool:
     """Infrastructure trouble worth waiting out. Kafka says itself which of its errors are; one it
     calls final (a message too large, an unauthorised topic) is the message's problem."""
@@ -208,8 +217,7 @@ class MessageProcessor:
             try:
                 await self._with_retry(lambda: sub.handler(envelope), record.topic)
             except Exception as exc:
-                log.exception("handler failed, dead-lettering", topic=record.topic)
-                await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
+                await self._handler_failed(record, exc)
                 return
         metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="processed").inc()
         metrics.PROCESSING_SECONDS.labels(topic=record.topic).observe(time.perf_counter() - started)
@@ -238,8 +246,7 @@ class MessageProcessor:
                     try:
                         await self._with_retry(lambda e=envelope: batch_handler([e]), topic)  # type: ignore[misc]
                     except Exception as exc:
-                        log.exception("handler failed, dead-lettering", topic=topic)
-                        await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
+                        await self._handler_failed(record, exc)
                         continue
                 metrics.MESSAGES_CONSUMED.labels(topic=topic, outcome="processed").inc()
             return
@@ -251,6 +258,14 @@ class MessageProcessor:
         )
         for _ in envelopes:
             histogram.observe(elapsed)
+
+    async def _handler_failed(self, record: Record, exc: Exception) -> None:
+        if isinstance(exc, MessageRefusedError):
+            log.warning("message refused, dead-lettering", topic=record.topic, reason=exc.reason)
+            await self.dead_letter(record, exc.reason, exc.detail)
+            return
+        log.exception("handler failed, dead-lettering", topic=record.topic)
+        await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
 
     async def _decode(self, record: Record) -> Envelope[Any] | None:
         try:
@@ -268,7 +283,9 @@ class MessageProcessor:
         while True:
             try:
                 async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(lambda e: not is_transient(e)),
+                    retry=retry_if_exception(
+                        lambda e: not is_transient(e) and not isinstance(e, MessageRefusedError)
+                    ),
                     wait=wait_exponential(multiplier=0.05, max=1),
                     stop=stop_after_attempt(attempts or self.settings.handler_max_attempts),
                     reraise=True,
