@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
@@ -30,16 +30,16 @@ from aiokafka.errors import (
 from changegate.core import metrics
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
 from changegate.core.logging import correlation, get_logger
-from changegate.core.serde import decode, encode
+from changegate.core.serde import MessageLimits, decode, encode
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import TOPICS, Topic, TopicNames
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception,
+    RetryCallState,
     retry_if_exception_type,
-    stop_after_attempt,
     stop_after_delay,
     wait_exponential,
+    wait_exponential_jitter,
 )
 
 log = get_logger(__name__)
@@ -181,12 +181,31 @@ class Record(Protocol):
     def value(self) -> bytes | None: ...
 
 
+# Headers of a dead letter: why it was refused, and where it came from (for `changegate dlq`).
+HEADER_REASON = "x-changegate-reason"
+HEADER_ERROR = "x-changegate-error"
+HEADER_SOURCE_TOPIC = "x-changegate-source-topic"
+HEADER_SOURCE_PARTITION = "x-changegate-source-partition"
+HEADER_SOURCE_OFFSET = "x-changegate-source-offset"
+HEADER_GROUP = "x-changegate-consumer-group"
+HEADER_TRUNCATED = "x-changegate-truncated"
+# A dead letter keeps at most this much of the original body when the broker refuses all of it.
+TRUNCATED_BODY_BYTES = 1024
+
+
+def header_bytes(text: str, limit: int = 2000) -> bytes:
+    """Header text as UTF-8, whatever it holds (an error may quote a lone surrogate)."""
+    return text[:limit].encode("utf-8", "backslashreplace")
+
+
 class MessageProcessor:
     """Decode, handle with retries, dead-letter: the per-message policy every consumer shares.
 
-    Logic errors get ``handler_max_attempts`` tries with backoff, then the message goes to the
-    dead-letter topic with the reason and the consumer moves on. Transient errors (database or
-    broker away) are retried without end: the message is not the problem, so it is never dropped."""
+    Whatever a message holds, it ends processed or dead-lettered with the reason; the consumer moves
+    on. Logic errors — any exception but infrastructure trouble — get ``handler_max_attempts`` tries
+    with backoff, then the dead-letter topic; ``MessageRefusedError`` goes there at once. Transient
+    errors (database or broker away) are retried without end: the message is not the problem, so it
+    is never dropped."""
 
     def __init__(
         self,
@@ -203,6 +222,11 @@ class MessageProcessor:
         self.by_topic = {self.names(s.topic): s for s in subscriptions}
         self.producer = producer
         self.stop = stop
+        self.limits = MessageLimits(
+            max_bytes=settings.message_max_bytes,
+            max_depth=settings.message_max_depth,
+            max_string_length=settings.message_max_string_length,
+        )
         # True when the caller commits only after process() returns: a transient retry may then
         # give up at shutdown, as the message stays uncommitted and is redelivered.
         self.abort_on_stop = abort_on_stop
@@ -264,76 +288,118 @@ class MessageProcessor:
             log.warning("message refused, dead-lettering", topic=record.topic, reason=exc.reason)
             await self.dead_letter(record, exc.reason, exc.detail)
             return
-        log.exception("handler failed, dead-lettering", topic=record.topic)
+        log.error("handler failed, dead-lettering", topic=record.topic, exc_info=exc)
         await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
 
     async def _decode(self, record: Record) -> Envelope[Any] | None:
         try:
-            return decode(record.value, set(self.by_topic[record.topic].event_types))
+            return decode(record.value, set(self.by_topic[record.topic].event_types), self.limits)
         except UnknownEventError as exc:
-            await self.dead_letter(record, "undecodable", str(exc))
-            return None
+            await self.dead_letter(record, exc.reason, str(exc))
+        except Exception as exc:  # decode promises UnknownEventError; a bug there must not stop us
+            await self.dead_letter(record, "undecodable", f"{type(exc).__name__}: {exc}")
+        return None
 
     async def _with_retry(
         self, call: Callable[[], Awaitable[None]], topic: str, attempts: int | None = None
     ) -> None:
         """Logic errors: ``attempts`` tries with backoff, then raise. Transient errors (database
         or broker away): retry without end, or give up at shutdown when that is safe."""
-        transient = 0
-        while True:
-            try:
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(
-                        lambda e: not is_transient(e) and not isinstance(e, MessageRefusedError)
-                    ),
-                    wait=wait_exponential(multiplier=0.05, max=1),
-                    stop=stop_after_attempt(attempts or self.settings.handler_max_attempts),
-                    reraise=True,
-                    before_sleep=lambda _: metrics.RETRIES.labels(topic=topic).inc(),
-                ):
-                    with attempt:
-                        await call()
-                return
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                transient += 1
-                metrics.RETRIES.labels(topic=topic).inc()
-                log.warning("transient failure, retrying", error=repr(exc), attempt=transient)
-                if self.stop.is_set() and self.abort_on_stop:
-                    raise asyncio.CancelledError from exc  # uncommitted: redelivered after restart
-                await asyncio.sleep(min(5.0, 0.1 * 2**transient))
+        limit = attempts or self.settings.handler_max_attempts
+        logic_failures = 0
+
+        def retry(state: RetryCallState) -> bool:
+            nonlocal logic_failures
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is None or isinstance(exc, MessageRefusedError):
+                return False
+            if is_transient(exc):
+                return not (self.stop.is_set() and self.abort_on_stop)
+            logic_failures += 1
+            return logic_failures < limit
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return (_TRANSIENT_WAIT if exc is not None and is_transient(exc) else _LOGIC_WAIT)(state)
+
+        def before_sleep(state: RetryCallState) -> None:
+            metrics.RETRIES.labels(topic=topic).inc()
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is not None and is_transient(exc):
+                log.warning("transient failure, retrying", error=repr(exc), attempt=state.attempt_number)
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry, wait=wait, before_sleep=before_sleep, reraise=True
+            ):
+                with attempt:
+                    await call()
+        except Exception as exc:
+            if is_transient(exc):  # given up only at shutdown: uncommitted, redelivered after restart
+                raise asyncio.CancelledError from exc
+            raise
 
     async def dead_letter(self, record: Record, reason: str, error: str) -> None:
+        """Copy the message to its topic's dead-letter topic with the reason; retried until the
+        broker takes it (the consumer must not move past a message it has not put somewhere)."""
         sub = self.by_topic[record.topic]
         headers = [
-            ("x-changegate-reason", reason.encode()),
-            ("x-changegate-error", error[:2000].encode()),
-            ("x-changegate-source-topic", record.topic.encode()),
-            ("x-changegate-source-partition", str(record.partition).encode()),
-            ("x-changegate-source-offset", str(record.offset).encode()),
-            ("x-changegate-consumer-group", self.group_id.encode()),
+            (HEADER_REASON, header_bytes(reason, 100)),
+            (HEADER_ERROR, header_bytes(error)),
+            (HEADER_SOURCE_TOPIC, record.topic.encode()),
+            (HEADER_SOURCE_PARTITION, str(record.partition).encode()),
+            (HEADER_SOURCE_OFFSET, str(record.offset).encode()),
+            (HEADER_GROUP, self.group_id.encode()),
         ]
         dlq = self.names.dlq(sub.topic)
-        value = record.value or b""
-        attempt = 0
-        while True:
+        body = record.value or b""
+
+        async def send() -> None:
+            nonlocal body
             try:
-                await self.producer.send_and_wait(dlq, value, key=record.key, headers=headers)
-                break
-            except MessageSizeTooLargeError:
+                await self.producer.send_and_wait(dlq, body, key=record.key, headers=headers)
+            except (MessageSizeTooLargeError, RecordTooLargeError):
                 # Keep the reason and the source coordinates; the body stays in the source topic.
-                value = value[:1024]
-                headers.append(("x-changegate-truncated", b"true"))
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                attempt += 1
-                log.warning("dead-letter send failed, retrying", error=repr(exc), attempt=attempt)
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+                body = body[:TRUNCATED_BODY_BYTES]
+                headers.append((HEADER_TRUNCATED, b"true"))
+                raise
+
+        async for attempt in AsyncRetrying(
+            wait=_TRANSIENT_WAIT,
+            before_sleep=lambda s: log.error(
+                "dead-letter send failed, retrying",
+                dlq=dlq,
+                error=repr(s.outcome.exception() if s.outcome else None),
+                attempt=s.attempt_number,
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                await send()
         metrics.DEAD_LETTERS.labels(topic=record.topic, reason=reason).inc()
         metrics.MESSAGES_CONSUMED.labels(topic=record.topic, outcome="dead_lettered").inc()
         log.warning("dead-lettered", topic=record.topic, dlq=dlq, reason=reason, error=error[:500])
+
+
+# Backoff between attempts: logic errors briefly (they are likely to fail again), infrastructure
+# trouble up to a few seconds (it may take a while to come back).
+_LOGIC_WAIT = wait_exponential(multiplier=0.05, max=1)
+_TRANSIENT_WAIT = wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.5)
+
+
+class _AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Knows whether the member holds its assignment (joined, not in the middle of a rebalance)."""
+
+    def __init__(self) -> None:
+        self.joined = False
+        self.partitions: frozenset[TopicPartition] = frozenset()
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        self.joined = False
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        self.partitions = frozenset(assigned)  # type: ignore[call-overload]
+        self.joined = True
 
 
 class ConsumerLoop:
@@ -352,8 +418,8 @@ class ConsumerLoop:
         self.stop = stop
         self.ready = asyncio.Event()
         self.processor = MessageProcessor(settings, group_id, subscriptions, producer, stop)
+        self.assignment = _AssignmentTracker()
         self.consumer = AIOKafkaConsumer(
-            *self.processor.by_topic,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=group_id,
             client_id=group_id,
@@ -366,13 +432,19 @@ class ConsumerLoop:
             rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
         )
 
+    def has_partitions(self) -> bool:
+        """Readiness: joined the group and holding its assignment (possibly empty, when the group
+        has more members than the topics have partitions)."""
+        return self.ready.is_set() and self.assignment.joined
+
     async def run(self) -> None:
         await start_with_retry(self.consumer)
+        self.consumer.subscribe(list(self.processor.by_topic), listener=self.assignment)
         self.ready.set()
         log.info("consuming", group=self.group_id, topics=sorted(self.processor.by_topic))
         try:
             while not self.stop.is_set():
-                batch = await self.consumer.getmany(timeout_ms=200)
+                batch = await self._poll()
                 # Batch subscriptions take every partition's records of a poll at once (one
                 # transaction); order within each partition is kept.
                 batched: dict[str, dict[TopicPartition, list[Any]]] = {}
@@ -397,14 +469,26 @@ class ConsumerLoop:
             await self.consumer.stop()
             log.info("consumer stopped", group=self.group_id)
 
+    async def _poll(self) -> dict[TopicPartition, list[Any]]:
+        """One fetch; a broker error is waited out (logged), never the end of the consumer."""
+        try:
+            batch: dict[TopicPartition, list[Any]] = await self.consumer.getmany(timeout_ms=200)
+            return batch
+        except KafkaError as exc:
+            metrics.RETRIES.labels(topic="(fetch)").inc()
+            log.warning("fetch failed, retrying", error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+            return {}
+
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Only now are the effects of every record up to ``next_offset`` durable. A rebalance may
-        have taken the partition meanwhile: its new owner gets the records again, and every
-        handler is idempotent, so that is a log line, not a crash."""
+        have taken the partition meanwhile, or the broker may not answer: the records are then
+        redelivered, and every handler is idempotent, so that is a log line, not a crash."""
         try:
             await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as exc:
-            log.warning("commit refused after a rebalance; records will be redelivered", error=repr(exc))
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            log.warning("commit refused; the records will be redelivered", error=repr(exc))
             return
         for tp, next_offset in offsets.items():
             self._record_lag(tp, next_offset)

@@ -17,11 +17,22 @@ from aiokafka import AIOKafkaProducer
 from changegate.core import metrics
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import DbConn
-from changegate.core.kafka import PERMANENT_KAFKA_ERRORS, is_transient
+from changegate.core.kafka import (
+    HEADER_ERROR,
+    HEADER_REASON,
+    HEADER_TRUNCATED,
+    PERMANENT_KAFKA_ERRORS,
+    TRUNCATED_BODY_BYTES,
+    header_bytes,
+    is_transient,
+)
 from changegate.core.logging import get_logger
 from changegate.core.serde import encode
+from changegate.core.topics import DLQ_SUFFIX
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 log = get_logger(__name__)
+HEADER_OUTBOX_ID = "x-changegate-outbox-id"
 
 
 async def _done(value: object) -> object:
@@ -82,17 +93,20 @@ class OutboxRelay:
         self._lock_id = zlib.crc32(f"outbox:{service}".encode())
 
     async def run(self) -> None:
-        attempt = 0
-        while not self.stop.is_set():
-            try:
-                await self._relay()
-                return
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                attempt += 1
-                log.warning("outbox relay interrupted, retrying", error=repr(exc), attempt=attempt)
-                await asyncio.sleep(min(5.0, 0.1 * 2**attempt))
+        """Relay until stopped; database or broker trouble is waited out."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),  # after a stop, the next attempt returns at once
+            wait=wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.5),
+            before_sleep=lambda s: log.warning(
+                "outbox relay interrupted, retrying",
+                error=repr(s.outcome.exception() if s.outcome else None),
+                attempt=s.attempt_number,
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                if not self.stop.is_set():
+                    await self._relay()
 
     async def _relay(self) -> None:
         channel = _channel(self.service)
@@ -121,6 +135,25 @@ class OutboxRelay:
         await asyncio.wait({stop, wake}, timeout=self.poll_seconds, return_when="FIRST_COMPLETED")
         for f in (stop, wake):
             f.cancel()
+
+    async def _dead_letter(self, row: asyncpg.Record, error: BaseException) -> None:
+        """Where an operator looks: the target topic's dead-letter topic, with the reason and the
+        start of the body (the whole message stays in changegate_outbox_failed)."""
+        headers = [
+            (HEADER_REASON, b"refused_by_broker"),
+            (HEADER_ERROR, header_bytes(repr(error))),
+            (HEADER_OUTBOX_ID, f"{self.service}/{row['id']}".encode()),
+            (HEADER_TRUNCATED, b"true" if len(row["value"]) > TRUNCATED_BODY_BYTES else b"false"),
+        ]
+        dlq = f"{row['topic']}{DLQ_SUFFIX}"
+        try:
+            await self.producer.send_and_wait(
+                dlq, row["value"][:TRUNCATED_BODY_BYTES], key=row["key"], headers=headers
+            )
+        except PERMANENT_KAFKA_ERRORS as exc:  # e.g. no such dead-letter topic: the table keeps it
+            log.error("outbox dead letter refused too", dlq=dlq, error=repr(exc))
+            return
+        metrics.DEAD_LETTERS.labels(topic=row["topic"], reason="refused_by_broker").inc()
 
     async def publish_pending(self, conn: DbConn) -> int:
         rows = await conn.fetch(
@@ -161,10 +194,13 @@ class OutboxRelay:
             )
             metrics.OUTBOX_FAILED.inc(len(refused))
             log.error(
-                "outbox messages refused by the broker, set aside",
+                "outbox messages refused by the broker, set aside and dead-lettered",
                 count=len(refused),
                 errors=sorted({repr(e) for e in refused.values()}),
             )
+            for row in rows:
+                if row["id"] in refused:
+                    await self._dead_letter(row, refused[row["id"]])
         for row in rows:
             if row["id"] not in refused:
                 metrics.MESSAGES_PRODUCED.labels(topic=row["topic"]).inc()

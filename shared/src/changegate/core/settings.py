@@ -33,7 +33,14 @@ class CommonSettings(BaseSettings):
     kafka_replication_factor: int = Field(1, ge=1, description="replicas of each topic it creates")
     kafka_max_batch: int = Field(500, description="max records a consumer takes per poll")
     handler_max_attempts: int = Field(
-        5, description="attempts per message (exponential backoff) before it is dead-lettered"
+        5, ge=1, description="attempts per message (exponential backoff) before it is dead-lettered"
+    )
+    # What one consumed message may hold; over a limit, it is dead-lettered with the reason.
+    message_max_bytes: int = Field(1_048_576, ge=1024, description="bytes, checked before parsing")
+    message_max_depth: int = Field(32, ge=4, description="nesting of JSON objects and arrays")
+    message_max_string_length: int = Field(65_536, ge=256, description="characters in any one string")
+    http_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="request bodies over this are refused with 413 while read"
     )
     shutdown_grace_seconds: float = Field(
         15, description="how long workers may finish the message in hand after SIGTERM"

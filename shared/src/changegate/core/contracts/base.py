@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints
 
-# A CRM property value as CRMs expose it over their APIs: a JSON scalar.
-PropertyValue = str | int | float | bool | None
+# Limits of what one event may carry (HubSpot allows 65,536 characters in a property value).
+MAX_PROPERTIES = 1_000
+MAX_PROPERTY_NAME_LENGTH = 256
+MAX_PROPERTY_VALUE_LENGTH = 65_536
+
+# A CRM property name and value as CRMs expose them over their APIs: a JSON scalar.
+PropertyName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PROPERTY_NAME_LENGTH)]
+PropertyValue = (
+    Annotated[str, StringConstraints(max_length=MAX_PROPERTY_VALUE_LENGTH)] | int | float | bool | None
+)
 
 
 # Timezone-aware, checked in pydantic-core (a Python validator here cost ~8 µs per timestamp on

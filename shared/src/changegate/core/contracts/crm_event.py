@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from changegate.core.contracts.base import Contract, PropertyValue, UtcDatetime
+from changegate.core.contracts.base import MAX_PROPERTIES, Contract, PropertyName, PropertyValue, UtcDatetime
 from pydantic import Field
 
 
@@ -33,8 +33,9 @@ class CrmEvent(Contract):
     object_type: ObjectType
     record_id: str = Field(min_length=1, description="CRM id of the record the event is about")
     kind: CrmEventKind
-    properties: dict[str, PropertyValue] = Field(
+    properties: dict[PropertyName, PropertyValue] = Field(
         default_factory=dict,
+        max_length=MAX_PROPERTIES,
         description="record properties (created/changed) or result values (enrichment, verification)",
     )
     merged_record_ids: list[str] = Field(

@@ -71,6 +71,8 @@ class EventType:
 class UnknownEventError(ValueError):
     """A message this consumer cannot understand: it goes to the dead-letter topic."""
 
+    reason = "undecodable"  # the dead letter's reason header
+
 
 EVENT_TYPES: dict[str, EventType] = {
     et.name: et

@@ -6,7 +6,7 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from changegate.core.contracts.base import Contract, PropertyValue, UtcDatetime, is_empty
+from changegate.core.contracts.base import Contract, PropertyName, PropertyValue, UtcDatetime, is_empty
 from changegate.core.contracts.crm_event import ObjectType
 from pydantic import Field
 
@@ -32,7 +32,7 @@ class Trigger(StrEnum):
 
 
 class FieldChange(Contract):
-    field: str = Field(min_length=1)
+    field: PropertyName
     previous: PropertyValue = Field(description="the value the detector saw; compare-and-set key")
     proposed: PropertyValue
 
