@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
+import httpx
 from aiokafka import AIOKafkaConsumer
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.base import PropertyValue
+from changegate.core.settings import CommonSettings
 
 T = TypeVar("T")
 # Reviewer tokens of the e2e stack: token -> authenticated identity.
@@ -69,3 +78,53 @@ def enrichment(record_id: str, confidence: float = 0.93, **props: PropertyValue)
         properties=props,
         confidence=confidence,
     )
+
+
+@dataclass
+class ServiceProcess:
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def service_process(
+    module: str, settings: CommonSettings, port: int, log: Path, **env: str
+) -> Iterator[ServiceProcess]:
+    """``python -m module`` on the test's broker and database, ready (``/readyz`` 200) when yielded;
+    SIGTERM and wait on the way out."""
+    environ = {
+        **os.environ,
+        "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "CHANGEGATE_DATABASE_URL": settings.database_url,
+        "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
+        "CHANGEGATE_HTTP_PORT": str(port),
+        **env,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", module], env=environ, stdout=out, stderr=out)
+        try:
+            deadline = time.monotonic() + 60
+            with httpx.Client() as client:
+                while True:
+                    if proc.poll() is not None:
+                        raise AssertionError(f"{module} exited: {log.read_text()[-3000:]}")
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                            break
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"{module} not ready after 60s: {log.read_text()[-3000:]}")
+                    time.sleep(0.1)
+            yield ServiceProcess(proc, port, log)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()

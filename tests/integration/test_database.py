@@ -30,7 +30,7 @@ from changegate.core.crm import sandbox
 from changegate.core.db import claim_event, migrate, migrate_core
 from changegate.core.kafka import make_producer
 from changegate.core.outbox import OutboxRelay
-from changegate.core.serde import decode
+from changegate.core.serde import decode, encode
 from changegate.core.settings import CommonSettings
 from helpers import created, read_topic
 
@@ -213,7 +213,8 @@ async def test_outbox_sets_aside_a_message_the_broker_refuses_and_keeps_going(
 ) -> None:
     await migrate_core(pool)
     topic = f"{settings.topic_prefix}crm.events"
-    huge = make_envelope(created("huge", notes="x" * 2_000_000), service="t")
+    notes = {f"notes{i}": "x" * 60_000 for i in range(40)}  # 2.4 MB: within the contract, not Kafka
+    huge = make_envelope(created("huge", **notes), service="t")
     after = make_envelope(created("after"), service="t")
     async with pool.acquire() as conn, conn.transaction():
         await outbox.enqueue(conn, "svc", topic, "huge", huge)
@@ -228,6 +229,14 @@ async def test_outbox_sets_aside_a_message_the_broker_refuses_and_keeps_going(
         failed = await pool.fetch("SELECT topic, error FROM changegate_outbox_failed")
         assert [r["topic"] for r in failed] == [topic]
         assert "MessageSizeTooLarge" in failed[0]["error"]
+        # … and dead-lettered where an operator looks, with the reason and the start of the body.
+        [dead] = await read_topic(settings.kafka_bootstrap_servers, f"{topic}.dlq", 1)
+        headers = dict(dead.headers)  # type: ignore[attr-defined]
+        assert headers["x-changegate-reason"] == b"refused_by_broker"
+        assert b"MessageSizeTooLarge" in headers["x-changegate-error"]
+        assert headers["x-changegate-truncated"] == b"true"
+        assert headers["x-changegate-outbox-id"].startswith(b"svc/")
+        assert dead.value == encode(huge)[:1024]  # type: ignore[attr-defined]
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)

@@ -5,11 +5,8 @@ is refused while the old policy keeps working."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
 from changegate.policy.engine import DEFAULT_POLICY, Policy
 from changegate.policy.samples import sample_proposals
-from helpers import eventually
+from helpers import eventually, service_process
 
 
 @dataclass
@@ -53,34 +50,9 @@ class PolicyProcess:
 def service(settings: CommonSettings, tmp_path: Path) -> Iterator[PolicyProcess]:
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(DEFAULT_POLICY.read_text())
-    port = free_port()
-    log = tmp_path / "policy.log"
-    env = {
-        **os.environ,
-        "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-        "CHANGEGATE_DATABASE_URL": settings.database_url,
-        "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
-        "CHANGEGATE_HTTP_PORT": str(port),
-        "CHANGEGATE_POLICY_FILE": str(policy_file),
-        "CHANGEGATE_POLICY_POLL_SECONDS": "0.2",
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "changegate.policy"], env=env, stdout=out, stderr=out)
-        try:
-            with httpx.Client() as client:
-                for _ in range(300):
-                    if proc.poll() is not None:
-                        pytest.fail(f"policy exited: {log.read_text()[-3000:]}")
-                    try:
-                        if client.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.1)
-            yield PolicyProcess(proc, port, policy_file, log)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+    env = {"CHANGEGATE_POLICY_FILE": str(policy_file), "CHANGEGATE_POLICY_POLL_SECONDS": "0.2"}
+    with service_process("changegate.policy", settings, free_port(), tmp_path / "policy.log", **env) as svc:
+        yield PolicyProcess(svc.proc, svc.port, policy_file, svc.log)
 
 
 @pytest.fixture

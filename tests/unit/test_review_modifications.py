@@ -56,5 +56,37 @@ def test_a_single_unknown_field_is_named(proposal: Proposal) -> None:
 
 
 def test_a_value_that_is_not_a_property_value_is_refused(proposal: Proposal) -> None:
-    with pytest.raises(ValidationError, match="proposed"):
+    with pytest.raises(ValueError, match=r"^jobtitle takes a string, not a dict$"):
         merge_modifications(proposal, {"jobtitle": {"nested": "object"}})
+    clearing = FieldChange(field="fax", previous=None, proposed=None)
+    with pytest.raises(ValidationError, match="proposed"):  # no type to compare: the model refuses it
+        merge_modifications(proposal.model_copy(update={"changes": [clearing]}), {"fax": {"a": 1}})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("jobtitle", 12345, "jobtitle takes a string, not a number"),
+        ("jobtitle", True, "jobtitle takes a string, not a boolean"),
+        ("company_size", "250", "company_size takes a number, not a string"),
+        ("company_size", False, "company_size takes a number, not a boolean"),
+    ],
+)
+def test_a_value_of_another_type_than_the_field_takes_is_refused(
+    proposal: Proposal, field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        merge_modifications(proposal, {field: value})
+
+
+def test_an_integer_and_a_float_are_both_numbers(proposal: Proposal) -> None:
+    assert merge_modifications(proposal, {"company_size": 240.5})[2].proposed == 240.5
+
+
+def test_a_field_proposed_null_takes_the_type_of_its_previous_value(
+    make_proposal: Callable[..., Proposal],
+) -> None:
+    clearing = make_proposal(changes=[FieldChange(field="phone", previous="+4930123", proposed=None)])
+    assert merge_modifications(clearing, {"phone": "+4930999"})[0].proposed == "+4930999"
+    with pytest.raises(ValueError, match=r"^phone takes a string, not a number$"):
+        merge_modifications(clearing, {"phone": 4930999})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import signal
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any
 
 import asyncpg
@@ -13,23 +14,44 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from changegate.core import __version__, metrics
 from changegate.core.db import create_pool, migrate, migrate_core
+from changegate.core.http import harden, problem, problem_responses
 from changegate.core.kafka import ensure_topics, make_producer, start_with_retry
 from changegate.core.logging import get_logger
 from changegate.core.settings import CommonSettings
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 log = get_logger(__name__)
 
-ReadinessCheck = Callable[[], bool]
+# A readiness check answers True when its part works; it may be async (a query) and is given
+# READINESS_TIMEOUT seconds, after which it counts as failed.
+ReadinessCheck = Callable[[], bool | Awaitable[bool]]
+READINESS_TIMEOUT = 2.0
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready")
+    checks: dict[str, bool]
+
+
+async def _passes(check: ReadinessCheck) -> bool:
+    try:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await asyncio.wait_for(result, READINESS_TIMEOUT)
+        return bool(result)
+    except Exception as exc:  # a failing check is an answer, not an error
+        log.info("readiness check failed", error=repr(exc))
+        return False
 
 
 def ops_router(checks: dict[str, ReadinessCheck], stopping: asyncio.Event) -> APIRouter:
     """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (every check passes)."""
     router = APIRouter(tags=["operations"])
 
-    @router.get("/metrics", summary="Prometheus metrics")
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -37,17 +59,30 @@ def ops_router(checks: dict[str, ReadinessCheck], stopping: asyncio.Event) -> AP
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz", summary="Readiness: connected to the broker and the database")
-    def readyz() -> JSONResponse:
-        results = {name: check() for name, check in checks.items()}
-        results["not_stopping"] = not stopping.is_set()
-        ok = all(results.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not ready", "checks": results},
-            status_code=200 if ok else 503,
-        )
+    @router.get(
+        "/readyz",
+        summary="Readiness: the database answers, the consumer holds its partitions, not stopping",
+        response_model=Readiness,
+        responses=problem_responses(503),
+    )
+    async def readyz() -> Response:
+        names = list(checks)
+        passed = await asyncio.gather(*(_passes(checks[n]) for n in names))
+        results = dict(zip(names, passed, strict=True)) | {"not_stopping": not stopping.is_set()}
+        if all(results.values()):
+            return JSONResponse({"status": "ready", "checks": results})
+        failed = ", ".join(n for n, ok in results.items() if not ok)
+        return problem(503, f"not ready: {failed}", checks=results)
 
     return router
+
+
+def database_check(pool: asyncpg.Pool) -> ReadinessCheck:
+    async def answers() -> bool:
+        async with pool.acquire(timeout=READINESS_TIMEOUT) as conn:
+            return bool(await conn.fetchval("SELECT 1", timeout=READINESS_TIMEOUT) == 1)
+
+    return answers
 
 
 class _Server(uvicorn.Server):
@@ -75,7 +110,7 @@ class ServiceRuntime:
         await migrate_core(pool)
         if migrations:
             await migrate(pool, component, migrations)
-        self.checks["database"] = lambda: not pool.is_closing()
+        self.checks["database"] = database_check(pool)
         return pool
 
     async def open_producer(self) -> AIOKafkaProducer:
@@ -86,9 +121,11 @@ class ServiceRuntime:
         return producer
 
     def app(self, app: FastAPI | None = None) -> FastAPI:
+        """The service's HTTP app (or a bare one) with the ops endpoints, problem details for
+        every error and the request body limit."""
         app = app or FastAPI(title=f"changegate {self.name}", version=__version__)
         app.include_router(ops_router(self.checks, self.stop))
-        return app
+        return harden(app, self.settings.http_max_body_bytes)
 
     async def run(self, app: FastAPI, workers: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> None:
         loop = asyncio.get_running_loop()

@@ -6,19 +6,21 @@ import uuid
 from typing import Annotated, Any
 
 import asyncpg
-from changegate.audit.chain import row_to_entry, verify
+from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import append_execution, record_decision
 from changegate.core import __version__
 from changegate.core.contracts import AuditEntry, Decision, Execution
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_event
+from changegate.core.http import MAX_BIGINT, Name
 from changegate.core.kafka import ConsumerLoop, Subscription
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Query, Request
 from prometheus_client import Counter
+from pydantic import BaseModel, Field
 
 SERVICE = "audit"
 log = get_logger(__name__)
@@ -46,6 +48,18 @@ class AuditConsumer:
             log.info("audited", rows=written, status=execution.status.value)
 
 
+class ChainHead(BaseModel):
+    seq: int
+    hash: str
+
+
+class VerifyResult(BaseModel):
+    ok: bool = Field(description="no row altered or missing (and the expected head, if given, is there)")
+    rows: int
+    problems: list[str]
+    head: ChainHead = Field(description="keep it outside this database; pass it back as head=SEQ:HASH")
+
+
 def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool) -> FastAPI:
     app = FastAPI(
         title="changegate audit",
@@ -57,9 +71,11 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool) -> FastAPI:
     @app.get("/audit/entries", response_model=list[AuditEntry], tags=["audit"])
     async def list_entries(
         request: Request,
-        record_id: Annotated[str | None, Query(description="only this CRM record")] = None,
+        record_id: Annotated[Name | None, Query(description="only this CRM record")] = None,
         proposal_id: Annotated[uuid.UUID | None, Query(description="only this proposal")] = None,
-        after_seq: Annotated[int, Query(ge=0, description="page after this sequence number")] = 0,
+        after_seq: Annotated[
+            int, Query(ge=0, le=MAX_BIGINT, description="page after this sequence number")
+        ] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditEntry]:
         rows = await request.app.state.pool.fetch(
@@ -73,16 +89,18 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool) -> FastAPI:
         )
         return [row_to_entry(r) for r in rows]
 
-    @app.get("/audit/verify", tags=["audit"], summary="Recompute the hash chain")
+    @app.get("/audit/verify", tags=["audit"], summary="Recompute the hash chain", response_model=VerifyResult)
     async def verify_chain(
         request: Request,
-        head_seq: Annotated[int | None, Query(ge=1, description="a head recorded earlier: its seq")] = None,
-        head_hash: Annotated[str | None, Query(description="… and its hash")] = None,
+        head: Annotated[
+            str | None,
+            Query(
+                pattern=HEAD_PATTERN,
+                description="SEQ:HASH of a head recorded earlier (catches rows cut from the end)",
+            ),
+        ] = None,
     ) -> dict[str, Any]:
-        if (head_seq is None) != (head_hash is None):
-            raise HTTPException(422, "give head_seq and head_hash together")
-        expect = (head_seq, head_hash) if head_seq is not None and head_hash is not None else None
-        report = await verify(request.app.state.pool, expect)
+        report = await verify(request.app.state.pool, parse_head(head) if head else None)
         return {
             "ok": report.ok,
             "rows": report.rows,
@@ -110,7 +128,7 @@ async def main() -> None:
         producer,
         runtime.stop,
     )
-    runtime.checks["consumer"] = loop.ready.is_set
+    runtime.checks["consumer"] = loop.has_partitions
     try:
         await runtime.run(build_app(runtime, pool), [loop.run])
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,15 @@ from changegate.core.contracts import AuditEntry
 from changegate.core.db import Queryable
 
 GENESIS = ""
+HEAD_PATTERN = r"^[1-9][0-9]{0,17}:[0-9a-f]{64}$"  # SEQ:HASH, a seq within bigint and a sha256
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """``SEQ:HASH`` (as verify prints it) to its parts; ValueError if it is not one."""
+    if not re.fullmatch(HEAD_PATTERN, text):
+        raise ValueError("expected SEQ:HASH, e.g. 42:<64 hex digits>")
+    seq, _, digest = text.partition(":")
+    return int(seq), digest
 
 
 def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:

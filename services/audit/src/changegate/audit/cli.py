@@ -21,12 +21,14 @@ def audit_verify(
     ] = None,
 ) -> None:
     """Recompute the audit log's hash chain; exit 1 if a row was altered or removed."""
+    from changegate.audit.chain import parse_head
+
     head: tuple[int, str] | None = None
     if expect_head:
-        seq, _, digest = expect_head.partition(":")
-        if not seq.isdigit() or not digest:
-            raise typer.BadParameter("expected SEQ:HASH", param_hint="--expect-head")
-        head = (int(seq), digest)
+        try:
+            head = parse_head(expect_head)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--expect-head") from exc
 
     async def run() -> tuple[bool, int, list[str], str]:
         from changegate.audit.chain import verify

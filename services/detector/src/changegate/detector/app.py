@@ -84,7 +84,8 @@ async def main() -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(runtime.stop.wait(), 15)
 
-    runtime.checks["consumer"] = lambda: started
+    # Joined the group and holding the assignment (not in the middle of a rebalance).
+    runtime.checks["consumer"] = lambda: started and not app.rebalancing
     try:
         await runtime.run(runtime.app(), [run_faust, relay.run, watch_index])
     finally:

@@ -182,7 +182,7 @@ async def main() -> None:
         runtime.stop,
     )
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
-    runtime.checks["consumer"] = loop.ready.is_set
+    runtime.checks["consumer"] = loop.has_partitions
     try:
         await runtime.run(runtime.app(), [loop.run, relay.run])
     finally:

@@ -89,7 +89,7 @@ async def main() -> None:
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
     watcher = PolicyWatcher(settings.policy_file, router, runtime.stop, settings.policy_poll_seconds)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.sighup)
-    runtime.checks["consumer"] = loop.ready.is_set
+    runtime.checks["consumer"] = loop.has_partitions
     try:
         await runtime.run(runtime.app(), [loop.run, relay.run, watcher.run])
     finally:

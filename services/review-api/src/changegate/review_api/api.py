@@ -6,14 +6,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from changegate.core.contracts import DecisionOutcome, Proposal
-from changegate.core.contracts.base import PropertyValue
+from changegate.core.contracts import DecisionOutcome, Proposal, ProposalKind
+from changegate.core.http import Comment, Name, Value, problem_responses
 from changegate.review_api import queue
 from changegate.review_api.auth import Reviewer
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-router = APIRouter(prefix="/proposals", tags=["review"])
+router = APIRouter(prefix="/proposals", tags=["review"], responses=problem_responses(401))
+MAX_OFFSET = 100_000  # deeper pages: filter by kind or queue instead
 
 QueueStatus = Literal["pending", "approved", "approved_with_changes", "rejected", "expired", "superseded"]
 
@@ -36,12 +37,14 @@ class ReviewItem(BaseModel):
 
 class DecisionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    comment: str | None = Field(None, max_length=2000)
+    comment: Comment | None = None
 
 
 class ModifyBody(DecisionBody):
-    changes: dict[str, PropertyValue] = Field(
-        min_length=1, description="field -> the value to apply instead of the proposed one"
+    changes: dict[Name, Value | int | float | bool | None] = Field(
+        min_length=1,
+        max_length=100,
+        description="field -> the value to apply instead of the proposed one (of the proposed value's type)",
     )
 
 
@@ -61,16 +64,23 @@ async def list_proposals(
     request: Request,
     _: Reviewer,
     status_: Annotated[QueueStatus, Query(alias="status")] = "pending",
-    kind: Annotated[str | None, Query(description="only this proposal kind")] = None,
-    queue_: Annotated[str | None, Query(alias="queue", description="only this review queue")] = None,
+    kind: Annotated[ProposalKind | None, Query(description="only this proposal kind")] = None,
+    queue_: Annotated[Name | None, Query(alias="queue", description="only this review queue")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[ReviewItem]:
-    rows = await queue.list_items(request.app.state.pool, status_, kind, queue_, limit, offset)
+    rows = await queue.list_items(
+        request.app.state.pool, status_, kind.value if kind else None, queue_, limit, offset
+    )
     return [_item(r) for r in rows]
 
 
-@router.get("/{proposal_id}", response_model=ReviewItem, summary="One proposal of the queue")
+@router.get(
+    "/{proposal_id}",
+    response_model=ReviewItem,
+    summary="One proposal of the queue",
+    responses=problem_responses(404),
+)
 async def get_proposal(request: Request, _: Reviewer, proposal_id: uuid.UUID) -> ReviewItem:
     row = await queue.get_item(request.app.state.pool, proposal_id)
     if row is None:
@@ -84,7 +94,7 @@ async def _decide(
     outcome: DecisionOutcome,
     identity: str,
     comment: str | None,
-    modified: dict[str, PropertyValue] | None = None,
+    modified: dict[str, Any] | None = None,
 ) -> DecisionResult:
     pool = request.app.state.pool
     final = None
@@ -114,7 +124,12 @@ async def _decide(
     )
 
 
-@router.post("/{proposal_id}/approve", response_model=DecisionResult, summary="Approve as proposed")
+@router.post(
+    "/{proposal_id}/approve",
+    response_model=DecisionResult,
+    summary="Approve as proposed",
+    responses=problem_responses(404, 409),
+)
 async def approve(
     request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: DecisionBody | None = None
 ) -> DecisionResult:
@@ -122,7 +137,12 @@ async def approve(
     return await _decide(request, proposal_id, DecisionOutcome.APPROVED, identity, comment)
 
 
-@router.post("/{proposal_id}/reject", response_model=DecisionResult, summary="Reject")
+@router.post(
+    "/{proposal_id}/reject",
+    response_model=DecisionResult,
+    summary="Reject",
+    responses=problem_responses(404, 409),
+)
 async def reject(
     request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: DecisionBody | None = None
 ) -> DecisionResult:
@@ -130,7 +150,12 @@ async def reject(
     return await _decide(request, proposal_id, DecisionOutcome.REJECTED, identity, comment)
 
 
-@router.post("/{proposal_id}/modify", response_model=DecisionResult, summary="Approve with changed values")
+@router.post(
+    "/{proposal_id}/modify",
+    response_model=DecisionResult,
+    summary="Approve with changed values",
+    responses=problem_responses(404, 409),
+)
 async def modify(
     request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: ModifyBody
 ) -> DecisionResult:

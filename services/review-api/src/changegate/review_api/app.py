@@ -75,7 +75,7 @@ async def main() -> None:
         runtime.stop,
     )
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
-    runtime.checks["consumer"] = loop.ready.is_set
+    runtime.checks["consumer"] = loop.has_partitions
 
     async def housekeeping() -> None:
         """Expire overdue proposals and refresh the queue gauges, every few seconds."""

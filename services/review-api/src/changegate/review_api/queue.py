@@ -180,11 +180,28 @@ async def refresh_depth(pool: asyncpg.Pool) -> None:
     metrics.OLDEST_PENDING_AGE.set(float(row["age"] or 0) if row else 0)
 
 
+def json_type(value: object) -> str:
+    """A value's JSON type as a reviewer sees it: a number is a number, int or float."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return "string" if isinstance(value, str) else "null" if value is None else type(value).__name__
+
+
 def merge_modifications(proposal: Proposal, modified: dict[str, Any]) -> list[FieldChange]:
-    """A reviewer's edits: new proposed values for fields the proposal changes."""
+    """A reviewer's edits: new proposed values for fields the proposal changes, each of the type the
+    proposal gives the field (its proposed value's, else its previous value's), or null to clear it."""
     unknown = sorted(set(modified) - {c.field for c in proposal.changes})
     if unknown:
         raise ValueError(f"fields not in the proposal: {', '.join(unknown)}")
+    for change in proposal.changes:
+        if change.field not in modified or modified[change.field] is None:
+            continue
+        typed = change.proposed if change.proposed is not None else change.previous
+        want, got = json_type(typed), json_type(modified[change.field])
+        if typed is not None and want != got:
+            raise ValueError(f"{change.field} takes a {want}, not a {got}")
     return [
         FieldChange(field=c.field, previous=c.previous, proposed=modified.get(c.field, c.proposed))
         for c in proposal.changes
