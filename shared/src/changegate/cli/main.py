@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from changegate.cli.dlq import consumer_app, dlq_app
 from changegate.core.settings import CommonSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -26,6 +27,8 @@ schemas_app = typer.Typer(
 app.add_typer(dev, name="dev")
 app.add_typer(demo_app, name="demo")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(consumer_app, name="consumer")
 
 # Each service that has commands brings them along; an install without it just lacks them.
 with contextlib.suppress(ImportError):
