@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 from changegate.core.kafka import make_producer
 from changegate.core.settings import CommonSettings
+from changegate.core.signing import dev_keys
 
 
 async def preload(settings: CommonSettings, topics: list[str], payloads: list[tuple[bytes, bytes]]) -> None:
@@ -67,8 +69,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+# The benchmark's own signing keys: each signing service its key, every service trusts them all.
+SIGNING_KEYS, TRUSTED_KEYS = dev_keys("bench")
+
+
 def start_service(module: str, settings: CommonSettings, log: Path, port: int) -> subprocess.Popen[bytes]:
     """A changegate service as its own process, pointed at the benchmark's broker and database."""
+    service = module.removeprefix("changegate.").replace("_", "-")
     env = {
         **os.environ,
         "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
@@ -76,5 +83,8 @@ def start_service(module: str, settings: CommonSettings, log: Path, port: int) -
         "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
         "CHANGEGATE_HTTP_PORT": str(port),
         "CHANGEGATE_LOG_LEVEL": "WARNING",
+        "CHANGEGATE_AUTH_API_TOKENS": "true",
+        "CHANGEGATE_TRUSTED_KEYS": json.dumps({k: t.model_dump() for k, t in TRUSTED_KEYS.items()}),
+        **({"CHANGEGATE_SIGNING_KEY": SIGNING_KEYS[service]} if service in SIGNING_KEYS else {}),
     }
     return start([sys.executable, "-m", module], env, log)

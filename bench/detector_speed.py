@@ -31,6 +31,7 @@ from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import create_pool, migrate, migrate_core
 from changegate.core.logging import configure_logging
+from changegate.core.signing import SigningKey
 from changegate.detector.handler import Detector
 from changegate.detector.matching.blocking import blocking_keys
 from changegate.detector.matching.normalize import features
@@ -86,7 +87,9 @@ async def measure(url: str, size: int, events: int) -> dict[str, float]:
         await migrate(pool, "detector", "changegate.detector.migrations")
         rss_before = rss_kib()
         sample = await load(pool, size, seed=size)
-        detector = Detector(pool, DetectorSettings(database_url=url))
+        detector = Detector(
+            pool, DetectorSettings(database_url=url), SigningKey.generate("bench", "detector")
+        )
         rng = random.Random(7)
         latencies = []
         rss_loaded = rss_kib()

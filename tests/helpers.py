@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,10 +20,26 @@ from aiokafka import AIOKafkaConsumer
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.base import PropertyValue
 from changegate.core.settings import CommonSettings
+from changegate.core.signing import SigningKey, Verifier, dev_keys
 
 T = TypeVar("T")
-# Reviewer tokens of the e2e stack: token -> authenticated identity.
-REVIEWERS = {"token-alice": "alice@example.com", "token-bob": "bob@example.com"}
+# Signing keys of the test run: each signing service's CHANGEGATE_SIGNING_KEY, and the trusted keys.
+SIGNING_KEYS, TRUSTED_KEYS = dev_keys("test")
+
+
+def signing_key(signer: str) -> SigningKey:
+    return SigningKey.parse(SIGNING_KEYS[signer], signer)
+
+
+def verifier() -> Verifier:
+    return Verifier(TRUSTED_KEYS)
+
+
+def signing_env(service: str) -> dict[str, str]:
+    """What a service process needs to sign (if it does) and to verify."""
+    trusted = json.dumps({k: t.model_dump() for k, t in TRUSTED_KEYS.items()})
+    own = {"CHANGEGATE_SIGNING_KEY": SIGNING_KEYS[service]} if service in SIGNING_KEYS else {}
+    return {"CHANGEGATE_TRUSTED_KEYS": trusted, **own}
 
 
 async def eventually(
@@ -103,6 +120,8 @@ def service_process(
         "CHANGEGATE_DATABASE_URL": settings.database_url,
         "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
         "CHANGEGATE_HTTP_PORT": str(port),
+        "CHANGEGATE_AUTH_API_TOKENS": "true",
+        **signing_env(module.removeprefix("changegate.").replace("_", "-")),
         **env,
     }
     with log.open("wb") as out:

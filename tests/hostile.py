@@ -29,6 +29,7 @@ from changegate.core.contracts import (
 )
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.serde import encode
+from changegate.core.signing import SigningKey
 from pydantic import BaseModel
 
 NOW = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -41,8 +42,12 @@ class Hostile:
     reason: str  # the dead-letter reason it must get
 
 
-def good_payload(event_type: str, record_id: str | None = None) -> BaseModel:
-    """A valid, harmless payload of ``event_type``: each consumer processes it and moves on."""
+def good_payload(
+    event_type: str, record_id: str | None = None, keys: dict[str, str] | None = None
+) -> BaseModel:
+    """A valid, harmless payload of ``event_type``: each consumer processes it and moves on. With
+    ``keys`` (signer -> CHANGEGATE_SIGNING_KEY), decisions and executions are signed as they must be
+    for a stack that verifies them."""
     rid = record_id or f"good-{uuid.uuid4().hex[:8]}"
     if event_type == "crm_event":
         return CrmEvent(
@@ -81,14 +86,16 @@ def good_payload(event_type: str, record_id: str | None = None) -> BaseModel:
         decision_id=uuid.uuid5(uuid.NAMESPACE_URL, f"corpus/{rid}"),
         proposal=proposal,
         outcome=DecisionOutcome.REJECTED,
-        decided_by=system,
+        decided_by=Decider(kind="human", identity="corpus@example.com"),
         decided_at=NOW,
         explanation="rejected by the corpus",
     )
+    if keys:
+        decision = SigningKey.parse(keys["review-api"], "review-api").sign(decision)
     if event_type == "decision":
         return decision
     assert event_type == "execution", event_type
-    return Execution(
+    execution = Execution(
         execution_id=Execution.make_id(decision.decision_id),
         decision=decision,
         status=ExecutionStatus.FAILED,
@@ -96,10 +103,11 @@ def good_payload(event_type: str, record_id: str | None = None) -> BaseModel:
         error="corpus",
         executed_at=NOW,
     )
+    return SigningKey.parse(keys["executor"], "executor").sign(execution) if keys else execution
 
 
-def good_message(event_type: str, record_id: str | None = None) -> bytes:
-    return encode(make_envelope(good_payload(event_type, record_id), service="corpus"))
+def good_message(event_type: str, record_id: str | None = None, keys: dict[str, str] | None = None) -> bytes:
+    return encode(make_envelope(good_payload(event_type, record_id, keys), service="corpus"))
 
 
 def _wire(event_type: str) -> dict[str, Any]:

@@ -39,12 +39,12 @@ def test_each_json_schema_is_a_valid_schema(event_type: str) -> None:
 
 
 def test_json_schema_rejects_what_the_model_rejects() -> None:
-    doc = json.loads((SCHEMAS_DIR / "crm_event.v1.schema.json").read_text())
+    doc = json.loads((SCHEMAS_DIR / "crm_event.v2.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(doc)
     good: dict[str, Any] = {
         "event_id": "6a0c1c2e-9b8f-4f57-9a55-0e3b6f3a2d10",
         "event_type": "crm_event",
-        "schema_version": 1,
+        "schema_version": 2,
         "occurred_at": "2026-11-24T10:00:00Z",
         "producer": {"service": "ingest", "version": "0.1.0"},
         "payload": {

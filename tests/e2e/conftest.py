@@ -16,10 +16,10 @@ import httpx
 import pytest
 from changegate.cli.devstack import DEFAULT_PORTS, DevStack
 from changegate.cli.embedded import free_port
+from changegate.core.auth import Role
 from changegate.core.db import create_pool
 from changegate.core.kafka import make_producer
 from changegate.core.settings import CommonSettings
-from helpers import REVIEWERS
 
 pytestmark = pytest.mark.e2e
 
@@ -42,8 +42,12 @@ def stack(kafka_bootstrap: str, database_url: str) -> Iterator[DevStack]:
         topic_prefix=f"e2e{uuid.uuid4().hex[:6]}.",
         kafka=kafka_bootstrap,
         database_url=f"{head.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else ""),
+        tokens={
+            "alice@example.com": Role.REVIEWER,
+            "bob@example.com": Role.REVIEWER,
+            "eve@example.com": Role.VIEWER,
+        },
         extra_env={
-            "CHANGEGATE_REVIEW_TOKENS": json.dumps(REVIEWERS),
             "CHANGEGATE_LOG_LEVEL": "DEBUG",
             # one territory, so the owner scenario has a rule to apply
             "CHANGEGATE_OWNER": json.dumps(
@@ -68,7 +72,9 @@ async def db(stack: DevStack) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 async def client(stack: DevStack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=10) as client:
+    """A client authenticated as alice@example.com (a reviewer) unless a request says otherwise."""
+    alice = {"Authorization": f"Bearer {stack.issued['alice@example.com']}"}
+    async with httpx.AsyncClient(timeout=10, headers=alice) as client:
         yield client
 
 

@@ -20,8 +20,6 @@ from changegate.core.kafka import publish
 from changegate.core.topics import Topic, TopicNames
 from helpers import eventually
 
-ALICE = {"Authorization": "Bearer token-alice"}
-
 
 def _rid(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:8]}"
@@ -50,7 +48,6 @@ async def _queue(
     r = await client.get(
         f"http://127.0.0.1:{stack.ports['review-api']}/proposals",
         params={"status": status, "limit": 500},
-        headers=ALICE,
     )
     r.raise_for_status()
     return [

@@ -5,7 +5,6 @@ coverage, fuzzing, stateful) and every check — no 5xx, no response that contra
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import subprocess
 import sys
@@ -14,13 +13,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 from changegate.cli.embedded import free_port
+from changegate.core.auth import Role
+from changegate.core.auth.tokens import create_token
 from changegate.core.contracts import ReviewRequest
 from changegate.core.settings import CommonSettings
 from changegate.review_api import queue
 from helpers import service_process
 from hostile import good_payload
-
-TOKEN = "fuzz-token"
 
 
 def schemathesis(url: str, report: Path, *options: str, config: str = "") -> None:
@@ -63,8 +62,11 @@ def schemathesis(url: str, report: Path, *options: str, config: str = "") -> Non
 async def test_review_api_answers_every_input_as_documented(
     settings: CommonSettings, topics: None, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    env = {"CHANGEGATE_REVIEW_TOKENS": json.dumps({TOKEN: "fuzzer@example.com"})}
-    with service_process("changegate.review_api", settings, free_port(), tmp_path / "svc.log", **env) as svc:
+    unlimited = {"CHANGEGATE_REVIEW_DECISION_RATE_LIMIT": "1000000/minute"}  # the fuzzer is no abuser
+    with service_process(
+        "changegate.review_api", settings, free_port(), tmp_path / "svc.log", **unlimited
+    ) as svc:
+        _, token = await create_token(pool, "fuzzer@example.com", Role.REVIEWER, created_by="test")
         # One real pending item, so approve / reject / modify reach the queue, not only its 404.
         request = good_payload("review_request")
         assert isinstance(request, ReviewRequest)
@@ -74,23 +76,25 @@ async def test_review_api_answers_every_input_as_documented(
         config = (
             f'[parameters]\n"path.proposal_id" = "{request.proposal.proposal_id}"\n'
             '[[operations]]\ninclude-path = "/proposals/{proposal_id}/modify"\n'
-            'checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "404", "409", "422"]\n'
+            'checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]\n'
         )
         await asyncio.to_thread(
             schemathesis,
             svc.url,
             tmp_path / "report.txt",
             "--header",
-            f"Authorization: Bearer {TOKEN}",
+            f"Authorization: Bearer {token}",
             config=config,
         )
 
 
-def test_audit_api_answers_every_input_as_documented(
-    settings: CommonSettings, topics: None, tmp_path: Path
+async def test_audit_api_answers_every_input_as_documented(
+    settings: CommonSettings, topics: None, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     with service_process("changegate.audit", settings, free_port(), tmp_path / "svc.log") as svc:
-        schemathesis(svc.url, tmp_path / "report.txt")
+        _, token = await create_token(pool, "auditor@example.com", Role.VIEWER, created_by="test")
+        header = f"Authorization: Bearer {token}"
+        await asyncio.to_thread(schemathesis, svc.url, tmp_path / "report.txt", "--header", header)
 
 
 HOSTILE_BODIES: list[tuple[str, bytes, int]] = [
@@ -122,11 +126,10 @@ HOSTILE_BODIES: list[tuple[str, bytes, int]] = [
 async def test_hostile_decision_bodies_get_a_4xx_and_leave_the_item_pending(
     settings: CommonSettings, topics: None, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    env = {"CHANGEGATE_REVIEW_TOKENS": json.dumps({TOKEN: "fuzzer@example.com"})}
-    with service_process("changegate.review_api", settings, free_port(), tmp_path / "svc.log", **env) as svc:
-        async with httpx.AsyncClient(
-            base_url=svc.url, headers={"Authorization": f"Bearer {TOKEN}"}
-        ) as client:
+    with service_process("changegate.review_api", settings, free_port(), tmp_path / "svc.log") as svc:
+        _, token = await create_token(pool, "fuzzer@example.com", Role.REVIEWER, created_by="test")
+        auth = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=svc.url, headers=auth) as client:
             for action, body, expected in HOSTILE_BODIES:
                 request = good_payload("review_request")
                 assert isinstance(request, ReviewRequest)

@@ -13,6 +13,7 @@ from changegate.core.settings import CommonSettings
 from changegate.detector.config import OwnerConfig
 from changegate.detector.handler import Detector
 from changegate.detector.settings import DetectorSettings
+from helpers import signing_key
 
 
 def _event(kind: CrmEventKind, record_id: str, **props: str) -> CrmEvent:
@@ -37,7 +38,9 @@ async def test_a_deactivated_owner_s_records_are_proposed_to_their_territory_own
             "fallback_owner": "owner-pool",
         }
     )
-    detector = Detector(pool, DetectorSettings(database_url=settings.database_url, owner=owner))
+    detector = Detector(
+        pool, DetectorSettings(database_url=settings.database_url, owner=owner), signing_key("detector")
+    )
     for rid, state, held_by in [("c1", "CA", "owner-17"), ("c2", "NY", "owner-17"), ("c3", "CA", "owner-9")]:
         event = _event(
             CrmEventKind.RECORD_CREATED, rid, country="United States", state=state, hubspot_owner_id=held_by

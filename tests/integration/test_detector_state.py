@@ -17,7 +17,7 @@ from changegate.core.contracts.envelope import make_envelope
 from changegate.core.kafka import make_producer, publish
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
-from helpers import eventually
+from helpers import eventually, signing_env
 
 RECORDS, CHANGES = 20, 15
 
@@ -29,6 +29,7 @@ def _start(settings: CommonSettings, log: Path) -> subprocess.Popen[bytes]:
         "CHANGEGATE_DATABASE_URL": settings.database_url,
         "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
         "CHANGEGATE_HTTP_PORT": str(free_port()),
+        **signing_env("detector"),
     }
     out = log.open("ab")
     return subprocess.Popen([sys.executable, "-m", "changegate.detector"], env=env, stdout=out, stderr=out)

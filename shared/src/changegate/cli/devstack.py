@@ -10,16 +10,21 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO
 
 import httpx
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, stop_postgres
+from changegate.core.auth.principal import Role
+from changegate.core.auth.tokens import create_token
 from changegate.core.db import create_pool, migrate, migrate_core
 from changegate.core.kafka import ensure_topics
 from changegate.core.settings import CommonSettings
+from changegate.core.signing import dev_keys
 
 # service name -> (module, migrations package or None)
 SERVICES: dict[str, tuple[str, str | None]] = {
@@ -29,6 +34,7 @@ SERVICES: dict[str, tuple[str, str | None]] = {
     "policy": ("changegate.policy", "changegate.policy.migrations"),
     "detector": ("changegate.detector", "changegate.detector.migrations"),
 }
+DEV_IDENTITY = "dev-reviewer@changegate.local"
 DEFAULT_PORTS = {
     "broker": 19092,
     "review-api": 8000,
@@ -63,6 +69,8 @@ class DevStack:
     kafka: str | None = None  # an external broker instead of the embedded one
     database_url: str | None = None  # an external PostgreSQL instead of the embedded one
     on_step: Callable[[str], None] = lambda _: None
+    # API tokens created at start (name -> role); their tokens are in ``issued`` once started.
+    tokens: dict[str, Role] = field(default_factory=lambda: {DEV_IDENTITY: Role.ADMIN})
 
     def __post_init__(self) -> None:
         self.logs = self.workdir / "logs"
@@ -70,6 +78,9 @@ class DevStack:
         self.broker: EmbeddedBroker | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.services: dict[str, ServiceProcess] = {}
+        self.issued: dict[str, str] = {}
+        # This stack's own signing keys: each signing service gets its own, everyone trusts all.
+        self.signing_keys, self.trusted_keys = dev_keys(uuid.uuid4().hex[:8])
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 120) -> None:
@@ -101,6 +112,10 @@ class DevStack:
             for name, (_, package) in SERVICES.items():
                 if package:
                     await migrate(pool, name, package)
+            for name, role in self.tokens.items():
+                _, self.issued[name] = await create_token(
+                    pool, name, role, created_by="changegate dev up", expires_in=timedelta(days=7)
+                )
         finally:
             await pool.close()
 
@@ -123,6 +138,9 @@ class DevStack:
             "CHANGEGATE_TOPIC_PREFIX": self.topic_prefix,
             "CHANGEGATE_HTTP_HOST": "127.0.0.1",
             "CHANGEGATE_HTTP_PORT": str(self.ports[name]),
+            "CHANGEGATE_AUTH_API_TOKENS": "true",
+            "CHANGEGATE_TRUSTED_KEYS": json.dumps({k: t.model_dump() for k, t in self.trusted_keys.items()}),
+            **({"CHANGEGATE_SIGNING_KEY": self.signing_keys[name]} if name in self.signing_keys else {}),
             **self.extra_env,
         }
 
@@ -181,6 +199,7 @@ class DevStack:
             self.postgres = None
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+        (self.workdir / "token").unlink(missing_ok=True)
 
     @staticmethod
     def _stop_service(svc: ServiceProcess, sig: int = signal.SIGTERM) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from changegate.cli.dlq import consumer_app, dlq_app
+from changegate.cli.tokens import app as tokens_app
 from changegate.core.settings import CommonSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,6 +30,7 @@ app.add_typer(demo_app, name="demo")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(consumer_app, name="consumer")
+app.add_typer(tokens_app, name="tokens")
 
 # Each service that has commands brings them along; an install without it just lacks them.
 with contextlib.suppress(ImportError):
@@ -107,7 +109,7 @@ def dev_up(
 
 
 def _print_stack(stack: object, seconds: float) -> None:
-    from changegate.cli.devstack import DevStack
+    from changegate.cli.devstack import DEV_IDENTITY, DevStack
 
     assert isinstance(stack, DevStack)
     table = Table(title=f"changegate dev stack ready in {seconds:.1f}s")
@@ -118,8 +120,14 @@ def _print_stack(stack: object, seconds: float) -> None:
     for name, svc in stack.services.items():
         table.add_row(name, f"http://127.0.0.1:{svc.port}", str(svc.log_path))
     console.print(table)
+    token = stack.issued.get(DEV_IDENTITY, "")
+    token_file = stack.workdir / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     console.print(
-        "review queue: curl -H 'Authorization: Bearer dev-reviewer-token' "
+        f"your API token ({DEV_IDENTITY}, admin; also in {token_file}):\n  {token}\n"
+        f"  export CHANGEGATE_TOKEN=$(cat {token_file})\n"
+        'review queue: curl -H "Authorization: Bearer $CHANGEGATE_TOKEN" '
         f"http://127.0.0.1:{stack.ports['review-api']}/proposals\n"
         f"API docs: http://127.0.0.1:{stack.ports['review-api']}/docs · "
         f"audit: http://127.0.0.1:{stack.ports['audit']}/audit/entries · Ctrl-C stops everything"

@@ -29,6 +29,7 @@ from aiokafka.errors import (
 )
 from changegate.core import metrics
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
+from changegate.core.errors import MessageRefusedError as MessageRefusedError  # re-exported
 from changegate.core.logging import correlation, get_logger
 from changegate.core.serde import MessageLimits, decode, encode
 from changegate.core.settings import CommonSettings
@@ -71,15 +72,6 @@ PERMANENT_KAFKA_ERRORS: tuple[type[BaseException], ...] = (
     InvalidTopicError,
     TopicAuthorizationFailedError,
 )
-
-
-class MessageRefusedError(Exception):
-    """A handler refuses a message for good (e.g. a decision it may not execute): it is dead-lettered
-    at once with ``reason`` (a short machine-readable label) and ``detail``, without retries."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 def is_transient(exc: BaseException) -> bool:

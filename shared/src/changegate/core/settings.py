@@ -3,7 +3,8 @@ the defaults are those of the embedded dev stack (`changegate dev up`)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from changegate.core.signing import SigningKey, TrustedKey, Verifier
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "CHANGEGATE_"
@@ -49,5 +50,36 @@ class CommonSettings(BaseSettings):
     database_pool_max: int = 10
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    signing_key: SecretStr | None = Field(
+        None,
+        description="'<key id>:<Ed25519 seed, base64url>' this service signs decisions or executions with "
+        "(policy, review-api, detector, executor); `changegate keys generate` makes one",
+    )
+    trusted_keys: dict[str, TrustedKey] = Field(
+        default_factory=dict,
+        description="key id -> {signer, public_key}: whose signed decisions and executions to accept (JSON)",
+    )
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")
+
+    def signing(self, signer: str) -> SigningKey:
+        """This service's signing key; a service that must sign and has none refuses to start."""
+        if self.signing_key is None:
+            raise SystemExit(
+                f"{signer}: no signing key. Set CHANGEGATE_SIGNING_KEY ('<key id>:<seed>', from "
+                "`changegate keys generate`); give its public key to the others in CHANGEGATE_TRUSTED_KEYS."
+            )
+        try:
+            return SigningKey.parse(self.signing_key.get_secret_value(), signer)
+        except ValueError as exc:
+            raise SystemExit(f"{signer}: CHANGEGATE_SIGNING_KEY is not a signing key: {exc}") from exc
+
+    def verifier(self, service: str) -> Verifier:
+        """Checks signed decisions and executions; a consumer of them without trusted keys refuses
+        to start."""
+        if not self.trusted_keys:
+            raise SystemExit(
+                f"{service}: no trusted keys. Set CHANGEGATE_TRUSTED_KEYS to the public keys of the "
+                "services that sign (policy, review-api, detector, executor)."
+            )
+        return Verifier(self.trusted_keys)

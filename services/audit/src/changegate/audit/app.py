@@ -10,13 +10,15 @@ from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verif
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import append_execution, record_decision
 from changegate.core import __version__
+from changegate.core.auth import Authenticator, Viewer
 from changegate.core.contracts import AuditEntry, Decision, Execution
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_event
-from changegate.core.http import MAX_BIGINT, Name
+from changegate.core.http import MAX_BIGINT, Name, problem_responses
 from changegate.core.kafka import ConsumerLoop, Subscription
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.service import ServiceRuntime
+from changegate.core.signing import Verifier
 from changegate.core.topics import Topic
 from fastapi import FastAPI, Query, Request
 from prometheus_client import Counter
@@ -28,16 +30,18 @@ ROWS_WRITTEN = Counter("changegate_audit_rows_written_total", "Audit rows append
 
 
 class AuditConsumer:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
+    def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
+        self.pool, self.verifier = pool, verifier
 
     async def on_decision(self, envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
+        self.verifier.decision(decision)  # a forged decision never reaches the log
         async with self.pool.acquire() as conn:
             await record_decision(conn, decision)
 
     async def on_execution(self, envelope: Envelope[Any]) -> None:
         execution: Execution = envelope.payload
+        self.verifier.execution(execution)  # signed by the executor, of a properly signed decision
         async with self.pool.acquire() as conn, conn.transaction():
             if not await claim_event(conn, "audit-executions", execution.execution_id):
                 return  # already logged: redelivery writes no second row
@@ -60,17 +64,21 @@ class VerifyResult(BaseModel):
     head: ChainHead = Field(description="keep it outside this database; pass it back as head=SEQ:HASH")
 
 
-def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool) -> FastAPI:
+def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettings) -> FastAPI:
     app = FastAPI(
         title="changegate audit",
         version=__version__,
-        description="Query and verify the append-only, hash-chained log of executed changes.",
+        description="Query and verify the append-only, hash-chained log of executed changes. "
+        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above).",
     )
     app.state.pool = pool
+    app.state.authenticator = Authenticator(settings, pool)
+    errors = problem_responses(401, 403)
 
-    @app.get("/audit/entries", response_model=list[AuditEntry], tags=["audit"])
+    @app.get("/audit/entries", response_model=list[AuditEntry], tags=["audit"], responses=errors)
     async def list_entries(
         request: Request,
+        _: Viewer,
         record_id: Annotated[Name | None, Query(description="only this CRM record")] = None,
         proposal_id: Annotated[uuid.UUID | None, Query(description="only this proposal")] = None,
         after_seq: Annotated[
@@ -89,9 +97,16 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool) -> FastAPI:
         )
         return [row_to_entry(r) for r in rows]
 
-    @app.get("/audit/verify", tags=["audit"], summary="Recompute the hash chain", response_model=VerifyResult)
+    @app.get(
+        "/audit/verify",
+        tags=["audit"],
+        summary="Recompute the hash chain",
+        response_model=VerifyResult,
+        responses=errors,
+    )
     async def verify_chain(
         request: Request,
+        _: Viewer,
         head: Annotated[
             str | None,
             Query(
@@ -117,7 +132,8 @@ async def main() -> None:
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.audit.migrations")
     producer = await runtime.open_producer()  # dead-letters
-    consumer = AuditConsumer(pool)
+    settings.require_configured(SERVICE)
+    consumer = AuditConsumer(pool, settings.verifier(SERVICE))
     loop = ConsumerLoop(
         settings,
         "changegate-audit",
@@ -130,7 +146,7 @@ async def main() -> None:
     )
     runtime.checks["consumer"] = loop.has_partitions
     try:
-        await runtime.run(build_app(runtime, pool), [loop.run])
+        await runtime.run(build_app(runtime, pool, settings), [loop.run])
     finally:
         await producer.stop()
         await pool.close()

@@ -32,7 +32,7 @@ async def main() -> None:
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.detector.migrations")
     producer = await runtime.open_producer()
-    detector = Detector(pool, settings)
+    detector = Detector(pool, settings, settings.signing(SERVICE))
     processor = MessageProcessor(
         settings,
         GROUP,

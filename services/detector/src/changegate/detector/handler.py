@@ -13,6 +13,7 @@ from changegate.core.contracts.base import is_empty
 from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import DbConn, claim_event
 from changegate.core.logging import get_logger
+from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
 from changegate.detector import dedup, lifecycle, owner, state, verification
 from changegate.detector.enrichment import propose_enrichment
@@ -45,9 +46,10 @@ SUPERSEDED = Counter("changegate_detector_superseded_total", "Open proposals ret
 
 
 class Detector:
-    def __init__(self, pool: asyncpg.Pool, settings: DetectorSettings) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: DetectorSettings, signer: SigningKey) -> None:
         self.pool = pool
         self.settings = settings
+        self.signer = signer
         self.names = TopicNames(settings.topic_prefix)
         self.finder = DuplicateFinder(settings.match_weights)
 
@@ -82,6 +84,8 @@ class Detector:
         if not await claim_event(conn, SERVICE, envelope.event_id):
             return None
         proposals = await self._detect(conn, event)
+        if event.requested_by:  # who caused the event caused the proposals: they may not approve them
+            proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
         for proposal in proposals:
             for retired in await supersede(conn, proposal):
                 SUPERSEDED.inc()
@@ -91,7 +95,7 @@ class Detector:
                     self.names(Topic.DECISIONS),
                     proposal.record_id,
                     make_envelope(
-                        retired,
+                        self.signer.sign(retired),
                         service=SERVICE,
                         correlation_id=retired.proposal.proposal_id,
                         dedup_key=str(retired.decision_id),

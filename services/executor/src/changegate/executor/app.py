@@ -29,6 +29,7 @@ from changegate.core.kafka import ConsumerLoop, Subscription
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
+from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
 from changegate.executor.settings import ExecutorSettings
 from prometheus_client import Counter, Histogram
@@ -60,11 +61,13 @@ CRM_SECONDS = Histogram(
 
 
 class Executor:
-    def __init__(self, pool: asyncpg.Pool, names: TopicNames) -> None:
+    def __init__(self, pool: asyncpg.Pool, names: TopicNames, signer: SigningKey, verifier: Verifier) -> None:
         self.pool, self.names = pool, names
+        self.signer, self.verifier = signer, verifier
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
+        self.verifier.decision(decision)  # only what a trusted service may decide, signed by it
         if not decision.outcome.executes:
             SKIPPED.labels(outcome=decision.outcome.value).inc()
             return  # nothing executes without an approving decision
@@ -87,7 +90,7 @@ class Executor:
                 executed_at=utcnow(),
             )
             out = make_envelope(
-                execution,
+                self.signer.sign(execution),
                 service=SERVICE,
                 correlation_id=proposal.proposal_id,
                 dedup_key=str(execution.execution_id),
@@ -173,7 +176,7 @@ async def main() -> None:
     pool = await runtime.open_database(SERVICE)
     producer = await runtime.open_producer()
     names = TopicNames(settings.topic_prefix)
-    executor = Executor(pool, names)
+    executor = Executor(pool, names, settings.signing(SERVICE), settings.verifier(SERVICE))
     loop = ConsumerLoop(
         settings,
         "changegate-executor",

@@ -75,7 +75,9 @@ async def main() -> None:
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.policy.migrations")
     producer = await runtime.open_producer()
-    router = Router(pool, policy, TopicNames(settings.topic_prefix))
+    router = Router(
+        pool, policy, TopicNames(settings.topic_prefix), settings.signing(SERVICE), settings.verifier(SERVICE)
+    )
     loop = ConsumerLoop(
         settings,
         "changegate-policy",

@@ -17,6 +17,7 @@ from changegate.core.contracts import Decision, DecisionOutcome, Proposal, Revie
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.logging import get_logger
+from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
 from changegate.policy.engine import Action, Policy, Route
 from prometheus_client import Counter as PromCounter
@@ -66,8 +67,11 @@ def output_for(policy: Policy, proposal: Proposal, route: Route) -> tuple[Topic,
 
 
 class Router:
-    def __init__(self, pool: asyncpg.Pool, policy: Policy, names: TopicNames) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, policy: Policy, names: TopicNames, signer: SigningKey, verifier: Verifier
+    ) -> None:
         self.pool, self.policy, self.names = pool, policy, names
+        self.signer, self.verifier = signer, verifier
         self._routed = 0
         self._auto = 0
 
@@ -121,6 +125,8 @@ class Router:
             messages = []
             for proposal, route in routes:
                 topic, payload = output_for(policy, proposal, route)
+                if isinstance(payload, Decision):
+                    payload = self.signer.sign(payload)
                 dedup = (
                     payload.decision_id if isinstance(payload, Decision) else f"review|{proposal.proposal_id}"
                 )
@@ -154,6 +160,7 @@ class Router:
         decision: Decision = envelope.payload
         if decision.outcome is not DecisionOutcome.SUPERSEDED:
             return
+        self.verifier.decision(decision)  # a forged supersession must not block routing
         await self.pool.execute(
             "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
             " explanation)"

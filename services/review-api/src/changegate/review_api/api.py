@@ -6,14 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from changegate.core.auth import Principal, Reviewer, Role, Viewer
 from changegate.core.contracts import DecisionOutcome, Proposal, ProposalKind
 from changegate.core.http import Comment, Name, Value, problem_responses
 from changegate.review_api import queue
-from changegate.review_api.auth import Reviewer
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-router = APIRouter(prefix="/proposals", tags=["review"], responses=problem_responses(401))
+router = APIRouter(prefix="/proposals", tags=["review"], responses=problem_responses(401, 403))
 MAX_OFFSET = 100_000  # deeper pages: filter by kind or queue instead
 
 QueueStatus = Literal["pending", "approved", "approved_with_changes", "rejected", "expired", "superseded"]
@@ -62,7 +62,7 @@ def _item(row: Any) -> ReviewItem:
 @router.get("", response_model=list[ReviewItem], summary="List the review queue")
 async def list_proposals(
     request: Request,
-    _: Reviewer,
+    _: Viewer,
     status_: Annotated[QueueStatus, Query(alias="status")] = "pending",
     kind: Annotated[ProposalKind | None, Query(description="only this proposal kind")] = None,
     queue_: Annotated[Name | None, Query(alias="queue", description="only this review queue")] = None,
@@ -81,7 +81,7 @@ async def list_proposals(
     summary="One proposal of the queue",
     responses=problem_responses(404),
 )
-async def get_proposal(request: Request, _: Reviewer, proposal_id: uuid.UUID) -> ReviewItem:
+async def get_proposal(request: Request, _: Viewer, proposal_id: uuid.UUID) -> ReviewItem:
     row = await queue.get_item(request.app.state.pool, proposal_id)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
@@ -90,25 +90,43 @@ async def get_proposal(request: Request, _: Reviewer, proposal_id: uuid.UUID) ->
 
 async def _decide(
     request: Request,
+    principal: Principal,
     proposal_id: uuid.UUID,
     outcome: DecisionOutcome,
-    identity: str,
     comment: str | None,
     modified: dict[str, Any] | None = None,
 ) -> DecisionResult:
-    pool = request.app.state.pool
+    state = request.app.state
+    await state.decision_limit.check(principal.subject)
+    row = await queue.get_item(state.pool, proposal_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
+    if not principal.may(Role.REVIEWER, queue=row["queue"], kind=row["kind"]):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"your role does not cover {row['kind']} proposals in queue {row['queue']}",
+        )
+    proposal = Proposal.model_validate(row["proposal"])
+    if outcome is not DecisionOutcome.REJECTED and proposal.requested_by == principal.subject:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "you requested this change: another reviewer must approve it"
+        )
     final = None
     if modified is not None:
-        row = await queue.get_item(pool, proposal_id)
-        if row is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
         try:
-            final = queue.merge_modifications(Proposal.model_validate(row["proposal"]), modified)
+            final = queue.merge_modifications(proposal, modified)
         except ValueError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from exc
     try:
         decision = await queue.decide(
-            pool, request.app.state.names, proposal_id, outcome, identity, comment, final
+            state.pool,
+            state.names,
+            proposal_id,
+            outcome,
+            principal.subject,
+            comment,
+            final,
+            signer=state.signer,
         )
     except queue.NotPendingError as exc:
         if exc.status is None:
@@ -120,50 +138,45 @@ async def _decide(
         proposal_id=proposal_id,
         decision_id=decision.decision_id,
         outcome=outcome,
-        decided_by=identity,
+        decided_by=principal.subject,
     )
+
+
+DECISION_ERRORS = problem_responses(404, 409, 429)
 
 
 @router.post(
     "/{proposal_id}/approve",
     response_model=DecisionResult,
     summary="Approve as proposed",
-    responses=problem_responses(404, 409),
+    responses=DECISION_ERRORS,
 )
 async def approve(
-    request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: DecisionBody | None = None
+    request: Request, principal: Reviewer, proposal_id: uuid.UUID, body: DecisionBody | None = None
 ) -> DecisionResult:
     comment = body.comment if body else None
-    return await _decide(request, proposal_id, DecisionOutcome.APPROVED, identity, comment)
+    return await _decide(request, principal, proposal_id, DecisionOutcome.APPROVED, comment)
 
 
 @router.post(
-    "/{proposal_id}/reject",
-    response_model=DecisionResult,
-    summary="Reject",
-    responses=problem_responses(404, 409),
+    "/{proposal_id}/reject", response_model=DecisionResult, summary="Reject", responses=DECISION_ERRORS
 )
 async def reject(
-    request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: DecisionBody | None = None
+    request: Request, principal: Reviewer, proposal_id: uuid.UUID, body: DecisionBody | None = None
 ) -> DecisionResult:
     comment = body.comment if body else None
-    return await _decide(request, proposal_id, DecisionOutcome.REJECTED, identity, comment)
+    return await _decide(request, principal, proposal_id, DecisionOutcome.REJECTED, comment)
 
 
 @router.post(
     "/{proposal_id}/modify",
     response_model=DecisionResult,
     summary="Approve with changed values",
-    responses=problem_responses(404, 409),
+    responses=DECISION_ERRORS,
 )
 async def modify(
-    request: Request, identity: Reviewer, proposal_id: uuid.UUID, body: ModifyBody
+    request: Request, principal: Reviewer, proposal_id: uuid.UUID, body: ModifyBody
 ) -> DecisionResult:
     return await _decide(
-        request,
-        proposal_id,
-        DecisionOutcome.APPROVED_WITH_CHANGES,
-        identity,
-        body.comment,
-        body.changes,
+        request, principal, proposal_id, DecisionOutcome.APPROVED_WITH_CHANGES, body.comment, body.changes
     )

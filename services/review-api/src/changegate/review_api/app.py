@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 from changegate.core import __version__
+from changegate.core.auth import Authenticator, RateLimit
 from changegate.core.contracts import Decision, DecisionOutcome, ReviewRequest
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
@@ -17,7 +18,7 @@ from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import metrics, queue
 from changegate.review_api.api import router
-from changegate.review_api.settings import DEV_TOKEN, ReviewApiSettings
+from changegate.review_api.settings import ReviewApiSettings
 from fastapi import FastAPI
 
 SERVICE = queue.SERVICE
@@ -36,11 +37,14 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSe
     app = FastAPI(
         title="changegate review API",
         version=__version__,
-        description="Reviewers list pending proposals and approve, reject or modify them. "
-        "Authenticate with 'Authorization: Bearer <token>'.",
+        description="Reviewers list pending proposals and approve, reject or modify them. Authenticate "
+        "with 'Authorization: Bearer <token>': an OIDC access token or a changegate API token. Reading "
+        "needs the viewer role, deciding the reviewer role (within its queue and kind scopes).",
     )
     app.state.pool = pool
-    app.state.tokens = settings.review_tokens
+    app.state.authenticator = Authenticator(settings, pool)
+    app.state.signer = settings.signing(SERVICE)
+    app.state.decision_limit = RateLimit("decisions", settings.review_decision_rate_limit)
     app.state.names = TopicNames(settings.topic_prefix)
     app.include_router(router)
     return runtime.app(app)
@@ -49,8 +53,8 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSe
 async def main() -> None:
     settings = ReviewApiSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
-    if DEV_TOKEN in settings.review_tokens:
-        log.warning("the dev reviewer token is enabled; set CHANGEGATE_REVIEW_TOKENS in production")
+    settings.require_configured(SERVICE)
+    signer, verifier = settings.signing(SERVICE), settings.verifier(SERVICE)
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.review_api.migrations")
     producer = await runtime.open_producer()
@@ -60,7 +64,10 @@ async def main() -> None:
 
     async def on_decision(envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
-        if decision.outcome is DecisionOutcome.SUPERSEDED and await queue.retire(pool, decision):
+        if decision.outcome is not DecisionOutcome.SUPERSEDED:
+            return
+        verifier.decision(decision)  # a forged supersession must not take an item off the queue
+        if await queue.retire(pool, decision):
             metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
             log.info("retired: superseded", correlation_id=str(decision.proposal.proposal_id))
 
@@ -91,6 +98,7 @@ async def main() -> None:
                             DecisionOutcome.EXPIRED,
                             f"system:{SERVICE}",
                             "not reviewed before it expired",
+                            signer=signer,
                             by_system=True,
                         )
                         log.info("expired", correlation_id=str(proposal_id))

@@ -18,6 +18,7 @@ from changegate.core.contracts import (
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import Queryable
+from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import metrics
 
@@ -122,6 +123,7 @@ async def decide(
     comment: str | None,
     final_changes: list[FieldChange] | None = None,
     *,
+    signer: SigningKey,
     by_system: bool = False,
 ) -> Decision:
     """Close a pending item and emit its decision, in one transaction. Raises NotPendingError."""
@@ -148,6 +150,7 @@ async def decide(
             comment=comment,
             final_changes=final_changes or [],
         )
+        decision = signer.sign(decision)
         await conn.execute(
             "UPDATE review_queue SET status = $2, decision_id = $3, decided_by = $4,"
             " decided_at = $5, comment = $6 WHERE proposal_id = $1",

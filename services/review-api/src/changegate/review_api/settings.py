@@ -1,14 +1,13 @@
 from __future__ import annotations
 
+from changegate.core.auth import AuthSettings
 from changegate.core.settings import CommonSettings
 from pydantic import Field
 
-DEV_TOKEN = "dev-reviewer-token"
 
-
-class ReviewApiSettings(CommonSettings):
+class ReviewApiSettings(CommonSettings, AuthSettings):
     http_port: int = 8000
-    review_tokens: dict[str, str] = Field(
-        default_factory=lambda: {DEV_TOKEN: "dev-reviewer@changegate.local"},
-        description="bearer token -> reviewer identity (JSON); the default is for the dev stack only",
+    review_decision_rate_limit: str = Field(
+        "60/minute",
+        description="decisions per reviewer identity (per replica); over it, 429 with Retry-After",
     )

@@ -13,6 +13,7 @@ from changegate.core.contracts.proposal import (
     Trigger,
 )
 from changegate.core.contracts.review_request import ReviewRequest
+from changegate.core.contracts.signature import Signature
 
 __all__ = [
     "AuditEntry",
@@ -33,5 +34,6 @@ __all__ = [
     "ProposalKind",
     "ProposalSource",
     "ReviewRequest",
+    "Signature",
     "Trigger",
 ]

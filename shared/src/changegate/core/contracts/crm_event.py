@@ -45,3 +45,9 @@ class CrmEvent(Contract):
         None, ge=0, le=1, description="the source's own confidence in its result, when it gives one"
     )
     occurred_at: UtcDatetime | None = Field(None, description="when it happened at the source")
+    requested_by: str | None = Field(
+        None,
+        max_length=256,
+        description="who caused the event, when known (the authenticated source or person); a reviewer "
+        "may not approve a proposal they requested",
+    )

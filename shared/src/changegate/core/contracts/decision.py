@@ -8,6 +8,7 @@ from typing import Literal
 
 from changegate.core.contracts.base import Contract, UtcDatetime
 from changegate.core.contracts.proposal import FieldChange, Proposal
+from changegate.core.contracts.signature import Signature
 from pydantic import Field, model_validator
 
 DECISION_NAMESPACE = uuid.UUID("0d5b7a5e-2c1b-4f0e-8d39-7a4f1b2c9e61")
@@ -59,6 +60,9 @@ class Decision(Contract):
     comment: str | None = None
     final_changes: list[FieldChange] = Field(
         default_factory=list, description="the changes to apply (empty unless the outcome executes)"
+    )
+    signature: Signature | None = Field(
+        None, description="the deciding service's signature; executor and audit refuse a decision without one"
     )
 
     @model_validator(mode="after")

@@ -74,14 +74,19 @@ class UnknownEventError(ValueError):
     reason = "undecodable"  # the dead letter's reason header
 
 
+def _same(payload: RawPayload) -> RawPayload:
+    return payload
+
+
 EVENT_TYPES: dict[str, EventType] = {
     et.name: et
     for et in (
-        EventType("crm_event", CrmEvent, 1),
-        EventType("proposal", Proposal, 1),
-        EventType("review_request", ReviewRequest, 1),
-        EventType("decision", Decision, 1),
-        EventType("execution", Execution, 1),
+        # v2 added optional fields (requested_by; signature): a v1 payload is a valid v2 one.
+        EventType("crm_event", CrmEvent, 2, {1: _same}),
+        EventType("proposal", Proposal, 2, {1: _same}),
+        EventType("review_request", ReviewRequest, 2, {1: _same}),
+        EventType("decision", Decision, 2, {1: _same}),
+        EventType("execution", Execution, 2, {1: _same}),
         EventType("audit_entry", AuditEntry, 1),
     )
 }

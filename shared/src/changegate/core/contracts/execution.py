@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from changegate.core.contracts.base import Contract, PropertyValue, UtcDatetime
 from changegate.core.contracts.decision import Decision
+from changegate.core.contracts.signature import Signature
 from pydantic import Field
 
 EXECUTION_NAMESPACE = uuid.UUID("a3c4e2f1-5b6d-4e7f-8a9b-0c1d2e3f4a5b")
@@ -36,6 +37,9 @@ class Execution(Contract):
     attempts: int = Field(1, ge=1)
     error: str | None = None
     executed_at: UtcDatetime
+    signature: Signature | None = Field(
+        None, description="the executor's signature; audit refuses one without"
+    )
 
     @staticmethod
     def make_id(decision_id: uuid.UUID) -> uuid.UUID:

@@ -63,6 +63,9 @@ class Proposal(Contract):
     rationale: str = Field(min_length=1)
     evidence: dict[str, Any] = Field(default_factory=dict)
     proposed_at: UtcDatetime
+    requested_by: str | None = Field(
+        None, max_length=256, description="who caused it (from its event); they may not approve it"
+    )
 
     @staticmethod
     def make_id(detector: str, record_id: str, changes: list[FieldChange], source_event_id: str) -> uuid.UUID:

@@ -67,7 +67,8 @@ async def test_the_hostile_corpus_on_a_topic_is_dead_lettered_and_every_service_
     before = Counter((x.group, x.reason) for x in await _dead_letters(stack, names.dlq(topic)))
     for item in items:
         await big_producer.send_and_wait(name, item.value, key=b"hostile", partition=0)
-    good = await big_producer.send_and_wait(name, good_message(event_type), key=b"hostile", partition=0)
+    good_bytes = good_message(event_type, keys=stack.signing_keys)
+    good = await big_producer.send_and_wait(name, good_bytes, key=b"hostile", partition=0)
 
     # Every consumer group gets past the corpus and processes the good message …
     tp = TopicPartition(name, 0)
