@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 CLI = [sys.executable, "-m", "changegate.cli"]
@@ -71,10 +72,22 @@ def _assert_all_gone(state: dict[str, object], workdir: Path) -> None:
     assert left == {}, f"left running: {left}"
     assert not (workdir / "pgdata" / "postmaster.pid").exists(), "PostgreSQL still runs"
     assert not (workdir / "state.json").exists()
+    assert not (workdir / "token").exists()
 
 
-def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+def test_the_printed_token_works_as_the_readme_says_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     proc, state = _start(tmp_path)
+    token = (tmp_path / "token").read_text().strip()
+    ports = state["ports"]
+    assert isinstance(ports, dict)
+    with httpx.Client(timeout=10) as client:
+        for url in (
+            f"http://127.0.0.1:{ports['review-api']}/proposals",
+            f"http://127.0.0.1:{ports['audit']}/audit/entries?limit=5",
+            f"http://127.0.0.1:{ports['audit']}/audit/verify",
+        ):
+            assert client.get(url).status_code == 401
+            assert client.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200, url
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0
     _assert_all_gone(state, tmp_path)

@@ -112,6 +112,10 @@ def _print_stack(stack: object, seconds: float) -> None:
     from changegate.cli.devstack import DEV_IDENTITY, DevStack
 
     assert isinstance(stack, DevStack)
+    token = stack.issued.get(DEV_IDENTITY, "")
+    token_file = stack.workdir / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     table = Table(title=f"changegate dev stack ready in {seconds:.1f}s")
     for col in ("what", "where", "log"):
         table.add_column(col)
@@ -120,10 +124,6 @@ def _print_stack(stack: object, seconds: float) -> None:
     for name, svc in stack.services.items():
         table.add_row(name, f"http://127.0.0.1:{svc.port}", str(svc.log_path))
     console.print(table)
-    token = stack.issued.get(DEV_IDENTITY, "")
-    token_file = stack.workdir / "token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
     console.print(
         f"your API token ({DEV_IDENTITY}, admin; also in {token_file}):\n  {token}\n"
         f"  export CHANGEGATE_TOKEN=$(cat {token_file})\n"

@@ -15,7 +15,6 @@ from changegate.core.auth.settings import AuthSettings
 from changegate.core.logging import get_logger
 
 log = get_logger(__name__)
-REFETCH_AT_MOST_EVERY = 10.0  # seconds: an unknown kid must not let callers hammer the issuer
 
 
 class InvalidTokenError(Exception):
@@ -35,7 +34,7 @@ class JwksCache:
         if kid not in self._keys or not fresh:
             async with self._lock:
                 since = time.monotonic() - self._fetched_at
-                if since > REFETCH_AT_MOST_EVERY or not self._keys:
+                if since > self.settings.auth_oidc_jwks_min_refetch_seconds or not self._keys:
                     await self._fetch()
         if kid not in self._keys:
             raise InvalidTokenError(f"unknown key id {kid!r}")

@@ -47,6 +47,9 @@ class AuthSettings(BaseSettings):
     )
     auth_oidc_leeway_seconds: int = Field(30, ge=0, le=300, description="clock skew allowed on exp/nbf")
     auth_oidc_jwks_cache_seconds: int = Field(300, ge=10, description="JWKS cache lifetime")
+    auth_oidc_jwks_min_refetch_seconds: float = Field(
+        10, ge=0, description="an unknown key id refetches the JWKS (rotation), at most this often"
+    )
 
     @model_validator(mode="after")
     def _safe(self) -> Self:
