@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,20 +20,22 @@ from typing import IO
 
 import httpx
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, stop_postgres
+from changegate.cli.migrate import migrate_all
 from changegate.core.auth.principal import Role
 from changegate.core.auth.tokens import create_token
-from changegate.core.db import create_pool, migrate, migrate_core
+from changegate.core.db import create_pool
 from changegate.core.kafka import ensure_topics
+from changegate.core.roles import ROLES, role_dsn
 from changegate.core.settings import CommonSettings
 from changegate.core.signing import dev_keys
 
-# service name -> (module, migrations package or None)
-SERVICES: dict[str, tuple[str, str | None]] = {
-    "audit": ("changegate.audit", "changegate.audit.migrations"),
-    "executor": ("changegate.executor", None),
-    "review-api": ("changegate.review_api", "changegate.review_api.migrations"),
-    "policy": ("changegate.policy", "changegate.policy.migrations"),
-    "detector": ("changegate.detector", "changegate.detector.migrations"),
+# service name -> module, in start order (migrations: changegate.cli.migrate.COMPONENTS)
+SERVICES: dict[str, str] = {
+    "audit": "changegate.audit",
+    "executor": "changegate.executor",
+    "review-api": "changegate.review_api",
+    "policy": "changegate.policy",
+    "detector": "changegate.detector",
 }
 DEV_IDENTITY = "dev-reviewer@changegate.local"
 DEFAULT_PORTS = {
@@ -79,6 +82,7 @@ class DevStack:
         self.postgres: EmbeddedPostgres | None = None
         self.services: dict[str, ServiceProcess] = {}
         self.issued: dict[str, str] = {}
+        self.role_passwords = {service: secrets.token_urlsafe(16) for service in ROLES}
         # This stack's own signing keys: each signing service gets its own, everyone trusts all.
         self.signing_keys, self.trusted_keys = dev_keys(uuid.uuid4().hex[:8])
 
@@ -104,14 +108,12 @@ class DevStack:
         self.wait_ready(timeout)
 
     async def _prepare(self) -> None:
+        """Topics; migrations as the owner, then each service's own least-privileged role; tokens."""
         settings = self.settings()
         await ensure_topics(settings)
+        await migrate_all(settings, roles=True, passwords=self.role_passwords)
         pool = await create_pool(settings.database_url)
         try:
-            await migrate_core(pool)
-            for name, (_, package) in SERVICES.items():
-                if package:
-                    await migrate(pool, name, package)
             for name, role in self.tokens.items():
                 _, self.issued[name] = await create_token(
                     pool, name, role, created_by="changegate dev up", expires_in=timedelta(days=7)
@@ -134,7 +136,9 @@ class DevStack:
         return {
             **os.environ,
             "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": self.kafka,
-            "CHANGEGATE_DATABASE_URL": self.database_url,
+            # Each service as its own role, on a schema `changegate migrate` brought up to date.
+            "CHANGEGATE_DATABASE_URL": role_dsn(self.database_url, name, self.role_passwords[name]),
+            "CHANGEGATE_MIGRATE_ON_START": "false",
             "CHANGEGATE_TOPIC_PREFIX": self.topic_prefix,
             "CHANGEGATE_HTTP_HOST": "127.0.0.1",
             "CHANGEGATE_HTTP_PORT": str(self.ports[name]),
@@ -145,7 +149,7 @@ class DevStack:
         }
 
     def _spawn(self, name: str) -> None:
-        module, _ = SERVICES[name]
+        module = SERVICES[name]
         log_path = self.logs / f"{name}.log"
         log_file = log_path.open("ab")
         proc = subprocess.Popen(

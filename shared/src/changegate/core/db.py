@@ -69,13 +69,34 @@ def _load_migrations(package: str) -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+async def pending_migrations(conn: DbConn, component: str, package: str) -> list[str]:
+    """The migration files of ``package`` not yet applied for ``component`` (read-only: a
+    service's own role may ask). An applied file whose content changed is an error."""
+    if await conn.fetchval("SELECT to_regclass('changegate_migrations')") is None:
+        return [f"{v:04d}_{n}.sql" for v, n, _ in _load_migrations(package)]
+    rows = await conn.fetch(
+        "SELECT version, checksum FROM changegate_migrations WHERE component = $1", component
+    )
+    done = {r["version"]: r["checksum"] for r in rows}
+    pending = []
+    for version, name, sql in _load_migrations(package):
+        if version not in done:
+            pending.append(f"{version:04d}_{name}.sql")
+        elif done[version] != hashlib.sha256(sql.encode()).hexdigest():
+            raise RuntimeError(f"migration {component}/{version:04d}_{name}.sql changed after it was applied")
+    return pending
+
+
 async def migrate(pool: asyncpg.Pool, component: str, package: str) -> list[int]:
     """Apply the numbered ``NNNN_name.sql`` files of ``package`` not yet applied for ``component``.
 
     Each file runs in its own transaction together with its bookkeeping row. An applied file whose
-    content changed is an error: migrations are append-only."""
+    content changed is an error: migrations are append-only. With nothing to apply, nothing is
+    written (so a service's least-privileged role may call it)."""
     applied_now: list[int] = []
     async with pool.acquire() as conn:
+        if not await pending_migrations(conn, component, package):
+            return applied_now
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATIONS_LOCK)
         try:
             await conn.execute(

@@ -13,7 +13,7 @@ import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
 from changegate.core import __version__, metrics
-from changegate.core.db import create_pool, migrate, migrate_core
+from changegate.core.db import create_pool, migrate, pending_migrations
 from changegate.core.http import harden, problem, problem_responses
 from changegate.core.kafka import ensure_topics, make_producer, start_with_retry
 from changegate.core.logging import get_logger
@@ -105,11 +105,22 @@ class ServiceRuntime:
         metrics.SERVICE_INFO.info({"service": name, "version": __version__})
 
     async def open_database(self, component: str, migrations: str | None = None) -> asyncpg.Pool:
-        """Connect, apply the core migrations and the service's own, register a readiness check."""
+        """Connect, apply (or, with migrate_on_start off, check) the core migrations and the
+        service's own, register a readiness check."""
         pool = await create_pool(self.settings.database_url, max_size=self.settings.database_pool_max)
-        await migrate_core(pool)
-        if migrations:
-            await migrate(pool, component, migrations)
+        wanted = [("core", "changegate.core.migrations")] + ([(component, migrations)] if migrations else [])
+        for name, package in wanted:
+            if self.settings.migrate_on_start:
+                await migrate(pool, name, package)
+                continue
+            async with pool.acquire() as conn:
+                pending = await pending_migrations(conn, name, package)
+            if pending:
+                await pool.close()
+                raise SystemExit(
+                    f"{self.name}: the database schema is behind ({name}: {', '.join(pending)} not applied); "
+                    "run `changegate migrate` as the owner first"
+                )
         self.checks["database"] = database_check(pool)
         return pool
 

@@ -48,6 +48,12 @@ class CommonSettings(BaseSettings):
     )
     database_url: str = Field(DEFAULT_DATABASE_URL, description="asyncpg DSN")
     database_pool_max: int = 10
+    migrate_on_start: bool = Field(
+        True,
+        description="apply pending migrations at start; set false where services run as their own "
+        "least-privileged roles and `changegate migrate` runs as the owner first (they then refuse to "
+        "start on a schema that is behind)",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     signing_key: SecretStr | None = Field(

@@ -1,0 +1,124 @@
+"""Least privilege in PostgreSQL: migrations run as the owner (`changegate migrate`); each service
+runs as its own login role that may touch only its own tables, in only the ways it needs. The audit
+role may INSERT and SELECT the log and nothing else: not being the owner, it cannot ALTER the
+table, DISABLE its triggers, TRUNCATE or DELETE."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import asyncpg
+from changegate.core.db import DbConn
+from changegate.core.logging import get_logger
+
+log = get_logger(__name__)
+
+READ_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# Every consumer: the idempotent-consumer claims, its outbox, and reading the migration state.
+CORE = {
+    "changegate_processed_events": ("SELECT", "INSERT"),
+    "changegate_outbox": ("SELECT", "INSERT", "DELETE"),
+    "changegate_outbox_failed": ("SELECT", "INSERT"),
+    "changegate_migrations": ("SELECT",),
+}
+# Services with an API: authenticate tokens (and stamp their last use).
+TOKENS = {"changegate_api_tokens": ("SELECT", "UPDATE")}
+
+
+@dataclass(frozen=True)
+class ServiceRole:
+    service: str
+    table_prefixes: tuple[str, ...]  # the service's own tables
+    privileges: tuple[str, ...] = READ_WRITE
+    api: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"changegate_{self.service.replace('-', '_')}"
+
+
+ROLES = {
+    r.service: r
+    for r in (
+        ServiceRole("detector", ("detector_",)),
+        ServiceRole("policy", ("policy_",)),
+        ServiceRole("review-api", ("review_",), api=True),
+        ServiceRole("executor", ("executor_", "sandbox_crm_")),
+        ServiceRole("audit", ("audit_",), privileges=("SELECT", "INSERT"), api=True),
+        ServiceRole("ingest", (), api=True),
+    )
+}
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def ensure_roles(conn: DbConn, passwords: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Create (or update) each service's login role and grant exactly its privileges, revoking
+    anything else it had on our tables. Run as the owner after the migrations. Returns the grants."""
+    passwords = passwords or {}
+    database = await conn.fetchval("SELECT current_database()")
+    rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    tables = [r["tablename"] for r in rows]
+    # Each serial column's sequence and the table it belongs to.
+    sequences = {
+        r["seq"]: r["tbl"]
+        for r in await conn.fetch(
+            "SELECT s.relname AS seq, t.relname AS tbl FROM pg_class s"
+            " JOIN pg_depend d ON d.objid = s.oid AND d.deptype IN ('a', 'i')"
+            " JOIN pg_class t ON t.oid = d.refobjid"
+            " JOIN pg_namespace n ON n.oid = s.relnamespace AND n.nspname = 'public'"
+            " WHERE s.relkind = 'S'"
+        )
+    }
+    # Nobody but the owner creates objects in the schema (PostgreSQL < 15 let PUBLIC do it).
+    await conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    granted: dict[str, list[str]] = {}
+    async with conn.transaction():
+        for role in ROLES.values():
+            exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role.name)
+            if not exists:
+                with contextlib.suppress(asyncpg.DuplicateObjectError):  # another database's migrate won
+                    async with conn.transaction():
+                        await conn.execute(f"CREATE ROLE {_ident(role.name)} LOGIN")
+            password = passwords.get(role.service)
+            await conn.execute(
+                f"ALTER ROLE {_ident(role.name)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION"
+                + (f" PASSWORD {_literal(password)}" if password else "")
+            )
+            await conn.execute(f"GRANT CONNECT ON DATABASE {_ident(database)} TO {_ident(role.name)}")
+            await conn.execute(f"GRANT USAGE ON SCHEMA public TO {_ident(role.name)}")
+            await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {_ident(role.name)}")
+            await conn.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {_ident(role.name)}")
+            wanted: dict[str, tuple[str, ...]] = {**CORE, **(TOKENS if role.api else {})}
+            for table in tables:
+                if role.table_prefixes and table.startswith(role.table_prefixes):
+                    wanted[table] = role.privileges
+            grants = []
+            for table, privileges in sorted(wanted.items()):
+                if table in tables:
+                    what = ", ".join(privileges)
+                    await conn.execute(f"GRANT {what} ON {_ident(table)} TO {_ident(role.name)}")
+                    grants.append(f"{table}: {', '.join(privileges)}")
+            for sequence, owner_table in sequences.items():  # serial ids of tables it inserts into
+                if "INSERT" in wanted.get(owner_table, ()):
+                    await conn.execute(f"GRANT USAGE ON SEQUENCE {_ident(sequence)} TO {_ident(role.name)}")
+            granted[role.name] = grants
+            log.info("role granted", role=role.name, grants=grants)
+    return granted
+
+
+def role_dsn(owner_dsn: str, service: str, password: str | None = None) -> str:
+    """The owner's DSN with the service's role as user (same host, port, database, options)."""
+    scheme, _, rest = owner_dsn.partition("://")
+    _, at, hostpart = rest.rpartition("@")
+    if not at:
+        hostpart = rest
+    secret = f":{password}" if password else ":"
+    return f"{scheme}://{ROLES[service].name}{secret}@{hostpart}"
