@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from changegate.cli.dlq import consumer_app, dlq_app
+from changegate.cli.keys import app as keys_app
 from changegate.cli.migrate import migrate_command
 from changegate.cli.tokens import app as tokens_app
 from changegate.core.settings import CommonSettings
@@ -32,6 +33,7 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(consumer_app, name="consumer")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(keys_app, name="keys")
 app.command("migrate")(migrate_command)
 
 # Each service that has commands brings them along; an install without it just lacks them.

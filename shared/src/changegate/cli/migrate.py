@@ -4,14 +4,13 @@ service's least-privileged login role and grant it exactly what it needs."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 from typing import Annotated
 
 import typer
 from changegate.core.db import create_pool, migrate
 from changegate.core.roles import ensure_roles
 from changegate.core.settings import CommonSettings
+from pydantic import Field, SecretStr, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -24,7 +23,13 @@ COMPONENTS = {
     "policy": "changegate.policy.migrations",
     "detector": "changegate.detector.migrations",
 }
-PASSWORDS_ENV = "CHANGEGATE_ROLE_PASSWORDS"
+
+
+class MigrateSettings(CommonSettings):
+    role_passwords: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="service -> password of its role (JSON; also a changegate_role_passwords secret file)",
+    )
 
 
 async def migrate_all(
@@ -51,12 +56,11 @@ def migrate_command(
     service's role (changegate_<service>) with only its privileges. Role passwords come from
     CHANGEGATE_ROLE_PASSWORDS, a JSON object service -> password (a role without one keeps its own)."""
     try:
-        passwords = json.loads(os.environ.get(PASSWORDS_ENV, "{}"))
-        if not isinstance(passwords, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as exc:
-        raise typer.BadParameter(f"{PASSWORDS_ENV}: {exc}") from exc
-    applied, granted = asyncio.run(migrate_all(CommonSettings(), roles, passwords))
+        settings = MigrateSettings()
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    passwords = {service: secret.get_secret_value() for service, secret in settings.role_passwords.items()}
+    applied, granted = asyncio.run(migrate_all(settings, roles, passwords))
     for component, versions in applied.items():
         done = ", ".join(f"{v:04d}" for v in versions) or "up to date"
         console.print(f"  {component}: {done}")

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from changegate.core.kafka import (
     HEADER_ERROR,
     HEADER_GROUP,
@@ -20,6 +19,7 @@ from changegate.core.kafka import (
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC,
     HEADER_TRUNCATED,
+    make_admin,
     make_producer,
     start_with_retry,
 )
@@ -95,6 +95,7 @@ def dlq_name(settings: CommonSettings, topic: str) -> str:
 def _consumer(settings: CommonSettings, **kwargs: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_security(),
         enable_auto_commit=False,
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         **kwargs,
@@ -102,7 +103,7 @@ def _consumer(settings: CommonSettings, **kwargs: Any) -> AIOKafkaConsumer:
 
 
 async def dlq_topics(settings: CommonSettings) -> list[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = make_admin(settings)
     await start_with_retry(admin)
     try:
         topics = await admin.list_topics()
@@ -300,7 +301,7 @@ async def _copy_to_dlq(settings: CommonSettings, group: str, message: Any) -> st
 
 
 async def _members(settings: CommonSettings, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = make_admin(settings)
     await start_with_retry(admin)
     try:
         described = await asyncio.wait_for(admin.describe_consumer_groups([group]), 10)

@@ -86,11 +86,17 @@ def is_transient(exc: BaseException) -> bool:
 def make_producer(settings: CommonSettings, service: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
+        **settings.kafka_security(),
         client_id=service,
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
         linger_ms=2,
     )
+
+
+def make_admin(settings: CommonSettings) -> AIOKafkaAdminClient:
+    servers = settings.kafka_bootstrap_servers
+    return AIOKafkaAdminClient(bootstrap_servers=servers, **settings.kafka_security())
 
 
 async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, wait_seconds: float = 60) -> None:
@@ -118,7 +124,7 @@ async def ensure_topics(settings: CommonSettings, topics: Sequence[Topic] | None
         for t in wanted
         for n in (names(t), names.dlq(t))
     ]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    admin = make_admin(settings)
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(KafkaConnectionError),
         wait=wait_exponential(multiplier=0.2, max=2),
@@ -413,6 +419,7 @@ class ConsumerLoop:
         self.assignment = _AssignmentTracker()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
+            **settings.kafka_security(),
             group_id=group_id,
             client_id=group_id,
             enable_auto_commit=False,

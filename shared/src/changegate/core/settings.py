@@ -3,6 +3,9 @@ the defaults are those of the embedded dev stack (`changegate dev up`)."""
 
 from __future__ import annotations
 
+import os
+from typing import Any, Literal
+
 from changegate.core.signing import SigningKey, TrustedKey, Verifier
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,8 +15,13 @@ DEFAULT_KAFKA = "127.0.0.1:19092"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:15432/postgres"
 
 
+# Secrets may also come as files named like their variables, lowercase (changegate_signing_key, …),
+# in the directory CHANGEGATE_SECRETS_DIR names: a Kubernetes secret volume, a compose volume.
+SECRETS_DIR = os.environ.get(f"{ENV_PREFIX}SECRETS_DIR") or None
+
+
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", secrets_dir=SECRETS_DIR)
 
     kafka_bootstrap_servers: str = Field(DEFAULT_KAFKA, description="host:port[,host:port]")
     topic_prefix: str = Field("changegate.", description="prefix of every topic name")
@@ -31,6 +39,14 @@ class CommonSettings(BaseSettings):
     kafka_session_timeout_ms: int = 2_000
     kafka_heartbeat_interval_ms: int = 500
     kafka_rebalance_timeout_ms: int = 1_000
+    # Transport security to Kafka (see docs/security.md): TLS, SASL, or both.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle that signed the brokers' certificates")
+    kafka_ssl_certfile: str | None = Field(None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: str | None = Field(None, description="client certificate's private key")
     kafka_replication_factor: int = Field(1, ge=1, description="replicas of each topic it creates")
     kafka_max_batch: int = Field(500, description="max records a consumer takes per poll")
     handler_max_attempts: int = Field(
@@ -46,7 +62,10 @@ class CommonSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         15, description="how long workers may finish the message in hand after SIGTERM"
     )
-    database_url: str = Field(DEFAULT_DATABASE_URL, description="asyncpg DSN")
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="asyncpg DSN; add ?sslmode=verify-full (and sslrootcert=…) for TLS to PostgreSQL",
+    )
     database_pool_max: int = 10
     migrate_on_start: bool = Field(
         True,
@@ -89,3 +108,20 @@ class CommonSettings(BaseSettings):
                 "services that sign (policy, review-api, detector, executor)."
             )
         return Verifier(self.trusted_keys)
+
+    def kafka_security(self) -> dict[str, Any]:
+        """aiokafka client options for the configured transport security."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if "SSL" in self.kafka_security_protocol:
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.kafka_ssl_cafile, certfile=self.kafka_ssl_certfile, keyfile=self.kafka_ssl_keyfile
+            )
+        if self.kafka_security_protocol.startswith("SASL"):
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        return options

@@ -50,6 +50,21 @@ class DetectorFaustApp(faust.App):
         return _consumer_transport(self.fetch_max_wait_ms)(self.conf.broker_consumer, self)
 
 
+def _credentials(settings: CommonSettings) -> Any:
+    """The same transport security as the aiokafka clients (settings.kafka_security)."""
+    options = settings.kafka_security()
+    if settings.kafka_security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            ssl_context=options.get("ssl_context"),
+            mechanism=options["sasl_mechanism"],
+        )
+    if settings.kafka_security_protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
 def make_app(app_id: str, settings: CommonSettings) -> DetectorFaustApp:
     """A worker-less Faust app: started and stopped by the service shell, no web server, no
     tables, no leader topic; the consumer group is ``app_id``."""
@@ -57,6 +72,7 @@ def make_app(app_id: str, settings: CommonSettings) -> DetectorFaustApp:
     return DetectorFaustApp(
         app_id,
         broker=[f"kafka://{s}" for s in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=_credentials(settings),
         web_enabled=False,
         topic_disable_leader=True,
         TableManager=_NoTablesManager,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Self
 
 from changegate.core.auth.principal import Role
-from changegate.core.settings import ENV_PREFIX
+from changegate.core.settings import ENV_PREFIX, SECRETS_DIR
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,7 +24,7 @@ class GrantConfig(BaseModel):
 class AuthSettings(BaseSettings):
     """OIDC bearer JWTs, changegate API tokens, or both; a service with neither refuses to start."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", secrets_dir=SECRETS_DIR)
 
     auth_api_tokens: bool = Field(
         False,

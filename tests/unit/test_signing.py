@@ -1,0 +1,154 @@
+"""Signed decisions and executions: what verifies, what does not, and who may sign what."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from changegate.cli.main import app
+from changegate.core.contracts import (
+    Decider,
+    Decision,
+    DecisionOutcome,
+    Execution,
+    FieldChange,
+    Proposal,
+    ProposalKind,
+)
+from changegate.core.signing import (
+    SignatureRefusedError,
+    SigningKey,
+    TrustedKey,
+    Verifier,
+    canonical,
+    may_sign,
+)
+from typer.testing import CliRunner
+
+KEYS = {s: SigningKey.generate(f"{s}-1", s) for s in ("policy", "review-api", "detector", "executor")}
+VERIFIER = Verifier({k.key_id: k.trusted() for k in KEYS.values()})
+HUMAN = Decider(kind="human", identity="alice@example.com")
+SYSTEM = Decider(kind="system", identity="system:x")
+
+
+def _refused(reason: str, call: Callable[[], object]) -> None:
+    with pytest.raises(SignatureRefusedError) as info:
+        call()
+    assert info.value.reason == reason
+
+
+def test_a_signed_decision_verifies_and_names_its_signer(make_decision: Callable[..., Decision]) -> None:
+    decision = KEYS["policy"].sign(make_decision())
+    assert decision.signature is not None
+    assert decision.signature.key_id == "policy-1"
+    assert VERIFIER.decision(decision) == "policy"
+    # What is signed is the content without the signature, canonically: key order does not matter.
+    assert canonical(decision) == canonical(decision.model_copy(update={"signature": None}))
+
+
+def test_every_way_of_breaking_a_signature_is_refused(make_decision: Callable[..., Decision]) -> None:
+    decision = KEYS["policy"].sign(make_decision())
+    assert decision.signature is not None
+    _refused("unsigned", lambda: VERIFIER.decision(decision.model_copy(update={"signature": None})))
+    tampered = decision.model_copy(update={"explanation": "something else"})
+    _refused("bad_signature", lambda: VERIFIER.decision(tampered))
+    changed_proposal = decision.model_copy(
+        update={"proposal": decision.proposal.model_copy(update={"confidence": 0.1})}
+    )
+    _refused("bad_signature", lambda: VERIFIER.decision(changed_proposal))
+    stolen = SigningKey.generate("policy-1", "policy").sign(decision)  # a trusted id, another key
+    _refused("bad_signature", lambda: VERIFIER.decision(stolen))
+    unknown = SigningKey.generate("policy-9", "policy").sign(decision)
+    _refused("unknown_key", lambda: VERIFIER.decision(unknown))
+    relabelled = decision.model_copy(
+        update={"signature": decision.signature.model_copy(update={"signer": "review-api"})}
+    )
+    _refused("bad_signature", lambda: VERIFIER.decision(relabelled))  # the key belongs to policy
+
+
+@pytest.mark.parametrize(
+    ("signer", "kind", "outcome", "by", "allowed"),
+    [
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "policy", True),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "policy", True),
+        ("policy", ProposalKind.MERGE, DecisionOutcome.AUTO_APPROVED, "policy", False),
+        ("policy", ProposalKind.OWNER_REASSIGNMENT, DecisionOutcome.AUTO_APPROVED, "policy", False),
+        ("policy", ProposalKind.MERGE, DecisionOutcome.REJECTED, "policy", True),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", False),
+        ("review-api", ProposalKind.MERGE, DecisionOutcome.APPROVED, "human", True),
+        ("review-api", ProposalKind.OWNER_REASSIGNMENT, DecisionOutcome.APPROVED_WITH_CHANGES, "human", True),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "human", True),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.EXPIRED, "system", True),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "policy", False),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "system", False),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", False),
+        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", True),
+        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
+        ("executor", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
+    ],
+)
+def test_who_may_sign_what(
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
+    policy_decider: Decider,
+    signer: str,
+    kind: ProposalKind,
+    outcome: DecisionOutcome,
+    by: str,
+    allowed: bool,
+) -> None:
+    decider = {"policy": policy_decider, "human": HUMAN, "system": SYSTEM}[by]
+    decision = make_decision(proposal=make_proposal(kind=kind), outcome=outcome, decided_by=decider)
+    assert (may_sign(signer, decision) is None) is allowed
+    signed = KEYS[signer].sign(decision)
+    if allowed:
+        assert VERIFIER.decision(signed) == signer
+    else:
+        _refused("signer_not_allowed", lambda: VERIFIER.decision(signed))
+
+
+def test_an_execution_must_be_the_executors_of_a_properly_signed_decision(
+    make_execution: Callable[..., Execution], make_decision: Callable[..., Decision]
+) -> None:
+    decision = KEYS["policy"].sign(make_decision())
+    execution = KEYS["executor"].sign(make_execution(decision=decision))
+    assert VERIFIER.execution(execution) == "executor"
+    _refused("signer_not_allowed", lambda: VERIFIER.execution(KEYS["policy"].sign(execution)))
+    unsigned_decision = KEYS["executor"].sign(make_execution(decision=make_decision()))
+    _refused("unsigned", lambda: VERIFIER.execution(unsigned_decision))
+    new = FieldChange(field="jobtitle", previous=None, proposed="EVIL")
+    forged_writes = execution.model_copy(update={"writes": [*execution.writes, new]})
+    _refused("bad_signature", lambda: VERIFIER.execution(forged_writes))
+
+
+def test_a_signing_key_round_trips_through_its_setting() -> None:
+    key = KEYS["review-api"]
+    again = SigningKey.parse(key.setting(), "review-api")
+    assert again.trusted() == key.trusted()
+    with pytest.raises(ValueError, match="<key id>:<seed"):
+        SigningKey.parse("no-separator", "review-api")
+
+
+def test_keys_generate_writes_a_folder_per_service_keeps_them_and_rotates(tmp_path: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "a"])
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-a:")
+    assert not (tmp_path / "audit" / "changegate_signing_key").exists()  # audit verifies, never signs
+    trusted = json.loads((tmp_path / "audit" / "changegate_trusted_keys").read_text())
+    assert set(trusted) == {"policy-a", "review-api-a", "detector-a", "executor-a"}
+    assert all(TrustedKey.model_validate(v) for v in trusted.values())
+    assert oct((tmp_path / "policy" / "changegate_signing_key").stat().st_mode & 0o777) == "0o600"
+
+    kept = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "b"])
+    assert "kept" in kept.output
+    assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-a:")
+
+    rotated = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "b", "--rotate"])
+    assert rotated.exit_code == 0, rotated.output
+    assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-b:")
+    trusted = json.loads((tmp_path / "executor" / "changegate_trusted_keys").read_text())
+    assert {"policy-a", "policy-b"} <= set(trusted)  # messages signed before the rotation still verify
