@@ -211,17 +211,33 @@ def compose_services(compose: Mapping) -> dict[str, Mapping]:
     return {name: as_mapping(body, f"services.{name}") for name, body in services.items()}
 
 
+def runs_changegate(service: Mapping) -> bool:
+    return (
+        builds_our_dockerfile(service) or changegate_module(command_words(service.get("command"))) is not None
+    )
+
+
+def is_job(service: Mapping) -> bool:
+    """A one-shot job (keys, migrations) rather than a service: it runs once and exits."""
+    return str(service.get("restart", "no")) == "no"
+
+
 @pytest.fixture(scope="module")
 def our_services(compose_services: dict[str, Mapping]) -> dict[str, Mapping]:
-    """Compose services that run changegate code: built from our Dockerfile or running a module."""
+    """Compose services that run changegate code (built from our Dockerfile or running a module),
+    one-shot jobs excepted."""
     ours = {
         name: service
         for name, service in compose_services.items()
-        if builds_our_dockerfile(service)
-        or changegate_module(command_words(service.get("command"))) is not None
+        if runs_changegate(service) and not is_job(service)
     }
     assert ours, "docker-compose.yml runs no changegate service"
     return ours
+
+
+@pytest.fixture(scope="module")
+def our_jobs(compose_services: dict[str, Mapping]) -> dict[str, Mapping]:
+    return {name: s for name, s in compose_services.items() if runs_changegate(s) and is_job(s)}
 
 
 # --- (a) the compose file is valid ----------------------------------------------------------------
@@ -319,6 +335,37 @@ def test_our_services_wait_for_healthy_kafka_and_postgres(
         if env.get("CHANGEGATE_HTTP_HOST") != "0.0.0.0":
             problems.append(f"{name}: CHANGEGATE_HTTP_HOST must be 0.0.0.0 in a container")
     assert not problems, "\n".join(problems)
+
+
+def test_services_start_after_the_key_and_migration_jobs_as_their_own_roles(
+    our_services: dict[str, Mapping], our_jobs: dict[str, Mapping]
+) -> None:
+    jobs = [" ".join(command_words(j.get("command"))) for j in our_jobs.values()]
+    assert any("migrate" in job for job in jobs), jobs
+    assert any("keys generate" in job for job in jobs), jobs
+    problems: list[str] = []
+    for name, service in our_services.items():
+        depends_on = service.get("depends_on") or {}
+        for job in our_jobs:
+            if (depends_on.get(job) or {}).get("condition") != "service_completed_successfully":
+                problems.append(f"{name} does not wait for the job {job} to complete")
+        env = environment(service)
+        user = env.get("CHANGEGATE_DATABASE_URL", "").split("://", 1)[-1].split(":", 1)[0]
+        if user != f"changegate_{name.replace('-', '_')}":
+            problems.append(f"{name} connects as {user!r}, not its own role")
+        if env.get("CHANGEGATE_MIGRATE_ON_START") != "false":
+            problems.append(f"{name} may migrate at start: its role must not")
+        if env.get("CHANGEGATE_SECRETS_DIR") != f"/secrets/{name}":
+            problems.append(f"{name} does not read its keys from /secrets/{name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_only_the_apis_are_published_and_only_on_loopback(our_services: dict[str, Mapping]) -> None:
+    published = {name for name, service in our_services.items() if service.get("ports")}
+    assert published <= {"review-api", "audit", "ingest"}, published
+    for name in published:
+        for port in our_services[name]["ports"]:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
 
 
 def prometheus_targets(config: Mapping) -> set[tuple[str, int, str]]:
@@ -571,3 +618,28 @@ def test_k8s_configuration_references_resolve(
         if manifests - listed:
             problems.append(f"{rel(path)} does not list {sorted(manifests - listed)}")
     assert not problems, "\n".join(problems)
+
+
+def test_k8s_denies_ingress_but_to_the_apis_and_migrates_before_the_services(
+    k8s_documents: list[tuple[Path, Mapping]],
+) -> None:
+    policies = {body["metadata"]["name"]: body["spec"] for body in of_kind(k8s_documents, "NetworkPolicy")}
+    deny = [p for p in policies.values() if p.get("podSelector") == {} and not p.get("ingress")]
+    assert deny, "no default-deny NetworkPolicy"
+    open_to_all = [
+        p
+        for p in policies.values()
+        if p.get("ingress") and not any(rule.get("from") for rule in p["ingress"])
+    ]
+    reachable = {v for p in open_to_all for e in p["podSelector"]["matchExpressions"] for v in e["values"]}
+    assert reachable <= {"review-api", "audit", "ingest"}, reachable
+    [job] = [j for j in of_kind(k8s_documents, "Job") if j["metadata"]["name"] == "migrate"]
+    words = command_words(job["spec"]["template"]["spec"]["containers"][0]["command"])
+    assert words[-1] == "migrate"
+    for deployment in of_kind(k8s_documents, "Deployment"):
+        name = deployment["metadata"]["name"]
+        for container in containers(deployment):
+            env = {e["name"]: e for e in container.get("env") or []}
+            key = env["CHANGEGATE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"]
+            assert key == f"{name}-database-url", f"{name} does not connect as its own role"
+            assert env["CHANGEGATE_SECRETS_DIR"]["value"] == "/secrets"
