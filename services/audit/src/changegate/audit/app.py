@@ -37,7 +37,8 @@ class AuditConsumer:
         decision: Decision = envelope.payload
         self.verifier.decision(decision)  # a forged decision never reaches the log
         async with self.pool.acquire() as conn:
-            await record_decision(conn, decision)
+            if not await record_decision(conn, decision):
+                log.info("decision not kept", outcome=decision.outcome.value)
 
     async def on_execution(self, envelope: Envelope[Any]) -> None:
         execution: Execution = envelope.payload

@@ -5,15 +5,30 @@ from __future__ import annotations
 import zlib
 
 from changegate.audit.chain import GENESIS, entry_hash, to_column
-from changegate.core.contracts import AuditEntry, AuditMode, Decision, Execution, ExecutionStatus
+from changegate.core.contracts import (
+    AuditEntry,
+    AuditMode,
+    Decision,
+    DecisionOutcome,
+    Execution,
+    ExecutionStatus,
+)
 from changegate.core.db import DbConn
 
 _CHAIN_LOCK = zlib.crc32(b"audit-chain")  # appends are serialised: the chain is one sequence
 _COLUMNS = list(AuditEntry.model_fields)
 
 
-async def record_decision(conn: DbConn, decision: Decision) -> None:
-    await conn.execute(
+async def record_decision(conn: DbConn, decision: Decision) -> bool:
+    """Keep a decision as received; False if it is not kept. A supersession that arrives after the
+    proposal was already decided otherwise is not kept: it came too late to retire anything, and
+    the log must not say both."""
+    if decision.outcome is DecisionOutcome.SUPERSEDED and await conn.fetchval(
+        "SELECT 1 FROM audit_decisions WHERE proposal_id = $1 AND outcome <> 'superseded' LIMIT 1",
+        decision.proposal.proposal_id,
+    ):
+        return False
+    status: str = await conn.execute(
         "INSERT INTO audit_decisions (decision_id, proposal_id, outcome, decided_by, decided_at, decision)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (decision_id) DO NOTHING",
         decision.decision_id,
@@ -23,6 +38,7 @@ async def record_decision(conn: DbConn, decision: Decision) -> None:
         decision.decided_at,
         decision.model_dump(mode="json"),
     )
+    return status.endswith(" 1")
 
 
 def entries_for(execution: Execution, start_seq: int, prev_hash: str) -> list[AuditEntry]:

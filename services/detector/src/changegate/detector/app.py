@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any
 
-from changegate.core.kafka import MessageProcessor, Subscription, is_transient
+from changegate.core.kafka import ConsumerLoop, MessageProcessor, Subscription, is_transient
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
@@ -20,6 +20,8 @@ from changegate.core.topics import Topic, TopicNames
 from changegate.detector.dedup import refresh_index_size
 from changegate.detector.faust_runtime import make_app
 from changegate.detector.handler import SERVICE, Detector
+from changegate.detector.open_proposals import GROUP as LIFECYCLE_GROUP
+from changegate.detector.open_proposals import ProposalLifecycle
 from changegate.detector.settings import DetectorSettings
 
 log = get_logger(__name__)
@@ -32,7 +34,20 @@ async def main() -> None:
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.detector.migrations")
     producer = await runtime.open_producer()
-    detector = Detector(pool, settings, settings.signing(SERVICE))
+    signer = settings.signing(SERVICE)
+    detector = Detector(pool, settings, signer)
+    lifecycle = ProposalLifecycle(pool, TopicNames(settings.topic_prefix), signer, settings.verifier(SERVICE))
+    # Decisions and review requests end and open proposals; a plain consumer group of its own.
+    lifecycle_loop = ConsumerLoop(
+        settings,
+        LIFECYCLE_GROUP,
+        [
+            Subscription(Topic.DECISIONS, lifecycle.on_decision, frozenset({"decision"})),
+            Subscription(Topic.PROPOSALS_PENDING, lifecycle.on_review_request, frozenset({"review_request"})),
+        ],
+        producer,
+        runtime.stop,
+    )
     processor = MessageProcessor(
         settings,
         GROUP,
@@ -86,8 +101,9 @@ async def main() -> None:
 
     # Joined the group and holding the assignment (not in the middle of a rebalance).
     runtime.checks["consumer"] = lambda: started and not app.rebalancing
+    runtime.checks["lifecycle_consumer"] = lifecycle_loop.has_partitions
     try:
-        await runtime.run(runtime.app(), [run_faust, relay.run, watch_index])
+        await runtime.run(runtime.app(), [run_faust, lifecycle_loop.run, relay.run, watch_index])
     finally:
         await producer.stop()
         await pool.close()

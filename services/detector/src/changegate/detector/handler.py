@@ -20,7 +20,7 @@ from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.normalize import identity_changed
 from changegate.detector.settings import DetectorSettings
-from changegate.detector.supersede import supersede
+from changegate.detector.supersede import enqueue_retirements, supersede
 from prometheus_client import Counter, Histogram
 
 SERVICE = "detector"
@@ -87,20 +87,9 @@ class Detector:
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
         for proposal in proposals:
-            for retired in await supersede(conn, proposal):
-                SUPERSEDED.inc()
-                await outbox.enqueue(
-                    conn,
-                    SERVICE,
-                    self.names(Topic.DECISIONS),
-                    proposal.record_id,
-                    make_envelope(
-                        self.signer.sign(retired),
-                        service=SERVICE,
-                        correlation_id=retired.proposal.proposal_id,
-                        dedup_key=str(retired.decision_id),
-                    ),
-                )
+            retired = await supersede(conn, proposal)
+            SUPERSEDED.inc(len(retired))
+            await enqueue_retirements(conn, self.names, self.signer, proposal.record_id, retired)
             out = make_envelope(
                 proposal,
                 service=SERVICE,

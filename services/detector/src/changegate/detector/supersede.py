@@ -1,21 +1,46 @@
-"""A newer proposal for the same record and field supersedes the older open one: the older one is
-retired with a ``superseded`` decision, so review-api takes it off the queue."""
+"""The detector owns a proposal's lifecycle: a proposal is open from its detection (or from the
+executor's conflict re-proposal) until its decision closes it. A newer proposal for the same record
+and field supersedes the older one only while that one is still open: it is retired with a
+``superseded`` decision, so review-api takes it off the queue and policy never routes it."""
 
 from __future__ import annotations
 
 import uuid
 
+from changegate.core import outbox
 from changegate.core.contracts import Decider, Decision, DecisionOutcome, Proposal, ProposalKind
 from changegate.core.contracts.base import utcnow
+from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import DbConn
+from changegate.core.signing import SigningKey
+from changegate.core.topics import Topic, TopicNames
 
+SERVICE = "detector"
 SUPERSEDE_NAMESPACE = uuid.UUID("5e3c1a2b-7d4f-4e6a-9b8c-1f2e3d4c5b6a")
+
+
+async def close(conn: DbConn, proposal_id: uuid.UUID, outcome: str) -> bool:
+    """A decision ends the proposal's lifecycle: it is no longer open, and never will be again.
+    False if it was closed before (a redelivered decision)."""
+    await conn.execute("DELETE FROM detector_open_proposals WHERE proposal_id = $1", proposal_id)
+    closed = await conn.fetchval(
+        "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        proposal_id,
+        outcome,
+    )
+    return closed is not None
 
 
 async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
     """Record ``proposal`` as the open one for each field it changes; return decisions retiring the
-    older open proposals it replaces (merges are pairwise, they are not superseded this way)."""
+    older open proposals it replaces (merges are pairwise, they are not superseded this way). A
+    proposal already decided is not opened again (re-detection, a redelivered review request)."""
     if proposal.kind is ProposalKind.MERGE:
+        return []
+    if await conn.fetchval(
+        "SELECT 1 FROM detector_closed_proposals WHERE proposal_id = $1", proposal.proposal_id
+    ):
         return []
     fields = {c.field for c in proposal.changes}
     retired: dict[uuid.UUID, Proposal] = {}
@@ -37,6 +62,11 @@ async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
     if retired:
         await conn.execute(
             "DELETE FROM detector_open_proposals WHERE proposal_id = ANY($1::uuid[])", list(retired)
+        )
+        await conn.executemany(
+            "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, 'superseded')"
+            " ON CONFLICT DO NOTHING",
+            [(pid,) for pid in retired],
         )
     await conn.executemany(
         "INSERT INTO detector_open_proposals (object_type, record_id, field, proposal_id, proposal)"
@@ -64,3 +94,17 @@ async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
         )
         for older in retired.values()
     ]
+
+
+async def enqueue_retirements(
+    conn: DbConn, names: TopicNames, signer: SigningKey, record_id: str, retired: list[Decision]
+) -> None:
+    """Retirements go out as signed ``superseded`` decisions, in the transaction that made them."""
+    for decision in retired:
+        envelope = make_envelope(
+            signer.sign(decision),
+            service=SERVICE,
+            correlation_id=decision.proposal.proposal_id,
+            dedup_key=str(decision.decision_id),
+        )
+        await outbox.enqueue(conn, SERVICE, names(Topic.DECISIONS), record_id, envelope)

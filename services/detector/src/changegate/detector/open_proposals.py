@@ -1,0 +1,56 @@
+"""Following a proposal to the end of its lifecycle, from the topics where it ends: every decision
+closes its proposal (it can no longer be superseded), and a review request for a proposal the
+detector did not raise — the executor's re-proposal after a compare-and-set conflict — opens it like
+any detected one (it may supersede, and be superseded)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from changegate.core.contracts import Decision, ReviewRequest
+from changegate.core.contracts.envelope import Envelope
+from changegate.core.logging import get_logger
+from changegate.core.signing import SigningKey, Verifier
+from changegate.core.topics import TopicNames
+from changegate.detector.supersede import close, enqueue_retirements, supersede
+from prometheus_client import Counter
+
+log = get_logger(__name__)
+CLOSED = Counter(
+    "changegate_detector_proposals_closed_total", "Open proposals closed, by outcome", ["outcome"]
+)
+OPENED = Counter(
+    "changegate_detector_proposals_reopened_total",
+    "Proposals raised elsewhere (conflict re-proposals) tracked as open",
+)
+
+GROUP = "changegate-detector-lifecycle"
+
+
+class ProposalLifecycle:
+    def __init__(self, pool: asyncpg.Pool, names: TopicNames, signer: SigningKey, verifier: Verifier) -> None:
+        self.pool, self.names, self.signer, self.verifier = pool, names, signer, verifier
+
+    async def on_decision(self, envelope: Envelope[Any]) -> None:
+        decision: Decision = envelope.payload
+        self.verifier.decision(decision)  # a forged decision must not end a proposal's lifecycle
+        async with self.pool.acquire() as conn, conn.transaction():
+            if await close(conn, decision.proposal.proposal_id, decision.outcome.value):
+                CLOSED.labels(outcome=decision.outcome.value).inc()
+
+    async def on_review_request(self, envelope: Envelope[Any]) -> None:
+        request: ReviewRequest = envelope.payload
+        proposal = request.proposal
+        async with self.pool.acquire() as conn, conn.transaction():
+            known = await conn.fetchval(
+                "SELECT 1 FROM detector_open_proposals WHERE proposal_id = $1 UNION ALL"
+                " SELECT 1 FROM detector_closed_proposals WHERE proposal_id = $1 LIMIT 1",
+                proposal.proposal_id,
+            )
+            if known:
+                return  # raised here (and still open) or already decided
+            retired = await supersede(conn, proposal)
+            await enqueue_retirements(conn, self.names, self.signer, proposal.record_id, retired)
+        OPENED.inc()
+        log.info("tracking a proposal raised elsewhere", correlation_id=str(proposal.proposal_id))

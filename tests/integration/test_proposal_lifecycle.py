@@ -1,0 +1,190 @@
+"""One owner for a proposal's lifecycle, against PostgreSQL: a decided proposal is closed and can no
+longer be superseded; the executor's conflict re-proposal is tracked like any other; a redelivered
+review request or a re-detection never reopens a decided proposal; the audit log never keeps a
+supersession that came after the decision."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from changegate.audit.store import record_decision
+from changegate.core.contracts import (
+    CrmEvent,
+    CrmEventKind,
+    Decider,
+    Decision,
+    DecisionOutcome,
+    FieldChange,
+    ObjectType,
+    Proposal,
+    ReviewRequest,
+)
+from changegate.core.contracts.base import utcnow
+from changegate.core.contracts.envelope import Envelope, make_envelope
+from changegate.core.db import migrate, migrate_core
+from changegate.core.serde import decode
+from changegate.core.settings import CommonSettings
+from changegate.core.signing import SignatureRefusedError
+from changegate.core.topics import TopicNames
+from changegate.detector.handler import Detector
+from changegate.detector.open_proposals import ProposalLifecycle
+from changegate.detector.settings import DetectorSettings
+from changegate.detector.supersede import supersede
+from helpers import signing_key, verifier
+
+
+@pytest.fixture
+async def parts(settings: CommonSettings, pool: asyncpg.Pool) -> tuple[Detector, ProposalLifecycle]:
+    await migrate_core(pool)
+    await migrate(pool, "detector", "changegate.detector.migrations")
+    await migrate(pool, "audit", "changegate.audit.migrations")
+    signer = signing_key("detector")
+    detector = Detector(pool, DetectorSettings(database_url=settings.database_url), signer)
+    lifecycle = ProposalLifecycle(pool, TopicNames(settings.topic_prefix), signer, verifier())
+    return detector, lifecycle
+
+
+def _enrichment(record_id: str, title: str) -> Envelope[Any]:
+    event = CrmEvent(
+        source_system="clay",
+        source_event_id=f"clay-{uuid.uuid4().hex[:8]}",
+        object_type=ObjectType.CONTACT,
+        record_id=record_id,
+        kind=CrmEventKind.ENRICHMENT_RESULT,
+        properties={"jobtitle": title},
+        confidence=0.95,
+    )
+    return make_envelope(event, service="t")
+
+
+async def _emitted(pool: asyncpg.Pool, event_type: str) -> list[Any]:
+    rows = await pool.fetch("SELECT value FROM changegate_outbox ORDER BY id")
+    return [e.payload for r in rows if (e := decode(r["value"])).event_type == event_type]
+
+
+def _decision(proposal: Proposal, outcome: DecisionOutcome = DecisionOutcome.APPROVED) -> Decision:
+    decision = Decision(
+        decision_id=uuid.uuid4(),
+        proposal=proposal,
+        outcome=outcome,
+        decided_by=Decider(kind="human", identity="alice@example.com"),
+        decided_at=utcnow(),
+        explanation="approved by alice",
+        final_changes=list(proposal.changes) if outcome.executes else [],
+    )
+    return signing_key("review-api").sign(decision)
+
+
+async def test_a_decided_proposal_is_never_superseded(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_enrichment("r1", "CTO"))
+    [first] = await _emitted(pool, "proposal")
+    # Before the lifecycle had an owner, this approval changed nothing in the detector, and the
+    # next proposal for jobtitle "superseded" an approved proposal.
+    await lifecycle.on_decision(make_envelope(_decision(first), service="review-api"))
+    await detector.handle(_enrichment("r1", "CEO"))
+    assert await _emitted(pool, "decision") == []
+    assert len(await _emitted(pool, "proposal")) == 2
+    closed = await pool.fetchval(
+        "SELECT outcome FROM detector_closed_proposals WHERE proposal_id = $1", first.proposal_id
+    )
+    assert closed == "approved"
+
+
+async def test_an_open_proposal_is_still_superseded_and_closed_by_it(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, _ = parts
+    await detector.handle(_enrichment("r2", "CTO"))
+    await detector.handle(_enrichment("r2", "CEO"))
+    [retirement] = await _emitted(pool, "decision")
+    first = (await _emitted(pool, "proposal"))[0]
+    assert (retirement.outcome, retirement.proposal.proposal_id) == (
+        DecisionOutcome.SUPERSEDED,
+        first.proposal_id,
+    )
+    assert retirement.signature is not None  # signed by the detector
+    assert verifier().decision(retirement) == "detector"
+
+
+async def test_a_conflict_re_proposal_is_tracked_and_can_be_superseded(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_enrichment("r3", "CTO"))
+    [original] = await _emitted(pool, "proposal")
+    await lifecycle.on_decision(make_envelope(_decision(original), service="review-api"))
+    # The executor found jobtitle changed meanwhile and re-proposed it against the new value.
+    changes = [FieldChange(field="jobtitle", previous="Engineer", proposed="CTO")]
+    again = original.model_copy(
+        update={
+            "proposal_id": Proposal.make_id("enrichment", "r3", changes, "conflict:x"),
+            "changes": changes,
+        }
+    )
+    request = ReviewRequest(
+        proposal=again,
+        queue="conflicts",
+        routed_by=Decider(kind="system", identity="executor"),
+        explanation="sent back to review: the record changed",
+    )
+    await lifecycle.on_review_request(make_envelope(request, service="executor"))
+    await detector.handle(_enrichment("r3", "CEO"))
+    [retirement] = await _emitted(pool, "decision")
+    assert retirement.proposal.proposal_id == again.proposal_id
+
+
+async def test_a_decided_proposal_is_not_reopened(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_enrichment("r4", "CTO"))
+    [first] = await _emitted(pool, "proposal")
+    await lifecycle.on_decision(make_envelope(_decision(first, DecisionOutcome.REJECTED), service="r"))
+    request = ReviewRequest(
+        proposal=first, routed_by=Decider(kind="system", identity="x"), explanation="late"
+    )
+    await lifecycle.on_review_request(make_envelope(request, service="policy"))  # redelivered late
+    async with pool.acquire() as conn:
+        assert await supersede(conn, first) == []  # re-detected: stays closed
+        assert await conn.fetchval("SELECT count(*) FROM detector_open_proposals WHERE record_id = 'r4'") == 0
+
+
+async def test_a_forged_decision_closes_nothing(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_enrichment("r5", "CTO"))
+    [first] = await _emitted(pool, "proposal")
+    unsigned = _decision(first).model_copy(update={"signature": None})
+    with pytest.raises(SignatureRefusedError):
+        await lifecycle.on_decision(make_envelope(unsigned, service="mallory"))
+    assert await pool.fetchval("SELECT count(*) FROM detector_open_proposals WHERE record_id = 'r5'") == 1
+
+
+async def test_the_audit_log_keeps_no_supersession_after_a_decision(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, _ = parts
+    await detector.handle(_enrichment("r6", "CTO"))
+    [first] = await _emitted(pool, "proposal")
+    late = Decision(
+        decision_id=uuid.uuid4(),
+        proposal=first,
+        outcome=DecisionOutcome.SUPERSEDED,
+        decided_by=Decider(kind="system", identity="detector"),
+        decided_at=utcnow(),
+        explanation="superseded too late",
+    )
+    async with pool.acquire() as conn:
+        assert await record_decision(conn, _decision(first))
+        assert not await record_decision(conn, late)
+        outcomes = await conn.fetch(
+            "SELECT outcome FROM audit_decisions WHERE proposal_id = $1", first.proposal_id
+        )
+    assert [r["outcome"] for r in outcomes] == ["approved"]
