@@ -21,12 +21,13 @@ from hostile import corpus, good_message
 GROUPS: dict[Topic, set[str]] = {
     Topic.CRM_EVENTS: {"changegate-detector"},
     Topic.PROPOSALS: {"changegate-policy"},
-    Topic.PROPOSALS_PENDING: {"changegate-review-api"},
+    Topic.PROPOSALS_PENDING: {"changegate-review-api", "changegate-detector-lifecycle"},
     Topic.DECISIONS: {
         "changegate-policy",
         "changegate-review-api",
         "changegate-executor",
         "changegate-audit",
+        "changegate-detector-lifecycle",
     },
     Topic.EXECUTIONS: {"changegate-audit"},
 }

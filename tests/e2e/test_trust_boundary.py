@@ -118,12 +118,12 @@ async def test_forged_decisions_and_executions_are_refused_and_dead_lettered(
     expected = Counter(
         (group, reason)
         for reason in expected_reason.values()
-        for group in ("changegate-executor", "changegate-audit")
+        for group in ("changegate-executor", "changegate-audit", "changegate-detector-lifecycle")
     )
     await eventually(
         lambda: _letters(stack, names.dlq(Topic.DECISIONS)),
         lambda ls: Counter((x.group, x.reason) for x in ls) - before == expected,
-        what="every forged decision dead-lettered by executor and audit",
+        what="every forged decision dead-lettered by executor, audit and the detector",
     )
     [refused_execution] = await eventually(
         lambda: _letters(stack, names.dlq(Topic.EXECUTIONS)), lambda ls: len(ls) == 1, what="execution"
