@@ -77,6 +77,21 @@ def _assert_all_gone(state: dict[str, object], workdir: Path) -> None:
 
 def test_the_printed_token_works_as_the_readme_says_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     proc, state = _start(tmp_path)
+    try:
+        _check_the_printed_token(tmp_path, state)
+    except BaseException:
+        proc.send_signal(signal.SIGINT)  # whatever failed, leave nothing running
+        proc.wait(60)
+        raise
+    # The terminal went away (its end of the pipe is closed): Ctrl-C must still stop everything.
+    assert proc.stdout is not None
+    proc.stdout.close()
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    _assert_all_gone(state, tmp_path)
+
+
+def _check_the_printed_token(tmp_path: Path, state: dict[str, object]) -> None:
     token = (tmp_path / "token").read_text().strip()
     ports = state["ports"]
     assert isinstance(ports, dict)
@@ -88,9 +103,6 @@ def test_the_printed_token_works_as_the_readme_says_and_ctrl_c_stops_everything(
         ):
             assert client.get(url).status_code == 401
             assert client.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200, url
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) == 0
-    _assert_all_gone(state, tmp_path)
 
 
 def test_dev_down_stops_everything(tmp_path: Path) -> None:

@@ -105,11 +105,15 @@ def dev_up(
         pass
     finally:
         # A second Ctrl-C (or `dev down`) must not abandon the shutdown half way.
+        # Nor may a terminal that went away: printing then fails (rich exits on a broken pipe),
+        # stopping must not.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        console.print("[bold]stopping[/] services, broker and PostgreSQL …")
+        with contextlib.suppress(OSError, SystemExit):
+            console.print("[bold]stopping[/] services, broker and PostgreSQL …")
         stack.stop()
-        console.print("stopped; nothing left running")
+        with contextlib.suppress(OSError, SystemExit):
+            console.print("stopped; nothing left running")
 
 
 def _print_stack(stack: object, seconds: float) -> None:
