@@ -29,7 +29,7 @@ GROUPS: dict[Topic, set[str]] = {
         "changegate-audit",
         "changegate-detector-lifecycle",
     },
-    Topic.EXECUTIONS: {"changegate-audit"},
+    Topic.EXECUTIONS: {"changegate-audit", "changegate-review-api", "changegate-detector-lifecycle"},
 }
 
 

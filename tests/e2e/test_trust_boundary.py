@@ -125,10 +125,13 @@ async def test_forged_decisions_and_executions_are_refused_and_dead_lettered(
         lambda ls: Counter((x.group, x.reason) for x in ls) - before == expected,
         what="every forged decision dead-lettered by executor, audit and the detector",
     )
-    [refused_execution] = await eventually(
-        lambda: _letters(stack, names.dlq(Topic.EXECUTIONS)), lambda ls: len(ls) == 1, what="execution"
+    refused = await eventually(
+        lambda: _letters(stack, names.dlq(Topic.EXECUTIONS)), lambda ls: len(ls) == 2, what="execution"
     )
-    assert (refused_execution.group, refused_execution.reason) == ("changegate-audit", "unsigned")
+    assert sorted((x.group, x.reason) for x in refused) == [
+        ("changegate-audit", "unsigned"),
+        ("changegate-review-api", "unsigned"),
+    ]
 
     # Nothing executed, nothing logged, and the refusals are counted.
     assert (await sandbox.get_record(db, ObjectType.CONTACT, rid) or {})["jobtitle"] == "Engineer"

@@ -116,6 +116,17 @@ async def test_enrichment_fill_auto_applies_overwrite_waits_for_a_reviewer_and_r
     assert (await client.post(approve)).status_code == 409
 
     rows = await eventually(lambda: _audit(client, stack, b), lambda r: len(r) == 1, what="audit row of B")
+    # The review queue shows what became of the approval, not 'approved' forever.
+    item_url = _url(stack, "review-api", f"/proposals/{proposal_id}")
+
+    async def item() -> dict[str, Any]:
+        body: dict[str, Any] = (await client.get(item_url)).json()
+        return body
+
+    shown = await eventually(
+        item, lambda i: i["execution"] is not None, what="execution outcome in the queue"
+    )
+    assert (shown["status"], shown["execution"]["status"]) == ("approved", "applied")
     assert (rows[0]["mode"], rows[0]["approver"]) == ("approved", "alice@example.com")
     assert (rows[0]["previous_value"], rows[0]["new_value"]) == ("Engineer", "VP Engineering")
     assert rows[0]["policy_hash"] is None

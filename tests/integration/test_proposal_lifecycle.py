@@ -17,9 +17,12 @@ from changegate.core.contracts import (
     Decider,
     Decision,
     DecisionOutcome,
+    Execution,
+    ExecutionStatus,
     FieldChange,
     ObjectType,
     Proposal,
+    ProposalKind,
     ReviewRequest,
 )
 from changegate.core.contracts.base import utcnow
@@ -188,3 +191,36 @@ async def test_the_audit_log_keeps_no_supersession_after_a_decision(
             "SELECT outcome FROM audit_decisions WHERE proposal_id = $1", first.proposal_id
         )
     assert [r["outcome"] for r in outcomes] == ["approved"]
+
+
+async def test_an_applied_merge_retires_the_open_proposals_of_the_records_it_merged_away(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_enrichment("loser-1", "CTO"))
+    await detector.handle(_enrichment("survivor-1", "CEO"))
+    [loser_proposal, survivor_proposal] = await _emitted(pool, "proposal")
+    changes = [FieldChange(field="merged_into", previous=None, proposed="survivor-1")]
+    merge = loser_proposal.model_copy(
+        update={
+            "proposal_id": uuid.uuid4(),
+            "kind": ProposalKind.MERGE,
+            "record_id": "survivor-1",
+            "other_record_ids": ["loser-1"],
+            "changes": changes,
+        }
+    )
+    decision = _decision(merge)
+    execution = Execution(
+        execution_id=Execution.make_id(decision.decision_id),
+        decision=decision,
+        status=ExecutionStatus.APPLIED,
+        crm_target="sandbox",
+        executed_at=utcnow(),
+    )
+    await lifecycle.on_execution(make_envelope(signing_key("executor").sign(execution), service="executor"))
+    [retirement] = await _emitted(pool, "decision")
+    assert retirement.proposal.proposal_id == loser_proposal.proposal_id
+    assert retirement.explanation == "record loser-1 was merged into survivor-1"
+    still_open = await pool.fetch("SELECT DISTINCT proposal_id FROM detector_open_proposals")
+    assert [r["proposal_id"] for r in still_open] == [survivor_proposal.proposal_id]

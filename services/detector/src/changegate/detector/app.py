@@ -37,13 +37,14 @@ async def main() -> None:
     signer = settings.signing(SERVICE)
     detector = Detector(pool, settings, signer)
     lifecycle = ProposalLifecycle(pool, TopicNames(settings.topic_prefix), signer, settings.verifier(SERVICE))
-    # Decisions and review requests end and open proposals; a plain consumer group of its own.
+    # Decisions, review requests and merges end and open proposals; a consumer group of its own.
     lifecycle_loop = ConsumerLoop(
         settings,
         LIFECYCLE_GROUP,
         [
             Subscription(Topic.DECISIONS, lifecycle.on_decision, frozenset({"decision"})),
             Subscription(Topic.PROPOSALS_PENDING, lifecycle.on_review_request, frozenset({"review_request"})),
+            Subscription(Topic.EXECUTIONS, lifecycle.on_execution, frozenset({"execution"})),
         ],
         producer,
         runtime.stop,

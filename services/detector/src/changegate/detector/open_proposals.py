@@ -1,19 +1,20 @@
 """Following a proposal to the end of its lifecycle, from the topics where it ends: every decision
-closes its proposal (it can no longer be superseded), and a review request for a proposal the
-detector did not raise — the executor's re-proposal after a compare-and-set conflict — opens it like
-any detected one (it may supersede, and be superseded)."""
+closes its proposal (it can no longer be superseded); a review request for a proposal the detector
+did not raise — the executor's re-proposal after a compare-and-set conflict — opens it like any
+detected one (it may supersede, and be superseded); an applied merge retires the open proposals of
+the records it merged away."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import asyncpg
-from changegate.core.contracts import Decision, ReviewRequest
+from changegate.core.contracts import Decision, Execution, ExecutionStatus, ProposalKind, ReviewRequest
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import TopicNames
-from changegate.detector.supersede import close, enqueue_retirements, supersede
+from changegate.detector.supersede import close, enqueue_retirements, retire_merged_away, supersede
 from prometheus_client import Counter
 
 log = get_logger(__name__)
@@ -38,6 +39,18 @@ class ProposalLifecycle:
         async with self.pool.acquire() as conn, conn.transaction():
             if await close(conn, decision.proposal.proposal_id, decision.outcome.value):
                 CLOSED.labels(outcome=decision.outcome.value).inc()
+
+    async def on_execution(self, envelope: Envelope[Any]) -> None:
+        execution: Execution = envelope.payload
+        merge = execution.decision.proposal
+        if merge.kind is not ProposalKind.MERGE or execution.status is not ExecutionStatus.APPLIED:
+            return
+        self.verifier.execution(execution)
+        async with self.pool.acquire() as conn, conn.transaction():
+            retired = await retire_merged_away(conn, merge)
+            await enqueue_retirements(conn, self.names, self.signer, merge.record_id, retired)
+        if retired:
+            log.info("retired proposals of merged-away records", count=len(retired))
 
     async def on_review_request(self, envelope: Envelope[Any]) -> None:
         request: ReviewRequest = envelope.payload

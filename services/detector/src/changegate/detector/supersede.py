@@ -108,3 +108,35 @@ async def enqueue_retirements(
             dedup_key=str(decision.decision_id),
         )
         await outbox.enqueue(conn, SERVICE, names(Topic.DECISIONS), record_id, envelope)
+
+
+async def retire_merged_away(conn: DbConn, merge: Proposal) -> list[Decision]:
+    """After a merge was applied, the records merged away are gone: their open proposals are
+    retired (the survivor's own state proposes again what still applies to it)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT proposal_id, proposal FROM detector_open_proposals"
+        " WHERE object_type = $1 AND record_id = ANY($2::text[])",
+        merge.object_type.value,
+        merge.other_record_ids,
+    )
+    retired = [Proposal.model_validate(r["proposal"]) for r in rows]
+    if not retired:
+        return []
+    ids = [p.proposal_id for p in retired]
+    await conn.execute("DELETE FROM detector_open_proposals WHERE proposal_id = ANY($1::uuid[])", ids)
+    await conn.executemany(
+        "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, 'superseded')"
+        " ON CONFLICT DO NOTHING",
+        [(pid,) for pid in ids],
+    )
+    return [
+        Decision(
+            decision_id=uuid.uuid5(SUPERSEDE_NAMESPACE, f"{older.proposal_id}|merged|{merge.proposal_id}"),
+            proposal=older,
+            outcome=DecisionOutcome.SUPERSEDED,
+            decided_by=Decider(kind="system", identity="detector"),
+            decided_at=utcnow(),
+            explanation=f"record {older.record_id} was merged into {merge.record_id}",
+        )
+        for older in retired
+    ]

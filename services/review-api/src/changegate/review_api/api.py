@@ -19,6 +19,15 @@ MAX_OFFSET = 100_000  # deeper pages: filter by kind or queue instead
 QueueStatus = Literal["pending", "approved", "approved_with_changes", "rejected", "expired", "superseded"]
 
 
+class ExecutionOutcome(BaseModel):
+    execution_id: uuid.UUID
+    status: Literal["applied", "conflict", "failed", "noop"] = Field(
+        description="applied; conflict (the record changed: re-proposed for review); failed; noop"
+    )
+    executed_at: datetime
+    error: str | None
+
+
 class ReviewItem(BaseModel):
     proposal_id: uuid.UUID
     status: QueueStatus
@@ -32,6 +41,7 @@ class ReviewItem(BaseModel):
     decided_by: str | None
     decided_at: datetime | None
     comment: str | None
+    execution: ExecutionOutcome | None = Field(None, description="what the executor did, once it did")
     proposal: Proposal
 
 
@@ -56,7 +66,17 @@ class DecisionResult(BaseModel):
 
 
 def _item(row: Any) -> ReviewItem:
-    return ReviewItem.model_validate({**dict(row), "proposal": row["proposal"]})
+    execution = (
+        {
+            "execution_id": row["execution_id"],
+            "status": row["execution_status"],
+            "executed_at": row["executed_at"],
+            "error": row["execution_error"],
+        }
+        if row["execution_id"] is not None
+        else None
+    )
+    return ReviewItem.model_validate({**dict(row), "proposal": row["proposal"], "execution": execution})
 
 
 @router.get("", response_model=list[ReviewItem], summary="List the review queue")

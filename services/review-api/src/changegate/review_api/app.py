@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, RateLimit
-from changegate.core.contracts import Decision, DecisionOutcome, ReviewRequest
+from changegate.core.contracts import Decision, DecisionOutcome, Execution, ReviewRequest
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
 from changegate.core.logging import configure_logging, get_logger
@@ -71,12 +71,19 @@ async def main() -> None:
             metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
             log.info("retired: superseded", correlation_id=str(decision.proposal.proposal_id))
 
+    async def on_execution(envelope: Envelope[Any]) -> None:
+        execution: Execution = envelope.payload
+        verifier.execution(execution)  # a forged execution must not show an item as applied
+        if await queue.record_execution(pool, execution):
+            log.info("execution recorded", status=execution.status.value)
+
     loop = ConsumerLoop(
         settings,
         "changegate-review-api",
         [
             Subscription(Topic.PROPOSALS_PENDING, handle, frozenset({"review_request"})),
             Subscription(Topic.DECISIONS, on_decision, frozenset({"decision"})),
+            Subscription(Topic.EXECUTIONS, on_execution, frozenset({"execution"})),
         ],
         producer,
         runtime.stop,

@@ -11,6 +11,7 @@ from changegate.core.contracts import (
     Decider,
     Decision,
     DecisionOutcome,
+    Execution,
     FieldChange,
     Proposal,
     ReviewRequest,
@@ -79,6 +80,21 @@ async def retire(conn: Queryable, decision: Decision) -> bool:
         decision.explanation,
     )
     return closed is not None
+
+
+async def record_execution(conn: Queryable, execution: Execution) -> bool:
+    """The item decided here shows what its execution did; False if it is not an item of ours."""
+    updated = await conn.fetchval(
+        "UPDATE review_queue SET execution_id = $3, execution_status = $4, executed_at = $5,"
+        " execution_error = $6 WHERE proposal_id = $1 AND decision_id = $2 RETURNING 1",
+        execution.decision.proposal.proposal_id,
+        execution.decision.decision_id,
+        execution.execution_id,
+        execution.status.value,
+        execution.executed_at,
+        execution.error[:2000] if execution.error else None,
+    )
+    return updated is not None
 
 
 async def overdue(pool: asyncpg.Pool, limit: int = 100) -> list[uuid.UUID]:
