@@ -59,15 +59,7 @@ async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
         # otherwise retiring it would drop a change nobody re-proposed.
         if older.kind is proposal.kind and {c.field for c in older.changes} <= fields:
             retired[older.proposal_id] = older
-    if retired:
-        await conn.execute(
-            "DELETE FROM detector_open_proposals WHERE proposal_id = ANY($1::uuid[])", list(retired)
-        )
-        await conn.executemany(
-            "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, 'superseded')"
-            " ON CONFLICT DO NOTHING",
-            [(pid,) for pid in retired],
-        )
+    await _close_superseded(conn, list(retired))
     await conn.executemany(
         "INSERT INTO detector_open_proposals (object_type, record_id, field, proposal_id, proposal)"
         " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (object_type, record_id, field) DO UPDATE"
@@ -83,17 +75,8 @@ async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
             for f in sorted(fields)
         ],
     )
-    return [
-        Decision(
-            decision_id=uuid.uuid5(SUPERSEDE_NAMESPACE, f"{older.proposal_id}|{proposal.proposal_id}"),
-            proposal=older,
-            outcome=DecisionOutcome.SUPERSEDED,
-            decided_by=Decider(kind="system", identity="detector"),
-            decided_at=utcnow(),
-            explanation=f"superseded by {proposal.proposal_id} (event {proposal.source.event_id})",
-        )
-        for older in retired.values()
-    ]
+    because = f"superseded by {proposal.proposal_id} (event {proposal.source.event_id})"
+    return [_retirement(older, str(proposal.proposal_id), because) for older in retired.values()]
 
 
 async def enqueue_retirements(
@@ -120,23 +103,37 @@ async def retire_merged_away(conn: DbConn, merge: Proposal) -> list[Decision]:
         merge.other_record_ids,
     )
     retired = [Proposal.model_validate(r["proposal"]) for r in rows]
-    if not retired:
-        return []
-    ids = [p.proposal_id for p in retired]
-    await conn.execute("DELETE FROM detector_open_proposals WHERE proposal_id = ANY($1::uuid[])", ids)
-    await conn.executemany(
-        "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, 'superseded')"
-        " ON CONFLICT DO NOTHING",
-        [(pid,) for pid in ids],
-    )
+    await _close_superseded(conn, [p.proposal_id for p in retired])
     return [
-        Decision(
-            decision_id=uuid.uuid5(SUPERSEDE_NAMESPACE, f"{older.proposal_id}|merged|{merge.proposal_id}"),
-            proposal=older,
-            outcome=DecisionOutcome.SUPERSEDED,
-            decided_by=Decider(kind="system", identity="detector"),
-            decided_at=utcnow(),
-            explanation=f"record {older.record_id} was merged into {merge.record_id}",
+        _retirement(
+            older,
+            f"merged|{merge.proposal_id}",
+            f"record {older.record_id} was merged into {merge.record_id}",
         )
         for older in retired
     ]
+
+
+async def _close_superseded(conn: DbConn, proposal_ids: list[uuid.UUID]) -> None:
+    if not proposal_ids:
+        return
+    await conn.execute(
+        "DELETE FROM detector_open_proposals WHERE proposal_id = ANY($1::uuid[])", proposal_ids
+    )
+    await conn.executemany(
+        "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, 'superseded')"
+        " ON CONFLICT DO NOTHING",
+        [(pid,) for pid in proposal_ids],
+    )
+
+
+def _retirement(older: Proposal, by: str, explanation: str) -> Decision:
+    """The ``superseded`` decision retiring ``older``; its id is deterministic in what retired it."""
+    return Decision(
+        decision_id=uuid.uuid5(SUPERSEDE_NAMESPACE, f"{older.proposal_id}|{by}"),
+        proposal=older,
+        outcome=DecisionOutcome.SUPERSEDED,
+        decided_by=Decider(kind="system", identity="detector"),
+        decided_at=utcnow(),
+        explanation=explanation,
+    )
