@@ -14,6 +14,7 @@ from changegate.cli.dlq import consumer_app, dlq_app
 from changegate.cli.keys import app as keys_app
 from changegate.cli.migrate import migrate_command
 from changegate.cli.tokens import app as tokens_app
+from changegate.core.contracts import ObjectType
 from changegate.core.settings import CommonSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -54,7 +55,7 @@ DEFAULT_WORKDIR = Path(".changegate/dev")
 @dev.command("up")
 def dev_up(
     demo: Annotated[bool, typer.Option(help="feed a synthetic CRM event stream")] = False,
-    demo_interval: Annotated[float, typer.Option(help="seconds between demo contacts")] = 3.0,
+    demo_interval: Annotated[float, typer.Option(help="seconds between demo scenario steps")] = 3.0,
     workdir: WorkDir = DEFAULT_WORKDIR,
     kafka: Annotated[
         str | None, typer.Option(help="use this Kafka (host:port) instead of the embedded broker")
@@ -76,12 +77,15 @@ def dev_up(
     ports = dict(DEFAULT_PORTS)
     if base_port is not None:
         ports = {name: base_port + i for i, name in enumerate(DEFAULT_PORTS)}
+    from changegate.cli.demo import DEMO_ENV
+
     stack = DevStack(
         workdir.resolve(),
         ports=ports,
         kafka=kafka,
         database_url=database_url,
         on_step=lambda s: console.print(f"  {s}"),
+        extra_env=DEMO_ENV if demo else {},
     )
     started = time.monotonic()
     stopping = False
@@ -153,8 +157,12 @@ def dev_down(workdir: WorkDir = DEFAULT_WORKDIR) -> None:
     console.print("stopped")
 
 
-async def _demo_stream(settings: CommonSettings, count: int | None, interval: float) -> int:
-    from changegate.cli.demo import contacts
+async def _demo_stream(
+    settings: CommonSettings, count: int | None, interval: float, seed: int = 7, run: str | None = None
+) -> int:
+    """Seed each step's records in the sandbox CRM, then publish the events that report on them;
+    ``count`` steps (None: until stopped), a line a step saying what to watch for."""
+    from changegate.cli.demo import steps
     from changegate.core.contracts.envelope import make_envelope
     from changegate.core.crm import sandbox
     from changegate.core.db import create_pool, migrate_core
@@ -171,15 +179,14 @@ async def _demo_stream(settings: CommonSettings, count: int | None, interval: fl
     try:
         with Progress(*columns, console=console, transient=count is None) as progress:
             task = progress.add_task("feed", total=count)
-            for contact in contacts():
+            for step in steps(seed, run):
                 if count is not None and sent >= count:
                     break
-                # The contact exists in the CRM first, then the CRM and Clay report on it.
-                await sandbox.upsert_record(
-                    pool, contact.created.object_type, contact.record_id, contact.properties
-                )
-                for event in (contact.created, contact.enrichment):
+                for record_id, properties in step.records.items():
+                    await sandbox.upsert_record(pool, ObjectType.CONTACT, record_id, properties)
+                for event in step.events:
                     await publish(producer, topic, event.record_id, make_envelope(event, service="demo-feed"))
+                progress.console.print(f"  [cyan]{step.scenario:>12}[/] {step.shows}")
                 sent += 1
                 progress.advance(task)
                 if interval:
@@ -192,13 +199,14 @@ async def _demo_stream(settings: CommonSettings, count: int | None, interval: fl
 
 @demo_app.command("feed")
 def demo_feed(
-    count: Annotated[int, typer.Option(min=1, help="contacts to create and enrich")] = 20,
-    interval: Annotated[float, typer.Option(min=0, help="seconds between contacts")] = 0.0,
+    count: Annotated[int, typer.Option(min=1, help="scenario steps to feed (five make one round)")] = 20,
+    interval: Annotated[float, typer.Option(min=0, help="seconds between steps")] = 0.0,
 ) -> None:
-    """Seed COUNT contacts in the sandbox CRM and stream their CRM and Clay events (settings from
-    CHANGEGATE_* environment variables, e.g. those `changegate dev up` prints)."""
+    """Feed COUNT scenario steps — enrichment, duplicates, lifecycle, owner, verification, in turn:
+    records seeded in the sandbox CRM, then their CRM, Clay, form, scoring and verifier events
+    (settings from CHANGEGATE_* environment variables, e.g. those `changegate dev up` prints)."""
     sent = asyncio.run(_demo_stream(CommonSettings(), count, interval))
-    console.print(f"sent {sent} contacts ({2 * sent} events)")
+    console.print(f"fed {sent} scenario steps")
 
 
 @schemas_app.command("export")
