@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -21,6 +21,7 @@ from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from changegate.core.db import create_pool
 from changegate.core.kafka import ensure_topics
 from changegate.core.settings import CommonSettings
+from hubspot_sim import SimServer
 
 
 def _docker_available() -> bool:
@@ -76,6 +77,47 @@ def database_url() -> Iterator[str]:
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+SPECS_DIR_ENV = "CHANGEGATE_SPECS_DIR"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SpecFile = Callable[[str], Path]
+
+
+@pytest.fixture(scope="session")
+def specs_dir() -> Path:
+    """The shared specs: ``$CHANGEGATE_SPECS_DIR``, else ``<repo root>/../shared/specs``."""
+    configured = os.environ.get(SPECS_DIR_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return (REPO_ROOT.parent / "shared" / "specs").resolve()
+
+
+@pytest.fixture(scope="session")
+def spec_file(specs_dir: Path) -> SpecFile:
+    """``spec_file("compose/compose-spec.json")``: a spec's path; skips the test if absent."""
+
+    def resolve(relative: str) -> Path:
+        path = specs_dir / relative
+        if not path.is_file():
+            pytest.skip(
+                f"spec file {relative!r} not found at {path}; "
+                f"set {SPECS_DIR_ENV} to the directory that holds it"
+            )
+        return path
+
+    return resolve
+
+
+@pytest.fixture(scope="session")
+def hubspot_sim(spec_file: SpecFile) -> Iterator[SimServer]:
+    """The HubSpot simulator, validating against HubSpot's OpenAPI documents (skips without them)."""
+    spec_file("hubspot/crm-contacts.v3.json")
+    spec_file("hubspot/crm-owners.v3.json")
+    server = SimServer(spec_file("hubspot/crm-contacts.v3.json").parents[1])
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

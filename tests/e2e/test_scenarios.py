@@ -15,9 +15,9 @@ from changegate.cli.devstack import DevStack
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.base import PropertyValue
 from changegate.core.contracts.envelope import make_envelope
-from changegate.core.crm import sandbox
 from changegate.core.kafka import publish
 from changegate.core.topics import Topic, TopicNames
+from changegate.executor.crm import sandbox
 from helpers import eventually
 
 

@@ -24,11 +24,11 @@ from changegate.core.contracts import (
 )
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
-from changegate.core.crm import sandbox
 from changegate.core.dlq import DeadLetter, read_all
 from changegate.core.kafka import publish
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
+from changegate.executor.crm import sandbox
 from helpers import eventually
 from hostile import good_payload
 from pydantic import BaseModel

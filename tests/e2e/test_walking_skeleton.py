@@ -16,9 +16,9 @@ from aiokafka import AIOKafkaProducer
 from changegate.cli.devstack import DevStack
 from changegate.core.contracts import CrmEvent, ObjectType
 from changegate.core.contracts.envelope import make_envelope
-from changegate.core.crm import sandbox
 from changegate.core.kafka import publish
 from changegate.core.topics import Topic, TopicNames
+from changegate.executor.crm import sandbox
 from helpers import created, enrichment, eventually, read_topic
 
 

@@ -26,7 +26,6 @@ from changegate.core.contracts import (
     Trigger,
 )
 from changegate.core.contracts.envelope import make_envelope
-from changegate.core.crm import sandbox
 from changegate.core.db import claim_event, migrate, migrate_core
 from changegate.core.kafka import make_producer
 from changegate.core.outbox import OutboxRelay
@@ -86,29 +85,6 @@ async def test_outbox_publishes_committed_messages_only(
         stop.set()
         await asyncio.wait_for(task, 5)
         await producer.stop()
-
-
-async def test_compare_and_set_writes_only_over_the_expected_value(pool: asyncpg.Pool) -> None:
-    await migrate_core(pool)
-    await sandbox.upsert_record(pool, ObjectType.CONTACT, "c1", {"jobtitle": "", "city": "Oslo"})
-    async with pool.acquire() as conn:
-        ok = await sandbox.compare_and_set(
-            conn, ObjectType.CONTACT, "c1", [FieldChange(field="jobtitle", previous=None, proposed="CTO")]
-        )
-        stale = await sandbox.compare_and_set(
-            conn, ObjectType.CONTACT, "c1", [FieldChange(field="city", previous="Bergen", proposed="Rome")]
-        )
-        missing = await sandbox.compare_and_set(
-            conn, ObjectType.CONTACT, "nope", [FieldChange(field="city", previous=None, proposed="x")]
-        )
-    assert ok is not None
-    assert ok.applied
-    assert ok.writes[0].overwritten == ""
-    assert stale is not None
-    assert not stale.applied
-    assert stale.conflicts == ["city"]
-    assert missing is None
-    assert await sandbox.get_record(pool, ObjectType.CONTACT, "c1") == {"jobtitle": "CTO", "city": "Oslo"}
 
 
 def _execution(record_id: str, fields: dict[str, str]) -> Execution:

@@ -21,6 +21,7 @@ TITLES = ["VP Engineering", "Head of Data", "CTO", "Staff Engineer", "Director o
 # The detector settings the demo's owner scenario needs (dev up --demo passes them on).
 DEMO_OWNER = {"territories": [{"country": "us", "state": "CA", "owner": "owner-west"}]}
 DEMO_ENV = {"CHANGEGATE_OWNER": json.dumps(DEMO_OWNER)}
+DEMO_OWNERS = ("owner-west", "owner-17")  # exist in the sandbox CRM, so an approval can assign them
 
 
 @dataclass

@@ -162,16 +162,19 @@ async def _demo_stream(
 ) -> int:
     """Seed each step's records in the sandbox CRM, then publish the events that report on them;
     ``count`` steps (None: until stopped), a line a step saying what to watch for."""
-    from changegate.cli.demo import steps
+    from changegate.cli.demo import DEMO_OWNERS, steps
     from changegate.core.contracts.envelope import make_envelope
-    from changegate.core.crm import sandbox
-    from changegate.core.db import create_pool, migrate_core
+    from changegate.core.db import create_pool, migrate, migrate_core
     from changegate.core.kafka import make_producer, publish, start_with_retry
     from changegate.core.topics import Topic, TopicNames
+    from changegate.executor.crm import sandbox
 
     topic = TopicNames(settings.topic_prefix)(Topic.CRM_EVENTS)
     pool = await create_pool(settings.database_url, max_size=2)
     await migrate_core(pool)
+    await migrate(pool, "executor", "changegate.executor.migrations")
+    for owner in DEMO_OWNERS:  # the owners the demo's records are assigned to exist in the CRM
+        await sandbox.upsert_owner(pool, owner)
     producer = make_producer(settings, "demo-feed")
     await start_with_retry(producer)
     sent = 0

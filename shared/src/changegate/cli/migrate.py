@@ -22,6 +22,7 @@ COMPONENTS = {
     "review-api": "changegate.review_api.migrations",
     "policy": "changegate.policy.migrations",
     "detector": "changegate.detector.migrations",
+    "executor": "changegate.executor.migrations",
 }
 
 

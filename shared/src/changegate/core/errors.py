@@ -10,3 +10,8 @@ class MessageRefusedError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason, self.detail = reason, detail
+
+
+class TransientError(Exception):
+    """Infrastructure a handler depends on is away for now (a CRM's outage, its rate limit): not
+    the message's fault, so it is retried without end, never dead-lettered."""

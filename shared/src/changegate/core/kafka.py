@@ -30,6 +30,7 @@ from aiokafka.errors import (
 from changegate.core import metrics
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
 from changegate.core.errors import MessageRefusedError as MessageRefusedError  # re-exported
+from changegate.core.errors import TransientError
 from changegate.core.logging import correlation, get_logger
 from changegate.core.serde import MessageLimits, decode, encode
 from changegate.core.settings import CommonSettings
@@ -51,6 +52,7 @@ BatchHandler = Callable[[list[Envelope[Any]]], Awaitable[None]]
 
 # Infrastructure being away is not the message's fault: retry it without end, never dead-letter it.
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    TransientError,
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,

@@ -1,7 +1,29 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from changegate.core.settings import CommonSettings
+from pydantic import Field, SecretStr
 
 
 class ExecutorSettings(CommonSettings):
     http_port: int = 8004
+    crm: Literal["sandbox", "hubspot"] = Field(
+        "sandbox", description="the CRM approved changes go to: the sandbox (embedded default) or HubSpot"
+    )
+    hubspot_token: SecretStr | None = Field(None, description="a HubSpot private app's access token (secret)")
+    hubspot_base_url: str = Field(
+        "https://api.hubapi.com", description="HubSpot's API (a simulator in tests)"
+    )
+    hubspot_requests_per_window: int = Field(
+        190,
+        ge=1,
+        description="client-side rate limit: requests per window (HubSpot private apps: 190 / 10 s)",
+    )
+    hubspot_window_seconds: float = Field(10.0, gt=0, description="the rate limit's window")
+    hubspot_timeout_seconds: float = Field(10.0, gt=0, description="every HubSpot call's timeout")
+    hubspot_attempts: int = Field(
+        5, ge=1, description="tries of one HubSpot call on 429/423/5xx/timeouts before the CRM counts as down"
+    )
+    breaker_failures: int = Field(3, ge=1, description="consecutive CRM outages that open the circuit")
+    breaker_cooldown_seconds: float = Field(5.0, gt=0, description="how long an open circuit waits to probe")

@@ -36,6 +36,9 @@ class Execution(Contract):
     crm_response_ids: list[str] = Field(default_factory=list)
     attempts: int = Field(1, ge=1)
     error: str | None = None
+    merged_into: str | None = Field(
+        None, description="for merges: the record the merged ids now resolve to (a new id in HubSpot)"
+    )
     executed_at: UtcDatetime
     signature: Signature | None = Field(
         None, description="the executor's signature; audit refuses one without"

@@ -1,0 +1,1 @@
+"""HubSpot CRM v3: the HTTP client and the adapter."""

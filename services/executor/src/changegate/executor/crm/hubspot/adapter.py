@@ -1,0 +1,229 @@
+"""The HubSpot adapter (CRM v3: contacts, companies, owners).
+
+HubSpot has no conditional write, so compare-and-set is: batch-read the fields, compare them with
+the proposal's previous values (``values.same``: null is "", numbers by value, email without case),
+write with a batch update, then read again to confirm. The window that remains — another writer
+changing a field between our read and our write — is documented in the README: the re-read reports
+a value changed right after ours, but cannot undo a write that landed on a just-changed value.
+
+Batches take at most 100 inputs; a 207 answer's errors are mapped back to the inputs they name.
+A merge creates a new record id that both old ids resolve to; the adapter reports it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+from changegate.core.contracts import FieldChange, FieldWrite, ObjectType
+from changegate.core.contracts.base import PropertyValue
+from changegate.executor.crm.hubspot.client import HubSpotClient
+from changegate.executor.crm.port import (
+    BeforeWrite,
+    Capabilities,
+    CrmRefusedError,
+    MergeResult,
+    OwnerStatus,
+    RecordNotFoundError,
+    RecordState,
+    WriteResult,
+    WriteStatus,
+)
+from changegate.executor.crm.values import same, to_crm_string
+from changegate.executor.settings import ExecutorSettings
+
+TARGET = "hubspot"
+BATCH = 100
+OBJECTS = {ObjectType.CONTACT: "contacts", ObjectType.COMPANY: "companies"}
+
+
+class HubSpotCrm:
+    target = TARGET
+    capabilities = Capabilities(
+        conditional_write=False, max_batch=BATCH, max_merge_records=2, merge_gives_new_id=True, owners=True
+    )
+
+    def __init__(self, client: HubSpotClient) -> None:
+        self.client = client
+
+    @classmethod
+    def from_settings(
+        cls, settings: ExecutorSettings, transport: httpx.AsyncBaseTransport | None = None
+    ) -> HubSpotCrm:
+        assert settings.hubspot_token is not None
+        return cls(
+            HubSpotClient(
+                settings.hubspot_base_url,
+                settings.hubspot_token.get_secret_value(),
+                requests_per_window=settings.hubspot_requests_per_window,
+                window_seconds=settings.hubspot_window_seconds,
+                timeout=settings.hubspot_timeout_seconds,
+                attempts=settings.hubspot_attempts,
+                transport=transport,
+            )
+        )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # -- reads ---------------------------------------------------------------------------------
+    async def read(
+        self, object_type: ObjectType, record_ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, RecordState]:
+        objects = OBJECTS[object_type]
+        found: dict[str, RecordState] = {}
+        for start in range(0, len(record_ids), BATCH):
+            chunk = list(record_ids[start : start + BATCH])
+            response = await self.client.request(
+                "batch_read",
+                "POST",
+                f"/crm/v3/objects/{objects}/batch/read",
+                json={
+                    "inputs": [{"id": rid} for rid in chunk],
+                    "properties": list(fields),
+                    "propertiesWithHistory": [],
+                },
+            )
+            body = _json(response, "batch read", ok=(200, 207))
+            for result in body.get("results", []):
+                rid = str(result["id"])
+                found[rid] = RecordState(rid, _properties(result, fields))
+            # An id merged away answers under its survivor's id: ask for it alone to learn where.
+            for rid in chunk:
+                if rid not in found and not _named_in_errors(body, rid, "OBJECT_NOT_FOUND"):
+                    state = await self._read_one(objects, rid, fields)
+                    if state is not None:
+                        found[rid] = state
+        return {rid: found[rid] for rid in record_ids if rid in found}
+
+    async def _read_one(self, objects: str, record_id: str, fields: Sequence[str]) -> RecordState | None:
+        response = await self.client.request(
+            "read",
+            "GET",
+            f"/crm/v3/objects/{objects}/{record_id}",
+            params={"properties": ",".join(fields), "archived": "false"} if fields else {"archived": "false"},
+        )
+        if response.status_code == 404:
+            return None
+        body = _json(response, "read", ok=(200,))
+        return RecordState(str(body["id"]), _properties(body, fields))
+
+    # -- compare-and-set -----------------------------------------------------------------------
+    async def write(
+        self,
+        object_type: ObjectType,
+        record_id: str,
+        changes: Sequence[FieldChange],
+        before_write: BeforeWrite | None = None,
+    ) -> WriteResult:
+        fields = [c.field for c in changes]
+        state = (await self.read(object_type, [record_id], fields)).get(record_id)
+        if state is None:
+            raise RecordNotFoundError(f"HubSpot has no {object_type.value} {record_id}")
+        current = state.properties
+        writes = [
+            FieldWrite(field=c.field, expected=c.previous, overwritten=current.get(c.field), new=c.proposed)
+            for c in changes
+        ]
+        if all(same(c.field, current.get(c.field), c.proposed) for c in changes):
+            return WriteResult(WriteStatus.NOOP, writes, current)
+        conflicts = [c.field for c in changes if not same(c.field, current.get(c.field), c.previous)]
+        if conflicts:
+            return WriteResult(WriteStatus.CONFLICT, writes, current, conflicts)
+        if before_write is not None:
+            await before_write(current)
+        objects = OBJECTS[object_type]
+        properties = {c.field: to_crm_string(c.proposed) for c in changes}
+        response = await self.client.request(
+            "batch_update",
+            "POST",
+            f"/crm/v3/objects/{objects}/batch/update",
+            json={"inputs": [{"id": state.record_id, "properties": properties}]},
+        )
+        body = _json(response, "batch update", ok=(200, 207))
+        refusal = _errors_for(body, state.record_id)
+        if refusal:
+            raise CrmRefusedError(f"HubSpot refused the update of {objects} {state.record_id}: {refusal}")
+        updated = next((r for r in body.get("results", []) if str(r["id"]) == state.record_id), None)
+        response_ids = (
+            [f"hubspot:{objects}/{state.record_id}@{updated.get('updatedAt', '')}"] if updated else []
+        )
+        # No conditional write in HubSpot: read again, and say if another writer got in right after us.
+        again = (await self.read(object_type, [state.record_id], fields)).get(state.record_id)
+        moved = [
+            c.field
+            for c in changes
+            if again is not None and not same(c.field, again.properties.get(c.field), c.proposed)
+        ]
+        note = f"changed by another writer right after this write: {', '.join(moved)}" if moved else None
+        return WriteResult(WriteStatus.APPLIED, writes, current, response_ids=response_ids, note=note)
+
+    # -- merges --------------------------------------------------------------------------------
+    async def merge(self, object_type: ObjectType, survivor: str, losers: Sequence[str]) -> MergeResult:
+        """HubSpot merges two records per call, into a new id: each loser in turn joins the record
+        the previous call made."""
+        objects = OBJECTS[object_type]
+        primary, response_ids = survivor, []
+        for loser in losers:
+            response = await self.client.request(
+                "merge",
+                "POST",
+                f"/crm/v3/objects/{objects}/merge",
+                json={"primaryObjectId": primary, "objectIdToMerge": loser},
+            )
+            if response.status_code == 404:
+                raise RecordNotFoundError(f"HubSpot has no {object_type.value} {primary} or {loser} to merge")
+            body = _json(response, "merge", ok=(200,))
+            primary = str(body["id"])
+            response_ids.append(f"hubspot:{objects}/{primary}")
+        return MergeResult(primary, response_ids)
+
+    # -- owners --------------------------------------------------------------------------------
+    async def owner_status(self, owner_id: str) -> OwnerStatus:
+        if not owner_id.isdigit():
+            return OwnerStatus.UNKNOWN  # HubSpot owner ids are numbers
+        for archived in ("false", "true"):
+            response = await self.client.request(
+                "owner",
+                "GET",
+                f"/crm/v3/owners/{owner_id}",
+                params={"idProperty": "id", "archived": archived},
+            )
+            if response.status_code == 404:
+                continue
+            body = _json(response, "owner", ok=(200,))
+            return OwnerStatus.ARCHIVED if body.get("archived") or archived == "true" else OwnerStatus.ACTIVE
+        return OwnerStatus.UNKNOWN
+
+
+def _json(response: httpx.Response, what: str, ok: tuple[int, ...]) -> dict[str, Any]:
+    if response.status_code in (401, 403):
+        raise CrmRefusedError(
+            f"HubSpot {what}: {response.status_code} — check the private app's token and scopes"
+        )
+    if response.status_code not in ok:
+        raise CrmRefusedError(f"HubSpot {what}: {response.status_code} {response.text[:500]}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _properties(result: dict[str, Any], fields: Sequence[str]) -> dict[str, PropertyValue]:
+    props = result.get("properties") or {}
+    return {f: props.get(f) for f in fields}
+
+
+def _named_in_errors(body: dict[str, Any], record_id: str, category: str | None = None) -> bool:
+    for error in body.get("errors") or []:
+        ids = (error.get("context") or {}).get("ids") or []
+        if record_id in ids and (category is None or error.get("category") == category):
+            return True
+    return False
+
+
+def _errors_for(body: dict[str, Any], record_id: str) -> str | None:
+    messages = [
+        f"{e.get('category')}: {e.get('message')}"
+        for e in body.get("errors") or []
+        if record_id in ((e.get("context") or {}).get("ids") or [])
+    ]
+    return "; ".join(messages) or None

@@ -1,0 +1,198 @@
+"""The sandbox CRM: contacts, companies and owners in the executor's PostgreSQL, the embedded
+default target. Writes are compare-and-set under a row lock (a conditional write, like
+Salesforce's); a merge redirects each loser to the survivor, and reads of a merged-away id resolve
+to the survivor, as in HubSpot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+from changegate.core.contracts import FieldChange, FieldWrite, ObjectType
+from changegate.core.contracts.base import PropertyValue
+from changegate.core.db import DbConn, Queryable
+from changegate.executor.crm.port import (
+    BeforeWrite,
+    Capabilities,
+    MergeResult,
+    OwnerStatus,
+    RecordNotFoundError,
+    RecordState,
+    WriteResult,
+    WriteStatus,
+)
+from changegate.executor.crm.values import same
+
+TARGET = "sandbox"
+MERGED_IDS_FIELD = "hs_merged_object_ids"
+_MAX_REDIRECTS = 16
+
+
+class SandboxCrm:
+    target = TARGET
+    capabilities = Capabilities(
+        conditional_write=True, max_batch=1000, max_merge_records=100, merge_gives_new_id=False, owners=True
+    )
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def read(
+        self, object_type: ObjectType, record_ids: Sequence[str], fields: Sequence[str]
+    ) -> dict[str, RecordState]:
+        out = {}
+        async with self.pool.acquire() as conn:
+            for record_id in record_ids:
+                found = await _resolve(conn, object_type, record_id, lock=False)
+                if found is not None:
+                    rid, props = found
+                    out[record_id] = RecordState(rid, {f: props.get(f) for f in fields})
+        return out
+
+    async def write(
+        self,
+        object_type: ObjectType,
+        record_id: str,
+        changes: Sequence[FieldChange],
+        before_write: BeforeWrite | None = None,
+    ) -> WriteResult:
+        async with self.pool.acquire() as conn, conn.transaction():
+            found = await _resolve(conn, object_type, record_id, lock=True)
+            if found is None:
+                raise RecordNotFoundError(f"{object_type.value} {record_id} is not in the sandbox CRM")
+            rid, props = found
+            current = {c.field: props.get(c.field) for c in changes}
+            writes = [
+                FieldWrite(field=c.field, expected=c.previous, overwritten=current[c.field], new=c.proposed)
+                for c in changes
+            ]
+            if all(same(c.field, current[c.field], c.proposed) for c in changes):
+                return WriteResult(WriteStatus.NOOP, writes, current)
+            conflicts = [c.field for c in changes if not same(c.field, current[c.field], c.previous)]
+            if conflicts:
+                return WriteResult(WriteStatus.CONFLICT, writes, current, conflicts)
+            if before_write is not None:
+                await before_write(current)
+            version: int = await conn.fetchval(
+                "UPDATE sandbox_crm_records SET properties = properties || $3::jsonb,"
+                " version = version + 1, updated_at = now()"
+                " WHERE object_type = $1 AND record_id = $2 RETURNING version",
+                object_type.value,
+                rid,
+                {c.field: c.proposed for c in changes},
+            )
+        return WriteResult(
+            WriteStatus.APPLIED, writes, current, response_ids=[f"{object_type.value}/{rid}@v{version}"]
+        )
+
+    async def merge(self, object_type: ObjectType, survivor: str, losers: Sequence[str]) -> MergeResult:
+        async with self.pool.acquire() as conn, conn.transaction():
+            found = await _resolve(conn, object_type, survivor, lock=True)
+            if found is None:
+                raise RecordNotFoundError(f"{object_type.value} {survivor} is not in the sandbox CRM")
+            sid, props = found
+            merged = [x for x in str(props.get(MERGED_IDS_FIELD) or "").split(";") if x]
+            for loser in losers:
+                target = await _resolve(conn, object_type, loser, lock=True)
+                if target is None:
+                    raise RecordNotFoundError(f"{object_type.value} {loser} is not in the sandbox CRM")
+                if target[0] == sid:
+                    continue  # merged into the survivor already
+                await conn.execute(
+                    "UPDATE sandbox_crm_records SET merged_into = $3, version = version + 1,"
+                    " updated_at = now() WHERE object_type = $1 AND record_id = $2",
+                    object_type.value,
+                    target[0],
+                    sid,
+                )
+                merged.append(target[0])
+            await conn.execute(
+                "UPDATE sandbox_crm_records SET properties = properties || $3::jsonb, version = version + 1,"
+                " updated_at = now() WHERE object_type = $1 AND record_id = $2",
+                object_type.value,
+                sid,
+                {MERGED_IDS_FIELD: ";".join(merged)},
+            )
+        return MergeResult(sid, [f"{object_type.value}/{sid}"])
+
+    async def owner_status(self, owner_id: str) -> OwnerStatus:
+        archived = await self.pool.fetchval(
+            "SELECT archived FROM sandbox_crm_owners WHERE owner_id = $1", owner_id
+        )
+        if archived is None:
+            return OwnerStatus.UNKNOWN
+        return OwnerStatus.ARCHIVED if archived else OwnerStatus.ACTIVE
+
+    async def close(self) -> None:
+        return None
+
+
+async def _resolve(
+    conn: DbConn, object_type: ObjectType, record_id: str, *, lock: bool
+) -> tuple[str, dict[str, Any]] | None:
+    """Follow merge redirects to the record that holds the data now."""
+    rid = record_id
+    for _ in range(_MAX_REDIRECTS):
+        row = await conn.fetchrow(
+            "SELECT properties, merged_into FROM sandbox_crm_records"
+            " WHERE object_type = $1 AND record_id = $2" + (" FOR UPDATE" if lock else ""),
+            object_type.value,
+            rid,
+        )
+        if row is None:
+            return None
+        if row["merged_into"] is None:
+            props: dict[str, Any] = row["properties"]
+            return rid, props
+        rid = row["merged_into"]
+    raise RuntimeError(f"{object_type.value} {record_id}: merge redirects loop")
+
+
+# Seeding and inspection, for the demo feed and tests.
+
+
+async def upsert_record(
+    conn: Queryable, object_type: ObjectType, record_id: str, properties: dict[str, PropertyValue]
+) -> None:
+    """Create or update a record (the demo feed and tests seed the sandbox with it)."""
+    await conn.execute(
+        "INSERT INTO sandbox_crm_records (object_type, record_id, properties) VALUES ($1, $2, $3)"
+        " ON CONFLICT (object_type, record_id) DO UPDATE SET"
+        " properties = sandbox_crm_records.properties || EXCLUDED.properties,"
+        " version = sandbox_crm_records.version + 1, updated_at = now()",
+        object_type.value,
+        record_id,
+        properties,
+    )
+
+
+async def get_record(conn: Queryable, object_type: ObjectType, record_id: str) -> dict[str, Any] | None:
+    """A record's properties by its own id (merged-away records keep theirs; see ``merged_into``)."""
+    props: dict[str, Any] | None = await conn.fetchval(
+        "SELECT properties FROM sandbox_crm_records WHERE object_type = $1 AND record_id = $2",
+        object_type.value,
+        record_id,
+    )
+    return props
+
+
+async def merged_into(conn: Queryable, object_type: ObjectType, record_id: str) -> str | None:
+    value: str | None = await conn.fetchval(
+        "SELECT merged_into FROM sandbox_crm_records WHERE object_type = $1 AND record_id = $2",
+        object_type.value,
+        record_id,
+    )
+    return value
+
+
+async def upsert_owner(
+    conn: Queryable, owner_id: str, email: str | None = None, archived: bool = False
+) -> None:
+    await conn.execute(
+        "INSERT INTO sandbox_crm_owners (owner_id, email, archived) VALUES ($1, $2, $3)"
+        " ON CONFLICT (owner_id) DO UPDATE SET email = EXCLUDED.email, archived = EXCLUDED.archived",
+        owner_id,
+        email,
+        archived,
+    )

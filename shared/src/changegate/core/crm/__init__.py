@@ -1,1 +1,0 @@
-"""CRM adapters: where approved changes are written."""
