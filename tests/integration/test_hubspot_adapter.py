@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from changegate.core.contracts import FieldChange, ObjectType
+from changegate.core.contracts.base import PropertyValue
 from changegate.executor.crm.hubspot.adapter import HubSpotCrm
 from changegate.executor.crm.hubspot.client import HubSpotClient
 from changegate.executor.crm.port import (
@@ -33,8 +34,8 @@ async def crm(hubspot_sim: SimServer) -> AsyncIterator[HubSpotCrm]:
     assert hubspot_sim.log()["violations"] == []  # nothing HubSpot's documents refuse was sent
 
 
-def _change(field: str, previous: object, proposed: object) -> FieldChange:
-    return FieldChange(field=field, previous=previous, proposed=proposed)  # type: ignore[arg-type]
+def _change(field: str, previous: PropertyValue, proposed: PropertyValue) -> FieldChange:
+    return FieldChange(field=field, previous=previous, proposed=proposed)
 
 
 async def test_compare_and_set_reads_compares_writes_and_confirms(
@@ -45,12 +46,12 @@ async def test_compare_and_set_reads_compares_writes_and_confirms(
     )
     observed: list[object] = []
 
-    async def before(values: dict[str, object]) -> None:
+    async def before(values: dict[str, PropertyValue]) -> None:
         observed.append(values)
 
     applied = await crm.write(
         C, "101", [_change("jobtitle", None, "CTO"), _change("numemployees", 250, 300)], before
-    )  # type: ignore[arg-type]
+    )
     assert applied.status is WriteStatus.APPLIED
     assert observed == [{"jobtitle": "", "numemployees": "250"}]
     assert applied.note is None
