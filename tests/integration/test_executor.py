@@ -1,0 +1,288 @@
+"""The executor's handler against PostgreSQL and the sandbox CRM (then the HubSpot simulator):
+exactly once through the ledger, compare-and-set conflicts re-proposed, unknown outcomes resolved by
+reading, merges, owners — every execution signed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from changegate.core.contracts import (
+    Decider,
+    Decision,
+    DecisionOutcome,
+    ExecutionStatus,
+    FieldChange,
+    ObjectType,
+    Proposal,
+    ProposalKind,
+    ProposalSource,
+    Trigger,
+)
+from changegate.core.contracts.base import PropertyValue, utcnow
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.db import migrate, migrate_core
+from changegate.core.serde import decode
+from changegate.core.settings import CommonSettings
+from changegate.core.topics import TopicNames
+from changegate.executor import ledger
+from changegate.executor.crm import sandbox
+from changegate.executor.crm.breaker import Breaker, State
+from changegate.executor.crm.hubspot.adapter import HubSpotCrm
+from changegate.executor.crm.hubspot.client import HubSpotClient
+from changegate.executor.crm.port import CrmUnavailableError
+from changegate.executor.crm.sandbox import SandboxCrm
+from changegate.executor.handler import Executor
+from helpers import signing_key, verifier
+from hubspot_sim import SimServer
+from hubspot_sim.server import TOKEN
+
+C = ObjectType.CONTACT
+
+
+def _decision(
+    record_id: str,
+    changes: dict[str, tuple[PropertyValue, PropertyValue]],
+    kind: ProposalKind = ProposalKind.FIELD_UPDATE,
+    others: list[str] | None = None,
+) -> Decision:
+    field_changes = [FieldChange(field=f, previous=p, proposed=v) for f, (p, v) in changes.items()]
+    proposal = Proposal(
+        proposal_id=uuid.uuid4(),
+        kind=kind,
+        object_type=C,
+        record_id=record_id,
+        other_record_ids=others or [],
+        changes=field_changes,
+        source=ProposalSource(
+            system="t", event_id="e", detector="t", detector_version="1", trigger=Trigger.RULE
+        ),
+        confidence=0.9,
+        rationale="test",
+        proposed_at=utcnow(),
+    )
+    decision = Decision(
+        decision_id=uuid.uuid4(),
+        proposal=proposal,
+        outcome=DecisionOutcome.APPROVED,
+        decided_by=Decider(kind="human", identity="alice@example.com"),
+        decided_at=utcnow(),
+        explanation="approved by alice",
+        final_changes=field_changes,
+    )
+    return signing_key("review-api").sign(decision)
+
+
+@pytest.fixture
+async def executor(settings: CommonSettings, pool: asyncpg.Pool) -> Executor:
+    await migrate_core(pool)
+    await migrate(pool, "executor", "changegate.executor.migrations")
+    crm = SandboxCrm(pool)
+    breaker = Breaker(crm.target, asyncio.Event())
+    return Executor(
+        pool, TopicNames(settings.topic_prefix), signing_key("executor"), verifier(), crm, breaker
+    )
+
+
+async def _emitted(pool: asyncpg.Pool, event_type: str) -> list[Any]:
+    rows = await pool.fetch("SELECT value FROM changegate_outbox ORDER BY id")
+    return [e.payload for r in rows if (e := decode(r["value"])).event_type == event_type]
+
+
+async def _version(pool: asyncpg.Pool, record_id: str) -> int:
+    version: int = await pool.fetchval(
+        "SELECT version FROM sandbox_crm_records WHERE record_id = $1", record_id
+    )
+    return version
+
+
+async def test_a_decision_is_applied_once_however_often_it_is_delivered(
+    executor: Executor, pool: asyncpg.Pool
+) -> None:
+    await sandbox.upsert_record(pool, C, "r1", {"jobtitle": "Engineer"})
+    decision = _decision("r1", {"jobtitle": ("Engineer", "CTO")})
+    envelope = make_envelope(decision, service="review-api")
+    for _ in range(3):  # redelivered twice
+        await executor.handle(envelope)
+    [execution] = await _emitted(pool, "execution")
+    assert (execution.status, execution.attempts) == (ExecutionStatus.APPLIED, 1)
+    assert [(w.overwritten, w.new) for w in execution.writes] == [("Engineer", "CTO")]
+    assert verifier().execution(execution) == "executor"
+    assert await _version(pool, "r1") == 2  # created, then written once
+    row = await pool.fetchrow(
+        "SELECT state, status FROM executor_ledger WHERE decision_id = $1", decision.decision_id
+    )
+    assert tuple(row or ()) == ("done", "applied")
+
+
+async def test_a_stale_proposal_writes_nothing_and_goes_back_to_review(
+    executor: Executor, pool: asyncpg.Pool
+) -> None:
+    await sandbox.upsert_record(pool, C, "r2", {"jobtitle": "Director"})
+    await executor.handle(make_envelope(_decision("r2", {"jobtitle": ("Engineer", "CTO")}), service="t"))
+    [execution] = await _emitted(pool, "execution")
+    assert execution.status is ExecutionStatus.CONFLICT
+    assert execution.error == "changed since proposed: jobtitle"
+    assert await _version(pool, "r2") == 1
+    [request] = await _emitted(pool, "review_request")
+    assert (request.queue, request.priority) == ("conflicts", "high")
+    assert request.proposal.changes == [FieldChange(field="jobtitle", previous="Director", proposed="CTO")]
+
+
+async def test_a_write_that_landed_before_a_crash_is_recognised_never_repeated(
+    executor: Executor, pool: asyncpg.Pool
+) -> None:
+    await sandbox.upsert_record(pool, C, "r3", {"jobtitle": "Engineer"})
+    decision = _decision("r3", {"jobtitle": ("Engineer", "CTO")})
+    # The process died after the CRM took the write and before the ledger said so.
+    async with pool.acquire() as conn:
+        await ledger.open_entry(conn, decision, "sandbox")
+        await ledger.observe(conn, decision.decision_id, {"jobtitle": "Engineer"})
+    await SandboxCrm(pool).write(C, "r3", decision.final_changes)
+    assert await _version(pool, "r3") == 2
+    await executor.handle(make_envelope(decision, service="review-api"))
+    [execution] = await _emitted(pool, "execution")
+    assert (execution.status, execution.attempts) == (ExecutionStatus.APPLIED, 2)
+    assert [(w.overwritten, w.new) for w in execution.writes] == [("Engineer", "CTO")]
+    assert await _version(pool, "r3") == 2  # read, not written again
+
+
+async def test_a_crash_before_the_write_landed_writes_once_on_redelivery(
+    executor: Executor, pool: asyncpg.Pool
+) -> None:
+    await sandbox.upsert_record(pool, C, "r4", {"jobtitle": "Engineer"})
+    decision = _decision("r4", {"jobtitle": ("Engineer", "CTO")})
+    async with pool.acquire() as conn:
+        await ledger.open_entry(conn, decision, "sandbox")
+        await ledger.observe(conn, decision.decision_id, {"jobtitle": "Engineer"})  # died right after
+    await executor.handle(make_envelope(decision, service="review-api"))
+    [execution] = await _emitted(pool, "execution")
+    assert execution.status is ExecutionStatus.APPLIED
+    assert await _version(pool, "r4") == 2
+
+
+async def test_a_value_already_there_is_a_noop(executor: Executor, pool: asyncpg.Pool) -> None:
+    await sandbox.upsert_record(pool, C, "r5", {"email": "ADA@example.com"})
+    await executor.handle(make_envelope(_decision("r5", {"email": (None, "ada@example.com")}), service="t"))
+    [execution] = await _emitted(pool, "execution")
+    assert execution.status is ExecutionStatus.NOOP
+    assert await _version(pool, "r5") == 1
+
+
+async def test_an_approved_merge_fills_the_survivor_and_redirects_the_loser(
+    executor: Executor, pool: asyncpg.Pool
+) -> None:
+    await sandbox.upsert_record(pool, C, "s1", {"email": "a@x.io", "phone": ""})
+    await sandbox.upsert_record(pool, C, "l1", {"email": "a@x.io", "phone": "+1 415"})
+    decision = _decision(
+        "s1",
+        {"phone": (None, "+1 415"), "hs_merged_object_ids": (None, "l1")},
+        kind=ProposalKind.MERGE,
+        others=["l1"],
+    )
+    await executor.handle(make_envelope(decision, service="review-api"))
+    [execution] = await _emitted(pool, "execution")
+    assert (execution.status, execution.merged_into) == (ExecutionStatus.APPLIED, "s1")
+    assert {w.field: w.new for w in execution.writes} == {"phone": "+1 415", "hs_merged_object_ids": "l1"}
+    assert await sandbox.merged_into(pool, C, "l1") == "s1"
+    survivor = await sandbox.get_record(pool, C, "s1") or {}
+    assert (survivor["phone"], survivor["hs_merged_object_ids"]) == ("+1 415", "l1")
+
+
+async def test_an_owner_change_assigns_only_an_active_owner(executor: Executor, pool: asyncpg.Pool) -> None:
+    await sandbox.upsert_owner(pool, "owner-west")
+    await sandbox.upsert_owner(pool, "owner-gone", archived=True)
+    for rid in ("o1", "o2", "o3"):
+        await sandbox.upsert_record(pool, C, rid, {"hubspot_owner_id": "owner-17"})
+    for rid, owner in (("o1", "owner-west"), ("o2", "owner-gone"), ("o3", "owner-who")):
+        decision = _decision(
+            rid, {"hubspot_owner_id": ("owner-17", owner)}, kind=ProposalKind.OWNER_REASSIGNMENT
+        )
+        await executor.handle(make_envelope(decision, service="review-api"))
+    statuses = [
+        (e.decision.proposal.record_id, e.status.value, e.error) for e in await _emitted(pool, "execution")
+    ]
+    assert statuses == [
+        ("o1", "applied", None),
+        ("o2", "failed", "owner owner-gone is archived: not assigned"),
+        ("o3", "failed", "owner owner-who is unknown: not assigned"),
+    ]
+    assert [(await sandbox.get_record(pool, C, r) or {})["hubspot_owner_id"] for r in ("o1", "o2", "o3")] == [
+        "owner-west",
+        "owner-17",
+        "owner-17",
+    ]
+
+
+async def test_the_same_guarantees_against_the_hubspot_simulator(
+    settings: CommonSettings, pool: asyncpg.Pool, hubspot_sim: SimServer
+) -> None:
+    await migrate_core(pool)
+    await migrate(pool, "executor", "changegate.executor.migrations")
+    hubspot_sim.reset()
+    hubspot_sim.records(
+        {"id": "11", "properties": {"jobtitle": "Engineer"}},
+        {"id": "12", "properties": {"jobtitle": "Director"}},
+        {"id": "13", "properties": {"email": "a@x.io", "phone": ""}},
+        {"id": "14", "properties": {"email": "a@x.io", "phone": "+1"}},
+        {"id": "15", "properties": {"hubspot_owner_id": "77"}},
+    )
+    hubspot_sim.owners({"id": "78", "email": "west@x.io"})
+    crm = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN, attempts=3))
+    executor = Executor(
+        pool,
+        TopicNames(settings.topic_prefix),
+        signing_key("executor"),
+        verifier(),
+        crm,
+        Breaker("hubspot", asyncio.Event()),
+    )
+    try:
+        applied = _decision("11", {"jobtitle": ("Engineer", "CTO")})
+        for _ in range(2):
+            await executor.handle(make_envelope(applied, service="review-api"))
+        await executor.handle(make_envelope(_decision("12", {"jobtitle": ("Engineer", "CTO")}), service="t"))
+        merge = _decision(
+            "13", {"phone": (None, "+1"), "hs_merged_object_ids": (None, "14")}, ProposalKind.MERGE, ["14"]
+        )
+        await executor.handle(make_envelope(merge, service="t"))
+        owner = _decision("15", {"hubspot_owner_id": ("77", "78")}, ProposalKind.OWNER_REASSIGNMENT)
+        await executor.handle(make_envelope(owner, service="t"))
+    finally:
+        await crm.close()
+    executions = {e.decision.proposal.record_id: e for e in await _emitted(pool, "execution")}
+    assert executions["11"].status is ExecutionStatus.APPLIED
+    assert len([c for c in hubspot_sim.calls("/batch/update") if c["body"]["inputs"][0]["id"] == "11"]) == 1
+    assert executions["12"].status is ExecutionStatus.CONFLICT
+    assert (hubspot_sim.record("12") or {})["properties"]["jobtitle"] == "Director"
+    assert executions["13"].status is ExecutionStatus.APPLIED
+    assert executions["13"].merged_into not in (None, "13", "14")
+    assert (hubspot_sim.record("14") or {})["id"] == executions["13"].merged_into
+    assert executions["15"].status is ExecutionStatus.APPLIED
+    assert (hubspot_sim.record("15") or {})["properties"]["hubspot_owner_id"] == "78"
+    assert hubspot_sim.log()["violations"] == []
+
+
+async def test_the_breaker_opens_on_an_outage_probes_and_closes(hubspot_sim: SimServer) -> None:
+    hubspot_sim.reset()
+    hubspot_sim.records({"id": "21", "properties": {"city": "Oslo"}})
+    crm = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN, attempts=1))
+    breaker = Breaker("hubspot-test", asyncio.Event(), failures=2, cooldown=0.2)
+    hubspot_sim.fault(path="/batch/read", status=503, count=4)
+    states = []
+    try:
+        for _ in range(4):
+            with pytest.raises(CrmUnavailableError):
+                await breaker.call(lambda: crm.read(C, ["21"], ["city"]))
+            states.append(breaker.state)
+        found = await breaker.call(lambda: crm.read(C, ["21"], ["city"]))
+    finally:
+        await crm.close()
+    # Two failures open it; each probe after a cooldown fails and reopens it; the fifth call closes it.
+    assert states == [State.CLOSED, State.OPEN, State.OPEN, State.OPEN]
+    assert breaker.state is State.CLOSED
+    assert found["21"].properties == {"city": "Oslo"}
+    assert len(hubspot_sim.calls("/batch/read")) == 5  # never more calls than the breaker let through
