@@ -13,14 +13,18 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from changegate.cli.devstack import DevStack
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.base import PropertyValue
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.kafka import publish
 from changegate.core.settings import CommonSettings
 from changegate.core.signing import SigningKey, Verifier, dev_keys
+from changegate.core.topics import Topic, TopicNames
 
 T = TypeVar("T")
 # Signing keys of the test run: each signing service's CHANGEGATE_SIGNING_KEY, and the trusted keys.
@@ -147,3 +151,50 @@ def service_process(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+# Driving a running stack (tests/e2e).
+
+
+async def send_created(
+    stack: DevStack, producer: AIOKafkaProducer, record_id: str, **props: PropertyValue
+) -> None:
+    """A record_created event for ``record_id`` on the stack's crm.events."""
+    topic = TopicNames(stack.topic_prefix)(Topic.CRM_EVENTS)
+    await publish(producer, topic, record_id, make_envelope(created(record_id, **props), service="e2e"))
+
+
+async def approve_and_execute(
+    client: httpx.AsyncClient, stack: DevStack, record_id: str, kind: str
+) -> dict[str, Any]:
+    """Wait for the proposal of ``kind`` naming ``record_id``, approve it, wait for its execution."""
+    review = f"http://127.0.0.1:{stack.ports['review-api']}"
+
+    async def pending() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await client.get(f"{review}/proposals", params={"limit": 500})).json()
+        return [
+            i
+            for i in items
+            if i["proposal"]["kind"] == kind
+            and record_id in (i["proposal"]["record_id"], *i["proposal"]["other_record_ids"])
+        ]
+
+    [item] = await eventually(pending, lambda q: len(q) == 1, what=f"{kind} waiting for review")
+    approved = await client.post(
+        f"{review}/proposals/{item['proposal_id']}/approve", json={"comment": "checked"}
+    )
+    assert approved.status_code == 200, approved.text
+
+    async def decided() -> dict[str, Any]:
+        body: dict[str, Any] = (await client.get(f"{review}/proposals/{item['proposal_id']}")).json()
+        return body
+
+    return await eventually(decided, lambda i: i["execution"] is not None, what=f"{kind} executed")
+
+
+async def audited(client: httpx.AsyncClient, stack: DevStack, record_id: str) -> list[dict[str, Any]]:
+    response = await client.get(
+        f"http://127.0.0.1:{stack.ports['audit']}/audit/entries", params={"record_id": record_id}
+    )
+    rows: list[dict[str, Any]] = response.json()
+    return rows

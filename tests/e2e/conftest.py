@@ -4,6 +4,7 @@ session's broker and PostgreSQL, with its own topic prefix and database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -24,8 +25,10 @@ from changegate.core.settings import CommonSettings
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def stack(kafka_bootstrap: str, database_url: str) -> Iterator[DevStack]:
+@contextlib.contextmanager
+def running_stack(kafka_bootstrap: str, database_url: str, **env: str) -> Iterator[DevStack]:
+    """Every service as a process on the session's broker and PostgreSQL, in a database and under a
+    topic prefix of its own; ``env`` goes to every service."""
     name = f"e2e_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
@@ -51,8 +54,9 @@ def stack(kafka_bootstrap: str, database_url: str) -> Iterator[DevStack]:
             "CHANGEGATE_LOG_LEVEL": "DEBUG",
             # one territory, so the owner scenario has a rule to apply
             "CHANGEGATE_OWNER": json.dumps(
-                {"territories": [{"country": "us", "state": "CA", "owner": "owner-west"}]}
+                {"territories": [{"country": "us", "state": "CA", "owner": OWNER_WEST}]}
             ),
+            **env,
         },
     )
     try:
@@ -61,6 +65,15 @@ def stack(kafka_bootstrap: str, database_url: str) -> Iterator[DevStack]:
     finally:
         stack.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+OWNER_WEST = "owner-west"
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, database_url: str) -> Iterator[DevStack]:
+    with running_stack(kafka_bootstrap, database_url) as running:
+        yield running
 
 
 @pytest.fixture
