@@ -12,8 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from changegate.cli.devstack import DevStack
 from changegate.core.contracts.base import PropertyValue
-from conftest import running_stack
-from helpers import approve_and_execute, audited, eventually, send_created
+from helpers import approve_and_execute, audited, eventually, running_stack, send_created
 from hubspot_sim import SimServer
 from hubspot_sim.server import TOKEN
 
