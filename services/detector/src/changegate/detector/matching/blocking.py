@@ -1,11 +1,21 @@
 """Blocking keys: a record is indexed under a few keys; candidates share at least one.
 
-Keys are strict enough that a key is shared by a handful of records, never by a whole domain or a
-common surname: a corporate email domain alone is not a key, a last name only with a postcode or a
-company. Keys carry the object type, so contacts and companies never meet."""
+Keys are chosen so that a typo, a nickname or a missing value in any one field leaves another key
+intact (each field is left out of some key), and strict enough that a key is shared by a handful
+of records, never by a whole domain or a common surname alone:
+
+- contacts: email; email mailbox name (``j.smith@`` at another domain); corporate domain + last
+  name; phone; first + last name; their sounds (metaphone, order-free: survives most typos and
+  swapped names); last name + postcode; first name + postcode (a typo in the surname); initial +
+  sound of the last name + street number (a wrong postcode or first name); name + company;
+- companies: domain, name, first word of the name + postcode, phone.
+
+Keys carry the object type, so contacts and companies never meet. The index reads at most a
+fixed number of records per key, so the candidates of one event are bounded whatever the key."""
 
 from __future__ import annotations
 
+from changegate.detector.matching.compare import MIN_MAILBOX_NAME
 from changegate.detector.matching.normalize import Features
 
 MAX_KEY_LENGTH = 200
@@ -16,17 +26,24 @@ def blocking_keys(f: Features) -> set[str]:
     keys: set[str] = set()
     if f.email:
         keys.add(f"{t}:email:{f.email}")
-        if f.corporate_domain:
+        if len(f.email_local) >= MIN_MAILBOX_NAME:
+            keys.add(f"{t}:mailbox:{f.email_local}")
+        if f.corporate_domain and f.last:
             # the same person at another mailbox style of the same company: j.smith@ vs john.smith@
-            keys.add(f"{t}:emlast:{f.last}@{f.corporate_domain}" if f.last else f"{t}:email:{f.email}")
+            keys.add(f"{t}:emlast:{f.last}@{f.corporate_domain}")
     if f.phone:
         keys.add(f"{t}:phone:{f.phone}")
-    if f.last and f.first:
+    if f.first and f.last:
         keys.add(f"{t}:name:{f.first}|{f.last}")
+        keys.add(f"{t}:sound:{'|'.join(sorted((f.first_sound, f.last_sound)))}")
         if f.company:
             keys.add(f"{t}:namecomp:{f.last}|{f.company}")
-        if f.postcode:
-            keys.add(f"{t}:namepost:{f.last}|{f.postcode}")
+    if f.last and f.postcode:
+        keys.add(f"{t}:lastpost:{f.last}|{f.postcode}")
+    if f.first and f.postcode:
+        keys.add(f"{t}:firstpost:{f.first}|{f.postcode}")
+    if f.first and f.last_sound and f.street_number:
+        keys.add(f"{t}:initstreet:{f.first[0]}|{f.last_sound}|{f.street_number}")
     if f.object_type == "company":
         if f.domain:
             keys.add(f"{t}:domain:{f.domain}")

@@ -1,60 +1,107 @@
-"""Agreement levels per field between two records. A field missing on either side has no level:
-it neither agrees nor disagrees (weight 0)."""
+"""Comparisons between two records, each a ladder of agreement levels (Splink's vocabulary: a
+*comparison* has *levels*, the first that holds applies). A field missing on either side has no
+level: it neither agrees nor disagrees (Splink's null level, weight 0).
+
+``COMPARISONS`` is the one definition of the levels: the streaming scorer calls ``compare`` on
+two records, and training (``training.py``) evaluates the very same functions on the columns each
+comparison declares, so the parameters it estimates are those of the levels the scorer sees."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from changegate.detector.matching.normalize import Features, name_variants
 from rapidfuzz.distance import JaroWinkler
 from rapidfuzz.fuzz import token_set_ratio, token_sort_ratio
 
-EXACT, NICKNAME, SIMILAR, PARTIAL, DISAGREE = "exact", "nickname", "similar", "partial", "disagree"
+EXACT, NICKNAME, SIMILAR, PHONETIC, PARTIAL, DISAGREE = (
+    "exact",
+    "nickname",
+    "similar",
+    "phonetic",
+    "partial",
+    "disagree",
+)
 NAMED_EXACT, NAMED_PARTIAL = "exact_same_name", "partial_same_name"
+STREET, CITY, POSTCODE = "street", "city", "postcode"
+
+# Jaro-Winkler thresholds of Splink's name comparisons; token ratios of rapidfuzz (0-100).
+NAME_SIMILAR_JW = 0.92
+FIRST_SIMILAR_JW = 0.9
+TEXT_SIMILAR_JW = 0.9
+COMPANY_SIMILAR_RATIO = 90
+STREET_SIMILAR_RATIO = 85
+MIN_MAILBOX_NAME = 4  # "info@", "bob@" at two domains say nothing
 
 
 def _jw(a: str, b: str) -> float:
     return JaroWinkler.similarity(a, b)
 
 
-def first_name(a: str, b: str) -> str | None:
+def first_name(a: str, b: str, sound_a: str = "", sound_b: str = "") -> str | None:
     if not a or not b:
         return None
     if a == b:
         return EXACT
     if name_variants(a) & name_variants(b):
         return NICKNAME
-    if _jw(a, b) >= 0.9:
+    if _jw(a, b) >= FIRST_SIMILAR_JW:
         return SIMILAR
+    if sound_a and sound_a == sound_b:
+        return PHONETIC
     if (len(a) == 1 or len(b) == 1) and a[0] == b[0]:
         return PARTIAL  # an initial
     return DISAGREE
 
 
-def last_name(a: str, b: str) -> str | None:
+def last_name(a: str, b: str, sound_a: str = "", sound_b: str = "") -> str | None:
     if not a or not b:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if _jw(a, b) >= 0.92 else DISAGREE
+    if _jw(a, b) >= NAME_SIMILAR_JW:
+        return SIMILAR
+    if sound_a and sound_a == sound_b:
+        return PHONETIC
+    return DISAGREE
 
 
-def email(a: Features, b: Features) -> str | None:
+def names(a: Features, b: Features) -> tuple[str | None, str | None]:
+    """First- and last-name levels; "Smith John" entered the wrong way round is compared swapped."""
+    first_a, last_a, fs_a, ls_a = a.first, a.last, a.first_sound, a.last_sound
+    if a.first and a.last and a.first == b.last and a.last == b.first and a.first != a.last:
+        first_a, last_a, fs_a, ls_a = a.last, a.first, a.last_sound, a.first_sound
+    return (
+        first_name(first_a, b.first, fs_a, b.first_sound),
+        last_name(last_a, b.last, ls_a, b.last_sound),
+    )
+
+
+def names_agree(first: str | None, last: str | None) -> bool:
+    """Both names agree (exactly or nearly): what makes a shared phone or mailbox name telling."""
+    return first in (EXACT, NICKNAME, SIMILAR) and last in (EXACT, SIMILAR)
+
+
+def email_level(a: Features, b: Features, named: bool) -> str | None:
     if not a.email or not b.email:
         return None
     if a.email == b.email:
         return EXACT
-    if a.email_local == b.email_local and len(a.email_local) > 3:
-        return PARTIAL  # same mailbox name at another domain
-    if a.email_domain == b.email_domain and _jw(a.email_local, b.email_local) >= 0.9:
+    if a.email_domain == b.email_domain and _jw(a.email_local, b.email_local) >= TEXT_SIMILAR_JW:
         return SIMILAR
+    if a.email_local == b.email_local and len(a.email_local) >= MIN_MAILBOX_NAME:
+        return NAMED_PARTIAL if named else PARTIAL  # the same mailbox name at another domain
     return DISAGREE
 
 
-def phone(a: str, b: str) -> str | None:
-    if not a or not b:
+def phone_level(a: Features, b: Features, named: bool) -> str | None:
+    if not a.phone or not b.phone:
         return None
-    if a == b:
-        return EXACT
-    return PARTIAL if a[-7:] == b[-7:] else DISAGREE
+    if a.phone == b.phone:
+        # The same number means much more with the same name: otherwise a switchboard, a household.
+        return NAMED_EXACT if named else EXACT
+    return PARTIAL if a.phone[-7:] == b.phone[-7:] else DISAGREE
 
 
 def company(a: str, b: str) -> str | None:
@@ -62,7 +109,7 @@ def company(a: str, b: str) -> str | None:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if token_set_ratio(a, b) >= 90 else DISAGREE
+    return SIMILAR if token_set_ratio(a, b) >= COMPANY_SIMILAR_RATIO else DISAGREE
 
 
 def exact_only(a: str, b: str) -> str | None:
@@ -76,7 +123,7 @@ def street(a: str, b: str) -> str | None:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if token_sort_ratio(a, b) >= 85 else DISAGREE
+    return SIMILAR if token_sort_ratio(a, b) >= STREET_SIMILAR_RATIO else DISAGREE
 
 
 def city(a: str, b: str) -> str | None:
@@ -84,7 +131,7 @@ def city(a: str, b: str) -> str | None:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if _jw(a, b) >= 0.9 else DISAGREE
+    return SIMILAR if _jw(a, b) >= TEXT_SIMILAR_JW else DISAGREE
 
 
 def postcode(a: str, b: str) -> str | None:
@@ -97,30 +144,12 @@ def postcode(a: str, b: str) -> str | None:
 
 def web_domain(a: Features, b: Features) -> str | None:
     """Company web domains, or for contacts the corporate part of the email (free mail says nothing)."""
-    da = a.domain or a.corporate_domain
-    db = b.domain or b.corporate_domain
-    return exact_only(da, db)
-
-
-def full_name(first: str | None, last: str | None) -> str | None:
-    """First and last name as one field: a shared last name alone is common among the candidates
-    blocking brings together (relatives, namesakes), so only the combination is evidence."""
-    if first is None and last is None:
-        return None
-    if first == EXACT and last == EXACT:
-        return EXACT
-    if last in (EXACT, SIMILAR) and first in (EXACT, NICKNAME, SIMILAR):
-        return SIMILAR  # a nickname, a typo
-    if (last in (EXACT, SIMILAR, None) and first in (PARTIAL, None)) or (
-        last is None and first in (EXACT, NICKNAME, SIMILAR)
-    ):
-        return PARTIAL  # an initial, or one of the two names missing
-    return DISAGREE
+    return exact_only(a.domain or a.corporate_domain, b.domain or b.corporate_domain)
 
 
 def organisation(a: Features, b: Features) -> str | None:
-    """Company name and web domain as one field: they move together, so counting both would count
-    one fact twice (Fellegi-Sunter assumes independent fields)."""
+    """Company name and web domain as one comparison: they move together, so counting both would
+    count one fact twice (Fellegi-Sunter assumes independent comparisons)."""
     by_name, by_domain = company(a.company, b.company), web_domain(a, b)
     if by_name is None and by_domain is None:
         return None
@@ -130,38 +159,93 @@ def organisation(a: Features, b: Features) -> str | None:
 
 
 def address(a: Features, b: Features) -> str | None:
-    """Street, postcode, city and state as one field, for the same reason."""
-    have_a = a.street or a.postcode or a.city
-    have_b = b.street or b.postcode or b.city
-    if not have_a or not have_b:
+    """Street, postcode and city as one comparison, for the same reason: the street is only known
+    in its place, and colleagues share all three."""
+    if not (a.street or a.postcode or a.city) or not (b.street or b.postcode or b.city):
         return None
-    street_level = street(a.street, b.street)
-    place = postcode(a.postcode, b.postcode) or city(a.city, b.city)
-    if street_level in (EXACT, SIMILAR) and place in (EXACT, None):
-        return EXACT
-    if place == EXACT or (place is None and city(a.city, b.city) == EXACT):
-        return PARTIAL  # same place, another or unknown street
+    on_street = street(a.street, b.street) in (EXACT, SIMILAR)
+    by_city, by_postcode = city(a.city, b.city), postcode(a.postcode, b.postcode)
+    in_place = EXACT in (by_city, by_postcode)
+    if on_street:
+        return EXACT if in_place else STREET  # STREET: the place mistyped, missing or changed
+    if by_city == EXACT:
+        return CITY  # another or unknown street in the same town (term frequencies: how big a town)
+    if by_postcode == EXACT:
+        return POSTCODE
+    if by_city == SIMILAR or by_postcode == PARTIAL:
+        return PARTIAL
     return DISAGREE
 
 
+@dataclass(frozen=True)
+class ComparisonSpec:
+    """One comparison: its name (``output_column_name``), the feature columns it reads, its levels
+    from most to least specific (the last is the else level), and the levels whose weight is
+    adjusted by the term frequency of a column's value (a rare surname says more than "smith")."""
+
+    name: str
+    columns: tuple[str, ...]
+    levels: tuple[str, ...]
+    level: Callable[[Features, Features], str | None]
+    tf_columns: dict[str, str] = field(default_factory=dict)
+
+
+_NAME_COLUMNS = ("first", "last", "first_sound", "last_sound")
+
+COMPARISONS: tuple[ComparisonSpec, ...] = (
+    ComparisonSpec(
+        "first_name",
+        _NAME_COLUMNS,
+        (EXACT, NICKNAME, SIMILAR, PHONETIC, PARTIAL, DISAGREE),
+        lambda a, b: names(a, b)[0],
+        {EXACT: "first"},
+    ),
+    ComparisonSpec(
+        "last_name",
+        _NAME_COLUMNS,
+        (EXACT, SIMILAR, PHONETIC, DISAGREE),
+        lambda a, b: names(a, b)[1],
+        {EXACT: "last"},
+    ),
+    ComparisonSpec(
+        "email",
+        ("email", "email_local", "email_domain", *_NAME_COLUMNS),
+        (EXACT, SIMILAR, NAMED_PARTIAL, PARTIAL, DISAGREE),
+        lambda a, b: email_level(a, b, names_agree(*names(a, b))),
+    ),
+    ComparisonSpec(
+        "phone",
+        ("phone", *_NAME_COLUMNS),
+        (NAMED_EXACT, EXACT, PARTIAL, DISAGREE),
+        lambda a, b: phone_level(a, b, names_agree(*names(a, b))),
+    ),
+    ComparisonSpec(
+        "organisation",
+        ("company", "domain", "email_domain"),
+        (EXACT, SIMILAR, DISAGREE),
+        organisation,
+    ),
+    ComparisonSpec(
+        "address",
+        ("street", "city", "postcode"),
+        (EXACT, STREET, CITY, POSTCODE, PARTIAL, DISAGREE),
+        address,
+        {CITY: "city"},
+    ),
+)
+TF_COLUMNS: tuple[str, ...] = tuple(sorted({c for s in COMPARISONS for c in s.tf_columns.values()}))
+
+
 def compare(a: Features, b: Features) -> dict[str, str]:
-    """Field -> agreement level, for the fields both records have."""
-    first_a, last_a = a.first, a.last
-    swapped = bool(a.first and a.last and a.first == b.last and a.last == b.first and a.first != a.last)
-    if swapped:  # "Smith John" entered the wrong way round
-        first_a, last_a = a.last, a.first
+    """Comparison -> level, for the comparisons both records have data for."""
+    first, last = names(a, b)
+    named = names_agree(first, last)
     levels = {
-        "name": full_name(first_name(first_a, b.first), last_name(last_a, b.last)),
-        "email": email(a, b),
-        "phone": phone(a.phone, b.phone),
+        "first_name": first,
+        "last_name": last,
+        "email": email_level(a, b, named),
+        "phone": phone_level(a, b, named),
         "organisation": organisation(a, b),
         "address": address(a, b),
     }
-    # Conditional levels: the same phone (a switchboard?) or mailbox name means much more when the
-    # names agree too. Fellegi-Sunter cannot see that interaction across separate fields.
-    if levels["name"] in (EXACT, SIMILAR):
-        if levels["phone"] == EXACT:
-            levels["phone"] = NAMED_EXACT
-        if levels["email"] == PARTIAL:
-            levels["email"] = NAMED_PARTIAL
     return {k: v for k, v in levels.items() if v is not None}
