@@ -17,6 +17,7 @@ from changegate.core.topics import Topic, TopicNames
 from changegate.detector import dedup, lifecycle, owner, state, verification
 from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
+from changegate.detector.matching.model import load_model
 from changegate.detector.matching.normalize import identity_changed
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import supersede
@@ -49,7 +50,7 @@ class Detector:
         self.pool = pool
         self.settings = settings
         self.names = TopicNames(settings.topic_prefix)
-        self.finder = DuplicateFinder(settings.match_weights)
+        self.finder = DuplicateFinder(load_model(settings.match_model), settings.match_review_threshold)
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         await self.handle_batch([envelope])

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from changegate.core.settings import CommonSettings
 from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
-from changegate.detector.matching.scoring import MatchWeights
+from pathlib import Path
+
+from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD
 from pydantic import Field
 
 
@@ -17,7 +19,14 @@ class DetectorSettings(CommonSettings):
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     owner: OwnerConfig = Field(default_factory=OwnerConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
-    match_weights: MatchWeights = Field(default_factory=MatchWeights)
+    match_model: Path | None = Field(
+        None,
+        description="the duplicate finder's model file (`changegate detector train`); unset: the shipped"
+        " default, trained without labels on generated data",
+    )
+    match_review_threshold: float = Field(
+        DEFAULT_REVIEW_THRESHOLD, gt=0, lt=1, description="match probability from which a merge is proposed"
+    )
     batch_wait_seconds: float = Field(
         0.01, description="how long the agent waits to fill a batch (latency added per hop at most)"
     )

@@ -34,16 +34,27 @@ def blocking_keys(f: Features) -> set[str]:
     if f.phone:
         keys.add(f"{t}:phone:{f.phone}")
     if f.first and f.last:
-        keys.add(f"{t}:name:{f.first}|{f.last}")
         keys.add(f"{t}:sound:{'|'.join(sorted((f.first_sound, f.last_sound)))}")
         if f.company:
             keys.add(f"{t}:namecomp:{f.last}|{f.company}")
-    if f.last and f.postcode:
-        keys.add(f"{t}:lastpost:{f.last}|{f.postcode}")
-    if f.first and f.postcode:
-        keys.add(f"{t}:firstpost:{f.first}|{f.postcode}")
     if f.first and f.last_sound and f.street_number:
         keys.add(f"{t}:initstreet:{f.first[0]}|{f.last_sound}|{f.street_number}")
+    # A name (in either slot: swapped names) or the street with a place; the house number with a
+    # place: one or two damaged fields leave another pair intact.
+    names = sorted({n for n in (f.first, f.last) if n})
+    if len(names) == 2:
+        keys.add(f"{t}:names:{names[0]}|{names[1]}")
+    number = f.street_number
+    for place, value in (("post", f.postcode), ("city", f.city)):
+        if not value:
+            continue
+        keys.update(f"{t}:name+{place}:{n}|{value}" for n in names)
+        if f.street:
+            keys.add(f"{t}:street+{place}:{f.street}|{value}")
+        if number:
+            keys.add(f"{t}:number+{place}:{number}|{value}")
+    if f.street:
+        keys.update(f"{t}:name+street:{n}|{f.street}" for n in names)
     if f.object_type == "company":
         if f.domain:
             keys.add(f"{t}:domain:{f.domain}")

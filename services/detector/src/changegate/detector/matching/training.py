@@ -122,8 +122,9 @@ def _session_pairs(records: Sequence[Features], columns: tuple[str, ...]) -> int
 
 def estimate_with_splink(
     records: Sequence[Features], options: TrainingOptions, step: Step
-) -> tuple[dict[str, dict[str, tuple[float | None, float | None]]], list[str]]:
-    """(comparison -> level -> (m, u)) estimated by Splink, and the EM sessions that ran."""
+) -> tuple[dict[str, dict[str, tuple[float | None, float | None]]], list[str], list[str]]:
+    """(comparison -> level -> (m, u)) estimated by Splink, the EM sessions that ran, and those
+    Splink gave up on (with why)."""
     import duckdb
     import pandas as pd
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
@@ -147,15 +148,22 @@ def estimate_with_splink(
     linker = Linker(db.register(frame), settings)
     step(f"u from {options.u_pairs:,.0f} random pairs")
     linker.training.estimate_u_using_random_sampling(max_pairs=options.u_pairs, seed=options.seed)
-    sessions = []
+    sessions: list[str] = []
+    skipped: list[str] = []
     for rule in EM_SESSIONS:
         pairs = _session_pairs(records, rule)
         if pairs < MIN_SESSION_PAIRS:
             continue
         step(f"m by EM, blocking on {' + '.join(rule)} ({pairs:,} pairs)")
-        linker.training.estimate_parameters_using_expectation_maximisation(
-            block_on(*rule), max_pairs=options.em_pairs if pairs > options.em_pairs else None
-        )
+        try:
+            linker.training.estimate_parameters_using_expectation_maximisation(
+                block_on(*rule), max_pairs=options.em_pairs if pairs > options.em_pairs else None
+            )
+        except ValueError as exc:
+            # Splink 5 refuses an m that EM drives below 1e-300 instead of clamping it; the other
+            # sessions still estimate every comparison this one would have.
+            skipped.append(f"{'+'.join(rule)}: {str(exc).splitlines()[0]}")
+            continue
         sessions.append("+".join(rule))
     params: dict[str, dict[str, tuple[float | None, float | None]]] = {}
     for comparison in linker.misc.save_model_to_json()["comparisons"]:
@@ -164,7 +172,7 @@ def estimate_with_splink(
             for level in comparison["comparison_levels"]
             if not level.get("is_null_level")
         }
-    return params, sessions
+    return params, sessions, skipped
 
 
 def build_model(
@@ -254,7 +262,7 @@ def estimate_prior(model: MatchModel, records: Sequence[Features], seed: int) ->
 def train(records: Sequence[Features], options: TrainingOptions, step: Step = lambda _: None) -> MatchModel:
     if len(records) < 2:
         raise ValueError("training needs at least two records")
-    params, sessions = estimate_with_splink(records, options, step)
+    params, sessions, skipped = estimate_with_splink(records, options, step)
     step("term frequencies")
     tfs = {c: term_frequencies(records, c) for c in TF_COLUMNS}
     trained_at = datetime.now(UTC).replace(microsecond=0)
@@ -265,6 +273,7 @@ def train(records: Sequence[Features], options: TrainingOptions, step: Step = la
         "records": len(records),
         "u_pairs": options.u_pairs,
         "em_sessions": sessions,
+        "em_sessions_failed": skipped,
         "seed": options.seed,
         "labels_used": False,
     }
