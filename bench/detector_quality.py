@@ -83,7 +83,9 @@ def ece(observations: list[tuple[float, bool]], bins: int = 10) -> float:
     for p, ok in observations:
         grouped[min(bins - 1, int(p * bins))].append((p, ok))
     return sum(
-        len(obs) / len(observations) * abs(statistics.mean(p for p, _ in obs) - sum(ok for _, ok in obs) / len(obs))
+        len(obs)
+        / len(observations)
+        * abs(statistics.mean(p for p, _ in obs) - sum(ok for _, ok in obs) / len(obs))
         for obs in grouped.values()
     )
 
@@ -115,9 +117,11 @@ def baselines(records: list[Record]) -> dict[str, set[Pair]]:
         ("exact email", lambda p: str(p.get("email") or "").strip().lower()),
         (
             "exact name+postcode",
-            lambda p: "|".join(str(p.get(k) or "").strip().lower() for k in ("firstname", "lastname", "zip"))
-            if all(p.get(k) for k in ("firstname", "lastname", "zip"))
-            else "",
+            lambda p: (
+                "|".join(str(p.get(k) or "").strip().lower() for k in ("firstname", "lastname", "zip"))
+                if all(p.get(k) for k in ("firstname", "lastname", "zip"))
+                else ""
+            ),
         ),
     ):
         groups: dict[str, list[str]] = defaultdict(list)
@@ -199,10 +203,16 @@ def report(res: Result, threshold: float) -> bool:
     print(f"\n== {res.name}: {res.records:,} records, {res.truth:,} true duplicate pairs ==")
     print(f"model: {res.model} (trained without labels in {res.train_seconds:.0f} s)")
     print(f"{'':26s}{'precision':>10s}{'recall':>10s}{'F1':>10s}")
-    print(f"{'changegate (p >= ' + str(threshold) + ')':26s}{res.p:>10.3f}{res.r:>10.3f}{res.f1:>10.3f}   ({res.proposed:,} pairs)")
+    print(
+        f"{'changegate (p >= ' + str(threshold) + ')':26s}{res.p:>10.3f}{res.r:>10.3f}{res.f1:>10.3f}"
+        f"   ({res.proposed:,} pairs)"
+    )
     for name, (bp, br, bf) in res.baselines.items():
         print(f"{'baseline: ' + name:26s}{bp:>10.3f}{br:>10.3f}{bf:>10.3f}")
-    print(f"blocking recall: {res.blocking_recall:.3f}; candidates per event: mean {res.candidates_mean:.2f}, max {res.candidates_max}")
+    print(
+        f"blocking recall: {res.blocking_recall:.3f}; "
+        f"candidates per event: mean {res.candidates_mean:.2f}, max {res.candidates_max}"
+    )
     print("misses: " + ", ".join(f"{k} {v:,}" for k, v in res.misses.items()))
     print("calibration over every scored candidate pair (bin: pairs, mean predicted, observed):")
     for label, n, mean_p, observed in res.calibration:
@@ -214,7 +224,9 @@ def report(res: Result, threshold: float) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--datasets", default="synthetic,febrl1,febrl2,febrl4")
     parser.add_argument("--people", type=int, default=20_000, help="entities in the synthetic population")
     parser.add_argument("--seed", type=int, default=2, help="synthetic population seed")

@@ -12,7 +12,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 app = typer.Typer(help="The duplicate finder: train its model on your own records.", no_args_is_help=True)
@@ -119,7 +126,9 @@ def train(
     csv_file: Annotated[Path | None, typer.Option("--csv", help="a CSV export with a header row")] = None,
     database_url: Annotated[
         str | None,
-        typer.Option(help="the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL), when no file is given"),
+        typer.Option(
+            help="the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL), when no file is given"
+        ),
     ] = None,
     object_type: Annotated[str, typer.Option(help="contact or company (the database's records)")] = "contact",
     labels: Annotated[
@@ -129,7 +138,9 @@ def train(
     u_pairs: Annotated[float, typer.Option(min=1e3, help="random pairs for u")] = 2e6,
     em_pairs: Annotated[float, typer.Option(min=1e3, help="most pairs per EM session")] = 1e6,
     seed: Annotated[int, typer.Option(help="random sampling seed")] = 42,
-    model_version: Annotated[str | None, typer.Option(help="version to name (default: trained-<UTC time>)")] = None,
+    model_version: Annotated[
+        str | None, typer.Option(help="version to name (default: trained-<UTC time>)")
+    ] = None,
 ) -> None:
     """Estimate the duplicate finder's model from a CRM snapshot, without labels: u from random
     pairs, m by expectation-maximisation (Splink), term frequencies of names and cities. Point
@@ -160,7 +171,13 @@ def train(
         console.print(f"[yellow]skipped[/] {problem}")
     if len(problems) > 20:
         console.print(f"[yellow]… and {len(problems) - 20} more unusable lines[/]")
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("normalising records", total=len(snapshot))
         ids, records = [], []
@@ -189,14 +206,13 @@ def train(
         where = {rid: i for i, rid in enumerate(ids)}
         finder = DuplicateFinder(model)
         known = [(where[a], where[b]) for a, b in pairs if a in where and b in where]
-        probabilities = sorted(
-            finder.compare(records[i], ids[j], records[j]).probability for i, j in known
-        )
+        probabilities = sorted(finder.compare(records[i], ids[j], records[j]).probability for i, j in known)
         if not probabilities:
             console.print(f"[yellow]none of the {len(pairs)} labelled pairs is in the snapshot[/]")
             return
         above = sum(p >= finder.threshold for p in probabilities)
         console.print(
-            f"check against {len(known)} labelled pairs (of {len(pairs)}): {above / len(known):.1%} at or above "
-            f"the review threshold {finder.threshold}; median probability {probabilities[len(probabilities) // 2]:.3f}"
+            f"check against {len(known)} labelled pairs (of {len(pairs)}): {above / len(known):.1%} at or"
+            f" above the review threshold {finder.threshold}; median probability"
+            f" {probabilities[len(probabilities) // 2]:.3f}"
         )

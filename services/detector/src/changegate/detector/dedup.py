@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -53,6 +56,15 @@ async def unindex(conn: DbConn, object_type: ObjectType, record_ids: list[str]) 
     )
 
 
+async def leave_clusters(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> None:
+    """Merged and deleted records leave their cluster (the cluster keeps its id)."""
+    await conn.execute(
+        "DELETE FROM detector_clusters WHERE object_type = $1 AND record_id = ANY($2::text[])",
+        object_type.value,
+        record_ids,
+    )
+
+
 async def find_duplicates(
     conn: DbConn, finder: DuplicateFinder, event: CrmEvent, props: dict[str, Any], region: str
 ) -> list[tuple[Match, dict[str, Any]]]:
@@ -94,25 +106,130 @@ async def find_duplicates(
     return [(m, others[m.other_id]) for m in found]
 
 
-def propose_merge(event: CrmEvent, props: dict[str, Any], match: Match, other: dict[str, Any]) -> Proposal:
-    choice = survivorship.choose(event.record_id, props, match.other_id, other)
-    survivor_props = props if choice.survivor == event.record_id else other
+CLUSTER_NAMESPACE = uuid.UUID("0c1a55e2-9d3b-4f7e-8a61-2b4c6d8e0f13")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A scored pair inside a cluster: ``a`` is the record the event was about."""
+
+    a: str
+    b: str
+    match: Match
+    direct: bool  # found by this event's blocking; otherwise a member of the cluster already
+
+
+def new_cluster_id(object_type: ObjectType, record_ids: Iterable[str]) -> uuid.UUID:
+    """A new cluster is named after its smallest record id, so a replay names it the same."""
+    return uuid.uuid5(CLUSTER_NAMESPACE, f"{object_type.value}|{min(record_ids, key=lambda r: (len(r), r))}")
+
+
+async def clusters_of(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> dict[str, uuid.UUID]:
+    rows = await conn.fetch(
+        "SELECT record_id, cluster_id FROM detector_clusters"
+        " WHERE object_type = $1 AND record_id = ANY($2::text[])",
+        object_type.value,
+        record_ids,
+    )
+    return {r["record_id"]: r["cluster_id"] for r in rows}
+
+
+async def cluster_members(
+    conn: DbConn, object_type: ObjectType, cluster_ids: list[uuid.UUID]
+) -> dict[str, dict[str, Any]]:
+    """Members of the clusters (not deleted or merged away), with their properties."""
+    rows = await conn.fetch(
+        "SELECT c.record_id, r.properties FROM detector_clusters c JOIN detector_records r"
+        " ON r.object_type = c.object_type AND r.record_id = c.record_id"
+        " WHERE c.object_type = $1 AND c.cluster_id = ANY($2::uuid[]) AND NOT r.deleted",
+        object_type.value,
+        cluster_ids,
+    )
+    return {r["record_id"]: r["properties"] for r in rows}
+
+
+def choose_cluster_id(
+    object_type: ObjectType, record_id: str, matched: list[str], known: dict[str, uuid.UUID]
+) -> uuid.UUID:
+    """The cluster keeps its id as records join: the event record's own cluster, else that of its
+    best match that has one; a new id only when none of them is in a cluster yet."""
+    for rid in [record_id, *matched]:
+        if rid in known:
+            return known[rid]
+    return new_cluster_id(object_type, [record_id, *matched])
+
+
+async def join_cluster(
+    conn: DbConn,
+    object_type: ObjectType,
+    cluster_id: uuid.UUID,
+    members: list[str],
+    absorbed: list[uuid.UUID],
+) -> None:
+    """Put ``members`` in the cluster; clusters the event linked to it are absorbed (renamed)."""
+    others = [c for c in absorbed if c != cluster_id]
+    if others:
+        await conn.execute(
+            "UPDATE detector_clusters SET cluster_id = $1"
+            " WHERE object_type = $2 AND cluster_id = ANY($3::uuid[])",
+            cluster_id,
+            object_type.value,
+            others,
+        )
+    await conn.executemany(
+        "INSERT INTO detector_clusters (object_type, record_id, cluster_id) VALUES ($1, $2, $3)"
+        " ON CONFLICT (object_type, record_id) DO UPDATE SET cluster_id = EXCLUDED.cluster_id",
+        [(object_type.value, rid, cluster_id) for rid in members],
+    )
+
+
+def _pair_evidence(link: Link) -> dict[str, Any]:
+    m = link.match
+    return {
+        "records": [link.a, link.b],
+        "probability": round(m.probability, 4),
+        "score": round(m.score.total, 3),
+        "fields": {
+            f: {"level": lvl, "weight": round(m.score.weights.get(f, 0.0), 3)}
+            for f, lvl in sorted(m.levels.items())
+        },
+        "flags": list(m.flags),
+        "found_by": "blocking" if link.direct else "cluster",
+    }
+
+
+def propose_merge(
+    event: CrmEvent,
+    cluster_id: uuid.UUID,
+    members: dict[str, dict[str, Any]],
+    links: list[Link],
+    model: dict[str, str],
+) -> Proposal:
+    """One merge proposal for a cluster: the survivor and every record merged into it, with the
+    evidence of each scored pair. ``links`` are best first; the first is the event's best match."""
+    choice = survivorship.choose_cluster(members)
+    survivor_props = members[choice.survivor]
     changes = [
         FieldChange(field=name, previous=survivor_props.get(name), proposed=value)
         for name, value in choice.fills.items()
     ]
     merged_before = survivor_props.get(MERGED_IDS_FIELD)
-    merged_ids = ";".join(x for x in [str(merged_before or ""), choice.merged] if x)
+    merged_ids = ";".join(x for x in [str(merged_before or ""), *choice.merged] if x)
     changes.append(FieldChange(field=MERGED_IDS_FIELD, previous=merged_before, proposed=merged_ids))
-    pair = "|".join(sorted((event.record_id, match.other_id)))
-    agreed = [f for f, w in match.score.weights.items() if w > 0]
+    best = links[0].match
+    direct = [lk.match.probability for lk in links if lk.direct]
+    confidence = min(direct) if direct else best.probability
+    flags = sorted({f for lk in links for f in lk.match.flags})
+    agreed = [f for f, w in best.score.weights.items() if w > 0]
     rationale = (
-        f"{choice.merged} looks like a duplicate of {choice.survivor} (match probability "
-        f"{match.probability:.3f}; agree on {', '.join(sorted(agreed)) or 'nothing'}); "
-        f"{choice.survivor} survives as the {choice.rule.replace('_', ' ')} record"
+        f"{', '.join(choice.merged)} look{'s' if len(choice.merged) == 1 else ''} like duplicates of "
+        f"{choice.survivor} (match probability {confidence:.3f}"
+        f"{'' if len(links) == 1 else ' at the weakest direct link'}; best pair agrees on "
+        f"{', '.join(sorted(agreed)) or 'nothing'}); {choice.survivor} survives as the "
+        f"{choice.rules[choice.merged[0]].replace('_', ' ')} record"
     )
-    if match.flags:
-        rationale += f"; risk: {', '.join(match.flags)}"
+    if flags:
+        rationale += f"; risk: {', '.join(flags)}"
     return build_proposal(
         detector=DETECTOR,
         kind=ProposalKind.MERGE,
@@ -122,23 +239,25 @@ def propose_merge(event: CrmEvent, props: dict[str, Any], match: Match, other: d
         system=event.source_system,
         source_event_id=event.source_event_id,
         trigger=Trigger.SIMILARITY,
-        confidence=round(match.probability, 4),
+        confidence=round(confidence, 4),
         rationale=rationale,
         evidence={
-            "score": round(match.score.total, 3),
-            "fields": {
-                f: {"level": lvl, "weight": round(match.score.weights.get(f, 0.0), 3)}
-                for f, lvl in sorted(match.levels.items())
-            },
-            "flags": list(match.flags),
+            "cluster_id": str(cluster_id),
+            "model": model,
+            # The event's best pair, as before clusters: what a reviewer reads first.
+            "score": round(best.score.total, 3),
+            "fields": _pair_evidence(links[0])["fields"],
+            "flags": flags,
+            "pairs": [_pair_evidence(lk) for lk in links],
             "survivorship": {
-                "rule": choice.rule,
+                "rule": choice.rules[choice.merged[0]],
+                "rules": choice.rules,
                 "survivor": choice.survivor,
-                "merged": choice.merged,
+                "merged": list(choice.merged),
                 "fills": choice.fills,
-                "conflicts": {k: {"kept": v[0], "dropped": v[1]} for k, v in choice.conflicts.items()},
+                "conflicts": choice.conflicts,
             },
         },
-        id_key=f"pair:{pair}",
-        other_record_ids=[choice.merged],
+        id_key=f"cluster:{cluster_id}|{'|'.join(sorted(members))}",
+        other_record_ids=list(choice.merged),
     )

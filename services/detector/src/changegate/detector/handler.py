@@ -18,7 +18,7 @@ from changegate.detector import dedup, lifecycle, owner, state, verification
 from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.model import load_model
-from changegate.detector.matching.normalize import identity_changed
+from changegate.detector.matching.normalize import cached_features, features, identity_changed
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import supersede
 from prometheus_client import Counter, Histogram
@@ -51,6 +51,8 @@ class Detector:
         self.settings = settings
         self.names = TopicNames(settings.topic_prefix)
         self.finder = DuplicateFinder(load_model(settings.match_model), settings.match_review_threshold)
+        model = self.finder.model
+        self.model_info = {"version": model.model_version, "sha256": model.sha256}
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         await self.handle_batch([envelope])
@@ -113,6 +115,7 @@ class Detector:
             await state.apply_record_event(conn, event)
             gone = [event.record_id] if kind is CrmEventKind.RECORD_DELETED else event.merged_record_ids
             await dedup.unindex(conn, event.object_type, gone)
+            await dedup.leave_clusters(conn, event.object_type, gone)
             return []
         if kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
             before = (
@@ -148,13 +151,30 @@ class Detector:
         return []
 
     async def _merges(self, conn: DbConn, event: CrmEvent, record: dict[str, Any]) -> list[Proposal]:
-        found = await dedup.find_duplicates(
-            conn, self.finder, event, record, self.settings.default_phone_region
-        )
-        return [
-            dedup.propose_merge(event, record, match, other)
-            for match, other in found[: self.settings.max_merge_proposals]
+        """At most one merge proposal per event: the cluster of the record and its matches."""
+        region = self.settings.default_phone_region
+        found = (await dedup.find_duplicates(conn, self.finder, event, record, region))[
+            : self.settings.max_merge_proposals
         ]
+        if not found:
+            return []
+        object_type = event.object_type
+        matched = [m.other_id for m, _ in found]
+        known = await dedup.clusters_of(conn, object_type, [event.record_id, *matched])
+        cluster_id = dedup.choose_cluster_id(object_type, event.record_id, matched, known)
+        members = {event.record_id: record, **{m.other_id: props for m, props in found}}
+        if known:
+            for rid, props in (
+                await dedup.cluster_members(conn, object_type, list(set(known.values())))
+            ).items():
+                members.setdefault(rid, props)
+        await dedup.join_cluster(conn, object_type, cluster_id, list(members), list(set(known.values())))
+        mine = features(object_type.value, record, region)
+        links = [dedup.Link(event.record_id, m.other_id, m, True) for m, _ in found]
+        for rid in sorted(set(members) - set(matched) - {event.record_id}):
+            other = cached_features(object_type.value, members[rid], region)
+            links.append(dedup.Link(event.record_id, rid, self.finder.compare(mine, rid, other), False))
+        return [dedup.propose_merge(event, cluster_id, members, links, self.model_info)]
 
     async def _reassign_from(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
         """Every record the deactivated owner holds gets a new owner proposed."""

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
-from changegate.core.settings import CommonSettings
-from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
 from pathlib import Path
 
+from changegate.core.settings import CommonSettings
+from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
 from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD
 from pydantic import Field
 
@@ -30,5 +30,7 @@ class DetectorSettings(CommonSettings):
     batch_wait_seconds: float = Field(
         0.01, description="how long the agent waits to fill a batch (latency added per hop at most)"
     )
-    max_merge_proposals: int = Field(3, ge=1, description="merge proposals per record event, best first")
+    max_merge_proposals: int = Field(
+        20, ge=1, description="matched records one merge proposal takes from an event, best first"
+    )
     default_phone_region: str = Field("US", description="region of phone numbers written without +code")

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from changegate.detector.matching.compare import compare
-from changegate.detector.matching.normalize import Features
 from changegate.detector.matching.model import MatchModel, load_model
+from changegate.detector.matching.normalize import Features
 from changegate.detector.matching.scoring import Score, Scorer
 
 

@@ -46,7 +46,9 @@ PRIOR_SAMPLE = 20_000
 M_FLOOR = 0.001
 PRIOR_ITERATIONS = 50
 FEATURE_COLUMNS: tuple[str, ...] = tuple(
-    sorted({c for s in COMPARISONS for c in s.columns} | set(TF_COLUMNS) | {c for r in EM_SESSIONS for c in r})
+    sorted(
+        {c for s in COMPARISONS for c in s.columns} | set(TF_COLUMNS) | {c for r in EM_SESSIONS for c in r}
+    )
 )
 
 Step = Callable[[str], None]
@@ -66,9 +68,7 @@ def term_frequencies(records: Sequence[Features], column: str) -> TermFrequencie
     total = sum(counts.values())
     if not total:
         return TermFrequencies(values={}, rare=1.0)
-    return TermFrequencies(
-        values={v: n / total for v, n in sorted(counts.items()) if n >= 2}, rare=1 / total
-    )
+    return TermFrequencies(values={v: n / total for v, n in sorted(counts.items()) if n >= 2}, rare=1 / total)
 
 
 def _level_function(records: Sequence[Features]) -> Callable[[str, int, int], str]:
@@ -89,7 +89,7 @@ def _level_function(records: Sequence[Features]) -> Callable[[str, int, int], st
 
 
 def _splink_comparison(spec: ComparisonSpec) -> dict[str, Any]:
-    call = f"cg_level('{spec.name}', \"unique_id_l\", \"unique_id_r\")"
+    call = f'cg_level(\'{spec.name}\', "unique_id_l", "unique_id_r")'
     # The null level names the feature columns the comparison reads (a no-op at run time): Splink
     # learns from them which comparisons an EM session's blocking rule decides.
     columns = ", ".join(f'"{c}_{side}"' for c in spec.columns for side in "lr")
@@ -114,9 +114,7 @@ def _splink_comparison(spec: ComparisonSpec) -> dict[str, Any]:
 
 
 def _session_pairs(records: Sequence[Features], columns: tuple[str, ...]) -> int:
-    groups = Counter(
-        key for r in records if all(key := tuple(getattr(r, c) for c in columns))
-    )
+    groups = Counter(key for r in records if all(key := tuple(getattr(r, c) for c in columns)))
     return sum(n * (n - 1) // 2 for n in groups.values())
 
 
@@ -126,7 +124,7 @@ def estimate_with_splink(
     """(comparison -> level -> (m, u)) estimated by Splink, the EM sessions that ran, and those
     Splink gave up on (with why)."""
     import duckdb
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
     for name in ("splink", "duckdb"):
@@ -218,9 +216,7 @@ def build_model(
     )
 
 
-def candidate_pairs(
-    records: Sequence[Features], sample: Iterable[int]
-) -> Iterable[tuple[int, int]]:
+def candidate_pairs(records: Sequence[Features], sample: Iterable[int]) -> Iterable[tuple[int, int]]:
     """Pairs (i, j) the detector's blocking brings together, for each sampled record i (as the
     service's index would, with the same cap per key)."""
     index: dict[str, list[int]] = defaultdict(list)
