@@ -33,26 +33,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import febrl
-from changegate.detector.matching.blocking import blocking_keys
+from changegate.detector.matching.blocking import MAX_RECORDS_PER_KEY, blocking_keys
 from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD, DuplicateFinder
 from changegate.detector.matching.model import MatchModel, load_model
 from changegate.detector.matching.normalize import Features, features
 from changegate.detector.matching.training import TrainingOptions, train
 from crm_population import Population, Record, true_pairs
 
-CANDIDATES_PER_KEY = 50  # the service's index returns at most this many records per key
 Pair = frozenset[str]
 
 
 def candidate_pairs(
     records: Iterable[tuple[Record, Features]],
 ) -> Iterable[tuple[Record, Features, Record, Features]]:
-    """Stream records; for each, the earlier records sharing a blocking key (as the service sees)."""
+    """Stream records; for each, the earlier records sharing a blocking key that is not too common
+    (as the service sees)."""
     index: dict[str, list[int]] = defaultdict(list)
     seen: list[tuple[Record, Features]] = []
     for r, f in records:
         keys = blocking_keys(f)
-        found = {i for k in keys for i in index.get(k, ())[-CANDIDATES_PER_KEY:]}
+        found = {i for k in keys if len(held := index.get(k, ())) <= MAX_RECORDS_PER_KEY for i in held}
         for i in sorted(found):
             yield r, f, *seen[i]
         for k in keys:
@@ -61,7 +61,7 @@ def candidate_pairs(
 
 
 def blocking_recall(records: list[tuple[Record, Features]], truth: set[Pair]) -> float:
-    """True pairs whose records share at least one blocking key (no cap)."""
+    """True pairs whose records share at least one blocking key (whatever its size)."""
     keys = {r.record_id: blocking_keys(f) for r, f in records}
     shared = sum(1 for pair in truth if set.intersection(*(keys[i] for i in pair)))
     return shared / len(truth) if truth else 1.0

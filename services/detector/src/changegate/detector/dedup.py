@@ -221,9 +221,10 @@ def propose_merge(
     confidence = min(direct) if direct else best.probability
     flags = sorted({f for lk in links for f in lk.match.flags})
     agreed = [f for f, w in best.score.weights.items() if w > 0]
+    merged = ", ".join(choice.merged)
     rationale = (
-        f"{', '.join(choice.merged)} look{'s' if len(choice.merged) == 1 else ''} like duplicates of "
-        f"{choice.survivor} (match probability {confidence:.3f}"
+        (f"{merged} looks like a duplicate of " if len(choice.merged) == 1 else f"{merged} look like duplicates of ")
+        + f"{choice.survivor} (match probability {confidence:.3f}"
         f"{'' if len(links) == 1 else ' at the weakest direct link'}; best pair agrees on "
         f"{', '.join(sorted(agreed)) or 'nothing'}); {choice.survivor} survives as the "
         f"{choice.rules[choice.merged[0]].replace('_', ' ')} record"

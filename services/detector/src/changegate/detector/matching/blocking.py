@@ -10,8 +10,8 @@ of records, never by a whole domain or a common surname alone:
   sound of the last name + street number (a wrong postcode or first name); name + company;
 - companies: domain, name, first word of the name + postcode, phone.
 
-Keys carry the object type, so contacts and companies never meet. The index reads at most a
-fixed number of records per key, so the candidates of one event are bounded whatever the key."""
+Keys carry the object type, so contacts and companies never meet. A key held by more than
+``MAX_RECORDS_PER_KEY`` records is skipped at lookup: the candidates of one event stay bounded."""
 
 from __future__ import annotations
 
@@ -19,6 +19,9 @@ from changegate.detector.matching.compare import MIN_MAILBOX_NAME
 from changegate.detector.matching.normalize import Features
 
 MAX_KEY_LENGTH = 200
+# A key more records share than this is too common to block on (like a city alone): it is skipped
+# at lookup, so the candidates of one event stay bounded whatever the CRM's size.
+MAX_RECORDS_PER_KEY = 20
 
 
 def blocking_keys(f: Features) -> set[str]:
@@ -26,8 +29,9 @@ def blocking_keys(f: Features) -> set[str]:
     keys: set[str] = set()
     if f.email:
         keys.add(f"{t}:email:{f.email}")
-        if len(f.email_local) >= MIN_MAILBOX_NAME:
-            keys.add(f"{t}:mailbox:{f.email_local}")
+        mailbox = f.email_local.replace(".", "")  # Gmail ignores dots: janedoe@gmail = jane.doe@acme
+        if len(mailbox) >= MIN_MAILBOX_NAME:
+            keys.add(f"{t}:mailbox:{mailbox}")
         if f.corporate_domain and f.last:
             # the same person at another mailbox style of the same company: j.smith@ vs john.smith@
             keys.add(f"{t}:emlast:{f.last}@{f.corporate_domain}")

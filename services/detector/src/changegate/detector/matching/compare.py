@@ -179,7 +179,8 @@ def address(a: Features, b: Features) -> str | None:
 
 @dataclass(frozen=True)
 class ComparisonSpec:
-    """One comparison: its name (``output_column_name``), the feature columns it reads, its levels
+    """One comparison: its name (``output_column_name``), the feature columns that decide it (an EM
+    session blocked on one of them cannot estimate it), its levels
     from most to least specific (the last is the else level), and the levels whose weight is
     adjusted by the term frequency of a column's value (a rare surname says more than "smith")."""
 
@@ -190,32 +191,33 @@ class ComparisonSpec:
     tf_columns: dict[str, str] = field(default_factory=dict)
 
 
-_NAME_COLUMNS = ("first", "last", "first_sound", "last_sound")
-
+# Each name comparison declares its own columns only; swapped names (rare) read the other's too.
 COMPARISONS: tuple[ComparisonSpec, ...] = (
     ComparisonSpec(
         "first_name",
-        _NAME_COLUMNS,
+        ("first", "first_sound"),
         (EXACT, NICKNAME, SIMILAR, PHONETIC, PARTIAL, DISAGREE),
         lambda a, b: names(a, b)[0],
         {EXACT: "first"},
     ),
     ComparisonSpec(
         "last_name",
-        _NAME_COLUMNS,
+        ("last", "last_sound"),
         (EXACT, SIMILAR, PHONETIC, DISAGREE),
         lambda a, b: names(a, b)[1],
         {EXACT: "last"},
     ),
+    # Email and phone read the names too (for their "same name" levels) but do not declare them:
+    # training would then never estimate them, as every EM session blocks on a name.
     ComparisonSpec(
         "email",
-        ("email", "email_local", "email_domain", *_NAME_COLUMNS),
+        ("email", "email_local", "email_domain"),
         (EXACT, SIMILAR, NAMED_PARTIAL, PARTIAL, DISAGREE),
         lambda a, b: email_level(a, b, names_agree(*names(a, b))),
     ),
     ComparisonSpec(
         "phone",
-        ("phone", *_NAME_COLUMNS),
+        ("phone",),
         (NAMED_EXACT, EXACT, PARTIAL, DISAGREE),
         lambda a, b: phone_level(a, b, names_agree(*names(a, b))),
     ),

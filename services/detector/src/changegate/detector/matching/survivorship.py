@@ -81,7 +81,8 @@ class ClusterSurvivorship:
     merged: tuple[str, ...]
     rules: dict[str, str]  # merged record -> the rule that ranked the survivor above it
     fills: dict[str, Any] = field(default_factory=dict)
-    conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # field -> record -> dropped value
+    # field -> {"kept": the survivor's value, "dropped": {merged record: its other value}}
+    conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def choose_cluster(records: dict[str, dict[str, Any]]) -> ClusterSurvivorship:
@@ -104,6 +105,6 @@ def choose_cluster(records: dict[str, dict[str, Any]]) -> ClusterSurvivorship:
         pair_fills, pair_conflicts = differences(kept, records[rid])
         for name, value in pair_fills.items():
             fills.setdefault(name, value)
-        for name, (_, dropped) in pair_conflicts.items():
-            conflicts.setdefault(name, {})[rid] = dropped
+        for name, (value, dropped) in pair_conflicts.items():
+            conflicts.setdefault(name, {"kept": value, "dropped": {}})["dropped"][rid] = dropped
     return ClusterSurvivorship(survivor, merged, rules, fills, conflicts)

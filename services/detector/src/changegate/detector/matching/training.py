@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from changegate.detector.matching.blocking import blocking_keys
+from changegate.detector.matching.blocking import MAX_RECORDS_PER_KEY, blocking_keys
 from changegate.detector.matching.compare import COMPARISONS, TF_COLUMNS, ComparisonSpec, compare
 from changegate.detector.matching.model import (
     Comparison,
@@ -36,18 +36,25 @@ from changegate.detector.matching.model import (
 from changegate.detector.matching.normalize import Features
 from changegate.detector.matching.scoring import Scorer
 
-# EM sessions: each blocks on columns of some comparisons (which that session then cannot
-# estimate). A session whose rule brings fewer than MIN_SESSION_PAIRS pairs together is skipped
-# (a CRM without emails has no email session).
-EM_SESSIONS: tuple[tuple[str, ...], ...] = (("postcode",), ("first", "last"), ("email",), ("phone",))
+# EM sessions (Splink's recipe): each blocks on the columns of some comparisons, which that
+# session then cannot estimate, and estimates the others. A place says where someone works as much
+# as who they are: the postcode session also declares the organisation's columns (a company sits at
+# its address), so it does not estimate them, and EM's match class stays "the same person" rather
+# than "the same company" (colleagues). Sessions: (rule columns, columns it decides besides).
+EM_SESSIONS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("postcode",), ("company", "domain", "email_domain")),
+    (("first", "last"), ()),
+    (("email",), ()),
+)
 MIN_SESSION_PAIRS = 200
-CANDIDATES_PER_KEY = 50
 PRIOR_SAMPLE = 20_000
 M_FLOOR = 0.001
 PRIOR_ITERATIONS = 50
 FEATURE_COLUMNS: tuple[str, ...] = tuple(
     sorted(
-        {c for s in COMPARISONS for c in s.columns} | set(TF_COLUMNS) | {c for r in EM_SESSIONS for c in r}
+        {c for s in COMPARISONS for c in s.columns}
+        | set(TF_COLUMNS)
+        | {c for rule, decided in EM_SESSIONS for c in (*rule, *decided)}
     )
 )
 
@@ -73,17 +80,12 @@ def term_frequencies(records: Sequence[Features], column: str) -> TermFrequencie
 
 def _level_function(records: Sequence[Features]) -> Callable[[str, int, int], str]:
     """``cg_level(comparison, unique_id_l, unique_id_r)``: the comparison's level for two records
-    ('' when either lacks the data). DuckDB calls it once per comparison and pair; the levels of a
-    pair are computed once (``compare``) and kept for the calls that follow."""
-    recent: dict[tuple[int, int], dict[str, str]] = {}
+    ('' when either lacks the data), by the comparison's own function. DuckDB evaluates one call
+    per comparison and pair (identical calls in a CASE are computed once)."""
+    functions = {spec.name: spec.level for spec in COMPARISONS}
 
     def level(name: str, left: int, right: int) -> str:
-        levels = recent.get((left, right))
-        if levels is None:
-            if len(recent) > 200_000:
-                recent.clear()
-            levels = recent[(left, right)] = compare(records[left], records[right])
-        return levels.get(name, "")
+        return functions[name](records[left], records[right]) or ""
 
     return level
 
@@ -125,7 +127,7 @@ def estimate_with_splink(
     Splink gave up on (with why)."""
     import duckdb
     import pandas as pd  # type: ignore[import-untyped]
-    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+    from splink import DuckDBAPI, Linker, SettingsCreator
 
     for name in ("splink", "duckdb"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -143,19 +145,23 @@ def estimate_with_splink(
         comparisons=[_splink_comparison(s) for s in COMPARISONS],
         probability_two_random_records_match=0.0001,
     )
-    linker = Linker(db.register(frame), settings)
+    linker = Linker(db.register(frame), settings, log_level=logging.WARNING)
     step(f"u from {options.u_pairs:,.0f} random pairs")
     linker.training.estimate_u_using_random_sampling(max_pairs=options.u_pairs, seed=options.seed)
     sessions: list[str] = []
     skipped: list[str] = []
-    for rule in EM_SESSIONS:
+    for rule, decided in EM_SESSIONS:
         pairs = _session_pairs(records, rule)
         if pairs < MIN_SESSION_PAIRS:
             continue
         step(f"m by EM, blocking on {' + '.join(rule)} ({pairs:,} pairs)")
+        sql = " AND ".join(f'l."{c}" = r."{c}"' for c in rule)
+        if decided:  # always true: names the columns for Splink, which then leaves them out
+            named = ", ".join(f'l."{c}"' for c in decided)
+            sql += f" AND coalesce({named}, '') IS NOT NULL"
         try:
             linker.training.estimate_parameters_using_expectation_maximisation(
-                block_on(*rule), max_pairs=options.em_pairs if pairs > options.em_pairs else None
+                sql, max_pairs=options.em_pairs if pairs > options.em_pairs else None
             )
         except ValueError as exc:
             # Splink 5 refuses an m that EM drives below 1e-300 instead of clamping it; the other
@@ -218,7 +224,7 @@ def build_model(
 
 def candidate_pairs(records: Sequence[Features], sample: Iterable[int]) -> Iterable[tuple[int, int]]:
     """Pairs (i, j) the detector's blocking brings together, for each sampled record i (as the
-    service's index would, with the same cap per key)."""
+    service's index would: keys held by too many records are skipped)."""
     index: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         for key in blocking_keys(r):
@@ -226,7 +232,9 @@ def candidate_pairs(records: Sequence[Features], sample: Iterable[int]) -> Itera
     for i in sample:
         found: set[int] = set()
         for key in blocking_keys(records[i]):
-            found.update(j for j in index[key][:CANDIDATES_PER_KEY] if j != i)
+            holders = index[key]
+            if len(holders) <= MAX_RECORDS_PER_KEY + 1:  # +1: the record itself
+                found.update(j for j in holders if j != i)
         yield from ((i, j) for j in found)
 
 
