@@ -7,17 +7,15 @@ makes Faust redeliver changes nothing twice."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from typing import Any
 
-from changegate.core.kafka import MessageProcessor, Subscription, is_transient
+from changegate.core.kafka import MessageProcessor, Subscription
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic, TopicNames
-from changegate.detector.dedup import refresh_index_size
 from changegate.detector.faust_runtime import make_app
 from changegate.detector.handler import SERVICE, Detector
 from changegate.detector.settings import DetectorSettings
@@ -33,6 +31,7 @@ async def main() -> None:
     pool = await runtime.open_database(SERVICE, "changegate.detector.migrations")
     producer = await runtime.open_producer()
     detector = Detector(pool, settings)
+    await detector.load_index()
     processor = MessageProcessor(
         settings,
         GROUP,
@@ -74,19 +73,9 @@ async def main() -> None:
 
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
 
-    async def watch_index() -> None:
-        while not runtime.stop.is_set():
-            try:
-                await refresh_index_size(pool)
-            except Exception as exc:  # a gauge may go stale; the service must not stop
-                if not is_transient(exc):
-                    raise
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.stop.wait(), 15)
-
     runtime.checks["consumer"] = lambda: started
     try:
-        await runtime.run(runtime.app(), [run_faust, relay.run, watch_index])
+        await runtime.run(runtime.app(), [run_faust, relay.run])
     finally:
         await producer.stop()
         await pool.close()

@@ -1,7 +1,8 @@
-"""Duplicate detection over the PostgreSQL blocking index, and merge proposals."""
+"""Duplicate detection over the in-process blocking index, clusters, and merge proposals."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,14 +19,13 @@ from changegate.core.contracts import (
 )
 from changegate.core.db import DbConn
 from changegate.detector.matching import survivorship
-from changegate.detector.matching.blocking import blocking_keys
 from changegate.detector.matching.engine import DuplicateFinder, Match
-from changegate.detector.matching.normalize import cached_features, features
+from changegate.detector.matching.index import BlockingIndex
+from changegate.detector.matching.normalize import features
 from changegate.detector.proposals import build_proposal
 from prometheus_client import Gauge, Histogram
 
 DETECTOR = "dedup"
-CANDIDATES_PER_KEY = 50
 MERGED_IDS_FIELD = "hs_merged_object_ids"
 
 CANDIDATES = Histogram(
@@ -33,27 +33,86 @@ CANDIDATES = Histogram(
     "Records compared with per record event",
     buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200),
 )
-INDEX_KEYS = Gauge("changegate_detector_index_keys", "Blocking keys in the duplicate index (estimate)")
-INDEX_RECORDS = Gauge("changegate_detector_index_records", "Records the detector knows (estimate)")
+INDEX_KEYS = Gauge("changegate_detector_index_postings", "Blocking-key postings in the in-process index")
+INDEX_RECORDS = Gauge("changegate_detector_index_records", "Records in the in-process blocking index")
+REBUILD_SECONDS = Gauge(
+    "changegate_detector_index_rebuild_seconds", "Time the index took to rebuild at start"
+)
 
 
-async def refresh_index_size(pool: asyncpg.Pool) -> None:
-    """PostgreSQL's own row estimates: exact counts would scan millions of rows."""
-    rows = await pool.fetch(
-        "SELECT relname, reltuples FROM pg_class WHERE relname IN ('detector_blocking', 'detector_records')"
+class Indexes:
+    """The in-process blocking index of each object type, derived from ``detector_records``."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.by_type: dict[str, BlockingIndex] = {}
+
+    def of(self, object_type: ObjectType | str) -> BlockingIndex:
+        name = object_type.value if isinstance(object_type, ObjectType) else object_type
+        if name not in self.by_type:
+            self.by_type[name] = BlockingIndex(name)
+        return self.by_type[name]
+
+    async def rebuild(self, pool: asyncpg.Pool, batch: int = 5000) -> int:
+        """Every live record, read in batches by primary key (no long transaction)."""
+        started = time.perf_counter()
+        self.by_type.clear()
+        count, after = 0, ("", "")
+        while True:
+            rows = await pool.fetch(
+                "SELECT object_type, record_id, properties FROM detector_records"
+                " WHERE NOT deleted AND (object_type, record_id) > ($1, $2)"
+                " ORDER BY object_type, record_id LIMIT $3",
+                after[0],
+                after[1],
+                batch,
+            )
+            if not rows:
+                break
+            for object_type in sorted({r["object_type"] for r in rows}):
+                self.of(object_type).bulk_load(
+                    (r["record_id"], features(object_type, r["properties"], self.region))
+                    for r in rows
+                    if r["object_type"] == object_type
+                )
+            count += len(rows)
+            after = (rows[-1]["object_type"], rows[-1]["record_id"])
+        REBUILD_SECONDS.set(time.perf_counter() - started)
+        self.observe()
+        return count
+
+    def remove(self, object_type: ObjectType, record_ids: list[str]) -> None:
+        """Merged and deleted records leave the index."""
+        index = self.of(object_type)
+        for record_id in record_ids:
+            index.remove(record_id)
+
+    def observe(self) -> None:
+        INDEX_KEYS.set(sum(i.postings for i in self.by_type.values()))
+        INDEX_RECORDS.set(sum(len(i) for i in self.by_type.values()))
+
+
+async def find_duplicates(
+    conn: DbConn, finder: DuplicateFinder, indexes: Indexes, event: CrmEvent, props: dict[str, Any]
+) -> list[tuple[Match, dict[str, Any]]]:
+    """Re-index the record under its current keys, and return its likely duplicates with their
+    properties (read from PostgreSQL, for the few that match)."""
+    index = indexes.of(event.object_type)
+    f = features(event.object_type.value, props, indexes.region)
+    candidates = index.candidates(f, exclude=event.record_id)
+    index.put(event.record_id, f)
+    CANDIDATES.observe(len(candidates))
+    found = finder.matches(f, candidates)
+    if not found:
+        return []
+    rows = await conn.fetch(
+        "SELECT record_id, properties FROM detector_records"
+        " WHERE object_type = $1 AND record_id = ANY($2::text[]) AND NOT deleted",
+        event.object_type.value,
+        [m.other_id for m in found],
     )
-    sizes = {r["relname"]: max(0.0, float(r["reltuples"])) for r in rows}
-    INDEX_KEYS.set(sizes.get("detector_blocking", 0))
-    INDEX_RECORDS.set(sizes.get("detector_records", 0))
-
-
-async def unindex(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> None:
-    """Merged and deleted records leave the index."""
-    await conn.execute(
-        "DELETE FROM detector_blocking WHERE object_type = $1 AND record_id = ANY($2::text[])",
-        object_type.value,
-        record_ids,
-    )
+    others = {r["record_id"]: r["properties"] for r in rows}
+    return [(m, others[m.other_id]) for m in found if m.other_id in others]
 
 
 async def leave_clusters(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> None:
@@ -63,47 +122,6 @@ async def leave_clusters(conn: DbConn, object_type: ObjectType, record_ids: list
         object_type.value,
         record_ids,
     )
-
-
-async def find_duplicates(
-    conn: DbConn, finder: DuplicateFinder, event: CrmEvent, props: dict[str, Any], region: str
-) -> list[tuple[Match, dict[str, Any]]]:
-    """Re-index the record under its current keys, and return its likely duplicates."""
-    f = features(event.object_type.value, props, region)
-    keys = sorted(blocking_keys(f))
-    await unindex(conn, event.object_type, [event.record_id])
-    # Two plain index lookups rather than one join: the planner's choice for a join follows table
-    # statistics, which lag behind a fast-growing index (it then scanned every record per event).
-    ids = await conn.fetchval(
-        "SELECT array_agg(DISTINCT c.record_id) FROM unnest($1::text[]) AS k(key)"
-        " CROSS JOIN LATERAL (SELECT b.record_id FROM detector_blocking b WHERE b.key = k.key"
-        "   AND b.record_id <> $2 LIMIT $3) c",
-        keys,
-        event.record_id,
-        CANDIDATES_PER_KEY,
-    )
-    rows = (
-        await conn.fetch(
-            "SELECT record_id, properties FROM detector_records"
-            " WHERE object_type = $1 AND record_id = ANY($2::text[]) AND NOT deleted",
-            event.object_type.value,
-            ids,
-        )
-        if ids
-        else []
-    )
-    if keys:
-        await conn.copy_records_to_table(
-            "detector_blocking",
-            columns=("key", "object_type", "record_id"),
-            records=[(k, event.object_type.value, event.record_id) for k in keys],
-        )
-    CANDIDATES.observe(len(rows))
-    others = {r["record_id"]: r["properties"] for r in rows}
-    found = finder.matches(
-        f, ((rid, cached_features(event.object_type.value, p, region)) for rid, p in others.items())
-    )
-    return [(m, others[m.other_id]) for m in found]
 
 
 CLUSTER_NAMESPACE = uuid.UUID("0c1a55e2-9d3b-4f7e-8a61-2b4c6d8e0f13")
@@ -223,7 +241,11 @@ def propose_merge(
     agreed = [f for f, w in best.score.weights.items() if w > 0]
     merged = ", ".join(choice.merged)
     rationale = (
-        (f"{merged} looks like a duplicate of " if len(choice.merged) == 1 else f"{merged} look like duplicates of ")
+        (
+            f"{merged} looks like a duplicate of "
+            if len(choice.merged) == 1
+            else f"{merged} look like duplicates of "
+        )
         + f"{choice.survivor} (match probability {confidence:.3f}"
         f"{'' if len(links) == 1 else ' at the weakest direct link'}; best pair agrees on "
         f"{', '.join(sorted(agreed)) or 'nothing'}); {choice.survivor} survives as the "

@@ -51,8 +51,15 @@ class Detector:
         self.settings = settings
         self.names = TopicNames(settings.topic_prefix)
         self.finder = DuplicateFinder(load_model(settings.match_model), settings.match_review_threshold)
+        self.indexes = dedup.Indexes(settings.default_phone_region)
         model = self.finder.model
         self.model_info = {"version": model.model_version, "sha256": model.sha256}
+
+    async def load_index(self) -> int:
+        """Rebuild the in-process blocking index from PostgreSQL (at start: before any event)."""
+        count = await self.indexes.rebuild(self.pool)
+        log.info("blocking index rebuilt", records=count)
+        return count
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         await self.handle_batch([envelope])
@@ -64,6 +71,7 @@ class Detector:
         async with self.pool.acquire() as conn, conn.transaction():
             for envelope in envelopes:
                 outcomes.append((envelope.payload, await self._handle_one(conn, envelope)))
+        self.indexes.observe()
         elapsed = (time.perf_counter() - started) / len(envelopes)
         for event, proposals in outcomes:
             DETECTION_SECONDS.observe(elapsed)
@@ -114,7 +122,7 @@ class Detector:
         if kind in (CrmEventKind.RECORD_DELETED, CrmEventKind.RECORD_MERGED):
             await state.apply_record_event(conn, event)
             gone = [event.record_id] if kind is CrmEventKind.RECORD_DELETED else event.merged_record_ids
-            await dedup.unindex(conn, event.object_type, gone)
+            self.indexes.remove(event.object_type, gone)
             await dedup.leave_clusters(conn, event.object_type, gone)
             return []
         if kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
@@ -153,7 +161,7 @@ class Detector:
     async def _merges(self, conn: DbConn, event: CrmEvent, record: dict[str, Any]) -> list[Proposal]:
         """At most one merge proposal per event: the cluster of the record and its matches."""
         region = self.settings.default_phone_region
-        found = (await dedup.find_duplicates(conn, self.finder, event, record, region))[
+        found = (await dedup.find_duplicates(conn, self.finder, self.indexes, event, record))[
             : self.settings.max_merge_proposals
         ]
         if not found:

@@ -22,7 +22,7 @@ from typing import Any, Literal, Self
 from changegate.detector.matching.compare import COMPARISONS
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FORMAT = "changegate-match-model/1"
+FORMAT: Literal["changegate-match-model/1"] = "changegate-match-model/1"
 DEFAULT_MODEL = "default_model.json"
 
 

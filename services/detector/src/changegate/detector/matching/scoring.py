@@ -31,11 +31,11 @@ class _TfLevel:
 
 def probability(total: float, prior_log_odds: float) -> float:
     """Logistic in base 2, safe for very large or very small scores."""
-    x = total + prior_log_odds
+    x = float(total + prior_log_odds)
     if x >= 0:
-        return 1 / (1 + 2.0**-x)
-    e = 2.0**x
-    return e / (1 + e)
+        return 1.0 / (1.0 + math.pow(2.0, -x)) if x < 1024 else 1.0
+    e = math.pow(2.0, x) if x > -1074 else 0.0
+    return e / (1.0 + e)
 
 
 class Scorer:

@@ -37,12 +37,13 @@ from changegate.detector.matching.normalize import Features
 from changegate.detector.matching.scoring import Scorer
 
 # EM sessions (Splink's recipe): each blocks on the columns of some comparisons, which that
-# session then cannot estimate, and estimates the others. A place says where someone works as much
-# as who they are: the postcode session also declares the organisation's columns (a company sits at
-# its address), so it does not estimate them, and EM's match class stays "the same person" rather
-# than "the same company" (colleagues). Sessions: (rule columns, columns it decides besides).
+# session then cannot estimate, and estimates the others. Splink assumes the rule tells nothing of
+# the other comparisons among non-matches; a place breaks that in a CRM: people at one postcode
+# share their company, its domain and its switchboard. So the postcode session also declares those
+# columns (it does not estimate them), and EM's match class stays "the same person" rather than
+# "the same company". Sessions: (rule columns, columns it decides besides).
 EM_SESSIONS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
-    (("postcode",), ("company", "domain", "email_domain")),
+    (("postcode",), ("company", "domain", "email_domain", "phone")),
     (("first", "last"), ()),
     (("email",), ()),
 )
