@@ -230,7 +230,8 @@ def test_rationale(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
     proposal = _propose(make_crm_event, "2002", bob, "1001", ROBERT)
     match = _match(bob, "1001", ROBERT)
     assert proposal.rationale == (
-        f"2002 looks like a duplicate of 1001 (match probability {match.probability:.3f}; best pair agrees on "
+        f"2002 looks like a duplicate of 1001 (match probability {match.probability:.3f}; "
+        "best pair agrees on "
         f"{_agreed(match)}); 1001 survives as the oldest record"
     )
 

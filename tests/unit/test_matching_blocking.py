@@ -97,7 +97,8 @@ def test_initial_sound_and_house_number() -> None:
 def test_contacts_and_companies_never_share_keys() -> None:
     contact = blocking_keys(features("contact", {"firstname": "Acme", "lastname": "Corp", "zip": "1"}))
     company = blocking_keys(features("company", {"name": "Acme Corp", "zip": "1", "domain": "acme.com"}))
-    assert contact and company
+    assert contact
+    assert company
     assert not contact & company
     assert all(k.startswith("company:") for k in company)
 
@@ -112,4 +113,5 @@ def test_company_keys() -> None:
 def test_an_empty_record_has_no_keys_and_keys_are_bounded() -> None:
     assert keys() == set()
     long = keys(firstname="a" * 500, lastname="b" * 500)
-    assert long and all(len(k) <= MAX_KEY_LENGTH for k in long)
+    assert long
+    assert all(len(k) <= MAX_KEY_LENGTH for k in long)

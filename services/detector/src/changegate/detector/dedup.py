@@ -21,7 +21,7 @@ from changegate.core.db import DbConn
 from changegate.detector.matching import survivorship
 from changegate.detector.matching.engine import DuplicateFinder, Match
 from changegate.detector.matching.index import BlockingIndex
-from changegate.detector.matching.normalize import features
+from changegate.detector.matching.normalize import cached_features, features
 from changegate.detector.proposals import build_proposal
 from prometheus_client import Gauge, Histogram
 
@@ -98,7 +98,7 @@ async def find_duplicates(
     """Re-index the record under its current keys, and return its likely duplicates with their
     properties (read from PostgreSQL, for the few that match)."""
     index = indexes.of(event.object_type)
-    f = features(event.object_type.value, props, indexes.region)
+    f = cached_features(event.object_type.value, props, indexes.region)
     candidates = index.candidates(f, exclude=event.record_id)
     index.put(event.record_id, f)
     CANDIDATES.observe(len(candidates))

@@ -18,7 +18,7 @@ from changegate.detector import dedup, lifecycle, owner, state, verification
 from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.model import load_model
-from changegate.detector.matching.normalize import cached_features, features, identity_changed
+from changegate.detector.matching.normalize import cached_features, identity_changed
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import supersede
 from prometheus_client import Counter, Histogram
@@ -134,7 +134,7 @@ class Detector:
             proposals: list[Proposal] = []
             # Duplicates can only appear when something identifying changed (a job title does not).
             if kind is CrmEventKind.RECORD_CREATED or identity_changed(
-                event.object_type.value, before, record
+                event.object_type.value, before, record, self.settings.default_phone_region
             ):
                 proposals += await self._merges(conn, event, record)
             # The rotation row is locked until commit: only take it for an unowned record.
@@ -177,7 +177,7 @@ class Detector:
             ).items():
                 members.setdefault(rid, props)
         await dedup.join_cluster(conn, object_type, cluster_id, list(members), list(set(known.values())))
-        mine = features(object_type.value, record, region)
+        mine = cached_features(object_type.value, record, region)
         links = [dedup.Link(event.record_id, m.other_id, m, True) for m, _ in found]
         for rid in sorted(set(members) - set(matched) - {event.record_id}):
             other = cached_features(object_type.value, members[rid], region)

@@ -207,17 +207,17 @@ COMPARISONS: tuple[ComparisonSpec, ...] = (
         lambda a, b: names(a, b)[1],
         {EXACT: "last"},
     ),
-    # Email and phone read the names too (for their "same name" levels) but do not declare them:
-    # training would then never estimate them, as every EM session blocks on a name.
+    # Email and phone read the names too, for their "same name" levels: a session blocked on the
+    # names does not estimate them (among namesakes, the same mailbox name is common).
     ComparisonSpec(
         "email",
-        ("email", "email_local", "email_domain"),
+        ("email", "email_local", "first", "last"),
         (EXACT, SIMILAR, NAMED_PARTIAL, PARTIAL, DISAGREE),
         lambda a, b: email_level(a, b, names_agree(*names(a, b))),
     ),
     ComparisonSpec(
         "phone",
-        ("phone",),
+        ("phone", "first", "last"),
         (NAMED_EXACT, EXACT, PARTIAL, DISAGREE),
         lambda a, b: phone_level(a, b, names_agree(*names(a, b))),
     ),

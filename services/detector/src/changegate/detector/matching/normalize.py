@@ -284,9 +284,11 @@ def _region(country: str) -> str:
     return _COUNTRY_REGIONS.get(country, "")
 
 
-def identity_changed(object_type: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
+def identity_changed(
+    object_type: str, before: dict[str, Any], after: dict[str, Any], region: str = "US"
+) -> bool:
     """Whether a change touches what the matcher compares (so duplicates must be looked for again)."""
-    return features(object_type, before) != features(object_type, after)
+    return cached_features(object_type, before, region) != cached_features(object_type, after, region)
 
 
 @lru_cache(maxsize=200_000)
@@ -295,8 +297,8 @@ def _cached(object_type: str, items: tuple[tuple[str, Any], ...], region: str) -
 
 
 def cached_features(object_type: str, props: dict[str, Any], region: str = "US") -> Features:
-    """Features of a candidate record, memoised: the same records come back as candidates often.
-    Keyed by content, so a changed record is never served stale features."""
+    """Features of a record, memoised by content (a changed record is never served stale ones): an
+    event's record is normalised once whatever asks (change check, index, clusters)."""
     try:
         return _cached(object_type, tuple(sorted(props.items())), region)
     except TypeError:  # an unhashable property value (a list): compute without the cache
