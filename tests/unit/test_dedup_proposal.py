@@ -185,12 +185,11 @@ def test_evidence(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
     assert evidence["model"] == MODEL
     assert evidence["score"] == round(match.score.total, 3)
     expected_levels = {
-        "address": "city",  # Bob's record has no street
         "email": "exact",
         "first_name": "nickname",
         "last_name": "exact",
-        "organisation": "exact",
         "phone": "exact_same_name",
+        "workplace": "company",  # Bob's record has no street
     }
     assert evidence["fields"] == {
         f: {"level": lvl, "weight": round(match.score.weights[f], 3)} for f, lvl in expected_levels.items()

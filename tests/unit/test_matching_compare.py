@@ -8,6 +8,7 @@ import pytest
 from changegate.detector.matching import compare as cmp
 from changegate.detector.matching.compare import (
     CITY,
+    COMPANY,
     COMPARISONS,
     DISAGREE,
     EXACT,
@@ -17,7 +18,9 @@ from changegate.detector.matching.compare import (
     PARTIAL,
     PHONETIC,
     POSTCODE,
+    SAME_WORKPLACE,
     SIMILAR,
+    SITE,
     STREET,
     compare,
 )
@@ -298,6 +301,46 @@ def test_address_levels(a: dict[str, Any], b: dict[str, Any], level: str | None)
     assert cmp.address(contact(**a), contact(**b)) == level
 
 
+# --- the workplace: organisation and address counted once -----------------------------------------
+
+ACME_SF = {"company": "Acme Inc", "address": "100 Main Street", "zip": "94105", "city": "San Francisco"}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "level"),
+    [
+        (ACME_SF, {**ACME_SF, "company": "ACME"}, EXACT),
+        (ACME_SF, {**ACME_SF, "company": "Acme Holdings"}, EXACT),  # a similar name is the company
+        (ACME_SF, {**ACME_SF, "zip": "10016", "city": "New York"}, EXACT),  # same street: STREET
+        (ACME_SF, {**ACME_SF, "address": "7 Oak Rd"}, COMPANY),  # another office
+        (ACME_SF, {"company": "Acme"}, COMPANY),
+        (ACME_SF, {**ACME_SF, "company": "Globex"}, SITE),
+        ({"address": "100 Main St", "zip": "94105"}, ACME_SF, SITE),
+        (ACME_SF, {**ACME_SF, "company": "Globex", "address": "7 Oak Rd"}, CITY),
+        (ACME_SF, {"company": "Globex", "address": "7 Oak Rd", "zip": "94105", "city": "Oakland"}, POSTCODE),
+        (ACME_SF, {"company": "Globex", "city": "San Francisco"}, CITY),
+        (ACME_SF, {"company": "Globex", "zip": "94107"}, PARTIAL),
+        (ACME_SF, {"company": "Globex", "zip": "10016", "city": "New York"}, DISAGREE),
+        (ACME_SF, {"company": "Globex"}, DISAGREE),
+        (ACME_SF, {"firstname": "Ann"}, None),
+    ],
+)
+def test_workplace_levels(a: dict[str, Any], b: dict[str, Any], level: str | None) -> None:
+    assert cmp.workplace(contact(**a), contact(**b)) == level
+    assert cmp.workplace(contact(**b), contact(**a)) == level
+
+
+def test_a_shared_line_at_the_same_workplace_is_the_switchboard() -> None:
+    line = "+1 415 555 2600"
+    alice = contact(firstname="Alice", lastname="Jones", phone=line, **ACME_SF)
+    carol = contact(firstname="Carol", lastname="Nguyen", phone=line, **ACME_SF)
+    assert compare(alice, carol)["phone"] == SAME_WORKPLACE
+    elsewhere = contact(firstname="Carol", lastname="Nguyen", phone=line, company="Globex", zip="10016")
+    assert compare(alice, elsewhere)["phone"] == EXACT  # a shared line elsewhere: a household?
+    bob = contact(firstname="Alice", lastname="Jones", phone=line, company="Globex")
+    assert compare(alice, bob)["phone"] == NAMED_EXACT  # the same name wins over the workplace
+
+
 # --- compare and its conditional levels -----------------------------------------------------------
 
 
@@ -366,8 +409,7 @@ def test_compare_full_records() -> None:
         "last_name": EXACT,
         "email": EXACT,
         "phone": NAMED_EXACT,
-        "organisation": EXACT,
-        "address": EXACT,
+        "workplace": EXACT,
     }
     assert compare(a, b) == expected
     assert compare(b, a) == expected

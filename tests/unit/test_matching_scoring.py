@@ -293,8 +293,7 @@ def test_true_duplicate_scores_above_the_review_threshold() -> None:
         "last_name": "exact",
         "email": "exact",
         "phone": "exact_same_name",
-        "organisation": "exact",
-        "address": "exact",
+        "workplace": "exact",
     }
     assert match.score.total == pytest.approx(sum(match.score.weights.values()))
     assert match.probability > finder.threshold
@@ -309,9 +308,8 @@ def test_colleagues_at_the_same_company_and_address_score_below_the_threshold() 
         "first_name": "disagree",
         "last_name": "disagree",
         "email": "disagree",
-        "phone": "exact",  # the switchboard, without the same name
-        "organisation": "exact",
-        "address": "exact",
+        "phone": "exact_same_workplace",  # the switchboard: counted with the workplace
+        "workplace": "exact",
     }
     assert match.probability < finder.threshold
     assert finder.matches(contact(**ALICE), [("2", contact(**CAROL))]) == []
@@ -321,7 +319,7 @@ def test_namesakes_at_different_companies_score_below_the_threshold() -> None:
     finder = DuplicateFinder()
     match = finder.compare(contact(**JOHN_INITECH), "2", contact(**JOHN_GLOBEX))
     assert (match.levels["first_name"], match.levels["last_name"]) == ("exact", "exact")
-    assert match.levels["organisation"] == "disagree"
+    assert match.levels["workplace"] == "disagree"
     assert match.probability < 0.01
     assert match.flags == ("different_email_domains", "different_companies")
     assert finder.matches(contact(**JOHN_INITECH), [("2", contact(**JOHN_GLOBEX))]) == []
@@ -355,9 +353,9 @@ def test_matches_are_thresholded_and_sorted() -> None:
 def test_a_probability_follows_from_the_weights_and_the_prior() -> None:
     finder = DuplicateFinder()
     match = finder.compare(contact(**BOB), "x", contact(email="bob.smith@acme.com"))
-    assert match.levels == {"email": "exact", "organisation": "exact"}
+    assert match.levels == {"email": "exact", "workplace": "company"}
     scorer = finder.scorer
-    total = scorer.weights["email"]["exact"] + scorer.weights["organisation"]["exact"]
+    total = scorer.weights["email"]["exact"] + scorer.weights["workplace"]["company"]
     assert match.score.total == pytest.approx(total)
     assert match.probability == pytest.approx(1 / (1 + 2 ** -(total + scorer.prior_log_odds)))
 

@@ -99,11 +99,13 @@ def test_the_model_says_how_it_was_made_and_scores(trained: tuple[MatchModel, in
     assert model.training["labels_used"] is False
     assert model.training["records"] == n
     assert model.training["em_sessions"] == ["postcode", "first+last"]  # no emails: no email session
-    assert {c.output_column_name for c in model.comparisons} == {"first_name", "last_name", "address"}
+    assert {c.output_column_name for c in model.comparisons} == {"first_name", "last_name", "workplace"}
     assert set(model.term_frequencies) == {"first", "last", "city"}
     scorer = Scorer(model)
-    same = scorer.score({"first_name": "exact", "last_name": "exact", "address": "exact"})
-    other = scorer.score({"first_name": "disagree", "last_name": "disagree", "address": "disagree"})
+    same = scorer.score(
+        {"first_name": "exact", "last_name": "exact", "workplace": "site"}
+    )  # an address without a company
+    other = scorer.score({"first_name": "disagree", "last_name": "disagree", "workplace": "disagree"})
     assert same.probability > 0.99 > 0.01 > other.probability
 
 

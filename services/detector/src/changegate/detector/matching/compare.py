@@ -24,7 +24,9 @@ EXACT, NICKNAME, SIMILAR, PHONETIC, PARTIAL, DISAGREE = (
     "disagree",
 )
 NAMED_EXACT, NAMED_PARTIAL = "exact_same_name", "partial_same_name"
+SAME_WORKPLACE = "exact_same_workplace"
 STREET, CITY, POSTCODE = "street", "city", "postcode"
+COMPANY, SITE = "company", "site"
 
 # Jaro-Winkler thresholds of Splink's name comparisons; token ratios of rapidfuzz (0-100).
 NAME_SIMILAR_JW = 0.92
@@ -95,12 +97,15 @@ def email_level(a: Features, b: Features, named: bool) -> str | None:
     return DISAGREE
 
 
-def phone_level(a: Features, b: Features, named: bool) -> str | None:
+def phone_level(a: Features, b: Features, named: bool, same_workplace: bool = False) -> str | None:
     if not a.phone or not b.phone:
         return None
     if a.phone == b.phone:
-        # The same number means much more with the same name: otherwise a switchboard, a household.
-        return NAMED_EXACT if named else EXACT
+        # The same number means much more with the same name; without it, at the same workplace it
+        # is the switchboard (colleagues share it: counted with the workplace, it weighs little).
+        if named:
+            return NAMED_EXACT
+        return SAME_WORKPLACE if same_workplace else EXACT
     return PARTIAL if a.phone[-7:] == b.phone[-7:] else DISAGREE
 
 
@@ -159,8 +164,7 @@ def organisation(a: Features, b: Features) -> str | None:
 
 
 def address(a: Features, b: Features) -> str | None:
-    """Street, postcode and city as one comparison, for the same reason: the street is only known
-    in its place, and colleagues share all three."""
+    """Street, postcode and city as one comparison: the street is only known in its place."""
     if not (a.street or a.postcode or a.city) or not (b.street or b.postcode or b.city):
         return None
     on_street = street(a.street, b.street) in (EXACT, SIMILAR)
@@ -177,6 +181,23 @@ def address(a: Features, b: Features) -> str | None:
     return DISAGREE
 
 
+def workplace(a: Features, b: Features) -> str | None:
+    """Organisation and address as one comparison. Colleagues share both (and often a switchboard):
+    as separate comparisons, Fellegi-Sunter would count one fact - the same workplace - two or
+    three times, since random pairs, where u is measured, hardly ever share either. Levels: both
+    agree (EXACT), the company only, the street and place only (SITE), then the address's own."""
+    org, addr = organisation(a, b), address(a, b)
+    if org is None and addr is None:
+        return None
+    same_company = org in (EXACT, SIMILAR)
+    at_site = addr in (EXACT, STREET)
+    if same_company:
+        return EXACT if at_site else COMPANY
+    if addr == EXACT:
+        return SITE  # the same street and place, another or unknown company name
+    return addr or DISAGREE
+
+
 @dataclass(frozen=True)
 class ComparisonSpec:
     """One comparison: its name (``output_column_name``), the feature columns that decide it (an EM
@@ -190,6 +211,9 @@ class ComparisonSpec:
     level: Callable[[Features, Features], str | None]
     tf_columns: dict[str, str] = field(default_factory=dict)
 
+
+_WORKPLACE_COLUMNS = ("company", "domain", "email_domain", "street", "city", "postcode")
+_SAME_WORKPLACE = (EXACT, COMPANY, SITE)
 
 # Each name comparison declares its own columns only; swapped names (rare) read the other's too.
 COMPARISONS: tuple[ComparisonSpec, ...] = (
@@ -217,21 +241,15 @@ COMPARISONS: tuple[ComparisonSpec, ...] = (
     ),
     ComparisonSpec(
         "phone",
-        ("phone", "first", "last"),
-        (NAMED_EXACT, EXACT, PARTIAL, DISAGREE),
-        lambda a, b: phone_level(a, b, names_agree(*names(a, b))),
+        ("phone", "first", "last", *_WORKPLACE_COLUMNS),
+        (NAMED_EXACT, SAME_WORKPLACE, EXACT, PARTIAL, DISAGREE),
+        lambda a, b: phone_level(a, b, names_agree(*names(a, b)), workplace(a, b) in _SAME_WORKPLACE),
     ),
     ComparisonSpec(
-        "organisation",
-        ("company", "domain", "email_domain"),
-        (EXACT, SIMILAR, DISAGREE),
-        organisation,
-    ),
-    ComparisonSpec(
-        "address",
-        ("street", "city", "postcode"),
-        (EXACT, STREET, CITY, POSTCODE, PARTIAL, DISAGREE),
-        address,
+        "workplace",
+        _WORKPLACE_COLUMNS,
+        (EXACT, COMPANY, SITE, STREET, CITY, POSTCODE, PARTIAL, DISAGREE),
+        workplace,
         {CITY: "city"},
     ),
 )
@@ -242,12 +260,12 @@ def compare(a: Features, b: Features) -> dict[str, str]:
     """Comparison -> level, for the comparisons both records have data for."""
     first, last = names(a, b)
     named = names_agree(first, last)
+    place = workplace(a, b)
     levels = {
         "first_name": first,
         "last_name": last,
         "email": email_level(a, b, named),
-        "phone": phone_level(a, b, named),
-        "organisation": organisation(a, b),
-        "address": address(a, b),
+        "phone": phone_level(a, b, named, place in _SAME_WORKPLACE),
+        "workplace": place,
     }
     return {k: v for k, v in levels.items() if v is not None}
