@@ -155,7 +155,19 @@ def test_names_through_compare() -> None:
     ],
 )
 def test_email_levels(a: str, b: str, level: str | None) -> None:
-    assert cmp.email_level(contact(email=a), contact(email=b), named=False) == level
+    assert cmp.email_level(contact(email=a), contact(email=b), named=True) == (
+        cmp.NAMED_PARTIAL if level == PARTIAL else level
+    )
+
+
+def test_a_similar_mailbox_is_a_typo_only_when_the_names_agree() -> None:
+    a, b = contact(email="jessicas@acme.com"), contact(email="jessicad@acme.com")
+    assert cmp.email_level(a, b, named=True) == SIMILAR
+    assert cmp.email_level(a, b, named=False) == DISAGREE  # colleagues: Jessica S. and Jessica D.
+    assert (
+        cmp.email_level(contact(email="jane.doe@x.com"), contact(email="jane.doe@y.com"), named=False)
+        == PARTIAL
+    )
 
 
 @pytest.mark.parametrize(
@@ -453,3 +465,20 @@ def test_each_comparison_ends_with_its_else_level_and_reads_real_columns() -> No
         assert set(spec.columns) <= fields
         assert set(spec.tf_columns) <= set(spec.levels)
         assert set(spec.tf_columns.values()) <= fields
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (("whoe", "chloe"), ("chloe", "white"), (EXACT, SIMILAR)),  # swapped, and a typo
+        (("havriluk", "jacinta"), ("tiarna", "havriluk"), (DISAGREE, EXACT)),
+        (("lee", "lee"), ("ann", "lee"), (DISAGREE, EXACT)),  # not a swap: no better either way
+        (("john", "smith"), ("john", "smyth"), (EXACT, PHONETIC)),  # no disagreement: never swapped
+    ],
+)
+def test_names_entered_the_wrong_way_round_with_a_typo(
+    a: tuple[str, str], b: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    fa = contact(firstname=a[0], lastname=a[1])
+    fb = contact(firstname=b[0], lastname=b[1])
+    assert cmp.names(fa, fb) == expected

@@ -69,15 +69,24 @@ def last_name(a: str, b: str, sound_a: str = "", sound_b: str = "") -> str | Non
     return DISAGREE
 
 
+_RANK = {EXACT: 4, NICKNAME: 3, SIMILAR: 3, PHONETIC: 2, PARTIAL: 1, DISAGREE: 0}
+
+
 def names(a: Features, b: Features) -> tuple[str | None, str | None]:
-    """First- and last-name levels; "Smith John" entered the wrong way round is compared swapped."""
-    first_a, last_a, fs_a, ls_a = a.first, a.last, a.first_sound, a.last_sound
-    if a.first and a.last and a.first == b.last and a.last == b.first and a.first != a.last:
-        first_a, last_a, fs_a, ls_a = a.last, a.first, a.last_sound, a.first_sound
-    return (
-        first_name(first_a, b.first, fs_a, b.first_sound),
-        last_name(last_a, b.last, ls_a, b.last_sound),
+    """First- and last-name levels. Names entered the wrong way round ("Smith John", maybe with a
+    typo) are compared swapped when that agrees strictly better than the order given."""
+    straight = (
+        first_name(a.first, b.first, a.first_sound, b.first_sound),
+        last_name(a.last, b.last, a.last_sound, b.last_sound),
     )
+    if DISAGREE not in straight or not (a.first and a.last and b.first and b.last):
+        return straight
+    swapped = (
+        first_name(a.last, b.first, a.last_sound, b.first_sound),
+        last_name(a.first, b.last, a.first_sound, b.last_sound),
+    )
+    rank = lambda levels: sum(_RANK[lvl] for lvl in levels if lvl)  # noqa: E731
+    return swapped if rank(swapped) > rank(straight) else straight
 
 
 def names_agree(first: str | None, last: str | None) -> bool:
@@ -91,7 +100,8 @@ def email_level(a: Features, b: Features, named: bool) -> str | None:
     if a.email == b.email:
         return EXACT
     if a.email_domain == b.email_domain and _jw(a.email_local, b.email_local) >= TEXT_SIMILAR_JW:
-        return SIMILAR
+        # A typo when the names agree; otherwise colleagues' mailboxes (jessicas@ and jessicad@).
+        return SIMILAR if named else DISAGREE
     if a.email_local == b.email_local and len(a.email_local) >= MIN_MAILBOX_NAME:
         return NAMED_PARTIAL if named else PARTIAL  # the same mailbox name at another domain
     return DISAGREE
