@@ -26,9 +26,10 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,6 +42,7 @@ from changegate.detector.matching.training import TrainingOptions, train
 from crm_population import Population, Record, true_pairs
 
 Pair = frozenset[str]
+SWEEP = (0.5, 0.8, 0.9, 0.95, 0.99)
 
 
 def candidate_pairs(
@@ -109,21 +111,25 @@ class Result:
     model: str = ""
     train_seconds: float = 0.0
     misses: Counter[str] = field(default_factory=Counter)
+    sweep: dict[float, tuple[float, float, float]] = field(default_factory=dict)
+
+
+def _email_key(p: dict[str, Any]) -> str:
+    return str(p.get("email") or "").strip().lower()
+
+
+def _name_postcode_key(p: dict[str, Any]) -> str:
+    parts = [str(p.get(k) or "").strip().lower() for k in ("firstname", "lastname", "zip")]
+    return "|".join(parts) if all(parts) else ""
 
 
 def baselines(records: list[Record]) -> dict[str, set[Pair]]:
     out: dict[str, set[Pair]] = {}
-    for name, key in (
-        ("exact email", lambda p: str(p.get("email") or "").strip().lower()),
-        (
-            "exact name+postcode",
-            lambda p: (
-                "|".join(str(p.get(k) or "").strip().lower() for k in ("firstname", "lastname", "zip"))
-                if all(p.get(k) for k in ("firstname", "lastname", "zip"))
-                else ""
-            ),
-        ),
-    ):
+    keys: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("exact email", _email_key),
+        ("exact name+postcode", _name_postcode_key),
+    ]
+    for name, key in keys:
         groups: dict[str, list[str]] = defaultdict(list)
         pairs: set[Pair] = set()
         for r in records:
@@ -159,6 +165,7 @@ def evaluate(name: str, records: list[Record], model: MatchModel | None) -> Resu
             predicted.add(pair)
             proposal_obs.append((m.probability, same))
     p, rc, f1 = prf(predicted, truth)
+    sweep = {t: prf({pair for pair, prob in scored.items() if prob >= t}, truth) for t in SWEEP}
     counts = [per_event.get(r.record_id, 0) for r in records]
     misses: Counter[str] = Counter()
     for pair in truth - predicted:
@@ -196,6 +203,7 @@ def evaluate(name: str, records: list[Record], model: MatchModel | None) -> Resu
         model=f"{model.model_version} sha256:{model.sha256[:12]}",
         train_seconds=trained,
         misses=misses,
+        sweep=sweep,
     )
 
 
@@ -214,6 +222,10 @@ def report(res: Result, threshold: float) -> bool:
         f"candidates per event: mean {res.candidates_mean:.2f}, max {res.candidates_max}"
     )
     print("misses: " + ", ".join(f"{k} {v:,}" for k, v in res.misses.items()))
+    print(
+        "at other thresholds (for information; the configuration is one for all sets): "
+        + "  ".join(f"{t}: P {p:.3f} R {r:.3f}" for t, (p, r, _) in res.sweep.items())
+    )
     print("calibration over every scored candidate pair (bin: pairs, mean predicted, observed):")
     for label, n, mean_p, observed in res.calibration:
         print(f"  {label}: {n:>8,d}  {mean_p:.3f}  {observed:.3f}")

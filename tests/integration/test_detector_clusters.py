@@ -29,13 +29,13 @@ ROBERT = {
 }
 
 
-def _event(record_id: str, kind: CrmEventKind = CrmEventKind.RECORD_CREATED, **props: Any) -> CrmEvent:
+def _event(record_id: str, **props: Any) -> CrmEvent:
     return CrmEvent(
         source_system="hubspot",
-        source_event_id=f"{kind.value}-{record_id}-{len(props)}",
+        source_event_id=f"created-{record_id}",
         object_type=ObjectType.CONTACT,
         record_id=record_id,
-        kind=kind,
+        kind=CrmEventKind.RECORD_CREATED,
         properties=props,
     )
 

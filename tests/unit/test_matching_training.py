@@ -119,7 +119,7 @@ def test_term_frequencies() -> None:
 
 
 def test_build_model_floors_unseen_levels_and_drops_absent_comparisons() -> None:
-    params = {
+    params: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "first_name": {
             "exact": (0.8, 0.01),
             "nickname": (None, 0.002),

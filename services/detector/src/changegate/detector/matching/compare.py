@@ -85,8 +85,11 @@ def names(a: Features, b: Features) -> tuple[str | None, str | None]:
         first_name(a.last, b.first, a.last_sound, b.first_sound),
         last_name(a.first, b.last, a.first_sound, b.last_sound),
     )
-    rank = lambda levels: sum(_RANK[lvl] for lvl in levels if lvl)  # noqa: E731
-    return swapped if rank(swapped) > rank(straight) else straight
+    return swapped if _rank(swapped) > _rank(straight) else straight
+
+
+def _rank(levels: tuple[str | None, str | None]) -> int:
+    return sum(_RANK[level] for level in levels if level)
 
 
 def names_agree(first: str | None, last: str | None) -> bool:
