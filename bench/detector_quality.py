@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import febrl
-from changegate.detector.matching.blocking import MAX_RECORDS_PER_KEY, blocking_keys
+from changegate.detector.matching.blocking import blocking_keys, select_candidates
 from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD, DuplicateFinder
 from changegate.detector.matching.model import MatchModel, load_model
 from changegate.detector.matching.normalize import Features, features
@@ -54,8 +54,7 @@ def candidate_pairs(
     seen: list[tuple[Record, Features]] = []
     for r, f in records:
         keys = blocking_keys(f)
-        found = {i for k in keys if len(held := index.get(k, ())) <= MAX_RECORDS_PER_KEY for i in held}
-        for i in sorted(found):
+        for i in select_candidates(index.get(k, []) for k in keys):
             yield r, f, *seen[i]
         for k in keys:
             index[k].append(len(seen))

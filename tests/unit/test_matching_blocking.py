@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from changegate.detector.matching.blocking import MAX_KEY_LENGTH, blocking_keys
+from changegate.detector.matching import index as index_module
+from changegate.detector.matching.blocking import MAX_KEY_LENGTH, blocking_keys, select_candidates
+from changegate.detector.matching.index import BlockingIndex
 from changegate.detector.matching.normalize import features
 
 PERSON = {
@@ -115,3 +117,72 @@ def test_an_empty_record_has_no_keys_and_keys_are_bounded() -> None:
     long = keys(firstname="a" * 500, lastname="b" * 500)
     assert long
     assert all(len(k) <= MAX_KEY_LENGTH for k in long)
+
+
+# --- which candidates an event is compared with ---------------------------------------------------
+
+
+def test_candidates_share_the_most_keys_first_then_the_newest() -> None:
+    holders = [[1, 2, 3], [2, 3], [3, 9], [2]]
+    assert select_candidates(holders, max_per_key=20, limit=10) == [3, 2, 9, 1]
+    assert select_candidates(holders, max_per_key=20, limit=2) == [3, 2]
+
+
+@pytest.mark.parametrize(("held", "kept"), [(3, True), (4, False)])
+def test_a_key_held_by_more_records_than_the_limit_is_skipped(held: int, kept: bool) -> None:
+    common = list(range(100, 100 + held))
+    found = select_candidates([common, [7]], max_per_key=3, limit=10)
+    assert (100 in found) is kept
+    assert 7 in found
+
+
+def test_a_record_held_twice_under_one_key_counts_once() -> None:
+    assert select_candidates([[5, 5, 5], [6]], max_per_key=2, limit=1) == [6]  # a tie: the newest
+
+
+def test_no_keys_no_candidates() -> None:
+    assert select_candidates([]) == []
+    assert select_candidates([[]]) == []
+
+
+def test_the_in_process_index_finds_typoed_records_and_forgets_removed_ones() -> None:
+    index = BlockingIndex("contact", max_records_per_key=3, max_candidates=5)
+    person = {"firstname": "Catherine", "lastname": "Harrington", "address": "12 Tullaroop St", "zip": "4011"}
+    index.bulk_load([("a", features("contact", person))])
+    index.put("b", features("contact", {**person, "lastname": "Harington"}))
+    typo = features("contact", {**person, "firstname": "Kathryn"})
+    assert [rid for rid, _ in index.candidates(typo)] == ["a", "b"]  # a shares the surname too
+    assert index.candidates(typo, exclude="b")[0] == ("a", index.features("a"))
+    index.put("b", features("contact", {"firstname": "Zed", "zip": "9999"}))  # b changed: new keys
+    assert [rid for rid, _ in index.candidates(typo)] == ["a"]
+    index.remove("a")
+    assert index.candidates(typo) == []
+    assert len(index) == 1
+    assert "a" not in index
+
+
+def test_the_index_folds_and_merges_its_runs_without_losing_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index_module, "RECENT_POSTINGS", 10)
+    index = BlockingIndex("contact")
+    people = [
+        features("contact", {"firstname": f"n{i}", "lastname": f"l{i}", "zip": str(i)}) for i in range(50)
+    ]
+    for i, f in enumerate(people):
+        index.put(f"r{i}", f)
+    index.remove("r7")
+    for i, f in enumerate(people):
+        found = [rid for rid, _ in index.candidates(f)]
+        assert found == ([] if i == 7 else [f"r{i}"])
+    assert index.postings < 50 * 6  # merged runs dropped the dead record's postings, or will
+
+
+def test_features_survive_the_packing() -> None:
+    f = features("contact", {**PERSON, "email": "odd\x1fmailbox@acme.com"})
+    index = BlockingIndex("contact")
+    index.put("x", f)
+    kept = index.features("x")
+    assert kept is not None
+    assert kept.email == "odd mailbox@acme.com"  # the separator never splits a field
+    assert kept.phone == f.phone
+    assert kept.last_sound == f.last_sound
+    assert index.features("missing") is None

@@ -15,6 +15,9 @@ Keys carry the object type, so contacts and companies never meet. A key held by 
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+
 from changegate.detector.matching.compare import MIN_MAILBOX_NAME
 from changegate.detector.matching.normalize import Features
 
@@ -22,6 +25,9 @@ MAX_KEY_LENGTH = 200
 # A key more records share than this is too common to block on (like a city alone): it is skipped
 # at lookup, so the candidates of one event stay bounded whatever the CRM's size.
 MAX_RECORDS_PER_KEY = 20
+# An event is compared with at most this many records: those sharing the most keys with it (the
+# newest first on a tie). It bounds the cost of the worst events, not only of the average one.
+MAX_CANDIDATES = 16
 
 
 def blocking_keys(f: Features) -> set[str]:
@@ -67,3 +73,20 @@ def blocking_keys(f: Features) -> set[str]:
             if f.postcode:
                 keys.add(f"{t}:comppost:{f.company.split(' ')[0]}|{f.postcode}")
     return {k[:MAX_KEY_LENGTH] for k in keys}
+
+
+def select_candidates(
+    holders_per_key: Iterable[Iterable[int]],
+    max_per_key: int = MAX_RECORDS_PER_KEY,
+    limit: int = MAX_CANDIDATES,
+) -> list[int]:
+    """From the records (by ascending arrival number) holding each of an event's keys, the ones
+    to compare: keys held by more than ``max_per_key`` records are skipped, and of the rest the
+    ``limit`` records sharing the most keys are kept, the newest first on a tie."""
+    shared: Counter[int] = Counter()
+    for holders in holders_per_key:
+        found = set(holders)
+        if len(found) <= max_per_key:
+            shared.update(found)
+    ranked = sorted(shared.items(), key=lambda item: (-item[1], -item[0]))
+    return [record for record, _ in ranked[:limit]]

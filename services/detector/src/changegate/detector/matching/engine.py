@@ -47,5 +47,10 @@ class DuplicateFinder:
 
     def matches(self, record: Features, candidates: Iterable[tuple[str, Features]]) -> list[Match]:
         """Candidates at or above the review threshold, most likely first."""
-        found = [self.compare(record, other_id, other) for other_id, other in candidates]
-        return sorted((m for m in found if m.probability >= self.threshold), key=lambda m: -m.score.total)
+        found = []
+        for other_id, other in candidates:
+            levels = compare(record, other)
+            score = self.scorer.score(levels, record, other)
+            if score.probability >= self.threshold:  # risk flags only for what is proposed
+                found.append(Match(other_id, levels, score, risk_flags(record, other)))
+        return sorted(found, key=lambda m: -m.score.total)

@@ -20,7 +20,12 @@ from dataclasses import fields
 
 import numpy as np
 import numpy.typing as npt
-from changegate.detector.matching.blocking import MAX_RECORDS_PER_KEY, blocking_keys
+from changegate.detector.matching.blocking import (
+    MAX_CANDIDATES,
+    MAX_RECORDS_PER_KEY,
+    blocking_keys,
+    select_candidates,
+)
 from changegate.detector.matching.normalize import Features
 
 _SEP = "\x1f"
@@ -49,9 +54,15 @@ def unpack(object_type: str, packed: str) -> Features:
 class BlockingIndex:
     """The records of one object type, by blocking key."""
 
-    def __init__(self, object_type: str, max_records_per_key: int = MAX_RECORDS_PER_KEY) -> None:
+    def __init__(
+        self,
+        object_type: str,
+        max_records_per_key: int = MAX_RECORDS_PER_KEY,
+        max_candidates: int = MAX_CANDIDATES,
+    ) -> None:
         self.object_type = object_type
         self.max_records_per_key = max_records_per_key
+        self.max_candidates = max_candidates
         self._slot_of: dict[str, int] = {}
         self._ids: list[str | None] = []  # slot -> record id; None once the slot is dead
         self._packed: list[str | None] = []
@@ -114,7 +125,8 @@ class BlockingIndex:
             self._alive[slot] = 0
 
     def candidates(self, f: Features, exclude: str = "") -> list[tuple[str, Features]]:
-        """Live records sharing a blocking key with ``f`` that few enough records share."""
+        """Live records sharing blocking keys with ``f`` (``select_candidates``: keys few enough
+        records share, the records sharing the most keys first)."""
         keys = sorted({key_hash(k) for k in blocking_keys(f)})
         if not keys:
             return []
@@ -126,15 +138,15 @@ class BlockingIndex:
             for k, a, b in zip(keys, lo.tolist(), hi.tolist(), strict=True):
                 if b > a:
                     per_key[k].extend(slots[a:b].tolist())
-        found: dict[int, None] = {}
-        for slot_list in per_key.values():
-            if len(slot_list) > 2 * self.max_records_per_key + 1:
-                continue  # too common even if half its postings were dead: no need to look closer
-            live = [s for s in set(slot_list) if self._alive[s] and self._ids[s] != exclude]
-            if len(live) <= self.max_records_per_key:
-                found.update(dict.fromkeys(live))
+        live = (
+            [s for s in set(slot_list) if self._alive[s] and self._ids[s] != exclude]
+            # too common even if half its postings were dead: no need to look closer
+            for slot_list in per_key.values()
+            if len(slot_list) <= 2 * self.max_records_per_key + 1
+        )
+        found = select_candidates(live, self.max_records_per_key, self.max_candidates)
         out = []
-        for slot in sorted(found):
+        for slot in found:
             record_id, packed = self._ids[slot], self._packed[slot]
             if record_id is not None and packed is not None:
                 out.append((record_id, unpack(self.object_type, packed)))

@@ -80,7 +80,7 @@ class Scorer:
                 continue
             # A level the model does not know (not seen in training) is no evidence either way.
             weight = known.get(level, 0.0)
-            if a is not None and b is not None and level in known:
+            if a is not None and b is not None and name in self.tf and level in known:
                 weight += self.tf_adjustment(name, level, a, b)
             weights[name] = weight
         total = sum(weights.values())

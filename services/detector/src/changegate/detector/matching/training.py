@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from changegate.detector.matching.blocking import MAX_RECORDS_PER_KEY, blocking_keys
+from changegate.detector.matching.blocking import blocking_keys, select_candidates
 from changegate.detector.matching.compare import COMPARISONS, TF_COLUMNS, ComparisonSpec, compare
 from changegate.detector.matching.model import (
     Comparison,
@@ -224,19 +224,15 @@ def build_model(
 
 
 def candidate_pairs(records: Sequence[Features], sample: Iterable[int]) -> Iterable[tuple[int, int]]:
-    """Pairs (i, j) the detector's blocking brings together, for each sampled record i (as the
-    service's index would: keys held by too many records are skipped)."""
+    """Pairs (i, j) the detector's blocking brings together, for each sampled record i, selected
+    as the service's index selects them."""
     index: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
         for key in blocking_keys(r):
             index[key].append(i)
     for i in sample:
-        found: set[int] = set()
-        for key in blocking_keys(records[i]):
-            holders = index[key]
-            if len(holders) <= MAX_RECORDS_PER_KEY + 1:  # +1: the record itself
-                found.update(j for j in holders if j != i)
-        yield from ((i, j) for j in found)
+        holders = ([j for j in index[key] if j != i] for key in blocking_keys(records[i]))
+        yield from ((i, j) for j in select_candidates(holders))
 
 
 def estimate_prior(model: MatchModel, records: Sequence[Features], seed: int) -> tuple[float, int]:
