@@ -61,6 +61,9 @@ def test_labelled_pairs(tmp_path: Path) -> None:
     path.write_text("a\n")
     with pytest.raises(SnapshotError, match=r"p\.csv:1: expected two record ids"):
         read_pairs(path)
+    path.write_text("{oops\n")
+    with pytest.raises(SnapshotError, match=r"p\.csv:1: not JSON"):
+        read_pairs(path)
 
 
 def test_train_from_a_csv_export_writes_a_model_the_detector_loads(tmp_path: Path) -> None:
@@ -121,3 +124,14 @@ def test_train_refuses_a_snapshot_of_one_record(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "fewer than two records" in result.output
+
+
+def test_a_missing_model_file_is_refused_at_start(tmp_path: Path) -> None:
+    from changegate.detector.settings import DetectorSettings
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="match_model"):
+        DetectorSettings(match_model=tmp_path / "nope.json")
+    model = tmp_path / "m.json"
+    load_model().save(model)
+    assert DetectorSettings(match_model=model).match_model == model

@@ -90,7 +90,10 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
         if not line.strip():
             continue
         if line.lstrip().startswith(("{", "[")):
-            obj = json.loads(line)
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SnapshotError(f"{path}:{number}: not JSON ({exc.msg})") from exc
             ids = list(obj.values())[:2] if isinstance(obj, dict) else obj[:2]
         else:
             ids = [c.strip() for c in line.split(",")[:2]]
@@ -202,7 +205,11 @@ def train(
         f"wrote {out} — set CHANGEGATE_MATCH_MODEL={out}"
     )
     if labels:
-        pairs = read_pairs(labels)
+        try:
+            pairs = read_pairs(labels)
+        except (OSError, UnicodeDecodeError, SnapshotError) as exc:
+            console.print(f"[red]cannot read the labelled pairs:[/] {exc}")
+            raise typer.Exit(2) from exc
         where = {rid: i for i, rid in enumerate(ids)}
         finder = DuplicateFinder(model)
         known = [(where[a], where[b]) for a, b in pairs if a in where and b in where]

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 from changegate.core.settings import CommonSettings
 from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
 from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD
-from pydantic import Field
+from pydantic import Field, FilePath
 
 
 class DetectorSettings(CommonSettings):
@@ -19,7 +17,7 @@ class DetectorSettings(CommonSettings):
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     owner: OwnerConfig = Field(default_factory=OwnerConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
-    match_model: Path | None = Field(
+    match_model: FilePath | None = Field(
         None,
         description="the duplicate finder's model file (`changegate detector train`); unset: the shipped"
         " default, trained without labels on generated data",
