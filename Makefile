@@ -54,10 +54,10 @@ bench: bench-policy bench-detector-quality bench-detector-speed ## every benchma
 bench-policy: $(STAMP) ## policy evaluator and service rate vs a raw aiokafka pass-through
 	$(BIN)/python bench/policy_speed.py
 
-bench-detector-quality: $(STAMP) ## duplicate finder precision/recall/F1 vs an exact-email baseline
+bench-detector-quality: $(STAMP) ## duplicate finder on synthetic + Febrl1/2/4, trained without labels: P/R/F1, blocking recall, calibration
 	$(BIN)/python bench/detector_quality.py
 
-bench-detector-speed: $(STAMP) ## per-event detection latency with 10k, 100k and 1M records indexed
+bench-detector-speed: $(STAMP) ## per-event latency, memory per record, index rebuild with 10k, 100k and 1M records
 	$(BIN)/python bench/detector_speed.py
 
 clean: ## remove the venv and the dev stack's state

@@ -46,7 +46,9 @@ async def parts(settings: CommonSettings, pool: asyncpg.Pool) -> tuple[Detector,
     await migrate(pool, "audit", "changegate.audit.migrations")
     signer = signing_key("detector")
     detector = Detector(pool, DetectorSettings(database_url=settings.database_url), signer)
-    lifecycle = ProposalLifecycle(pool, TopicNames(settings.topic_prefix), signer, verifier())
+    lifecycle = ProposalLifecycle(
+        pool, TopicNames(settings.topic_prefix), signer, verifier(), detector.indexes
+    )
     return detector, lifecycle
 
 
@@ -221,6 +223,103 @@ async def test_an_applied_merge_retires_the_open_proposals_of_the_records_it_mer
     await lifecycle.on_execution(make_envelope(signing_key("executor").sign(execution), service="executor"))
     [retirement] = await _emitted(pool, "decision")
     assert retirement.proposal.proposal_id == loser_proposal.proposal_id
-    assert retirement.explanation == "record loser-1 was merged into survivor-1"
+    assert retirement.explanation == "loser-1 merged into survivor-1"
     still_open = await pool.fetch("SELECT DISTINCT proposal_id FROM detector_open_proposals")
     assert [r["proposal_id"] for r in still_open] == [survivor_proposal.proposal_id]
+
+
+ROBERT = {
+    "firstname": "Robert",
+    "lastname": "Zedman",
+    "email": "robert.zedman@acme.example",
+    "phone": "+1 415 555 0134",
+    "company": "Acme Inc.",
+    "address": "1 Main Street",
+    "zip": "94107",
+    "city": "San Francisco",
+    "createdate": "2020-01-01T00:00:00Z",
+}
+
+
+def _created(record_id: str, **changes: Any) -> Envelope[Any]:
+    event = CrmEvent(
+        source_system="hubspot",
+        source_event_id=f"created-{record_id}-{uuid.uuid4().hex[:6]}",
+        object_type=ObjectType.CONTACT,
+        record_id=record_id,
+        kind=CrmEventKind.RECORD_CREATED,
+        properties={**ROBERT, **changes},
+    )
+    return make_envelope(event, service="t")
+
+
+async def _merges(pool: asyncpg.Pool) -> list[Proposal]:
+    return [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.MERGE]
+
+
+async def test_a_grown_cluster_retires_the_open_merge_of_the_smaller_one(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, _ = parts
+    await detector.handle(_created("m-1"))
+    await detector.handle(_created("m-2", firstname="Bob", createdate="2021-01-01"))
+    [pair] = await _merges(pool)
+    await detector.handle(_created("m-3", firstname="Rob", createdate="2022-01-01"))
+    [_, grown] = await _merges(pool)
+    assert sorted([grown.record_id, *grown.other_record_ids]) == ["m-1", "m-2", "m-3"]
+    # Before, both stayed open: a reviewer could approve the smaller merge and then the larger one.
+    [retirement] = await _emitted(pool, "decision")
+    assert (retirement.outcome, retirement.proposal.proposal_id) == (
+        DecisionOutcome.SUPERSEDED,
+        pair.proposal_id,
+    )
+    assert str(grown.proposal_id) in retirement.explanation
+    open_merges = await pool.fetch("SELECT proposal_id FROM detector_open_merges")
+    assert [r["proposal_id"] for r in open_merges] == [grown.proposal_id]
+
+
+async def test_a_rejected_merge_is_not_raised_again_until_the_cluster_grows(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("n-1"))
+    await detector.handle(_created("n-2", firstname="Bob", createdate="2021-01-01"))
+    [pair] = await _merges(pool)
+    await lifecycle.on_decision(
+        make_envelope(_decision(pair, DecisionOutcome.REJECTED), service="review-api")
+    )
+    # The same records detected again (an identifying property changed back and forth).
+    await detector.handle(_created("n-2", firstname="Bobby", createdate="2021-01-01"))
+    await detector.handle(_created("n-2", firstname="Bob", createdate="2021-01-01"))
+    assert [m.proposal_id for m in await _merges(pool)] == [pair.proposal_id]
+    # A new record of the same person is new evidence: the cluster is proposed again, whole.
+    await detector.handle(_created("n-3", firstname="Rob", createdate="2022-01-01"))
+    [_, grown] = await _merges(pool)
+    assert sorted([grown.record_id, *grown.other_record_ids]) == ["n-1", "n-2", "n-3"]
+    assert await _emitted(pool, "decision") == []  # the rejected one was closed, nothing to retire
+
+
+async def test_an_applied_merge_takes_the_merged_away_records_out_of_matching(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("k-1"))
+    await detector.handle(_created("k-2", firstname="Bob", createdate="2021-01-01"))
+    [pair] = await _merges(pool)
+    decision = _decision(pair)
+    await lifecycle.on_decision(make_envelope(decision, service="review-api"))
+    execution = Execution(
+        execution_id=Execution.make_id(decision.decision_id),
+        decision=decision,
+        status=ExecutionStatus.APPLIED,
+        crm_target="sandbox",
+        executed_at=utcnow(),
+    )
+    await lifecycle.on_execution(make_envelope(signing_key("executor").sign(execution), service="executor"))
+    assert "k-2" not in detector.indexes.of(ObjectType.CONTACT)
+    gone = await pool.fetchval("SELECT deleted FROM detector_records WHERE record_id = 'k-2'")
+    assert gone is True
+    # A third record of the same person matches the survivor only: k-2 is gone from the CRM.
+    await detector.handle(_created("k-3", firstname="Rob", createdate="2022-01-01"))
+    [_, after] = await _merges(pool)
+    assert sorted([after.record_id, *after.other_record_ids]) == ["k-1", "k-3"]

@@ -17,10 +17,9 @@ from changegate.core.contracts import (
     Trigger,
 )
 from changegate.detector import DETECTOR_VERSION
-from changegate.detector.dedup import DETECTOR, MERGED_IDS_FIELD, propose_merge
+from changegate.detector.dedup import DETECTOR, MERGED_IDS_FIELD, Link, new_cluster_id, propose_merge
 from changegate.detector.matching.engine import DuplicateFinder, Match
 from changegate.detector.matching.normalize import features
-from changegate.detector.matching.scoring import Scorer
 
 BOB: dict[str, Any] = {
     "firstname": "Bob",
@@ -56,8 +55,18 @@ FILLS: dict[str, Any] = {"jobtitle": "CTO", "mobilephone": "+1 650 555 0101"}
 EventFactory = Callable[..., CrmEvent]
 
 
+MODEL = {"version": "test-model", "sha256": "0" * 64}
+
+
 def _match(record: dict[str, Any], other_id: str, other: dict[str, Any]) -> Match:
     return DuplicateFinder().compare(features("contact", record), other_id, features("contact", other))
+
+
+def _merge(event: CrmEvent, props: dict[str, Any], match: Match, other: dict[str, Any]) -> Proposal:
+    """The proposal for a pair, as the handler builds it for a new two-record cluster."""
+    cluster = new_cluster_id(ObjectType.CONTACT, [event.record_id, match.other_id])
+    members = {event.record_id: props, match.other_id: other}
+    return propose_merge(event, cluster, members, [Link(event.record_id, match.other_id, match, True)], MODEL)
 
 
 def _event(make_crm_event: EventFactory, record_id: str, props: dict[str, Any], event_id: str) -> CrmEvent:
@@ -74,7 +83,7 @@ def _propose(
     make_crm_event: EventFactory, record_id: str, props: dict[str, Any], other_id: str, other: dict[str, Any]
 ) -> Proposal:
     event = _event(make_crm_event, record_id, props, f"hubspot:{record_id}:evt")
-    return propose_merge(event, props, _match(props, other_id, other), other)
+    return _merge(event, props, _match(props, other_id, other), other)
 
 
 @pytest.fixture
@@ -146,13 +155,16 @@ def test_the_proposal_id_does_not_depend_on_which_record_triggered_it(
     assert from_a.changes == from_b.changes
     assert from_a.evidence["survivorship"] == from_b.evidence["survivorship"]
     # and it is the same on a re-detection from another event
-    again = propose_merge(_event(make_crm_event, "2002", a, "hubspot:2002:later"), a, _match(a, "1001", b), b)
+    again = _merge(_event(make_crm_event, "2002", a, "hubspot:2002:later"), a, _match(a, "1001", b), b)
     assert again.proposal_id == from_a.proposal_id
 
 
 def test_the_proposal_id_is_pinned(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
     proposal = _propose(make_crm_event, "2002", bob, "1001", ROBERT)
-    assert proposal.proposal_id == Proposal.make_id("dedup", "pair:1001|2002", [], "")
+    cluster = new_cluster_id(ObjectType.CONTACT, ["2002", "1001"])
+    assert cluster == new_cluster_id(ObjectType.CONTACT, ["1001", "2002"])
+    assert proposal.proposal_id == Proposal.make_id("dedup", f"cluster:{cluster}|1001|2002", [], "")
+    assert proposal.evidence["cluster_id"] == str(cluster)
     assert isinstance(proposal.proposal_id, uuid.UUID)
 
 
@@ -167,43 +179,59 @@ def test_another_pair_gives_another_id_but_other_fills_do_not(
 
 def test_evidence(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
     match = _match(bob, "1001", ROBERT)
-    proposal = propose_merge(_event(make_crm_event, "2002", bob, "e"), bob, match, ROBERT)
-    assert proposal.confidence == round(match.probability, 4) == 1.0
+    proposal = _merge(_event(make_crm_event, "2002", bob, "e"), bob, match, ROBERT)
+    assert proposal.confidence == round(match.probability, 4) > 0.99
     evidence = proposal.evidence
+    assert evidence["model"] == MODEL
     assert evidence["score"] == round(match.score.total, 3)
-    assert evidence["score"] > 15
-    weights = Scorer().weights
     expected_levels = {
-        "address": "partial",  # Bob's record has no street
         "email": "exact",
-        "name": "similar",
-        "organisation": "exact",
+        "first_name": "nickname",
+        "last_name": "exact",
         "phone": "exact_same_name",
+        "workplace": "company",  # Bob's record has no street
     }
     assert evidence["fields"] == {
-        f: {"level": lvl, "weight": round(weights[f][lvl], 3)} for f, lvl in expected_levels.items()
+        f: {"level": lvl, "weight": round(match.score.weights[f], 3)} for f, lvl in expected_levels.items()
     }
     assert list(evidence["fields"]) == sorted(evidence["fields"])
     assert evidence["flags"] == []
+    assert evidence["pairs"] == [
+        {
+            "records": ["2002", "1001"],
+            "probability": round(match.probability, 4),
+            "score": evidence["score"],
+            "fields": evidence["fields"],
+            "flags": [],
+            "found_by": "blocking",
+        }
+    ]
     assert evidence["survivorship"] == {
         "rule": "oldest",
+        "rules": {"2002": "oldest"},
         "survivor": "1001",
-        "merged": "2002",
+        "merged": ["2002"],
         "fills": {"jobtitle": "CTO", "mobilephone": "+1 650 555 0101"},
         "conflicts": {
-            "company": {"kept": "ACME", "dropped": "Acme Inc."},
-            "email": {"kept": "bob.smith@acme.com", "dropped": "BOB.SMITH@ACME.COM"},
-            "firstname": {"kept": "Robert", "dropped": "Bob"},
-            "phone": {"kept": "+1 415-555-2671", "dropped": "(415) 555-2671"},
+            "company": {"kept": "ACME", "dropped": {"2002": "Acme Inc."}},
+            "email": {"kept": "bob.smith@acme.com", "dropped": {"2002": "BOB.SMITH@ACME.COM"}},
+            "firstname": {"kept": "Robert", "dropped": {"2002": "Bob"}},
+            "phone": {"kept": "+1 415-555-2671", "dropped": {"2002": "(415) 555-2671"}},
         },
     }
 
 
+def _agreed(match: Match) -> str:
+    return ", ".join(sorted(f for f, w in match.score.weights.items() if w > 0))
+
+
 def test_rationale(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
     proposal = _propose(make_crm_event, "2002", bob, "1001", ROBERT)
+    match = _match(bob, "1001", ROBERT)
     assert proposal.rationale == (
-        "2002 looks like a duplicate of 1001 (match probability 1.000; agree on email, name, organisation, "
-        "phone); 1001 survives as the oldest record"
+        f"2002 looks like a duplicate of 1001 (match probability {match.probability:.3f}; "
+        "best pair agrees on "
+        f"{_agreed(match)}); 1001 survives as the oldest record"
     )
 
 
@@ -211,9 +239,8 @@ def test_rationale_mentions_the_risk_flags(make_crm_event: EventFactory) -> None
     personal = {**ROBERT, "email": "bob.smith@outlook.com", "createdate": "2025-01-01T00:00:00Z"}
     match = _match(BOB, "3003", personal)
     assert match.flags == ("different_email_domains",)
-    proposal = propose_merge(_event(make_crm_event, "2002", BOB, "e"), BOB, match, personal)
+    proposal = _merge(_event(make_crm_event, "2002", BOB, "e"), BOB, match, personal)
     assert proposal.rationale.endswith("; risk: different_email_domains")
-    assert "agree on name, organisation, phone" in proposal.rationale  # the mailbox name alone weighs < 0
     assert "3003 survives as the most complete record" in proposal.rationale
     assert proposal.evidence["flags"] == ["different_email_domains"]
     assert proposal.evidence["fields"]["email"]["level"] == "partial_same_name"
@@ -222,6 +249,40 @@ def test_rationale_mentions_the_risk_flags(make_crm_event: EventFactory) -> None
 def test_disagreeing_fields_are_not_listed_as_agreeing(make_crm_event: EventFactory) -> None:
     other = {**ROBERT, "phone": "+1 212 555 0100"}
     proposal = _propose(make_crm_event, "2002", BOB, "1001", other)
-    weight = round(Scorer().weights["phone"]["disagree"], 3)
-    assert proposal.evidence["fields"]["phone"] == {"level": "disagree", "weight": weight}
-    assert "agree on email, name, organisation)" in proposal.rationale
+    assert proposal.evidence["fields"]["phone"]["level"] == "disagree"
+    assert proposal.evidence["fields"]["phone"]["weight"] <= 0
+    assert "phone" not in proposal.rationale.split("agrees on ")[1].split(")")[0]
+
+
+def test_a_cluster_proposal_names_every_loser_with_evidence_per_pair(make_crm_event: EventFactory) -> None:
+    third = {
+        **BOB,
+        "email": "bob.smith@outlook.com",
+        "createdate": "2025-06-01T00:00:00Z",
+        "hs_object_id": "3003",
+    }
+    event = _event(make_crm_event, "3003", third, "e3")
+    direct = _match(third, "1001", ROBERT)
+    via_cluster = _match(third, "2002", BOB)
+    cluster = new_cluster_id(ObjectType.CONTACT, ["1001", "2002"])
+    members = {"3003": third, "1001": ROBERT, "2002": BOB}
+    links = [Link("3003", "1001", direct, True), Link("3003", "2002", via_cluster, False)]
+    proposal = propose_merge(event, cluster, members, links, MODEL)
+    assert proposal.record_id == "1001"
+    assert proposal.other_record_ids == ["2002", "3003"]
+    assert proposal.evidence["cluster_id"] == str(cluster)
+    assert [p["records"] for p in proposal.evidence["pairs"]] == [["3003", "1001"], ["3003", "2002"]]
+    assert [p["found_by"] for p in proposal.evidence["pairs"]] == ["blocking", "cluster"]
+    assert proposal.confidence == round(direct.probability, 4)  # the weakest direct link
+    assert proposal.changes[-1] == FieldChange(field=MERGED_IDS_FIELD, previous=None, proposed="2002;3003")
+    assert proposal.rationale.startswith("2002, 3003 look like duplicates of 1001")
+    conflicts = proposal.evidence["survivorship"]["conflicts"]
+    assert conflicts["email"] == {
+        "kept": "bob.smith@acme.com",
+        "dropped": {"2002": "BOB.SMITH@ACME.COM", "3003": "bob.smith@outlook.com"},
+    }
+    # the same cluster and members from another event: the same proposal
+    again = propose_merge(_event(make_crm_event, "3003", third, "e4"), cluster, members, links, MODEL)
+    assert again.proposal_id == proposal.proposal_id
+    fewer = propose_merge(event, cluster, {"3003": third, "1001": ROBERT}, links[:1], MODEL)
+    assert fewer.proposal_id != proposal.proposal_id

@@ -7,16 +7,24 @@ from typing import Any
 import pytest
 from changegate.detector.matching import compare as cmp
 from changegate.detector.matching.compare import (
+    CITY,
+    COMPANY,
+    COMPARISONS,
     DISAGREE,
     EXACT,
     NAMED_EXACT,
     NAMED_PARTIAL,
     NICKNAME,
     PARTIAL,
+    PHONETIC,
+    POSTCODE,
+    SAME_WORKPLACE,
     SIMILAR,
+    SITE,
+    STREET,
     compare,
 )
-from changegate.detector.matching.normalize import Features, features, normalize_street
+from changegate.detector.matching.normalize import Features, features, normalize_street, sound
 
 
 def contact(**props: Any) -> Features:
@@ -65,56 +73,69 @@ def test_last_name_levels(a: str, b: str, level: str | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("first", "last", "level"),
+    ("a", "b", "level"),
     [
-        (EXACT, EXACT, EXACT),
-        (NICKNAME, EXACT, SIMILAR),
-        (SIMILAR, SIMILAR, SIMILAR),
-        (EXACT, SIMILAR, SIMILAR),
-        (PARTIAL, EXACT, PARTIAL),
-        (None, EXACT, PARTIAL),
-        (EXACT, None, PARTIAL),
-        (EXACT, DISAGREE, DISAGREE),
-        (DISAGREE, EXACT, DISAGREE),
-        (None, DISAGREE, DISAGREE),
-        (None, None, None),
+        ("smith", "smyth", PHONETIC),  # Jaro-Winkler 0.89, below "similar"; the same sound
+        ("catherine", "kathryn", PHONETIC),
+        ("smith", "schmidt", DISAGREE),
     ],
 )
-def test_full_name_levels(first: str | None, last: str | None, level: str | None) -> None:
-    assert cmp.full_name(first, last) == level
+def test_names_that_sound_alike(a: str, b: str, level: str) -> None:
+    assert cmp.last_name(a, b, sound(a), sound(b)) == level
+    assert cmp.last_name(a, b) == DISAGREE  # without the sounds, no phonetic level
 
 
-@pytest.mark.parametrize("first", [NICKNAME, SIMILAR])
-def test_full_name_agreeing_first_name_with_missing_last_name_is_not_a_disagreement(first: str) -> None:
-    assert cmp.full_name(first, None) == PARTIAL
+def test_a_first_name_that_sounds_alike() -> None:
+    assert cmp.first_name("katherine", "cathrin", sound("katherine"), sound("cathrin")) == PHONETIC
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "agree"),
+    [
+        (EXACT, EXACT, True),
+        (NICKNAME, SIMILAR, True),
+        (SIMILAR, EXACT, True),
+        (PHONETIC, EXACT, False),
+        (PARTIAL, EXACT, False),
+        (EXACT, PHONETIC, False),
+        (EXACT, DISAGREE, False),
+        (None, EXACT, False),
+        (EXACT, None, False),
+    ],
+)
+def test_names_agree(first: str | None, last: str | None, agree: bool) -> None:
+    assert cmp.names_agree(first, last) is agree
 
 
 def test_swapped_first_and_last_names_are_the_same_name() -> None:
     a = contact(firstname="Smith", lastname="John")
     b = contact(firstname="John", lastname="Smith")
-    assert compare(a, b) == {"name": EXACT}
-    assert compare(b, a) == {"name": EXACT}
+    assert compare(a, b) == {"first_name": EXACT, "last_name": EXACT}
+    assert compare(b, a) == {"first_name": EXACT, "last_name": EXACT}
 
 
 def test_a_doubled_name_is_not_mistaken_for_a_swap() -> None:
-    assert compare(contact(firstname="Lee", lastname="Lee"), contact(firstname="Lee", lastname="Lee")) == {
-        "name": EXACT
-    }
-    assert compare(contact(firstname="Lee", lastname="Lee"), contact(firstname="Ann", lastname="Lee")) == {
-        "name": DISAGREE
+    lee = contact(firstname="Lee", lastname="Lee")
+    assert compare(lee, lee) == {"first_name": EXACT, "last_name": EXACT}
+    assert compare(lee, contact(firstname="Ann", lastname="Lee")) == {
+        "first_name": DISAGREE,
+        "last_name": EXACT,
     }
 
 
 def test_names_through_compare() -> None:
     assert compare(
         contact(firstname="Bob", lastname="Smith"), contact(firstname="Robert", lastname="Smith")
-    ) == {"name": SIMILAR}
+    ) == {"first_name": NICKNAME, "last_name": EXACT}
     assert compare(
         contact(firstname="Bob", lastname="Smith"), contact(firstname="Bob", lastname="Jones")
-    ) == {"name": DISAGREE}
+    ) == {"first_name": EXACT, "last_name": DISAGREE}
     assert compare(
         contact(firstname="J.", lastname="Smith"), contact(firstname="John", lastname="Smith")
-    ) == {"name": PARTIAL}
+    ) == {"first_name": PARTIAL, "last_name": EXACT}
+    assert compare(contact(firstname="John"), contact(firstname="John", lastname="Smith")) == {
+        "first_name": EXACT
+    }
 
 
 # --- email and phone ------------------------------------------------------------------------------
@@ -134,7 +155,19 @@ def test_names_through_compare() -> None:
     ],
 )
 def test_email_levels(a: str, b: str, level: str | None) -> None:
-    assert cmp.email(contact(email=a), contact(email=b)) == level
+    assert cmp.email_level(contact(email=a), contact(email=b), named=True) == (
+        cmp.NAMED_PARTIAL if level == PARTIAL else level
+    )
+
+
+def test_a_similar_mailbox_is_a_typo_only_when_the_names_agree() -> None:
+    a, b = contact(email="jessicas@acme.com"), contact(email="jessicad@acme.com")
+    assert cmp.email_level(a, b, named=True) == SIMILAR
+    assert cmp.email_level(a, b, named=False) == DISAGREE  # colleagues: Jessica S. and Jessica D.
+    assert (
+        cmp.email_level(contact(email="jane.doe@x.com"), contact(email="jane.doe@y.com"), named=False)
+        == PARTIAL
+    )
 
 
 @pytest.mark.parametrize(
@@ -147,7 +180,7 @@ def test_email_levels(a: str, b: str, level: str | None) -> None:
     ],
 )
 def test_phone_levels(a: str, b: str, level: str | None) -> None:
-    assert cmp.phone(a, b) == level
+    assert cmp.phone_level(contact(phone=a), contact(phone=b), named=False) == level
 
 
 def test_reformatted_phones_are_exact() -> None:
@@ -255,19 +288,22 @@ def test_city_levels(a: str, b: str, level: str | None) -> None:
         (
             {"address": "100 Main Street", "city": "Berlin"},
             {"address": "7 Oak Rd", "city": "Berlin"},
-            PARTIAL,
+            CITY,
         ),
-        ({"address": "100 Main Street"}, {"address": "100 Main St"}, EXACT),
-        ({"address": "100 Main Street", "zip": "94105"}, {"address": "7 Oak Rd", "zip": "94105"}, PARTIAL),
-        ({"zip": "94105"}, {"address": "7 Oak Rd", "zip": "94105"}, PARTIAL),
+        ({"address": "100 Main Street"}, {"address": "100 Main St"}, STREET),  # no place to agree on
+        ({"address": "100 Main Street", "zip": "94105"}, {"address": "7 Oak Rd", "zip": "94105"}, POSTCODE),
+        ({"zip": "94105"}, {"address": "7 Oak Rd", "zip": "94105"}, POSTCODE),
+        ({"zip": "94105", "city": "Oakland"}, {"zip": "94105", "city": "Berkeley"}, POSTCODE),
+        ({"zip": "94105"}, {"zip": "94107"}, PARTIAL),
+        ({"city": "San Fransisco"}, {"city": "San Francisco"}, PARTIAL),
         (
             {"address": "100 Main Street", "zip": "94105"},
             {"address": "100 Main St", "zip": "10016"},
-            DISAGREE,
+            STREET,  # the place mistyped or changed
         ),
         (
             {"address": "100 Main Street", "zip": "94105"},
-            {"address": "100 Main St", "zip": "94107"},
+            {"address": "9 Elm Rd", "zip": "10016"},
             DISAGREE,
         ),
         ({"address": "100 Main Street", "zip": "94105"}, {"state": "CA", "country": "US"}, None),
@@ -275,6 +311,46 @@ def test_city_levels(a: str, b: str, level: str | None) -> None:
 )
 def test_address_levels(a: dict[str, Any], b: dict[str, Any], level: str | None) -> None:
     assert cmp.address(contact(**a), contact(**b)) == level
+
+
+# --- the workplace: organisation and address counted once -----------------------------------------
+
+ACME_SF = {"company": "Acme Inc", "address": "100 Main Street", "zip": "94105", "city": "San Francisco"}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "level"),
+    [
+        (ACME_SF, {**ACME_SF, "company": "ACME"}, EXACT),
+        (ACME_SF, {**ACME_SF, "company": "Acme Holdings"}, EXACT),  # a similar name is the company
+        (ACME_SF, {**ACME_SF, "zip": "10016", "city": "New York"}, EXACT),  # same street: STREET
+        (ACME_SF, {**ACME_SF, "address": "7 Oak Rd"}, COMPANY),  # another office
+        (ACME_SF, {"company": "Acme"}, COMPANY),
+        (ACME_SF, {**ACME_SF, "company": "Globex"}, SITE),
+        ({"address": "100 Main St", "zip": "94105"}, ACME_SF, SITE),
+        (ACME_SF, {**ACME_SF, "company": "Globex", "address": "7 Oak Rd"}, CITY),
+        (ACME_SF, {"company": "Globex", "address": "7 Oak Rd", "zip": "94105", "city": "Oakland"}, POSTCODE),
+        (ACME_SF, {"company": "Globex", "city": "San Francisco"}, CITY),
+        (ACME_SF, {"company": "Globex", "zip": "94107"}, PARTIAL),
+        (ACME_SF, {"company": "Globex", "zip": "10016", "city": "New York"}, DISAGREE),
+        (ACME_SF, {"company": "Globex"}, DISAGREE),
+        (ACME_SF, {"firstname": "Ann"}, None),
+    ],
+)
+def test_workplace_levels(a: dict[str, Any], b: dict[str, Any], level: str | None) -> None:
+    assert cmp.workplace(contact(**a), contact(**b)) == level
+    assert cmp.workplace(contact(**b), contact(**a)) == level
+
+
+def test_a_shared_line_at_the_same_workplace_is_the_switchboard() -> None:
+    line = "+1 415 555 2600"
+    alice = contact(firstname="Alice", lastname="Jones", phone=line, **ACME_SF)
+    carol = contact(firstname="Carol", lastname="Nguyen", phone=line, **ACME_SF)
+    assert compare(alice, carol)["phone"] == SAME_WORKPLACE
+    elsewhere = contact(firstname="Carol", lastname="Nguyen", phone=line, company="Globex", zip="10016")
+    assert compare(alice, elsewhere)["phone"] == EXACT  # a shared line elsewhere: a household?
+    bob = contact(firstname="Alice", lastname="Jones", phone=line, company="Globex")
+    assert compare(alice, bob)["phone"] == NAMED_EXACT  # the same name wins over the workplace
 
 
 # --- compare and its conditional levels -----------------------------------------------------------
@@ -291,19 +367,19 @@ def test_a_shared_phone_means_more_with_the_same_name() -> None:
         contact(firstname="Bob", lastname="Smith", phone=phone),
         contact(firstname="Robert", lastname="Smith", phone=phone),
     )
-    assert same == {"name": SIMILAR, "phone": NAMED_EXACT}
+    assert same == {"first_name": NICKNAME, "last_name": EXACT, "phone": NAMED_EXACT}
     other = compare(
         contact(firstname="Ann", lastname="Lee", phone=phone),
         contact(firstname="Bob", lastname="Smith", phone=phone),
     )
-    assert other == {"name": DISAGREE, "phone": EXACT}
+    assert other == {"first_name": DISAGREE, "last_name": DISAGREE, "phone": EXACT}
     nameless = compare(contact(phone=phone), contact(phone=phone))
     assert nameless == {"phone": EXACT}
     initial = compare(
         contact(firstname="J", lastname="Smith", phone=phone),
         contact(firstname="John", lastname="Smith", phone=phone),
     )
-    assert initial == {"name": PARTIAL, "phone": EXACT}
+    assert initial == {"first_name": PARTIAL, "last_name": EXACT, "phone": EXACT}
 
 
 def test_a_shared_mailbox_name_means_more_with_the_same_name() -> None:
@@ -311,12 +387,12 @@ def test_a_shared_mailbox_name_means_more_with_the_same_name() -> None:
         contact(firstname="Jane", lastname="Doe", email="jane.doe@outlook.com"),
         contact(firstname="Jane", lastname="Doe", email="jane.doe@acme.com"),
     )
-    assert same == {"name": EXACT, "email": NAMED_PARTIAL}
+    assert same == {"first_name": EXACT, "last_name": EXACT, "email": NAMED_PARTIAL}
     other = compare(
         contact(firstname="Jane", lastname="Doe", email="jane.doe@outlook.com"),
         contact(firstname="Janet", lastname="Roe", email="jane.doe@acme.com"),
     )
-    assert other == {"name": DISAGREE, "email": PARTIAL}
+    assert other == {"first_name": NICKNAME, "last_name": DISAGREE, "email": PARTIAL}
 
 
 def test_compare_full_records() -> None:
@@ -341,11 +417,69 @@ def test_compare_full_records() -> None:
         zip="94105",
     )
     expected = {
-        "name": SIMILAR,
+        "first_name": NICKNAME,
+        "last_name": EXACT,
         "email": EXACT,
         "phone": NAMED_EXACT,
-        "organisation": EXACT,
-        "address": EXACT,
+        "workplace": EXACT,
     }
     assert compare(a, b) == expected
     assert compare(b, a) == expected
+
+
+# --- the comparison registry (what training and scoring share) ------------------------------------
+
+
+def test_every_comparison_of_compare_is_registered_with_the_levels_it_yields() -> None:
+    a = contact(
+        firstname="Bob",
+        lastname="Smith",
+        email="bob.smith@acme.com",
+        phone="+1 415 555 2671",
+        company="Acme",
+        address="1 Main St",
+        zip="94105",
+    )
+    b = contact(
+        firstname="Robert",
+        lastname="Smyth",
+        email="bob.smith@globex.com",
+        phone="+1 415 555 2600",
+        company="Globex",
+        address="2 Oak Rd",
+        zip="10016",
+    )
+    specs = {spec.name: spec for spec in COMPARISONS}
+    for x, y in [(a, b), (a, a), (b, a)]:
+        levels = compare(x, y)
+        assert set(levels) <= set(specs)
+        for name, level in levels.items():
+            assert level in specs[name].levels
+            assert specs[name].level(x, y) == level  # training's function gives the same level
+
+
+def test_each_comparison_ends_with_its_else_level_and_reads_real_columns() -> None:
+    fields = set(Features.__dataclass_fields__)
+    for spec in COMPARISONS:
+        assert spec.levels[-1] == DISAGREE
+        assert set(spec.columns) <= fields
+        assert set(spec.tf_columns) <= set(spec.levels)
+        assert set(spec.tf_columns.values()) <= fields
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (("whoe", "chloe"), ("chloe", "white"), (EXACT, DISAGREE)),  # swapped, and a typo
+        (("havriluk", "jacinta"), ("tiarna", "havriluk"), (DISAGREE, EXACT)),
+        (("smiht", "john"), ("john", "smith"), (EXACT, SIMILAR)),
+        (("lee", "lee"), ("ann", "lee"), (DISAGREE, EXACT)),  # not a swap: no better either way
+        (("john", "smith"), ("john", "smyth"), (EXACT, PHONETIC)),  # no disagreement: never swapped
+    ],
+)
+def test_names_entered_the_wrong_way_round_with_a_typo(
+    a: tuple[str, str], b: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    fa = contact(firstname=a[0], lastname=a[1])
+    fb = contact(firstname=b[0], lastname=b[1])
+    assert cmp.names(fa, fb) == expected

@@ -16,6 +16,7 @@ from changegate.detector.matching.normalize import (
     normalize_phone,
     normalize_postcode,
     normalize_street,
+    sound,
 )
 
 # --- emails ---------------------------------------------------------------------------------------
@@ -230,7 +231,10 @@ def test_contact_features() -> None:
         postcode="10115",
         state="",
         country="germany",
+        first_sound="JS",
+        last_sound="NNS",
     )
+    assert f.street_number == ""  # "haupt str 5": the number comes last here
 
 
 def test_contact_phone_falls_back_to_mobile_and_default_region() -> None:
@@ -298,36 +302,37 @@ def test_contact_blocking_keys() -> None:
     t = _prefix(keys)
     assert keys == {
         f"{t}:email:john.smith@acme.com",
+        f"{t}:mailbox:johnsmith",
         f"{t}:emlast:smith@acme.com",
         f"{t}:phone:+14155552671",
-        f"{t}:name:john|smith",
+        f"{t}:names:john|smith",
+        f"{t}:sound:JN|SM0",
         f"{t}:namecomp:smith|acme",
-        f"{t}:namepost:smith|94105",
+        f"{t}:name+post:john|94105",
+        f"{t}:name+post:smith|94105",
     }
 
 
 def test_a_free_mail_domain_is_no_key_on_its_own() -> None:
     keys = blocking_keys(features("contact", {"lastname": "Smith", "email": "john.smith@gmail.com"}))
     t = _prefix(keys)
-    assert keys == {f"{t}:email:johnsmith@gmail.com"}
+    assert keys == {f"{t}:email:johnsmith@gmail.com", f"{t}:mailbox:johnsmith"}
     assert not any("gmail.com" in k and ":email:" not in k for k in keys)
 
 
 def test_a_corporate_domain_without_a_last_name_is_no_key_on_its_own() -> None:
     keys = blocking_keys(features("contact", {"email": "info@acme.com"}))
-    assert keys == {f"{_prefix(keys)}:email:info@acme.com"}
+    assert keys == {f"{_prefix(keys)}:email:info@acme.com", f"{_prefix(keys)}:mailbox:info"}
 
 
 def test_a_last_name_alone_is_no_key() -> None:
-    assert (
-        blocking_keys(features("contact", {"lastname": "Smith", "zip": "94105", "company": "Acme"})) == set()
-    )
+    assert blocking_keys(features("contact", {"lastname": "Smith", "company": "Acme"})) == set()
     assert blocking_keys(features("contact", {})) == set()
 
 
-def test_name_keys_need_company_or_postcode() -> None:
+def test_names_alone_give_name_keys_only() -> None:
     keys = blocking_keys(features("contact", {"firstname": "Ann", "lastname": "Lee"}))
-    assert keys == {f"{_prefix(keys)}:name:ann|lee"}
+    assert keys == {f"{_prefix(keys)}:names:ann|lee", f"{_prefix(keys)}:sound:AN|L"}
 
 
 def test_company_blocking_keys() -> None:
@@ -375,3 +380,17 @@ def test_contacts_and_companies_never_share_a_key() -> None:
     assert blocking_keys(contact)
     assert blocking_keys(company)
     assert not blocking_keys(contact) & blocking_keys(company)
+
+
+@pytest.mark.parametrize(
+    ("name", "code"), [("smith", "SM0"), ("smyth", "SM0"), ("", ""), ("mary ann", "MR AN")]
+)
+def test_sound(name: str, code: str) -> None:
+    assert sound(name) == code
+
+
+@pytest.mark.parametrize(
+    ("street", "number"), [("12 main st", "12"), ("12a main st", "12a"), ("main st 12", ""), ("", "")]
+)
+def test_street_number(street: str, number: str) -> None:
+    assert Features("contact", street=street).street_number == number

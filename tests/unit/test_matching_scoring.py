@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
-from changegate.detector.matching.compare import compare
-from changegate.detector.matching.engine import DuplicateFinder, Match, risk_flags
+from changegate.detector.matching.compare import COMPARISONS
+from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD, DuplicateFinder, Match, risk_flags
+from changegate.detector.matching.model import (
+    Comparison,
+    ComparisonLevel,
+    MatchModel,
+    TermFrequencies,
+    load_model,
+)
 from changegate.detector.matching.normalize import Features, features
-from changegate.detector.matching.scoring import DEFAULT_MU, MatchWeights, Scorer
+from changegate.detector.matching.scoring import Scorer, probability
 from pydantic import ValidationError
 
 
@@ -82,154 +90,212 @@ JOHN_GLOBEX = {
 }
 
 
+# A hand-made model whose numbers are easy to follow: email exact is worth log2(0.5/0.125) = 2 bits,
+# disagreement -3 bits; last name exact 3 bits before its term-frequency adjustment; prior 1/2.
+def toy_model(prior: float = 0.5, **update: Any) -> MatchModel:
+    return MatchModel(
+        model_version="toy",
+        probability_two_random_records_match=prior,
+        comparisons=[
+            Comparison(
+                output_column_name="email",
+                comparison_levels=[
+                    ComparisonLevel(label_for_charts="exact", m_probability=0.5, u_probability=0.125),
+                    ComparisonLevel(label_for_charts="disagree", m_probability=0.1, u_probability=0.8),
+                ],
+            ),
+            Comparison(
+                output_column_name="last_name",
+                comparison_levels=[
+                    ComparisonLevel(
+                        label_for_charts="exact",
+                        m_probability=0.8,
+                        u_probability=0.1,
+                        tf_adjustment_column="last",
+                    ),
+                    ComparisonLevel(label_for_charts="disagree", m_probability=0.2, u_probability=0.9),
+                ],
+            ),
+        ],
+        term_frequencies={"last": TermFrequencies(values={"smith": 0.2, "jones": 0.05}, rare=0.001)},
+        **update,
+    )
+
+
 # --- weights and probability ----------------------------------------------------------------------
 
 
 def test_weights_are_log2_of_m_over_u() -> None:
-    scorer = Scorer(MatchWeights(mu={"email": {"exact": (0.5, 0.002), "disagree": (0.1, 0.8)}}))
-    assert scorer.weights["email"]["exact"] == pytest.approx(math.log2(0.5 / 0.002))
-    assert scorer.weights["email"]["disagree"] == pytest.approx(-3.0)
-    scorer = Scorer()
-    for field, levels in DEFAULT_MU.items():
-        for level, (m, u) in levels.items():
-            assert scorer.weights[field][level] == pytest.approx(math.log2(m / u))
-
-
-def test_disagreement_never_counts_for_a_match() -> None:
-    scorer = Scorer()
-    assert all(scorer.weights[f]["disagree"] <= 0 for f in scorer.weights)
-    assert all(scorer.weights[f]["exact"] > 0 for f in scorer.weights)
+    scorer = Scorer(toy_model())
+    assert scorer.weights["email"] == {"exact": 2.0, "disagree": -3.0}
+    assert scorer.weights["last_name"]["exact"] == pytest.approx(3.0)
+    for comparison in load_model().comparisons:
+        for level in comparison.comparison_levels:
+            assert Scorer(load_model()).weights[comparison.output_column_name][
+                level.label_for_charts
+            ] == pytest.approx(math.log2(level.m_probability / level.u_probability))
 
 
 def test_prior_log_odds() -> None:
-    prior = MatchWeights().prior
-    assert Scorer().prior_log_odds == pytest.approx(math.log2(prior / (1 - prior)))
-    assert Scorer(MatchWeights(prior=0.5)).prior_log_odds == 0.0
+    assert Scorer(toy_model()).prior_log_odds == 0.0
+    assert Scorer(toy_model(prior=0.2)).prior_log_odds == pytest.approx(-2.0)
+
+
+@pytest.mark.parametrize(
+    ("total", "prior_log_odds", "expected"), [(0, 0, 0.5), (2, 0, 0.8), (-3, 0, 1 / 9), (1, -1, 0.5)]
+)
+def test_probability_is_the_base_2_logistic(total: float, prior_log_odds: float, expected: float) -> None:
+    assert probability(total, prior_log_odds) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("x", [-5000.0, -1100.0, 1100.0, 5000.0])
+def test_probability_survives_extreme_scores(x: float) -> None:
+    p = probability(x, 0.0)
+    assert 0.0 <= p <= 1.0
+    assert (p > 0.5) == (x > 0)
 
 
 def test_no_evidence_gives_the_prior() -> None:
-    score = Scorer().score({})
+    score = Scorer(toy_model(prior=0.2)).score({})
     assert score.total == 0
     assert score.weights == {}
-    assert score.probability == pytest.approx(MatchWeights().prior)
+    assert score.probability == pytest.approx(0.2)
 
 
-def test_score_sums_the_field_weights() -> None:
-    scorer = Scorer()
-    score = scorer.score({"email": "exact", "name": "similar"})
-    assert score.weights == {
-        "email": scorer.weights["email"]["exact"],
-        "name": scorer.weights["name"]["similar"],
-    }
-    email_m, email_u = DEFAULT_MU["email"]["exact"]
-    name_m, name_u = DEFAULT_MU["name"]["similar"]
-    assert score.total == pytest.approx(math.log2(email_m / email_u) + math.log2(name_m / name_u))
-    odds = 2 ** (score.total + scorer.prior_log_odds)
-    assert score.probability == pytest.approx(odds / (1 + odds))
-
-
-def test_missing_and_unknown_fields_add_nothing() -> None:
-    scorer = Scorer()
-    base = scorer.score({"email": "exact"})
-    assert scorer.score({"email": "exact", "nickname_field": "exact"}) == base
-    assert base.weights.keys() == {"email"}
-
-
-def test_probability_rises_with_each_agreeing_field() -> None:
-    scorer = Scorer()
-    steps = [
-        {},
-        {"address": "exact"},
-        {"address": "exact", "organisation": "exact"},
-        {"address": "exact", "organisation": "exact", "name": "exact"},
-        {"address": "exact", "organisation": "exact", "name": "exact", "phone": "exact_same_name"},
-        {
-            "address": "exact",
-            "organisation": "exact",
-            "name": "exact",
-            "phone": "exact_same_name",
-            "email": "exact",
-        },
-    ]
-    probabilities = [scorer.score(levels).probability for levels in steps]
-    assert probabilities == sorted(probabilities)
-    assert len(set(probabilities)) == len(probabilities)
-    assert probabilities[-1] > 0.9999
-
-
-def test_a_disagreement_lowers_the_probability() -> None:
-    scorer = Scorer()
-    agree = scorer.score({"name": "exact", "organisation": "exact"}).probability
-    assert scorer.score({"name": "exact", "organisation": "exact", "email": "disagree"}).probability < agree
-    assert scorer.score({"name": "disagree", "organisation": "exact"}).probability < agree
-
-
-def test_every_level_compare_can_produce_has_a_weight() -> None:
-    levels = compare(contact(firstname="J.", lastname="Smith"), contact(firstname="John", lastname="Smith"))
-    assert levels == {"name": "partial"}
-    score = Scorer().score(levels)
-    assert math.isfinite(score.total)
-    assert "name" in score.weights
-
-
-# --- configuration --------------------------------------------------------------------------------
-
-
-def test_match_weights_defaults() -> None:
-    config = MatchWeights()
-    assert config.prior == 0.0432  # fitted with bench/detector_quality.py --fit --seed 1
-    assert config.review_threshold == 0.8
-    assert config.mu == DEFAULT_MU
-
-
-def test_custom_match_weights() -> None:
-    config = MatchWeights(mu={"email": {"exact": (0.5, 0.125), "disagree": (0.1, 0.8)}}, prior=0.5)
-    scorer = Scorer(config)
-    assert scorer.weights == {"email": {"exact": 2.0, "disagree": -3.0}}
+def test_score_sums_the_level_weights() -> None:
+    scorer = Scorer(toy_model())
+    score = scorer.score({"email": "exact", "last_name": "disagree"})
+    assert score.weights == {"email": 2.0, "last_name": pytest.approx(math.log2(0.2 / 0.9))}
+    assert score.total == pytest.approx(2.0 + math.log2(0.2 / 0.9))
     assert scorer.score({"email": "exact"}).probability == pytest.approx(0.8)
     assert scorer.score({"email": "disagree"}).probability == pytest.approx(1 / 9)
-    # fields without configured weights add nothing
-    assert scorer.score({"name": "exact", "email": "exact"}).total == 2.0
 
 
-def test_match_weights_from_json() -> None:
-    config = MatchWeights.model_validate_json(
-        '{"mu": {"phone": {"exact": [0.9, 0.1]}}, "prior": 0.02, "review_threshold": 0.95}'
-    )
-    assert config.mu == {"phone": {"exact": (0.9, 0.1)}}
-    assert DuplicateFinder(config).threshold == 0.95
+def test_unknown_comparisons_and_levels_add_nothing() -> None:
+    scorer = Scorer(toy_model())
+    base = scorer.score({"email": "exact"})
+    assert scorer.score({"email": "exact", "phone": "exact"}) == base
+    assert scorer.score({"email": "exact", "last_name": "phonetic"}).total == base.total
+    assert scorer.score({"email": "exact", "last_name": "phonetic"}).weights["last_name"] == 0.0
+
+
+# --- term-frequency adjustments -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "bits"),
+    [
+        ("smith", "smith", math.log2(0.1 / 0.2)),  # a common name: -1 bit on top of its 3
+        ("jones", "jones", math.log2(0.1 / 0.05)),  # rarer than the average exact match: +1
+        ("zed", "zed", math.log2(0.1 / 0.001)),  # unseen in training: as rare as a single record
+        ("smith", "jones", math.log2(0.1 / 0.2)),  # the more common of the two counts
+        ("", "jones", math.log2(0.1 / 0.05)),
+        ("", "", 0.0),
+    ],
+)
+def test_tf_adjustment_of_an_exact_last_name(a: str, b: str, bits: float) -> None:
+    scorer = Scorer(toy_model())
+    fa, fb = contact(lastname=a), contact(lastname=b)
+    assert scorer.tf_adjustment("last_name", "exact", fa, fb) == pytest.approx(bits)
+    score = scorer.score({"last_name": "exact"}, fa, fb)
+    assert score.weights["last_name"] == pytest.approx(3.0 + bits)
+
+
+def test_tf_applies_only_where_the_model_says_and_only_with_the_records() -> None:
+    scorer = Scorer(toy_model())
+    fa = contact(lastname="smith")
+    assert scorer.tf_adjustment("last_name", "disagree", fa, fa) == 0.0
+    assert scorer.tf_adjustment("email", "exact", fa, fa) == 0.0
+    assert scorer.score({"last_name": "exact"}).weights["last_name"] == pytest.approx(3.0)
+
+
+def test_a_tf_weight_of_zero_switches_the_adjustment_off() -> None:
+    model = toy_model()
+    level = model.comparisons[1].comparison_levels[0].model_copy(update={"tf_adjustment_weight": 0.0})
+    comparisons = [
+        model.comparisons[0],
+        Comparison(output_column_name="last_name", comparison_levels=[level]),
+    ]
+    scorer = Scorer(model.model_copy(update={"comparisons": comparisons}))
+    smith = contact(lastname="smith")
+    assert scorer.tf_adjustment("last_name", "exact", smith, smith) == 0.0
+
+
+# --- the model file -------------------------------------------------------------------------------
+
+
+def test_the_shipped_model_loads_and_names_itself() -> None:
+    model = load_model()
+    assert model.model_version.startswith("default-generated-unsupervised")
+    assert model.training["labels_used"] is False
+    assert len(model.sha256) == 64
+    assert model.sha256 == load_model().sha256
+    assert {c.output_column_name for c in model.comparisons} <= {s.name for s in COMPARISONS}
+
+
+def test_a_model_round_trips_through_its_file(tmp_path: Path) -> None:
+    model = toy_model()
+    model.save(tmp_path / "m.json")
+    again = load_model(tmp_path / "m.json")
+    assert again == model
+    assert again.sha256 == model.sha256
+    assert toy_model(prior=0.25).sha256 != model.sha256
 
 
 @pytest.mark.parametrize(
     "bad",
-    [{"prior": 0}, {"prior": 1}, {"review_threshold": 0}, {"review_threshold": 1.5}, {"threshold": 0.5}],
+    [
+        {"probability_two_random_records_match": 0},
+        {"probability_two_random_records_match": 1},
+        {"format": "something-else"},
+        {"surprise": 1},
+    ],
 )
-def test_match_weights_are_validated(bad: dict[str, Any]) -> None:
+def test_a_model_is_validated(bad: dict[str, Any]) -> None:
+    data = toy_model().model_dump(mode="json") | bad
     with pytest.raises(ValidationError):
-        MatchWeights(**bad)
+        MatchModel.model_validate(data)
 
 
-def test_match_weights_are_frozen() -> None:
-    config = MatchWeights()
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("comparisons", 0, "output_column_name"), "shoe_size", "unknown to this detector"),
+        (("comparisons", 0, "comparison_levels", 0, "label_for_charts"), "sorta", "unknown"),
+        (("comparisons", 0, "comparison_levels", 0, "m_probability"), 0, "greater than 0"),
+        (("comparisons", 0, "comparison_levels", 0, "u_probability"), 1.5, "less than or equal to 1"),
+        (("comparisons", 0, "comparison_levels", 0, "tf_adjustment_column"), "city", "no term frequencies"),
+    ],
+)
+def test_a_model_the_detector_cannot_use_is_refused(path: tuple[Any, ...], value: Any, message: str) -> None:
+    data = toy_model().model_dump(mode="json")
+    target = data
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    with pytest.raises(ValidationError, match=message):
+        MatchModel.model_validate(data)
+
+
+def test_a_model_is_frozen() -> None:
     with pytest.raises(ValidationError):
-        config.prior = 0.5  # type: ignore[misc]
+        toy_model().model_version = "x"  # type: ignore[misc]
 
 
-# --- the finder -----------------------------------------------------------------------------------
+# --- the finder, with the shipped model -----------------------------------------------------------
 
 
 def test_true_duplicate_scores_above_the_review_threshold() -> None:
     finder = DuplicateFinder()
     match = finder.compare(contact(**BOB), "2", contact(**ROBERT))
     assert match.levels == {
-        "name": "similar",
+        "first_name": "nickname",
+        "last_name": "exact",
         "email": "exact",
         "phone": "exact_same_name",
-        "organisation": "exact",
-        "address": "exact",
+        "workplace": "exact",
     }
     assert match.score.total == pytest.approx(sum(match.score.weights.values()))
-    assert match.score.total > 20
     assert match.probability > finder.threshold
     assert match.flags == ()
     assert [m.other_id for m in finder.matches(contact(**BOB), [("2", contact(**ROBERT))])] == ["2"]
@@ -239,23 +305,22 @@ def test_colleagues_at_the_same_company_and_address_score_below_the_threshold() 
     finder = DuplicateFinder()
     match = finder.compare(contact(**ALICE), "2", contact(**CAROL))
     assert match.levels == {
-        "name": "disagree",
+        "first_name": "disagree",
+        "last_name": "disagree",
         "email": "disagree",
-        "phone": "exact",  # the switchboard, without the same name
-        "organisation": "exact",
-        "address": "exact",
+        "phone": "exact_same_workplace",  # the switchboard: counted with the workplace
+        "workplace": "exact",
     }
     assert match.probability < finder.threshold
-    assert match.probability < 0.5
     assert finder.matches(contact(**ALICE), [("2", contact(**CAROL))]) == []
 
 
 def test_namesakes_at_different_companies_score_below_the_threshold() -> None:
     finder = DuplicateFinder()
     match = finder.compare(contact(**JOHN_INITECH), "2", contact(**JOHN_GLOBEX))
-    assert match.levels["name"] == "exact"
-    assert match.levels["organisation"] == "disagree"
-    assert match.probability < 0.001
+    assert (match.levels["first_name"], match.levels["last_name"]) == ("exact", "exact")
+    assert match.levels["workplace"] == "disagree"
+    assert match.probability < 0.01
     assert match.flags == ("different_email_domains", "different_companies")
     assert finder.matches(contact(**JOHN_INITECH), [("2", contact(**JOHN_GLOBEX))]) == []
 
@@ -276,33 +341,31 @@ def test_matches_are_thresholded_and_sorted() -> None:
         ("colleague", contact(**{**CAROL, "phone": ""})),
         ("no-phone", contact(**{**ROBERT, "phone": ""})),
         ("full", contact(**ROBERT)),
-        ("email-only", contact(email="bob.smith@acme.com")),
         ("namesake", contact(**{**JOHN_GLOBEX, "firstname": "Bob"})),
     ]
     found = finder.matches(record, candidates)
-    assert [m.other_id for m in found] == ["full", "no-phone", "email-only"]
+    assert [m.other_id for m in found] == ["full", "no-phone"]
     assert all(isinstance(m, Match) and m.probability >= finder.threshold for m in found)
-    assert found[0].score.total > found[1].score.total > found[2].score.total
+    assert found[0].score.total > found[1].score.total
     assert finder.matches(record, []) == []
 
 
-def test_the_same_corporate_email_alone_is_enough() -> None:
+def test_a_probability_follows_from_the_weights_and_the_prior() -> None:
     finder = DuplicateFinder()
     match = finder.compare(contact(**BOB), "x", contact(email="bob.smith@acme.com"))
-    assert match.levels == {"email": "exact", "organisation": "exact"}
-    scorer = Scorer()
-    total = scorer.weights["email"]["exact"] + scorer.weights["organisation"]["exact"]
+    assert match.levels == {"email": "exact", "workplace": "company"}
+    scorer = finder.scorer
+    total = scorer.weights["email"]["exact"] + scorer.weights["workplace"]["company"]
+    assert match.score.total == pytest.approx(total)
     assert match.probability == pytest.approx(1 / (1 + 2 ** -(total + scorer.prior_log_odds)))
-    assert match.probability >= finder.threshold
 
 
 def test_the_threshold_is_inclusive_and_configurable() -> None:
-    config = MatchWeights(mu={"email": {"exact": (0.5, 0.125)}}, prior=0.5, review_threshold=0.8)
     a, b = contact(email="a@acme.com"), contact(email="A@Acme.com")
-    assert DuplicateFinder(config).compare(a, "b", b).probability == 0.8
-    assert [m.other_id for m in DuplicateFinder(config).matches(a, [("b", b)])] == ["b"]
-    stricter = config.model_copy(update={"review_threshold": 0.81})
-    assert DuplicateFinder(stricter).matches(a, [("b", b)]) == []
+    assert DuplicateFinder(toy_model(), threshold=0.8).compare(a, "b", b).probability == pytest.approx(0.8)
+    assert [m.other_id for m in DuplicateFinder(toy_model(), threshold=0.8).matches(a, [("b", b)])] == ["b"]
+    assert DuplicateFinder(toy_model(), threshold=0.81).matches(a, [("b", b)]) == []
+    assert DuplicateFinder().threshold == DEFAULT_REVIEW_THRESHOLD
 
 
 @pytest.mark.parametrize(

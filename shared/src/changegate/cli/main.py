@@ -46,6 +46,10 @@ with contextlib.suppress(ImportError):
     from changegate.audit.cli import app as audit_app
 
     app.add_typer(audit_app, name="audit")
+with contextlib.suppress(ImportError):
+    from changegate.detector.cli import app as detector_app
+
+    app.add_typer(detector_app, name="detector")
 console = Console(stderr=True, soft_wrap=True)
 
 WorkDir = Annotated[Path, typer.Option(help="where the stack keeps data, logs and its state file")]

@@ -7,17 +7,15 @@ makes Faust redeliver changes nothing twice."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from typing import Any
 
-from changegate.core.kafka import ConsumerLoop, MessageProcessor, Subscription, is_transient
+from changegate.core.kafka import ConsumerLoop, MessageProcessor, Subscription
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic, TopicNames
-from changegate.detector.dedup import refresh_index_size
 from changegate.detector.faust_runtime import make_app
 from changegate.detector.handler import SERVICE, Detector
 from changegate.detector.open_proposals import GROUP as LIFECYCLE_GROUP
@@ -36,7 +34,10 @@ async def main() -> None:
     producer = await runtime.open_producer()
     signer = settings.signing(SERVICE)
     detector = Detector(pool, settings, signer)
-    lifecycle = ProposalLifecycle(pool, TopicNames(settings.topic_prefix), signer, settings.verifier(SERVICE))
+    await detector.load_index()
+    lifecycle = ProposalLifecycle(
+        pool, TopicNames(settings.topic_prefix), signer, settings.verifier(SERVICE), detector.indexes
+    )
     # Decisions, review requests and merges end and open proposals; a consumer group of its own.
     lifecycle_loop = ConsumerLoop(
         settings,
@@ -90,21 +91,11 @@ async def main() -> None:
 
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
 
-    async def watch_index() -> None:
-        while not runtime.stop.is_set():
-            try:
-                await refresh_index_size(pool)
-            except Exception as exc:  # a gauge may go stale; the service must not stop
-                if not is_transient(exc):
-                    raise
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.stop.wait(), 15)
-
     # Joined the group and holding the assignment (not in the middle of a rebalance).
     runtime.checks["consumer"] = lambda: started and not app.rebalancing
     runtime.checks["lifecycle_consumer"] = lifecycle_loop.has_partitions
     try:
-        await runtime.run(runtime.app(), [run_faust, lifecycle_loop.run, relay.run, watch_index])
+        await runtime.run(runtime.app(), [run_faust, lifecycle_loop.run, relay.run])
     finally:
         await producer.stop()
         await pool.close()

@@ -18,9 +18,10 @@ from changegate.core.topics import Topic, TopicNames
 from changegate.detector import dedup, lifecycle, owner, state, verification
 from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
-from changegate.detector.matching.normalize import identity_changed
+from changegate.detector.matching.model import load_model
+from changegate.detector.matching.normalize import cached_features, identity_changed
 from changegate.detector.settings import DetectorSettings
-from changegate.detector.supersede import enqueue_retirements, supersede
+from changegate.detector.supersede import enqueue_retirements, is_closed, supersede
 from prometheus_client import Counter, Histogram
 
 SERVICE = "detector"
@@ -51,7 +52,16 @@ class Detector:
         self.settings = settings
         self.signer = signer
         self.names = TopicNames(settings.topic_prefix)
-        self.finder = DuplicateFinder(settings.match_weights)
+        self.finder = DuplicateFinder(load_model(settings.match_model), settings.match_review_threshold)
+        self.indexes = dedup.Indexes(settings.default_phone_region)
+        model = self.finder.model
+        self.model_info = {"version": model.model_version, "sha256": model.sha256}
+
+    async def load_index(self) -> int:
+        """Rebuild the in-process blocking index from PostgreSQL (at start: before any event)."""
+        count = await self.indexes.rebuild(self.pool)
+        log.info("blocking index rebuilt", records=count)
+        return count
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         await self.handle_batch([envelope])
@@ -63,6 +73,7 @@ class Detector:
         async with self.pool.acquire() as conn, conn.transaction():
             for envelope in envelopes:
                 outcomes.append((envelope.payload, await self._handle_one(conn, envelope)))
+        self.indexes.observe()
         elapsed = (time.perf_counter() - started) / len(envelopes)
         for event, proposals in outcomes:
             DETECTION_SECONDS.observe(elapsed)
@@ -87,6 +98,8 @@ class Detector:
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
         for proposal in proposals:
+            if await is_closed(conn, proposal.proposal_id):
+                continue  # decided before (a rejected merge of the same records is not raised again)
             retired = await supersede(conn, proposal)
             SUPERSEDED.inc(len(retired))
             await enqueue_retirements(conn, self.names, self.signer, proposal.record_id, retired)
@@ -104,7 +117,8 @@ class Detector:
         if kind in (CrmEventKind.RECORD_DELETED, CrmEventKind.RECORD_MERGED):
             await state.apply_record_event(conn, event)
             gone = [event.record_id] if kind is CrmEventKind.RECORD_DELETED else event.merged_record_ids
-            await dedup.unindex(conn, event.object_type, gone)
+            self.indexes.remove(event.object_type, gone)
+            await dedup.leave_clusters(conn, event.object_type, gone)
             return []
         if kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
             before = (
@@ -115,7 +129,7 @@ class Detector:
             proposals: list[Proposal] = []
             # Duplicates can only appear when something identifying changed (a job title does not).
             if kind is CrmEventKind.RECORD_CREATED or identity_changed(
-                event.object_type.value, before, record
+                event.object_type.value, before, record, self.settings.default_phone_region
             ):
                 proposals += await self._merges(conn, event, record)
             # The rotation row is locked until commit: only take it for an unowned record.
@@ -140,13 +154,30 @@ class Detector:
         return []
 
     async def _merges(self, conn: DbConn, event: CrmEvent, record: dict[str, Any]) -> list[Proposal]:
-        found = await dedup.find_duplicates(
-            conn, self.finder, event, record, self.settings.default_phone_region
-        )
-        return [
-            dedup.propose_merge(event, record, match, other)
-            for match, other in found[: self.settings.max_merge_proposals]
+        """At most one merge proposal per event: the cluster of the record and its matches."""
+        region = self.settings.default_phone_region
+        found = (await dedup.find_duplicates(conn, self.finder, self.indexes, event, record))[
+            : self.settings.max_merge_proposals
         ]
+        if not found:
+            return []
+        object_type = event.object_type
+        matched = [m.other_id for m, _ in found]
+        known = await dedup.clusters_of(conn, object_type, [event.record_id, *matched])
+        cluster_id = dedup.choose_cluster_id(object_type, event.record_id, matched, known)
+        members = {event.record_id: record, **{m.other_id: props for m, props in found}}
+        if known:
+            for rid, props in (
+                await dedup.cluster_members(conn, object_type, list(set(known.values())))
+            ).items():
+                members.setdefault(rid, props)
+        await dedup.join_cluster(conn, object_type, cluster_id, list(members), list(set(known.values())))
+        mine = cached_features(object_type.value, record, region)
+        links = [dedup.Link(event.record_id, m.other_id, m, True) for m, _ in found]
+        for rid in sorted(set(members) - set(matched) - {event.record_id}):
+            other = cached_features(object_type.value, members[rid], region)
+            links.append(dedup.Link(event.record_id, rid, self.finder.compare(mine, rid, other), False))
+        return [dedup.propose_merge(event, cluster_id, members, links, self.model_info)]
 
     async def _reassign_from(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
         """Every record the deactivated owner holds gets a new owner proposed."""

@@ -1,8 +1,9 @@
 """Following a proposal to the end of its lifecycle, from the topics where it ends: every decision
 closes its proposal (it can no longer be superseded); a review request for a proposal the detector
 did not raise — the executor's re-proposal after a compare-and-set conflict — opens it like any
-detected one (it may supersede, and be superseded); an applied merge retires the open proposals of
-the records it merged away."""
+detected one (it may supersede, and be superseded); an applied merge takes the records it merged
+away out of the detector's state, index and clusters, and retires their open proposals — the CRM's
+own merge webhook may come later, or never (the sandbox sends none)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from changegate.core.contracts.envelope import Envelope
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import TopicNames
+from changegate.detector import dedup, state
 from changegate.detector.supersede import close, enqueue_retirements, retire_merged_away, supersede
 from prometheus_client import Counter
 
@@ -30,8 +32,16 @@ GROUP = "changegate-detector-lifecycle"
 
 
 class ProposalLifecycle:
-    def __init__(self, pool: asyncpg.Pool, names: TopicNames, signer: SigningKey, verifier: Verifier) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        names: TopicNames,
+        signer: SigningKey,
+        verifier: Verifier,
+        indexes: dedup.Indexes,
+    ) -> None:
         self.pool, self.names, self.signer, self.verifier = pool, names, signer, verifier
+        self.indexes = indexes
 
     async def on_decision(self, envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
@@ -46,9 +56,13 @@ class ProposalLifecycle:
         if merge.kind is not ProposalKind.MERGE or execution.status is not ExecutionStatus.APPLIED:
             return
         self.verifier.execution(execution)
+        gone = merge.other_record_ids
         async with self.pool.acquire() as conn, conn.transaction():
+            await state.mark_gone(conn, merge.object_type, gone)
+            await dedup.leave_clusters(conn, merge.object_type, gone)
             retired = await retire_merged_away(conn, merge)
             await enqueue_retirements(conn, self.names, self.signer, merge.record_id, retired)
+        self.indexes.remove(merge.object_type, gone)
         if retired:
             log.info("retired proposals of merged-away records", count=len(retired))
 

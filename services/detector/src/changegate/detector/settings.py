@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from changegate.core.settings import CommonSettings
 from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
-from changegate.detector.matching.scoring import MatchWeights
-from pydantic import Field
+from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD
+from pydantic import Field, FilePath
 
 
 class DetectorSettings(CommonSettings):
@@ -17,9 +17,18 @@ class DetectorSettings(CommonSettings):
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     owner: OwnerConfig = Field(default_factory=OwnerConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
-    match_weights: MatchWeights = Field(default_factory=MatchWeights)
+    match_model: FilePath | None = Field(
+        None,
+        description="the duplicate finder's model file (`changegate detector train`); unset: the shipped"
+        " default, trained without labels on generated data",
+    )
+    match_review_threshold: float = Field(
+        DEFAULT_REVIEW_THRESHOLD, gt=0, lt=1, description="match probability from which a merge is proposed"
+    )
     batch_wait_seconds: float = Field(
         0.01, description="how long the agent waits to fill a batch (latency added per hop at most)"
     )
-    max_merge_proposals: int = Field(3, ge=1, description="merge proposals per record event, best first")
+    max_merge_proposals: int = Field(
+        20, ge=1, description="matched records one merge proposal takes from an event, best first"
+    )
     default_phone_region: str = Field("US", description="region of phone numbers written without +code")

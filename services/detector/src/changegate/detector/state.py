@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from changegate.core.contracts import CrmEvent, CrmEventKind
+from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.db import DbConn
 
 
@@ -31,9 +31,14 @@ async def apply_record_event(conn: DbConn, event: CrmEvent) -> None:
         )
     elif event.kind in (CrmEventKind.RECORD_DELETED, CrmEventKind.RECORD_MERGED):
         gone = [event.record_id] if event.kind is CrmEventKind.RECORD_DELETED else event.merged_record_ids
-        await conn.execute(
-            "UPDATE detector_records SET deleted = true, updated_at = now()"
-            " WHERE object_type = $1 AND record_id = ANY($2::text[])",
-            event.object_type.value,
-            gone,
-        )
+        await mark_gone(conn, event.object_type, gone)
+
+
+async def mark_gone(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> None:
+    """Records deleted or merged away leave the known state (a later creation brings them back)."""
+    await conn.execute(
+        "UPDATE detector_records SET deleted = true, updated_at = now()"
+        " WHERE object_type = $1 AND record_id = ANY($2::text[])",
+        object_type.value,
+        record_ids,
+    )

@@ -1,7 +1,9 @@
 """The detector owns a proposal's lifecycle: a proposal is open from its detection (or from the
 executor's conflict re-proposal) until its decision closes it. A newer proposal for the same record
 and field supersedes the older one only while that one is still open: it is retired with a
-``superseded`` decision, so review-api takes it off the queue and policy never routes it."""
+``superseded`` decision, so review-api takes it off the queue and policy never routes it. A merge
+proposal names a whole duplicate cluster: a newer one for a cluster that grew retires every open
+merge proposal that shares a record with it."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ async def close(conn: DbConn, proposal_id: uuid.UUID, outcome: str) -> bool:
     """A decision ends the proposal's lifecycle: it is no longer open, and never will be again.
     False if it was closed before (a redelivered decision)."""
     await conn.execute("DELETE FROM detector_open_proposals WHERE proposal_id = $1", proposal_id)
+    await conn.execute("DELETE FROM detector_open_merges WHERE proposal_id = $1", proposal_id)
     closed = await conn.fetchval(
         "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, $2)"
         " ON CONFLICT DO NOTHING RETURNING 1",
@@ -32,16 +35,21 @@ async def close(conn: DbConn, proposal_id: uuid.UUID, outcome: str) -> bool:
     return closed is not None
 
 
+async def is_closed(conn: DbConn, proposal_id: uuid.UUID) -> bool:
+    """Decided already: re-detecting the same proposal (same id) raises nothing new."""
+    return bool(
+        await conn.fetchval("SELECT 1 FROM detector_closed_proposals WHERE proposal_id = $1", proposal_id)
+    )
+
+
 async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
-    """Record ``proposal`` as the open one for each field it changes; return decisions retiring the
-    older open proposals it replaces (merges are pairwise, they are not superseded this way). A
-    proposal already decided is not opened again (re-detection, a redelivered review request)."""
+    """Record ``proposal`` as the open one for each field it changes (for a merge: for each record
+    it names); return decisions retiring the older open proposals it replaces. A proposal already
+    decided is not opened again (re-detection, a redelivered review request)."""
+    if await is_closed(conn, proposal.proposal_id):
+        return []
     if proposal.kind is ProposalKind.MERGE:
-        return []
-    if await conn.fetchval(
-        "SELECT 1 FROM detector_closed_proposals WHERE proposal_id = $1", proposal.proposal_id
-    ):
-        return []
+        return await _supersede_merges(conn, proposal)
     fields = {c.field for c in proposal.changes}
     retired: dict[uuid.UUID, Proposal] = {}
     rows = await conn.fetch(
@@ -79,6 +87,34 @@ async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
     return [_retirement(older, str(proposal.proposal_id), because) for older in retired.values()]
 
 
+def _members(merge: Proposal) -> list[str]:
+    return sorted({merge.record_id, *merge.other_record_ids})
+
+
+async def _supersede_merges(conn: DbConn, merge: Proposal) -> list[Decision]:
+    """The detector proposes a merge of every current member of a cluster, so a newer merge that
+    shares a record with an open one (its cluster grew, or absorbed another) covers it."""
+    rows = await conn.fetch(
+        "SELECT proposal_id, proposal FROM detector_open_merges"
+        " WHERE object_type = $1 AND members && $2::text[] AND proposal_id <> $3 FOR UPDATE",
+        merge.object_type.value,
+        _members(merge),
+        merge.proposal_id,
+    )
+    retired = [Proposal.model_validate(r["proposal"]) for r in rows]
+    await _close_superseded(conn, [p.proposal_id for p in retired])
+    await conn.execute(
+        "INSERT INTO detector_open_merges (proposal_id, object_type, members, proposal)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (proposal_id) DO NOTHING",
+        merge.proposal_id,
+        merge.object_type.value,
+        _members(merge),
+        merge.model_dump(mode="json"),
+    )
+    because = f"superseded by {merge.proposal_id}: the cluster now also holds other records"
+    return [_retirement(older, str(merge.proposal_id), because) for older in retired]
+
+
 async def enqueue_retirements(
     conn: DbConn, names: TopicNames, signer: SigningKey, record_id: str, retired: list[Decision]
 ) -> None:
@@ -102,13 +138,21 @@ async def retire_merged_away(conn: DbConn, merge: Proposal) -> list[Decision]:
         merge.object_type.value,
         merge.other_record_ids,
     )
-    retired = [Proposal.model_validate(r["proposal"]) for r in rows]
+    merges = await conn.fetch(
+        "SELECT proposal_id, proposal FROM detector_open_merges"
+        " WHERE object_type = $1 AND members && $2::text[] AND proposal_id <> $3",
+        merge.object_type.value,
+        merge.other_record_ids,
+        merge.proposal_id,
+    )
+    found = {r["proposal_id"]: Proposal.model_validate(r["proposal"]) for r in [*rows, *merges]}
+    retired = list(found.values())
     await _close_superseded(conn, [p.proposal_id for p in retired])
     return [
         _retirement(
             older,
             f"merged|{merge.proposal_id}",
-            f"record {older.record_id} was merged into {merge.record_id}",
+            f"{', '.join(merge.other_record_ids)} merged into {merge.record_id}",
         )
         for older in retired
     ]
@@ -120,6 +164,7 @@ async def _close_superseded(conn: DbConn, proposal_ids: list[uuid.UUID]) -> None
     await conn.execute(
         "DELETE FROM detector_open_proposals WHERE proposal_id = ANY($1::uuid[])", proposal_ids
     )
+    await conn.execute("DELETE FROM detector_open_merges WHERE proposal_id = ANY($1::uuid[])", proposal_ids)
     await conn.executemany(
         "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, 'superseded')"
         " ON CONFLICT DO NOTHING",

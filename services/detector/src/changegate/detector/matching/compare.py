@@ -1,60 +1,125 @@
-"""Agreement levels per field between two records. A field missing on either side has no level:
-it neither agrees nor disagrees (weight 0)."""
+"""Comparisons between two records, each a ladder of agreement levels (Splink's vocabulary: a
+*comparison* has *levels*, the first that holds applies). A field missing on either side has no
+level: it neither agrees nor disagrees (Splink's null level, weight 0).
+
+``COMPARISONS`` is the one definition of the levels: the streaming scorer calls ``compare`` on
+two records, and training (``training.py``) evaluates the very same functions on the columns each
+comparison declares, so the parameters it estimates are those of the levels the scorer sees."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from changegate.detector.matching.normalize import Features, name_variants
 from rapidfuzz.distance import JaroWinkler
 from rapidfuzz.fuzz import token_set_ratio, token_sort_ratio
 
-EXACT, NICKNAME, SIMILAR, PARTIAL, DISAGREE = "exact", "nickname", "similar", "partial", "disagree"
+EXACT, NICKNAME, SIMILAR, PHONETIC, PARTIAL, DISAGREE = (
+    "exact",
+    "nickname",
+    "similar",
+    "phonetic",
+    "partial",
+    "disagree",
+)
 NAMED_EXACT, NAMED_PARTIAL = "exact_same_name", "partial_same_name"
+SAME_WORKPLACE = "exact_same_workplace"
+STREET, CITY, POSTCODE = "street", "city", "postcode"
+COMPANY, SITE = "company", "site"
+
+# Jaro-Winkler thresholds of Splink's name comparisons; token ratios of rapidfuzz (0-100).
+NAME_SIMILAR_JW = 0.92
+FIRST_SIMILAR_JW = 0.9
+TEXT_SIMILAR_JW = 0.9
+COMPANY_SIMILAR_RATIO = 90
+STREET_SIMILAR_RATIO = 85
+MIN_MAILBOX_NAME = 4  # "info@", "bob@" at two domains say nothing
 
 
 def _jw(a: str, b: str) -> float:
     return JaroWinkler.similarity(a, b)
 
 
-def first_name(a: str, b: str) -> str | None:
+def first_name(a: str, b: str, sound_a: str = "", sound_b: str = "") -> str | None:
     if not a or not b:
         return None
     if a == b:
         return EXACT
     if name_variants(a) & name_variants(b):
         return NICKNAME
-    if _jw(a, b) >= 0.9:
+    if _jw(a, b) >= FIRST_SIMILAR_JW:
         return SIMILAR
+    if sound_a and sound_a == sound_b:
+        return PHONETIC
     if (len(a) == 1 or len(b) == 1) and a[0] == b[0]:
         return PARTIAL  # an initial
     return DISAGREE
 
 
-def last_name(a: str, b: str) -> str | None:
+def last_name(a: str, b: str, sound_a: str = "", sound_b: str = "") -> str | None:
     if not a or not b:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if _jw(a, b) >= 0.92 else DISAGREE
+    if _jw(a, b) >= NAME_SIMILAR_JW:
+        return SIMILAR
+    if sound_a and sound_a == sound_b:
+        return PHONETIC
+    return DISAGREE
 
 
-def email(a: Features, b: Features) -> str | None:
+_RANK = {EXACT: 4, NICKNAME: 3, SIMILAR: 3, PHONETIC: 2, PARTIAL: 1, DISAGREE: 0}
+
+
+def names(a: Features, b: Features) -> tuple[str | None, str | None]:
+    """First- and last-name levels. Names entered the wrong way round ("Smith John", maybe with a
+    typo) are compared swapped when that agrees strictly better than the order given."""
+    straight = (
+        first_name(a.first, b.first, a.first_sound, b.first_sound),
+        last_name(a.last, b.last, a.last_sound, b.last_sound),
+    )
+    if DISAGREE not in straight or not (a.first and a.last and b.first and b.last):
+        return straight
+    swapped = (
+        first_name(a.last, b.first, a.last_sound, b.first_sound),
+        last_name(a.first, b.last, a.first_sound, b.last_sound),
+    )
+    return swapped if _rank(swapped) > _rank(straight) else straight
+
+
+def _rank(levels: tuple[str | None, str | None]) -> int:
+    return sum(_RANK[level] for level in levels if level)
+
+
+def names_agree(first: str | None, last: str | None) -> bool:
+    """Both names agree (exactly or nearly): what makes a shared phone or mailbox name telling."""
+    return first in (EXACT, NICKNAME, SIMILAR) and last in (EXACT, SIMILAR)
+
+
+def email_level(a: Features, b: Features, named: bool) -> str | None:
     if not a.email or not b.email:
         return None
     if a.email == b.email:
         return EXACT
-    if a.email_local == b.email_local and len(a.email_local) > 3:
-        return PARTIAL  # same mailbox name at another domain
-    if a.email_domain == b.email_domain and _jw(a.email_local, b.email_local) >= 0.9:
-        return SIMILAR
+    if a.email_domain == b.email_domain and _jw(a.email_local, b.email_local) >= TEXT_SIMILAR_JW:
+        # A typo when the names agree; otherwise colleagues' mailboxes (jessicas@ and jessicad@).
+        return SIMILAR if named else DISAGREE
+    if a.email_local == b.email_local and len(a.email_local) >= MIN_MAILBOX_NAME:
+        return NAMED_PARTIAL if named else PARTIAL  # the same mailbox name at another domain
     return DISAGREE
 
 
-def phone(a: str, b: str) -> str | None:
-    if not a or not b:
+def phone_level(a: Features, b: Features, named: bool, same_workplace: bool = False) -> str | None:
+    if not a.phone or not b.phone:
         return None
-    if a == b:
-        return EXACT
-    return PARTIAL if a[-7:] == b[-7:] else DISAGREE
+    if a.phone == b.phone:
+        # The same number means much more with the same name; without it, at the same workplace it
+        # is the switchboard (colleagues share it: counted with the workplace, it weighs little).
+        if named:
+            return NAMED_EXACT
+        return SAME_WORKPLACE if same_workplace else EXACT
+    return PARTIAL if a.phone[-7:] == b.phone[-7:] else DISAGREE
 
 
 def company(a: str, b: str) -> str | None:
@@ -62,7 +127,7 @@ def company(a: str, b: str) -> str | None:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if token_set_ratio(a, b) >= 90 else DISAGREE
+    return SIMILAR if token_set_ratio(a, b) >= COMPANY_SIMILAR_RATIO else DISAGREE
 
 
 def exact_only(a: str, b: str) -> str | None:
@@ -76,7 +141,7 @@ def street(a: str, b: str) -> str | None:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if token_sort_ratio(a, b) >= 85 else DISAGREE
+    return SIMILAR if token_sort_ratio(a, b) >= STREET_SIMILAR_RATIO else DISAGREE
 
 
 def city(a: str, b: str) -> str | None:
@@ -84,7 +149,7 @@ def city(a: str, b: str) -> str | None:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if _jw(a, b) >= 0.9 else DISAGREE
+    return SIMILAR if _jw(a, b) >= TEXT_SIMILAR_JW else DISAGREE
 
 
 def postcode(a: str, b: str) -> str | None:
@@ -97,30 +162,12 @@ def postcode(a: str, b: str) -> str | None:
 
 def web_domain(a: Features, b: Features) -> str | None:
     """Company web domains, or for contacts the corporate part of the email (free mail says nothing)."""
-    da = a.domain or a.corporate_domain
-    db = b.domain or b.corporate_domain
-    return exact_only(da, db)
-
-
-def full_name(first: str | None, last: str | None) -> str | None:
-    """First and last name as one field: a shared last name alone is common among the candidates
-    blocking brings together (relatives, namesakes), so only the combination is evidence."""
-    if first is None and last is None:
-        return None
-    if first == EXACT and last == EXACT:
-        return EXACT
-    if last in (EXACT, SIMILAR) and first in (EXACT, NICKNAME, SIMILAR):
-        return SIMILAR  # a nickname, a typo
-    if (last in (EXACT, SIMILAR, None) and first in (PARTIAL, None)) or (
-        last is None and first in (EXACT, NICKNAME, SIMILAR)
-    ):
-        return PARTIAL  # an initial, or one of the two names missing
-    return DISAGREE
+    return exact_only(a.domain or a.corporate_domain, b.domain or b.corporate_domain)
 
 
 def organisation(a: Features, b: Features) -> str | None:
-    """Company name and web domain as one field: they move together, so counting both would count
-    one fact twice (Fellegi-Sunter assumes independent fields)."""
+    """Company name and web domain as one comparison: they move together, so counting both would
+    count one fact twice (Fellegi-Sunter assumes independent comparisons)."""
     by_name, by_domain = company(a.company, b.company), web_domain(a, b)
     if by_name is None and by_domain is None:
         return None
@@ -130,38 +177,108 @@ def organisation(a: Features, b: Features) -> str | None:
 
 
 def address(a: Features, b: Features) -> str | None:
-    """Street, postcode, city and state as one field, for the same reason."""
-    have_a = a.street or a.postcode or a.city
-    have_b = b.street or b.postcode or b.city
-    if not have_a or not have_b:
+    """Street, postcode and city as one comparison: the street is only known in its place."""
+    if not (a.street or a.postcode or a.city) or not (b.street or b.postcode or b.city):
         return None
-    street_level = street(a.street, b.street)
-    place = postcode(a.postcode, b.postcode) or city(a.city, b.city)
-    if street_level in (EXACT, SIMILAR) and place in (EXACT, None):
-        return EXACT
-    if place == EXACT or (place is None and city(a.city, b.city) == EXACT):
-        return PARTIAL  # same place, another or unknown street
+    on_street = street(a.street, b.street) in (EXACT, SIMILAR)
+    by_city, by_postcode = city(a.city, b.city), postcode(a.postcode, b.postcode)
+    in_place = EXACT in (by_city, by_postcode)
+    if on_street:
+        return EXACT if in_place else STREET  # STREET: the place mistyped, missing or changed
+    if by_city == EXACT:
+        return CITY  # another or unknown street in the same town (term frequencies: how big a town)
+    if by_postcode == EXACT:
+        return POSTCODE
+    if by_city == SIMILAR or by_postcode == PARTIAL:
+        return PARTIAL
     return DISAGREE
 
 
+def workplace(a: Features, b: Features) -> str | None:
+    """Organisation and address as one comparison. Colleagues share both (and often a switchboard):
+    as separate comparisons, Fellegi-Sunter would count one fact - the same workplace - two or
+    three times, since random pairs, where u is measured, hardly ever share either. Levels: both
+    agree (EXACT), the company only, the street and place only (SITE), then the address's own."""
+    org, addr = organisation(a, b), address(a, b)
+    if org is None and addr is None:
+        return None
+    same_company = org in (EXACT, SIMILAR)
+    at_site = addr in (EXACT, STREET)
+    if same_company:
+        return EXACT if at_site else COMPANY
+    if addr == EXACT:
+        return SITE  # the same street and place, another or unknown company name
+    return addr or DISAGREE
+
+
+@dataclass(frozen=True)
+class ComparisonSpec:
+    """One comparison: its name (``output_column_name``), the feature columns that decide it (an EM
+    session blocked on one of them cannot estimate it), its levels
+    from most to least specific (the last is the else level), and the levels whose weight is
+    adjusted by the term frequency of a column's value (a rare surname says more than "smith")."""
+
+    name: str
+    columns: tuple[str, ...]
+    levels: tuple[str, ...]
+    level: Callable[[Features, Features], str | None]
+    tf_columns: dict[str, str] = field(default_factory=dict)
+
+
+_WORKPLACE_COLUMNS = ("company", "domain", "email_domain", "street", "city", "postcode")
+_SAME_WORKPLACE = (EXACT, COMPANY, SITE)
+
+# Each name comparison declares its own columns only; swapped names (rare) read the other's too.
+COMPARISONS: tuple[ComparisonSpec, ...] = (
+    ComparisonSpec(
+        "first_name",
+        ("first", "first_sound"),
+        (EXACT, NICKNAME, SIMILAR, PHONETIC, PARTIAL, DISAGREE),
+        lambda a, b: names(a, b)[0],
+        {EXACT: "first"},
+    ),
+    ComparisonSpec(
+        "last_name",
+        ("last", "last_sound"),
+        (EXACT, SIMILAR, PHONETIC, DISAGREE),
+        lambda a, b: names(a, b)[1],
+        {EXACT: "last"},
+    ),
+    # Email and phone read the names too, for their "same name" levels: a session blocked on the
+    # names does not estimate them (among namesakes, the same mailbox name is common).
+    ComparisonSpec(
+        "email",
+        ("email", "email_local", "first", "last"),
+        (EXACT, SIMILAR, NAMED_PARTIAL, PARTIAL, DISAGREE),
+        lambda a, b: email_level(a, b, names_agree(*names(a, b))),
+    ),
+    ComparisonSpec(
+        "phone",
+        ("phone", "first", "last", *_WORKPLACE_COLUMNS),
+        (NAMED_EXACT, SAME_WORKPLACE, EXACT, PARTIAL, DISAGREE),
+        lambda a, b: phone_level(a, b, names_agree(*names(a, b)), workplace(a, b) in _SAME_WORKPLACE),
+    ),
+    ComparisonSpec(
+        "workplace",
+        _WORKPLACE_COLUMNS,
+        (EXACT, COMPANY, SITE, STREET, CITY, POSTCODE, PARTIAL, DISAGREE),
+        workplace,
+        {CITY: "city"},
+    ),
+)
+TF_COLUMNS: tuple[str, ...] = tuple(sorted({c for s in COMPARISONS for c in s.tf_columns.values()}))
+
+
 def compare(a: Features, b: Features) -> dict[str, str]:
-    """Field -> agreement level, for the fields both records have."""
-    first_a, last_a = a.first, a.last
-    swapped = bool(a.first and a.last and a.first == b.last and a.last == b.first and a.first != a.last)
-    if swapped:  # "Smith John" entered the wrong way round
-        first_a, last_a = a.last, a.first
+    """Comparison -> level, for the comparisons both records have data for."""
+    first, last = names(a, b)
+    named = names_agree(first, last)
+    place = workplace(a, b)
     levels = {
-        "name": full_name(first_name(first_a, b.first), last_name(last_a, b.last)),
-        "email": email(a, b),
-        "phone": phone(a.phone, b.phone),
-        "organisation": organisation(a, b),
-        "address": address(a, b),
+        "first_name": first,
+        "last_name": last,
+        "email": email_level(a, b, named),
+        "phone": phone_level(a, b, named, place in _SAME_WORKPLACE),
+        "workplace": place,
     }
-    # Conditional levels: the same phone (a switchboard?) or mailbox name means much more when the
-    # names agree too. Fellegi-Sunter cannot see that interaction across separate fields.
-    if levels["name"] in (EXACT, SIMILAR):
-        if levels["phone"] == EXACT:
-            levels["phone"] = NAMED_EXACT
-        if levels["email"] == PARTIAL:
-            levels["email"] = NAMED_PARTIAL
     return {k: v for k, v in levels.items() if v is not None}

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from changegate.detector.matching.compare import compare
+from changegate.detector.matching.model import MatchModel, load_model
 from changegate.detector.matching.normalize import Features
-from changegate.detector.matching.scoring import MatchWeights, Score, Scorer
+from changegate.detector.matching.scoring import Score, Scorer
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,25 @@ def risk_flags(a: Features, b: Features) -> tuple[str, ...]:
     return tuple(flags)
 
 
+DEFAULT_REVIEW_THRESHOLD = 0.9
+
+
 class DuplicateFinder:
-    def __init__(self, weights: MatchWeights | None = None) -> None:
-        self.scorer = Scorer(weights)
-        self.threshold = self.scorer.config.review_threshold
+    def __init__(self, model: MatchModel | None = None, threshold: float = DEFAULT_REVIEW_THRESHOLD) -> None:
+        self.model = model or load_model()
+        self.scorer = Scorer(self.model)
+        self.threshold = threshold
 
     def compare(self, a: Features, other_id: str, b: Features) -> Match:
         levels = compare(a, b)
-        return Match(other_id, levels, self.scorer.score(levels), risk_flags(a, b))
+        return Match(other_id, levels, self.scorer.score(levels, a, b), risk_flags(a, b))
 
     def matches(self, record: Features, candidates: Iterable[tuple[str, Features]]) -> list[Match]:
         """Candidates at or above the review threshold, most likely first."""
-        found = [self.compare(record, other_id, other) for other_id, other in candidates]
-        return sorted((m for m in found if m.probability >= self.threshold), key=lambda m: -m.score.total)
+        found = []
+        for other_id, other in candidates:
+            levels = compare(record, other)
+            score = self.scorer.score(levels, record, other)
+            if score.probability >= self.threshold:  # risk flags only for what is proposed
+                found.append(Match(other_id, levels, score, risk_flags(record, other)))
+        return sorted(found, key=lambda m: -m.score.total)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import jellyfish
 import phonenumbers
 from nicknames import NickNamer
 
@@ -169,6 +170,13 @@ def name_variants(first: str) -> frozenset[str]:
     return frozenset({first, *_nick.nicknames_of(first), *_nick.canonicals_of(first)})
 
 
+@lru_cache(maxsize=65536)
+def sound(name: str) -> str:
+    """Metaphone code of a (folded) name, so "smyth" and "smith" share a key and a level; '' when
+    there is no name. Multi-word names are coded word by word."""
+    return " ".join(jellyfish.metaphone(w) for w in name.split()) if name else ""
+
+
 @dataclass(frozen=True, slots=True)
 class Features:
     """What the matcher compares of one record. Empty string = missing."""
@@ -187,6 +195,14 @@ class Features:
     postcode: str = ""
     state: str = ""
     country: str = ""
+    first_sound: str = ""
+    last_sound: str = ""
+
+    @property
+    def street_number(self) -> str:
+        """The house number when the street starts with one ("12 main st" -> "12")."""
+        head = self.street.split(" ", 1)[0]
+        return head if head[:1].isdigit() else ""
 
     @property
     def corporate_domain(self) -> str:
@@ -214,10 +230,13 @@ def features(object_type: str, props: dict[str, Any], default_region: str = "US"
             state=fold(props.get("state")),
             country=country,
         )
+    first, last = fold(props.get("firstname")), fold(props.get("lastname"))
     return Features(
         object_type=object_type,
-        first=fold(props.get("firstname")),
-        last=fold(props.get("lastname")),
+        first=first,
+        last=last,
+        first_sound=sound(first),
+        last_sound=sound(last),
         email=email,
         email_local=local,
         email_domain=email_domain,
@@ -265,9 +284,11 @@ def _region(country: str) -> str:
     return _COUNTRY_REGIONS.get(country, "")
 
 
-def identity_changed(object_type: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
+def identity_changed(
+    object_type: str, before: dict[str, Any], after: dict[str, Any], region: str = "US"
+) -> bool:
     """Whether a change touches what the matcher compares (so duplicates must be looked for again)."""
-    return features(object_type, before) != features(object_type, after)
+    return cached_features(object_type, before, region) != cached_features(object_type, after, region)
 
 
 @lru_cache(maxsize=200_000)
@@ -276,8 +297,8 @@ def _cached(object_type: str, items: tuple[tuple[str, Any], ...], region: str) -
 
 
 def cached_features(object_type: str, props: dict[str, Any], region: str = "US") -> Features:
-    """Features of a candidate record, memoised: the same records come back as candidates often.
-    Keyed by content, so a changed record is never served stale features."""
+    """Features of a record, memoised by content (a changed record is never served stale ones): an
+    event's record is normalised once whatever asks (change check, index, clusters)."""
     try:
         return _cached(object_type, tuple(sorted(props.items())), region)
     except TypeError:  # an unhashable property value (a list): compute without the cache

@@ -1,58 +1,17 @@
-"""Fellegi-Sunter scoring. For each field and agreement level, m = P(level | same entity) and
-u = P(level | different entities); the level's weight is log2(m / u). A pair's score is the sum of
-its fields' weights (missing fields add 0), and its match probability is the logistic of the score
-plus the prior log-odds that a candidate pair (one that shares a blocking key) is a match.
-
-The defaults below were fitted by ``bench/detector_quality.py --fit --seed 1`` on the labelled
-synthetic population (20,000 people), floored so that no level is a hard veto, with disagreement
-never counting for a match; they are configuration (CHANGEGATE_MATCH_WEIGHTS), not code. Refit
-them on labelled pairs from your own CRM (e.g. past merges) before trusting auto-review volumes."""
+"""Fellegi-Sunter scoring with a trained model (``model.py``). Each comparison's level weighs
+log2(m / u) bits, adjusted by the term frequency of the shared value where the level says so; a
+pair's score is the sum (a comparison without a level adds 0), and its match probability is the
+logistic of the score plus the prior log-odds that two random records match. Because u comes
+from random pairs and the prior is that of random pairs, the probability holds for any pair,
+blocked or not (blocking is a function of the levels)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
-
-# field -> level -> (m, u)
-DEFAULT_MU: dict[str, dict[str, tuple[float, float]]] = {
-    "address": {"disagree": (0.1417, 0.6877), "exact": (0.8179, 0.1444), "partial": (0.04049, 0.1679)},
-    "email": {
-        "disagree": (0.2309, 0.9314),
-        "exact": (0.6397, 0.002),
-        "partial": (0.002, 0.002),
-        "partial_same_name": (0.02339, 0.06133),
-        "similar": (0.1056, 0.006519),
-    },
-    "name": {
-        "partial": (0.02, 0.005),
-        "disagree": (0.0624, 0.4106),
-        "exact": (0.7032, 0.586),
-        "similar": (0.2344, 0.003366),
-    },
-    "organisation": {"disagree": (0.1417, 0.7468), "exact": (0.8582, 0.2532), "similar": (0.002, 0.002)},
-    "phone": {
-        "disagree": (0.1369, 0.9569),
-        "exact": (0.05858, 0.04303),
-        "exact_same_name": (0.7882, 0.002),
-        "partial": (0.01628, 0.002),
-    },
-}
-
-
-class MatchWeights(BaseModel):
-    """Configurable Fellegi-Sunter parameters of the duplicate finder."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    mu: dict[str, dict[str, tuple[float, float]]] = Field(
-        default_factory=lambda: DEFAULT_MU, description="field -> level -> (m, u) probabilities"
-    )
-    prior: float = Field(0.0432, gt=0, lt=1, description="P(match) of a pair that shares a blocking key")
-    review_threshold: float = Field(
-        0.8, gt=0, lt=1, description="match probability from which a merge is proposed"
-    )
+from changegate.detector.matching.model import MatchModel, TermFrequencies
+from changegate.detector.matching.normalize import Features
 
 
 @dataclass(frozen=True)
@@ -62,17 +21,67 @@ class Score:
     weights: dict[str, float]
 
 
-class Scorer:
-    def __init__(self, config: MatchWeights | None = None) -> None:
-        self.config = config or MatchWeights()
-        self.weights = {
-            f: {lvl: math.log2(m / u) for lvl, (m, u) in levels.items()}
-            for f, levels in self.config.mu.items()
-        }
-        self.prior_log_odds = math.log2(self.config.prior / (1 - self.config.prior))
+@dataclass(frozen=True)
+class _TfLevel:
+    column: str
+    weight: float
+    log2_u: float
+    table: TermFrequencies
 
-    def score(self, levels: dict[str, str]) -> Score:
-        # A level the weights do not know (not seen when they were fitted) is no evidence either way.
-        weights = {f: self.weights[f].get(lvl, 0.0) for f, lvl in levels.items() if f in self.weights}
+
+def probability(total: float, prior_log_odds: float) -> float:
+    """Logistic in base 2, safe for very large or very small scores."""
+    x = float(total + prior_log_odds)
+    if x >= 0:
+        return 1.0 / (1.0 + math.pow(2.0, -x)) if x < 1024 else 1.0
+    e = math.pow(2.0, x) if x > -1074 else 0.0
+    return e / (1.0 + e)
+
+
+class Scorer:
+    def __init__(self, model: MatchModel) -> None:
+        self.model = model
+        self.weights: dict[str, dict[str, float]] = {}
+        self.tf: dict[str, dict[str, _TfLevel]] = {}
+        for comparison in model.comparisons:
+            name = comparison.output_column_name
+            self.weights[name] = {}
+            for level in comparison.comparison_levels:
+                label = level.label_for_charts
+                self.weights[name][label] = math.log2(level.m_probability / level.u_probability)
+                column = level.tf_adjustment_column
+                if column is not None and level.tf_adjustment_weight > 0:
+                    self.tf.setdefault(name, {})[label] = _TfLevel(
+                        column,
+                        level.tf_adjustment_weight,
+                        math.log2(level.u_probability),
+                        model.term_frequencies[column],
+                    )
+        p = model.probability_two_random_records_match
+        self.prior_log_odds = math.log2(p / (1 - p))
+
+    def tf_adjustment(self, comparison: str, level: str, a: Features, b: Features) -> float:
+        """Bits added to a level's weight for the values the two records hold (0 without TF)."""
+        tf = self.tf.get(comparison, {}).get(level)
+        if tf is None:
+            return 0.0
+        va, vb = getattr(a, tf.column), getattr(b, tf.column)
+        if not va and not vb:
+            return 0.0
+        share = max(tf.table.of(va) if va else 0.0, tf.table.of(vb) if vb else 0.0)
+        return tf.weight * (tf.log2_u - math.log2(share))
+
+    def score(self, levels: dict[str, str], a: Features | None = None, b: Features | None = None) -> Score:
+        """``a`` and ``b`` give the values for term-frequency adjustments (none without them)."""
+        weights: dict[str, float] = {}
+        for name, level in levels.items():
+            known = self.weights.get(name)
+            if known is None:
+                continue
+            # A level the model does not know (not seen in training) is no evidence either way.
+            weight = known.get(level, 0.0)
+            if a is not None and b is not None and name in self.tf and level in known:
+                weight += self.tf_adjustment(name, level, a, b)
+            weights[name] = weight
         total = sum(weights.values())
-        return Score(total, 1 / (1 + 2 ** -(total + self.prior_log_odds)), weights)
+        return Score(total, probability(total, self.prior_log_odds), weights)

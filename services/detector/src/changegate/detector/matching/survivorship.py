@@ -51,15 +51,60 @@ def choose(a_id: str, a: dict[str, Any], b_id: str, b: dict[str, Any]) -> Surviv
         rule = "oldest_id"
         keep_a = (len(a_id), a_id) <= (len(b_id), b_id)
     (sid, s), (mid, m) = ((a_id, a), (b_id, b)) if keep_a else ((b_id, b), (a_id, a))
+    fills, conflicts = differences(s, m)
+    return Survivorship(sid, mid, rule, fills, conflicts)
+
+
+def differences(
+    kept: dict[str, Any], merged: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, tuple[Any, Any]]]:
+    """(fields empty on the survivor that the merged record fills, fields where both differ)."""
     fills, conflicts = {}, {}
-    for name in sorted(set(s) | set(m)):
+    for name in sorted(set(kept) | set(merged)):
         if name in SYSTEM_FIELDS:
             continue
-        kept, other = s.get(name), m.get(name)
+        value, other = kept.get(name), merged.get(name)
         if is_empty(other):
             continue
-        if is_empty(kept):
+        if is_empty(value):
             fills[name] = other
-        elif kept != other:
-            conflicts[name] = (kept, other)
-    return Survivorship(sid, mid, rule, fills, conflicts)
+        elif value != other:
+            conflicts[name] = (value, other)
+    return fills, conflicts
+
+
+@dataclass(frozen=True)
+class ClusterSurvivorship:
+    """Survivorship of a cluster: one survivor, every other record merged into it."""
+
+    survivor: str
+    merged: tuple[str, ...]
+    rules: dict[str, str]  # merged record -> the rule that ranked the survivor above it
+    fills: dict[str, Any] = field(default_factory=dict)
+    # field -> {"kept": the survivor's value, "dropped": {merged record: its other value}}
+    conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def choose_cluster(records: dict[str, dict[str, Any]]) -> ClusterSurvivorship:
+    """The pairwise rule applied as a knock-out in record-id order: the record that wins every
+    duel survives. Fields empty on it take the first value the merged records offer (in the same
+    order); different values are kept and listed as conflicts."""
+    if not records:
+        raise ValueError("a cluster has at least one record")
+    order = sorted(records, key=lambda rid: (len(rid), rid))
+    survivor = order[0]
+    for rid in order[1:]:
+        survivor = choose(survivor, records[survivor], rid, records[rid]).survivor
+    kept = records[survivor]
+    merged = tuple(rid for rid in order if rid != survivor)
+    rules: dict[str, str] = {}
+    fills: dict[str, Any] = {}
+    conflicts: dict[str, dict[str, Any]] = {}
+    for rid in merged:
+        rules[rid] = choose(survivor, kept, rid, records[rid]).rule
+        pair_fills, pair_conflicts = differences(kept, records[rid])
+        for name, value in pair_fills.items():
+            fills.setdefault(name, value)
+        for name, (value, dropped) in pair_conflicts.items():
+            conflicts.setdefault(name, {"kept": value, "dropped": {}})["dropped"][rid] = dropped
+    return ClusterSurvivorship(survivor, merged, rules, fills, conflicts)
