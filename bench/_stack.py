@@ -73,8 +73,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 SIGNING_KEYS, TRUSTED_KEYS = dev_keys("bench")
 
 
-def start_service(module: str, settings: CommonSettings, log: Path, port: int) -> subprocess.Popen[bytes]:
-    """A changegate service as its own process, pointed at the benchmark's broker and database."""
+def start_service(
+    module: str, settings: CommonSettings, log: Path, port: int, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A changegate service as its own process, pointed at the benchmark's broker and database
+    (``extra``: the service's own settings)."""
     service = module.removeprefix("changegate.").replace("_", "-")
     env = {
         **os.environ,
@@ -86,5 +89,6 @@ def start_service(module: str, settings: CommonSettings, log: Path, port: int) -
         "CHANGEGATE_AUTH_API_TOKENS": "true",
         "CHANGEGATE_TRUSTED_KEYS": json.dumps({k: t.model_dump() for k, t in TRUSTED_KEYS.items()}),
         **({"CHANGEGATE_SIGNING_KEY": SIGNING_KEYS[service]} if service in SIGNING_KEYS else {}),
+        **(extra or {}),
     }
     return start([sys.executable, "-m", module], env, log)

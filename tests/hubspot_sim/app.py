@@ -250,6 +250,7 @@ def create_app(specs_dir: Path, token: str = "sim-token") -> Starlette:
             return _error(400, "; ".join(errors), "VALIDATION_ERROR")
         limited = rate_limited()
         if limited is not None:
+            state.calls[-1]["status"] = 429
             return limited
         fault = next((f for f in state.faults if f.path in path and f.count > 0), None)
         if fault is not None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +17,7 @@ from changegate.cli.keys import app as keys_app
 from changegate.cli.migrate import migrate_command
 from changegate.cli.tokens import app as tokens_app
 from changegate.core.contracts import ObjectType
-from changegate.core.settings import CommonSettings
+from changegate.core.settings import SECRETS_DIR, CommonSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -52,6 +54,12 @@ with contextlib.suppress(ImportError):
     app.add_typer(detector_app, name="detector")
 console = Console(stderr=True, soft_wrap=True)
 
+
+class Crm(StrEnum):
+    SANDBOX = "sandbox"
+    HUBSPOT = "hubspot"
+
+
 WorkDir = Annotated[Path, typer.Option(help="where the stack keeps data, logs and its state file")]
 DEFAULT_WORKDIR = Path(".changegate/dev")
 
@@ -71,10 +79,18 @@ def dev_up(
         int | None,
         typer.Option(help="broker on this port, services on the next five (default 19092, 8000-8004)"),
     ] = None,
+    crm: Annotated[
+        Crm,
+        typer.Option(
+            help="where approved changes go: the sandbox in PostgreSQL, or a real HubSpot portal "
+            "(private-app token in CHANGEGATE_HUBSPOT_TOKEN)"
+        ),
+    ] = Crm.SANDBOX,
 ) -> None:
     """Start the broker, PostgreSQL and every service on loopback; Ctrl-C stops them all."""
     from changegate.cli.devstack import DEFAULT_PORTS, DevStack
 
+    crm_env = _crm_env(crm, demo)
     if (workdir / "state.json").exists():
         console.print(f"[yellow]a stack may already run from {workdir}; `changegate dev down` stops it[/]")
         raise typer.Exit(1)
@@ -89,7 +105,7 @@ def dev_up(
         kafka=kafka,
         database_url=database_url,
         on_step=lambda s: console.print(f"  {s}"),
-        extra_env=DEMO_ENV if demo else {},
+        extra_env={**(DEMO_ENV if demo else {}), **crm_env},
     )
     started = time.monotonic()
     stopping = False
@@ -122,6 +138,29 @@ def dev_up(
         stack.stop()
         with contextlib.suppress(OSError, SystemExit):
             console.print("stopped; nothing left running")
+
+
+def _crm_env(crm: Crm, demo: bool) -> dict[str, str]:
+    """The executor's CRM settings for ``dev up``; refuses what would write where it must not."""
+    if crm is Crm.SANDBOX:
+        return {"CHANGEGATE_CRM": "sandbox"}
+    if demo:
+        # The demo invents records and values: never let it near a real portal.
+        console.print("[red]--demo runs on the sandbox only; leave out --demo or --crm hubspot[/]")
+        raise typer.Exit(2)
+    in_secrets = SECRETS_DIR is not None and (Path(SECRETS_DIR) / "CHANGEGATE_HUBSPOT_TOKEN").is_file()
+    if not (os.environ.get("CHANGEGATE_HUBSPOT_TOKEN") or in_secrets):
+        console.print(
+            "[red]--crm hubspot needs a private app's access token:[/] export CHANGEGATE_HUBSPOT_TOKEN=… "
+            "(scopes: crm.objects.contacts.read/write, crm.objects.companies.read/write, "
+            "crm.objects.owners.read)"
+        )
+        raise typer.Exit(2)
+    console.print(
+        "[yellow]approved changes will be written to the HubSpot portal of that token[/] "
+        f"({os.environ.get('CHANGEGATE_HUBSPOT_BASE_URL', 'https://api.hubapi.com')})"
+    )
+    return {"CHANGEGATE_CRM": "hubspot"}
 
 
 def _print_stack(stack: object, seconds: float) -> None:
