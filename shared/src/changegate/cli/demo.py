@@ -5,6 +5,7 @@ verification results (valid applies, catch-all waits)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import uuid
@@ -14,8 +15,14 @@ from dataclasses import dataclass, field
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.base import PropertyValue, utcnow
 
-FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim"]
-LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson"]
+FIRST = [
+    "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim",
+    "Margaret", "John", "Katherine", "Dennis", "Shafi", "Leslie", "Sophie", "Niklaus", "Hedy", "Claude",
+]  # fmt: skip
+LAST = [
+    "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Hamilton",
+    "Backus", "Johnson", "Ritchie", "Goldwasser", "Lamport", "Wilson", "Wirth", "Lamarr", "Shannon",
+]  # fmt: skip
 COMPANIES = [("Acme", "acme.example"), ("Globex", "globex.example"), ("Initech", "initech.example")]
 TITLES = ["VP Engineering", "Head of Data", "CTO", "Staff Engineer", "Director of Sales Ops"]
 # The detector settings the demo's owner scenario needs (dev up --demo passes them on).
@@ -69,9 +76,13 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
         n += 1
         return f"demo-{run}-{n}"
 
+    # Every scenario its own person: namesakes at one company would (rightly) look like duplicates.
+    combos = [(f, la, c) for f in FIRST for la in LAST for c in COMPANIES]
+    rng.shuffle(combos)
+    people = itertools.cycle(combos)
+
     while True:
-        first, last = rng.choice(FIRST), rng.choice(LAST)
-        company, domain = rng.choice(COMPANIES)
+        first, last, (company, domain) = next(people)
 
         # 1. Enrichment: Clay fills an empty job title (auto-applied) or overwrites one (review).
         step = DemoStep("enrichment", "")
@@ -103,6 +114,7 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
 
         # 2. Deduplication: the same person twice; the merge always waits for a reviewer.
         step = DemoStep("duplicates", "")
+        first, last, (company, domain) = next(people)
         a, b, tag = rid(), rid(), uuid.uuid4().hex[:4]
         email = f"{first}.{last}.{tag}@{domain}".lower()
         _created(
@@ -132,7 +144,9 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
         # 3. Lifecycle: a demo request (defined event) applies; a high AI score waits for review.
         step = DemoStep("lifecycle", "")
         lead, scored = rid(), rid()
+        first, last, _ = next(people)
         _created(step, lead, firstname=first, lastname=last, lifecyclestage="lead")
+        first, last, _ = next(people)
         _created(step, scored, firstname=first, lastname=last, lifecyclestage="lead")
         step.events.append(
             _event(
@@ -155,6 +169,7 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
 
         # 4. Owner reassignment: a Californian contact held outside its territory.
         step = DemoStep("owner", "")
+        first, last, _ = next(people)
         moved = rid()
         _created(
             step,
@@ -171,7 +186,9 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
         # 5. Email verification: valid applies by itself, catch-all waits.
         step = DemoStep("verification", "")
         good, risky = rid(), rid()
+        first, _, (_, domain) = next(people)
         _created(step, good, firstname=first, email=f"{good}@{domain}")
+        first, _, (_, domain) = next(people)
         _created(step, risky, firstname=first, email=f"{risky}@{domain}", email_status="valid")
         step.events.append(
             _event(

@@ -44,6 +44,9 @@ SKIPPED = Counter(
     ["detector", "reason"],
 )
 SUPERSEDED = Counter("changegate_detector_superseded_total", "Open proposals retired by a newer one")
+REDETECTED = Counter(
+    "changegate_detector_redetected_total", "Proposals not raised again: already decided, by kind", ["kind"]
+)
 
 
 class Detector:
@@ -97,9 +100,13 @@ class Detector:
         proposals = await self._detect(conn, event)
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
+        emitted = []
         for proposal in proposals:
             if await is_closed(conn, proposal.proposal_id):
-                continue  # decided before (a rejected merge of the same records is not raised again)
+                # Decided before (a replayed event; a rejected merge of the same records).
+                REDETECTED.labels(kind=proposal.kind.value).inc()
+                continue
+            emitted.append(proposal)
             retired = await supersede(conn, proposal)
             SUPERSEDED.inc(len(retired))
             await enqueue_retirements(conn, self.names, self.signer, proposal.record_id, retired)
@@ -110,7 +117,7 @@ class Detector:
                 dedup_key=str(proposal.proposal_id),
             )
             await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS), proposal.record_id, out)
-        return proposals
+        return emitted
 
     async def _detect(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
         kind = event.kind
