@@ -6,6 +6,7 @@ supersession that came after the decision."""
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -20,6 +21,7 @@ from changegate.core.contracts import (
     Execution,
     ExecutionStatus,
     FieldChange,
+    FieldWrite,
     ObjectType,
     Proposal,
     ProposalKind,
@@ -253,6 +255,18 @@ def _created(record_id: str, **changes: Any) -> Envelope[Any]:
     return make_envelope(event, service="t")
 
 
+def _changed(record_id: str, **props: Any) -> Envelope[Any]:
+    event = CrmEvent(
+        source_system="hubspot",
+        source_event_id=f"changed-{record_id}-{uuid.uuid4().hex[:6]}",
+        object_type=ObjectType.CONTACT,
+        record_id=record_id,
+        kind=CrmEventKind.PROPERTY_CHANGED,
+        properties=props,
+    )
+    return make_envelope(event, service="t")
+
+
 async def _merges(pool: asyncpg.Pool) -> list[Proposal]:
     return [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.MERGE]
 
@@ -323,3 +337,71 @@ async def test_an_applied_merge_takes_the_merged_away_records_out_of_matching(
     await detector.handle(_created("k-3", firstname="Rob", createdate="2022-01-01"))
     [_, after] = await _merges(pool)
     assert sorted([after.record_id, *after.other_record_ids]) == ["k-1", "k-3"]
+
+
+def _applied(decision: Decision, writes: list[FieldWrite], executed_at: datetime) -> Envelope[Any]:
+    execution = Execution(
+        execution_id=Execution.make_id(decision.decision_id),
+        decision=decision,
+        status=ExecutionStatus.APPLIED,
+        writes=writes,
+        crm_target="sandbox",
+        executed_at=executed_at,
+    )
+    return make_envelope(signing_key("executor").sign(execution), service="executor")
+
+
+async def test_what_changegate_wrote_becomes_the_detectors_view_without_an_echo(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("w-1", jobtitle="Engineer"))
+    await detector.handle(_enrichment("w-1", "CTO"))
+    [proposal] = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.FIELD_UPDATE]
+    decision = _decision(proposal)
+    write = FieldWrite(field="jobtitle", expected="Engineer", overwritten="Engineer", new="CTO")
+    await lifecycle.on_execution(_applied(decision, [write], utcnow()))
+    props = await pool.fetchval("SELECT properties FROM detector_records WHERE record_id = 'w-1'")
+    assert props["jobtitle"] == "CTO"
+    # So the next enrichment starts from the value now in the CRM (before: "Engineer", a sure
+    # conflict at the executor).
+    await detector.handle(_enrichment("w-1", "CEO"))
+    latest = (await _emitted(pool, "proposal"))[-1]
+    assert [(c.previous, c.proposed) for c in latest.changes] == [("CTO", "CEO")]
+
+
+async def test_a_late_execution_never_overrides_what_a_later_event_said(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("w-2", jobtitle="Engineer"))
+    await detector.handle(_enrichment("w-2", "CTO"))
+    [proposal] = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.FIELD_UPDATE]
+    write = FieldWrite(field="jobtitle", expected="Engineer", overwritten="Engineer", new="CTO")
+    executed_at = utcnow() - timedelta(minutes=5)  # written before the CRM told us "Founder"
+    await detector.handle(_changed("w-2", jobtitle="Founder"))
+    await lifecycle.on_execution(_applied(_decision(proposal), [write], executed_at))
+    props = await pool.fetchval("SELECT properties FROM detector_records WHERE record_id = 'w-2'")
+    assert props["jobtitle"] == "Founder"
+
+
+async def test_a_forged_execution_changes_no_state(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("w-3", jobtitle="Engineer"))
+    await detector.handle(_enrichment("w-3", "CTO"))
+    [proposal] = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.FIELD_UPDATE]
+    write = FieldWrite(field="jobtitle", expected="Engineer", overwritten="Engineer", new="Hacked")
+    execution = Execution(
+        execution_id=uuid.uuid4(),
+        decision=_decision(proposal),
+        status=ExecutionStatus.APPLIED,
+        writes=[write],
+        crm_target="sandbox",
+        executed_at=utcnow(),
+    )  # not signed by the executor: anyone on the bus could have sent it
+    with pytest.raises(SignatureRefusedError):
+        await lifecycle.on_execution(make_envelope(execution, service="executor"))
+    props = await pool.fetchval("SELECT properties FROM detector_records WHERE record_id = 'w-3'")
+    assert props["jobtitle"] == "Engineer"

@@ -81,6 +81,10 @@ class Indexes:
         self.observe()
         return count
 
+    def update(self, object_type: ObjectType, record_id: str, props: dict[str, Any]) -> None:
+        """Re-index a record under its current keys (its properties changed)."""
+        self.of(object_type).put(record_id, cached_features(object_type.value, props, self.region))
+
     def remove(self, object_type: ObjectType, record_ids: list[str]) -> None:
         """Merged and deleted records leave the index."""
         index = self.of(object_type)

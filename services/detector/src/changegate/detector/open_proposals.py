@@ -52,10 +52,28 @@ class ProposalLifecycle:
 
     async def on_execution(self, envelope: Envelope[Any]) -> None:
         execution: Execution = envelope.payload
-        merge = execution.decision.proposal
-        if merge.kind is not ProposalKind.MERGE or execution.status is not ExecutionStatus.APPLIED:
+        if execution.status is not ExecutionStatus.APPLIED:
             return
         self.verifier.execution(execution)
+        if execution.decision.proposal.kind is ProposalKind.MERGE:
+            await self._merged(execution)
+        elif execution.writes:
+            await self._written(execution)
+
+    async def _written(self, execution: Execution) -> None:
+        """The detector's view follows what changegate wrote, without waiting for the CRM to echo
+        it (the sandbox never does): the next proposal starts from the value now in the CRM."""
+        proposal = execution.decision.proposal
+        values = {w.field: w.new for w in execution.writes}
+        async with self.pool.acquire() as conn:
+            props = await state.apply_executed(
+                conn, proposal.object_type, proposal.record_id, values, execution.executed_at
+            )
+        if props is not None:
+            self.indexes.update(proposal.object_type, proposal.record_id, props)
+
+    async def _merged(self, execution: Execution) -> None:
+        merge = execution.decision.proposal
         gone = merge.other_record_ids
         async with self.pool.acquire() as conn, conn.transaction():
             await state.mark_gone(conn, merge.object_type, gone)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
@@ -42,3 +43,25 @@ async def mark_gone(conn: DbConn, object_type: ObjectType, record_ids: list[str]
         object_type.value,
         record_ids,
     )
+
+
+async def apply_executed(
+    conn: DbConn,
+    object_type: ObjectType,
+    record_id: str,
+    values: dict[str, Any],
+    executed_at: datetime,
+) -> dict[str, Any] | None:
+    """What changegate itself wrote to a record, folded into the known state — unless the detector
+    learnt of the record after that write (a later event knows better). The record's properties
+    afterwards, or None if nothing changed."""
+    props: dict[str, Any] | None = await conn.fetchval(
+        "UPDATE detector_records SET properties = properties || $3, updated_at = now()"
+        " WHERE object_type = $1 AND record_id = $2 AND NOT deleted AND updated_at <= $4"
+        " RETURNING properties",
+        object_type.value,
+        record_id,
+        values,
+        executed_at,
+    )
+    return props
