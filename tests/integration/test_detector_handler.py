@@ -61,3 +61,41 @@ async def test_a_deactivated_owner_s_records_are_proposed_to_their_territory_own
     ]
     assert {p.kind.value for p in proposals} == {"owner_reassignment"}
     assert all(json.dumps(p.evidence) for p in proposals)
+
+
+async def test_an_echo_of_our_own_change_updates_state_and_the_index_and_proposes_nothing(
+    settings: CommonSettings, pool: asyncpg.Pool
+) -> None:
+    await migrate_core(pool)
+    await migrate(pool, "detector", "changegate.detector.migrations")
+    owner = OwnerConfig.model_validate(
+        {"territories": [{"country": "us", "state": "CA", "owner": "owner-west"}]}
+    )
+    detector = Detector(
+        pool, DetectorSettings(database_url=settings.database_url, owner=owner), signing_key("detector")
+    )
+    held = {"country": "United States", "state": "CA", "hubspot_owner_id": "owner-17"}
+    ada = {"firstname": "Ada", "lastname": "Lovelace", "email": "ada@acme.example", "phone": "+14155550134"}
+
+    async def proposed_after(event: CrmEvent) -> list[str]:
+        await pool.execute("DELETE FROM changegate_outbox")
+        await detector.handle(make_envelope(event, service="t"))
+        rows = await pool.fetch("SELECT value FROM changegate_outbox ORDER BY id")
+        return [
+            e.payload.kind.value
+            for e in map(decode, (r["value"] for r in rows))
+            if e.event_type == "proposal"
+        ]
+
+    # Control: created outside changegate and held outside its territory, a record gets a proposal.
+    assert await proposed_after(_event(CrmEventKind.RECORD_CREATED, "c0", **held)) == ["owner_reassignment"]
+    # The same reported back as changegate's own write, then a change of ours: learnt, nothing proposed.
+    echo = {"echo": True}
+    created = _event(CrmEventKind.RECORD_CREATED, "c1", **held, **ada).model_copy(update=echo)
+    assert await proposed_after(created) == []
+    changed = _event(CrmEventKind.PROPERTY_CHANGED, "c1", jobtitle="CTO").model_copy(update=echo)
+    assert await proposed_after(changed) == []
+    known = await pool.fetchval("SELECT properties FROM detector_records WHERE record_id = 'c1'")
+    assert known == {**held, **ada, "jobtitle": "CTO"}
+    # The blocking index learnt the echoed record: a duplicate arriving later is matched to it.
+    assert await proposed_after(_event(CrmEventKind.RECORD_CREATED, "c2", **ada)) == ["merge"]

@@ -127,6 +127,8 @@ class Detector:
             self.indexes.remove(event.object_type, gone)
             await dedup.leave_clusters(conn, event.object_type, gone)
             return []
+        if event.echo:
+            return await self._learn_echo(conn, event)
         if kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
             before = (
                 await state.known_properties(conn, event) if kind is CrmEventKind.PROPERTY_CHANGED else {}
@@ -158,6 +160,16 @@ class Detector:
             return self._kept(verified.proposal, "verification", verified.reason)
         if kind is CrmEventKind.OWNER_DEACTIVATED:
             return await self._reassign_from(conn, event)
+        return []
+
+    async def _learn_echo(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
+        """The CRM reporting a change changegate applied itself: the record state and the blocking
+        index learn it; nothing is proposed from it (it was decided already, and proposing from our
+        own write would loop)."""
+        if event.kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
+            await state.apply_record_event(conn, event)
+            self.indexes.update(event.object_type, event.record_id, await state.known_properties(conn, event))
+        SKIPPED.labels(detector="all", reason="echo").inc()
         return []
 
     async def _merges(self, conn: DbConn, event: CrmEvent, record: dict[str, Any]) -> list[Proposal]:

@@ -51,3 +51,12 @@ class CrmEvent(Contract):
         description="who caused the event, when known (the authenticated source or person); a reviewer "
         "may not approve a proposal they requested",
     )
+    # Optional with a default, written only when true: every v2 consumer reads the events it always
+    # did unchanged, so no version bump. One that predates the field dead-letters an echo (it forbids
+    # unknown fields) rather than proposing from it — the safe side — until it is upgraded.
+    echo: bool = Field(
+        False,
+        exclude_if=lambda echo: echo is False,
+        description="true when the CRM reports a change changegate itself applied (its own app wrote it): "
+        "consumers update what they know of the record and propose nothing from it",
+    )
