@@ -85,14 +85,17 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT_TYPES)
 
 
-def make_producer(settings: CommonSettings, service: str) -> AIOKafkaProducer:
+def make_producer(settings: CommonSettings, service: str, **options: Any) -> AIOKafkaProducer:
+    """acks=all, idempotence as configured; ``options`` override aiokafka's others (e.g. a shorter
+    ``request_timeout_ms`` where a caller waits for the acknowledgement)."""
+    defaults: dict[str, Any] = {"linger_ms": 2}
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         **settings.kafka_security(),
         client_id=service,
         acks="all",
         enable_idempotence=settings.kafka_enable_idempotence,
-        linger_ms=2,
+        **(defaults | options),
     )
 
 

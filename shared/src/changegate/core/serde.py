@@ -67,6 +67,20 @@ def decode(
         raise UnknownEventError(f"undecodable: {type(exc).__name__}: {str(exc)[:500]}") from exc
 
 
+def parse_json(value: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> Any:
+    """Strict JSON at any boundary (a webhook body as much as a message): UnknownEventError saying
+    what is wrong — not JSON, a duplicate key, NaN/Infinity, a number overflowing a double, nesting
+    or a string over the limits, NUL or a lone surrogate — whatever the input."""
+    if len(value) > limits.max_bytes:
+        raise MessageTooLargeError(f"{len(value)} bytes is over the limit of {limits.max_bytes}")
+    try:
+        return _parse(value, limits)
+    except UnknownEventError:
+        raise
+    except Exception as exc:  # whatever the input provokes, it is the input's fault
+        raise UnknownEventError(f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+
+
 def _parse(value: bytes, limits: MessageLimits) -> Any:
     try:
         raw = json.loads(

@@ -159,7 +159,9 @@ class ServiceRuntime:
         done, _ = await asyncio.wait([*tasks, http, stopper], return_when=asyncio.FIRST_COMPLETED)
         failed = [t for t in done if t is not stopper and not t.cancelled() and t.exception() is not None]
         self.stop.set()  # /readyz answers 503 from here on
-        _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
+        late: set[asyncio.Task[None]] = set()
+        if tasks:  # an HTTP-only service (ingest) has no workers
+            _, late = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_seconds)
         for t in late:
             log.warning("worker did not stop in time, cancelling", worker=t.get_name())
             t.cancel()

@@ -1,0 +1,5 @@
+import asyncio
+
+from changegate.ingest.app import main
+
+asyncio.run(main())
