@@ -21,7 +21,7 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     round_ = [next(run) for _ in range(5)]
     # The feed's own generator with the same seed and run id replays exactly these steps.
     assert [s.scenario for s in round_] == ["enrichment", "duplicates", "lifecycle", "owner", "verification"]
-    sent = await _demo_stream(stack.settings(), 5, 0, seed=11, run="e2edemo")
+    sent = await _demo_stream(stack.settings(), 5, 0, seed=11, run="e2edemo", ingest=stack.ingest_target())
     assert sent == 5
 
     async def pending(record_id: str) -> list[dict[str, Any]]:
@@ -57,3 +57,14 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     await eventually(lambda: audited(good), lambda r: len(r) == 1, what="valid email applied")
     catch_all = await eventually(lambda: pending(risky), lambda q: len(q) == 1, what="catch-all waiting")
     assert catch_all[0]["proposal"]["changes"][0]["proposed"] == "catch_all"
+
+    # Every event went through the ingest service as a signed webhook, none straight onto the topic.
+    exposition = (await client.get(f"http://127.0.0.1:{stack.ports['ingest']}/metrics")).text
+    produced = {
+        line.split('source="', 1)[1].split('"', 1)[0]
+        for line in exposition.splitlines()
+        if line.startswith("changegate_ingest_events_produced_total{") and not line.endswith(" 0.0")
+    }
+    assert produced == {"hubspot", "clay", "typeform", "scoring", "zerobounce", "neverbounce"}, exposition[
+        -3000:
+    ]

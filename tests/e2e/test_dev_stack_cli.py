@@ -18,10 +18,10 @@ CLI = [sys.executable, "-m", "changegate.cli"]
 
 
 def _free_base_port() -> int:
-    """Six consecutive free ports."""
+    """Seven consecutive free ports (broker and six services)."""
     for base in range(21000 + os.getpid() % 1000 * 20, 65000, 20):
         try:
-            for p in range(base, base + 6):
+            for p in range(base, base + 7):
                 with socket.socket() as s:
                     s.bind(("127.0.0.1", p))
             return base
@@ -67,12 +67,13 @@ def _alive(pid: int) -> bool:
 def _assert_all_gone(state: dict[str, object], workdir: Path) -> None:
     pids = state["pids"]
     assert isinstance(pids, dict)
-    assert set(pids) == {"broker", "audit", "executor", "review-api", "policy", "detector"}
+    assert set(pids) == {"broker", "audit", "executor", "review-api", "policy", "detector", "ingest"}
     left = {name: pid for name, pid in pids.items() if _alive(pid)}
     assert left == {}, f"left running: {left}"
     assert not (workdir / "pgdata" / "postmaster.pid").exists(), "PostgreSQL still runs"
     assert not (workdir / "state.json").exists()
     assert not (workdir / "token").exists()
+    assert not (workdir / "ingest.json").exists()
 
 
 def test_the_printed_token_works_as_the_readme_says_and_ctrl_c_stops_everything(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ verification results (valid applies, catch-all waits)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import random
@@ -71,10 +72,13 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
     run = run or uuid.uuid4().hex[:6]
     n = 0
 
+    # Numeric record ids, as HubSpot's are (its webhooks carry them as numbers), distinct per run.
+    base = int(hashlib.sha256(run.encode()).hexdigest()[:10], 16) * 1_000_000
+
     def rid() -> str:
         nonlocal n
         n += 1
-        return f"demo-{run}-{n}"
+        return str(base + n)
 
     # Every scenario its own person: namesakes at one company would (rightly) look like duplicates.
     combos = [(f, la, c) for f in FIRST for la in LAST for c in COMPANIES]

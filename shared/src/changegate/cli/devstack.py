@@ -21,6 +21,7 @@ from typing import IO
 import httpx
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, stop_postgres
 from changegate.cli.migrate import migrate_all
+from changegate.cli.webhooks import HUBSPOT_SECRET_VARIABLE, IngestTarget
 from changegate.core.auth.principal import Role
 from changegate.core.auth.tokens import create_token
 from changegate.core.db import create_pool
@@ -36,6 +37,7 @@ SERVICES: dict[str, str] = {
     "review-api": "changegate.review_api",
     "policy": "changegate.policy",
     "detector": "changegate.detector",
+    "ingest": "changegate.ingest",
 }
 DEV_IDENTITY = "dev-reviewer@changegate.local"
 DEFAULT_PORTS = {
@@ -45,6 +47,7 @@ DEFAULT_PORTS = {
     "detector": 8002,
     "policy": 8003,
     "executor": 8004,
+    "ingest": 8005,
 }
 
 
@@ -85,6 +88,9 @@ class DevStack:
         self.role_passwords = {service: secrets.token_urlsafe(16) for service in ROLES}
         # This stack's own signing keys: each signing service gets its own, everyone trusts all.
         self.signing_keys, self.trusted_keys = dev_keys(uuid.uuid4().hex[:8])
+        # Ingest's webhook secrets, made anew for each stack: HubSpot's app secret and each
+        # shipped source's (kept in <workdir>/ingest.json while it runs, for `demo feed`).
+        self.ingest_secrets = {v: secrets.token_urlsafe(24) for v in _ingest_secret_variables()}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 120) -> None:
@@ -106,6 +112,16 @@ class DevStack:
             self._spawn(name)
         self._write_state()
         self.wait_ready(timeout)
+        if "ingest" in self.services:
+            self.ingest_target().save(self.ingest_file)
+
+    @property
+    def ingest_file(self) -> Path:
+        """Where `demo feed` finds this stack's ingest URL and webhook secrets."""
+        return self.workdir / "ingest.json"
+
+    def ingest_target(self) -> IngestTarget:
+        return IngestTarget(f"http://127.0.0.1:{self.ports['ingest']}", dict(self.ingest_secrets))
 
     async def _prepare(self) -> None:
         """Topics; migrations as the owner, then each service's own least-privileged role; tokens."""
@@ -145,6 +161,7 @@ class DevStack:
             "CHANGEGATE_AUTH_API_TOKENS": "true",
             "CHANGEGATE_TRUSTED_KEYS": json.dumps({k: t.model_dump() for k, t in self.trusted_keys.items()}),
             **({"CHANGEGATE_SIGNING_KEY": self.signing_keys[name]} if name in self.signing_keys else {}),
+            **(self.ingest_secrets if name == "ingest" else {}),
             **self.extra_env,
         }
 
@@ -204,6 +221,7 @@ class DevStack:
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         (self.workdir / "token").unlink(missing_ok=True)
+        self.ingest_file.unlink(missing_ok=True)
 
     @staticmethod
     def _stop_service(svc: ServiceProcess, sig: int = signal.SIGTERM) -> None:
@@ -228,6 +246,15 @@ class DevStack:
             "ports": self.ports,
         }
         self.state_file.write_text(json.dumps(state, indent=2))
+
+
+def _ingest_secret_variables() -> list[str]:
+    """HubSpot's and every shipped source's secret variable (none without the ingest package)."""
+    try:
+        from changegate.ingest.sources import shipped_secret_variables
+    except ImportError:
+        return []
+    return [HUBSPOT_SECRET_VARIABLE, *shipped_secret_variables()]
 
 
 def _alive(pid: int) -> bool:

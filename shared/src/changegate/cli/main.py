@@ -9,8 +9,9 @@ import signal
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import httpx
 import typer
 from changegate.cli.dlq import consumer_app, dlq_app
 from changegate.cli.keys import app as keys_app
@@ -21,6 +22,9 @@ from changegate.core.settings import SECRETS_DIR, CommonSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from changegate.cli.webhooks import IngestTarget
 
 app = typer.Typer(help="changegate: approval-first CRM automation.", no_args_is_help=True)
 dev = typer.Typer(
@@ -77,7 +81,7 @@ def dev_up(
     ] = None,
     base_port: Annotated[
         int | None,
-        typer.Option(help="broker on this port, services on the next five (default 19092, 8000-8004)"),
+        typer.Option(help="broker on this port, services on the next six (default 19092, 8000-8005)"),
     ] = None,
     crm: Annotated[
         Crm,
@@ -121,7 +125,7 @@ def dev_up(
         stack.start()
         _print_stack(stack, time.monotonic() - started)
         if demo:
-            asyncio.run(_demo_stream(stack.settings(), None, demo_interval))
+            asyncio.run(_demo_stream(stack.settings(), None, demo_interval, ingest=stack.ingest_target()))
         else:
             while True:
                 time.sleep(3600)
@@ -179,13 +183,16 @@ def _print_stack(stack: object, seconds: float) -> None:
     for name, svc in stack.services.items():
         table.add_row(name, f"http://127.0.0.1:{svc.port}", str(svc.log_path))
     console.print(table)
+    ingest = f"http://127.0.0.1:{stack.ports['ingest']}"
     console.print(
         f"your API token ({DEV_IDENTITY}, admin; also in {token_file}):\n  {token}\n"
         f"  export CHANGEGATE_TOKEN=$(cat {token_file})\n"
         'review queue: curl -H "Authorization: Bearer $CHANGEGATE_TOKEN" '
         f"http://127.0.0.1:{stack.ports['review-api']}/proposals\n"
         f"API docs: http://127.0.0.1:{stack.ports['review-api']}/docs · "
-        f"audit: http://127.0.0.1:{stack.ports['audit']}/audit/entries · Ctrl-C stops everything"
+        f"audit: http://127.0.0.1:{stack.ports['audit']}/audit/entries · Ctrl-C stops everything\n"
+        f"webhooks: {ingest}/v1/webhooks/hubspot and /v1/webhooks/<source> (docs: {ingest}/docs; "
+        f"this stack's webhook secrets: {stack.ingest_file})"
     )
 
 
@@ -201,11 +208,19 @@ def dev_down(workdir: WorkDir = DEFAULT_WORKDIR) -> None:
 
 
 async def _demo_stream(
-    settings: CommonSettings, count: int | None, interval: float, seed: int = 7, run: str | None = None
+    settings: CommonSettings,
+    count: int | None,
+    interval: float,
+    seed: int = 7,
+    run: str | None = None,
+    ingest: IngestTarget | None = None,
 ) -> int:
-    """Seed each step's records in the sandbox CRM, then publish the events that report on them;
-    ``count`` steps (None: until stopped), a line a step saying what to watch for."""
+    """Seed each step's records in the sandbox CRM, then send the events that report on them: as
+    signed webhooks to ``ingest`` when given (HubSpot batches, Clay rows, verifier results, scores,
+    Typeform submissions), else straight onto crm.events; ``count`` steps (None: until stopped), a
+    line a step saying what to watch for."""
     from changegate.cli.demo import DEMO_OWNERS, steps
+    from changegate.cli.webhooks import WebhookSender
     from changegate.core.contracts.envelope import make_envelope
     from changegate.core.db import create_pool, migrate, migrate_core
     from changegate.core.kafka import make_producer, publish, start_with_retry
@@ -220,6 +235,8 @@ async def _demo_stream(
         await sandbox.upsert_owner(pool, owner)
     producer = make_producer(settings, "demo-feed")
     await start_with_retry(producer)
+    client = httpx.AsyncClient(timeout=30)
+    webhooks = WebhookSender(ingest, client) if ingest is not None else None
     sent = 0
     columns = (TextColumn("demo feed"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
@@ -231,13 +248,18 @@ async def _demo_stream(
                 for record_id, properties in step.records.items():
                     await sandbox.upsert_record(pool, ObjectType.CONTACT, record_id, properties)
                 for event in step.events:
-                    await publish(producer, topic, event.record_id, make_envelope(event, service="demo-feed"))
+                    if webhooks is not None:
+                        await webhooks.send(event)
+                    else:
+                        envelope = make_envelope(event, service="demo-feed")
+                        await publish(producer, topic, event.record_id, envelope)
                 progress.console.print(f"  [cyan]{step.scenario:>12}[/] {step.shows}")
                 sent += 1
                 progress.advance(task)
                 if interval:
                     await asyncio.sleep(interval)
     finally:
+        await client.aclose()
         await producer.stop()
         await pool.close()
     return sent
@@ -247,11 +269,18 @@ async def _demo_stream(
 def demo_feed(
     count: Annotated[int, typer.Option(min=1, help="scenario steps to feed (five make one round)")] = 20,
     interval: Annotated[float, typer.Option(min=0, help="seconds between steps")] = 0.0,
+    workdir: WorkDir = DEFAULT_WORKDIR,
 ) -> None:
     """Feed COUNT scenario steps — enrichment, duplicates, lifecycle, owner, verification, in turn:
-    records seeded in the sandbox CRM, then their CRM, Clay, form, scoring and verifier events
-    (settings from CHANGEGATE_* environment variables, e.g. those `changegate dev up` prints)."""
-    sent = asyncio.run(_demo_stream(CommonSettings(), count, interval))
+    records seeded in the sandbox CRM, then their HubSpot, Clay, form, scoring and verifier events
+    as signed webhooks to the ingest service of the stack `dev up` runs from WORKDIR (straight onto
+    crm.events when none runs there); settings from CHANGEGATE_* environment variables."""
+    from changegate.cli.webhooks import IngestTarget
+
+    target = IngestTarget.load(workdir / "ingest.json")
+    if target is None:
+        console.print(f"no ingest service of a dev stack in {workdir}: events go straight onto crm.events")
+    sent = asyncio.run(_demo_stream(CommonSettings(), count, interval, ingest=target))
     console.print(f"fed {sent} scenario steps")
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from changegate.core.settings import CommonSettings
-from pydantic import AnyHttpUrl, Field, SecretStr
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
+
+MIN_SECRET_LENGTH = 16
 
 
 class IngestSettings(CommonSettings):
@@ -43,3 +45,13 @@ class IngestSettings(CommonSettings):
         5.0, gt=0, description="how long a request waits for the broker's acknowledgement before a 503"
     )
     retry_after_seconds: int = Field(10, ge=1, description="Retry-After of a 503 while the broker is away")
+
+    @field_validator("hubspot_client_secret", mode="after")
+    @classmethod
+    def _a_real_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        """Empty is unset (compose passes `${VAR:-}`); a short one is refused, never used as a key."""
+        if secret is None or not secret.get_secret_value():
+            return None
+        if len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"shorter than {MIN_SECRET_LENGTH} characters: not a HubSpot client secret")
+        return secret

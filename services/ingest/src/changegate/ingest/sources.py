@@ -34,12 +34,12 @@ from changegate.ingest.hubspot import SOURCE as HUBSPOT
 from changegate.ingest.mapping import Mapped, MappingSpec
 from changegate.ingest.mapping import Mapping as CompiledMapping
 from changegate.ingest.refusals import SignatureError
+from changegate.ingest.settings import MIN_SECRET_LENGTH
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 log = get_logger(__name__)
 
 DEFAULT_SOURCES_FILE = "sources.yaml"
-MIN_SECRET_LENGTH = 16
 SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,100}$")]
