@@ -46,21 +46,23 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """A Tansu broker on a loopback port, as a child process."""
 
-    def __init__(self, port: int, log_path: Path) -> None:
+    def __init__(self, port: int, log_path: Path, advertised_port: int | None = None) -> None:
         self.port = port
         self.log_path = log_path
+        # Clients are told to connect here (e.g. a proxy in front of the broker); default: port.
+        self.advertised_port = advertised_port or port
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self, timeout: float = 30) -> str:
-        url = f"tcp://127.0.0.1:{self.port}"
+        url, advertised = f"tcp://127.0.0.1:{self.port}", f"tcp://127.0.0.1:{self.advertised_port}"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", advertised],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
