@@ -5,6 +5,8 @@ coverage, fuzzing, stateful) and every check — no 5xx, no response that contra
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,7 +24,9 @@ from helpers import service_process
 from hostile import good_payload
 
 
-def schemathesis(url: str, report: Path, *options: str, config: str = "") -> None:
+def schemathesis(
+    url: str, report: Path, *options: str, config: str = "", env: dict[str, str] | None = None
+) -> None:
     """Run the schemathesis CLI against a served OpenAPI document; fail with its report."""
     cli = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
     assert cli, "schemathesis is in requirements.lock"
@@ -54,6 +58,7 @@ def schemathesis(url: str, report: Path, *options: str, config: str = "") -> Non
         text=True,
         timeout=600,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     report.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-12000:] + result.stderr[-3000:]
@@ -86,6 +91,52 @@ async def test_review_api_answers_every_input_as_documented(
             f"Authorization: Bearer {token}",
             config=config,
         )
+
+
+TESTS_DIR = str(Path(__file__).resolve().parents[1])  # where the schemathesis hooks module is
+INGEST_SECRETS = {
+    "CHANGEGATE_HUBSPOT_CLIENT_SECRET": "5b2e9c1d-0f3a-4e7b-8c6d-9a1b2c3d4e5f",
+    **{
+        variable: f"fuzz-{variable.lower()}"
+        for variable in (
+            "CHANGEGATE_INGEST_CLAY_TOKEN",
+            "CHANGEGATE_INGEST_ZEROBOUNCE_SECRET",
+            "CHANGEGATE_INGEST_NEVERBOUNCE_SECRET",
+            "CHANGEGATE_INGEST_KICKBOX_SECRET",
+            "CHANGEGATE_INGEST_SCORING_SECRET",
+            "CHANGEGATE_INGEST_TYPEFORM_SECRET",
+        )
+    },
+}
+
+
+async def test_ingest_answers_every_input_as_documented(
+    settings: CommonSettings, topics: None, tmp_path: Path
+) -> None:
+    """Every request signed as its source signs (tests/ingest_fuzz_hooks.py), so the fuzzer reaches
+    the parsing, the mappings and the broker: no 5xx (the broker is up, so not even the documented
+    503), nothing the document does not say. A payload valid by the document may still be one its
+    source's mapping cannot read (a 422 naming the field): a rule of the source, not of the schema."""
+    with service_process(
+        "changegate.ingest", settings, free_port(), tmp_path / "svc.log", **INGEST_SECRETS
+    ) as svc:
+        config = (
+            '[[operations]]\ninclude-path-regex = "^/v1/webhooks/"\n'
+            'checks.positive_data_acceptance.expected-statuses = ["2xx", "404", "422"]\n'
+        )
+        env = {
+            "SCHEMATHESIS_HOOKS": "ingest_fuzz_hooks",
+            "PYTHONPATH": TESTS_DIR,
+            "CHANGEGATE_FUZZ_BASE_URL": svc.url,
+            "CHANGEGATE_FUZZ_SECRETS": json.dumps(INGEST_SECRETS),
+        }
+        await asyncio.to_thread(schemathesis, svc.url, tmp_path / "report.txt", config=config, env=env)
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"{svc.url}/metrics")).text
+    # The fuzzer got through the signatures: requests were accepted and events produced.
+    assert 'changegate_ingest_requests_total{source="hubspot",status="200"}' in metrics
+    assert "changegate_ingest_events_produced_total{" in metrics
+    assert 'reason="bad_signature"' not in metrics
 
 
 async def test_audit_api_answers_every_input_as_documented(

@@ -122,7 +122,34 @@ HUBSPOT_BODY = {
                 "minItems": 1,
                 "maxItems": hubspot.MAX_BATCH,
                 "items": hubspot.HubSpotEvent.model_json_schema(by_alias=True),
-            }
+            },
+            "example": [
+                {
+                    "eventId": 3816279340,
+                    "subscriptionId": 25,
+                    "portalId": 33,
+                    "appId": 1160452,
+                    "occurredAt": 1462216307945,
+                    "subscriptionType": "contact.propertyChange",
+                    "attemptNumber": 0,
+                    "objectId": 1246965,
+                    "changeSource": "CRM_UI",
+                    "sourceId": "userId:7",
+                    "propertyName": "lifecyclestage",
+                    "propertyValue": "subscriber",
+                },
+                {
+                    "eventId": 3816279480,
+                    "subscriptionId": 22,
+                    "portalId": 33,
+                    "appId": 1160452,
+                    "occurredAt": 1462216307945,
+                    "subscriptionType": "contact.creation",
+                    "attemptNumber": 0,
+                    "objectId": 1246978,
+                    "changeSource": "IMPORT",
+                },
+            ],
         }
     },
 }
@@ -130,7 +157,18 @@ SOURCE_BODY = {
     "required": True,
     "description": "the source's payload (JSON), exactly as sent: its signature covers these bytes, and "
     "its mapping (the sources file) reads the CrmEvent fields from it",
-    "content": {"application/json": {"schema": {}}},
+    "content": {
+        "application/json": {
+            "schema": {},
+            "example": {
+                "record_id": "1246965",
+                "object_type": "contact",
+                "enrichment": {"jobtitle": "Head of Data"},
+                "confidence": 0.93,
+                "enriched_at": "2026-11-24T10:00:00Z",
+            },
+        }
+    },
 }
 ERRORS = problem_responses(401, 404, 503)
 

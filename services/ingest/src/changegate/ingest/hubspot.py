@@ -93,7 +93,10 @@ def verify_v3(
 class HubSpotEvent(BaseModel):
     """One event of a webhook batch. Unknown fields are allowed (HubSpot adds some over time)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
+    # Strict: the document says integer and boolean, so 1.0 or 0 for them is refused, not coerced.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True, strict=True
+    )
 
     event_id: int = Field(ge=0, le=MAX_ID)
     portal_id: int = Field(ge=0, le=MAX_ID)
