@@ -34,6 +34,10 @@ COMPOSE_SPEC = "compose/compose-spec.json"
 DEFAULT_HTTP_PORT = 8000
 METRICS_PATH = "/metrics"
 
+# Services that keep no state, so have no database role: they take no DSN, wait for no migration,
+# and every PostgreSQL check skips them (test_stateless_services_open_no_database holds them to it).
+WITHOUT_DATABASE = {"ingest"}
+
 # `python -m changegate.x`, also `python3`, `python3.11`, `/opt/venv/bin/python`, or inside `sh -c`.
 MODULE_RE = re.compile(r"(?:^|[\s/'\"])python(?:3(?:\.\d+)?)?\s+-m\s+(changegate(?:\.\w+)+)")
 
@@ -318,9 +322,10 @@ def test_our_services_wait_for_healthy_kafka_and_postgres(
             if isinstance(depends_on, dict)
             else {}
         )
+        needed = kafka if name in WITHOUT_DATABASE else infrastructure
         problems.extend(
             f"{name} does not wait for {dep} with condition service_healthy"
-            for dep in infrastructure
+            for dep in needed
             if conditions.get(dep) != "service_healthy"
         )
         env = environment(service)
@@ -330,7 +335,10 @@ def test_our_services_wait_for_healthy_kafka_and_postgres(
         }
         if kafka[0] not in kafka_hosts:
             problems.append(f"{name}: CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS does not name {kafka[0]}")
-        if f"@{postgres[0]}:" not in env.get("CHANGEGATE_DATABASE_URL", ""):
+        if name in WITHOUT_DATABASE:
+            if "CHANGEGATE_DATABASE_URL" in env:
+                problems.append(f"{name}: needs no database, yet is given CHANGEGATE_DATABASE_URL")
+        elif f"@{postgres[0]}:" not in env.get("CHANGEGATE_DATABASE_URL", ""):
             problems.append(f"{name}: CHANGEGATE_DATABASE_URL does not point at {postgres[0]}")
         if env.get("CHANGEGATE_HTTP_HOST") != "0.0.0.0":
             problems.append(f"{name}: CHANGEGATE_HTTP_HOST must be 0.0.0.0 in a container")
@@ -345,18 +353,20 @@ def test_services_start_after_the_key_and_migration_jobs_as_their_own_roles(
     assert any("keys generate" in job for job in jobs), jobs
     problems: list[str] = []
     for name, service in our_services.items():
+        env = environment(service)
+        if env.get("CHANGEGATE_SECRETS_DIR") != f"/secrets/{name}":
+            problems.append(f"{name} does not read its secrets from /secrets/{name}")
+        if name in WITHOUT_DATABASE:  # neither keys to sign with nor a schema to wait for
+            continue
         depends_on = service.get("depends_on") or {}
         for job in our_jobs:
             if (depends_on.get(job) or {}).get("condition") != "service_completed_successfully":
                 problems.append(f"{name} does not wait for the job {job} to complete")
-        env = environment(service)
         user = env.get("CHANGEGATE_DATABASE_URL", "").split("://", 1)[-1].split(":", 1)[0]
         if user != f"changegate_{name.replace('-', '_')}":
             problems.append(f"{name} connects as {user!r}, not its own role")
         if env.get("CHANGEGATE_MIGRATE_ON_START") != "false":
             problems.append(f"{name} may migrate at start: its role must not")
-        if env.get("CHANGEGATE_SECRETS_DIR") != f"/secrets/{name}":
-            problems.append(f"{name} does not read its keys from /secrets/{name}")
     assert not problems, "\n".join(problems)
 
 
@@ -567,7 +577,7 @@ def test_k8s_deployments_are_probed_limited_and_scraped(
     assert not problems, "\n".join(problems)
 
 
-def test_k8s_services_front_review_api_and_audit(
+def test_k8s_services_front_the_apis(
     k8s_documents: list[tuple[Path, Mapping]],
 ) -> None:
     pod_labels = {
@@ -576,7 +586,7 @@ def test_k8s_services_front_review_api_and_audit(
     }
     services = {body["metadata"]["name"]: body for body in of_kind(k8s_documents, "Service")}
     problems: list[str] = []
-    for name in ("review-api", "audit"):
+    for name in ("review-api", "audit", "ingest"):
         service = services.get(name)
         if service is None:
             problems.append(f"no Service {name}")
@@ -609,8 +619,16 @@ def test_k8s_configuration_references_resolve(
                 key_ref = (variable.get("valueFrom") or {}).get("secretKeyRef")
                 if key_ref and key_ref.get("key") not in secrets.get(key_ref.get("name"), set()):
                     problems.append(f"{name}: secret {key_ref.get('name')}/{key_ref.get('key')}")
-            if "CHANGEGATE_DATABASE_URL" not in env_names:
+            if name in WITHOUT_DATABASE:
+                if "CHANGEGATE_DATABASE_URL" in env_names:
+                    problems.append(f"{name}: needs no database, yet is given CHANGEGATE_DATABASE_URL")
+            elif "CHANGEGATE_DATABASE_URL" not in env_names:
                 problems.append(f"{name}: CHANGEGATE_DATABASE_URL is not set from the Secret")
+        for volume in deployment["spec"]["template"]["spec"].get("volumes") or []:
+            secret = volume.get("secret") or {}
+            for item in secret.get("items") or []:
+                if item["key"] not in secrets.get(secret.get("secretName"), set()):
+                    problems.append(f"{name}: volume {volume['name']} mounts missing {item['key']}")
     kustomizations = [(path, body) for path, body in k8s_documents if body["kind"] == "Kustomization"]
     for path, body in kustomizations:
         listed = set(body.get("resources") or [])
@@ -640,6 +658,19 @@ def test_k8s_denies_ingress_but_to_the_apis_and_migrates_before_the_services(
         name = deployment["metadata"]["name"]
         for container in containers(deployment):
             env = {e["name"]: e for e in container.get("env") or []}
+            assert env["CHANGEGATE_SECRETS_DIR"]["value"] == "/secrets"
+            if name in WITHOUT_DATABASE:
+                continue
             key = env["CHANGEGATE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"]
             assert key == f"{name}-database-url", f"{name} does not connect as its own role"
-            assert env["CHANGEGATE_SECRETS_DIR"]["value"] == "/secrets"
+
+
+def test_stateless_services_open_no_database() -> None:
+    """What lets WITHOUT_DATABASE skip the PostgreSQL checks: those services' code never opens one."""
+    for name in WITHOUT_DATABASE:
+        sources = [p.read_text(encoding="utf-8") for p in (SERVICES_DIR / name / "src").rglob("*.py")]
+        assert sources, f"services/{name} holds no code"
+        opened = [
+            word for word in ("open_database", "create_pool", "asyncpg") if any(word in s for s in sources)
+        ]
+        assert not opened, f"services/{name} uses {opened}: it needs a database role after all"
