@@ -10,7 +10,8 @@
 - ``any`` ↔ ``all``, ``min`` ↔ ``max``;
 - a bound of a pydantic ``Field`` (or any call) moved: ``gt`` ↔ ``ge``, ``lt`` ↔ ``le``.
 
-Not mutated: docstrings, annotations, imports, f-strings, ``description=`` texts and ``__all__``.
+Not mutated: docstrings, annotations, imports, f-strings, ``__all__``, and text that only
+documents (``description=`` of a pydantic field, the help text of a Prometheus metric).
 A mutant is named by its function and the statement before and after, e.g.
 ``Condition.matches: if ...: ... -> if not ...: ...``; that name, not a line number, is what the
 allow-list of equivalent mutants refers to."""
@@ -47,6 +48,7 @@ _BINOP: dict[type[ast.operator], type[ast.operator]] = {
 _CALLS = {"any": "all", "all": "any", "min": "max", "max": "min"}
 _BOUNDS = {"gt": "ge", "ge": "gt", "lt": "le", "le": "lt"}
 _UNDOCUMENTED = ("description",)  # keyword arguments whose text is documentation only
+_METRICS = ("Counter", "Gauge", "Histogram", "Summary")  # prometheus: the 2nd argument is help text
 
 # A replacement builder: the node to put in place of the original, or None to delete a statement.
 Replace = Callable[[Any], ast.AST | None]
@@ -230,7 +232,7 @@ class _Sites:
                     self._expr(child.value, child, stmt, scope)
             elif isinstance(node, ast.comprehension | ast.expr) and isinstance(child, ast.comprehension):
                 self._comprehension(child, stmt, scope)
-            elif isinstance(child, ast.expr):
+            elif isinstance(child, ast.expr) and not _is_help_text(node, child):
                 self._expr(child, node, stmt, scope)
 
     def _comprehension(self, node: ast.comprehension, stmt: ast.stmt, scope: str) -> None:
@@ -239,6 +241,16 @@ class _Sites:
             self._add(test, node, stmt, scope, "negate", lambda n: _negated(n))
             self._expr(test, node, stmt, scope)
             del i
+
+
+def _is_help_text(node: ast.expr, child: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _METRICS
+        and len(node.args) > 1
+        and child is node.args[1]
+    )
 
 
 def _compare(i: int, flip: type[ast.cmpop]) -> Replace:

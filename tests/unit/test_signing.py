@@ -23,8 +23,10 @@ from changegate.core.signing import (
     TrustedKey,
     Verifier,
     canonical,
+    dev_keys,
     may_sign,
 )
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 KEYS = {s: SigningKey.generate(f"{s}-1", s) for s in ("policy", "review-api", "detector", "executor")}
@@ -152,3 +154,66 @@ def test_keys_generate_writes_a_folder_per_service_keeps_them_and_rotates(tmp_pa
     assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-b:")
     trusted = json.loads((tmp_path / "executor" / "changegate_trusted_keys").read_text())
     assert {"policy-a", "policy-b"} <= set(trusted)  # messages signed before the rotation still verify
+
+
+def _refusals(event_type: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "changegate_signature_refusals_total", {"event_type": event_type, "reason": reason}
+    )
+    return value or 0.0
+
+
+def test_each_refusal_is_counted_by_event_type_and_reason(
+    make_decision: Callable[..., Decision], make_execution: Callable[..., Execution]
+) -> None:
+    decision = make_decision()
+    before = _refusals("decision", "unsigned")
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(decision)
+    assert (info.value.reason, info.value.detail) == ("unsigned", "no signature")
+    assert _refusals("decision", "unsigned") == before + 1
+
+    tampered = KEYS["policy"].sign(decision).model_copy(update={"explanation": "x"})
+    before = _refusals("decision", "bad_signature")
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(tampered)
+    assert info.value.detail == "the signature does not match the content"
+    assert _refusals("decision", "bad_signature") == before + 1
+
+    execution = KEYS["policy"].sign(make_execution(decision=KEYS["policy"].sign(decision)))
+    before = _refusals("execution", "signer_not_allowed")
+    _refused("signer_not_allowed", lambda: VERIFIER.execution(execution))
+    assert _refusals("execution", "signer_not_allowed") == before + 1
+
+
+def test_a_signature_names_its_key_and_signer(make_decision: Callable[..., Decision]) -> None:
+    signed = KEYS["detector"].sign(make_decision())
+    assert signed.signature is not None
+    assert (signed.signature.key_id, signed.signature.signer) == ("detector-1", "detector")
+    assert signed.model_copy(update={"signature": None}) == make_decision()
+
+
+def test_a_signing_key_needs_an_id_and_a_separator() -> None:
+    for text in (":c2VlZA", "", "just-an-id"):
+        with pytest.raises(ValueError, match="a signing key is '<key id>:<seed, base64url>'"):
+            SigningKey.parse(text, "policy")
+
+
+def test_dev_keys_give_every_signer_a_trusted_key(make_decision: Callable[..., Decision]) -> None:
+    settings, trusted = dev_keys()
+    assert set(settings) == {"policy", "review-api", "detector", "executor"}
+    assert set(trusted) == {"policy-dev", "review-api-dev", "detector-dev", "executor-dev"}
+    assert {k: t.signer for k, t in trusted.items()} == {f"{s}-dev": s for s in settings}
+    key = SigningKey.parse(settings["policy"], "policy")
+    assert key.key_id == "policy-dev"
+    assert Verifier(trusted).decision(key.sign(make_decision())) == "policy"
+    assert set(dev_keys("x")[1]) == {"policy-x", "review-api-x", "detector-x", "executor-x"}
+
+
+def test_an_executions_decision_must_be_one_its_signer_may_make(
+    make_execution: Callable[..., Execution], make_decision: Callable[..., Decision]
+) -> None:
+    approval = make_decision(outcome=DecisionOutcome.APPROVED, decided_by=HUMAN)
+    by_detector = KEYS["detector"].sign(approval)  # the detector may only supersede
+    execution = KEYS["executor"].sign(make_execution(decision=by_detector))
+    _refused("signer_not_allowed", lambda: VERIFIER.execution(execution))
