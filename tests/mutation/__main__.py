@@ -373,6 +373,7 @@ def report(results: list[FileResult]) -> bool:
             f"{r.target.min_score:.0f}%" if r.target.min_score is not None else "",
         )
     out = Console()
+    out.width = max(out.width, 100)
     out.print(table)
     for r in results:
         if r.note:

@@ -300,6 +300,25 @@ def _header(stmt: ast.AST) -> str:
     return " ".join(line.strip() for line in text.splitlines())
 
 
+def _window(before: str, after: str, context: int = 40, longest: int = 140) -> tuple[str, str]:
+    """A long statement shown around its change only: ``…<context><change><context>…``."""
+    if max(len(before), len(after)) <= longest:
+        return before, after
+    start = 0
+    while start < min(len(before), len(after)) and before[start] == after[start]:
+        start += 1
+    end = 0
+    while end < min(len(before), len(after)) - start and before[-1 - end] == after[-1 - end]:
+        end += 1
+    lo = max(0, start - context)
+
+    def cut(text: str) -> str:
+        hi = min(len(text), len(text) - end + context)
+        return ("…" if lo else "") + text[lo:hi] + ("…" if hi < len(text) else "")
+
+    return cut(before), cut(after)
+
+
 def _sites(source: str) -> tuple[ast.Module, list[_Site]]:
     tree = ast.parse(source)
     skipped = {i + 1 for i, line in enumerate(source.splitlines()) if "pragma: no mutate" in line}
@@ -320,6 +339,8 @@ def mutants(source: str) -> list[Mutant]:
             placed = _substitute(site.parent, site.node, replacement)
             after = _header(placed if site.node is site.statement else site.statement)
             _substitute(site.parent, placed, site.node)
+        if after != "(deleted)":
+            before, after = _window(before, after)
         name = f"{site.qualname}: {before} -> {after}"
         n = seen[name] = seen.get(name, 0) + 1
         found.append(
