@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -340,6 +341,8 @@ async def _verify(entries: list[AuditEntry], head: tuple[int, str] | None = None
 async def test_an_intact_chain_verifies(chain: list[AuditEntry]) -> None:
     report = await _verify(chain)
     assert report == VerifyReport(True, 4, [], 4, chain[-1].hash)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.ok = False  # type: ignore[misc]
 
 
 async def test_an_empty_log_verifies_with_the_genesis_head() -> None:
@@ -418,5 +421,5 @@ def test_parse_head_takes_what_verify_prints() -> None:
         f"x42:{digest}",
         digest,
     ):
-        with pytest.raises(ValueError, match="expected SEQ:HASH"):
+        with pytest.raises(ValueError, match=r"^expected SEQ:HASH, e.g. 42:<64 hex digits>$"):
             parse_head(bad)

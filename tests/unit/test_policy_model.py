@@ -105,6 +105,16 @@ CASES: list[tuple[dict[str, Any], dict[str, Any], str | None]] = [
     ({"proposed_values": {"jobtitle": ["CTO"]}}, {}, "proposed values not in {'jobtitle': ['CTO']}"),
     ({"proposed_values": {"city": ["Berlin"]}}, {}, "proposed values not in {'city': ['Berlin']}"),
     (
+        {"proposed_values": {"jobtitle": ["VP Sales"], "city": ["Berlin"]}},
+        {"changes": [FILL, FILL_CITY]},
+        None,
+    ),
+    (
+        {"proposed_values": {"jobtitle": ["VP Sales"], "city": ["Paris"]}},
+        {"changes": [FILL, FILL_CITY]},
+        "proposed values not in {'jobtitle': ['VP Sales'], 'city': ['Paris']}",
+    ),
+    (
         {"proposed_values": {"vip": [True]}},
         {"changes": [FieldChange(field="vip", previous=None, proposed=1)]},
         "proposed values not in {'vip': [True]}",
@@ -273,7 +283,7 @@ def test_a_reject_rule_needs_a_reason() -> None:
 
 @pytest.mark.parametrize("action", [Action.AUTO_APPLY, Action.REVIEW])
 def test_a_reason_belongs_to_reject_rules_only(action: Action) -> None:
-    with pytest.raises(ValidationError, match="a reason applies to reject rules only"):
+    with pytest.raises(ValidationError, match=r"Value error, a reason applies to reject rules only \["):
         Rule(id="r", when=Condition(kind=[ProposalKind.FIELD_UPDATE]), action=action, reason="because")
 
 
@@ -308,8 +318,14 @@ def test_document_needs_a_version() -> None:
 @pytest.mark.parametrize(
     ("default", "message"),
     [
-        (Action.AUTO_APPLY, "default action auto_apply is refused: unmatched proposals need review"),
-        (Action.REJECT, "default action reject is refused: say which proposals to reject in a rule"),
+        (
+            Action.AUTO_APPLY,
+            r"error, default action auto_apply is refused: unmatched proposals need review \[",
+        ),
+        (
+            Action.REJECT,
+            r"error, default action reject is refused: say which proposals to reject in a rule \[",
+        ),
     ],
 )
 def test_a_default_other_than_review_is_refused(default: Action, message: str) -> None:

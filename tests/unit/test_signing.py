@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from changegate.core.signing import (
     SigningKey,
     TrustedKey,
     Verifier,
+    _b64,
+    _unb64,
     canonical,
     dev_keys,
     may_sign,
@@ -89,6 +92,9 @@ def test_every_way_of_breaking_a_signature_is_refused(make_decision: Callable[..
         ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", False),
         ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", True),
         ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
+        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.EXPIRED, "system", False),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "human", False),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "system", False),
         ("executor", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
     ],
 )
@@ -180,10 +186,30 @@ def test_each_refusal_is_counted_by_event_type_and_reason(
     assert info.value.detail == "the signature does not match the content"
     assert _refusals("decision", "bad_signature") == before + 1
 
-    execution = KEYS["policy"].sign(make_execution(decision=KEYS["policy"].sign(decision)))
+    by_detector = KEYS["detector"].sign(decision)  # the detector may only supersede
+    before = _refusals("decision", "signer_not_allowed")
+    _refused("signer_not_allowed", lambda: VERIFIER.decision(by_detector))
+    assert _refusals("decision", "signer_not_allowed") == before + 1
+
+    execution = make_execution(decision=KEYS["policy"].sign(decision))
+    before = _refusals("execution", "unsigned")
+    _refused("unsigned", lambda: VERIFIER.execution(execution))
+    assert _refusals("execution", "unsigned") == before + 1
     before = _refusals("execution", "signer_not_allowed")
-    _refused("signer_not_allowed", lambda: VERIFIER.execution(execution))
+    _refused("signer_not_allowed", lambda: VERIFIER.execution(KEYS["policy"].sign(execution)))
     assert _refusals("execution", "signer_not_allowed") == before + 1
+
+
+@pytest.mark.parametrize("size", range(70))
+def test_keys_and_signatures_survive_base64url_without_padding(size: int) -> None:
+    data = bytes(range(size))
+    assert _unb64(_b64(data)) == data
+    assert "=" not in _b64(data)
+
+
+def test_a_signing_key_cannot_be_altered() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        KEYS["policy"].signer = "review-api"  # type: ignore[misc]
 
 
 def test_a_signature_names_its_key_and_signer(make_decision: Callable[..., Decision]) -> None:
@@ -195,7 +221,7 @@ def test_a_signature_names_its_key_and_signer(make_decision: Callable[..., Decis
 
 def test_a_signing_key_needs_an_id_and_a_separator() -> None:
     for text in (":c2VlZA", "", "just-an-id"):
-        with pytest.raises(ValueError, match="a signing key is '<key id>:<seed, base64url>'"):
+        with pytest.raises(ValueError, match=r"^a signing key is '<key id>:<seed, base64url>'$"):
             SigningKey.parse(text, "policy")
 
 
