@@ -590,3 +590,26 @@ def test_the_registered_phone_comparison_knows_the_switchboard() -> None:
     phone = next(spec for spec in COMPARISONS if spec.name == "phone")
     assert phone.level(alice, carol) == compare(alice, carol)["phone"] == SAME_WORKPLACE
     assert phone.level(alice, elsewhere) == compare(alice, elsewhere)["phone"] == EXACT
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        # exact (swapped last name) beats a nickname of the first name given
+        (("kate", "lee"), ("kathryn", "kate"), (DISAGREE, EXACT)),
+        # a nickname and a similar spelling rank alike: a tie keeps the order given
+        (("marc", "johnson"), ("mark", "marcus"), (NICKNAME, DISAGREE)),
+        # a nickname beats a name that only sounds alike
+        (("will", "kathryn"), ("katherine", "katherine"), (NICKNAME, DISAGREE)),
+        # sounding alike beats an initial
+        (("m", "micheal"), ("mitchell", "danielle"), (PHONETIC, DISAGREE)),
+        # an initial beats nothing at all
+        (("young", "robert"), ("r", "johnny"), (PARTIAL, DISAGREE)),
+    ],
+)
+def test_a_swap_is_taken_only_when_its_levels_rank_strictly_higher(
+    a: tuple[str, str], b: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    fa = contact(firstname=a[0], lastname=a[1])
+    fb = contact(firstname=b[0], lastname=b[1])
+    assert cmp.names(fa, fb) == expected
