@@ -8,7 +8,7 @@ MEMBERS := shared services/detector services/policy services/executor services/a
 STAMP := $(VENV)/.installed
 
 .PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy bench-executor \
-	bench-ingest bench-detector-quality bench-detector-speed clean
+	bench-ingest bench-detector-quality bench-detector-speed mutation clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench-detector-quality: $(STAMP) ## duplicate finder on synthetic + Febrl1/2/4, 
 
 bench-detector-speed: $(STAMP) ## per-event latency, memory per record, index rebuild with 10k, 100k and 1M records
 	$(BIN)/python bench/detector_speed.py
+
+mutation: $(STAMP) ## mutation run over the safety-critical pure modules: per-file scores, surviving mutants (slow; not in test)
+	PYTHONPATH=tests $(BIN)/python -m mutation $(if $(JOBS),--jobs $(JOBS)) $(FILES)
 
 clean: ## remove the venv and the dev stack's state
 	rm -rf $(VENV) .changegate .pytest_cache .mypy_cache .ruff_cache

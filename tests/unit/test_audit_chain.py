@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -9,7 +10,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from changegate.audit.chain import GENESIS, entry_hash
+from changegate.audit.chain import (
+    GENESIS,
+    VALUE_COLUMNS,
+    VerifyReport,
+    entry_hash,
+    parse_head,
+    row_to_entry,
+    to_column,
+    verify,
+)
 from changegate.audit.store import entries_for
 from changegate.core.contracts import (
     AuditEntry,
@@ -247,3 +257,169 @@ def test_hash_survives_a_json_round_trip(two_field_execution: Execution) -> None
         stored = AuditEntry.model_validate(json.loads(entry.model_dump_json()))
         assert stored == entry
         assert _recomputed(stored) == entry.hash
+
+
+# --- the stored form of a row ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, "null"),
+        ("", '""'),
+        ("1", '"1"'),
+        (1, "1"),
+        (2.5, "2.5"),
+        (True, "true"),
+        ("VP Sales", '"VP Sales"'),
+    ],
+)
+def test_values_are_stored_as_the_json_text_that_was_hashed(value: Any, text: str) -> None:
+    for column in VALUE_COLUMNS:
+        assert to_column(column, value) == text
+
+
+def test_other_columns_are_stored_as_they_are() -> None:
+    assert VALUE_COLUMNS == ("previous_value", "new_value")
+    for column, value in [("field", "jobtitle"), ("confidence", 0.91), ("seq", 3), ("rule_id", None)]:
+        assert to_column(column, value) is value
+
+
+def test_a_stored_row_reads_back_as_the_entry_with_value_types_kept(two_field_execution: Execution) -> None:
+    for entry in entries_for(two_field_execution, 1, GENESIS):
+        for previous, new in [(None, "Berlin"), ("", "1"), (1, True), (False, 2.5), ("null", None)]:
+            typed = entry.model_copy(update={"previous_value": previous, "new_value": new})
+            assert row_to_entry(_row(typed)) == typed
+            assert type(row_to_entry(_row(typed)).new_value) is type(new)
+
+
+def test_a_null_value_column_reads_as_null(two_field_execution: Execution) -> None:
+    entry = entries_for(two_field_execution, 1, GENESIS)[0]
+    row: Any = {**_row(entry), "previous_value": None, "new_value": None}
+    assert (row_to_entry(row).previous_value, row_to_entry(row).new_value) == (None, None)
+
+
+# --- verification, on a log held by a fake connection ---------------------------------------------
+
+SELECT_ALL = "SELECT * FROM audit_entries ORDER BY seq"
+SELECT_HEAD = "SELECT hash FROM audit_entries WHERE seq = $1"
+
+
+def _row(entry: AuditEntry) -> Any:
+    """A row as the database returns it (values as stored by ``to_column``): a mapping."""
+    return {column: to_column(column, getattr(entry, column)) for column in AuditEntry.model_fields}
+
+
+class FakeLog:
+    """The two queries verify() makes, answered from rows in memory (any other query fails)."""
+
+    def __init__(self, entries: list[AuditEntry]) -> None:
+        self.rows = [_row(e) for e in entries]
+
+    async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
+        assert (query, args) == (SELECT_ALL, ())
+        return sorted(self.rows, key=lambda r: int(r["seq"]))
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        assert query == SELECT_HEAD
+        (seq,) = args
+        return next((r["hash"] for r in self.rows if r["seq"] == seq), None)
+
+
+@pytest.fixture
+def chain(two_field_execution: Execution, make_execution: Callable[..., Execution]) -> list[AuditEntry]:
+    """Four chained rows: two executions of two writes each."""
+    first = entries_for(two_field_execution, 1, GENESIS)
+    second_execution = two_field_execution.model_copy(update={"execution_id": make_execution().execution_id})
+    return first + entries_for(second_execution, 3, first[-1].hash)
+
+
+async def _verify(entries: list[AuditEntry], head: tuple[int, str] | None = None) -> VerifyReport:
+    return await verify(FakeLog(entries), head)  # type: ignore[arg-type]
+
+
+async def test_an_intact_chain_verifies(chain: list[AuditEntry]) -> None:
+    report = await _verify(chain)
+    assert report == VerifyReport(True, 4, [], 4, chain[-1].hash)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.ok = False  # type: ignore[misc]
+
+
+async def test_an_empty_log_verifies_with_the_genesis_head() -> None:
+    assert await _verify([]) == VerifyReport(True, 0, [], 0, GENESIS)
+
+
+async def test_an_altered_row_is_reported(chain: list[AuditEntry]) -> None:
+    chain[1] = chain[1].model_copy(update={"new_value": "CEO"})
+    report = await _verify(chain)
+    assert not report.ok
+    assert report.problems == ["row 2: content does not match its hash (altered)"]
+    assert (report.rows, report.head_seq, report.head_hash) == (4, 4, chain[-1].hash)
+
+
+async def test_a_rehashed_row_breaks_the_next_link(chain: list[AuditEntry]) -> None:
+    altered = chain[1].model_copy(update={"new_value": "CEO"})
+    chain[1] = altered.model_copy(update={"hash": _recomputed(altered)})
+    report = await _verify(chain)
+    assert (report.ok, report.problems) == (False, ["row 3: prev_hash does not link to the row before it"])
+
+
+async def test_a_row_removed_from_the_middle_is_reported(chain: list[AuditEntry]) -> None:
+    report = await _verify([chain[0], chain[2], chain[3]])
+    assert not report.ok
+    assert report.problems == [
+        "rows 2..2 are missing",
+        "row 3: prev_hash does not link to the row before it",
+    ]
+    assert (report.rows, report.head_seq) == (3, 4)
+
+
+async def test_rows_removed_from_the_start_are_reported(chain: list[AuditEntry]) -> None:
+    report = await _verify(chain[2:])
+    assert report.problems == [
+        "rows 1..2 are missing",
+        "row 3: prev_hash does not link to the row before it",
+    ]
+
+
+async def test_a_renumbered_row_is_reported_as_altered(chain: list[AuditEntry]) -> None:
+    chain[3] = chain[3].model_copy(update={"seq": 5})
+    report = await _verify(chain)
+    assert report.problems == ["rows 4..4 are missing", "row 5: content does not match its hash (altered)"]
+    assert report.head_seq == 5
+
+
+async def test_a_cut_short_log_is_consistent_but_the_recorded_head_reveals_it(
+    chain: list[AuditEntry],
+) -> None:
+    assert (await _verify(chain[:2])).ok
+    report = await _verify(chain[:2], (4, chain[3].hash))
+    assert (report.ok, report.problems) == (
+        False,
+        ["row 4 (the expected head) is missing: the log was cut short"],
+    )
+    assert (report.head_seq, report.head_hash) == (2, chain[1].hash)
+
+
+async def test_the_recorded_head_must_carry_its_hash(chain: list[AuditEntry]) -> None:
+    assert (await _verify(chain, (4, chain[3].hash))).ok
+    assert (await _verify(chain, (2, chain[1].hash))).ok
+    report = await _verify(chain, (2, chain[3].hash))
+    assert (report.ok, report.problems) == (False, ["row 2 does not carry the expected head hash"])
+
+
+def test_parse_head_takes_what_verify_prints() -> None:
+    digest = "ab" * 32
+    assert parse_head(f"42:{digest}") == (42, digest)
+    assert parse_head(f"1:{digest}") == (1, digest)
+    assert parse_head(f"{10**17}:{digest}") == (10**17, digest)  # 18 digits: within bigint
+    for bad in (
+        f"0:{digest}",
+        f"042:{digest}",
+        f"42:{digest[:-1]}",
+        f"42:{digest.upper()}",
+        f"x42:{digest}",
+        digest,
+    ):
+        with pytest.raises(ValueError, match=r"^expected SEQ:HASH, e.g. 42:<64 hex digits>$"):
+            parse_head(bad)

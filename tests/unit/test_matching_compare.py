@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from changegate.detector.matching.compare import (
     compare,
 )
 from changegate.detector.matching.normalize import Features, features, normalize_street, sound
+from rapidfuzz.fuzz import token_set_ratio, token_sort_ratio
 
 
 def contact(**props: Any) -> Features:
@@ -478,6 +480,134 @@ def test_each_comparison_ends_with_its_else_level_and_reads_real_columns() -> No
     ],
 )
 def test_names_entered_the_wrong_way_round_with_a_typo(
+    a: tuple[str, str], b: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    fa = contact(firstname=a[0], lastname=a[1])
+    fb = contact(firstname=b[0], lastname=b[1])
+    assert cmp.names(fa, fb) == expected
+
+
+def test_a_tie_keeps_the_order_given() -> None:
+    # Straight: first names disagree, last names agree; swapped: the other way round. Not better.
+    assert cmp.names(contact(firstname="Anna", lastname="Lee"), contact(firstname="Lee", lastname="Lee")) == (
+        DISAGREE,
+        EXACT,
+    )
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (("", "smith"), ("smith", "jones")),
+        (("smith", ""), ("jones", "smith")),
+        (("jones", "smith"), ("", "jones")),
+        (("jones", "smith"), ("smith", "")),
+    ],
+)
+def test_names_are_never_swapped_when_one_is_missing(a: tuple[str, str], b: tuple[str, str]) -> None:
+    fa, fb = contact(firstname=a[0], lastname=a[1]), contact(firstname=b[0], lastname=b[1])
+    straight = (
+        cmp.first_name(fa.first, fb.first, fa.first_sound, fb.first_sound),
+        cmp.last_name(fa.last, fb.last, fa.last_sound, fb.last_sound),
+    )
+    assert cmp.names(fa, fb) == straight
+
+
+# --- thresholds, exactly at their boundary (both sides) -------------------------------------------
+
+
+def test_name_similarity_thresholds_are_inclusive() -> None:
+    assert cmp._jw("lopez", "lopes") == cmp.NAME_SIMILAR_JW == 0.92
+    assert cmp.last_name("lopez", "lopes") == SIMILAR
+    assert cmp._jw("smith", "smyth") < cmp.NAME_SIMILAR_JW
+    assert cmp.last_name("smith", "smyth") == DISAGREE
+    assert cmp._jw("medina", "madina") == cmp.FIRST_SIMILAR_JW == 0.9
+    assert cmp.first_name("medina", "madina") == SIMILAR
+    assert cmp._jw("medina", "modena") < cmp.FIRST_SIMILAR_JW
+    assert cmp.first_name("medina", "modena") == DISAGREE
+
+
+def test_text_similarity_threshold_is_inclusive_for_cities_and_mailboxes() -> None:
+    assert cmp._jw("medina", "madina") == cmp.TEXT_SIMILAR_JW == 0.9
+    assert cmp.city("medina", "madina") == SIMILAR
+    assert cmp.city("medina", "modena") == DISAGREE
+    a, b = contact(email="jonson@acme.com"), contact(email="jenson@acme.com")
+    assert cmp._jw(a.email_local, b.email_local) == cmp.TEXT_SIMILAR_JW
+    assert cmp.email_level(a, b, named=True) == SIMILAR
+    far = contact(email="jonson@acme.com"), contact(email="jensin@acme.com")
+    assert cmp.email_level(*far, named=True) == DISAGREE
+
+
+def test_token_ratio_thresholds_are_inclusive() -> None:
+    assert token_set_ratio("northwinds", "northwonds") == cmp.COMPANY_SIMILAR_RATIO == 90
+    assert cmp.company("northwinds", "northwonds") == SIMILAR
+    assert token_set_ratio("northwinds", "northwxyds") < 90
+    assert cmp.company("northwinds", "northwxyds") == DISAGREE
+    assert token_sort_ratio("1200 harbour view rd", "1200 harbor vista rd") == cmp.STREET_SIMILAR_RATIO == 85
+    assert cmp.street("1200 harbour view rd", "1200 harbor vista rd") == SIMILAR
+    assert token_sort_ratio("1200 harbour view rd", "1200 harbour vxxy rx") < 85
+    assert cmp.street("1200 harbour view rd", "1200 harbour vxxy rx") == DISAGREE
+
+
+def test_a_mailbox_name_of_four_characters_is_telling() -> None:
+    assert cmp.MIN_MAILBOX_NAME == 4
+    four = contact(email="anna@acme.com"), contact(email="anna@globex.com")
+    assert cmp.email_level(*four, named=False) == PARTIAL
+    assert cmp.email_level(*four, named=True) == NAMED_PARTIAL
+    three = contact(email="ann@acme.com"), contact(email="ann@globex.com")
+    assert cmp.email_level(*three, named=True) == DISAGREE
+
+
+# --- the vocabulary of the model file -------------------------------------------------------------
+
+
+def test_the_comparisons_and_levels_are_named_as_model_files_name_them() -> None:
+    assert {spec.name: spec.levels for spec in COMPARISONS} == {
+        "first_name": ("exact", "nickname", "similar", "phonetic", "partial", "disagree"),
+        "last_name": ("exact", "similar", "phonetic", "disagree"),
+        "email": ("exact", "similar", "partial_same_name", "partial", "disagree"),
+        "phone": ("exact_same_name", "exact_same_workplace", "exact", "partial", "disagree"),
+        "workplace": ("exact", "company", "site", "street", "city", "postcode", "partial", "disagree"),
+    }
+    assert {spec.name: spec.tf_columns for spec in COMPARISONS if spec.tf_columns} == {
+        "first_name": {"exact": "first"},
+        "last_name": {"exact": "last"},
+        "workplace": {"city": "city"},
+    }
+    assert cmp.TF_COLUMNS == ("city", "first", "last")
+
+
+def test_the_registry_cannot_be_altered() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        COMPARISONS[0].name = "surname"  # type: ignore[misc]
+
+
+def test_the_registered_phone_comparison_knows_the_switchboard() -> None:
+    line = "+1 415 555 2600"
+    alice = contact(firstname="Alice", lastname="Jones", phone=line, **ACME_SF)
+    carol = contact(firstname="Carol", lastname="Nguyen", phone=line, **ACME_SF)
+    elsewhere = contact(firstname="Carol", lastname="Nguyen", phone=line, company="Globex", zip="10016")
+    phone = next(spec for spec in COMPARISONS if spec.name == "phone")
+    assert phone.level(alice, carol) == compare(alice, carol)["phone"] == SAME_WORKPLACE
+    assert phone.level(alice, elsewhere) == compare(alice, elsewhere)["phone"] == EXACT
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        # exact (swapped last name) beats a nickname of the first name given
+        (("kate", "lee"), ("kathryn", "kate"), (DISAGREE, EXACT)),
+        # a nickname and a similar spelling rank alike: a tie keeps the order given
+        (("marc", "johnson"), ("mark", "marcus"), (NICKNAME, DISAGREE)),
+        # a nickname beats a name that only sounds alike
+        (("will", "kathryn"), ("katherine", "katherine"), (NICKNAME, DISAGREE)),
+        # sounding alike beats an initial
+        (("m", "micheal"), ("mitchell", "danielle"), (PHONETIC, DISAGREE)),
+        # an initial beats nothing at all
+        (("young", "robert"), ("r", "johnny"), (PARTIAL, DISAGREE)),
+    ],
+)
+def test_a_swap_is_taken_only_when_its_levels_rank_strictly_higher(
     a: tuple[str, str], b: tuple[str, str], expected: tuple[str, str]
 ) -> None:
     fa = contact(firstname=a[0], lastname=a[1])

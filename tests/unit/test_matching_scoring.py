@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +194,7 @@ def test_unknown_comparisons_and_levels_add_nothing() -> None:
         ("zed", "zed", math.log2(0.1 / 0.001)),  # unseen in training: as rare as a single record
         ("smith", "jones", math.log2(0.1 / 0.2)),  # the more common of the two counts
         ("", "jones", math.log2(0.1 / 0.05)),
+        ("jones", "", math.log2(0.1 / 0.05)),  # a missing value does not count as common
         ("", "", 0.0),
     ],
 )
@@ -275,6 +280,90 @@ def test_a_model_the_detector_cannot_use_is_refused(path: tuple[Any, ...], value
     target[path[-1]] = value
     with pytest.raises(ValidationError, match=message):
         MatchModel.model_validate(data)
+
+
+def _level(**fields: Any) -> dict[str, Any]:
+    data = toy_model().model_dump(mode="json")
+    data["comparisons"][0]["comparison_levels"][0].update(fields)
+    return data
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"m_probability": 1.0},
+        {"u_probability": 1.0},
+        {"m_probability": 1e-9, "u_probability": 1e-9},
+        {"tf_adjustment_column": "last", "tf_adjustment_weight": 0.0},
+        {"tf_adjustment_column": "last", "tf_adjustment_weight": 1.0},
+    ],
+)
+def test_probabilities_in_zero_to_one_and_tf_weights_in_its_closure_are_accepted(
+    fields: dict[str, Any],
+) -> None:
+    level = MatchModel.model_validate(_level(**fields)).comparisons[0].comparison_levels[0]
+    assert {k: getattr(level, k) for k in fields} == fields
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"m_probability": 0.0}, "m_probability"),
+        ({"m_probability": 1.5}, "m_probability"),
+        ({"m_probability": -0.5}, "m_probability"),
+        ({"u_probability": 0.0}, "u_probability"),
+        ({"u_probability": 1.0001}, "u_probability"),
+        ({"tf_adjustment_weight": -0.1}, "tf_adjustment_weight"),
+        ({"tf_adjustment_weight": 1.1}, "tf_adjustment_weight"),
+        ({"disable_tf_exact_match_detection": False}, "disable_tf_exact_match_detection"),
+    ],
+)
+def test_a_weight_outside_its_range_is_refused(fields: dict[str, Any], message: str) -> None:
+    # m or u of 0 would make a weight of minus or plus infinity; above 1 it is no share at all.
+    with pytest.raises(ValidationError, match=message):
+        MatchModel.model_validate(_level(**fields))
+
+
+@pytest.mark.parametrize(
+    ("rare", "valid"), [(1e-9, True), (1.0, True), (0.0, False), (1.5, False), (-0.1, False)]
+)
+def test_the_share_of_a_rare_value_is_in_zero_to_one(rare: float, valid: bool) -> None:
+    data = toy_model().model_dump(mode="json")
+    data["term_frequencies"]["last"]["rare"] = rare
+    if valid:
+        assert MatchModel.model_validate(data).term_frequencies["last"].rare == rare
+    else:
+        with pytest.raises(ValidationError, match="rare"):
+            MatchModel.model_validate(data)
+
+
+def test_a_model_version_may_be_one_character() -> None:
+    assert toy_model().model_copy(update={"model_version": "7"}).model_version == "7"
+    assert MatchModel.model_validate({**toy_model().model_dump(mode="json"), "model_version": "7"})
+    with pytest.raises(ValidationError, match="model_version"):
+        MatchModel.model_validate({**toy_model().model_dump(mode="json"), "model_version": ""})
+
+
+def test_a_models_hash_is_over_its_canonical_json() -> None:
+    model = toy_model()
+    canonical = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    assert model.sha256 == hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def test_the_shipped_model_file_is_what_save_writes(tmp_path: Path) -> None:
+    shipped = resources.files("changegate.detector.matching").joinpath("default_model.json").read_text()
+    load_model().save(tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == shipped
+
+
+def test_scores_and_matches_are_immutable() -> None:
+    match = DuplicateFinder(toy_model()).compare(
+        contact(email="a@acme.com"), "b", contact(email="a@acme.com")
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        match.other_id = "c"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        match.score.total = 0.0  # type: ignore[misc]
 
 
 def test_a_model_is_frozen() -> None:

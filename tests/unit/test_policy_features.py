@@ -3,6 +3,7 @@ review options, shadowed-rule warnings, precise load errors, and what each route
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -123,6 +124,51 @@ rules:
     assert default.review is not None
     assert (default.rule_id, default.review.queue) == ("default", "general")
     assert default.expires_at(PROPOSED_AT) == PROPOSED_AT + timedelta(minutes=30)
+
+
+def test_a_route_without_expiry_never_expires(make_proposal: MakeProposal) -> None:
+    policy = _policy("""
+rules:
+  - id: no-expiry
+    when: {kind: [field_update]}
+    action: review
+  - id: spam
+    when: {kind: [merge]}
+    action: reject
+    reason: spam
+""")
+    route = policy.evaluate(make_proposal())
+    assert route.review is not None
+    assert route.review.expires_after is None
+    assert route.expires_at(PROPOSED_AT) is None
+    rejected = policy.evaluate(make_proposal(kind=ProposalKind.MERGE))
+    assert (rejected.action, rejected.review) == (Action.REJECT, None)
+    assert rejected.expires_at(PROPOSED_AT) is None
+
+
+def test_an_upper_confidence_bound_is_explained(make_proposal: MakeProposal) -> None:
+    policy = _policy("""
+rules:
+  - id: unsure
+    when: {kind: [field_update], max_confidence: 0.5}
+    action: review
+""")
+    route = policy.evaluate(make_proposal(confidence=0.4))
+    assert route.explanation == "sent to review: rule unsure, confidence 0.40 ≤ 0.50"
+
+
+def test_routes_and_policies_are_immutable_values(make_proposal: MakeProposal) -> None:
+    policy = _policy(AUTO_ALL_FIELD_UPDATES)
+    route = policy.evaluate(make_proposal())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        route.action = Action.REJECT  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.source = "elsewhere"  # type: ignore[misc]
+    same = _policy(AUTO_ALL_FIELD_UPDATES)
+    policy.decider("auto")  # a cache: not part of what a policy is
+    assert policy == same
+    assert "_deciders" not in repr(policy)
+    assert policy.decider("auto") is policy.decider("auto")
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +23,13 @@ from changegate.core.signing import (
     SigningKey,
     TrustedKey,
     Verifier,
+    _b64,
+    _unb64,
     canonical,
+    dev_keys,
     may_sign,
 )
+from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
 KEYS = {s: SigningKey.generate(f"{s}-1", s) for s in ("policy", "review-api", "detector", "executor")}
@@ -87,6 +92,9 @@ def test_every_way_of_breaking_a_signature_is_refused(make_decision: Callable[..
         ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", False),
         ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", True),
         ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
+        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.EXPIRED, "system", False),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "human", False),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "system", False),
         ("executor", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
     ],
 )
@@ -152,3 +160,86 @@ def test_keys_generate_writes_a_folder_per_service_keeps_them_and_rotates(tmp_pa
     assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-b:")
     trusted = json.loads((tmp_path / "executor" / "changegate_trusted_keys").read_text())
     assert {"policy-a", "policy-b"} <= set(trusted)  # messages signed before the rotation still verify
+
+
+def _refusals(event_type: str, reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "changegate_signature_refusals_total", {"event_type": event_type, "reason": reason}
+    )
+    return value or 0.0
+
+
+def test_each_refusal_is_counted_by_event_type_and_reason(
+    make_decision: Callable[..., Decision], make_execution: Callable[..., Execution]
+) -> None:
+    decision = make_decision()
+    before = _refusals("decision", "unsigned")
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(decision)
+    assert (info.value.reason, info.value.detail) == ("unsigned", "no signature")
+    assert _refusals("decision", "unsigned") == before + 1
+
+    tampered = KEYS["policy"].sign(decision).model_copy(update={"explanation": "x"})
+    before = _refusals("decision", "bad_signature")
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(tampered)
+    assert info.value.detail == "the signature does not match the content"
+    assert _refusals("decision", "bad_signature") == before + 1
+
+    by_detector = KEYS["detector"].sign(decision)  # the detector may only supersede
+    before = _refusals("decision", "signer_not_allowed")
+    _refused("signer_not_allowed", lambda: VERIFIER.decision(by_detector))
+    assert _refusals("decision", "signer_not_allowed") == before + 1
+
+    execution = make_execution(decision=KEYS["policy"].sign(decision))
+    before = _refusals("execution", "unsigned")
+    _refused("unsigned", lambda: VERIFIER.execution(execution))
+    assert _refusals("execution", "unsigned") == before + 1
+    before = _refusals("execution", "signer_not_allowed")
+    _refused("signer_not_allowed", lambda: VERIFIER.execution(KEYS["policy"].sign(execution)))
+    assert _refusals("execution", "signer_not_allowed") == before + 1
+
+
+@pytest.mark.parametrize("size", range(70))
+def test_keys_and_signatures_survive_base64url_without_padding(size: int) -> None:
+    data = bytes(range(size))
+    assert _unb64(_b64(data)) == data
+    assert "=" not in _b64(data)
+
+
+def test_a_signing_key_cannot_be_altered() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        KEYS["policy"].signer = "review-api"  # type: ignore[misc]
+
+
+def test_a_signature_names_its_key_and_signer(make_decision: Callable[..., Decision]) -> None:
+    signed = KEYS["detector"].sign(make_decision())
+    assert signed.signature is not None
+    assert (signed.signature.key_id, signed.signature.signer) == ("detector-1", "detector")
+    assert signed.model_copy(update={"signature": None}) == make_decision()
+
+
+def test_a_signing_key_needs_an_id_and_a_separator() -> None:
+    for text in (":c2VlZA", "", "just-an-id"):
+        with pytest.raises(ValueError, match=r"^a signing key is '<key id>:<seed, base64url>'$"):
+            SigningKey.parse(text, "policy")
+
+
+def test_dev_keys_give_every_signer_a_trusted_key(make_decision: Callable[..., Decision]) -> None:
+    settings, trusted = dev_keys()
+    assert set(settings) == {"policy", "review-api", "detector", "executor"}
+    assert set(trusted) == {"policy-dev", "review-api-dev", "detector-dev", "executor-dev"}
+    assert {k: t.signer for k, t in trusted.items()} == {f"{s}-dev": s for s in settings}
+    key = SigningKey.parse(settings["policy"], "policy")
+    assert key.key_id == "policy-dev"
+    assert Verifier(trusted).decision(key.sign(make_decision())) == "policy"
+    assert set(dev_keys("x")[1]) == {"policy-x", "review-api-x", "detector-x", "executor-x"}
+
+
+def test_an_executions_decision_must_be_one_its_signer_may_make(
+    make_execution: Callable[..., Execution], make_decision: Callable[..., Decision]
+) -> None:
+    approval = make_decision(outcome=DecisionOutcome.APPROVED, decided_by=HUMAN)
+    by_detector = KEYS["detector"].sign(approval)  # the detector may only supersede
+    execution = KEYS["executor"].sign(make_execution(decision=by_detector))
+    _refused("signer_not_allowed", lambda: VERIFIER.execution(execution))

@@ -51,8 +51,8 @@ class VerifyReport:
     ok: bool
     rows: int
     problems: list[str]
-    head_seq: int = 0
-    head_hash: str = GENESIS
+    head_seq: int
+    head_hash: str
 
 
 async def verify(conn: Queryable, expect_head: tuple[int, str] | None = None) -> VerifyReport:

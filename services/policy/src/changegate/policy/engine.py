@@ -114,6 +114,6 @@ class Policy:
             text += f", confidence {p.confidence:.2f} ≥ {rule.when.min_confidence:.2f}"
         elif rule.when.max_confidence is not None:
             text += f", confidence {p.confidence:.2f} ≤ {rule.when.max_confidence:.2f}"
-        if rule.action is Action.REJECT and rule.reason:
+        if rule.action is Action.REJECT:
             text += f" ({rule.reason})"
         return text

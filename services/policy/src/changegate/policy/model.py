@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from changegate.core.contracts import ObjectType, Proposal, ProposalKind, Trigger
 from changegate.core.contracts.base import PropertyValue, is_empty
@@ -131,8 +132,8 @@ class Condition(_Strict):
         return why
 
 
-def _names(values: list[Any]) -> list[str]:
-    return [str(getattr(v, "value", v)) for v in values]
+def _names(values: Sequence[StrEnum]) -> list[str]:
+    return [str(v) for v in values]
 
 
 def evidence_flags(p: Proposal) -> set[str]:
@@ -187,6 +188,8 @@ class Rule(_Strict):
                 )
         if self.action is Action.REJECT and not self.reason:
             raise ValueError("a reject rule needs a reason")
+        if self.reason is not None and self.action is not Action.REJECT:
+            raise ValueError("a reason applies to reject rules only")
         if self.review is not None and self.action is not Action.REVIEW:
             raise ValueError("review options apply to review rules only")
         return self

@@ -36,7 +36,9 @@ class ComparisonLevel(_Frozen):
     u_probability: float = Field(gt=0, le=1)
     tf_adjustment_column: str | None = None
     tf_adjustment_weight: float = Field(1.0, ge=0, le=1)
-    disable_tf_exact_match_detection: bool = True
+    # Splink's other TF semantics (an exact-match level inferred from the column) are not
+    # implemented: a model asking for them would be scored wrongly, so it is refused.
+    disable_tf_exact_match_detection: Literal[True] = True
 
 
 class Comparison(_Frozen):

@@ -30,11 +30,12 @@ class _TfLevel:
 
 
 def probability(total: float, prior_log_odds: float) -> float:
-    """Logistic in base 2, safe for very large or very small scores."""
+    """Logistic in base 2, safe for very large or very small scores: the power taken is never
+    above 1, so it can only underflow (to 0.0, quietly), never overflow."""
     x = float(total + prior_log_odds)
     if x >= 0:
-        return 1.0 / (1.0 + math.pow(2.0, -x)) if x < 1024 else 1.0
-    e = math.pow(2.0, x) if x > -1074 else 0.0
+        return 1.0 / (1.0 + math.pow(2.0, -x))
+    e = math.pow(2.0, x)
     return e / (1.0 + e)
 
 

@@ -5,7 +5,8 @@
 - strings compare after trimming surrounding whitespace; an email compares case-insensitively;
 - numbers compare by value, whatever their form: 250, 250.0, "250", "250.00" and "2.5e2" are the
   same (HubSpot returns every property as a string);
-- booleans: true/false match "true"/"false" (any case), as HubSpot returns them;
+- booleans: true/false match "true"/"false" (any case), as HubSpot returns them, and nothing else
+  (true is not 1: a conflict goes back to a reviewer rather than guessing);
 - anything else compares as written.
 """
 
@@ -20,8 +21,7 @@ CASE_INSENSITIVE_FIELDS = frozenset({"email", "work_email", "hs_additional_email
 
 
 def _number(value: PropertyValue) -> Decimal | None:
-    if isinstance(value, bool):
-        return None
+    # Never a bool here: ``same`` settles booleans first.
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
@@ -50,7 +50,7 @@ def same(field: str, a: PropertyValue, b: PropertyValue) -> bool:
     if is_empty(a) or is_empty(b):
         return is_empty(a) and is_empty(b)
     x, y = _boolean(a), _boolean(b)
-    if x is not None and y is not None:
+    if x is not None or y is not None:
         return x == y
     m, n = _number(a), _number(b)
     if m is not None and n is not None:
