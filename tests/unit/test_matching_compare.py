@@ -638,7 +638,11 @@ def test_a_similar_mailbox_is_one_typo_away(a: str, b: str, level: str) -> None:
         ("18 aspinall rtreet", "18 aspinall st", SIMILAR),  # a typo in the street type
         ("24 caldwellstreet", "24 caldwell st", SIMILAR),  # a space left out
         ("strehlow pl", "6 strehlowplace", SIMILAR),  # the house number missing on one side
-        ("18 aspinall rtreet", "81 aspinall st", DISAGREE),  # another house
+        ("18 aspinall rtreet", "19 aspinall st", DISAGREE),  # another house
+        ("153 rosebery gstreet", "135 rosebery st", SIMILAR),  # the number's digits swapped
+        ("116 alawa atreet", "116 alawa st", SIMILAR),  # the street type mistyped
+        ("116 alawa atreet", "118 alawa st", DISAGREE),
+        ("12 park rd", "12 park ave", DISAGREE),  # a short name with another type
         ("18 aspinall st", "18 dampier cres", DISAGREE),
     ],
 )
@@ -661,3 +665,10 @@ def test_a_town_with_a_space_typed_in_is_similar() -> None:
 )
 def test_postcodes_one_typo_apart_are_partial(a: str, b: str, level: str) -> None:
     assert cmp.postcode(a, b) == level
+
+
+def test_on_the_same_street_a_place_one_typo_away_is_the_same_place() -> None:
+    a = contact(address="4 Tauss Pl", city="Lilydake", zip="6120")
+    assert cmp.address(a, contact(address="4 Tauss Place", city="Lilydale", zip="6102")) == EXACT
+    assert cmp.address(a, contact(address="4 Tauss Place", city="Perth", zip="6102")) == EXACT
+    assert cmp.address(a, contact(address="4 Tauss Place", city="Perth", zip="7000")) == cmp.STREET

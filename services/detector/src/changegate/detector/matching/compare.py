@@ -34,6 +34,7 @@ FIRST_SIMILAR_JW = 0.9
 TEXT_SIMILAR_JW = 0.9
 COMPANY_SIMILAR_RATIO = 90
 STREET_SIMILAR_RATIO = 85
+MIN_STREET_WORD = 5  # "12 park rd" and "12 park ave" may be two streets: a short name is common
 MIN_MAILBOX_NAME = 4  # "info@", "bob@" at two domains say nothing
 
 
@@ -171,8 +172,21 @@ def street(a: str, b: str) -> str | None:
     if token_sort_ratio(a, b) >= STREET_SIMILAR_RATIO:
         return SIMILAR
     (number_a, name_a), (number_b, name_b) = _house_number(a), _house_number(b)
-    same_number = number_a == number_b or not number_a or not number_b
-    if same_number and name_a and name_b and _jw(_squeezed(name_a), _squeezed(name_b)) >= TEXT_SIMILAR_JW:
+    if not name_a or not name_b:
+        return DISAGREE
+    # the same house, its number missing on one side or its digits swapped ("153", "135")
+    same_number = not number_a or not number_b or sorted(number_a) == sorted(number_b)
+    if same_number and _jw(_squeezed(name_a), _squeezed(name_b)) >= TEXT_SIMILAR_JW:
+        return SIMILAR
+    # the same number and street name, its type mistyped ("alawa atreet", "alawa st")
+    words_a, words_b = name_a.split(), name_b.split()
+    if (
+        number_a
+        and number_a == number_b
+        and len(words_a) <= 2 >= len(words_b)
+        and words_a[0] == words_b[0]
+        and len(words_a[0]) >= MIN_STREET_WORD
+    ):
         return SIMILAR
     return DISAGREE
 
@@ -216,9 +230,10 @@ def address(a: Features, b: Features) -> str | None:
         return None
     on_street = street(a.street, b.street) in (EXACT, SIMILAR)
     by_city, by_postcode = city(a.city, b.city), postcode(a.postcode, b.postcode)
-    in_place = EXACT in (by_city, by_postcode)
+    # On the same street, a town or postcode one typo away is the same place.
+    in_place = EXACT in (by_city, by_postcode) or by_city == SIMILAR or by_postcode == PARTIAL
     if on_street:
-        return EXACT if in_place else STREET  # STREET: the place mistyped, missing or changed
+        return EXACT if in_place else STREET  # STREET: the place missing or changed
     if by_city == EXACT:
         return CITY  # another or unknown street in the same town (term frequencies: how big a town)
     if by_postcode == EXACT:
