@@ -186,3 +186,35 @@ def test_features_survive_the_packing() -> None:
     assert kept.phone == f.phone
     assert kept.last_sound == f.last_sound
     assert index.features("missing") is None
+
+
+def test_typo_tolerant_keys_survive_damage_to_names_place_and_street_at_once() -> None:
+    """Postal records (no email, no phone) with a name replaced, the street type mistyped or run
+    together and the postcode's digits swapped still share a key: the street name's and the
+    town's first letters, or the sound of a name with the house number."""
+    base = {
+        "firstname": "Alice",
+        "lastname": "Riding",
+        "address": "18 Aspinall Street",
+        "city": "Maryborough",
+    }
+    assert share(
+        {**base, "zip": "2448"},
+        {
+            "firstname": "Alicia",
+            "lastname": "Exclel",
+            "address": "18 aspinallrtreet",
+            "city": "Marybourgh",
+            "zip": "2484",
+        },
+    ) == {"contact:street+town:aspi|mary"}  # no key before these
+    assert "contact:sound+number:RTNK|18" in share(
+        {**base, "zip": "2448"},
+        {
+            "firstname": "Alyce",
+            "lastname": "Ridding",
+            "address": "18 Aspinal Place",
+            "city": "Marybrough",
+            "zip": "2484",
+        },
+    )

@@ -613,3 +613,62 @@ def test_a_swap_is_taken_only_when_its_levels_rank_strictly_higher(
     fa = contact(firstname=a[0], lastname=a[1])
     fb = contact(firstname=b[0], lastname=b[1])
     assert cmp.names(fa, fb) == expected
+
+
+# --- typo tolerance: one edit, spaces, house numbers ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "level"),
+    [
+        ("jane.doe@acme.com", "jane.deo@acme.com", SIMILAR),  # neighbours swapped: one edit
+        ("margaretc@acme.com", "margaret@acme.com", SIMILAR),  # one character dropped
+        ("giuliad@acme.com", "giulia.dubois@acme.com", DISAGREE),  # another mailbox style
+        ("emily.hernandez19@x.com", "emily.hernandez40@x.com", DISAGREE),  # numbered apart
+        ("emily.hernandez1@x.com", "emily.hernandez7@x.com", DISAGREE),  # one edit, but a digit
+    ],
+)
+def test_a_similar_mailbox_is_one_typo_away(a: str, b: str, level: str) -> None:
+    assert cmp.email_level(contact(email=a), contact(email=b), named=True) == level
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "level"),
+    [
+        ("18 aspinall rtreet", "18 aspinall st", SIMILAR),  # a typo in the street type
+        ("24 caldwellstreet", "24 caldwell st", SIMILAR),  # a space left out
+        ("strehlow pl", "6 strehlowplace", SIMILAR),  # the house number missing on one side
+        ("18 aspinall rtreet", "19 aspinall st", DISAGREE),  # another house
+        ("153 rosebery gstreet", "135 rosebery st", SIMILAR),  # the number's digits swapped
+        ("116 alawa atreet", "116 alawa st", SIMILAR),  # the street type mistyped
+        ("116 alawa atreet", "118 alawa st", DISAGREE),
+        ("12 park rd", "12 park ave", DISAGREE),  # a short name with another type
+        ("18 aspinall st", "18 dampier cres", DISAGREE),
+    ],
+)
+def test_street_names_close_once_spaces_are_ignored(a: str, b: str, level: str) -> None:
+    assert cmp.street(a, b) == level
+
+
+def test_a_town_with_a_space_typed_in_is_similar() -> None:
+    assert cmp.city("tatu ra", "tatura") == SIMILAR
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "level"),
+    [
+        ("4305", "4350", PARTIAL),
+        ("2098", "2089", PARTIAL),
+        ("3249", "3294", PARTIAL),
+        ("3249", "3924", DISAGREE),
+    ],
+)
+def test_postcodes_one_typo_apart_are_partial(a: str, b: str, level: str) -> None:
+    assert cmp.postcode(a, b) == level
+
+
+def test_on_the_same_street_a_place_one_typo_away_is_the_same_place() -> None:
+    a = contact(address="4 Tauss Pl", city="Lilydake", zip="6120")
+    assert cmp.address(a, contact(address="4 Tauss Place", city="Lilydale", zip="6102")) == EXACT
+    assert cmp.address(a, contact(address="4 Tauss Place", city="Perth", zip="6102")) == EXACT
+    assert cmp.address(a, contact(address="4 Tauss Place", city="Perth", zip="7000")) == cmp.STREET

@@ -13,10 +13,12 @@ from changegate.detector.matching.normalize import Features, features
 from changegate.detector.matching.scoring import Scorer
 from changegate.detector.matching.training import (
     M_FLOOR,
+    U_MATCH_SHARE_MAX,
     TrainingOptions,
     build_model,
     term_frequencies,
     train,
+    without_matches,
 )
 
 FIRST_NAMES = 200  # drawn uniformly: u(first name exact) = 1/200
@@ -148,3 +150,24 @@ def test_training_refuses_a_snapshot_of_one_record() -> None:
 
 def test_every_comparison_is_trainable() -> None:
     assert all(spec.columns for spec in COMPARISONS)
+
+
+def test_u_without_the_matches_among_random_pairs() -> None:
+    """u_observed = prior * m + (1 - prior) * u: the matches' share is taken out, by at most
+    U_MATCH_SHARE_MAX and never below the floor."""
+    params: dict[str, dict[str, tuple[float | None, float | None]]] = {
+        "last_name": {"exact": (0.8, 0.001), "similar": (0.1, 1e-4), "disagree": (0.1, 0.999)},
+    }
+    model = build_model(params, {}, 1e-4, u_floor=1e-6, version="v", training={})
+    corrected = without_matches(model, 1e-4, u_floor=1e-6)
+    levels = {lvl.label_for_charts: lvl.u_probability for lvl in corrected.comparisons[0].comparison_levels}
+    assert levels["exact"] == pytest.approx((0.001 - 1e-4 * 0.8) / (1 - 1e-4))
+    assert levels["similar"] == pytest.approx((1e-4 - 1e-5) / (1 - 1e-4))
+    assert levels["disagree"] == pytest.approx((0.999 - 1e-5) / (1 - 1e-4))
+    assert corrected.probability_two_random_records_match == 1e-4
+    # a level matches alone would explain: lowered by U_MATCH_SHARE_MAX at most
+    capped = without_matches(model, 1.2e-3, u_floor=1e-6)
+    exact = capped.comparisons[0].comparison_levels[0]
+    assert exact.u_probability == pytest.approx(0.001 / U_MATCH_SHARE_MAX)
+    floored = without_matches(model, 1.2e-3, u_floor=1e-3)
+    assert floored.comparisons[0].comparison_levels[0].u_probability == 1e-3

@@ -8,6 +8,9 @@ of records, never by a whole domain or a common surname alone:
   name; phone; first + last name; their sounds (metaphone, order-free: survives most typos and
   swapped names); last name + postcode; first name + postcode (a typo in the surname); initial +
   sound of the last name + street number (a wrong postcode or first name); name + company;
+  typo-tolerant keys: the first letters of the street name and of the town (a typo later in
+  either, a space typed in or left out, another house number); the sound of a name with the
+  house number (a typo in the name and in the place);
 - companies: domain, name, first word of the name + postcode, phone.
 
 Keys carry the object type, so contacts and companies never meet. A key held by more than
@@ -25,6 +28,8 @@ MAX_KEY_LENGTH = 200
 # A key more records share than this is too common to block on (like a city alone): it is skipped
 # at lookup, so the candidates of one event stay bounded whatever the CRM's size.
 MAX_RECORDS_PER_KEY = 20
+# Prefix length of the street name and the town in their typo-tolerant key.
+PREFIX = 4
 # An event is compared with at most this many records: those sharing the most keys with it (the
 # newest first on a tie). It bounds the cost of the worst events, not only of the average one.
 MAX_CANDIDATES = 16
@@ -65,6 +70,12 @@ def blocking_keys(f: Features) -> set[str]:
             keys.add(f"{t}:number+{place}:{number}|{value}")
     if f.street:
         keys.update(f"{t}:name+street:{n}|{f.street}" for n in names)
+        street_name = f.street.removeprefix(number).replace(" ", "")
+        town = f.city.replace(" ", "")
+        if street_name and town:
+            keys.add(f"{t}:street+town:{street_name[:PREFIX]}|{town[:PREFIX]}")
+    if number:
+        keys.update(f"{t}:sound+number:{s}|{number}" for s in {f.first_sound, f.last_sound} if s)
     if f.object_type == "company":
         if f.domain:
             keys.add(f"{t}:domain:{f.domain}")

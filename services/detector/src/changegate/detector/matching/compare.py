@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from changegate.detector.matching.normalize import Features, name_variants
-from rapidfuzz.distance import JaroWinkler
+from rapidfuzz.distance import OSA, JaroWinkler
 from rapidfuzz.fuzz import token_set_ratio, token_sort_ratio
 
 EXACT, NICKNAME, SIMILAR, PHONETIC, PARTIAL, DISAGREE = (
@@ -34,11 +34,27 @@ FIRST_SIMILAR_JW = 0.9
 TEXT_SIMILAR_JW = 0.9
 COMPANY_SIMILAR_RATIO = 90
 STREET_SIMILAR_RATIO = 85
+MIN_STREET_WORD = 5  # "12 park rd" and "12 park ave" may be two streets: a short name is common
 MIN_MAILBOX_NAME = 4  # "info@", "bob@" at two domains say nothing
 
 
 def _jw(a: str, b: str) -> float:
     return JaroWinkler.similarity(a, b)
+
+
+def _squeezed(text: str) -> str:
+    """Without spaces: a space typed in or left out ("caldwell st", "caldwellst") changes nothing."""
+    return text.replace(" ", "")
+
+
+def _one_edit(a: str, b: str) -> bool:
+    """At most one typo apart (Damerau-Levenshtein, optimal string alignment): a character
+    inserted, dropped, replaced, or two neighbours swapped."""
+    return OSA.distance(a, b, score_cutoff=1) <= 1
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
 
 
 def first_name(a: str, b: str, sound_a: str = "", sound_b: str = "") -> str | None:
@@ -102,9 +118,13 @@ def email_level(a: Features, b: Features, named: bool) -> str | None:
         return None
     if a.email == b.email:
         return EXACT
-    if a.email_domain == b.email_domain and _jw(a.email_local, b.email_local) >= TEXT_SIMILAR_JW:
-        # A typo when the names agree; otherwise colleagues' mailboxes (jessicas@ and jessicad@).
-        return SIMILAR if named else DISAGREE
+    la, lb = a.email_local, b.email_local
+    if a.email_domain == b.email_domain and _jw(la, lb) >= TEXT_SIMILAR_JW:
+        # One typo, when the names agree; otherwise colleagues' mailboxes (jessicas@ and jessicad@).
+        # Mailboxes further apart (jsmith@, john.smith@) or numbered apart (jane.doe19@,
+        # jane.doe40@) are different mailboxes, of namesakes as often as of one person.
+        typo = _one_edit(la, lb) and _digits(la) == _digits(lb)
+        return SIMILAR if named and typo else DISAGREE
     if a.email_local == b.email_local and len(a.email_local) >= MIN_MAILBOX_NAME:
         return NAMED_PARTIAL if named else PARTIAL  # the same mailbox name at another domain
     return DISAGREE
@@ -136,12 +156,39 @@ def exact_only(a: str, b: str) -> str | None:
     return EXACT if a == b else DISAGREE
 
 
+def _house_number(text: str) -> tuple[str, str]:
+    """("12", "main st") from "12 main st"; ("", text) without a leading number."""
+    head, _, rest = text.partition(" ")
+    return (head, rest) if head[:1].isdigit() else ("", text)
+
+
 def street(a: str, b: str) -> str | None:
+    """Similar: close as words (in any order), or the same house number (or one missing) on a
+    street name that is close once spaces are ignored ("18 aspinall rtreet", "18 aspinall st")."""
     if not a or not b:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if token_sort_ratio(a, b) >= STREET_SIMILAR_RATIO else DISAGREE
+    if token_sort_ratio(a, b) >= STREET_SIMILAR_RATIO:
+        return SIMILAR
+    (number_a, name_a), (number_b, name_b) = _house_number(a), _house_number(b)
+    if not name_a or not name_b:
+        return DISAGREE
+    # the same house, its number missing on one side or its digits swapped ("153", "135")
+    same_number = not number_a or not number_b or sorted(number_a) == sorted(number_b)
+    if same_number and _jw(_squeezed(name_a), _squeezed(name_b)) >= TEXT_SIMILAR_JW:
+        return SIMILAR
+    # the same number and street name, its type mistyped ("alawa atreet", "alawa st")
+    words_a, words_b = name_a.split(), name_b.split()
+    if (
+        number_a
+        and number_a == number_b
+        and len(words_a) <= 2 >= len(words_b)
+        and words_a[0] == words_b[0]
+        and len(words_a[0]) >= MIN_STREET_WORD
+    ):
+        return SIMILAR
+    return DISAGREE
 
 
 def city(a: str, b: str) -> str | None:
@@ -149,15 +196,16 @@ def city(a: str, b: str) -> str | None:
         return None
     if a == b:
         return EXACT
-    return SIMILAR if _jw(a, b) >= TEXT_SIMILAR_JW else DISAGREE
+    return SIMILAR if _jw(_squeezed(a), _squeezed(b)) >= TEXT_SIMILAR_JW else DISAGREE
 
 
 def postcode(a: str, b: str) -> str | None:
+    """Partial: the same area (first three characters) or one typo apart (digits swapped)."""
     if not a or not b:
         return None
     if a == b:
         return EXACT
-    return PARTIAL if a[:3] == b[:3] else DISAGREE
+    return PARTIAL if a[:3] == b[:3] or _one_edit(a, b) else DISAGREE
 
 
 def web_domain(a: Features, b: Features) -> str | None:
@@ -182,9 +230,10 @@ def address(a: Features, b: Features) -> str | None:
         return None
     on_street = street(a.street, b.street) in (EXACT, SIMILAR)
     by_city, by_postcode = city(a.city, b.city), postcode(a.postcode, b.postcode)
-    in_place = EXACT in (by_city, by_postcode)
+    # On the same street, a town or postcode one typo away is the same place.
+    in_place = EXACT in (by_city, by_postcode) or by_city == SIMILAR or by_postcode == PARTIAL
     if on_street:
-        return EXACT if in_place else STREET  # STREET: the place mistyped, missing or changed
+        return EXACT if in_place else STREET  # STREET: the place missing or changed
     if by_city == EXACT:
         return CITY  # another or unknown street in the same town (term frequencies: how big a town)
     if by_postcode == EXACT:

@@ -1,7 +1,9 @@
 """Unsupervised estimation of the duplicate finder's model from a CRM snapshot, with Splink.
 
 - **u** from random record pairs (Splink's ``estimate_u_using_random_sampling``): among random
-  pairs nearly all are different people, so level shares there are the non-match shares;
+  pairs nearly all are different people, so level shares there are the non-match shares - once
+  the few matches among them are taken out (``without_matches``: where duplicates are dense,
+  they are much of what a rare level such as the same address counts);
 - **m** by expectation-maximisation (Splink's EM), one session per blocking rule; a session does
   not estimate the comparisons its rule reads (their levels are forced by the rule), and Splink
   averages each m over the sessions that estimated it;
@@ -51,6 +53,10 @@ MIN_SESSION_PAIRS = 200
 PRIOR_SAMPLE = 20_000
 M_FLOOR = 0.001
 PRIOR_ITERATIONS = 50
+# u is corrected for the matches among random pairs (``without_matches``) with the prior, which
+# depends on u: a few rounds of the two reach their fixed point.
+U_CORRECTION_ROUNDS = 3
+U_MATCH_SHARE_MAX = 8.0
 FEATURE_COLUMNS: tuple[str, ...] = tuple(
     sorted(
         {c for s in COMPARISONS for c in s.columns}
@@ -235,18 +241,25 @@ def candidate_pairs(records: Sequence[Features], sample: Iterable[int]) -> Itera
         yield from ((i, j) for j in select_candidates(holders))
 
 
-def estimate_prior(model: MatchModel, records: Sequence[Features], seed: int) -> tuple[float, int]:
-    """The prior as the fixed point of lambda = E[matches among candidate pairs] / all pairs.
-    Returns it and the number of candidate pairs it was computed on."""
+def _candidate_comparisons(
+    records: Sequence[Features], seed: int
+) -> tuple[list[tuple[dict[str, str], Features, Features]], float]:
+    """The levels of the candidate pairs of a sample of records (compared once, scored under each
+    model of the fixed point), and the factor from the sample to all records' candidate pairs."""
     n = len(records)
     rng = random.Random(seed)
     sample = rng.sample(range(n), min(n, PRIOR_SAMPLE))
-    scorer = Scorer(model)
-    totals = [
-        scorer.score(compare(records[i], records[j]), records[i], records[j]).total
-        for i, j in candidate_pairs(records, sample)
+    pairs = [
+        (compare(records[i], records[j]), records[i], records[j]) for i, j in candidate_pairs(records, sample)
     ]
-    scale = n / (2 * len(sample))  # each pair is found from either end, and only sampled ends look
+    return pairs, n / (2 * len(sample))  # each pair is found from either end, and only sampled ends look
+
+
+def _prior(
+    model: MatchModel, pairs: Sequence[tuple[dict[str, str], Features, Features]], scale: float, n: int
+) -> float:
+    scorer = Scorer(model)
+    totals = [scorer.score(levels, a, b).total for levels, a, b in pairs]
     all_pairs = n * (n - 1) / 2
     lam = model.probability_two_random_records_match
     for _ in range(PRIOR_ITERATIONS):
@@ -257,7 +270,35 @@ def estimate_prior(model: MatchModel, records: Sequence[Features], seed: int) ->
             lam = new
             break
         lam = new
-    return lam, len(totals)
+    return lam
+
+
+def estimate_prior(model: MatchModel, records: Sequence[Features], seed: int) -> tuple[float, int]:
+    """The prior as the fixed point of lambda = E[matches among candidate pairs] / all pairs.
+    Returns it and the number of candidate pairs it was computed on."""
+    pairs, scale = _candidate_comparisons(records, seed)
+    return _prior(model, pairs, scale, len(records)), len(pairs)
+
+
+def without_matches(model: MatchModel, prior: float, u_floor: float) -> MatchModel:
+    """u with the matches among the random pairs taken out. Random pairs are a mixture, a share
+    ``prior`` of matches (at their levels' m) and the rest non-matches: u_observed = prior * m +
+    (1 - prior) * u. Where duplicates are dense and a level rare (the same address), matches make
+    up much of what random sampling counts, and the level's weight comes out too low. The estimate
+    is noisy when few sampled pairs reach a level, so it is lowered by at most ``U_MATCH_SHARE_MAX``."""
+    comparisons = []
+    for comparison in model.comparisons:
+        levels = []
+        for level in comparison.comparison_levels:
+            u = level.u_probability
+            corrected = (u - prior * level.m_probability) / (1 - prior)
+            levels.append(
+                level.model_copy(update={"u_probability": max(corrected, u / U_MATCH_SHARE_MAX, u_floor)})
+            )
+        comparisons.append(comparison.model_copy(update={"comparison_levels": levels}))
+    return model.model_copy(
+        update={"comparisons": comparisons, "probability_two_random_records_match": prior}
+    )
 
 
 def train(records: Sequence[Features], options: TrainingOptions, step: Step = lambda _: None) -> MatchModel:
@@ -269,7 +310,9 @@ def train(records: Sequence[Features], options: TrainingOptions, step: Step = la
     trained_at = datetime.now(UTC).replace(microsecond=0)
     version = options.model_version or f"trained-{trained_at:%Y%m%dT%H%M%SZ}"
     training = {
-        "method": "splink: u from random pairs, m by EM; prior by fixed point over blocked pairs",
+        "method": (
+            "splink: u from random pairs less their matches, m by EM; prior by fixed point over blocked pairs"
+        ),
         "trained_at": trained_at.isoformat(),
         "records": len(records),
         "u_pairs": options.u_pairs,
@@ -280,11 +323,15 @@ def train(records: Sequence[Features], options: TrainingOptions, step: Step = la
     }
     u_floor = 1 / options.u_pairs
     model = build_model(params, tfs, 1e-4, u_floor=u_floor, version=version, training=training)
-    step("prior over blocked candidate pairs")
-    prior, pairs = estimate_prior(model, records, options.seed)
+    step("prior over blocked candidate pairs; u without the matches among random pairs")
+    pairs, scale = _candidate_comparisons(records, options.seed)
+    sampled = model
+    for _ in range(U_CORRECTION_ROUNDS):
+        model = without_matches(sampled, _prior(model, pairs, scale, len(records)), u_floor)
+    prior = _prior(model, pairs, scale, len(records))
     return model.model_copy(
         update={
             "probability_two_random_records_match": prior,
-            "training": {**training, "prior_candidate_pairs": pairs},
+            "training": {**training, "prior_candidate_pairs": len(pairs)},
         }
     )
