@@ -11,7 +11,9 @@ import time
 from typing import Any
 
 import schemathesis
-from changegate.ingest.hubspot import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_v3
+from changegate.ingest.signatures import HUBSPOT_SIGNATURE_HEADER as SIGNATURE_HEADER
+from changegate.ingest.signatures import HUBSPOT_TIMESTAMP_HEADER as TIMESTAMP_HEADER
+from changegate.ingest.signatures import hubspot_signature_v3 as signature_v3
 from changegate.ingest.sources import load_sources
 
 BASE_URL = os.environ.get("CHANGEGATE_FUZZ_BASE_URL", "")

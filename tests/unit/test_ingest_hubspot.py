@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from changegate.core.contracts import CrmEventKind, ObjectType
-from changegate.ingest import hubspot
+from changegate.ingest import hubspot, signatures
 from changegate.ingest.refusals import PayloadError, SignatureError
 
 SECRET = "f3c2a1b0-9e8d-4c7b-a6f5-e4d3c2b1a090"
@@ -25,7 +25,7 @@ def v3(method: str, uri: str, body: bytes, timestamp: str, secret: str = SECRET)
 
 
 def verify(body: bytes, signature: str | None, timestamp: str | None, uri: str = URI) -> None:
-    hubspot.verify_v3(SECRET, "POST", uri, body, signature, timestamp, NOW_MS, 300)
+    signatures.verify_hubspot_v3(SECRET, "POST", uri, body, signature, timestamp, NOW_MS, 300)
 
 
 # HubSpot's documented example batch (Webhooks API): a property change and a creation.

@@ -164,11 +164,15 @@ class WebhookSender:
     def headers(self, delivery: Delivery, url: str) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if delivery.source == "hubspot":
-            from changegate.ingest.hubspot import SIGNATURE_HEADER, TIMESTAMP_HEADER, signature_v3
+            from changegate.ingest import signatures
 
             stamp = str(int(time.time() * 1000))
-            signature = signature_v3(self.hubspot_secret, "POST", url, delivery.body, stamp)
-            return headers | {SIGNATURE_HEADER: signature, TIMESTAMP_HEADER: stamp}
+            secret, body = self.hubspot_secret, delivery.body
+            signature = signatures.hubspot_signature_v3(secret, "POST", url, body, stamp)
+            return headers | {
+                signatures.HUBSPOT_SIGNATURE_HEADER: signature,
+                signatures.HUBSPOT_TIMESTAMP_HEADER: stamp,
+            }
         return headers | self.sources[delivery.source].sign(delivery.body, time.time())
 
     async def send(self, event: CrmEvent) -> None:

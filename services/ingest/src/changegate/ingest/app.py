@@ -30,6 +30,11 @@ from changegate.ingest import hubspot, metrics
 from changegate.ingest.produce import SERVICE, Publisher
 from changegate.ingest.refusals import NotFoundError, PayloadError, RefusedError, SignatureError
 from changegate.ingest.settings import IngestSettings
+from changegate.ingest.signatures import (
+    HUBSPOT_SIGNATURE_HEADER,
+    HUBSPOT_TIMESTAMP_HEADER,
+    verify_hubspot_v3,
+)
 from changegate.ingest.sources import Source, SourcesFileError, load_sources
 from fastapi import FastAPI, Request
 from fastapi import Path as PathParam
@@ -213,8 +218,8 @@ def build_app(
         summary="HubSpot webhook events (signature v3)",
         description="Contacts and companies: creation, restore, propertyChange, deletion, privacyDeletion, "
         "merge, and a contact's primary company associationChange (as its associatedcompanyid); other "
-        f"types are acknowledged, not produced. Signed with {hubspot.SIGNATURE_HEADER} and "
-        f"{hubspot.TIMESTAMP_HEADER} (HMAC-SHA256 with the app's client secret over method + URI + body + "
+        f"types are acknowledged, not produced. Signed with {HUBSPOT_SIGNATURE_HEADER} and "
+        f"{HUBSPOT_TIMESTAMP_HEADER} (HMAC-SHA256 with the app's client secret over method + URI + body + "
         "timestamp); a timestamp more than 5 minutes from now is refused.",
         response_model=Accepted,
         responses=ERRORS,
@@ -225,18 +230,18 @@ def build_app(
             raise NotFoundError("unknown_source", "HubSpot webhooks are not configured here")
         body = await request.body()
         try:
-            hubspot.verify_v3(
+            verify_hubspot_v3(
                 secret.get_secret_value(),
                 request.method,
                 full_uri(request, base_url),
                 body,
-                request.headers.get(hubspot.SIGNATURE_HEADER),
-                request.headers.get(hubspot.TIMESTAMP_HEADER),
+                request.headers.get(HUBSPOT_SIGNATURE_HEADER),
+                request.headers.get(HUBSPOT_TIMESTAMP_HEADER),
                 int(time.time() * 1000),
                 settings.hubspot_max_age_seconds,
             )
         except SignatureError as exc:
-            realm = f'HubSpot-Signature-v3 realm="changegate-ingest", header="{hubspot.SIGNATURE_HEADER}"'
+            realm = f'HubSpot-Signature-v3 realm="changegate-ingest", header="{HUBSPOT_SIGNATURE_HEADER}"'
             exc.headers["WWW-Authenticate"] = realm
             raise
         mapped = hubspot.to_crm_events(hubspot.parse_batch(parsed(body)), echo_ids)

@@ -1,18 +1,11 @@
-"""HubSpot webhooks: request signature v3, and a batch of webhook events as CrmEvents.
-
-Signature v3 (HubSpot's "Validating requests" page): base64 of HMAC-SHA256 keyed with the app's
-client secret, over the UTF-8 of method + the full URI HubSpot called (with the characters of
-``URI_DECODED`` percent-decoded) + the raw body + the ``X-HubSpot-Request-Timestamp`` header
-(milliseconds since the epoch); a timestamp more than 5 minutes away from now is refused. The event
+"""HubSpot webhooks: a batch of webhook events as CrmEvents (the request signature is checked
+first, by ``signatures.verify_hubspot_v3``). The event
 fields are those of HubSpot's Webhooks API: eventId, portalId, occurredAt, subscriptionType,
 objectId, propertyName/propertyValue, changeSource/sourceId, primaryObjectId/mergedObjectIds/
 newObjectId for merges, fromObjectId/toObjectId/associationType for association changes."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,74 +13,16 @@ from typing import Any
 
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.base import PropertyName, PropertyValue
-from changegate.ingest.refusals import PayloadError, SignatureError
+from changegate.ingest.refusals import PayloadError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 SOURCE = "hubspot"
-SIGNATURE_HEADER = "X-HubSpot-Signature-v3"
-TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
-# HubSpot decodes these percent-encoded characters in the URI before it signs it.
-URI_DECODED = {
-    "%3A": ":",
-    "%2F": "/",
-    "%3F": "?",
-    "%40": "@",
-    "%21": "!",
-    "%24": "$",
-    "%27": "'",
-    "%28": "(",
-    "%29": ")",
-    "%2A": "*",
-    "%2C": ",",
-    "%3B": ";",
-}
 MAX_ID = 2**63 - 1
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 MAX_BATCH = 1000  # HubSpot sends at most 100 events a request; a margin, not an invitation
 # HubSpot's contact property for the primary associated company.
 PRIMARY_COMPANY_PROPERTY = "associatedcompanyid"
-
-
-def signed_uri(uri: str) -> str:
-    for encoded, char in URI_DECODED.items():
-        uri = uri.replace(encoded, char).replace(encoded.lower(), char)
-    return uri
-
-
-def signature_v3(secret: str, method: str, uri: str, body: bytes, timestamp: str) -> str:
-    message = method.upper().encode() + signed_uri(uri).encode() + body + timestamp.encode()
-    return base64.b64encode(hmac.new(secret.encode(), message, hashlib.sha256).digest()).decode()
-
-
-def verify_v3(
-    secret: str,
-    method: str,
-    uri: str,
-    body: bytes,
-    signature: str | None,
-    timestamp: str | None,
-    now_ms: int,
-    max_age_seconds: float,
-) -> None:
-    """Raises SignatureError unless the request carries a valid, fresh v3 signature. The signature
-    is checked before the age, so "stale" is said only of a genuine request (a replay, or late)."""
-    if not signature:
-        raise SignatureError("missing_signature", f"no {SIGNATURE_HEADER} header")
-    if not timestamp:
-        raise SignatureError("missing_timestamp", f"no {TIMESTAMP_HEADER} header")
-    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 16):
-        raise SignatureError("bad_timestamp", f"{TIMESTAMP_HEADER} is not milliseconds since the epoch")
-    expected = signature_v3(secret, method, uri, body, timestamp)
-    if not hmac.compare_digest(expected.encode(), signature.encode("utf-8", "surrogateescape")):
-        raise SignatureError("bad_signature", f"{SIGNATURE_HEADER} does not match the request")
-    age = (now_ms - int(timestamp)) / 1000
-    if abs(age) > max_age_seconds:
-        raise SignatureError(
-            "stale_timestamp",
-            f"{TIMESTAMP_HEADER} is {abs(age):.0f} s {'old' if age > 0 else 'in the future'}: requests "
-            f"more than {max_age_seconds:.0f} s away from now are refused (replay protection)",
-        )
 
 
 class HubSpotEvent(BaseModel):

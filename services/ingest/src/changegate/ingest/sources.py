@@ -17,81 +17,30 @@ checking it must not need the database on the path that answers the sender."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any
 
 import yaml
 from changegate.core.logging import get_logger
 from changegate.ingest.hubspot import SOURCE as HUBSPOT
 from changegate.ingest.mapping import Mapped, MappingSpec
 from changegate.ingest.mapping import Mapping as CompiledMapping
-from changegate.ingest.refusals import SignatureError
 from changegate.ingest.settings import MIN_SECRET_LENGTH
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from changegate.ingest.signatures import BearerAuth, HmacAuth, check_bearer, check_hmac, hmac_digest
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 log = get_logger(__name__)
 
 DEFAULT_SOURCES_FILE = "sources.yaml"
 SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
-EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
-HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9-]{1,100}$")]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class HmacAuth(_Strict):
-    """An HMAC of the raw body (and of a timestamp, when the sender sends one) in a header."""
-
-    type: Literal["hmac"]
-    secret_env: EnvName = Field(description="variable (or secret file) holding the shared secret")
-    header: HeaderName = "X-Changegate-Signature"
-    algorithm: Literal["sha1", "sha256", "sha512"] = "sha256"
-    encoding: Literal["hex", "base64"] = "hex"
-    prefix: str = Field("", max_length=50, description="before the digest in the header, e.g. 'sha256='")
-    timestamp_header: HeaderName | None = Field(None, description="header with the signing time")
-    timestamp_unit: Literal["seconds", "milliseconds"] = "seconds"
-    max_age_seconds: float = Field(300, gt=0, le=86_400, description="older (or further ahead) is refused")
-    signed_payload: str = Field(
-        "{body}",
-        max_length=200,
-        description="what is signed: {body} (the raw body) and, with a timestamp header, {timestamp}, "
-        "e.g. '{timestamp}.{body}'",
-    )
-
-    @model_validator(mode="after")
-    def _signs_body_and_timestamp(self) -> Self:
-        placeholders = re.findall(r"\{([^{}]*)\}", self.signed_payload)
-        if set(placeholders) - {"body", "timestamp"}:
-            raise ValueError(
-                f"signed_payload: only {{body}} and {{timestamp}} can be used, not {placeholders}"
-            )
-        if placeholders.count("body") != 1:
-            raise ValueError("signed_payload must hold {body} exactly once")
-        if self.timestamp_header and "timestamp" not in placeholders:
-            # Else a replay with a fresh, unsigned timestamp would pass.
-            raise ValueError("signed_payload must hold {timestamp} when timestamp_header is set")
-        if "timestamp" in placeholders and not self.timestamp_header:
-            raise ValueError("signed_payload uses {timestamp} but no timestamp_header is set")
-        return self
-
-
-class BearerAuth(_Strict):
-    """A static token: 'Authorization: Bearer <token>', or the token alone in another header (for
-    senders that can only add fixed headers, such as Clay's HTTP API column)."""
-
-    type: Literal["bearer"]
-    token_env: EnvName = Field(description="variable (or secret file) holding the token")
-    header: HeaderName = "Authorization"
 
 
 class SourceSpec(_Strict):
@@ -126,9 +75,9 @@ class Source:
     def authenticate(self, headers: Mapping[str, str], body: bytes, now: float) -> None:
         """Raises SignatureError unless the request proves it knows the secret (constant time)."""
         if isinstance(self.auth, BearerAuth):
-            _check_bearer(self.auth, self.secret, headers)
+            check_bearer(self.auth, self.secret, headers)
         else:
-            _check_hmac(self.auth, self.secret, headers, body, now)
+            check_hmac(self.auth, self.secret, headers, body, now)
 
     def to_crm_events(self, payload: Any) -> Mapped:
         return self.mapping.apply(self.name, payload)
@@ -145,64 +94,8 @@ class Source:
         if self.auth.timestamp_header:
             timestamp = str(int(now * 1000) if self.auth.timestamp_unit == "milliseconds" else int(now))
             headers[self.auth.timestamp_header] = timestamp
-        headers[self.auth.header] = self.auth.prefix + _digest(self.auth, self.secret, body, timestamp)
+        headers[self.auth.header] = self.auth.prefix + hmac_digest(self.auth, self.secret, body, timestamp)
         return headers
-
-
-def _check_bearer(auth: BearerAuth, secret: bytes, headers: Mapping[str, str]) -> None:
-    value = headers.get(auth.header)
-    if not value:
-        raise SignatureError("missing_token", f"no {auth.header} header")
-    if auth.header.lower() == "authorization":
-        scheme, _, value = value.partition(" ")
-        if scheme.lower() != "bearer":
-            raise SignatureError("bad_token", "Authorization is not a Bearer token")
-    if not hmac.compare_digest(value.strip().encode("utf-8", "surrogateescape"), secret):
-        raise SignatureError("bad_token", "the token is not this source's")
-
-
-def _digest(auth: HmacAuth, secret: bytes, body: bytes, timestamp: str) -> str:
-    head, tail = auth.signed_payload.split("{body}")
-    message = (
-        head.replace("{timestamp}", timestamp).encode()
-        + body
-        + tail.replace("{timestamp}", timestamp).encode()
-    )
-    digest = hmac.new(secret, message, getattr(hashlib, auth.algorithm)).digest()
-    return digest.hex() if auth.encoding == "hex" else base64.b64encode(digest).decode()
-
-
-def _check_hmac(auth: HmacAuth, secret: bytes, headers: Mapping[str, str], body: bytes, now: float) -> None:
-    given = headers.get(auth.header)
-    if not given:
-        raise SignatureError("missing_signature", f"no {auth.header} header")
-    timestamp = ""
-    if auth.timestamp_header:
-        timestamp = headers.get(auth.timestamp_header) or ""
-        if not timestamp:
-            raise SignatureError("missing_timestamp", f"no {auth.timestamp_header} header")
-        if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 16):
-            raise SignatureError(
-                "bad_timestamp", f"{auth.timestamp_header} is not a Unix time in {auth.timestamp_unit}"
-            )
-    value = given.strip()
-    if auth.prefix:
-        if not value.startswith(auth.prefix):
-            raise SignatureError("bad_signature", f"{auth.header} does not start with {auth.prefix!r}")
-        value = value[len(auth.prefix) :]
-    if auth.encoding == "hex":
-        value = value.lower()
-    expected = _digest(auth, secret, body, timestamp)
-    if not hmac.compare_digest(expected.encode(), value.encode("utf-8", "surrogateescape")):
-        raise SignatureError("bad_signature", f"{auth.header} does not match the request")
-    if auth.timestamp_header:
-        age = now - int(timestamp) / (1000 if auth.timestamp_unit == "milliseconds" else 1)
-        if abs(age) > auth.max_age_seconds:
-            raise SignatureError(
-                "stale_timestamp",
-                f"{auth.timestamp_header} is {abs(age):.0f} s {'old' if age > 0 else 'in the future'}: "
-                f"requests more than {auth.max_age_seconds:.0f} s away from now are refused (replays)",
-            )
 
 
 # --- loading ---------------------------------------------------------------------------------------
