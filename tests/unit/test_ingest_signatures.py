@@ -14,6 +14,8 @@ import pytest
 from changegate.ingest.mapping import Mapping, MappingSpec
 from changegate.ingest.refusals import SignatureError
 from changegate.ingest.signatures import (
+    HUBSPOT_SIGNATURE_HEADER,
+    HUBSPOT_TIMESTAMP_HEADER,
     HUBSPOT_URI_DECODED,
     BearerAuth,
     HmacAuth,
@@ -22,6 +24,7 @@ from changegate.ingest.signatures import (
     verify_hubspot_v3,
 )
 from changegate.ingest.sources import Source
+from pydantic import ValidationError
 
 SECRET = "f3c2a1b0-9e8d-4c7b-a6f5-e4d3c2b1a090"
 BODY = b'[{"eventId": 1}]'
@@ -225,3 +228,58 @@ def test_sign_stamps_the_time_in_the_sources_unit(unit: str, stamp: str) -> None
     auth = hmac_auth(timestamp_header="X-T", signed_payload="{timestamp}.{body}", timestamp_unit=unit)
     headers = Source("x", auth, KEY, MAPPING).sign(BODY, NOW)
     assert headers == {"X-T": stamp, "X-Changegate-Signature": digest(f"{stamp}.".encode() + BODY).hex()}
+
+
+# --- a source's scheme as declared ---------------------------------------------------------------------
+
+
+def test_the_hubspot_headers_are_the_ones_hubspot_sends() -> None:
+    assert HUBSPOT_SIGNATURE_HEADER == "X-HubSpot-Signature-v3"
+    assert HUBSPOT_TIMESTAMP_HEADER == "X-HubSpot-Request-Timestamp"
+
+
+def test_a_declared_scheme_cannot_be_changed_once_loaded() -> None:
+    auth = hmac_auth()
+    assert auth.timestamp_unit == "seconds"
+    with pytest.raises(ValidationError):
+        auth.prefix = "anything="  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("options", "accepted"),
+    [
+        ({"prefix": "p" * 50}, True),
+        ({"prefix": "p" * 51}, False),
+        ({"signed_payload": "{body}" + "x" * 194}, True),
+        ({"signed_payload": "{body}" + "x" * 195}, False),
+        ({"max_age_seconds": 86_400}, True),
+        ({"max_age_seconds": 86_400.5}, False),
+        ({"max_age_seconds": 0.5}, True),
+        ({"max_age_seconds": 0}, False),
+    ],
+)
+def test_a_scheme_is_bounded_on_both_sides(options: dict[str, Any], accepted: bool) -> None:
+    if accepted:
+        hmac_auth(**options)
+    else:
+        with pytest.raises(ValidationError):
+            hmac_auth(**options)
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"signed_payload": "{body}.{nonce}"}, "signed_payload: only {body} and {timestamp} can be used"),
+        ({"signed_payload": "{timestamp}"}, "signed_payload must hold {body} exactly once"),
+        ({"signed_payload": "{body}{body}"}, "signed_payload must hold {body} exactly once"),
+        ({"timestamp_header": "X-T"}, "signed_payload must hold {timestamp} when timestamp_header is set"),
+        (
+            {"signed_payload": "{timestamp}.{body}"},
+            "signed_payload uses {timestamp} but no timestamp_header is set",
+        ),
+    ],
+)
+def test_a_signed_payload_that_cannot_work_is_refused_saying_why(options: dict[str, Any], says: str) -> None:
+    with pytest.raises(ValidationError) as refused:
+        hmac_auth(**options)
+    assert f"Value error, {says}" in str(refused.value)
