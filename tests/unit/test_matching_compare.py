@@ -672,3 +672,20 @@ def test_on_the_same_street_a_place_one_typo_away_is_the_same_place() -> None:
     assert cmp.address(a, contact(address="4 Tauss Place", city="Lilydale", zip="6102")) == EXACT
     assert cmp.address(a, contact(address="4 Tauss Place", city="Perth", zip="6102")) == EXACT
     assert cmp.address(a, contact(address="4 Tauss Place", city="Perth", zip="7000")) == cmp.STREET
+
+
+def test_street_rules_at_their_edges() -> None:
+    # close as words, though the house numbers differ: only the word rule says so
+    assert cmp.street("12 harbour view road", "13 harbour view road") == cmp.SIMILAR
+    # a bare number is no street to compare
+    assert cmp.street("12", "12 main st") == cmp.DISAGREE
+    assert cmp.street("12 main st", "12") == cmp.DISAGREE
+    # the same number and a long first word: the street type alone differs
+    assert cmp.street("12 alawa st", "12 alawa boulevard") == cmp.SIMILAR
+    assert cmp._house_number("1a main st") == ("1a", "main st")
+    assert cmp._house_number("main st") == ("", "main st")
+
+
+def test_postcodes_of_one_area_are_partial_however_far_apart_their_ends() -> None:
+    assert cmp.postcode("20001", "20099") == cmp.PARTIAL
+    assert cmp.postcode("20001", "21099") == cmp.DISAGREE
