@@ -24,8 +24,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from changegate.cli.devstack import DEFAULT_PORTS, DevStack
 from changegate.cli.embedded import free_port
 from changegate.core.auth import Role
-from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
-from changegate.core.contracts.base import PropertyValue
+from changegate.core.contracts import (
+    CrmEvent,
+    CrmEventKind,
+    Decider,
+    Decision,
+    DecisionOutcome,
+    FieldChange,
+    ObjectType,
+    Proposal,
+    ProposalKind,
+    ProposalSource,
+    Trigger,
+)
+from changegate.core.contracts.base import PropertyValue, utcnow
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.kafka import publish
 from changegate.core.settings import CommonSettings
@@ -50,6 +62,41 @@ def signing_env(service: str) -> dict[str, str]:
     trusted = json.dumps({k: t.model_dump() for k, t in TRUSTED_KEYS.items()})
     own = {"CHANGEGATE_SIGNING_KEY": SIGNING_KEYS[service]} if service in SIGNING_KEYS else {}
     return {"CHANGEGATE_TRUSTED_KEYS": trusted, **own}
+
+
+def approved_decision(
+    record_id: str,
+    changes: dict[str, tuple[PropertyValue, PropertyValue]],
+    kind: ProposalKind = ProposalKind.FIELD_UPDATE,
+    others: list[str] | None = None,
+) -> Decision:
+    """A contact proposal approved by a human reviewer, signed as review-api signs it; ``changes``:
+    field -> (previous, proposed)."""
+    field_changes = [FieldChange(field=f, previous=p, proposed=v) for f, (p, v) in changes.items()]
+    proposal = Proposal(
+        proposal_id=uuid.uuid4(),
+        kind=kind,
+        object_type=ObjectType.CONTACT,
+        record_id=record_id,
+        other_record_ids=others or [],
+        changes=field_changes,
+        source=ProposalSource(
+            system="t", event_id="e", detector="t", detector_version="1", trigger=Trigger.RULE
+        ),
+        confidence=0.9,
+        rationale="test",
+        proposed_at=utcnow(),
+    )
+    decision = Decision(
+        decision_id=uuid.uuid4(),
+        proposal=proposal,
+        outcome=DecisionOutcome.APPROVED,
+        decided_by=Decider(kind="human", identity="alice@example.com"),
+        decided_at=utcnow(),
+        explanation="approved by alice",
+        final_changes=field_changes,
+    )
+    return signing_key("review-api").sign(decision)
 
 
 async def eventually(

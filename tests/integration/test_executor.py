@@ -5,24 +5,16 @@ reading, merges, owners — every execution signed."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import asyncpg
 import pytest
 from changegate.core.contracts import (
-    Decider,
-    Decision,
-    DecisionOutcome,
     ExecutionStatus,
     FieldChange,
     ObjectType,
-    Proposal,
     ProposalKind,
-    ProposalSource,
-    Trigger,
 )
-from changegate.core.contracts.base import PropertyValue, utcnow
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import migrate, migrate_core
 from changegate.core.serde import decode
@@ -36,44 +28,11 @@ from changegate.executor.crm.hubspot.client import HubSpotClient
 from changegate.executor.crm.port import CrmUnavailableError
 from changegate.executor.crm.sandbox import SandboxCrm
 from changegate.executor.handler import Executor
-from helpers import signing_key, verifier
+from helpers import approved_decision, signing_key, verifier
 from hubspot_sim import SimServer
 from hubspot_sim.server import TOKEN
 
 C = ObjectType.CONTACT
-
-
-def _decision(
-    record_id: str,
-    changes: dict[str, tuple[PropertyValue, PropertyValue]],
-    kind: ProposalKind = ProposalKind.FIELD_UPDATE,
-    others: list[str] | None = None,
-) -> Decision:
-    field_changes = [FieldChange(field=f, previous=p, proposed=v) for f, (p, v) in changes.items()]
-    proposal = Proposal(
-        proposal_id=uuid.uuid4(),
-        kind=kind,
-        object_type=C,
-        record_id=record_id,
-        other_record_ids=others or [],
-        changes=field_changes,
-        source=ProposalSource(
-            system="t", event_id="e", detector="t", detector_version="1", trigger=Trigger.RULE
-        ),
-        confidence=0.9,
-        rationale="test",
-        proposed_at=utcnow(),
-    )
-    decision = Decision(
-        decision_id=uuid.uuid4(),
-        proposal=proposal,
-        outcome=DecisionOutcome.APPROVED,
-        decided_by=Decider(kind="human", identity="alice@example.com"),
-        decided_at=utcnow(),
-        explanation="approved by alice",
-        final_changes=field_changes,
-    )
-    return signing_key("review-api").sign(decision)
 
 
 @pytest.fixture
@@ -103,7 +62,7 @@ async def test_a_decision_is_applied_once_however_often_it_is_delivered(
     executor: Executor, pool: asyncpg.Pool
 ) -> None:
     await sandbox.upsert_record(pool, C, "r1", {"jobtitle": "Engineer"})
-    decision = _decision("r1", {"jobtitle": ("Engineer", "CTO")})
+    decision = approved_decision("r1", {"jobtitle": ("Engineer", "CTO")})
     envelope = make_envelope(decision, service="review-api")
     for _ in range(3):  # redelivered twice
         await executor.handle(envelope)
@@ -122,7 +81,8 @@ async def test_a_stale_proposal_writes_nothing_and_goes_back_to_review(
     executor: Executor, pool: asyncpg.Pool
 ) -> None:
     await sandbox.upsert_record(pool, C, "r2", {"jobtitle": "Director"})
-    await executor.handle(make_envelope(_decision("r2", {"jobtitle": ("Engineer", "CTO")}), service="t"))
+    decision = approved_decision("r2", {"jobtitle": ("Engineer", "CTO")})
+    await executor.handle(make_envelope(decision, service="t"))
     [execution] = await _emitted(pool, "execution")
     assert execution.status is ExecutionStatus.CONFLICT
     assert execution.error == "changed since proposed: jobtitle"
@@ -136,7 +96,7 @@ async def test_a_write_that_landed_before_a_crash_is_recognised_never_repeated(
     executor: Executor, pool: asyncpg.Pool
 ) -> None:
     await sandbox.upsert_record(pool, C, "r3", {"jobtitle": "Engineer"})
-    decision = _decision("r3", {"jobtitle": ("Engineer", "CTO")})
+    decision = approved_decision("r3", {"jobtitle": ("Engineer", "CTO")})
     # The process died after the CRM took the write and before the ledger said so.
     async with pool.acquire() as conn:
         await ledger.open_entry(conn, decision, "sandbox")
@@ -154,7 +114,7 @@ async def test_a_crash_before_the_write_landed_writes_once_on_redelivery(
     executor: Executor, pool: asyncpg.Pool
 ) -> None:
     await sandbox.upsert_record(pool, C, "r4", {"jobtitle": "Engineer"})
-    decision = _decision("r4", {"jobtitle": ("Engineer", "CTO")})
+    decision = approved_decision("r4", {"jobtitle": ("Engineer", "CTO")})
     async with pool.acquire() as conn:
         await ledger.open_entry(conn, decision, "sandbox")
         await ledger.observe(conn, decision.decision_id, {"jobtitle": "Engineer"})  # died right after
@@ -166,7 +126,8 @@ async def test_a_crash_before_the_write_landed_writes_once_on_redelivery(
 
 async def test_a_value_already_there_is_a_noop(executor: Executor, pool: asyncpg.Pool) -> None:
     await sandbox.upsert_record(pool, C, "r5", {"email": "ADA@example.com"})
-    await executor.handle(make_envelope(_decision("r5", {"email": (None, "ada@example.com")}), service="t"))
+    decision = approved_decision("r5", {"email": (None, "ada@example.com")})
+    await executor.handle(make_envelope(decision, service="t"))
     [execution] = await _emitted(pool, "execution")
     assert execution.status is ExecutionStatus.NOOP
     assert await _version(pool, "r5") == 1
@@ -177,7 +138,7 @@ async def test_an_approved_merge_fills_the_survivor_and_redirects_the_loser(
 ) -> None:
     await sandbox.upsert_record(pool, C, "s1", {"email": "a@x.io", "phone": ""})
     await sandbox.upsert_record(pool, C, "l1", {"email": "a@x.io", "phone": "+1 415"})
-    decision = _decision(
+    decision = approved_decision(
         "s1",
         {"phone": (None, "+1 415"), "hs_merged_object_ids": (None, "l1")},
         kind=ProposalKind.MERGE,
@@ -198,7 +159,7 @@ async def test_an_owner_change_assigns_only_an_active_owner(executor: Executor, 
     for rid in ("o1", "o2", "o3"):
         await sandbox.upsert_record(pool, C, rid, {"hubspot_owner_id": "owner-17"})
     for rid, owner in (("o1", "owner-west"), ("o2", "owner-gone"), ("o3", "owner-who")):
-        decision = _decision(
+        decision = approved_decision(
             rid, {"hubspot_owner_id": ("owner-17", owner)}, kind=ProposalKind.OWNER_REASSIGNMENT
         )
         await executor.handle(make_envelope(decision, service="review-api"))
@@ -241,15 +202,16 @@ async def test_the_same_guarantees_against_the_hubspot_simulator(
         Breaker("hubspot", asyncio.Event()),
     )
     try:
-        applied = _decision("11", {"jobtitle": ("Engineer", "CTO")})
+        applied = approved_decision("11", {"jobtitle": ("Engineer", "CTO")})
         for _ in range(2):
             await executor.handle(make_envelope(applied, service="review-api"))
-        await executor.handle(make_envelope(_decision("12", {"jobtitle": ("Engineer", "CTO")}), service="t"))
-        merge = _decision(
+        field_update = approved_decision("12", {"jobtitle": ("Engineer", "CTO")})
+        await executor.handle(make_envelope(field_update, service="t"))
+        merge = approved_decision(
             "13", {"phone": (None, "+1"), "hs_merged_object_ids": (None, "14")}, ProposalKind.MERGE, ["14"]
         )
         await executor.handle(make_envelope(merge, service="t"))
-        owner = _decision("15", {"hubspot_owner_id": ("77", "78")}, ProposalKind.OWNER_REASSIGNMENT)
+        owner = approved_decision("15", {"hubspot_owner_id": ("77", "78")}, ProposalKind.OWNER_REASSIGNMENT)
         await executor.handle(make_envelope(owner, service="t"))
     finally:
         await crm.close()

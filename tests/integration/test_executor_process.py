@@ -6,59 +6,22 @@ writes nothing more."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
 from changegate.cli.embedded import free_port
 from changegate.core.contracts import (
-    Decider,
     Decision,
-    DecisionOutcome,
-    FieldChange,
-    ObjectType,
-    Proposal,
-    ProposalKind,
-    ProposalSource,
-    Trigger,
 )
-from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.dlq import read_all, replay
 from changegate.core.kafka import make_producer, publish
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
-from helpers import eventually, read_topic, service_process, signing_key
+from helpers import approved_decision, eventually, read_topic, service_process
 from hubspot_sim import SimServer
 from hubspot_sim.server import TOKEN
-
-
-def _approved(record_id: str, previous: str, proposed: str) -> Decision:
-    changes = [FieldChange(field="jobtitle", previous=previous, proposed=proposed)]
-    proposal = Proposal(
-        proposal_id=uuid.uuid4(),
-        kind=ProposalKind.FIELD_UPDATE,
-        object_type=ObjectType.CONTACT,
-        record_id=record_id,
-        changes=changes,
-        source=ProposalSource(
-            system="t", event_id="e", detector="t", detector_version="1", trigger=Trigger.RULE
-        ),
-        confidence=0.9,
-        rationale="test",
-        proposed_at=utcnow(),
-    )
-    decision = Decision(
-        decision_id=uuid.uuid4(),
-        proposal=proposal,
-        outcome=DecisionOutcome.APPROVED,
-        decided_by=Decider(kind="human", identity="alice@example.com"),
-        decided_at=utcnow(),
-        explanation="approved by alice",
-        final_changes=changes,
-    )
-    return signing_key("review-api").sign(decision)
 
 
 def _env(sim: SimServer) -> dict[str, str]:
@@ -96,7 +59,7 @@ async def test_killed_between_the_crm_write_and_the_ledger_it_neither_loses_nor_
     hubspot_sim.records({"id": "901", "properties": {"jobtitle": "Engineer"}})
     # HubSpot takes the write, then its answer never comes back before the executor dies.
     hubspot_sim.fault(path="/batch/update", apply_first=True, delay=60)
-    decision = _approved("901", "Engineer", "CTO")
+    decision = approved_decision("901", {"jobtitle": ("Engineer", "CTO")})
     with service_process(
         "changegate.executor", settings, free_port(), tmp_path / "one.log", **_env(hubspot_sim)
     ) as svc:
@@ -129,7 +92,7 @@ async def test_a_refused_decision_is_dead_lettered_and_replays_once_fixed(
     with service_process(
         "changegate.executor", settings, free_port(), tmp_path / "svc.log", **_env(hubspot_sim)
     ):
-        await _send(settings, _approved("902", "Engineer", "CTO"))
+        await _send(settings, approved_decision("902", {"jobtitle": ("Engineer", "CTO")}))
 
         async def letters() -> list[Any]:
             return [x async for x in read_all(settings, names.dlq(Topic.DECISIONS))]
