@@ -43,7 +43,8 @@ test-fast: $(STAMP) ## unit and contract tests only (no broker, no database)
 schemas: $(STAMP) ## regenerate the checked-in JSON Schemas and AsyncAPI document from the models
 	$(BIN)/changegate schemas export
 
-lock: ## recompile requirements.lock from requirements.in (needs uv in the venv or on PATH)
+lock: ## recompile requirements.lock from requirements.in, keeping the pins it has (needs uv in the venv or on PATH)
+	tail -n +2 requirements.lock > requirements.lock.tmp  # uv keeps the output file's pins where it can
 	$(BIN)/python -m uv pip compile requirements.in --python-version 3.11 --generate-hashes \
 	  --no-header --no-annotate --quiet -o requirements.lock.tmp
 	{ echo "# Compiled by 'make lock' (uv pip compile --generate-hashes) from requirements.in. Do not edit."; \
