@@ -36,6 +36,7 @@ from hostile import good_payload
 from typer.testing import CliRunner
 
 AUDIENCE = "changegate-review"
+REASON = {"reason": "not this one"}
 
 
 class Issuer:
@@ -158,7 +159,7 @@ async def test_jwts_are_verified_against_the_issuers_keys(
 ) -> None:
     async def status_of(token: str) -> httpx.Response:
         async with httpx.AsyncClient(base_url=review_api.url) as client:
-            return await client.get("/proposals", headers={"Authorization": f"Bearer {token}"})
+            return await client.get("/v1/proposals", headers={"Authorization": f"Bearer {token}"})
 
     assert (await status_of(issuer.token())).status_code == 200
     now = int(time.time())
@@ -204,7 +205,7 @@ async def test_jwts_are_verified_against_the_issuers_keys(
     # Key rotation: a new key, published after the first refusal, is fetched and accepted.
     issuer.publish("k-unpublished")
     assert (await status_of(issuer.token(kid="k-unpublished"))).status_code == 200
-    missing = await asyncio.to_thread(lambda: httpx.get(f"{review_api.url}/proposals"))
+    missing = await asyncio.to_thread(lambda: httpx.get(f"{review_api.url}/v1/proposals"))
     _problem(missing, 401)
     assert missing.headers["www-authenticate"] == 'Bearer realm="changegate"'
 
@@ -223,25 +224,46 @@ async def test_roles_scopes_and_self_approval(
     bob = auth(email="bob@example.com", groups=["reviewer"])
     async with httpx.AsyncClient(base_url=review_api.url) as client:
         item = await _pending(pool)
-        assert (await client.get("/proposals", headers=viewer)).status_code == 200
-        _problem(await client.get("/proposals", headers=nobody), 403)
-        body = _problem(await client.post(f"/proposals/{item}/approve", headers=viewer), 403)
+        assert (await client.get("/v1/proposals", headers=viewer)).status_code == 200
+        _problem(await client.get("/v1/proposals", headers=nobody), 403)
+        body = _problem(await client.post(f"/v1/proposals/{item}/approve", headers=viewer), 403)
         assert body["detail"] == "this needs the reviewer role"
         # Scoped reviewers: the dedup desk decides the dedup queue only, the data team merges only.
-        body = _problem(await client.post(f"/proposals/{item}/approve", headers=dedup_desk), 403)
+        # An item outside their scopes is not theirs to read either: it does not exist for them.
+        body = _problem(await client.post(f"/v1/proposals/{item}/approve", headers=dedup_desk), 404)
+        _problem(await client.post(f"/v1/proposals/{item}/approve", headers=data_team), 404)
+        # A viewer of every queue with a reviewer grant for merges only reads it, cannot decide it.
+        mixed = auth(email="max@example.com", groups=["viewer", "data-team"])
+        body = _problem(await client.post(f"/v1/proposals/{item}/approve", headers=mixed), 403)
         assert body["detail"] == "your role does not cover field_update proposals in queue default"
-        _problem(await client.post(f"/proposals/{item}/approve", headers=data_team), 403)
         dedup_item = await _pending(pool, queue_name="dedup")
-        assert (await client.post(f"/proposals/{dedup_item}/reject", headers=dedup_desk)).status_code == 200
+        # Scopes limit reading too: the dedup desk lists, reads and counts the dedup queue only.
+        listed = (await client.get("/v1/proposals", headers=dedup_desk)).json()["items"]
+        assert [i["proposal_id"] for i in listed] == [dedup_item]
+        _problem(await client.get(f"/v1/proposals/{item}", headers=dedup_desk), 404)
+        assert (await client.get(f"/v1/proposals/{dedup_item}", headers=dedup_desk)).status_code == 200
+        counted = (await client.get("/v1/stats", headers=dedup_desk)).json()
+        assert [(q["queue"], q["depth"]) for q in counted["queues"]] == [("dedup", 1)]
+        everything = (await client.get("/v1/stats", headers=viewer)).json()
+        assert everything["total"] == 2
+        assert (
+            await client.post(f"/v1/proposals/{dedup_item}/reject", headers=dedup_desk, json=REASON)
+        ).status_code == 200
 
         # Alice caused this proposal: she may withdraw it (reject), never approve it; Bob may.
         own = await _pending(pool, requested_by="alice@example.com")
-        body = _problem(await client.post(f"/proposals/{own}/approve", headers=alice), 403)
+        body = _problem(await client.post(f"/v1/proposals/{own}/approve", headers=alice), 403)
         assert body["detail"] == "you requested this change: another reviewer must approve it"
         modify = {"changes": {"jobtitle": "CTO"}}
-        _problem(await client.post(f"/proposals/{own}/modify", headers=alice, json=modify), 403)
-        approved = await client.post(f"/proposals/{own}/approve", headers=bob)
-        assert approved.json()["decided_by"] == "bob@example.com"
+        _problem(
+            await client.post(f"/v1/proposals/{own}/approve-with-changes", headers=alice, json=modify), 403
+        )
+        # Identities compare without case: the same person in capitals is still the requester.
+        shouting = auth(email="ALICE@Example.COM ", groups=["reviewer"])
+        body = _problem(await client.post(f"/v1/proposals/{own}/approve", headers=shouting), 403)
+        assert body["reason"] == "own"
+        approved = await client.post(f"/v1/proposals/{own}/approve", headers=bob)
+        assert approved.json()["item"]["decided_by"] == "bob@example.com"
         assert await pool.fetchval(
             "SELECT decided_by FROM review_queue WHERE proposal_id = $1", uuid.UUID(own)
         ) == ("bob@example.com")
@@ -254,12 +276,18 @@ async def test_decisions_are_rate_limited_per_identity(
     bob = {"Authorization": f"Bearer {issuer.token(email='bob@example.com')}"}
     async with httpx.AsyncClient(base_url=review_api.url) as client:
         for _ in range(5):  # the limit is 5 a minute in this process
-            assert (await client.post(f"/proposals/{uuid.uuid4()}/reject", headers=alice)).status_code == 404
-        limited = await client.post(f"/proposals/{await _pending(pool)}/reject", headers=alice)
+            assert (
+                await client.post(f"/v1/proposals/{uuid.uuid4()}/reject", headers=alice, json=REASON)
+            ).status_code == 404
+        limited = await client.post(
+            f"/v1/proposals/{await _pending(pool)}/reject", headers=alice, json=REASON
+        )
         body = _problem(limited, 429)
         assert 1 <= int(limited.headers["retry-after"]) <= 61
         assert "decisions" in body["detail"]
-        assert (await client.post(f"/proposals/{uuid.uuid4()}/reject", headers=bob)).status_code == 404
+        assert (
+            await client.post(f"/v1/proposals/{uuid.uuid4()}/reject", headers=bob, json=REASON)
+        ).status_code == 404
 
 
 def _cli(settings: CommonSettings, *args: str) -> Any:
@@ -283,10 +311,10 @@ async def test_api_tokens_are_created_used_expired_and_revoked(
 
     async with httpx.AsyncClient(base_url=review_api.url) as client:
         headers = {"Authorization": f"Bearer {token}"}
-        assert (await client.get("/proposals", headers=headers)).status_code == 200
+        assert (await client.get("/v1/proposals", headers=headers)).status_code == 200
         item = await _pending(pool)
-        decided = await client.post(f"/proposals/{item}/reject", headers=headers)
-        assert decided.json()["decided_by"] == "ops-bot"
+        decided = await client.post(f"/v1/proposals/{item}/reject", headers=headers, json=REASON)
+        assert decided.json()["item"]["decided_by"] == "ops-bot"
         assert await pool.fetchval("SELECT last_used_at FROM changegate_api_tokens WHERE name = 'ops-bot'")
 
         listed = await asyncio.to_thread(_cli, settings, "tokens", "list")
@@ -295,20 +323,20 @@ async def test_api_tokens_are_created_used_expired_and_revoked(
 
         wrong_secret = token[:-5] + ("AAAAA" if not token.endswith("AAAAA") else "BBBBB")
         invalid = _problem(
-            await client.get("/proposals", headers={"Authorization": f"Bearer {wrong_secret}"}), 401
+            await client.get("/v1/proposals", headers={"Authorization": f"Bearer {wrong_secret}"}), 401
         )
 
         revoked = await asyncio.to_thread(_cli, settings, "tokens", "revoke", stored["id"])
         assert revoked.exit_code == 0, revoked.output
-        assert _problem(await client.get("/proposals", headers=headers), 401) == invalid
+        assert _problem(await client.get("/v1/proposals", headers=headers), 401) == invalid
 
         _, short = await create_token(
             pool, "temp", Role.VIEWER, created_by="test", expires_in=timedelta(seconds=1)
         )
         temp = {"Authorization": f"Bearer {short}"}
-        assert (await client.get("/proposals", headers=temp)).status_code == 200
+        assert (await client.get("/v1/proposals", headers=temp)).status_code == 200
         await asyncio.sleep(1.5)
-        assert _problem(await client.get("/proposals", headers=temp), 401) == invalid
+        assert _problem(await client.get("/v1/proposals", headers=temp), 401) == invalid
 
 
 async def test_the_audit_api_refuses_anonymous_reads(

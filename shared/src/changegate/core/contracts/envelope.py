@@ -84,7 +84,8 @@ EVENT_TYPES: dict[str, EventType] = {
         # v2 added optional fields (requested_by; signature): a v1 payload is a valid v2 one.
         EventType("crm_event", CrmEvent, 2, {1: _same}),
         EventType("proposal", Proposal, 2, {1: _same}),
-        EventType("review_request", ReviewRequest, 2, {1: _same}),
+        # review_request v3 added required_approvals (default 1): v1 and v2 payloads are valid v3 ones.
+        EventType("review_request", ReviewRequest, 3, {1: _same, 2: _same}),
         EventType("decision", Decision, 2, {1: _same}),
         EventType("execution", Execution, 2, {1: _same}),
         EventType("audit_entry", AuditEntry, 1),
