@@ -344,7 +344,7 @@ async def test_if_match_and_idempotency_keys(api: Api, pool: asyncpg.Pool) -> No
     assert stale["current"]["approvals"] == {"given": 1, "required": 2}
     fresh = (await api.get(f"/v1/proposals/{pid}")).headers["etag"]
     assert fresh != etag
-    problem(await api.post(f"/v1/proposals/{pid}/approve", "bob@example.com", **{"If-Match": "7"}), 422)
+    problem(await api.post(f"/v1/proposals/{pid}/approve", "bob@example.com", **{"If-Match": "seven"}), 422)
 
     # A retried POST with the same key gets the first answer, and decides nothing twice.
     other = await enqueue(pool)
@@ -521,24 +521,24 @@ async def test_bulk_actions_dry_run_cap_and_skips(api: Api, pool: asyncpg.Pool) 
     filter_ = {"queue": "verify", "source_system": "neverbounce"}
     # Admin only.
     problem(
-        await api.post("/v1/proposals/bulk", "alice@example.com", {"action": "approve", "filter": filter_}),
+        await api.post("/v1/bulk", "alice@example.com", {"action": "approve", "filter": filter_}),
         403,
     )
     dry = await api.post(
-        "/v1/proposals/bulk", "root@example.com", {"action": "approve", "filter": filter_, "dry_run": True}
+        "/v1/bulk", "root@example.com", {"action": "approve", "filter": filter_, "dry_run": True}
     )
     assert dry.status_code == 200, dry.text
     assert (dry.json()["matched"], dry.json()["would_decide"], dry.json()["done"]) == (5, 5, [])
     assert await pool.fetchval("SELECT count(*) FROM review_queue WHERE status = 'pending'") == 6
     capped = (
         await api.post(
-            "/v1/proposals/bulk", "root@example.com", {"action": "approve", "filter": filter_, "max_items": 2}
+            "/v1/bulk", "root@example.com", {"action": "approve", "filter": filter_, "max_items": 2}
         )
     ).json()
     assert (capped["matched"], capped["capped"], len(capped["done"])) == (5, True, 2)
     by_ids = (
         await api.post(
-            "/v1/proposals/bulk",
+            "/v1/bulk",
             "root@example.com",
             {"action": "approve", "ids": [*ids, own, str(uuid.uuid4())], "comment": "batch checked"},
         )
@@ -550,8 +550,8 @@ async def test_bulk_actions_dry_run_cap_and_skips(api: Api, pool: asyncpg.Pool) 
     assert len([s for s in skipped.values() if s == "decided"]) == 3  # the rejected one and the two capped
     assert {d["outcome"] for d in by_ids["done"]} == {"approved"}
     assert len(by_ids["done"]) == 2
-    problem(await api.post("/v1/proposals/bulk", "root@example.com", {"action": "reject", "ids": ids}), 422)
-    problem(await api.post("/v1/proposals/bulk", "root@example.com", {"action": "approve"}), 422)
+    problem(await api.post("/v1/bulk", "root@example.com", {"action": "reject", "ids": ids}), 422)
+    problem(await api.post("/v1/bulk", "root@example.com", {"action": "approve"}), 422)
 
 
 async def test_stats_stream_and_metrics(api: Api, pool: asyncpg.Pool, review_api: ServiceProcess) -> None:

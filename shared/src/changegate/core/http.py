@@ -70,6 +70,19 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: _problem_response(status) for status in statuses}
 
 
+def _not_null(parameter: dict[str, Any]) -> None:
+    """An optional header is present or absent, never ``null``: its schema says so (FastAPI writes
+    ``anyOf: [type, null]`` for ``str | None``, which a client would send as the text "null")."""
+    schema = parameter.get("schema", {})
+    options = schema.get("anyOf")
+    if parameter.get("in") != "header" or not isinstance(options, list):
+        return
+    kept = [o for o in options if o.get("type") != "null"]
+    if len(kept) == 1:
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        parameter["schema"] = {**kept[0], **rest}
+
+
 def _document_problems(app: FastAPI) -> None:
     """Every error answer in the OpenAPI document is problem+json: the route's own (401, 404, …),
     422 wherever there is input, 400 and 413 wherever there is a body, 500 everywhere."""
@@ -87,6 +100,8 @@ def _document_problems(app: FastAPI) -> None:
             components.pop(name, None)
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    _not_null(parameter)
                 responses = operation.setdefault("responses", {})
                 wanted = [500]
                 if operation.get("parameters") or operation.get("requestBody"):

@@ -76,8 +76,9 @@ router = APIRouter(
 IfMatch = Annotated[
     str | None,
     Header(
-        pattern=r'^(\*|"[0-9]{1,9}")$',
-        description='the ETag of the item as you saw it ("7"): refused with 412 if it changed since',
+        pattern=r'^(\*|"?[0-9]{1,9}"?)$',
+        description='the ETag of the item as you saw it ("7"; the quotes may be left out): refused with '
+        "412 if the item changed since",
     ),
 ]
 IdempotencyKey = Annotated[
@@ -331,8 +332,12 @@ async def idempotent(
     if stored is not None:
         return _answer(stored, replayed=True)
 
+    kept = False
+
     async def keep(conn: Any, answer: idempotency.Answer) -> None:
+        nonlocal kept
         await idempotency.store(conn, principal.subject, key, answer)
+        kept = True
 
     try:
         answer = await run(keep)
@@ -350,7 +355,7 @@ async def idempotent(
     except BaseException:
         await idempotency.release(pool, principal.subject, key)
         raise
-    if answer.status >= 400:  # refusals are stored outside the (rolled back) decision
+    if not kept:  # refusals (the decision rolled back) and answers without a transaction of their own
         await idempotency.store(pool, principal.subject, key, answer)
     return _answer(answer)
 
@@ -565,10 +570,10 @@ class BulkResult(BaseModel):
 
 
 @router.post(
-    "/proposals/bulk",
+    "/bulk",
     response_model=BulkResult,
     summary="Approve or reject many items, by ids or by filter (admin; dry run, cap, skips reported)",
-    responses=problem_responses(429),
+    responses=problem_responses(409, 429),
     operation_id="bulk",
 )
 async def bulk(
