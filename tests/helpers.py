@@ -302,6 +302,7 @@ def running_stack(kafka_bootstrap: str, database_url: str, **env: str) -> Iterat
             "alice@example.com": Role.REVIEWER,
             "bob@example.com": Role.REVIEWER,
             "eve@example.com": Role.VIEWER,
+            "admin@example.com": Role.ADMIN,
         },
         extra_env={
             "CHANGEGATE_LOG_LEVEL": "DEBUG",

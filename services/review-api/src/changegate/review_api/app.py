@@ -16,7 +16,7 @@ from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic, TopicNames
-from changegate.review_api import idempotency, metrics, queue
+from changegate.review_api import idempotency, inbox, metrics, queue
 from changegate.review_api.api import router
 from changegate.review_api.decisions import Action, ActionRefusedError, act
 from changegate.review_api.events import Hub
@@ -53,6 +53,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSe
     app.state.decision_limit = RateLimit("decisions", settings.review_decision_rate_limit)
     app.state.names = TopicNames(settings.topic_prefix)
     app.include_router(router)
+    inbox.install(app)
     return runtime.app(app)
 
 

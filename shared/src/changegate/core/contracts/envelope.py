@@ -88,7 +88,7 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType("review_request", ReviewRequest, 3, {1: _same, 2: _same}),
         EventType("decision", Decision, 2, {1: _same}),
         EventType("execution", Execution, 2, {1: _same}),
-        EventType("audit_entry", AuditEntry, 1),
+        EventType("audit_entry", AuditEntry, 2, {1: _same}),  # v2: approved_with_changes, proposed_value
     )
 }
 EVENT_TYPE_OF: dict[type[BaseModel], str] = {et.model: et.name for et in EVENT_TYPES.values()}
