@@ -57,7 +57,9 @@ CSP = (
 PAGE_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer Chromium sends "Origin: null" with a form's POST,
+    # and the origin check below needs the real one. Nothing leaves for another site either way.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
@@ -282,7 +284,7 @@ async def inbox(request: Request) -> Response:
         statuses=STATUSES,
         kinds=[k.value for k in ProposalKind],
         object_types=[o.value for o in ObjectType],
-        events_url="/inbox/events",
+        events_url=f"/inbox/events?after={await store.last_seq(pool)}",
         **_base(request, token, principal),
     )
 
@@ -366,7 +368,8 @@ async def _item(
         may_decide=may_decide,
         done=request.query_params.get("done"),
         error=error,
-        events_url=f"/inbox/events?proposal_id={pid}",
+        # The stream starts after the last change this page shows: nothing in between is missed.
+        events_url=f"/inbox/events?proposal_id={pid}&after={max((h['seq'] for h in history), default=0)}",
         **_base(request, token, principal),
     )
 
@@ -492,14 +495,14 @@ async def page_events(request: Request) -> Response:
         pid = uuid.UUID(raw) if raw else None
     except ValueError as exc:
         raise HTTPException(422, "proposal_id: not a UUID") from exc
-    last = request.headers.get("last-event-id")
-    subscriber = events.Subscriber(session[1], pid)
+    # A reconnecting EventSource says where it was; a page says where it started (?after=).
+    last = request.headers.get("last-event-id") or request.query_params.get("after")
     return StreamingResponse(
         events.stream(
             request.app.state.hub,
             request.app.state.pool,
-            subscriber,
-            int(last) if last and last.isdigit() else None,
+            events.Subscriber(session[1], pid),
+            int(last) if last and last.isdigit() and len(last) < 19 else None,
         ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},

@@ -200,6 +200,12 @@ async def history_since(
     return rows
 
 
+async def last_seq(db: Queryable) -> int:
+    """The newest change's id: where a page's live stream starts."""
+    seq: int | None = await db.fetchval("SELECT max(seq) FROM review_history")
+    return seq or 0
+
+
 @dataclass(frozen=True)
 class Seen:
     """The latest value changegate has seen of a field: what an execution wrote or found there,

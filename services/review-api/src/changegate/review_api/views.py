@@ -283,6 +283,17 @@ def _members(evidence: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {}
 
 
+def _agreement_of(level: str) -> Literal["agree", "differ", "one_side", "unknown"]:
+    """What a matcher's comparison level says when the values are not in the evidence: Splink's
+    vocabulary names the levels (exact, similar, partial, …; disagree or else; null or missing)."""
+    name = level.casefold()
+    if any(word in name for word in ("disagree", "differ", "mismatch", "else")):
+        return "differ"
+    if any(word in name for word in ("null", "missing", "absent", "unknown")):
+        return "unknown"
+    return "agree"
+
+
 def _probability(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
@@ -350,8 +361,10 @@ def merge_view(proposal: Proposal) -> MergeView:
     for f in sorted(set(values) | set(levels)):
         by_record = {rid: values[f][rid] for rid in records if rid in values.get(f, {})}
         present = [v for v in by_record.values() if v not in (None, "")]
-        if len(by_record) < 2 and f in levels:
-            agreement: Literal["agree", "differ", "one_side", "unknown"] = "unknown"
+        if len(by_record) < 2 and levels.get(f):
+            agreement: Literal["agree", "differ", "one_side", "unknown"] = _agreement_of(levels[f])
+        elif len(by_record) < 2:
+            agreement = "unknown"
         elif len(present) < 2:
             agreement = "one_side" if present else "unknown"
         else:
