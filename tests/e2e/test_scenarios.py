@@ -171,7 +171,7 @@ async def test_owner_reassignment_and_email_verification_follow_the_policy(
     assert owned[0]["changes"] == [
         {"field": "hubspot_owner_id", "previous": "owner-17", "proposed": "owner-west"}
     ]
-    assert owned[0]["routed_by"]["rule_id"] == "owner-always-review"
+    assert owned[0]["rule_id"] == "owner-always-review"
     rows = await eventually(lambda: _audit(client, stack, valid), lambda r: len(r) == 1, what="valid applied")
     assert (rows[0]["field"], rows[0]["new_value"], rows[0]["rule_id"]) == (
         "email_status",

@@ -176,6 +176,17 @@ async def test_a_stale_proposal_never_overwrites_and_goes_back_to_review(
         {"field": "jobtitle", "previous": "Director", "proposed": "Head of Data"}
     ]
     assert refreshed[0]["evidence"]["conflict"]["values_at_execution"] == {"jobtitle": "Director"}
+    # Its rationale is about its own values, not the first proposal's.
+    assert refreshed[0]["rationale"].startswith(
+        "re-proposed because the record changed after the first proposal was approved: "
+        "jobtitle now holds 'Director', still proposed 'Head of Data'."
+    )
+    # The first item's history says it was re-proposed, and as what.
+    first = (await client.get(_url(stack, "review-api", f"/v1/proposals/{pending[0]['proposal_id']}"))).json()
+    # (two topics: the execution and the re-proposal may arrive in either order)
+    events = {e["event"]: e for e in first["history"][-2:]}
+    assert set(events) == {"conflicted", "re-proposed"}
+    assert events["re-proposed"]["detail"] == {"proposal_id": refreshed[0]["proposal_id"]}
     assert (await sandbox.get_record(db, ObjectType.CONTACT, c) or {})["jobtitle"] == "Director"
     assert await _audit(client, stack, c) == []
     assert await _metric(client, stack, "executor", "changegate_executions_total", status="conflict") >= 1
