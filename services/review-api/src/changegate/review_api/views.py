@@ -336,6 +336,9 @@ def merge_view(proposal: Proposal) -> MergeView:
     for rid, props in members.items():
         for f, v in props.items():
             values.setdefault(f, {})[rid] = v
+    for by_member in values.values():  # a member's fields are all there: one it lacks is empty
+        for rid in members:
+            by_member.setdefault(rid, None)
     kept: dict[str, Any] = {}
     taken: dict[str, str | None] = {}
     for change in proposal.changes:
