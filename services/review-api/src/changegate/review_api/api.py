@@ -160,11 +160,10 @@ async def list_proposals(
     ] = None,
 ) -> Response:
     try:
-        rows, following = await store.page(request.app.state.pool, filters, principal, limit, cursor)
+        page = await store.page_json(request.app.state.pool, filters, principal, limit, cursor)
     except store.CursorError as exc:
         raise HTTPException(422, f"cursor: {exc}") from exc
-    page = {"items": [views.summary(r) for r in rows], "next_cursor": following}
-    return _json(views.Page.model_validate(page))
+    return Response(page, media_type="application/json")
 
 
 async def _detail(pool: asyncpg.Pool, proposal_id: uuid.UUID, principal: Principal) -> views.Detail:

@@ -159,6 +159,38 @@ async def page(
     return rows, encode_cursor(rows[-1]) if more and rows else None
 
 
+# A list entry as JSON, built by PostgreSQL (ItemSummary's fields): a page goes out without being
+# decoded and encoded again in Python.
+SUMMARY_JSON = """json_build_object(
+    'proposal_id', proposal_id, 'kind', kind, 'object_type', object_type, 'record_id', record_id,
+    'other_record_ids', coalesce(proposal -> 'other_record_ids', '[]'::jsonb), 'status', status,
+    'route', route, 'queue', queue, 'priority', priority, 'confidence', confidence,
+    'source_system', source_system, 'rule_id', rule_id, 'rationale', proposal -> 'rationale',
+    'changes', proposal -> 'changes',
+    'enqueued_at', CASE WHEN queue IS NOT NULL OR route = 'review' THEN enqueued_at END,
+    'expires_at', expires_at, 'decided_by', decided_by, 'decided_at', decided_at,
+    'approvals', json_build_object('given', jsonb_array_length(approvals), 'required', required_approvals),
+    'execution_status', execution_status, 'version', version)::text"""
+
+
+async def page_json(
+    db: Queryable, filters: Filters, principal: Principal, limit: int, after: str | None
+) -> str:
+    """One page as the API's JSON (views.Page), highest priority first, then oldest."""
+    sql = filter_sql(filters, principal)
+    if after is not None:
+        rank, at, pid = decode_cursor(after)
+        sql.add("(priority_rank, enqueued_at, proposal_id) > ({}, {}, {})", rank, at, pid)
+    sql.params.append(limit + 1)
+    rows = await db.fetch(
+        f"SELECT priority_rank, enqueued_at, proposal_id, {SUMMARY_JSON} AS item FROM review_queue"
+        f" WHERE {sql.where} ORDER BY priority_rank, enqueued_at, proposal_id LIMIT ${len(sql.params)}",
+        *sql.params,
+    )
+    following = json.dumps(encode_cursor(rows[limit - 1])) if len(rows) > limit else "null"
+    return '{"items":[' + ",".join(r["item"] for r in rows[:limit]) + '],"next_cursor":' + following + "}"
+
+
 async def count(db: Queryable, filters: Filters, principal: Principal) -> int:
     sql = filter_sql(filters, principal)
     n: int = await db.fetchval(f"SELECT count(*) FROM review_queue WHERE {sql.where}", *sql.params)
