@@ -11,6 +11,7 @@ import hmac
 import json
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -45,17 +46,54 @@ class Issuer:
     def __init__(self) -> None:
         self.keys: dict[str, Any] = {}
         self.published: list[dict[str, Any]] = []
+        # Authorization codes given out: code -> (PKCE challenge, redirect URI, the user's claims).
+        self.codes: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        self.user: dict[str, Any] = {"email": "olivia@example.com", "groups": ["reviewer"]}
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path == "/.well-known/openid-configuration":
-                    body: dict[str, Any] = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks"}
-                elif self.path == "/jwks":
+                path, _, query = self.path.partition("?")
+                if path == "/.well-known/openid-configuration":
+                    body: dict[str, Any] = {
+                        "issuer": issuer.url,
+                        "jwks_uri": f"{issuer.url}/jwks",
+                        "authorization_endpoint": f"{issuer.url}/authorize",
+                        "token_endpoint": f"{issuer.url}/token",
+                    }
+                elif path == "/jwks":
                     body = {"keys": issuer.published}
+                elif path == "/authorize":  # the user signs in and consents: back with a code
+                    params = dict(urllib.parse.parse_qsl(query))
+                    code = uuid.uuid4().hex
+                    issuer.codes[code] = (params["code_challenge"], params["redirect_uri"], dict(issuer.user))
+                    back = urllib.parse.urlencode({"code": code, "state": params["state"]})
+                    self.send_response(302)
+                    self.send_header("Location", f"{params['redirect_uri']}?{back}")
+                    self.end_headers()
+                    return
                 else:
                     self.send_error(404)
                     return
+                self._json(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                challenge, redirect, claims = issuer.codes.pop(form.get("code", ""), ("", "", {}))
+                verifier = form.get("code_verifier", "").encode()
+                expected = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
+                if (
+                    self.path != "/token"
+                    or not challenge
+                    or expected != challenge
+                    or redirect != form.get("redirect_uri")
+                ):
+                    self.send_error(400)
+                    return
+                self._json({"access_token": issuer.token(**claims), "token_type": "Bearer"})
+
+            def _json(self, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -369,3 +407,46 @@ def test_a_service_without_authentication_refuses_to_start(
     ):
         pass
     assert "CHANGEGATE_AUTH_OIDC_ISSUER" in str(info.value)
+
+
+async def test_the_inbox_signs_in_with_oidc_authorization_code_and_pkce(
+    settings: CommonSettings, topics: None, issuer: Issuer, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "CHANGEGATE_AUTH_OIDC_ISSUER": issuer.url,
+        "CHANGEGATE_AUTH_OIDC_AUDIENCE": AUDIENCE,
+        "CHANGEGATE_REVIEW_OIDC_CLIENT_ID": "changegate-inbox",
+        "CHANGEGATE_REVIEW_PUBLIC_URL": url,
+    }
+    with service_process("changegate.review_api", settings, port, tmp_path / "svc.log", **env):
+        async with httpx.AsyncClient(base_url=url) as browser:
+            start = await browser.get("/inbox/login/oidc")
+            assert start.status_code == 303
+            authorize = urllib.parse.urlparse(start.headers["location"])
+            params = dict(urllib.parse.parse_qsl(authorize.query))
+            assert (params["client_id"], params["code_challenge_method"]) == ("changegate-inbox", "S256")
+            assert params["redirect_uri"] == f"{url}/inbox/oidc/callback"
+            # The provider sends the browser back with a code; a code for another state is refused.
+            back = await browser.get(start.headers["location"])
+            callback = back.headers["location"]
+            forged = callback.replace(f"state={params['state']}", "state=someone-elses")
+            assert (await browser.get(forged)).status_code == 403
+            signed_in = await browser.get(callback)
+            assert (signed_in.status_code, signed_in.headers["location"]) == (303, "/inbox")
+            cookie = signed_in.headers["set-cookie"]
+            assert "changegate_session=" in cookie
+            assert "httponly" in cookie.lower()
+            assert "samesite=strict" in cookie.lower()
+            page = await browser.get("/inbox")
+            assert page.status_code == 200
+            assert "Signed in as <strong>olivia@example.com</strong>" in page.text
+            assert "default-src 'none'" in page.headers["content-security-policy"]
+            # A user whose groups grant nothing here is not signed in.
+            issuer.user = {"email": "mallory@example.com", "groups": ["marketing"]}
+            async with httpx.AsyncClient(base_url=url) as other:
+                start = await other.get("/inbox/login/oidc")
+                back = await other.get(start.headers["location"])
+                refused = await other.get(back.headers["location"])
+                assert refused.status_code == 403

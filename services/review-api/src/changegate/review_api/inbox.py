@@ -301,6 +301,8 @@ async def login(request: Request) -> Response:
     principal = await request.app.state.authenticator.authenticate(token) if 0 < len(token) <= 8192 else None
     if principal is None:
         return render(request, "signin.html", 401, error="That token is not valid (or has expired).")
+    if not principal.may(Role.VIEWER):
+        return render(request, "signin.html", 403, error="That token grants no role that reads the queue.")
     return _signed_in(request, token)
 
 
@@ -596,7 +598,10 @@ async def oidc_callback(request: Request) -> Response:
         return _error(request, HTTPException(502, "the identity provider refused the sign-in"))
     for name in ("access_token", "id_token"):
         token = tokens.get(name) if isinstance(tokens, dict) else None
-        if isinstance(token, str) and await request.app.state.authenticator.authenticate(token) is not None:
+        principal = (
+            await request.app.state.authenticator.authenticate(token) if isinstance(token, str) else None
+        )
+        if isinstance(token, str) and principal is not None and principal.may(Role.VIEWER):
             response = _signed_in(request, token)
             response.delete_cookie(OIDC_COOKIE, path="/inbox/oidc")
             return response
