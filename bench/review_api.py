@@ -148,6 +148,8 @@ async def measure(
 
     await asyncio.gather(*(worker() for _ in range(clients)))
     q = statistics.quantiles(latencies, n=100)
+    if name != "warm-up":
+        print(f"  {name}: p50 {q[49] * 1000:.2f} ms, p99 {q[98] * 1000:.2f} ms", flush=True)
     return name, len(latencies), q[49] * 1000, q[98] * 1000
 
 
@@ -215,6 +217,10 @@ async def run(items: int, requests: int, clients: int, workdir: Path) -> None:
             detail_ids = [str(uuid.UUID(int=random.randrange(items) + 1)) for _ in range(requests)]
             approve_ids = [str(uuid.UUID(int=n + 1)) for n in random.sample(range(items), requests)]
 
+            async def floor(_: int) -> None:
+                r = await client.get("/healthz")
+                assert r.status_code == 200, r.text
+
             async def first_page(_: int) -> None:
                 r = await client.get("/v1/proposals", params={"limit": 50})
                 assert r.status_code == 200, r.text
@@ -242,6 +248,7 @@ async def run(items: int, requests: int, clients: int, workdir: Path) -> None:
                 await measure("warm-up", warm, min(200, requests), clients)
             results = [
                 await measure("bare asyncpg: first page (baseline)", bare, requests, clients),
+                await measure("GET /healthz (HTTP floor: no auth, no query)", floor, requests, clients),
                 await measure("GET /v1/proposals (first page)", first_page, requests, clients),
                 await measure("GET /v1/proposals?cursor= (deep page)", deep_page, requests, clients),
                 await measure("GET /v1/proposals/{id} (detail)", detail, requests, clients),
@@ -255,6 +262,11 @@ async def run(items: int, requests: int, clients: int, workdir: Path) -> None:
             verdict = "" if target is None else f"  {target} ms: {'met' if p99 <= target else 'missed'}"
             print(f"{name:<42} {n:>9,} {p50:>8.2f} {p99:>8.2f}{verdict}")
         await pool.close()
+    except BaseException:
+        log = workdir / "review-api.log"
+        if log.exists():
+            print("review-api's last log lines:\n" + "\n".join(log.read_text().splitlines()[-30:]))
+        raise
     finally:
         if proc is not None:
             stop(proc)

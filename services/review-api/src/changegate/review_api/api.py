@@ -50,7 +50,7 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-def refuse_unknown_query(request: Request) -> None:
+async def refuse_unknown_query(request: Request) -> None:
     """422 for a query parameter the operation does not declare."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
@@ -106,7 +106,7 @@ def _json(
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def filters_of(
+async def filters_of(
     status: Annotated[ListStatus, Query(description="status of the items ('any': every status)")] = "pending",
     kind: Annotated[ProposalKind | None, Query(description="only this proposal kind")] = None,
     queue: Annotated[Name | None, Query(description="only this review queue")] = None,
