@@ -1,4 +1,5 @@
-"""The review queue in PostgreSQL: enqueue pending proposals, decide them exactly once."""
+"""What review-api consumes into PostgreSQL: pending proposals (the queue), decisions made elsewhere
+and executions, so any proposal can be read (deciding is decisions.py); expiry and queue gauges."""
 
 from __future__ import annotations
 
