@@ -593,6 +593,9 @@ async def test_stats_stream_and_metrics(api: Api, pool: asyncpg.Pool, review_api
                     break
     assert resumed == ["approval", "approval", "decided"]
     problem(await api.client.get("/v1/events"), 401)
+    problem(await api.get("/v1/events", kind="nope"), 422)
+    problem(await api.get("/v1/events", since="1"), 422)  # unknown parameter
+    problem(await api.client.get("/v1/stats"), 401)
 
     stats = (await api.get("/v1/stats")).json()
     assert stats["total"] == 0
