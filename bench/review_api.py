@@ -246,14 +246,25 @@ async def run(items: int, requests: int, clients: int, workdir: Path) -> None:
 
             for warm in (first_page, deep_page, detail, bare):  # warm caches and connections
                 await measure("warm-up", warm, min(200, requests), clients)
-            results = [
-                await measure("bare asyncpg: first page (baseline)", bare, requests, clients),
-                await measure("GET /healthz (HTTP floor: no auth, no query)", floor, requests, clients),
-                await measure("GET /v1/proposals (first page)", first_page, requests, clients),
-                await measure("GET /v1/proposals?cursor= (deep page)", deep_page, requests, clients),
-                await measure("GET /v1/proposals/{id} (detail)", detail, requests, clients),
-                await measure("POST /v1/proposals/{id}/approve", approve, requests, clients),
+            phases = [
+                ("bare asyncpg: first page (baseline)", bare),
+                ("GET /healthz (HTTP floor: no auth, no query)", floor),
+                ("GET /v1/proposals (first page)", first_page),
+                ("GET /v1/proposals?cursor= (deep page)", deep_page),
+                ("GET /v1/proposals/{id} (detail)", detail),
+                ("POST /v1/proposals/{id}/approve", approve),
             ]
+            results = []
+            for name, call in phases:
+                # Fresh connections per phase: a keep-alive connection the server closed while idle
+                # between phases would otherwise fail the next phase's first request on it.
+                await client.aclose()
+                client = httpx.AsyncClient(
+                    base_url=base, headers={"Authorization": f"Bearer {token}"}, limits=limits, timeout=30
+                )
+                await measure("warm-up", floor, clients * 2, clients)  # open the phase's connections
+                results.append(await measure(name, call, requests, clients))
+            await client.aclose()
         targets = {"first page": 20, "deep page": 20, "detail": 20, "approve": 30}
         print(f"\n{items:,} pending items, {clients} concurrent clients, {requests:,} requests each")
         print(f"{'operation':<42} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8}  target p99")
