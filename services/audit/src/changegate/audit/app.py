@@ -17,6 +17,7 @@ from changegate.core.db import claim_event
 from changegate.core.http import MAX_BIGINT, Name, problem_responses
 from changegate.core.kafka import ConsumerLoop, Subscription
 from changegate.core.logging import configure_logging, get_logger
+from changegate.core.policy_versions import RecordedPolicies
 from changegate.core.service import ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic
@@ -32,10 +33,12 @@ ROWS_WRITTEN = Counter("changegate_audit_rows_written_total", "Audit rows append
 class AuditConsumer:
     def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
         self.pool, self.verifier = pool, verifier
+        self.policies = RecordedPolicies(pool)
 
     async def on_decision(self, envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
         self.verifier.decision(decision)  # a forged decision never reaches the log
+        await self.policies.check(decision)  # nor one of a policy version never loaded
         async with self.pool.acquire() as conn:
             if not await record_decision(conn, decision):
                 log.info("decision not kept", outcome=decision.outcome.value)
@@ -43,6 +46,7 @@ class AuditConsumer:
     async def on_execution(self, envelope: Envelope[Any]) -> None:
         execution: Execution = envelope.payload
         self.verifier.execution(execution)  # signed by the executor, of a properly signed decision
+        await self.policies.check(execution.decision, "execution")
         async with self.pool.acquire() as conn, conn.transaction():
             if not await claim_event(conn, "audit-executions", execution.execution_id):
                 return  # already logged: redelivery writes no second row
