@@ -87,6 +87,7 @@ def approved_decision(
         rationale="test",
         proposed_at=utcnow(),
     )
+    proposal = signing_key("detector").sign(proposal)  # what executes is a proposal its producer signed
     decision = Decision(
         decision_id=uuid.uuid4(),
         proposal=proposal,

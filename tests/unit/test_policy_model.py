@@ -360,7 +360,10 @@ def test_an_auto_apply_rule_naming_a_human_only_field_is_refused(when: dict[str,
 @pytest.mark.parametrize(
     ("when", "message"),
     [
-        ({"kind": ["field_update"]}, r"allow_high_risk would let field updates auto-apply Email, email, hs_additional_emails \(human-only"),
+        (
+            {"kind": ["field_update"]},
+            r"let field updates auto-apply Email, email, hs_additional_emails \(human-only",
+        ),
         ({}, "would auto-apply merge, owner_reassignment"),
         ({"kind": ["lifecycle_transition"]}, r"limit the rule's trigger to \[defined_event\]"),
         (
