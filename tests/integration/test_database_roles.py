@@ -216,6 +216,8 @@ async def test_no_role_can_take_over_an_api_token(migrated: str, service: str) -
             with pytest.raises(REFUSED):
                 await conn.execute("SELECT changegate_token_used($1)", token_id)
         after = await owner.fetchrow("SELECT * FROM changegate_api_tokens WHERE id = $1", token_id)
+        assert after is not None
+        assert before is not None
         assert {k: v for k, v in after.items() if k != "last_used_at"} == {
             k: v for k, v in before.items() if k != "last_used_at"
         }

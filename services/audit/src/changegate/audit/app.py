@@ -10,7 +10,7 @@ from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verif
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import append_execution, record_decision
 from changegate.core import __version__
-from changegate.core.auth import Authenticator, Viewer
+from changegate.core.auth import Authenticator, UnscopedViewer
 from changegate.core.contracts import AuditEntry, Decision, Execution
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_event
@@ -74,7 +74,8 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
         title="changegate audit",
         version=__version__,
         description="Query and verify the append-only, hash-chained log of executed changes. "
-        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above).",
+        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above, without queue or kind "
+        "scopes: the log spans every queue).",
     )
     app.state.pool = pool
     app.state.authenticator = Authenticator(settings, pool)
@@ -83,7 +84,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     @app.get("/audit/entries", response_model=list[AuditEntry], tags=["audit"], responses=errors)
     async def list_entries(
         request: Request,
-        _: Viewer,
+        _: UnscopedViewer,
         record_id: Annotated[Name | None, Query(description="only this CRM record")] = None,
         proposal_id: Annotated[uuid.UUID | None, Query(description="only this proposal")] = None,
         after_seq: Annotated[
@@ -111,7 +112,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     )
     async def verify_chain(
         request: Request,
-        _: Viewer,
+        _: UnscopedViewer,
         head: Annotated[
             str | None,
             Query(
