@@ -62,7 +62,13 @@ def test_bad_token_lifetimes_are_refused(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "spelling", ["self-x@example.com", "Self-x@Example.com", " SELF-X@EXAMPLE.COM ", "\uff53\uff45\uff4c\uff46-x@example.com"  # fullwidth letters]
+    "spelling",
+    [
+        "self-x@example.com",
+        "Self-x@Example.com",
+        " SELF-X@EXAMPLE.COM ",
+        "\uff53\uff45\uff4c\uff46-x@example.com",  # fullwidth letters
+    ],
 )
 def test_an_identity_is_normalised_where_the_principal_is_made(spelling: str) -> None:
     principal = Principal(spelling)
