@@ -183,3 +183,25 @@ def test_a_bad_declaration_stops_the_process(
     monkeypatch.setenv("CHANGEGATE_CRM_FIELDS", value)
     with pytest.raises(SystemExit, match=message):
         field_risk.table()
+
+
+def test_the_detector_starts_only_with_fields_the_table_knows_as_its_kinds() -> None:
+    from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
+    from changegate.detector.settings import DetectorSettings
+
+    assert DetectorSettings().field_risk_refusals(TABLE) == []
+    custom = DetectorSettings(
+        lifecycle=LifecycleConfig(stage_field="stage__c"),
+        owner=OwnerConfig(owner_field="OwnerId"),
+        verification=VerificationConfig(email_field="Email", status_field="Email_Status__c"),
+    )
+    assert custom.field_risk_refusals(TABLE) == [
+        "CHANGEGATE_LIFECYCLE stage_field 'stage__c' is not in the lifecycle_stage class: declare it in "
+        'CHANGEGATE_CRM_FIELDS (e.g. {"stage__c": "lifecycle_stage"}), the same for every service',
+        "CHANGEGATE_VERIFICATION status_field 'Email_Status__c' is not in the email_status class: declare "
+        'it in CHANGEGATE_CRM_FIELDS (e.g. {"Email_Status__c": "email_status"}), the same for every service',
+    ]
+    declared = FieldTable(
+        {"stage__c": FieldClass.LIFECYCLE_STAGE, "Email_Status__c": FieldClass.EMAIL_STATUS}
+    )
+    assert custom.field_risk_refusals(declared) == []
