@@ -393,3 +393,11 @@ def test_a_review_request_is_policys_route_or_the_executors_conflict(
     _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["policy"].sign(as_policy)))
     detected_conflict = conflict.model_copy(update={"proposal": detected})
     _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["executor"].sign(detected_conflict)))
+
+
+def test_a_refusal_checked_again_alone_is_counted_once(make_proposal: Callable[..., Proposal]) -> None:
+    before = _refusals("proposal", "unsigned")
+    _refused("unsigned", lambda: VERIFIER.proposal(make_proposal(), count=False))
+    assert _refusals("proposal", "unsigned") == before
+    _refused("unsigned", lambda: VERIFIER.proposal(make_proposal()))
+    assert _refusals("proposal", "unsigned") == before + 1

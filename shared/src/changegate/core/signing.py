@@ -198,23 +198,30 @@ class Verifier:
         }
 
     def _signer(
-        self, model: BaseModel, signature: Signature | None, event_type: str, prefix: str = ""
+        self,
+        model: BaseModel,
+        signature: Signature | None,
+        event_type: str,
+        prefix: str = "",
+        count: bool = True,
     ) -> str:
         if signature is None:
-            raise self._refuse(event_type, prefix + "unsigned", "no signature")
+            raise self._refuse(event_type, prefix + "unsigned", "no signature", count)
         known = self.keys.get(signature.key_id)
         if known is None:
-            raise self._refuse(event_type, prefix + "unknown_key", f"key {signature.key_id!r} is not trusted")
+            raise self._refuse(
+                event_type, prefix + "unknown_key", f"key {signature.key_id!r} is not trusted", count
+            )
         signer, public = known
         if signer != signature.signer:
             raise self._refuse(
-                event_type, prefix + "bad_signature", f"key {signature.key_id!r} belongs to {signer}"
+                event_type, prefix + "bad_signature", f"key {signature.key_id!r} belongs to {signer}", count
             )
         try:
             public.verify(_unb64(signature.value), canonical(model))
         except (InvalidSignature, ValueError) as exc:
             raise self._refuse(
-                event_type, prefix + "bad_signature", "the signature does not match the content"
+                event_type, prefix + "bad_signature", "the signature does not match the content", count
             ) from exc
         return signer
 
@@ -234,10 +241,13 @@ class Verifier:
         proposal: Proposal,
         signers: frozenset[str] = PROPOSAL_SIGNERS,
         event_type: str = "proposal",
+        count: bool = True,
     ) -> str:
-        """The signer of a proposal, one of ``signers``, whose kind changes only its own fields."""
+        """The signer of a proposal, one of ``signers``, whose kind changes only its own fields.
+        ``count=False`` when the same message will be checked again alone (a batch that fails is
+        retried message by message), so a refusal is counted once."""
         prefix = "" if event_type == "proposal" else "proposal_"
-        signer = self._signer(proposal, proposal.signature, event_type, prefix)
+        signer = self._signer(proposal, proposal.signature, event_type, prefix, count)
         refusal = proposal_refusal(signer, proposal)
         if refusal is None and signer not in signers:
             refusal = "signer_not_allowed", f"a proposal signed by {signer} is not accepted here"
@@ -245,7 +255,7 @@ class Verifier:
             wrong = self.fields.kind_refusal(proposal.kind, proposal.changes)
             refusal = ("fields_not_of_kind", wrong) if wrong else None
         if refusal is not None:
-            raise self._refuse(event_type, prefix + refusal[0], refusal[1])
+            raise self._refuse(event_type, prefix + refusal[0], refusal[1], count)
         return signer
 
     def review_request(self, request: ReviewRequest) -> str:
@@ -267,8 +277,9 @@ class Verifier:
         return signer
 
     @staticmethod
-    def _refuse(event_type: str, reason: str, detail: str) -> SignatureRefusedError:
-        REFUSED.labels(event_type=event_type, reason=reason).inc()
+    def _refuse(event_type: str, reason: str, detail: str, count: bool = True) -> SignatureRefusedError:
+        if count:
+            REFUSED.labels(event_type=event_type, reason=reason).inc()
         return SignatureRefusedError(reason, detail)
 
 

@@ -91,9 +91,10 @@ class Router:
     async def handle_batch(self, envelopes: list[Envelope[Any]]) -> None:
         policy = self.policy  # one policy for the whole batch
         proposals: dict[uuid.UUID, Proposal] = {}
+        alone = len(envelopes) == 1  # a failing batch is retried message by message: count once
         for env in envelopes:
             # Only what the detector signed is routed; anything else is dead-lettered, counted.
-            self.verifier.proposal(env.payload, DETECTOR_ONLY)
+            self.verifier.proposal(env.payload, DETECTOR_ONLY, count=alone)
             proposals.setdefault(env.payload.proposal_id, env.payload)
         async with self.pool.acquire() as conn, conn.transaction():
             done = {
