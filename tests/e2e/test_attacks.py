@@ -399,6 +399,9 @@ async def test_5_scopes_limit_reading_and_6_no_spelling_of_oneself_approves_ones
         )
         assert denied.status_code == 403
         assert denied.json()["detail"] == "you requested this change: another reviewer must approve it"
+    assert await _metric(stack, "review-api", 'changegate_auth_failures_total{reason="self_approval"}') >= 1
+    assert await _metric(stack, "review-api", 'changegate_auth_failures_total{reason="out_of_scope"}') >= 2
+    async with httpx.AsyncClient(timeout=10) as client:
         assert (await client.get(f"{review}/proposals/{item['proposal_id']}", headers=admin)).json()[
             "status"
         ] == "pending"
@@ -456,6 +459,9 @@ async def test_7_a_gzip_bomb_is_refused_before_any_consumer_inflates_it(
         )
         refused = await _refusals(stack, topic, [sent], consumers)
         assert set(refused.values()) == {"decompression_limit"}
+        counted = f'changegate_dead_letters_total{{topic="{names(topic)}",reason="decompression_limit"}}'
+        for service in {"detector"} if topic is Topic.CRM_EVENTS else {"executor", "audit", "policy"}:
+            assert await _metric(stack, service, counted) == 1, service
         # … and each group moved past it: the good message after it is not dead-lettered, and the
         # group commits beyond it.
         past = (consumers, names(topic), good.offset)

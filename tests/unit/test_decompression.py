@@ -143,3 +143,123 @@ def records_of(memory: MemoryRecords) -> list[tuple[int, bytes | None]]:
     while memory.has_next():
         found += [(r.offset, r.value) for r in memory.next_batch()]
     return found
+
+
+def test_the_default_limit_is_the_settings_default_of_16_mib() -> None:
+    from changegate.core.settings import CommonSettings
+
+    assert decompression.DEFAULT_LIMIT == 16 * MIB
+    assert CommonSettings().kafka_max_decompressed_batch_bytes == decompression.DEFAULT_LIMIT
+
+
+def test_the_marker_is_a_plain_v2_batch_at_the_refused_batchs_place_and_time() -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    bomb = batch(40, [b"\0" * (2 * MIB), b"x"], codec=1)
+    first_timestamp = 1_700_000_000_000
+    marker = DefaultRecordBatch(screen(bomb, limit=MIB))
+    assert (marker.magic, marker.compression_type, marker.is_transactional) == (2, 0, False)
+    assert (marker.producer_id, marker.producer_epoch, marker.base_sequence) == (-1, -1, -1)
+    assert (marker.base_offset, marker.next_offset) == (40, 42)
+    assert marker.validate_crc()
+    [record] = list(marker)
+    assert (record.offset, record.timestamp, record.key, record.headers) == (41, first_timestamp, None, [])
+
+
+def test_every_refusal_says_why_in_words() -> None:
+    assert _reason(screen(_with_body(bytearray(batch(0, [b"x"] * 3, codec=1)), b""), limit=MIB)) == (
+        "corrupt_batch",
+        "a gzip batch that does not decompress: empty gzip stream",
+    )
+    cut = bytearray(batch(0, [b"hello" * 1000], codec=1))
+    body = gzip.compress(b"hello" * 1000)[:5]  # cut inside the gzip header: no output at all
+    truncated = _with_body(cut, body)
+    assert _reason(screen(truncated, limit=MIB)) == (
+        "corrupt_batch",
+        "a gzip batch that does not decompress: truncated gzip stream",
+    )
+    assert _reason(screen(_with_body(cut, zlib.compress(b"x" * 100)), limit=MIB))[0] == "corrupt_batch"
+    legacy = _legacy(magic=0, attributes=1)
+    assert _reason(screen(legacy, limit=MIB)) == (
+        "unsupported_compression",
+        "a compressed message set of the pre-0.11 formats",
+    )
+
+
+def test_a_zero_record_gzip_batch_is_judged_too() -> None:
+    header_only = bytearray(batch(3, [b"x"], codec=1)[:61])
+    struct.pack_into(">i", header_only, 8, 61 - 12)
+    assert _reason(screen(bytes(header_only), limit=MIB))[0] == "corrupt_batch"
+
+
+@pytest.mark.parametrize("magic", [0, 1])
+def test_legacy_message_sets_pass_unless_compressed(magic: int) -> None:
+    plain = _legacy(magic=magic, attributes=0)
+    assert screen(plain, limit=MIB) is plain
+    [(offset, value)] = records(screen(_legacy(magic=magic, attributes=1), limit=MIB))
+    assert offset == 9
+    assert (refused_batch(value) or ("",))[0] == "unsupported_compression"
+    mixed = plain + batch(10, [b"a"])
+    assert screen(mixed, limit=MIB) is mixed
+
+
+@pytest.mark.parametrize("length", [0, 2, 4, 5])
+def test_a_batch_too_short_to_be_one_ends_the_screening(length: int) -> None:
+    whole = batch(0, [b"a"])
+    data = whole + struct.pack(">qi", 1, length) + b"\x01" * length
+    assert screen(data, limit=10) is data
+
+
+def test_the_shortest_legacy_message_set_is_still_read() -> None:
+    # 18 bytes after the offset: size, crc, magic, attributes and nothing else; compressed.
+    tiny = struct.pack(">qi", 4, 6) + struct.pack(">Ibb", 0, 1, 2)
+    assert len(tiny) == 18
+    [(offset, value)] = records(screen(tiny, limit=MIB))
+    assert offset == 4
+    assert (refused_batch(value) or ("",))[0] == "unsupported_compression"
+
+
+def _reason(data: bytes) -> tuple[str, str]:
+    [(_, value)] = records(data)
+    return refused_batch(value) or ("", "")
+
+
+def _with_body(header_source: bytearray, body: bytes) -> bytes:
+    data = bytearray(header_source[:61]) + body
+    struct.pack_into(">i", data, 8, len(data) - 12)
+    return bytes(data)
+
+
+def _legacy(magic: int, attributes: int) -> bytes:
+    value = b"abc"
+    if magic == 1:
+        body = struct.pack(">bbqi", magic, attributes, 0, -1) + struct.pack(">i", len(value)) + value
+    else:
+        body = struct.pack(">bbi", magic, attributes, -1) + struct.pack(">i", len(value)) + value
+    message = struct.pack(">I", zlib.crc32(body)) + body
+    return struct.pack(">qi", 9, len(message)) + message
+
+
+def test_a_legacy_set_is_never_read_as_a_v2_batch() -> None:
+    # A plain v1 message longer than a v2 header, whose timestamp sets the bits where a v2
+    # batch keeps its codec: it passes as it is.
+    value = b"v" * 60
+    body = struct.pack(">bbqi", 1, 0, 1 << 24, -1) + struct.pack(">i", len(value)) + value
+    message = struct.pack(">I", zlib.crc32(body)) + body
+    plain = struct.pack(">qi", 9, len(message)) + message
+    assert screen(plain, limit=MIB) is plain
+
+
+def test_a_v2_batch_shorter_than_its_header_is_left_to_aiokafka() -> None:
+    short = struct.pack(">qii", 1, 40, -1) + b"\x02" + b"\x01" * 39
+    data = batch(0, [b"a"]) + short
+    assert screen(data, limit=MIB) is data
+
+
+def test_a_legacy_marker_is_at_time_zero() -> None:
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    marker = DefaultRecordBatch(screen(_legacy(magic=1, attributes=1), limit=MIB))
+    assert marker.validate_crc()
+    [record] = list(marker)
+    assert (record.offset, record.timestamp) == (9, 0)

@@ -205,3 +205,23 @@ def test_the_detector_starts_only_with_fields_the_table_knows_as_its_kinds() -> 
         {"stage__c": FieldClass.LIFECYCLE_STAGE, "Email_Status__c": FieldClass.EMAIL_STATUS}
     )
     assert custom.field_risk_refusals(declared) == []
+
+
+def test_every_class_can_be_declared_by_its_name() -> None:
+    settings = field_risk.FieldRiskSettings(crm_fields={f"f_{c.value}": c.value for c in FieldClass})
+    assert settings.crm_fields == {
+        "f_owner": FieldClass.OWNER,
+        "f_email": FieldClass.EMAIL,
+        "f_lifecycle_stage": FieldClass.LIFECYCLE_STAGE,
+        "f_email_status": FieldClass.EMAIL_STATUS,
+        "f_merge_bookkeeping": FieldClass.MERGE_BOOKKEEPING,
+    }
+
+
+def test_every_reason_a_human_must_decide_is_in_the_detail(make_proposal: MakeProposal) -> None:
+    changes = [change("hubspot_owner_id", "a", "b")]
+    proposal = make_proposal(kind=ProposalKind.OWNER_REASSIGNMENT, trigger=Trigger.RULE, changes=changes)
+    assert TABLE.auto_apply_refusal(proposal) == (
+        "human_required",
+        "a owner_reassignment is decided by a human; hubspot_owner_id is a human-only field (owner)",
+    )

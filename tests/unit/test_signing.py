@@ -401,3 +401,49 @@ def test_a_refusal_checked_again_alone_is_counted_once(make_proposal: Callable[.
     assert _refusals("proposal", "unsigned") == before
     _refused("unsigned", lambda: VERIFIER.proposal(make_proposal()))
     assert _refusals("proposal", "unsigned") == before + 1
+
+
+def test_the_executors_re_proposals_are_those_of_a_conflict(make_proposal: Callable[..., Proposal]) -> None:
+    proposal = make_proposal()
+    source = proposal.source.model_copy(update={"event_id": "conflict:0d5b7a5e"})
+    assert (
+        VERIFIER.proposal(KEYS["executor"].sign(proposal.model_copy(update={"source": source}))) == "executor"
+    )
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.proposal(KEYS["executor"].sign(proposal))
+    assert info.value.detail == "the executor signs only its re-proposals after a conflict"
+
+
+def test_refusals_say_why(
+    make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision]
+) -> None:
+    proposal = KEYS["detector"].sign(make_proposal())
+    decision = make_decision(
+        proposal=proposal, outcome=DecisionOutcome.APPROVED_WITH_CHANGES, decided_by=HUMAN
+    )
+    moved = decision.model_copy(
+        update={"final_changes": [FieldChange(field="email", previous=None, proposed="x@y.example")]}
+    )
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(KEYS["review-api"].sign(moved))
+    assert info.value.detail == "an approval with changes may change proposed values only"
+    approved = make_decision(proposal=proposal, outcome=DecisionOutcome.APPROVED, decided_by=HUMAN)
+    changed = approved.model_copy(update={"final_changes": []})
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(KEYS["review-api"].sign(changed))
+    assert info.value.detail == "an approved decision must apply the proposal's changes"
+
+
+def test_review_request_refusals_are_counted_as_review_requests(
+    make_proposal: Callable[..., Proposal], policy_decider: Decider
+) -> None:
+    detected = KEYS["detector"].sign(make_proposal())
+    request = ReviewRequest(proposal=detected, routed_by=policy_decider, explanation="x")
+    for reason, bad in (
+        ("unsigned", request),
+        ("proposal_unsigned", KEYS["policy"].sign(request.model_copy(update={"proposal": make_proposal()}))),
+        ("signer_not_allowed", KEYS["detector"].sign(request)),
+    ):
+        before = _refusals("review_request", reason)
+        _refused(reason, lambda bad=bad: VERIFIER.review_request(bad))  # type: ignore[misc]
+        assert _refusals("review_request", reason) == before + 1, reason

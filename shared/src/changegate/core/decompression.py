@@ -36,7 +36,7 @@ MARKER = b"\x00changegate:refused-batch\x00"  # no valid message starts with NUL
 _OFFSET_AND_LENGTH = struct.Struct(">qi")
 _V2_HEADER = struct.Struct(">qiibIhiqqqhii")  # base offset … records count: 61 bytes
 _LEGACY_ATTRIBUTES = 17  # offset, size, crc, magic: then the attributes byte
-_CODECS = {1: "gzip", 2: "snappy", 3: "lz4", 4: "zstd"}
+_UNBOUNDED_CODECS = {2: "snappy", 3: "lz4", 4: "zstd"}  # 1 is gzip
 
 
 class _Limit:
@@ -81,8 +81,8 @@ def gzip_size(data: bytes | memoryview, limit: int) -> int | None:
 
 
 def _refusal(codec: int, body: memoryview, limit: int) -> tuple[str, str] | None:
-    name = _CODECS.get(codec, f"codec {codec}")
     if codec != 1:
+        name = _UNBOUNDED_CODECS.get(codec, f"codec {codec}")
         return "unsupported_compression", f"a {name} batch: only gzip is bounded (and read) here"
     try:
         size = gzip_size(body, limit)

@@ -21,7 +21,6 @@ from changegate.core.contracts import (
     DecisionOutcome,
     Execution,
     Proposal,
-    ProposalKind,
     ReviewRequest,
     Signature,
 )
@@ -34,8 +33,6 @@ from pydantic import BaseModel, Field
 
 Signed = TypeVar("Signed", Decision, Execution, Proposal, ReviewRequest)
 
-# Kinds a human must approve, whatever a policy says (the field-risk table adds fields to these).
-HUMAN_ONLY_KINDS: frozenset[ProposalKind] = field_risk.HUMAN_KINDS
 SIGNERS = ("policy", "review-api", "detector", "executor")
 # Who may sign a proposal: the detector; the executor only its re-proposals after a conflict.
 PROPOSAL_SIGNERS = frozenset({"detector", "executor"})

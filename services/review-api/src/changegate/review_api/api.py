@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from changegate.core.auth import Principal, Reviewer, Role, Viewer
+from changegate.core.auth.dependencies import AUTH_FAILURES
 from changegate.core.contracts import DecisionOutcome, Proposal, ProposalKind
 from changegate.core.http import Comment, Name, Value, problem_responses
 from changegate.review_api import queue
@@ -137,7 +138,10 @@ async def queue_statistics(request: Request, principal: Viewer) -> QueueStatisti
 async def _visible_item(request: Request, principal: Principal, proposal_id: uuid.UUID) -> Any:
     """The item, if the principal's scopes let them read it; else 404, as if it did not exist."""
     row = await queue.get_item(request.app.state.pool, proposal_id)
-    if row is None or not principal.may(Role.VIEWER, queue=row["queue"], kind=row["kind"]):
+    if row is not None and not principal.may(Role.VIEWER, queue=row["queue"], kind=row["kind"]):
+        AUTH_FAILURES.labels(reason="out_of_scope").inc()
+        row = None
+    if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
     return row
 
@@ -164,12 +168,14 @@ async def _decide(
     await state.decision_limit.check(principal.subject)
     row = await _visible_item(request, principal, proposal_id)
     if not principal.may(Role.REVIEWER, queue=row["queue"], kind=row["kind"]):
+        AUTH_FAILURES.labels(reason="out_of_scope").inc()
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"your role does not cover {row['kind']} proposals in queue {row['queue']}",
         )
     proposal = Proposal.model_validate(row["proposal"])
     if outcome is not DecisionOutcome.REJECTED and principal.is_(proposal.requested_by):
+        AUTH_FAILURES.labels(reason="self_approval").inc()
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, "you requested this change: another reviewer must approve it"
         )
