@@ -31,8 +31,6 @@ from changegate.cli.devstack import DevStack
 from changegate.core.auth import Role
 from changegate.core.auth.tokens import create_token, revoke_token
 from changegate.core.contracts import (
-    CrmEvent,
-    CrmEventKind,
     Decider,
     Decision,
     DecisionOutcome,
@@ -52,7 +50,7 @@ from changegate.core.serde import encode
 from changegate.core.signing import SigningKey
 from changegate.core.topics import TOPICS, Topic, TopicNames
 from changegate.executor.crm import sandbox
-from helpers import audited, eventually, send_created
+from helpers import CONSUMER_GROUPS, audited, enrichment, eventually, send_created
 from hostile import good_message
 from pydantic import BaseModel
 
@@ -296,15 +294,7 @@ async def test_4_no_role_can_claim_anothers_events_or_drop_its_messages(
     rid = f"claimed-{uuid.uuid4().hex[:8]}"
     await sandbox.upsert_record(db, C, rid, {"jobtitle": "Engineer"})
     await send_created(stack, producer, rid, firstname="Claire", jobtitle="Engineer")
-    event = CrmEvent(
-        source_system="clay",
-        source_event_id=f"clay-{rid}",
-        object_type=C,
-        record_id=rid,
-        kind=CrmEventKind.ENRICHMENT_RESULT,
-        properties={"jobtitle": "CTO"},
-        confidence=0.95,
-    )
+    event = enrichment(rid, confidence=0.95, jobtitle="CTO")
     await producer.send_and_wait(
         TopicNames(stack.topic_prefix)(Topic.CRM_EVENTS),
         encode(make_envelope(event, service="e2e")),
@@ -363,15 +353,8 @@ async def test_5_scopes_limit_reading_and_6_no_spelling_of_oneself_approves_ones
     _, self_x = await create_token(db, "Self-x@Example.com", Role.REVIEWER, created_by="t")
     rid = f"self-{uuid.uuid4().hex[:8]}"
     await send_created(stack, producer, rid, firstname="Sam", jobtitle="Engineer")
-    event = CrmEvent(
-        source_system="forms",
-        source_event_id=f"f-{rid}",
-        object_type=C,
-        record_id=rid,
-        kind=CrmEventKind.ENRICHMENT_RESULT,
-        properties={"jobtitle": "Head of Sales"},
-        confidence=0.95,
-        requested_by="self-x@example.com",
+    event = enrichment(rid, confidence=0.95, jobtitle="Head of Sales").model_copy(
+        update={"requested_by": "self-x@example.com"}
     )
     await producer.send_and_wait(
         TopicNames(stack.topic_prefix)(Topic.CRM_EVENTS),
@@ -447,16 +430,7 @@ async def test_7_a_gzip_bomb_is_refused_before_any_consumer_inflates_it(
     bomb = b"\0" * (256 * 1024 * 1024)
     assert len(gzip.compress(bomb, 6)) < 300_000  # about what went over the wire (261 KB in the report)
     peaks = {s: _peak_rss(p.proc.pid) for s, p in stack.services.items()}
-    groups = {
-        Topic.CRM_EVENTS: {"changegate-detector"},
-        Topic.DECISIONS: {
-            "changegate-policy",
-            "changegate-review-api",
-            "changegate-executor",
-            "changegate-audit",
-            "changegate-detector-lifecycle",
-        },
-    }
+    groups = {t: CONSUMER_GROUPS[t] for t in (Topic.CRM_EVENTS, Topic.DECISIONS)}
     for topic, consumers in groups.items():
         sent = await bomb_producer.send_and_wait(names(topic), bomb, key=b"bomb", partition=0)
         good = await producer.send_and_wait(

@@ -400,3 +400,18 @@ def test_allow_high_risk_within_the_permitted_exception_is_accepted(when: dict[s
     assert (
         Rule.model_validate({"id": "r", "action": "review", "allow_high_risk": True}).action is Action.REVIEW
     )
+
+
+def test_the_lifecycle_exception_names_every_lifecycle_stage_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from changegate.core import field_risk
+
+    monkeypatch.setenv("CHANGEGATE_CRM_FIELDS", '{"stage__c": "lifecycle_stage"}')
+    field_risk.table.cache_clear()
+    try:
+        rule = {"id": "r", "when": {"kind": ["lifecycle_transition"]}, "action": "auto_apply"}
+        with pytest.raises(
+            ValidationError, match=r"auto-applies lifecyclestage, stage__c only when triggered"
+        ):
+            Rule.model_validate({**rule, "allow_high_risk": True})
+    finally:
+        field_risk.table.cache_clear()

@@ -39,8 +39,8 @@ class Policy:
     document: PolicyDocument
     content_hash: str
     source: str
+    content: str  # the file as loaded, for the record the executor and audit check
     warnings: list[str] = field(default_factory=list)
-    content: str = field(default="", compare=False, repr=False)  # the file as loaded, for the record
     _deciders: dict[str, Decider] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -65,7 +65,7 @@ class Policy:
     @classmethod
     def parse(cls, raw: bytes, source: str) -> Policy:
         document = parse_document(raw, source)
-        return cls(document, hashlib.sha256(raw).hexdigest(), source, shadowed_rules(document), raw.decode())
+        return cls(document, hashlib.sha256(raw).hexdigest(), source, raw.decode(), shadowed_rules(document))
 
     def decider(self, rule_id: str) -> Decider:
         cached = self._deciders.get(rule_id)
