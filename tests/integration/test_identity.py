@@ -278,6 +278,7 @@ async def test_roles_scopes_and_self_approval(
         # Scopes limit reading too: the dedup desk lists, reads and counts the dedup queue only.
         listed = (await client.get("/v1/proposals", headers=dedup_desk)).json()["items"]
         assert [i["proposal_id"] for i in listed] == [dedup_item]
+        assert (await client.get("/v1/proposals", headers=data_team)).json()["items"] == []
         _problem(await client.get(f"/v1/proposals/{item}", headers=dedup_desk), 404)
         assert (await client.get(f"/v1/proposals/{dedup_item}", headers=dedup_desk)).status_code == 200
         counted = (await client.get("/v1/stats", headers=dedup_desk)).json()
@@ -288,10 +289,15 @@ async def test_roles_scopes_and_self_approval(
             await client.post(f"/v1/proposals/{dedup_item}/reject", headers=dedup_desk, json=REASON)
         ).status_code == 200
 
-        # Alice caused this proposal: she may withdraw it (reject), never approve it; Bob may.
+        # Alice caused this proposal: she may withdraw it (reject), never approve it; Bob may. Her
+        # identity in any spelling is hers.
         own = await _pending(pool, requested_by="alice@example.com")
         body = _problem(await client.post(f"/v1/proposals/{own}/approve", headers=alice), 403)
         assert body["detail"] == "you requested this change: another reviewer must approve it"
+        shouting = auth(email="Alice@Example.COM", groups=["reviewer"])
+        _problem(await client.post(f"/v1/proposals/{own}/approve", headers=shouting), 403)
+        spelled = await _pending(pool, requested_by=" ALICE@example.com")
+        _problem(await client.post(f"/v1/proposals/{spelled}/approve", headers=alice), 403)
         modify = {"changes": {"jobtitle": "CTO"}}
         _problem(
             await client.post(f"/v1/proposals/{own}/approve-with-changes", headers=alice, json=modify), 403

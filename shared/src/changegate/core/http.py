@@ -6,11 +6,13 @@ declares; an unexpected failure is a 500 problem, logged with its traceback, nev
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import h11
 from changegate.core.logging import get_logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +20,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = get_logger(__name__)
 
@@ -255,3 +258,23 @@ def harden(app: FastAPI, max_body_bytes: int) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware)
     return app
+
+
+class ProblemH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering what its parser refuses before any app runs (a
+    malformed request line, header or Content-Length, headers over the size limit) with a 400
+    problem+json instead of plain text. Pass it as ``uvicorn.Config(http=...)``."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps(
+            Problem(title=HTTPStatus(400).phrase, status=400, detail=msg).model_dump(exclude_none=True)
+        ).encode()
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        response = h11.Response(status_code=400, headers=headers, reason=HTTPStatus(400).phrase.encode())
+        for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from changegate.core.auth import Admin, Principal, Reviewer, Role, Viewer
+from changegate.core.auth.dependencies import AUTH_FAILURES
 from changegate.core.contracts import FieldChange, Proposal, ProposalKind
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.crm_event import ObjectType
@@ -297,6 +298,8 @@ def decision_answer(outcome: Outcome) -> idempotency.Answer:
 
 
 def _refusal(exc: ActionRefusedError) -> idempotency.Answer:
+    if exc.reason == "own":
+        AUTH_FAILURES.labels(reason="self_approval").inc()
     status = {"version": 412, "own": 403, "already_approved": 409, "decided": 409, "expired": 409}[exc.reason]
     current = views.ItemSummary.model_validate(views.summary(exc.row)).model_dump(mode="json")
     body = Problem(title=_phrase(status), status=status, detail=str(exc), reason=exc.reason, current=current)
@@ -379,6 +382,7 @@ async def decide(
     if row is None:
         raise HTTPException(404, f"no proposal {proposal_id}")
     if not principal.may(Role.REVIEWER, queue=row["queue"], kind=row["kind"]):
+        AUTH_FAILURES.labels(reason="out_of_scope").inc()
         raise HTTPException(403, f"your role does not cover {row['kind']} proposals in queue {row['queue']}")
     final: list[FieldChange] | None = None
     if modified is not None:

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 import rfc8785
 from changegate.core import outbox
+from changegate.core.auth.principal import normalize_identity
 from changegate.core.contracts import Decider, Decision, DecisionOutcome, FieldChange, Proposal
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
@@ -63,8 +64,9 @@ class Outcome:
 
 
 def identity_key(identity: str) -> str:
-    """How identities compare: without case and surrounding spaces (Bob@X.com is bob@x.com)."""
-    return identity.strip().casefold()
+    """How identities compare: as core.auth normalises them (NFKC, trimmed, case-folded), so an
+    identity recorded before that normalisation (an approval, a requester) compares equally."""
+    return normalize_identity(identity)
 
 
 def changes_digest(changes: list[FieldChange]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 from changegate.core.auth import Principal, Role
+from changegate.core.auth.dependencies import AUTH_FAILURES
 from changegate.core.db import Queryable
 
 _AGE = re.compile(r"^(\d{1,6})([smhd])$")
@@ -198,13 +199,13 @@ async def count(db: Queryable, filters: Filters, principal: Principal) -> int:
 
 
 async def item(db: Queryable, proposal_id: uuid.UUID, principal: Principal) -> asyncpg.Record | None:
-    """The item, if it exists and the principal may read it."""
-    sql = _Sql()
-    sql.add("proposal_id = {}", proposal_id)
-    scope_clause(sql, principal)
+    """The item, if it exists and the principal may read it (a read beyond one's scopes is counted)."""
     row: asyncpg.Record | None = await db.fetchrow(
-        f"SELECT * FROM review_queue WHERE {sql.where}", *sql.params
+        "SELECT * FROM review_queue WHERE proposal_id = $1", proposal_id
     )
+    if row is not None and not may_read(principal, row["queue"], row["kind"]):
+        AUTH_FAILURES.labels(reason="out_of_scope").inc()
+        return None
     return row
 
 

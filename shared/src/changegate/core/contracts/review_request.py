@@ -7,6 +7,7 @@ from typing import Literal
 from changegate.core.contracts.base import Contract, UtcDatetime
 from changegate.core.contracts.decision import Decider
 from changegate.core.contracts.proposal import Proposal
+from changegate.core.contracts.signature import Signature
 from pydantic import Field
 
 
@@ -24,4 +25,9 @@ class ReviewRequest(Contract):
         ge=1,
         le=5,
         description="distinct reviewers who must approve before the decision is made (four-eyes: 2)",
+    )
+    signature: Signature | None = Field(
+        None,
+        description="the router's signature (policy; the executor for a conflict); review-api and the "
+        "detector refuse a review request without one",
     )
