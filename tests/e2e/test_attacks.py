@@ -371,9 +371,9 @@ async def test_5_scopes_limit_reading_and_6_no_spelling_of_oneself_approves_ones
         assert item["queue"] != "dedup"
         for token in (dedup_viewer, dedup_reviewer):
             auth = {"Authorization": f"Bearer {token}"}
-            listed = (
-                await client.get(f"{review}/v1/proposals", params={"limit": 200}, headers=auth)
-            ).json()["items"]
+            listed = (await client.get(f"{review}/v1/proposals", params={"limit": 200}, headers=auth)).json()[
+                "items"
+            ]
             assert {i["queue"] for i in listed} <= {"dedup"}
             assert item["proposal_id"] not in {i["proposal_id"] for i in listed}
             assert (
@@ -384,7 +384,8 @@ async def test_5_scopes_limit_reading_and_6_no_spelling_of_oneself_approves_ones
             audit = await client.get(f"http://127.0.0.1:{stack.ports['audit']}/audit/entries", headers=auth)
             assert audit.status_code == 403
         denied = await client.post(
-            f"{review}/v1/proposals/{item['proposal_id']}/approve", headers={"Authorization": f"Bearer {self_x}"}
+            f"{review}/v1/proposals/{item['proposal_id']}/approve",
+            headers={"Authorization": f"Bearer {self_x}"},
         )
         assert denied.status_code == 403
         assert denied.json()["detail"] == "you requested this change: another reviewer must approve it"

@@ -70,21 +70,27 @@ def proposal(
         FieldChange(field=f, previous=p, proposed=v)
         for f, (p, v) in (changes or {"jobtitle": ("Engineer", "Staff Engineer")}).items()
     ]
-    return Proposal(
-        proposal_id=uuid.uuid4(),
-        kind=kind,
-        object_type=ObjectType.CONTACT,
-        record_id=rid,
-        other_record_ids=others or [],
-        changes=field_changes,
-        source=ProposalSource(
-            system=system, event_id=f"e-{rid}", detector="test", detector_version="1", trigger=Trigger.RULE
-        ),
-        confidence=confidence,
-        rationale=f"a test proposal for {rid}",
-        evidence=evidence or {},
-        proposed_at=utcnow(),
-        requested_by=requested_by,
+    return signing_key("detector").sign(  # what executes is a proposal its producer signed
+        Proposal(
+            proposal_id=uuid.uuid4(),
+            kind=kind,
+            object_type=ObjectType.CONTACT,
+            record_id=rid,
+            other_record_ids=others or [],
+            changes=field_changes,
+            source=ProposalSource(
+                system=system,
+                event_id=f"e-{rid}",
+                detector="test",
+                detector_version="1",
+                trigger=Trigger.RULE,
+            ),
+            confidence=confidence,
+            rationale=f"a test proposal for {rid}",
+            evidence=evidence or {},
+            proposed_at=utcnow(),
+            requested_by=requested_by,
+        )
     )
 
 
