@@ -68,7 +68,7 @@ def test_names_alone_are_at_most_even_odds() -> None:
     assert score.raw["first_name"] + score.raw["last_name"] == pytest.approx(2 * math.log2(80))
     assert score.weights["first_name"] + score.weights["last_name"] == pytest.approx(10.0)
     assert score.probability == pytest.approx(0.5)
-    assert score.notes == ("names alone count at most as even odds",)
+    assert score.notes == ("names capped at even odds",)
     # with something besides the names, they still count 10 bits, and the rest on top
     with_site = scorer.score({"first_name": "exact", "last_name": "exact", "workplace": "site"})
     assert with_site.total == pytest.approx(19.0)

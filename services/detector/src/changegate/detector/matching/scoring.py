@@ -126,7 +126,7 @@ class Scorer:
             for name in NAME_COMPARISONS:
                 if counted.get(name, 0.0) > 0:
                     counted[name] -= (names - self.name_bound) * counted[name] / positive
-            notes.append("names alone count at most as even odds")
+            notes.append("names capped at even odds")
         total = sum(counted.values())
         return Score(total, probability(total, self.prior_log_odds), counted, raw, tuple(notes))
 
