@@ -100,7 +100,17 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
     # Every scenario its own person; a name comes back only once every name has been used.
     names = [(f, la) for f in FIRST for la in LAST]
     rng.shuffle(names)
-    people = ((f, la, rng.choice(COMPANIES)) for f, la in itertools.cycle(names))
+    taken: set[tuple[str, str]] = set()  # names given out in this pass over the name lists
+
+    def fresh() -> Iterator[tuple[str, str, tuple[str, str]]]:
+        for position, (f, la) in enumerate(itertools.cycle(names)):
+            if position % len(names) == 0:
+                taken.clear()
+            if (f, la) not in taken:
+                taken.add((f, la))
+                yield f, la, rng.choice(COMPANIES)
+
+    people = fresh()
 
     def phone() -> str:
         return f"+1 415 {rng.randrange(200, 999)} {rng.randrange(1000, 9999)}"
@@ -173,7 +183,9 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
             company=company,
             **home,  # the same person's second record, at home
         )
-        relative = rng.choice([f for f in FIRST if f != first])
+        free = [f for f in FIRST if f != first and (f, last) not in taken]
+        relative = rng.choice(free or [f for f in FIRST if f != first])
+        taken.add((relative, last))
         _created(
             step,
             home_id,
