@@ -218,14 +218,15 @@ def test_a_name_the_model_does_not_list_takes_its_frequency_from_the_public_refe
 
 
 def test_the_frequency_is_that_of_the_value_compared_even_with_swapped_names() -> None:
-    """ "Smith John" against "John Smith": the first-name level compares "john", so John's
-    frequency counts, not Smith's (which the straight reading would look up)."""
+    """"Smith John" against "John Smith": the first-name ladder compares John's surname slot with
+    the other's first-name slot ("smith" with "smith"), so the frequency looked up is that value's,
+    not that of "john", which the first-name ladder never compared; in either order."""
     straight = contact(firstname="John", lastname="Smith")
     swapped = contact(firstname="Smith", lastname="John")
-    levels, values = compare_values(swapped, straight)
-    assert (levels["first_name"], levels["last_name"]) == ("exact", "exact")
-    assert values["first_name"] == "john"
-    assert values["last_name"] == "smith"
+    for a, b in ((swapped, straight), (straight, swapped)):
+        levels, values = compare_values(a, b)
+        assert (levels["first_name"], levels["last_name"]) == ("exact", "exact")
+        assert (values["first_name"], values["last_name"]) == ("smith", "john")
     assert compare_values(straight, straight)[1]["first_name"] == "john"
 
 

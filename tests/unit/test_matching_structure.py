@@ -303,3 +303,20 @@ def test_reference_frequencies_cover_common_names() -> None:
     tf = TermFrequencies(values={}, rare=1.0, reference="us-census-1990-first")
     assert tf.of("mary") == pytest.approx(2.629 / 100 / 2, rel=0.01)  # women's 2.629%, a few men
     assert tf.of("james") == pytest.approx((3.318 + 0.0) / 100 / 2, rel=0.01)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"firstname": "Smith", "lastname": "John"}, {"firstname": "John", "lastname": "Smyth"}),
+        ({"firstname": "Jon", "lastname": "Smith"}, {"firstname": "Smith", "lastname": "J"}),
+        ({"firstname": "Bob", "lastname": "Lee", "city": "Oslo"}, {"firstname": "Lee", "lastname": "Robert"}),
+    ],
+)
+def test_a_pair_scores_the_same_whichever_record_comes_first(a: dict[str, str], b: dict[str, str]) -> None:
+    """Otherwise a cluster built from one side could hold a pair below the floor seen from the other."""
+    finder = DuplicateFinder()
+    ab = finder.compare(contact(**a), "b", contact(**b))
+    ba = finder.compare(contact(**b), "a", contact(**a))
+    assert ab.levels == ba.levels
+    assert ab.probability == ba.probability

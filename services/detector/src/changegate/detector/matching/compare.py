@@ -427,7 +427,13 @@ def compare(a: Features, b: Features) -> dict[str, str]:
 def compare_values(a: Features, b: Features) -> tuple[dict[str, str], dict[str, str]]:
     """The levels (``compare``) and, for the comparisons with term-frequency levels, the value
     compared: with swapped names, the first-name level compares ``a``'s surname slot, and its
-    frequency is that value's, not the first name ``a`` does not share."""
+    frequency is that value's, not the first name ``a`` does not share.
+
+    Symmetric: the two records are taken in one order (by their names), so a pair scores the same
+    whichever of them an event is about (compared swapped, the names would otherwise meet the
+    first- and last-name ladders the other way round)."""
+    if (b.first, b.last) < (a.first, a.last):
+        a, b = b, a
     first, last, swapped = _names(a, b)
     named = names_agree(first, last)
     place = workplace(a, b)
