@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 from changegate.core.contracts import (
     CrmEvent,
+    CrmEventKind,
     FieldChange,
     ObjectType,
     Proposal,
@@ -245,6 +246,8 @@ async def cluster_record(
     index.put(record_id, mine)
     CANDIDATES.observe(len(candidates))
     found = finder.matches(mine, candidates, at_least=finder.floor)[:max_candidates]
+    if not found and event.kind is CrmEventKind.RECORD_CREATED:
+        return Clustering()  # a new record matching nothing: in no cluster, none to leave
     groups_by_id = await cluster_groups(conn, object_type, [record_id, *(m.other_id for m in found)])
     own = next((cid for cid, ids in groups_by_id.items() if record_id in ids), None)
     if not found and own is None:
