@@ -416,6 +416,16 @@ CONFLICTS: tuple[Conflict, ...] = (
     ),
     Conflict("date_of_birth", DISAGREE, {"email": (EXACT, SIMILAR)}, "dates of birth disagree"),
 )
+def conflicts(levels: dict[str, str]) -> list[Conflict]:
+    """The conflicts a pair's levels hold that no personal identifier resolves."""
+    return [
+        c
+        for c in CONFLICTS
+        if levels.get(c.comparison) == c.level
+        and not any(levels.get(name) in agree for name, agree in c.unless.items())
+    ]
+
+
 TF_COLUMNS: tuple[str, ...] = tuple(sorted({c for s in COMPARISONS for c in s.tf_columns.values()}))
 
 

@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from changegate.detector.matching.compare import CONFLICTS, NAME_COMPARISONS, compare_values
+from changegate.detector.matching.compare import NAME_COMPARISONS, compare_values, conflicts
 from changegate.detector.matching.model import MatchModel, TermFrequencies, enforce_order
 from changegate.detector.matching.normalize import Features
 
@@ -107,11 +107,7 @@ class Scorer:
         """The pair's score from its levels and their weights, under the rules of structure."""
         counted = dict(raw)
         notes: list[str] = []
-        for conflict in CONFLICTS:
-            if levels.get(conflict.comparison) != conflict.level:
-                continue
-            if any(levels.get(name) in agree for name, agree in conflict.unless.items()):
-                continue
+        for conflict in conflicts(levels):
             voided = sorted(name for name, weight in counted.items() if weight > 0)
             for name in voided:
                 counted[name] = 0.0
