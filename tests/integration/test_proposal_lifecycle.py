@@ -486,3 +486,20 @@ async def test_a_forged_execution_changes_no_state(
         await lifecycle.on_execution(make_envelope(execution, service="executor"))
     props = await pool.fetchval("SELECT properties FROM detector_records WHERE record_id = 'w-3'")
     assert props["jobtitle"] == "Engineer"
+
+
+async def test_a_re_targeted_change_replaces_an_older_one_of_the_survivor_and_says_so(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("v-1", jobtitle="Engineer"))
+    await detector.handle(_created("v-2", firstname="Bob", createdate="2021-01-01", jobtitle="Intern"))
+    [merge] = await _merges(pool)
+    await detector.handle(_enrichment("v-1", "CTO"))  # the survivor's, older
+    await detector.handle(_enrichment("v-2", "VP Engineering"))  # the merged-away record's, newer
+    older, newer = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.FIELD_UPDATE]
+    await lifecycle.on_execution(_applied(_decision(merge), [], utcnow()))
+    retired = {d.proposal.proposal_id for d in await _emitted(pool, "decision")}
+    assert retired == {older.proposal_id, newer.proposal_id}
+    [moved] = [p for p in await _emitted(pool, "proposal") if p.evidence.get("retargeted_from")]
+    assert [(c.previous, c.proposed) for c in moved.changes] == [("Engineer", "VP Engineering")]

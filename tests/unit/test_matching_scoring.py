@@ -218,7 +218,7 @@ def test_a_name_the_model_does_not_list_takes_its_frequency_from_the_public_refe
 
 
 def test_the_frequency_is_that_of_the_value_compared_even_with_swapped_names() -> None:
-    """"Smith John" against "John Smith": the first-name ladder compares John's surname slot with
+    """ "Smith John" against "John Smith": the first-name ladder compares John's surname slot with
     the other's first-name slot ("smith" with "smith"), so the frequency looked up is that value's,
     not that of "john", which the first-name ladder never compared; in either order."""
     straight = contact(firstname="John", lastname="Smith")

@@ -320,3 +320,14 @@ def test_a_pair_scores_the_same_whichever_record_comes_first(a: dict[str, str], 
     ba = finder.compare(contact(**b), "a", contact(**a))
     assert ab.levels == ba.levels
     assert ab.probability == ba.probability
+
+
+def test_the_floor_is_at_most_the_threshold() -> None:
+    from changegate.detector.settings import DetectorSettings
+    from pydantic import ValidationError
+
+    assert DetectorSettings(match_cluster_floor=0.9, match_review_threshold=0.9).match_cluster_floor == 0.9
+    with pytest.raises(ValidationError, match="match_cluster_floor"):
+        DetectorSettings(match_cluster_floor=0.95, match_review_threshold=0.9)
+    with pytest.raises(ValueError, match="cluster floor"):
+        DuplicateFinder(rules_model(), threshold=0.5, floor=0.6)

@@ -136,7 +136,8 @@ class ProposalLifecycle:
             moved = await retarget(conn, merge, retired, survivor)
             await enqueue_retirements(conn, self.names, self.signer, merge.record_id, retired)
             for proposal in moved:
-                await supersede(conn, proposal)
+                replaced = await supersede(conn, proposal)  # the survivor's older open ones
+                await enqueue_retirements(conn, self.names, self.signer, merge.record_id, replaced)
                 envelope = make_envelope(
                     proposal,
                     service=SERVICE,

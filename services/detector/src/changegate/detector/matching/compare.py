@@ -416,6 +416,8 @@ CONFLICTS: tuple[Conflict, ...] = (
     ),
     Conflict("date_of_birth", DISAGREE, {"email": (EXACT, SIMILAR)}, "dates of birth disagree"),
 )
+
+
 def conflicts(levels: dict[str, str]) -> list[Conflict]:
     """The conflicts a pair's levels hold that no personal identifier resolves."""
     return [
