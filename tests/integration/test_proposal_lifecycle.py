@@ -503,3 +503,30 @@ async def test_a_re_targeted_change_replaces_an_older_one_of_the_survivor_and_sa
     assert retired == {older.proposal_id, newer.proposal_id}
     [moved] = [p for p in await _emitted(pool, "proposal") if p.evidence.get("retargeted_from")]
     assert [(c.previous, c.proposed) for c in moved.changes] == [("Engineer", "VP Engineering")]
+
+
+async def test_a_verdict_on_the_merged_away_records_own_address_is_not_moved(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("x-1"))
+    other_mailbox = "bob.zedman@home.example"
+    await detector.handle(
+        _created(
+            "x-2", firstname="Bob", createdate="2021-01-01", email=other_mailbox, phone="+1 415 555 0134"
+        )
+    )
+    [merge] = await _merges(pool)
+    verdict = CrmEvent(
+        source_system="zerobounce",
+        source_event_id="zb-1",
+        object_type=ObjectType.CONTACT,
+        record_id="x-2",
+        kind=CrmEventKind.VERIFICATION_RESULT,
+        properties={"email": other_mailbox, "status": "invalid"},
+    )
+    await detector.handle(make_envelope(verdict, service="t"))
+    [pending] = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.EMAIL_VERIFICATION]
+    await lifecycle.on_execution(_applied(_decision(merge), [], utcnow()))
+    assert [d.proposal.proposal_id for d in await _emitted(pool, "decision")] == [pending.proposal_id]
+    assert not [p for p in await _emitted(pool, "proposal") if p.evidence.get("retargeted_from")]

@@ -179,7 +179,8 @@ async def retarget(
     survivor: same kind, source and confidence, with the survivor's current value as ``previous``
     (so compare-and-set guards the survivor's value, not the merged record's). A change the
     survivor already holds is dropped, and so is a field for which the survivor has an open
-    proposal made later than the merged record's."""
+    proposal made later than the merged record's, and an email verification of another address
+    than the survivor's."""
     gone = set(merge.other_record_ids)
     newer = {
         r["field"]: Proposal.model_validate(r["proposal"]).proposed_at
@@ -194,6 +195,12 @@ async def retarget(
         older = decision.proposal
         if older.kind is ProposalKind.MERGE or older.record_id not in gone:
             continue
+        verified = older.evidence.get("email") if older.kind is ProposalKind.EMAIL_VERIFICATION else None
+        if (
+            verified is not None
+            and str(verified).strip().lower() != str(survivor.get("email") or "").strip().lower()
+        ):
+            continue  # a verdict on the merged record's address says nothing of the survivor's
         changes = [
             FieldChange(field=c.field, previous=survivor.get(c.field), proposed=c.proposed)
             for c in older.changes
