@@ -153,16 +153,31 @@ async def cluster_groups(
     return groups
 
 
-async def distinct_pairs(conn: DbConn, object_type: ObjectType, record_ids: Iterable[str]) -> set[Pair]:
-    """Pairs among ``record_ids`` that a reviewer said are different entities (a rejected merge)."""
-    ids = sorted(set(record_ids))
+async def neighbourhood(
+    conn: DbConn, object_type: ObjectType, record_ids: list[str]
+) -> tuple[dict[uuid.UUID, list[str]], set[Pair]]:
+    """In one round trip: the clusters of ``record_ids`` with all their members, and the pairs
+    among all those records that a reviewer said are different entities (a rejected merge)."""
     rows = await conn.fetch(
-        "SELECT a, b FROM detector_distinct_pairs"
-        " WHERE object_type = $1 AND a = ANY($2::text[]) AND b = ANY($2::text[])",
+        "WITH members AS ("
+        " SELECT c2.cluster_id, c2.record_id FROM detector_clusters c1 JOIN detector_clusters c2"
+        " ON c2.cluster_id = c1.cluster_id AND c2.object_type = c1.object_type"
+        " WHERE c1.object_type = $1 AND c1.record_id = ANY($2::text[])),"
+        " universe AS (SELECT record_id FROM members UNION SELECT unnest($2::text[]))"
+        " SELECT cluster_id::text AS x, record_id AS y, false AS apart FROM members"
+        " UNION ALL SELECT a, b, true FROM detector_distinct_pairs WHERE object_type = $1"
+        " AND a IN (SELECT record_id FROM universe) AND b IN (SELECT record_id FROM universe)",
         object_type.value,
-        ids,
+        record_ids,
     )
-    return {pair(r["a"], r["b"]) for r in rows}
+    groups: dict[uuid.UUID, list[str]] = {}
+    distinct: set[Pair] = set()
+    for r in rows:
+        if r["apart"]:
+            distinct.add(pair(r["x"], r["y"]))
+        else:
+            groups.setdefault(uuid.UUID(r["x"]), []).append(r["y"])
+    return groups, distinct
 
 
 async def record_distinct(conn: DbConn, merge: Proposal) -> list[str]:
@@ -248,7 +263,7 @@ async def cluster_record(
     found = finder.matches(mine, candidates, at_least=finder.floor)[:max_candidates]
     if not found and event.kind is CrmEventKind.RECORD_CREATED:
         return Clustering()  # a new record matching nothing: in no cluster, none to leave
-    groups_by_id = await cluster_groups(conn, object_type, [record_id, *(m.other_id for m in found)])
+    groups_by_id, distinct = await neighbourhood(conn, object_type, [record_id, *(m.other_id for m in found)])
     own = next((cid for cid, ids in groups_by_id.items() if record_id in ids), None)
     if not found and own is None:
         return Clustering()
@@ -269,7 +284,6 @@ async def cluster_record(
     for rid, f in lone.items():
         groups[f"record:{rid}"] = {rid: f}
         features_of[rid] = f
-    distinct = await distinct_pairs(conn, object_type, features_of)
     scores = PairScores(finder, (ScoredPair(record_id, m.other_id, m) for m in found))
     decision = decide(finder, record_id, mine, groups, distinct, scores)
     direct = {pair(record_id, m.other_id) for m in found}
