@@ -27,7 +27,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
-from changegate.core import metrics
+from changegate.core import decompression, metrics
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
 from changegate.core.errors import MessageRefusedError as MessageRefusedError  # re-exported
 from changegate.core.errors import TransientError
@@ -45,6 +45,7 @@ from tenacity import (
 )
 
 log = get_logger(__name__)
+decompression.install()  # every aiokafka consumer of the process: bounded before aiokafka inflates
 
 Handler = Callable[[Envelope[Any]], Awaitable[None]]
 # Handles a partition's batch at once (one transaction for many messages).
@@ -225,6 +226,7 @@ class MessageProcessor:
         self.by_topic = {self.names(s.topic): s for s in subscriptions}
         self.producer = producer
         self.stop = stop
+        decompression.set_limit(settings.kafka_max_decompressed_batch_bytes)
         self.limits = MessageLimits(
             max_bytes=settings.message_max_bytes,
             max_depth=settings.message_max_depth,
@@ -295,6 +297,10 @@ class MessageProcessor:
         await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
 
     async def _decode(self, record: Record) -> Envelope[Any] | None:
+        refused = decompression.refused_batch(record.value)
+        if refused is not None:  # a batch screened out before aiokafka decompressed it
+            await self.dead_letter(record, *refused)
+            return None
         try:
             return decode(record.value, set(self.by_topic[record.topic].event_types), self.limits)
         except UnknownEventError as exc:

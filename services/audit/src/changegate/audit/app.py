@@ -10,13 +10,14 @@ from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verif
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import append_execution, record_decision
 from changegate.core import __version__
-from changegate.core.auth import Authenticator, Viewer
+from changegate.core.auth import Authenticator, UnscopedViewer
 from changegate.core.contracts import AuditEntry, Decision, Execution
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_event
 from changegate.core.http import MAX_BIGINT, Name, problem_responses
 from changegate.core.kafka import ConsumerLoop, Subscription
 from changegate.core.logging import configure_logging, get_logger
+from changegate.core.policy_versions import RecordedPolicies
 from changegate.core.service import ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic
@@ -32,10 +33,12 @@ ROWS_WRITTEN = Counter("changegate_audit_rows_written_total", "Audit rows append
 class AuditConsumer:
     def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
         self.pool, self.verifier = pool, verifier
+        self.policies = RecordedPolicies(pool)
 
     async def on_decision(self, envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
         self.verifier.decision(decision)  # a forged decision never reaches the log
+        await self.policies.check(decision)  # nor one of a policy version never loaded
         async with self.pool.acquire() as conn:
             if not await record_decision(conn, decision):
                 log.info("decision not kept", outcome=decision.outcome.value)
@@ -43,6 +46,7 @@ class AuditConsumer:
     async def on_execution(self, envelope: Envelope[Any]) -> None:
         execution: Execution = envelope.payload
         self.verifier.execution(execution)  # signed by the executor, of a properly signed decision
+        await self.policies.check(execution.decision, "execution")
         async with self.pool.acquire() as conn, conn.transaction():
             if not await claim_event(conn, "audit-executions", execution.execution_id):
                 return  # already logged: redelivery writes no second row
@@ -70,7 +74,8 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
         title="changegate audit",
         version=__version__,
         description="Query and verify the append-only, hash-chained log of executed changes. "
-        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above).",
+        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above, without queue or kind "
+        "scopes: the log spans every queue).",
     )
     app.state.pool = pool
     app.state.authenticator = Authenticator(settings, pool)
@@ -79,7 +84,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     @app.get("/audit/entries", response_model=list[AuditEntry], tags=["audit"], responses=errors)
     async def list_entries(
         request: Request,
-        _: Viewer,
+        _: UnscopedViewer,
         record_id: Annotated[Name | None, Query(description="only this CRM record")] = None,
         proposal_id: Annotated[uuid.UUID | None, Query(description="only this proposal")] = None,
         after_seq: Annotated[
@@ -107,7 +112,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     )
     async def verify_chain(
         request: Request,
-        _: Viewer,
+        _: UnscopedViewer,
         head: Annotated[
             str | None,
             Query(

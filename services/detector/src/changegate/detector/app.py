@@ -11,6 +11,7 @@ import logging
 import os
 from typing import Any
 
+from changegate.core import field_risk
 from changegate.core.kafka import ConsumerLoop, MessageProcessor, Subscription
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
@@ -29,6 +30,9 @@ GROUP = "changegate-detector"
 async def main() -> None:
     settings = DetectorSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
+    unknown = settings.field_risk_refusals(field_risk.table())
+    if unknown:
+        raise SystemExit("detector: " + "; ".join(unknown))
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.detector.migrations")
     producer = await runtime.open_producer()

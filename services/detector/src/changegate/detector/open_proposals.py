@@ -154,6 +154,7 @@ class ProposalLifecycle:
 
     async def on_review_request(self, envelope: Envelope[Any]) -> None:
         request: ReviewRequest = envelope.payload
+        self.verifier.review_request(request)  # a forged request must not supersede real proposals
         proposal = request.proposal
         async with self.pool.acquire() as conn, conn.transaction():
             known = await conn.fetchval(

@@ -8,7 +8,9 @@ import contextlib
 import signal
 from pathlib import Path
 
-from changegate.core.kafka import ConsumerLoop, Subscription
+import asyncpg
+from changegate.core import policy_versions
+from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
@@ -20,6 +22,18 @@ from prometheus_client import Info
 
 log = get_logger(__name__)
 POLICY_INFO = Info("changegate_policy", "The policy in force: version, content hash, source")
+
+
+async def record_version(pool: asyncpg.Pool, policy: Policy) -> None:
+    """The executor and audit accept decisions of recorded versions only."""
+    if await policy_versions.record(
+        pool,
+        version=policy.version,
+        content_hash=policy.content_hash,
+        source=policy.source,
+        content=policy.content,
+    ):
+        log.info("policy version recorded", version=policy.version, hash=policy.content_hash)
 
 
 def _announce(policy: Policy) -> None:
@@ -38,13 +52,20 @@ class PolicyWatcher:
     def sighup(self) -> None:
         self._hup.set()
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         try:
             policy = Policy.load(self.path)
         except PolicyError as exc:
             log.error("new policy refused; the current one stays", error=str(exc))
             return
         if policy.content_hash != self.router.policy.content_hash:
+            try:
+                await record_version(self.router.pool, policy)  # before it decides anything
+            except Exception as exc:  # the database away: the current policy stays, tried again
+                if not is_transient(exc):
+                    raise
+                log.warning("new policy not recorded yet; the current one stays", error=repr(exc))
+                return
             _announce(policy)
             self.router.switch(policy)
 
@@ -54,7 +75,7 @@ class PolicyWatcher:
                 await asyncio.wait_for(self._wait(), self.poll_seconds)
             self._hup.clear()
             if not self.stop.is_set():
-                self.reload()
+                await self.reload()
 
     async def _wait(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())
@@ -74,6 +95,7 @@ async def main() -> None:
     log.info("policy loaded", version=policy.version, hash=policy.content_hash, source=policy.source)
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.policy.migrations")
+    await record_version(pool, policy)
     producer = await runtime.open_producer()
     router = Router(
         pool, policy, TopicNames(settings.topic_prefix), settings.signing(SERVICE), settings.verifier(SERVICE)

@@ -15,6 +15,7 @@ from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
+from changegate.core.signing import Verifier
 from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import metrics, queue
 from changegate.review_api.api import router
@@ -25,8 +26,9 @@ SERVICE = queue.SERVICE
 log = get_logger(__name__)
 
 
-async def on_pending(pool: asyncpg.Pool, envelope: Envelope[Any]) -> None:
+async def on_pending(pool: asyncpg.Pool, verifier: Verifier, envelope: Envelope[Any]) -> None:
     request: ReviewRequest = envelope.payload
+    verifier.review_request(request)  # nobody but policy and the executor queues work for reviewers
     proposal = request.proposal
     if await queue.enqueue(pool, request):
         metrics.ENQUEUED.labels(kind=proposal.kind.value).inc()
@@ -60,7 +62,7 @@ async def main() -> None:
     producer = await runtime.open_producer()
 
     async def handle(envelope: Envelope[Any]) -> None:
-        await on_pending(pool, envelope)
+        await on_pending(pool, verifier, envelope)
 
     async def on_decision(envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
