@@ -372,6 +372,7 @@ async def test_a_pending_change_on_a_merged_away_record_reaches_the_survivor(
         ("jobtitle", "Engineer", "VP Engineering")
     ]
     assert moved.evidence["retargeted_from"]["record_id"] == "s-2"
+    assert verifier().proposal(moved) == "detector"  # signed anew: policy refuses it otherwise
     assert moved.kind is pending.kind
     assert moved.confidence == pending.confidence
     assert moved.source == pending.source

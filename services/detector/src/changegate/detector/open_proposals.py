@@ -135,7 +135,8 @@ class ProposalLifecycle:
             retired = await retire_merged_away(conn, merge)
             moved = await retarget(conn, merge, retired, survivor)
             await enqueue_retirements(conn, self.names, self.signer, merge.record_id, retired)
-            for proposal in moved:
+            for unsigned in moved:
+                proposal = self.signer.sign(unsigned)  # its old signature covered the old record
                 replaced = await supersede(conn, proposal)  # the survivor's older open ones
                 await enqueue_retirements(conn, self.names, self.signer, merge.record_id, replaced)
                 envelope = make_envelope(
