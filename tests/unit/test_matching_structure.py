@@ -331,3 +331,117 @@ def test_the_floor_is_at_most_the_threshold() -> None:
         DetectorSettings(match_cluster_floor=0.95, match_review_threshold=0.9)
     with pytest.raises(ValueError, match="cluster floor"):
         DuplicateFinder(rules_model(), threshold=0.5, floor=0.6)
+
+
+# --- edges of the rules and decisions (what mutation testing asked for) ------------------------
+
+
+def test_a_single_name_under_the_bound_counts_whole_and_one_over_it_is_cut_to_it() -> None:
+    assert Scorer(rules_model(probability_two_random_records_match=1 / 129)).score(
+        {"first_name": "exact"}
+    ).weights == {"first_name": pytest.approx(math.log2(80))}  # 6.32 bits, bound 7
+    cut = Scorer(rules_model(probability_two_random_records_match=1 / 3)).score({"first_name": "exact"})
+    assert cut.weights == {"first_name": pytest.approx(1.0)}  # bound 1 bit
+    mixed = Scorer(rules_model(probability_two_random_records_match=1 / 3)).score(
+        {"first_name": "exact", "last_name": "disagree"}
+    )
+    assert mixed.weights["last_name"] == pytest.approx(math.log2(0.05 / 0.95))  # a negative stays
+    assert mixed.weights["first_name"] + mixed.weights["last_name"] == pytest.approx(1.0)
+
+
+def test_with_even_prior_odds_names_count_nothing() -> None:
+    score = Scorer(rules_model(probability_two_random_records_match=0.5)).score(
+        {"first_name": "exact", "last_name": "exact"}
+    )
+    assert score.probability == 0.5
+
+
+def test_a_level_the_model_lacks_weighs_nothing_and_is_not_named_as_voided() -> None:
+    scorer = Scorer(rules_model())
+    assert scorer.score({"email": "similar"}).weights == {"email": 0.0}
+    score = scorer.score({"first_name": "disagree", "email": "partial", "workplace": "site"})
+    assert score.notes == (
+        "first names disagree and no email or date_of_birth agrees: agreement on workplace not counted"
+        " (what relatives or colleagues share)",
+    )
+
+
+def test_scoring_two_records_reads_the_values_they_compared() -> None:
+    tables = {"last": TermFrequencies(values={"turing": 0.2}, rare=1.0)}
+    model = rules_model(
+        comparisons=[
+            Comparison(
+                output_column_name="last_name",
+                comparison_levels=[
+                    ComparisonLevel(
+                        label_for_charts="exact",
+                        m_probability=0.8,
+                        u_probability=0.01,
+                        tf_adjustment_column="last",
+                    ),
+                    ComparisonLevel(label_for_charts="disagree", m_probability=0.2, u_probability=0.99),
+                ],
+            )
+        ],
+        term_frequencies=tables,
+    )
+    scorer = Scorer(model)
+    a, b = contact(firstname="Alan", lastname="Turing"), contact(firstname="Al", lastname="Turing")
+    with_records = scorer.score({"last_name": "exact"}, a, b)
+    assert with_records.raw["last_name"] == pytest.approx(math.log2(80) + math.log2(0.01 / 0.2))
+    assert scorer.score({"last_name": "exact"}).raw["last_name"] == pytest.approx(math.log2(80))
+    assert scorer.score({"last_name": "exact"}, a, b, values={}).raw["last_name"] == pytest.approx(
+        math.log2(80)
+    )
+
+
+def test_pooling_keeps_the_first_of_equal_levels() -> None:
+    scorer = Scorer(rules_model())
+    pooled = scorer.pooled(
+        [({"phone": "exact_same_name"}, {"phone": 10.0}), ({"phone": "exact"}, {"phone": 10.0})]
+    )
+    assert pooled.weights == {"phone": 10.0}
+    assert scorer.pooled([({"workplace": "site"}, {})]).weights == {"workplace": 0.0}
+
+
+def test_within_scores_every_pair_once() -> None:
+    person = {"firstname": "Radia", "lastname": "Perlman", "email": "radia@example.org"}
+    members = {f"m{i}": contact(**person) for i in range(4)}
+    pairs = PairScores(_finder()).within(members)
+    assert sorted((p.a, p.b) for p in pairs) == [
+        ("m0", "m1"),
+        ("m0", "m2"),
+        ("m0", "m3"),
+        ("m1", "m2"),
+        ("m1", "m3"),
+        ("m2", "m3"),
+    ]
+
+
+def test_a_cluster_may_reach_its_size_and_an_empty_group_is_no_candidate() -> None:
+    assert MAX_CLUSTER_SIZE == 10
+    finder = _finder()
+    person = {"firstname": "Niklaus", "lastname": "Wirth", "email": "nw@example.org", **HOME}
+    group = {f"m{i}": contact(**person) for i in range(MAX_CLUSTER_SIZE - 1)}
+    decision = decide(finder, "r", contact(**person), {"empty": {}, "full": group}, set())
+    assert len(decision.members) == MAX_CLUSTER_SIZE
+    assert decision.joined == ("full",)
+    assert "empty" not in decision.refused
+
+
+def test_the_best_cluster_is_joined_first_and_a_second_only_if_every_pair_across_holds() -> None:
+    finder = _finder()
+    # R shares the email with B (strong) and only the home with A (weaker); A and B have other birth
+    # dates: they can never be one cluster, and R goes with B, listed second or first.
+    a = contact(firstname="Ken", lastname="Iverson", date_of_birth="1920-12-17", **HOME)
+    b = contact(firstname="Ken", lastname="Iverson", email="ki@example.org", date_of_birth="1950-01-01")
+    r = contact(firstname="Ken", lastname="Iverson", email="ki@example.org", **HOME)
+    scores = PairScores(finder)
+    assert scores.get("a", a, "b", b).probability < finder.floor
+    for groups in (
+        {"record:a": {"a": a}, "record:b": {"b": b}},
+        {"record:b": {"b": b}, "record:a": {"a": a}},
+    ):
+        decision = decide(finder, "r", r, groups, set())
+        assert decision.members == ("b", "r")
+        assert "below the floor" in decision.refused["record:a"]
