@@ -445,3 +445,15 @@ def test_the_best_cluster_is_joined_first_and_a_second_only_if_every_pair_across
         decision = decide(finder, "r", r, groups, set())
         assert decision.members == ("b", "r")
         assert "below the floor" in decision.refused["record:a"]
+
+
+@pytest.mark.parametrize(
+    ("threshold", "floor", "valid"),
+    [(0.9, 0.9, True), (0.9, 0.5, True), (0.9, 0.0, False), (1.0, 0.5, False), (0.5, 0.6, False)],
+)
+def test_the_finder_takes_a_floor_up_to_the_threshold(threshold: float, floor: float, valid: bool) -> None:
+    if valid:
+        assert DuplicateFinder(rules_model(), threshold=threshold, floor=floor).floor == floor
+    else:
+        with pytest.raises(ValueError, match="cluster floor"):
+            DuplicateFinder(rules_model(), threshold=threshold, floor=floor)
