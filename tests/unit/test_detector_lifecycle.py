@@ -118,6 +118,17 @@ def test_demo_request_moves_lead_to_mql(lifecycle_event: EventFactory) -> None:
         "to_index": 2,
         "direction": "forward",
         "allow_backwards": False,
+        # measured per (trigger, source, event, form type), starting from the configured 1.0
+        "confidence_basis": {
+            "cells": [
+                {
+                    "cell": "lifecycle|defined_event|forms|form_submission|demo_request",
+                    "field": "lifecyclestage",
+                }
+            ],
+            "prior": 1.0,
+            "prior_from": "configured",
+        },
     }
 
 

@@ -107,6 +107,13 @@ def test_territory_reassigns_a_record_owned_by_someone_else(record_event: EventF
         "record_state": "CA",
         "territory": {"country": "US", "state": "CA", "owner": "owner-west"},
         "current_owner": "owner-17",
+        "occasion": "created",
+        # taking a created record from the owner it was created with: a cell of its own
+        "confidence_basis": {
+            "cells": [{"cell": "owner|territory|owned|created", "field": "hubspot_owner_id"}],
+            "prior": 0.9,
+            "prior_from": "configured",
+        },
     }
 
 

@@ -178,7 +178,7 @@ def test_unrecognised_status_rationale(result_event: EventFactory) -> None:
     proposal = _proposed(propose_verification(result_event("kickbox", {"result": "sendable"}), KNOWN, CONFIG))
     assert proposal.rationale == (
         "kickbox returned the unrecognised status 'sendable' for the record's current email "
-        "(unrecognised status 'sendable' → unknown); email_status: unset → unknown (confidence 0.50)"
+        "(unrecognised status 'sendable' → unknown); email_status: unset → unknown"
     )
 
 
@@ -206,7 +206,7 @@ def test_zerobounce_catch_all_proposal(result_event: EventFactory) -> None:
     )
     assert proposal.rationale == (
         "zerobounce verified the record's current email as catch-all (status catch_all → catch_all); "
-        "email_status: valid → catch_all (confidence 0.70)"
+        "email_status: valid → catch_all"
     )
     assert proposal.evidence == {
         "verifier": "zerobounce",
@@ -219,6 +219,11 @@ def test_zerobounce_catch_all_proposal(result_event: EventFactory) -> None:
         "recognised": True,
         "mapping_basis": "status catch_all",
         "source_confidence": None,
+        "confidence_basis": {
+            "cells": [{"cell": "verification|zerobounce|catch_all", "field": "email_status"}],
+            "prior": 0.7,
+            "prior_from": "configured",
+        },
     }
 
 
@@ -228,7 +233,7 @@ def test_zerobounce_sub_status_rationale(result_event: EventFactory) -> None:
     assert proposal.rationale == (
         "zerobounce verified the record's current email as do_not_mail/disposable "
         "(status do_not_mail + sub_status disposable → disposable); "
-        "email_status: unset → disposable (confidence 0.95)"
+        "email_status: unset → disposable"
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 from changegate.core.contracts import CrmEvent, FieldChange, ObjectType, Proposal, ProposalKind, Trigger
 from changegate.detector import DETECTOR_VERSION
 from changegate.detector.enrichment import DETECTOR, propose_enrichment
+from changegate.detector.reliability import NO_TABLE, calibrate
 
 DEFAULTS = {"clay": 0.9, "default": 0.7}
 
@@ -36,10 +37,19 @@ def test_fill_and_overwrite_are_told_apart(make_crm_event: Callable[..., CrmEven
         "fills_empty": ["city", "company_size"],
         "overwrites": ["jobtitle"],
         "confidence_source": "source",
+        # each value is measured with values alike: source, field, fill or overwrite, claimed band
+        "confidence_basis": {
+            "cells": [
+                {"cell": "enrichment|contact|clay|city|fill|claim-0.9-0.95", "field": "city"},
+                {"cell": "enrichment|contact|clay|company_size|fill|claim-0.9-0.95", "field": "company_size"},
+                {"cell": "enrichment|contact|clay|jobtitle|overwrite|claim-0.9-0.95", "field": "jobtitle"},
+            ],
+            "prior": 0.93,
+            "prior_from": "source_claim",
+        },
     }
-    assert proposal.rationale == (
-        "clay enrichment fills empty city, company_size and overwrites jobtitle (confidence 0.93)"
-    )
+    # the confidence and what it rests on are said once calibrated (reliability.calibrate)
+    assert proposal.rationale == "clay enrichment fills empty city, company_size and overwrites jobtitle"
 
 
 def test_pure_fill(make_crm_event: Callable[..., CrmEvent]) -> None:
@@ -47,7 +57,7 @@ def test_pure_fill(make_crm_event: Callable[..., CrmEvent]) -> None:
     assert proposal.changes == [FieldChange(field="jobtitle", previous=None, proposed="VP Sales")]
     assert proposal.evidence["fills_empty"] == ["jobtitle"]
     assert proposal.evidence["overwrites"] == []
-    assert proposal.rationale == "clay enrichment fills empty jobtitle (confidence 0.93)"
+    assert proposal.rationale == "clay enrichment fills empty jobtitle"
 
 
 def test_pure_overwrite(make_crm_event: Callable[..., CrmEvent]) -> None:
@@ -55,7 +65,7 @@ def test_pure_overwrite(make_crm_event: Callable[..., CrmEvent]) -> None:
     proposal = _propose(event, {"jobtitle": "CEO"})
     assert proposal.evidence["fills_empty"] == []
     assert proposal.evidence["overwrites"] == ["jobtitle"]
-    assert proposal.rationale == "clay enrichment overwrites jobtitle (confidence 0.93)"
+    assert proposal.rationale == "clay enrichment overwrites jobtitle"
 
 
 def test_the_proposal_describes_the_event(make_crm_event: Callable[..., CrmEvent]) -> None:
@@ -126,7 +136,14 @@ def test_per_source_default_confidence(make_crm_event: Callable[..., CrmEvent]) 
     proposal = _propose(make_crm_event(confidence=None), {})
     assert proposal.confidence == 0.9
     assert proposal.evidence["confidence_source"] == "default"
-    assert proposal.rationale.endswith("(confidence 0.90)")
+    assert proposal.evidence["confidence_basis"]["cells"] == [
+        {"cell": "enrichment|contact|clay|company_size|fill|no-claim", "field": "company_size"},
+        {"cell": "enrichment|contact|clay|jobtitle|fill|no-claim", "field": "jobtitle"},
+    ]
+    assert (proposal.evidence["confidence_basis"]["prior_from"], proposal.confidence) == ("configured", 0.9)
+    assert calibrate(proposal, NO_TABLE).rationale.endswith(
+        "(confidence 0.90: a configured value 0.90, not yet measured against reviewers' decisions)"
+    )
 
 
 def test_default_key_when_the_source_has_no_default(make_crm_event: Callable[..., CrmEvent]) -> None:

@@ -20,6 +20,7 @@ from changegate.core.contracts import (
 )
 from changegate.core.contracts.base import is_empty
 from changegate.core.db import DbConn
+from changegate.detector import reliability
 from changegate.detector.matching import survivorship
 from changegate.detector.matching.clusters import Pair, PairScores, ScoredPair, decide, pair
 from changegate.detector.matching.engine import DuplicateFinder
@@ -458,6 +459,19 @@ def propose_merge(
             "weakest_pair": _pair_evidence(weakest, direct),
             "pairs": [_pair_evidence(p, direct) for p in pairs],
             "cluster": cluster,
+            reliability.BASIS: reliability.basis(
+                [
+                    reliability.Cell(
+                        reliability.cell(
+                            DETECTOR,
+                            event.object_type.value,
+                            "p-" + reliability.band(weakest.probability, reliability.MATCH_EDGES),
+                        )
+                    )
+                ],
+                weakest.probability,
+                reliability.PriorFrom.MATCH_MODEL,
+            ),
             "members": _side_by_side(members, order),
             "survivorship": {
                 "rule": choice.rules[choice.merged[0]],

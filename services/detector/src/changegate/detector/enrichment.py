@@ -13,6 +13,7 @@ from changegate.core.contracts import (
     Trigger,
 )
 from changegate.core.contracts.base import PropertyValue, is_empty
+from changegate.detector import reliability
 from changegate.detector.proposals import build_proposal
 
 DETECTOR = "enrichment"
@@ -23,7 +24,11 @@ def propose_enrichment(
 ) -> Proposal | None:
     """Compare an enrichment result with the record as known; None when nothing would change.
     Fields another kind owns (an owner, a lifecycle stage, an email status) are never a field
-    update's: they are left out (and named in the evidence), not proposed under the wrong kind."""
+    update's: they are left out (and named in the evidence), not proposed under the wrong kind.
+
+    The confidence is the source's own claim, else the per-source default: a prior, which the
+    reliability table corrects by how reviewers decided values alike (same source, field, fill or
+    overwrite, and band of the claim); see ``reliability``."""
     table = field_risk.table()
     changes, skipped = [], []
     for f, v in sorted(event.properties.items()):
@@ -48,7 +53,31 @@ def propose_enrichment(
         parts.append(f"fills empty {', '.join(fills)}")
     if overwrites:
         parts.append(f"overwrites {', '.join(overwrites)}")
-    rationale = f"{event.source_system} enrichment {' and '.join(parts)} (confidence {confidence:.2f})"
+    rationale = f"{event.source_system} enrichment {' and '.join(parts)}"
+    claim = (
+        "no-claim"
+        if event.confidence is None
+        else "claim-" + reliability.band(event.confidence, reliability.CLAIM_EDGES)
+    )
+    cells = [
+        reliability.Cell(
+            reliability.cell(
+                DETECTOR,
+                event.object_type.value,
+                event.source_system,
+                c.field,
+                "fill" if c.fills_empty else "overwrite",
+                claim,
+            ),
+            c.field,
+        )
+        for c in changes
+    ]
+    prior_from = (
+        reliability.PriorFrom.SOURCE_CLAIM
+        if event.confidence is not None
+        else reliability.PriorFrom.CONFIGURED
+    )
     return build_proposal(
         detector=DETECTOR,
         kind=ProposalKind.FIELD_UPDATE,
@@ -64,6 +93,7 @@ def propose_enrichment(
             "fills_empty": fills,
             "overwrites": overwrites,
             "confidence_source": "source" if event.confidence is not None else "default",
+            reliability.BASIS: reliability.basis(cells, confidence, prior_from),
             **({"not_proposed": skipped} if skipped else {}),
         },
     )

@@ -15,14 +15,14 @@ from changegate.core.db import DbConn, claim_event
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
-from changegate.detector import dedup, lifecycle, owner, state, verification
+from changegate.detector import dedup, lifecycle, owner, reliability, state, verification
 from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.model import load_model
 from changegate.detector.matching.normalize import identity_changed
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import enqueue_retirements, is_closed, retire_merges_naming, supersede
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, Info
 
 SERVICE = "detector"
 log = get_logger(__name__)
@@ -47,6 +47,12 @@ SUPERSEDED = Counter("changegate_detector_superseded_total", "Open proposals ret
 REDETECTED = Counter(
     "changegate_detector_redetected_total", "Proposals not raised again: already decided, by kind", ["kind"]
 )
+CONFIDENCE_BASIS = Counter(
+    "changegate_detector_confidence_basis_total",
+    "Proposals by what their confidence rests on: the prior alone, or reviewers' outcomes",
+    ["kind", "method"],
+)
+RELIABILITY_INFO = Info("changegate_detector_reliability", "The reliability table in use")
 
 
 class Detector:
@@ -61,6 +67,10 @@ class Detector:
         self.indexes = dedup.Indexes(settings.default_phone_region)
         model = self.finder.model
         self.model_info = {"version": model.model_version, "sha256": model.sha256}
+        self.reliability = reliability.load(settings.reliability_file)
+        RELIABILITY_INFO.info(
+            {"version": self.reliability.version, "cells": str(len(self.reliability.cells))}
+        )
 
     async def load_index(self) -> int:
         """Rebuild the in-process blocking index from PostgreSQL (at start: before any event)."""
@@ -86,6 +96,9 @@ class Detector:
             EVENTS.labels(kind=event.kind.value, outcome=outcome).inc()
             for proposal in proposals or []:
                 PROPOSALS.labels(kind=proposal.kind.value).inc()
+                basis = proposal.evidence.get(reliability.BASIS)
+                method = basis.get("method", "none") if isinstance(basis, dict) else "none"
+                CONFIDENCE_BASIS.labels(kind=proposal.kind.value, method=method).inc()
                 log.info(
                     "proposed",
                     correlation_id=str(proposal.proposal_id),
@@ -99,7 +112,7 @@ class Detector:
         event: CrmEvent = envelope.payload
         if not await claim_event(conn, SERVICE, envelope.event_id):
             return None
-        proposals = await self._detect(conn, event)
+        proposals = [reliability.calibrate(p, self.reliability) for p in await self._detect(conn, event)]
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
         proposals = [self.signer.sign(p) for p in proposals]  # policy and review-api refuse unsigned ones

@@ -31,6 +31,7 @@ from changegate.core.contracts import (
     Trigger,
 )
 from changegate.core.contracts.base import PropertyValue, is_empty
+from changegate.detector import reliability
 from changegate.detector.config import DefinedEvent, LifecycleConfig
 from changegate.detector.proposals import build_proposal
 
@@ -103,6 +104,12 @@ def _from_defined_event(
         "event": dict(event.properties),
         "matched_rule": row.model_dump(mode="json"),
     }
+    key = reliability.cell(
+        DETECTOR, Trigger.DEFINED_EVENT.value, event.source_system, row.event, row.form_type or "-"
+    )
+    facts[reliability.BASIS] = reliability.basis(
+        [reliability.Cell(key, config.stage_field)], confidence, reliability.PriorFrom.CONFIGURED
+    )
     return _propose(event, known, config, row.stage, Trigger.DEFINED_EVENT, confidence, what, facts)
 
 
@@ -131,6 +138,16 @@ def _from_score(event: CrmEvent, known: Mapping[str, Any], config: LifecycleConf
         "model": model,
         "threshold": config.score_threshold,
     }
+    key = reliability.cell(
+        DETECTOR,
+        Trigger.AI_SCORE.value,
+        event.source_system,
+        model,
+        "score-" + reliability.band(score, reliability.SCORE_EDGES),
+    )
+    facts[reliability.BASIS] = reliability.basis(
+        [reliability.Cell(key, config.stage_field)], score, reliability.PriorFrom.SCORE
+    )
     return _propose(event, known, config, config.score_stage, Trigger.AI_SCORE, score, what, facts)
 
 

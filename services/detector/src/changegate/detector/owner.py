@@ -34,6 +34,7 @@ from changegate.core.contracts import (
     Trigger,
 )
 from changegate.core.contracts.base import PropertyValue, is_empty
+from changegate.detector import reliability
 from changegate.detector.config import OwnerConfig, Territory
 from changegate.detector.proposals import build_proposal
 
@@ -120,6 +121,7 @@ def propose_territory_owner(event: CrmEvent, record: Mapping[str, Any], config: 
             config.territory_confidence,
             rationale,
             evidence,
+            _occasion(event, config),
         ),
         OwnerReason.PROPOSED,
     )
@@ -169,6 +171,7 @@ def propose_round_robin(
         config.round_robin_confidence,
         rationale,
         evidence,
+        _occasion(event, config),
     )
     return OwnerResult(proposal, OwnerReason.PROPOSED, consumed_round_robin=True)
 
@@ -268,6 +271,7 @@ def propose_for_deactivated_owner(
         confidence,
         rationale,
         evidence,
+        "deactivated",
     )
     return OwnerResult(proposal, OwnerReason.PROPOSED, consumed_round_robin=consumed)
 
@@ -298,8 +302,20 @@ def _proposal(
     confidence: float,
     rationale: str,
     evidence: dict[str, Any],
+    occasion: str,
 ) -> Proposal:
+    """``occasion``: what made the rule fire (created, location_changed, owner_cleared,
+    deactivated): with the rule and whether the record had an owner, the cell its confidence is
+    measured in (taking an owned record from its owner is often a deliberate account decision)."""
     changes = [FieldChange(field=config.owner_field, previous=current, proposed=owner)]
+    key = reliability.cell(DETECTOR, evidence["rule"], "unowned" if is_empty(current) else "owned", occasion)
+    evidence = {
+        **evidence,
+        "occasion": occasion,
+        reliability.BASIS: reliability.basis(
+            [reliability.Cell(key, config.owner_field)], confidence, reliability.PriorFrom.CONFIGURED
+        ),
+    }
     return build_proposal(
         detector=DETECTOR,
         kind=ProposalKind.OWNER_REASSIGNMENT,
@@ -312,6 +328,17 @@ def _proposal(
         confidence=confidence,
         rationale=rationale,
         evidence=evidence,
+    )
+
+
+def _occasion(event: CrmEvent, config: OwnerConfig) -> str:
+    if event.kind is CrmEventKind.RECORD_CREATED:
+        return "created"
+    props = event.properties
+    return (
+        "location_changed"
+        if config.country_field in props or config.state_field in props
+        else "owner_cleared"
     )
 
 

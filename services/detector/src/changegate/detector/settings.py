@@ -4,6 +4,7 @@ from typing import Self
 
 from changegate.core.field_risk import FieldClass, FieldTable
 from changegate.core.settings import CommonSettings
+from changegate.detector import reliability
 from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
 from changegate.detector.matching.engine import DEFAULT_CLUSTER_FLOOR, DEFAULT_REVIEW_THRESHOLD
 from pydantic import Field, FilePath, model_validator
@@ -16,6 +17,12 @@ class DetectorSettings(CommonSettings):
     enrichment_default_confidence: dict[str, float] = Field(
         default_factory=lambda: {"clay": 0.9, "default": 0.7},
         description="confidence of an enrichment result whose source gives none, per source system",
+    )
+    reliability_file: FilePath | None = Field(
+        None,
+        description="the reliability table (`changegate detector calibrate`): how reviewers decided"
+        " proposals alike, which corrects each detector's prior confidence; unset: every confidence is"
+        " its prior (a source's claim, the score, the match model's, or the configured value)",
     )
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     owner: OwnerConfig = Field(default_factory=OwnerConfig)
@@ -44,6 +51,14 @@ class DetectorSettings(CommonSettings):
         description="candidates (at least the cluster floor) an event's cluster decision weighs, best first",
     )
     default_phone_region: str = Field("US", description="region of phone numbers written without +code")
+
+    @model_validator(mode="after")
+    def _reliability_table_is_usable(self) -> Self:
+        try:
+            reliability.load(self.reliability_file)
+        except reliability.ReliabilityError as exc:
+            raise ValueError(str(exc)) from exc
+        return self
 
     @model_validator(mode="after")
     def _floor_below_threshold(self) -> Self:

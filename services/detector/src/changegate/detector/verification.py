@@ -84,6 +84,7 @@ from changegate.core.contracts import (
     Trigger,
 )
 from changegate.core.contracts.base import PropertyValue, is_empty
+from changegate.detector import reliability
 from changegate.detector.config import VerificationConfig
 from changegate.detector.proposals import build_proposal
 
@@ -242,8 +243,10 @@ def propose_verification(
         )
     rationale = (
         f"{said} ({mapped.basis} → {mapped.status.value}); "
-        f"{config.status_field}: {was} → {mapped.status.value} (confidence {confidence:.2f})"
+        f"{config.status_field}: {was} → {mapped.status.value}"
     )
+    status_cell = mapped.status.value if mapped.recognised else "unrecognised"
+    cells = [reliability.Cell(reliability.cell(DETECTOR, mapped.verifier, status_cell), config.status_field)]
     flags = {f: props[f] for f in ("disposable", "accept_all", "role", "free") if f in props}
     changes = [FieldChange(field=config.status_field, previous=previous, proposed=mapped.status.value)]
     evidence: dict[str, Any] = {
@@ -257,6 +260,7 @@ def propose_verification(
         "recognised": mapped.recognised,
         "mapping_basis": mapped.basis,
         "source_confidence": event.confidence,
+        reliability.BASIS: reliability.basis(cells, confidence, reliability.PriorFrom.CONFIGURED),
     }
     proposal = build_proposal(
         detector=DETECTOR,

@@ -1,0 +1,248 @@
+"""What a detector's confidence rests on, said in every proposal.
+
+Each detector gives its proposal a *prior* — what the source claims (an enrichment source's own
+confidence), the score itself (an AI score), the match model's probability (a merge) or a
+configured value (a verifier status, a defined event, a territory rule) — and names the *cells*
+its claim belongs to: proposals alike, e.g. ``enrichment|contact|clay|jobtitle|fill|claim-0.95-0.99``
+or ``verification|zerobounce|valid``. A cell's key is built from the proposal's evidence only.
+
+The reliability table (``changegate detector calibrate``, learnt from reviewers' decisions; the
+detector reads it at start from ``CHANGEGATE_RELIABILITY_FILE``) counts per cell how many proposals
+reviewers approved unchanged and how many they rejected or corrected. A cell's reliability is the
+posterior mean of a beta distribution centred on the prior with ``prior_weight`` pseudo-decisions:
+``(k·prior + approved) / (k + approved + corrected)`` — the prior until reviewers have decided
+proposals alike, then ever closer to the rate they approved. A proposal of several cells (an
+enrichment result filling several fields) is right only if each value is: its confidence is the
+product (the cells taken as independent), each cell starting from an equal share of the prior
+(``prior ** (1/n)``), so that before any decision the confidence is the prior itself.
+
+``evidence.confidence_basis`` says which: ``method`` ``prior`` (not yet measured) or
+``reviewer_outcomes``, the prior and where it came from, the table's version and each cell's
+counts; the rationale says it in words. The table is an artefact a person deploys, never learnt
+by the running detector: a confidence crossing a policy threshold is a decision someone made."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from changegate.core.contracts import Decision, DecisionOutcome, Proposal
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+BASIS = "confidence_basis"  # the evidence key
+DEFAULT_PRIOR_WEIGHT = 20.0
+# Band edges: an enrichment source's claimed confidence, an AI score, a match probability.
+CLAIM_EDGES = (0.5, 0.8, 0.9, 0.95, 0.99)
+SCORE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+MATCH_EDGES = (0.5, 0.9, 0.95, 0.99, 0.999)
+_UNSAFE = re.compile(r"[^a-z0-9_.@+\-]+")
+_PART_MAX = 48
+
+
+class PriorFrom(StrEnum):
+    SOURCE_CLAIM = "source_claim"
+    CONFIGURED = "configured"
+    SCORE = "score"
+    MATCH_MODEL = "match_model"
+
+
+PRIOR_WORDS = {
+    PriorFrom.SOURCE_CLAIM: "the source's own claim",
+    PriorFrom.CONFIGURED: "a configured value",
+    PriorFrom.SCORE: "the score itself",
+    PriorFrom.MATCH_MODEL: "the match model's probability",
+}
+
+
+def part(value: object) -> str:
+    """One component of a cell key: bounded, lower case, no separators (sources name things
+    freely; a key must stay a key)."""
+    text = _UNSAFE.sub("_", str(value).strip().casefold()) if value not in (None, "") else ""
+    return text[:_PART_MAX] or "-"
+
+
+def cell(*parts: object) -> str:
+    return "|".join(part(p) for p in parts)
+
+
+def band(value: float, edges: Sequence[float]) -> str:
+    """``0.9-0.95`` for 0.92 with edges (…, 0.9, 0.95, …); ``<0.5`` below the first edge,
+    ``>=0.999`` from the last."""
+    if value < edges[0]:
+        return f"<{edges[0]:g}"
+    for low, high in itertools.pairwise(edges):
+        if value < high:
+            return f"{low:g}-{high:g}"
+    return f">={edges[-1]:g}"
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str
+    field: str | None = None  # None: the proposal as a whole (a merge's "one entity")
+
+
+def basis(cells: Iterable[Cell], prior: float, prior_from: PriorFrom) -> dict[str, Any]:
+    """What a detector writes into ``evidence.confidence_basis`` before calibration."""
+    return {
+        "cells": [{"cell": c.key, "field": c.field} for c in cells],
+        "prior": round(prior, 4),
+        "prior_from": prior_from.value,
+    }
+
+
+class CellCounts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    approved: int = Field(0, ge=0, description="approved unchanged")
+    corrected: int = Field(0, ge=0, description="rejected, or approved with this value changed")
+
+    @property
+    def decided(self) -> int:
+        return self.approved + self.corrected
+
+
+class ReliabilityTable(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: str = Field(min_length=1, max_length=200)
+    learned_from: str = Field("", max_length=2000, description="which decisions, from where, since when")
+    learned_at: datetime | None = None
+    prior_weight: float = Field(
+        DEFAULT_PRIOR_WEIGHT, gt=0, le=10_000, description="pseudo-decisions the prior counts as"
+    )
+    cells: dict[str, CellCounts] = Field(default_factory=dict)
+
+    def reliability(self, key: str, prior: float) -> tuple[float, CellCounts]:
+        counts = self.cells.get(key, CellCounts())
+        k = self.prior_weight
+        return (k * prior + counts.approved) / (k + counts.decided), counts
+
+
+NO_TABLE = ReliabilityTable(
+    version="none", learned_from="no reliability table: every confidence is its prior"
+)
+
+
+class ReliabilityError(ValueError):
+    """A reliability file that cannot be used, with the reason."""
+
+
+def load(path: Path | None) -> ReliabilityTable:
+    if path is None:
+        return NO_TABLE
+    try:
+        return ReliabilityTable.model_validate_json(path.read_bytes())
+    except OSError as exc:
+        raise ReliabilityError(f"{path}: cannot read the reliability table: {exc.strerror}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise ReliabilityError(f"{path}: not a reliability table ({problems})") from exc
+
+
+def calibrate(proposal: Proposal, table: ReliabilityTable) -> Proposal:
+    """The proposal with its confidence from the table and its basis said: in the evidence and at
+    the end of the rationale. A proposal without a basis (none of ours) is left as it is."""
+    raw = proposal.evidence.get(BASIS)
+    if not isinstance(raw, dict) or "method" in raw or not raw.get("cells"):
+        return proposal
+    prior = float(raw["prior"])
+    prior_from = PriorFrom(raw["prior_from"])
+    # The prior is the claim about the proposal as a whole: spread evenly over its cells, so that
+    # without reviewers' decisions the confidence is the prior itself.
+    share = prior ** (1 / len(raw["cells"]))
+    confidence = 1.0
+    cells = []
+    for entry in raw["cells"]:
+        value, counts = table.reliability(entry["cell"], share)
+        confidence *= value
+        cells.append({**entry, "approved": counts.approved, "corrected": counts.corrected,
+                      "reliability": round(value, 4)})  # fmt: skip
+    confidence = round(min(1.0, max(0.0, confidence)), 4)
+    measured = any(c["approved"] or c["corrected"] for c in cells)
+    said = {
+        **raw,
+        "method": "reviewer_outcomes" if measured else "prior",
+        "prior_weight": table.prior_weight,
+        "table": table.version,
+        "cells": cells,
+    }
+    rationale = f"{proposal.rationale} ({_words(confidence, cells, prior, prior_from, measured)})"
+    return proposal.model_copy(
+        update={
+            "confidence": confidence,
+            "rationale": rationale,
+            "evidence": {**proposal.evidence, BASIS: said},
+        }
+    )
+
+
+def _words(
+    confidence: float, cells: list[dict[str, Any]], prior: float, prior_from: PriorFrom, measured: bool
+) -> str:
+    start = f"{PRIOR_WORDS[prior_from]} {prior:.2f}"
+    if not measured:
+        return f"confidence {confidence:.2f}: {start}, not yet measured against reviewers' decisions"
+    if len(cells) == 1:
+        c = cells[0]
+        return (
+            f"confidence {confidence:.2f}: reviewers approved {c['approved']} of "
+            f"{c['approved'] + c['corrected']} proposals alike unchanged (starting from {start})"
+        )
+    each = ", ".join(
+        f"{c['field'] or 'the proposal'} {c['approved']} of {c['approved'] + c['corrected']}" for c in cells
+    )
+    return f"confidence {confidence:.2f}: reviewers approved alike unchanged: {each} (starting from {start})"
+
+
+# -- learning ------------------------------------------------------------------------------------
+
+HUMAN_OUTCOMES = frozenset(
+    {DecisionOutcome.APPROVED, DecisionOutcome.APPROVED_WITH_CHANGES, DecisionOutcome.REJECTED}
+)
+
+
+def observations(decision: Decision) -> list[tuple[str, bool]]:
+    """(cell, the claim held) for each cell of a human decision's proposal; nothing for a decision
+    no human made (auto-applied, expired, superseded) or a proposal without cells. A rejection
+    refutes every cell; an approval with changes refutes the cells of the fields it changed (and a
+    whole-proposal cell, e.g. a merge's, holds: the records were one entity)."""
+    raw = decision.proposal.evidence.get(BASIS)
+    if (
+        decision.decided_by.kind != "human"
+        or decision.outcome not in HUMAN_OUTCOMES
+        or not isinstance(raw, dict)
+    ):
+        return []
+    entries = [e for e in raw.get("cells") or [] if isinstance(e, dict) and isinstance(e.get("cell"), str)]
+    if decision.outcome is DecisionOutcome.REJECTED:
+        return [(e["cell"], False) for e in entries]
+    proposed = {c.field: c.proposed for c in decision.proposal.changes}
+    final = {c.field: c.proposed for c in decision.final_changes}
+    changed = {f for f in proposed.keys() | final.keys() if proposed.get(f) != final.get(f)}
+    return [(e["cell"], e.get("field") not in changed) for e in entries]
+
+
+def learn(
+    observed: Iterable[tuple[str, bool]],
+    *,
+    version: str,
+    learned_from: str,
+    learned_at: datetime | None = None,
+    prior_weight: float = DEFAULT_PRIOR_WEIGHT,
+) -> ReliabilityTable:
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for key, held in observed:
+        counts[key][0 if held else 1] += 1
+    return ReliabilityTable(
+        version=version,
+        learned_from=learned_from,
+        learned_at=learned_at,
+        prior_weight=prior_weight,
+        cells={k: CellCounts(approved=a, corrected=c) for k, (a, c) in sorted(counts.items())},
+    )
