@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from changegate.cli.main import app
+from changegate.core.contracts import Decider, Decision, DecisionOutcome, Proposal
+from changegate.core.contracts.envelope import make_envelope
+from changegate.detector import reliability
 from changegate.detector.cli import SnapshotError, read_csv, read_jsonl, read_pairs
 from changegate.detector.matching.model import load_model
+from changegate.detector.settings import DetectorSettings
 from typer.testing import CliRunner
 
 PEOPLE = [
@@ -135,3 +140,42 @@ def test_a_missing_model_file_is_refused_at_start(tmp_path: Path) -> None:
     model = tmp_path / "m.json"
     load_model().save(model)
     assert DetectorSettings(match_model=model).match_model == model
+
+
+def test_calibrate_learns_a_table_from_human_decisions_the_detector_loads(
+    tmp_path: Path, make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision]
+) -> None:
+    cell = "verification|zerobounce|valid"
+    proposal = make_proposal(
+        evidence={
+            reliability.BASIS: reliability.basis(
+                [reliability.Cell(cell, "jobtitle")], 0.95, reliability.PriorFrom.CONFIGURED
+            )
+        }
+    )
+    human = Decider(kind="human", identity="alice@example.com")
+    approved = make_decision(proposal, DecisionOutcome.APPROVED, decided_by=human)
+    rejected = make_decision(proposal, DecisionOutcome.REJECTED, decided_by=human)
+    automatic = make_decision(proposal, DecisionOutcome.AUTO_APPROVED)  # says nothing
+    lines = [
+        approved.model_dump_json(),
+        make_envelope(approved, service="review-api").model_dump_json(),
+        rejected.model_dump_json(),
+        automatic.model_dump_json(),
+        "{not json",
+        '{"outcome": "approved"}',
+    ]
+    source = tmp_path / "decisions.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "reliability.json"
+    result = CliRunner().invoke(
+        app, ["detector", "calibrate", "--from", str(source), "--out", str(out), "--version", "v7"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "decisions.jsonl:5: not JSON" in result.output
+    assert "decisions.jsonl:6: not a decision" in result.output
+    table = reliability.load(out)
+    assert (table.version, table.prior_weight, table.prior_cap) == ("v7", 20.0, 0.9)
+    assert table.cells == {cell: reliability.CellCounts(approved=2, corrected=1)}
+    assert table.learned_from == "3 human decisions of 4 read from decisions.jsonl"
+    assert DetectorSettings(reliability_file=out).reliability_file == out

@@ -77,12 +77,13 @@ def test_a_cell_joins_its_parts() -> None:
 @pytest.mark.parametrize(
     ("value", "label"),
     [
-        (0.2, "<0.5"),
+        (0.0, "0-0.5"),
+        (0.2, "0-0.5"),
         (0.5, "0.5-0.8"),
         (0.899, "0.8-0.9"),
         (0.9, "0.9-0.95"),
-        (0.95, "0.95-0.99"),
-        (0.99, ">=0.99"),
+        (0.95, "0.95-1"),
+        (1.0, "0.95-1"),
     ],
 )
 def test_bands(value: float, label: str) -> None:
@@ -112,7 +113,10 @@ def test_reviewers_decisions_move_the_confidence_from_the_prior_to_their_rate(
     make_proposal: Callable[..., Proposal],
 ) -> None:
     table = ReliabilityTable(
-        version="t1", prior_weight=20, cells={JOBTITLE: CellCounts(approved=412, corrected=13)}
+        version="t1",
+        prior_weight=20,
+        prior_cap=None,
+        cells={JOBTITLE: CellCounts(approved=412, corrected=13)},
     )
     calibrated = calibrate(_proposal(make_proposal, [Cell(JOBTITLE, "jobtitle")]), table)
     assert calibrated.confidence == round((20 * 0.93 + 412) / (20 + 425), 4) == 0.9676
@@ -123,10 +127,37 @@ def test_reviewers_decisions_move_the_confidence_from_the_prior_to_their_rate(
     said = calibrated.evidence[BASIS]
     assert (said["method"], said["table"], said["prior_weight"]) == ("reviewer_outcomes", "t1", 20)
     # rejected cells pull it down, whatever the source claims
-    low = ReliabilityTable(version="t2", cells={JOBTITLE: CellCounts(approved=60, corrected=40)})
+    low = ReliabilityTable(
+        version="t2", prior_cap=None, cells={JOBTITLE: CellCounts(approved=60, corrected=40)}
+    )
     assert calibrate(_proposal(make_proposal, [Cell(JOBTITLE, "jobtitle")]), low).confidence == round(
         (20 * 0.93 + 60) / 120, 4
     )
+
+
+def test_a_table_counts_no_prior_above_its_cap(make_proposal: Callable[..., Proposal]) -> None:
+    """A configured 1.0 is not evidence: with a table, only reviewers' decisions take a cell above
+    the cap (one correction among 135 keeps it under 0.99; 180 clean approvals reach it)."""
+    event_cell = "lifecycle|defined_event|forms|form_submission|newsletter_signup"
+    p = make_proposal(
+        ProposalKind.LIFECYCLE_TRANSITION,
+        confidence=1.0,
+        rationale="form submission newsletter_signup sets the unset stage to subscriber",
+        evidence={BASIS: basis([Cell(event_cell, "lifecyclestage")], 1.0, PriorFrom.CONFIGURED)},
+    )
+    assert calibrate(p, NO_TABLE).confidence == 1.0  # no table: the prior as configured
+    unmeasured = calibrate(p, ReliabilityTable(version="t"))
+    assert unmeasured.confidence == 0.9
+    assert unmeasured.rationale.endswith(
+        "(confidence 0.90: a configured value 1.00, counted as at most 0.90 until reviewers have decided"
+        " proposals alike)"
+    )
+    assert unmeasured.evidence[BASIS]["prior_cap"] == 0.9
+    one_wrong = ReliabilityTable(version="t", cells={event_cell: CellCounts(approved=134, corrected=1)})
+    assert calibrate(p, one_wrong).confidence == round((20 * 0.9 + 134) / 155, 4) < 0.99
+    clean = ReliabilityTable(version="t", cells={event_cell: CellCounts(approved=180)})
+    assert calibrate(p, clean).confidence == 0.99
+    assert "(starting from a configured value 1.00, counted as at most 0.90)" in calibrate(p, clean).rationale
 
 
 def test_several_values_multiply_and_start_from_an_equal_share_of_the_prior(

@@ -1,4 +1,5 @@
-"""`changegate detector …`: train the duplicate finder's model on a CRM snapshot."""
+"""`changegate detector …`: train the duplicate finder's model on a CRM snapshot; learn the reliability
+table that calibrates every detector's confidence from reviewers' decisions."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-app = typer.Typer(help="The duplicate finder: train its model on your own records.", no_args_is_help=True)
+app = typer.Typer(
+    help="The detector: train the duplicate finder on your records; calibrate its confidences on"
+    " reviewers' decisions.",
+    no_args_is_help=True,
+)
 console = Console(stderr=True, soft_wrap=True)
 
 ID_FIELDS = ("record_id", "hs_object_id", "id")
@@ -223,3 +228,91 @@ def train(
             f" above the review threshold {finder.threshold}; median probability"
             f" {probabilities[len(probabilities) // 2]:.3f}"
         )
+
+
+def read_decisions(path: Path, problems: list[str]) -> Iterator[Any]:
+    """Decisions, one a line: bare or in their envelope (as on the decisions topic)."""
+    from changegate.core.contracts import Decision
+    from pydantic import ValidationError
+
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+                if isinstance(raw, dict) and raw.get("event_type") == "decision":
+                    raw = raw.get("payload")
+                yield Decision.model_validate(raw)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{number}: not JSON ({exc.msg})")
+            except ValidationError as exc:
+                problems.append(f"{path}:{number}: not a decision ({exc.errors()[0]['msg']})")
+
+
+@app.command("calibrate")
+def calibrate(
+    source: Annotated[
+        Path,
+        typer.Option(
+            "--from",
+            help="decisions as JSON lines (bare, or envelopes as on the decisions topic)",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the reliability table (JSON)")],
+    version: Annotated[
+        str | None, typer.Option(help="version to name (default: calibrated-<UTC time>)")
+    ] = None,
+    prior_weight: Annotated[
+        float, typer.Option(min=0.001, help="pseudo-decisions a detector's prior counts as")
+    ] = 20.0,
+    prior_cap: Annotated[
+        float, typer.Option(min=0.001, max=1.0, help="the most a prior counts as (1: no cap)")
+    ] = 0.9,
+) -> None:
+    """Learn the reliability table from reviewers' decisions: per cell of proposals alike (a source,
+    field and fill or overwrite; a verifier and status; a defined event; a score band; a territory
+    rule; a match-probability band), how many were approved unchanged and how many rejected or
+    corrected. Only human decisions count (auto-applied, expired and superseded ones say nothing).
+    Point the detector at the file with CHANGEGATE_RELIABILITY_FILE; each proposal then says
+    whether its confidence rests on reviewers' decisions or on its prior alone."""
+    from changegate.core.contracts.base import utcnow
+    from changegate.detector import reliability
+
+    problems: list[str] = []
+    observed: list[tuple[str, bool]] = []
+    decisions = used = 0
+    try:
+        for decision in read_decisions(source, problems):
+            decisions += 1
+            seen = reliability.observations(decision)
+            used += bool(seen)
+            observed += seen
+    except (OSError, UnicodeDecodeError) as exc:
+        console.print(f"[red]cannot read the decisions:[/] {exc}")
+        raise typer.Exit(2) from exc
+    for problem in problems[:20]:
+        console.print(f"[yellow]skipped[/] {problem}")
+    if len(problems) > 20:
+        console.print(f"[yellow]… and {len(problems) - 20} more unusable lines[/]")
+    now = utcnow()
+    table = reliability.learn(
+        observed,
+        version=version or f"calibrated-{now:%Y%m%dT%H%M%SZ}",
+        learned_from=f"{used} human decisions of {decisions} read from {source.name}",
+        learned_at=now,
+        prior_weight=prior_weight,
+        prior_cap=None if prior_cap >= 1 else prior_cap,
+    )
+    out.write_text(table.model_dump_json(indent=1) + "\n")
+    shown = Table(title=f"reliability table {table.version}: {len(table.cells)} cells from {used} decisions")
+    for column in ("cell", "approved unchanged", "corrected", "share approved"):
+        shown.add_column(column, justify="left" if column == "cell" else "right")
+    for key, counts in table.cells.items():
+        shown.add_row(
+            key, str(counts.approved), str(counts.corrected), f"{counts.approved / counts.decided:.1%}"
+        )
+    console.print(shown)
+    console.print(f"wrote {out} — set CHANGEGATE_RELIABILITY_FILE={out} for the detector")

@@ -11,8 +11,11 @@ detector reads it at start from ``CHANGEGATE_RELIABILITY_FILE``) counts per cell
 reviewers approved unchanged and how many they rejected or corrected. A cell's reliability is the
 posterior mean of a beta distribution centred on the prior with ``prior_weight`` pseudo-decisions:
 ``(k·prior + approved) / (k + approved + corrected)`` — the prior until reviewers have decided
-proposals alike, then ever closer to the rate they approved. A proposal of several cells (an
-enrichment result filling several fields) is right only if each value is: its confidence is the
+proposals alike, then ever closer to the rate they approved. A table counts no prior as more than
+``prior_cap`` (0.9): a claimed or configured 1.0 is not evidence, so only reviewers' decisions
+take a cell above it — some 180 decisions alike without a correction to reach 0.99, more with one.
+A proposal of several cells (an enrichment result filling several fields) is right only if each
+value is: its confidence is the
 product (the cells taken as independent), each cell starting from an equal share of the prior
 (``prior ** (1/n)``), so that before any decision the confidence is the prior itself.
 
@@ -38,8 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 BASIS = "confidence_basis"  # the evidence key
 DEFAULT_PRIOR_WEIGHT = 20.0
+DEFAULT_PRIOR_CAP = 0.9
 # Band edges: an enrichment source's claimed confidence, an AI score, a match probability.
-CLAIM_EDGES = (0.5, 0.8, 0.9, 0.95, 0.99)
+CLAIM_EDGES = (0.5, 0.8, 0.9, 0.95)
 SCORE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
 MATCH_EDGES = (0.5, 0.9, 0.95, 0.99, 0.999)
 _UNSAFE = re.compile(r"[^a-z0-9_.@+\-]+")
@@ -73,14 +77,12 @@ def cell(*parts: object) -> str:
 
 
 def band(value: float, edges: Sequence[float]) -> str:
-    """``0.9-0.95`` for 0.92 with edges (…, 0.9, 0.95, …); ``<0.5`` below the first edge,
-    ``>=0.999`` from the last."""
-    if value < edges[0]:
-        return f"<{edges[0]:g}"
-    for low, high in itertools.pairwise(edges):
+    """``0.9-0.95`` for 0.92 with edges (…, 0.9, 0.95, …); ``0-0.5`` below the first edge,
+    ``0.999-1`` from the last."""
+    for low, high in itertools.pairwise((0.0, *edges, 1.0)):
         if value < high:
             return f"{low:g}-{high:g}"
-    return f">={edges[-1]:g}"
+    return f"{edges[-1]:g}-1"
 
 
 @dataclass(frozen=True)
@@ -116,16 +118,27 @@ class ReliabilityTable(BaseModel):
     prior_weight: float = Field(
         DEFAULT_PRIOR_WEIGHT, gt=0, le=10_000, description="pseudo-decisions the prior counts as"
     )
+    prior_cap: float | None = Field(
+        DEFAULT_PRIOR_CAP,
+        gt=0,
+        le=1,
+        description="the most a prior counts as: above it, only reviewers' decisions take a cell"
+        " (a claimed or configured 1.0 is no evidence); null: priors as they are",
+    )
     cells: dict[str, CellCounts] = Field(default_factory=dict)
+
+    def start(self, prior: float) -> float:
+        return prior if self.prior_cap is None else min(prior, self.prior_cap)
 
     def reliability(self, key: str, prior: float) -> tuple[float, CellCounts]:
         counts = self.cells.get(key, CellCounts())
         k = self.prior_weight
-        return (k * prior + counts.approved) / (k + counts.decided), counts
+        return (k * self.start(prior) + counts.approved) / (k + counts.decided), counts
 
 
+# Without a table nothing is measured and nothing capped: every confidence is its prior.
 NO_TABLE = ReliabilityTable(
-    version="none", learned_from="no reliability table: every confidence is its prior"
+    version="none", learned_from="no reliability table: every confidence is its prior", prior_cap=None
 )
 
 
@@ -169,10 +182,13 @@ def calibrate(proposal: Proposal, table: ReliabilityTable) -> Proposal:
         **raw,
         "method": "reviewer_outcomes" if measured else "prior",
         "prior_weight": table.prior_weight,
+        "prior_cap": table.prior_cap,
         "table": table.version,
         "cells": cells,
     }
-    rationale = f"{proposal.rationale} ({_words(confidence, cells, prior, prior_from, measured)})"
+    capped = table.start(share) < share
+    words = _words(confidence, cells, prior, prior_from, measured, table.prior_cap if capped else None)
+    rationale = f"{proposal.rationale} ({words})"
     return proposal.model_copy(
         update={
             "confidence": confidence,
@@ -183,9 +199,18 @@ def calibrate(proposal: Proposal, table: ReliabilityTable) -> Proposal:
 
 
 def _words(
-    confidence: float, cells: list[dict[str, Any]], prior: float, prior_from: PriorFrom, measured: bool
+    confidence: float,
+    cells: list[dict[str, Any]],
+    prior: float,
+    prior_from: PriorFrom,
+    measured: bool,
+    cap: float | None,
 ) -> str:
     start = f"{PRIOR_WORDS[prior_from]} {prior:.2f}"
+    if cap is not None:
+        start += f", counted as at most {cap:.2f}"
+    if not measured and cap is not None:
+        return f"confidence {confidence:.2f}: {start} until reviewers have decided proposals alike"
     if not measured:
         return f"confidence {confidence:.2f}: {start}, not yet measured against reviewers' decisions"
     if len(cells) == 1:
@@ -235,6 +260,7 @@ def learn(
     learned_from: str,
     learned_at: datetime | None = None,
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
+    prior_cap: float | None = DEFAULT_PRIOR_CAP,
 ) -> ReliabilityTable:
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for key, held in observed:
@@ -244,5 +270,6 @@ def learn(
         learned_from=learned_from,
         learned_at=learned_at,
         prior_weight=prior_weight,
+        prior_cap=prior_cap,
         cells={k: CellCounts(approved=a, corrected=c) for k, (a, c) in sorted(counts.items())},
     )
