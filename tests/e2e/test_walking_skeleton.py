@@ -72,7 +72,7 @@ async def test_enrichment_fill_auto_applies_overwrite_waits_for_a_reviewer_and_r
     events = [
         created(a, email="ada@acme.example", jobtitle=""),
         created(b, email="bob@acme.example", jobtitle="Engineer"),
-        enrichment(a, confidence=0.93, jobtitle="CTO"),
+        enrichment(a, confidence=0.995, jobtitle="CTO"),
         enrichment(b, confidence=0.95, jobtitle="VP Engineering"),
     ]
     await _send(stack, producer, *events)
@@ -88,7 +88,7 @@ async def test_enrichment_fill_auto_applies_overwrite_waits_for_a_reviewer_and_r
     )
     assert row["approver"] == f"policy:{row['policy_version']}"
     assert re.fullmatch(r"[0-9a-f]{64}", row["policy_hash"])
-    assert row["confidence"] == 0.93
+    assert row["confidence"] == 0.995
     assert row["proposed_at"] <= row["decided_at"] <= row["executed_at"]
     assert (await sandbox.get_record(db, ObjectType.CONTACT, a) or {})["jobtitle"] == "CTO"
 

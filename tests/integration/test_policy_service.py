@@ -136,7 +136,7 @@ async def test_five_kinds_are_routed_to_the_right_topics_and_edits_apply_without
     # Edit the file: email results now all go to review. The switch is picked up without restart.
     service.policy_file.write_text(
         service.policy_file.read_text()
-        .replace('version: "2026-12-01.1"', 'version: "edited"')
+        .replace('version: "2026-12-04.1"', 'version: "edited"')
         .replace(
             "action: auto_apply\n  - id: email-risky-review", "action: review\n  - id: email-risky-review"
         )
@@ -152,7 +152,7 @@ async def test_five_kinds_are_routed_to_the_right_topics_and_edits_apply_without
         recorded = await conn.fetch("SELECT version, policy_hash, content FROM changegate_policy_versions")
     finally:
         await conn.close()
-    assert {r["version"] for r in recorded} == {"2026-12-01.1", "edited"}
+    assert {r["version"] for r in recorded} == {"2026-12-04.1", "edited"}
     edited = next(r for r in recorded if r["version"] == "edited")
     assert edited["content"] == service.policy_file.read_text()
     assert edited["policy_hash"] == Policy.load(service.policy_file).content_hash
@@ -193,7 +193,7 @@ async def test_a_broken_edit_is_refused_and_the_policy_in_force_stays(
         what="the refusal in the log",
     )
     assert "rule 'yolo': would auto-apply merge, owner_reassignment" in service.log.read_text()
-    assert await service.metric("changegate_policy_info", version="2026-12-01.1") == 1
+    assert await service.metric("changegate_policy_info", version="2026-12-04.1") == 1
     merge = next(p for p in sample_proposals(200, seed=13) if p.kind is ProposalKind.MERGE)
     await _propose(settings, [merge])
     routed = await eventually(lambda: asyncio.sleep(0, _routed(outputs)), lambda r: len(r) == 1, what="merge")

@@ -25,7 +25,7 @@ def proposals_file(tmp_path: Path) -> Path:
 def test_check_accepts_the_default_policy() -> None:
     result = runner.invoke(app, ["check", str(DEFAULT_POLICY)])
     assert result.exit_code == 0, result.output
-    assert "valid — version 2026-12-01.1, 8 rules, default review" in result.output
+    assert "valid — version 2026-12-04.1, 9 rules, default review" in result.output
 
 
 def test_check_refuses_an_unsafe_policy_naming_the_rule(tmp_path: Path) -> None:
@@ -72,7 +72,10 @@ def test_explain_refuses_what_is_not_a_proposal(tmp_path: Path) -> None:
 def test_simulation_counts_every_route_and_the_changes(proposals_file: Path, tmp_path: Path) -> None:
     current = Policy.load()
     looser = Policy.parse(
-        DEFAULT_POLICY.read_bytes().replace(b"min_confidence: 0.85", b"min_confidence: 0.6"), "l"
+        DEFAULT_POLICY.read_bytes().replace(
+            b"previous_empty: true, min_confidence: 0.98", b"previous_empty: true, min_confidence: 0.6"
+        ),
+        "l",
     )
     sim = simulate(looser, read_proposals(proposals_file), current)
     expected = [looser.evaluate(p).action.value for p in sample_proposals(500, seed=3)]
@@ -94,10 +97,14 @@ def test_simulation_counts_every_route_and_the_changes(proposals_file: Path, tmp
 
 def test_simulate_command_prints_shares_and_changes(proposals_file: Path, tmp_path: Path) -> None:
     edited = tmp_path / "edited.yaml"
-    edited.write_text(DEFAULT_POLICY.read_text().replace("min_confidence: 0.85", "min_confidence: 0.6"))
+    edited.write_text(
+        DEFAULT_POLICY.read_text().replace(
+            "previous_empty: true, min_confidence: 0.98", "previous_empty: true, min_confidence: 0.6"
+        )
+    )
     result = runner.invoke(app, ["simulate", str(edited), "--from", str(proposals_file)])
     assert result.exit_code == 0, result.output
-    assert "500 proposals under 2026-12-01.1" in result.output
+    assert "500 proposals under 2026-12-04.1" in result.output
     assert "skipped line 11: not a proposal" in result.output
     assert "change route" in result.output
 

@@ -26,13 +26,13 @@ def _yaml(rules: str, *, version: str = "test-1", default: str = "review") -> by
 
 def test_default_policy_is_the_packaged_file(policy: Policy) -> None:
     assert policy.source == str(DEFAULT_POLICY)
-    assert policy.version == "2026-12-01.1"
+    assert policy.version == "2026-12-04.1"
     assert policy.content_hash == hashlib.sha256(DEFAULT_POLICY.read_bytes()).hexdigest()
     assert policy.content == DEFAULT_POLICY.read_text()  # what the policy service records
     assert policy.document.default is Action.REVIEW
 
 
-@pytest.mark.parametrize("confidence", [0.85, 0.9, 1.0])
+@pytest.mark.parametrize("confidence", [0.98, 0.995, 1.0])
 def test_confident_fill_of_empty_field_is_auto_applied(
     policy: Policy, make_proposal: Callable[..., Proposal], confidence: float
 ) -> None:
@@ -48,7 +48,7 @@ def test_confident_fill_of_empty_field_is_auto_applied(
     assert route.rule_id == "enrichment-fill-empty"
 
 
-@pytest.mark.parametrize("confidence", [0.0, 0.5, 0.849])
+@pytest.mark.parametrize("confidence", [0.0, 0.5, 0.85, 0.9, 0.979])
 def test_fill_below_threshold_goes_to_review(
     policy: Policy, make_proposal: Callable[..., Proposal], confidence: float
 ) -> None:
@@ -120,10 +120,27 @@ def test_lifecycle_from_ai_score_goes_to_review(
     assert (route.action, route.rule_id) == (Action.REVIEW, "lifecycle-ai-score-review")
 
 
-def test_lifecycle_from_another_trigger_falls_to_the_default(
+@pytest.mark.parametrize(
+    ("trigger", "confidence"),
+    [(Trigger.RULE, 1.0), (Trigger.DEFINED_EVENT, 0.979), (Trigger.DEFINED_EVENT, 0.5)],
+)
+def test_lifecycle_from_another_trigger_or_a_doubtful_event_goes_to_review(
+    policy: Policy, make_proposal: Callable[..., Proposal], trigger: Trigger, confidence: float
+) -> None:
+    route = policy.evaluate(
+        make_proposal(kind=ProposalKind.LIFECYCLE_TRANSITION, trigger=trigger, confidence=confidence)
+    )
+    assert (route.action, route.rule_id) == (Action.REVIEW, "lifecycle-review")
+    assert route.review is not None
+    assert route.review.queue == "sales-ops"
+
+
+def test_an_unmatched_proposal_falls_to_the_default(
     policy: Policy, make_proposal: Callable[..., Proposal]
 ) -> None:
-    route = policy.evaluate(make_proposal(kind=ProposalKind.LIFECYCLE_TRANSITION, trigger=Trigger.RULE))
+    changes = [FieldChange(field="custom_stage", previous=None, proposed="x")]
+    policy = Policy.parse(_yaml("  - id: only-merges\n    when: {kind: [merge]}\n    action: review\n"), "t")
+    route = policy.evaluate(make_proposal(changes=changes))
     assert route.action is Action.REVIEW
     assert route.rule_id == "default"
     assert route.explanation == "sent to review: no rule matched (default review)"
@@ -141,6 +158,14 @@ def _email(make_proposal: Callable[..., Proposal], status: str) -> Proposal:
 def test_valid_email_status_is_auto_applied(policy: Policy, make_proposal: Callable[..., Proposal]) -> None:
     route = policy.evaluate(_email(make_proposal, "valid"))
     assert (route.action, route.rule_id) == (Action.AUTO_APPLY, "email-valid-auto")
+
+
+def test_a_less_certain_valid_status_goes_to_review(
+    policy: Policy, make_proposal: Callable[..., Proposal]
+) -> None:
+    proposal = _email(make_proposal, "valid").model_copy(update={"confidence": 0.95})
+    route = policy.evaluate(proposal)
+    assert (route.action, route.rule_id) == (Action.REVIEW, "email-risky-review")
 
 
 @pytest.mark.parametrize("status", ["risky", "catch_all", "invalid", "unknown"])
@@ -167,8 +192,8 @@ def test_email_verification_without_a_status_change_goes_to_review(
 def test_auto_apply_explanation_names_rule_and_confidence_comparison(
     policy: Policy, make_proposal: Callable[..., Proposal]
 ) -> None:
-    route = policy.evaluate(make_proposal(confidence=0.9))
-    assert route.explanation == "auto-applied: rule enrichment-fill-empty, confidence 0.90 ≥ 0.85"
+    route = policy.evaluate(make_proposal(confidence=0.993))
+    assert route.explanation == "auto-applied: rule enrichment-fill-empty, confidence 0.99 ≥ 0.98"
 
 
 def test_review_explanation_names_the_rule(policy: Policy, make_proposal: Callable[..., Proposal]) -> None:

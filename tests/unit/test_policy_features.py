@@ -61,7 +61,9 @@ def test_a_kind_carrying_anothers_fields_is_never_auto_applied(make_proposal: Ma
         FieldChange(field="hubspot_owner_id", previous="owner-a", proposed="owner-evil"),
         FieldChange(field="email", previous="a@x.example", proposed="attacker@evil.example"),
     ]
-    p = make_proposal(kind=ProposalKind.LIFECYCLE_TRANSITION, trigger=Trigger.DEFINED_EVENT, changes=changes)
+    p = make_proposal(
+        kind=ProposalKind.LIFECYCLE_TRANSITION, trigger=Trigger.DEFINED_EVENT, changes=changes, confidence=1.0
+    )
     route = Policy.load().evaluate(p)
     assert (route.action, route.rule_id) == (Action.REVIEW, "fields-not-of-kind")
     assert (
@@ -104,7 +106,7 @@ def test_high_risk_lists_are_configurable(make_proposal: MakeProposal) -> None:
 def test_default_lifecycle_rule_auto_applies_despite_the_high_risk_stage_field(
     make_proposal: MakeProposal,
 ) -> None:
-    p = make_proposal(kind=ProposalKind.LIFECYCLE_TRANSITION, trigger=Trigger.DEFINED_EVENT)
+    p = make_proposal(kind=ProposalKind.LIFECYCLE_TRANSITION, trigger=Trigger.DEFINED_EVENT, confidence=0.99)
     route = Policy.load().evaluate(p)
     assert (route.action, route.rule_id) == (Action.AUTO_APPLY, "lifecycle-defined-event")
 
@@ -274,7 +276,7 @@ def test_the_default_policy_has_no_shadowed_rules() -> None:
 
 def test_auto_apply_emits_a_decision_with_policy_identity(make_proposal: MakeProposal) -> None:
     policy = Policy.load()
-    proposal = make_proposal()
+    proposal = make_proposal(confidence=0.993)
     topic, decision = output_for(policy, proposal, policy.evaluate(proposal))
     assert topic is Topic.DECISIONS
     assert isinstance(decision, Decision)
@@ -285,7 +287,7 @@ def test_auto_apply_emits_a_decision_with_policy_identity(make_proposal: MakePro
         policy.content_hash,
     )
     assert decision.final_changes == proposal.changes
-    assert decision.explanation == "auto-applied: rule enrichment-fill-empty, confidence 0.90 ≥ 0.85"
+    assert decision.explanation == "auto-applied: rule enrichment-fill-empty, confidence 0.99 ≥ 0.98"
 
 
 def test_review_emits_a_review_request(make_proposal: MakeProposal) -> None:

@@ -41,7 +41,14 @@ PLACES = [("San Francisco", "94107"), ("Oakland", "94612"), ("Berkeley", "94704"
 TITLES = ["VP Engineering", "Head of Data", "CTO", "Staff Engineer", "Director of Sales Ops"]
 # The detector settings the demo's owner scenario needs (dev up --demo passes them on).
 DEMO_OWNER = {"territories": [{"country": "us", "state": "CA", "owner": "owner-west"}]}
-DEMO_ENV = {"CHANGEGATE_OWNER": json.dumps(DEMO_OWNER)}
+# The prior the demo configures for ZeroBounce's "valid" (the detector's default is 0.95; the default
+# policy auto-applies a valid status from 0.98): a deployment measures it against its reviewers'
+# decisions instead (`changegate detector calibrate`).
+DEMO_VERIFICATION = {"verifier_confidence": {"zerobounce": {"valid": 0.99}}}
+DEMO_ENV = {
+    "CHANGEGATE_OWNER": json.dumps(DEMO_OWNER),
+    "CHANGEGATE_VERIFICATION": json.dumps(DEMO_VERIFICATION),
+}
 DEMO_OWNERS = ("owner-west", "owner-17")  # exist in the sandbox CRM, so an approval can assign them
 
 
@@ -142,7 +149,8 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
                 contact,
                 "clay",
                 {"jobtitle": title},
-                confidence=round(rng.uniform(0.86, 0.99), 2),
+                # Clay's own match confidence: a fill applies by itself from 0.98 (the default policy)
+                confidence=round(rng.uniform(0.99, 0.999), 3),
             )
         )
         step.shows = f"Clay {'fills' if empty else 'overwrites'} {contact}'s job title: " + (
