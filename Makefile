@@ -8,7 +8,7 @@ MEMBERS := shared services/detector services/policy services/executor services/a
 STAMP := $(VENV)/.installed
 
 .PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy bench-executor \
-	bench-ingest bench-detector-quality bench-detector-speed bench-review mutation clean
+	bench-ingest bench-detector-quality bench-detector-speed bench-review bench-safety mutation clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ lock: ## recompile requirements.lock from requirements.in, keeping the pins it h
 	{ echo "# Compiled by 'make lock' (uv pip compile --generate-hashes) from requirements.in. Do not edit."; \
 	  cat requirements.lock.tmp; } > requirements.lock && rm requirements.lock.tmp
 
-bench: bench-policy bench-executor bench-ingest bench-detector-quality bench-detector-speed bench-review ## every benchmark (figures printed, with a baseline from the same run)
+bench: bench-policy bench-executor bench-ingest bench-detector-quality bench-detector-speed bench-review bench-safety ## every benchmark (figures printed, with a baseline from the same run)
 
 bench-policy: $(STAMP) ## policy evaluator and service rate vs a raw aiokafka pass-through
 	$(BIN)/python bench/policy_speed.py
@@ -63,6 +63,9 @@ bench-ingest: $(STAMP) ## signed webhooks accepted/s and latency, batches of 1 a
 
 bench-detector-quality: $(STAMP) ## duplicate finder on synthetic, Febrl1/2/4 and the confounder set, trained without labels: clusters (wrong merges, closure P/R/F1, ECE), pairs, look-alikes per kind
 	$(BIN)/python bench/detector_quality.py
+
+bench-safety: $(STAMP) ## automation safety on a labelled stream of the five scenarios through detector and policy: automation, wrong auto-applies, review load, ECE (held-out part)
+	$(BIN)/python bench/automation_safety.py
 
 bench-detector-speed: $(STAMP) ## per-event latency, memory per record, index rebuild with 10k, 100k and 1M records
 	$(BIN)/python bench/detector_speed.py

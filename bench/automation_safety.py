@@ -1,0 +1,559 @@
+"""Automation safety: is what the shipped policy auto-applies right, how much review work does it
+save, and does each detector's confidence mean what it says?
+
+A labelled stream of the five scenarios (``labelled_stream.py``: sources of hidden reliability,
+verifier results, lifecycle triggers, territory changes, duplicates with look-alikes) runs through
+the real detector and policy services, each its own process on the embedded broker and PostgreSQL
+(started and stopped here; the executor is not needed: a route is what the policy decided).
+
+1. **Tuning part**: the detector runs without a reliability table (every confidence its prior).
+   Each proposal is decided as a reviewer who knows the truth would: approved unchanged if right,
+   else corrected. ``reliability.learn`` turns those decisions into a reliability table — the
+   production path of ``changegate detector calibrate``. The thresholds the tuning part supports
+   (the lowest confidence above every wrong low-risk proposal of its shape, with the table) are
+   printed: this is where the shipped policy's thresholds were chosen.
+2. **Held-out part**: other records, the same world; the detector runs with the tuning part's table,
+   the policy is the shipped one. Nothing is chosen here. Printed, per kind and overall:
+   automation (the share of right low-risk changes auto-applied), wrong auto-applies (count and
+   share of what was auto-applied, with the expected count the confidences themselves promise),
+   review load (items sent to review per 1,000 events), and per detector the expected calibration
+   error (10 equal bins) with its reliability table. Beside them, from the same held-out proposals
+   in the same run: *before* (the policy of 2026-12-01.1 on the detectors' prior confidences, as
+   the code stood before calibration) and *priors* (the shipped policy on prior confidences).
+
+**Low-risk** are the changes the mission lets a policy apply by itself when confident, and the
+field-risk table allows: an empty field filled by enrichment, a lifecycle stage on a defined event,
+an email status set to valid. Overwrites, other email statuses, AI-scored stages, owners and merges
+always go to a human under the default policy; the right ones among them are counted apart.
+
+Targets (held-out): 0 wrong auto-applies at >= 60% automation; ECE <= 0.05 per detector.
+
+    .venv/bin/python bench/automation_safety.py [--seed 23] [--scale 1.0] [--policy FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import labelled_stream
+from _stack import preload, start_service, stop
+from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from changegate.core import field_risk
+from changegate.core.contracts import (
+    Decider,
+    Decision,
+    DecisionOutcome,
+    Proposal,
+    ProposalKind,
+    Trigger,
+)
+from changegate.core.contracts.base import utcnow
+from changegate.core.contracts.envelope import make_envelope
+from changegate.core.kafka import ensure_topics
+from changegate.core.serde import decode, encode
+from changegate.core.settings import CommonSettings
+from changegate.core.topics import Topic, TopicNames
+from changegate.detector import reliability
+from changegate.policy.engine import Action, Policy
+from detector_quality import calibration, ece
+from labelled_stream import Part, World
+
+HERE = Path(__file__).resolve().parent
+BEFORE_POLICY = HERE / "policies" / "before-2026-12-01.1.yaml"
+KINDS = [k.value for k in ProposalKind]
+DETECTORS = ["enrichment", "verification", "lifecycle", "owner", "dedup"]
+TIMEOUT = 1800.0
+
+
+# -- running a part through the services -----------------------------------------------------------
+
+
+@dataclass
+class Run:
+    part: Part
+    proposals: dict[uuid.UUID, Proposal]
+    routes: dict[uuid.UUID, tuple[str, str]]  # proposal -> (action, rule)
+    seconds: float
+
+
+async def _metric_sum(port: int, name: str) -> float:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+async def _until(probe: Any, done: Any, what: str, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if done(value):
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what} (last: {value})")
+        await asyncio.sleep(0.5)
+
+
+async def run_part(part: Part, workdir: Path, bootstrap: str, server_url: str, table: Path | None) -> Run:
+    name = f"safety_{part.name.replace('-', '_')}_{uuid.uuid4().hex[:6]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    head, _, query = server_url.partition("?")  # a socket DSN keeps its ?host=…
+    database_url = head.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+    settings = CommonSettings(
+        kafka_bootstrap_servers=bootstrap, database_url=database_url, topic_prefix=f"{name}."
+    )
+    names = TopicNames(settings.topic_prefix)
+    await ensure_topics(settings)
+    detector_env = {
+        "CHANGEGATE_OWNER": json.dumps(labelled_stream.DETECTOR_SETTINGS["owner"]),
+        **({"CHANGEGATE_RELIABILITY_FILE": str(table)} if table else {}),
+    }
+    detector_port, policy_port = free_port(), free_port()
+    started = time.perf_counter()
+    detector = start_service(
+        "changegate.detector", settings, workdir / f"detector-{part.name}.log", detector_port, detector_env
+    )
+    policy = start_service("changegate.policy", settings, workdir / f"policy-{part.name}.log", policy_port)
+    try:
+        payloads = [(e.record_id.encode(), encode(make_envelope(e, service="bench"))) for e in part.events]
+        await preload(settings, [names(Topic.CRM_EVENTS)], payloads)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await _until(
+                lambda: _count(
+                    conn, "SELECT count(*) FROM changegate_processed_events WHERE consumer = 'detector'"
+                ),
+                lambda n: n >= len(part.events),
+                f"the detector to process {len(part.events)} events",
+            )
+            emitted = int(await _metric_sum(detector_port, "changegate_detector_proposals_total"))
+            proposals = await _collect_proposals(bootstrap, names(Topic.PROPOSALS), emitted)
+            ids = list(proposals)
+            await _until(
+                lambda: _count(
+                    conn, "SELECT count(*) FROM policy_routes WHERE proposal_id = ANY($1::uuid[])", ids
+                ),
+                lambda n: n >= len(ids),
+                f"the policy to route {len(ids)} proposals",
+            )
+            rows = await conn.fetch(
+                "SELECT proposal_id, action, rule_id FROM policy_routes WHERE proposal_id = ANY($1::uuid[])",
+                ids,
+            )
+        finally:
+            await conn.close()
+    finally:
+        stop(detector)
+        stop(policy)
+    routes = {r["proposal_id"]: (r["action"], r["rule_id"]) for r in rows}
+    return Run(part, proposals, routes, time.perf_counter() - started)
+
+
+async def _count(conn: asyncpg.Connection, sql: str, *args: Any) -> int:
+    try:
+        return int(await conn.fetchval(sql, *args))
+    except asyncpg.UndefinedTableError:  # the service has not migrated yet
+        return 0
+
+
+async def _collect_proposals(bootstrap: str, topic: str, expected: int) -> dict[uuid.UUID, Proposal]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", fetch_max_wait_ms=20, group_id=None
+    )
+    await consumer.start()
+    seen: dict[uuid.UUID, Proposal] = {}
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while len(seen) < expected:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(seen)} of {expected} proposals arrived")
+            for records in (await consumer.getmany(timeout_ms=200, max_records=5000)).values():
+                for record in records:
+                    proposal: Proposal = decode(record.value).payload
+                    seen[proposal.proposal_id] = proposal
+    finally:
+        await consumer.stop()
+    return seen
+
+
+# -- what reviewers who know the truth decide (the tuning part's labels) ---------------------------
+
+
+def reviewers_decide(proposal: Proposal, right: bool, truth: labelled_stream.Truth) -> Decision:
+    """Approved unchanged when right; else corrected where the truth is known (a wrong value of a
+    field update, status, stage or owner), rejected otherwise (a wrong merge)."""
+    fixed = [
+        c.model_copy(update={"proposed": truth.values[(proposal.record_id, c.field)]})
+        for c in proposal.changes
+        if (proposal.record_id, c.field) in truth.values
+    ]
+    if right:
+        outcome, final = DecisionOutcome.APPROVED, list(proposal.changes)
+    elif proposal.kind is not ProposalKind.MERGE and len(fixed) == len(proposal.changes):
+        outcome, final = DecisionOutcome.APPROVED_WITH_CHANGES, fixed
+    else:
+        outcome, final = DecisionOutcome.REJECTED, []
+    return Decision(
+        decision_id=uuid.uuid4(),
+        proposal=proposal,
+        outcome=outcome,
+        decided_by=Decider(kind="human", identity="bench-reviewer"),
+        decided_at=utcnow(),
+        explanation="decided by the truth",
+        final_changes=final,
+    )
+
+
+def learn_table(run: Run, seed: int) -> reliability.ReliabilityTable:
+    observed = []
+    for proposal in run.proposals.values():
+        right = run.part.truth.judge(proposal)
+        if right is not None:
+            observed += reliability.observations(reviewers_decide(proposal, right, run.part.truth))
+    return reliability.learn(
+        observed,
+        version=f"bench-seed{seed}-tuning",
+        learned_from=f"automation_safety bench, seed {seed}: the tuning part's {len(run.proposals)} "
+        "proposals, decided by the truth",
+        learned_at=utcnow(),
+    )
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+def shape(p: Proposal) -> str | None:
+    """The low-risk shape of a proposal (None: a human decides it under the mission's policy)."""
+    if field_risk.table().auto_apply_refusal(p) is not None:
+        return None
+    if p.kind is ProposalKind.FIELD_UPDATE and all(c.fills_empty for c in p.changes):
+        return "fill"
+    if p.kind is ProposalKind.LIFECYCLE_TRANSITION and p.source.trigger is Trigger.DEFINED_EVENT:
+        return "defined_event"
+    if p.kind is ProposalKind.EMAIL_VERIFICATION and all(c.proposed == "valid" for c in p.changes):
+        return "valid"
+    return None
+
+
+def prior_of(p: Proposal) -> float:
+    raw = p.evidence.get(reliability.BASIS)
+    return float(raw["prior"]) if isinstance(raw, dict) and "prior" in raw else p.confidence
+
+
+@dataclass
+class Item:
+    proposal: Proposal
+    action: str
+    right: bool
+
+    @property
+    def kind(self) -> str:
+        return self.proposal.kind.value
+
+
+@dataclass
+class Figures:
+    proposals: int = 0
+    right: int = 0
+    low_risk_right: int = 0
+    auto_right: int = 0
+    auto: int = 0
+    wrong_auto: int = 0
+    expected_wrong: float = 0.0
+    review: int = 0
+    other_right: int = 0  # right, not low-risk (a human decides them)
+
+    @property
+    def automation(self) -> float:
+        return self.auto_right / self.low_risk_right if self.low_risk_right else math.nan
+
+
+def figures(items: Iterable[Item]) -> dict[str, Figures]:
+    out: dict[str, Figures] = defaultdict(Figures)
+    for item in items:
+        for key in (item.kind, "overall"):
+            f = out[key]
+            f.proposals += 1
+            f.right += item.right
+            low = shape(item.proposal) is not None
+            f.low_risk_right += low and item.right
+            f.other_right += (not low) and item.right
+            if item.action == Action.AUTO_APPLY.value:
+                f.auto += 1
+                f.auto_right += low and item.right
+                f.wrong_auto += not item.right
+                f.expected_wrong += 1 - item.proposal.confidence
+            elif item.action == Action.REVIEW.value:
+                f.review += 1
+    return out
+
+
+def items_of(run: Run) -> tuple[list[Item], int]:
+    items, unlabelled = [], 0
+    for pid, proposal in run.proposals.items():
+        right = run.part.truth.judge(proposal)
+        if right is None:
+            unlabelled += 1
+            continue
+        action = run.routes[pid][0]
+        if action != "superseded":
+            items.append(Item(proposal, action, right))
+    return items, unlabelled
+
+
+def rerouted(items: list[Item], policy: Policy, confidence: str) -> list[Item]:
+    """The same proposals under ``policy``, with their prior (``confidence='prior'``) or their own
+    confidence: what the services would have done (the engine is the service's own)."""
+    out = []
+    for item in items:
+        p = item.proposal
+        if confidence == "prior":
+            p = p.model_copy(update={"confidence": prior_of(p)})
+        out.append(Item(p, policy.evaluate(p).action.value, item.right))
+    return out
+
+
+CANDIDATES = (0.95, 0.98, 0.99, 0.995, 0.999)
+MAX_WRONG_RATE = 0.001  # the choice rule: at most one wrong auto-apply in 1,000 on the tuning part
+
+
+def tuning_thresholds(
+    run: Run, table: reliability.ReliabilityTable
+) -> dict[float, dict[str, tuple[int, int, int]]]:
+    """Per candidate threshold and low-risk shape, on the tuning part with the table learnt from it
+    (in-sample): (right ones at or above it, wrong ones at or above it, right ones in all)."""
+    by_shape: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    for proposal in run.proposals.values():
+        right, s = run.part.truth.judge(proposal), shape(proposal)
+        if right is not None and s is not None:
+            by_shape[s].append((reliability.calibrate(_uncalibrated(proposal), table).confidence, right))
+    return {
+        t: {
+            s: (
+                sum(1 for c, ok in pairs if ok and c >= t),
+                sum(1 for c, ok in pairs if not ok and c >= t),
+                sum(ok for _, ok in pairs),
+            )
+            for s, pairs in sorted(by_shape.items())
+        }
+        for t in CANDIDATES
+    }
+
+
+def _uncalibrated(proposal: Proposal) -> Proposal:
+    """The proposal as its detector made it, before a table said anything (what the basis says)."""
+    raw = proposal.evidence[reliability.BASIS]
+    start = {
+        "cells": [{"cell": c["cell"], "field": c["field"]} for c in raw["cells"]],
+        "prior": raw["prior"],
+        "prior_from": raw["prior_from"],
+    }
+    return proposal.model_copy(update={"evidence": {**proposal.evidence, reliability.BASIS: start}})
+
+
+def print_thresholds(rows: dict[float, dict[str, tuple[int, int, int]]], shipped: Policy) -> None:
+    print(
+        "thresholds on the tuning part (in-sample, with its table): per low-risk shape, right ones"
+        " auto-applied of all right ones, and wrong ones auto-applied"
+    )
+    chosen = None
+    for t, shapes in rows.items():
+        ok = all(wrong <= MAX_WRONG_RATE * (through + wrong) for through, wrong, _ in shapes.values())
+        chosen = chosen if chosen is not None or not ok else t
+        cells = "   ".join(
+            f"{s} {through:,}/{right:,} ({through / right:.0%}) wrong {wrong}"
+            for s, (through, wrong, right) in shapes.items()
+        )
+        print(f"  {t:<6} {cells}")
+    print(
+        f"  the rule (the lowest at which each shape's auto-applies are wrong at most once in"
+        f" {1 / MAX_WRONG_RATE:,.0f}) chooses {chosen}; the shipped policy's auto-apply rules say:"
+    )
+    for rule in shipped.document.rules:
+        if rule.action is Action.AUTO_APPLY:
+            print(f"    {rule.id:<24} min_confidence {rule.when.min_confidence}")
+
+
+# -- printing --------------------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.1%}"
+
+
+def print_figures(title: str, rows: dict[str, dict[str, Figures]], events: int) -> None:
+    print(f"\n{title}")
+    print(
+        f"{'kind':<22}{'':<8}{'proposals':>10}{'right':>8}{'low-risk right':>15}{'auto-applied':>13}"
+        f"{'automation':>11}{'wrong auto':>11}{'expected':>9}{'review /1k ev':>14}"
+    )
+    for kind in [*KINDS, "overall"]:
+        for label, table in rows.items():
+            f = table.get(kind)
+            if f is None:
+                continue
+            wrong = f"{f.wrong_auto} ({f.wrong_auto / f.auto:.1%})" if f.auto else "0"
+            print(
+                f"{kind if label == next(iter(rows)) else '':<22}{label:<8}{f.proposals:>10,}{f.right:>8,}"
+                f"{f.low_risk_right:>15,}{f.auto:>13,}{_pct(f.automation):>11}{wrong:>11}"
+                f"{f.expected_wrong:>9.1f}{1000 * f.review / events:>14.1f}"
+            )
+
+
+def print_calibration(items: list[Item]) -> dict[str, float]:
+    by_detector: dict[str, list[tuple[float, bool]]] = defaultdict(list)
+    for item in items:
+        by_detector[item.proposal.source.detector].append((item.proposal.confidence, item.right))
+    eces = {}
+    print(
+        "\ncalibration per detector (held-out; 10 equal bins): ECE, and per bin"
+        " n / mean confidence / share right"
+    )
+    for detector in DETECTORS:
+        observed = by_detector.get(detector, [])
+        eces[detector] = ece(observed)
+        bins = "  ".join(f"{b}: {n} {c:.3f}/{r:.3f}" for b, n, c, r in calibration(observed))
+        print(f"  {detector:<13} n {len(observed):>6,}  ECE {eces[detector]:.4f}   {bins}")
+    return eces
+
+
+def print_hidden_expectation(items: list[Item], truth: labelled_stream.Truth) -> None:
+    auto = [i for i in items if i.action == Action.AUTO_APPLY.value]
+    expected = sum(truth.hidden_error(i.proposal) for i in auto)
+    print(
+        f"  by the world's hidden reliabilities, the {len(auto):,} auto-applied proposals held"
+        f" {expected:.2f} wrong ones in expectation (P(none wrong) = {math.exp(-expected):.2f})"
+    )
+    right = [i for i in items if i.right and shape(i.proposal) is not None]
+    clean = sum(1 for i in right if truth.hidden_error(i.proposal) <= 1e-4)
+    print(
+        f"  ceiling: {clean:,} of the {len(right):,} right low-risk proposals ({clean / len(right):.1%})"
+        " come from sources wrong at most once in 10,000; no threshold automates much more without"
+        " wrong auto-applies"
+    )
+
+
+def print_targets(after: Figures, eces: dict[str, float]) -> bool:
+    bound = 3 / after.auto if after.auto else math.nan  # rule of three: 95% upper bound when 0 seen
+    checks = {
+        f"0 wrong auto-applies (seen {after.wrong_auto} of {after.auto:,}"
+        + (f"; 95% upper bound on the rate {bound:.2%})" if after.wrong_auto == 0 else ")"): after.wrong_auto
+        == 0,
+        f">= 60% automation of right low-risk changes ({_pct(after.automation)})": after.automation >= 0.6,
+        **{f"ECE <= 0.05: {d} ({e:.4f})": e <= 0.05 for d, e in eces.items()},
+    }
+    print("\ntargets (held-out, shipped policy):")
+    for what, ok in checks.items():
+        print(f"  {'met    ' if ok else 'NOT met'}  {what}")
+    return all(checks.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seed", type=int, default=23, help="the world: sources, records, events")
+    parser.add_argument("--scale", type=float, default=1.0, help="size of each part (1: ~20k events)")
+    parser.add_argument("--policy", type=Path, default=None, help="policy file (default: the shipped one)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, table)")
+    args = parser.parse_args()
+    shipped = Policy.load(args.policy)
+    world = World(args.seed, args.scale)
+    tuning, held_out = world.part("tuning"), world.part("held-out")
+    print(
+        f"seed {args.seed}, scale {args.scale}: tuning part {len(tuning.events):,} events "
+        f"{labelled_stream.scenario_counts(tuning)}; held-out part {len(held_out.events):,} events "
+        f"{labelled_stream.scenario_counts(held_out)}"
+    )
+    print(f"policy {shipped.version} ({shipped.source}); before: {BEFORE_POLICY.name}")
+    workdir = Path(tempfile.mkdtemp(prefix="changegate-safety-"))
+    broker = EmbeddedBroker(free_port(), workdir / "broker.log")
+    postgres = EmbeddedPostgres(workdir / "pg")
+    ok = False
+    try:
+        bootstrap, server_url = broker.start(), postgres.start()
+        tune = asyncio.run(run_part(tuning, workdir, bootstrap, server_url, None))
+        print(
+            f"tuning part: {len(tune.proposals):,} proposals in {tune.seconds:.0f} s"
+            " (detector without a table)"
+        )
+        table = learn_table(tune, args.seed)
+        table_file = workdir / "reliability.json"
+        table_file.write_text(table.model_dump_json(indent=1))
+        print(f"reliability table learnt from the tuning part: {len(table.cells)} cells")
+        print_thresholds(tuning_thresholds(tune, table), shipped)
+        held = asyncio.run(run_part(held_out, workdir, bootstrap, server_url, table_file))
+        print(
+            f"held-out part: {len(held.proposals):,} proposals in {held.seconds:.0f} s"
+            " (detector with the table)"
+        )
+        items, unlabelled = items_of(held)
+        superseded = sum(1 for a, _ in held.routes.values() if a == "superseded")
+        print(f"  {unlabelled} proposals without a label, {superseded} superseded before routing (left out)")
+        before = rerouted(items, Policy.load(BEFORE_POLICY), "prior")
+        priors = rerouted(items, shipped, "prior")
+        events = len(held_out.events)
+        after = figures(items)
+        print_figures(
+            f"held-out, {events:,} events: after = shipped policy with learnt confidences"
+            " (the services' routes);"
+            " priors = shipped policy, prior confidences; before = policy 2026-12-01.1, prior confidences",
+            {"after": after, "priors": figures(priors), "before": figures(before)},
+            events,
+        )
+        print(
+            "  (expected = the wrong auto-applies the confidences themselves promise:"
+            " the sum of 1 - confidence)"
+        )
+        eces = print_calibration(items)
+        prior_eces = {
+            d: ece([(i.proposal.confidence, i.right) for i in priors if i.proposal.source.detector == d])
+            for d in DETECTORS
+        }
+        print(
+            "calibration before (prior confidences): ECE "
+            + "  ".join(f"{d} {e:.4f}" for d, e in prior_eces.items())
+        )
+        ok = print_targets(after["overall"], eces)
+        print("\nthe world's hidden reliabilities (read by the generator only; shown after measuring):")
+        for line in labelled_stream.describe_hidden():
+            print(f"  {line}")
+        print_hidden_expectation(items, held_out.truth)
+    finally:
+        broker.stop()
+        postgres.stop()
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
