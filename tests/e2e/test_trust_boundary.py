@@ -123,10 +123,13 @@ async def test_forged_decisions_and_executions_are_refused_and_dead_lettered(
     # review-api keeps the decisions made elsewhere (to show them): the one forged as a policy
     # decision is refused there too; human decisions are its own and it takes none from the bus.
     expected[("changegate-review-api", expected_reason["policy_merge"])] += 1
+    # policy keeps human decisions as the labels its shadow candidates are compared with: the forged
+    # human ones are refused there too (the merge, a policy decision, it leaves alone)
+    expected.update(("changegate-policy", r) for k, r in expected_reason.items() if k != "policy_merge")
     await eventually(
         lambda: _letters(stack, names.dlq(Topic.DECISIONS)),
         lambda ls: Counter((x.group, x.reason) for x in ls) - before == expected,
-        what="every forged decision dead-lettered by executor, audit and the detector",
+        what="every forged decision dead-lettered by executor, audit, policy and the detector",
     )
     refused = await eventually(
         lambda: _letters(stack, names.dlq(Topic.EXECUTIONS)), lambda ls: len(ls) == 2, what="execution"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +18,19 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from changegate.cli.embedded import free_port
-from changegate.core.contracts import Proposal, ProposalKind
+from changegate.cli.main import app as cli_app
+from changegate.core.contracts import Decider, Decision, DecisionOutcome, Proposal, ProposalKind
+from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.kafka import make_producer, publish
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
-from changegate.policy.engine import DEFAULT_POLICY, Policy
+from changegate.policy.engine import DEFAULT_POLICY, Action, Policy
 from changegate.policy.samples import sample_proposals
+from changegate.policy.shadow import ShadowDiff
 from helpers import eventually, service_process, signing_key
+from typer.testing import CliRunner, Result
 
 
 @dataclass
@@ -198,3 +203,218 @@ async def test_a_broken_edit_is_refused_and_the_policy_in_force_stays(
     await _propose(settings, [merge])
     routed = await eventually(lambda: asyncio.sleep(0, _routed(outputs)), lambda r: len(r) == 1, what="merge")
     assert routed[str(merge.proposal_id)] == ("review", "merge-always-review")
+
+
+async def _decide(settings: CommonSettings, decisions: list[tuple[str, Decision]]) -> None:
+    """Publish decisions on the decisions topic, each keyed as given (one key: one partition, in order)."""
+    producer = make_producer(settings, "test")
+    await producer.start()
+    try:
+        for key, d in decisions:
+            await publish(
+                producer,
+                TopicNames(settings.topic_prefix)(Topic.DECISIONS),
+                key,
+                make_envelope(d, service="test"),
+            )
+    finally:
+        await producer.stop()
+
+
+def _human(proposal: Proposal, outcome: DecisionOutcome, who: str = "alice@example.com") -> Decision:
+    final = {
+        DecisionOutcome.APPROVED: list(proposal.changes),
+        DecisionOutcome.APPROVED_WITH_CHANGES: [
+            c.model_copy(update={"proposed": f"{c.proposed} (corrected)"}) for c in proposal.changes
+        ],
+        DecisionOutcome.REJECTED: [],
+    }[outcome]
+    return Decision(
+        decision_id=uuid.uuid4(),
+        proposal=signing_key("detector").sign(proposal),
+        outcome=outcome,
+        decided_by=Decider(kind="human", identity=who),
+        decided_at=utcnow(),
+        explanation=f"{outcome.value} by a reviewer",
+        final_changes=final,
+    )
+
+
+async def _cli(settings: CommonSettings, *args: str, code: int = 0) -> Result:
+    """`changegate policy ARGS` on the test's database (in a thread: the command runs its own loop)."""
+    env = {"CHANGEGATE_DATABASE_URL": settings.database_url}
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, ["policy", *args], env=env)
+    assert result.exit_code == code, result.output
+    return result
+
+
+async def test_a_shadow_candidate_is_recorded_never_acted_on_compared_with_humans_and_promoted_by_someone(
+    service: PolicyProcess,
+    settings: CommonSettings,
+    outputs: dict[str, list[Any]],
+    topics: None,
+    tmp_path: Path,
+) -> None:
+    live = Policy.load(service.policy_file)
+    candidate_file = tmp_path / "candidate.yaml"
+    candidate_file.write_text(
+        live.content.replace(f'version: "{live.version}"', 'version: "candidate-1"').replace(
+            "previous_empty: true, min_confidence: 0.98", "previous_empty: true, min_confidence: 0.6"
+        )
+    )
+    candidate = Policy.load(candidate_file)
+    assert "candidate-1" in (await _cli(settings, "shadow", str(candidate_file), "--by", "alice")).output
+    await eventually(
+        lambda: service.metric("changegate_policy_shadow_info", version="candidate-1"),
+        lambda n: n == 1,
+        what="the candidate in shadow",
+    )
+    proposals = list(sample_proposals(120, seed=21))
+    await _propose(settings, proposals)
+    routed = await eventually(
+        lambda: asyncio.sleep(0, _routed(outputs)), lambda r: len(r) == 120, what="120 routed proposals"
+    )
+    # Acted on: the live policy's routes only, every output under its version.
+    for p in proposals:
+        route = live.evaluate(p)
+        want = {"auto_apply": "auto_approved", "review": "review", "reject": "rejected"}[route.action.value]
+        assert routed[str(p.proposal_id)] == (want, route.rule_id)
+    assert {d.decided_by.policy_version for d in outputs["decision"]} == {live.version}
+    assert {r.routed_by.policy_version for r in outputs["review_request"]} == {live.version}
+    # Recorded: the candidate's route of every proposal, some of them different.
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT proposal_id, policy_version, action, rule_id FROM policy_shadow_routes"
+        )
+    finally:
+        await conn.close()
+    shadowed = {str(r["proposal_id"]): (r["policy_version"], r["action"], r["rule_id"]) for r in rows}
+    assert shadowed == {
+        str(p.proposal_id): ("candidate-1", candidate.evaluate(p).action.value, candidate.evaluate(p).rule_id)
+        for p in proposals
+    }
+    looser = [
+        p
+        for p in proposals
+        if candidate.evaluate(p).action is Action.AUTO_APPLY and live.evaluate(p).action is Action.REVIEW
+    ]
+    assert len(looser) >= 4, "the sample must hold fills the candidate alone auto-applies"
+    assert await service.metric(
+        "changegate_policy_shadow_routes_total",
+        version="candidate-1",
+        route="auto_apply",
+        live_route="review",
+    ) == len(looser)
+    # Humans decide some of them: one rejects, one corrects, two approve unchanged. A forged
+    # rejection (unsigned) of another is refused: it teaches nothing. Same key: the barrier.
+    forged = _human(looser[4] if len(looser) > 4 else proposals[0], DecisionOutcome.REJECTED)
+    key = looser[0].record_id
+    await _decide(
+        settings,
+        [
+            (key, forged),
+            (key, signing_key("review-api").sign(_human(looser[0], DecisionOutcome.REJECTED))),
+            (key, signing_key("review-api").sign(_human(looser[1], DecisionOutcome.APPROVED_WITH_CHANGES))),
+            (
+                key,
+                signing_key("review-api").sign(
+                    _human(looser[2], DecisionOutcome.APPROVED, "bob@example.com")
+                ),
+            ),
+            (key, signing_key("review-api").sign(_human(looser[3], DecisionOutcome.APPROVED))),
+        ],
+    )
+    await eventually(
+        lambda: service.metric("changegate_policy_shadow_human_total", version="candidate-1"),
+        lambda n: n == 4,
+        what="four human decisions beside shadow routes",
+    )
+    assert (
+        await service.metric(
+            "changegate_policy_shadow_human_total",
+            version="candidate-1",
+            route="auto_apply",
+            outcome="rejected",
+        )
+        == 1
+    )
+    # The diff, from the API and the CLI: per rule, overruled auto-applies, agreement.
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(f"http://127.0.0.1:{service.port}/v1/shadow")
+        refused = await client.get(f"http://127.0.0.1:{service.port}/v1/shadow", params={"policy_hash": "x'"})
+    assert answer.status_code == 200, answer.text
+    assert refused.status_code == 422
+    api = ShadowDiff.model_validate(answer.json())
+    cli = ShadowDiff.model_validate_json((await _cli(settings, "diff", "--json")).stdout)
+    for d in (api, cli):
+        assert (d.candidate_version, d.running, d.started_by, d.proposals) == (
+            "candidate-1",
+            True,
+            "alice",
+            120,
+        )
+        assert d.would_auto_apply_overruled == 2
+        assert d.changed_routes == sum(
+            candidate.evaluate(p).action is not live.evaluate(p).action for p in proposals
+        )
+        fill = next(r for r in d.rules if (r.side, r.rule) == ("candidate", "enrichment-fill-empty"))
+        assert (fill.human_decided, fill.agreed, fill.disagreed, fill.agreement) == (4, 2, 2, 0.5)
+        live_rows = [r for r in d.rules if r.side == "live"]
+        assert sum(r.left_to_human for r in live_rows) == 4  # live sent them all to a human
+        assert sum(r.agreed + r.disagreed for r in live_rows) == 0
+    assert api.overruled == []  # counts only on the ops port
+    assert {(o.proposal_id, o.outcome) for o in cli.overruled} == {
+        (str(looser[0].proposal_id), "rejected"),
+        (str(looser[1].proposal_id), "approved_with_changes"),
+    }
+    # Promotion: explicit, recorded with its author; the service then routes by the candidate.
+    promoted = await _cli(
+        settings, "promote", "--to", str(service.policy_file), "--by", "carol", "--version", "candidate-1"
+    )
+    assert "promoted candidate-1" in promoted.output
+    assert service.policy_file.read_text() == candidate.content
+    await eventually(
+        lambda: service.metric("changegate_policy_info", version="candidate-1"),
+        lambda n: n == 1,
+        what="the promoted policy in force",
+    )
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        recorded = await conn.fetch("SELECT * FROM policy_promotions")
+        running = await conn.fetchval("SELECT count(*) FROM policy_candidates WHERE stopped_at IS NULL")
+    finally:
+        await conn.close()
+    assert [
+        (r["policy_version"], r["promoted_by"], r["replaced_version"], r["policy_hash"]) for r in recorded
+    ] == [("candidate-1", "carol", live.version, candidate.content_hash)]
+    assert running == 0
+    assert "carol" in (await _cli(settings, "promotions")).output
+    again = await _cli(settings, "promote", "--to", str(service.policy_file), "--by", "carol", code=1)
+    assert "no candidate policy runs in shadow" in again.output
+
+
+async def test_the_shadow_setting_runs_a_candidate_from_start(
+    settings: CommonSettings, topics: None, tmp_path: Path
+) -> None:
+    candidate_file = tmp_path / "candidate.yaml"
+    candidate_file.write_text(
+        DEFAULT_POLICY.read_text().replace('version: "2026-12-04.1"', 'version: "set-2"')
+    )
+    env = {"CHANGEGATE_SHADOW_POLICY_FILE": str(candidate_file), "CHANGEGATE_POLICY_POLL_SECONDS": "0.2"}
+    with service_process("changegate.policy", settings, free_port(), tmp_path / "p.log", **env) as svc:
+        process = PolicyProcess(svc.proc, svc.port, DEFAULT_POLICY, svc.log)
+        assert await process.metric("changegate_policy_shadow_info", version="set-2") == 1
+        proposals = list(sample_proposals(10, seed=5))
+        await _propose(settings, proposals)
+        await eventually(
+            lambda: process.metric("changegate_policy_shadow_routes_total", version="set-2"),
+            lambda n: n == 10,
+            what="ten shadow routes",
+        )
+    d = ShadowDiff.model_validate_json((await _cli(settings, "diff", "--json")).stdout)
+    assert (d.candidate_version, d.started_by, d.changed_routes) == (
+        "set-2",
+        "setting CHANGEGATE_SHADOW_POLICY_FILE",
+        0,
+    )

@@ -9,15 +9,17 @@ import signal
 from pathlib import Path
 
 import asyncpg
-from changegate.core import policy_versions
+from changegate.core import __version__, policy_versions
 from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic, TopicNames
+from changegate.policy import shadow
 from changegate.policy.engine import Policy, PolicyError
 from changegate.policy.router import SERVICE, Router
 from changegate.policy.settings import PolicySettings
+from fastapi import FastAPI
 from prometheus_client import Info
 
 log = get_logger(__name__)
@@ -87,18 +89,42 @@ class PolicyWatcher:
             hup.cancel()
 
 
+async def start_shadow(pool: asyncpg.Pool, candidate: Policy | None) -> shadow.Shadow:
+    """The candidate of CHANGEGATE_SHADOW_POLICY_FILE runs in shadow (else the one last started by
+    `changegate policy shadow`, if any)."""
+    if candidate is not None:
+        async with pool.acquire() as conn:
+            await shadow.start(conn, candidate, by="setting CHANGEGATE_SHADOW_POLICY_FILE")
+    in_shadow = shadow.Shadow(pool)
+    await in_shadow.refresh()
+    return in_shadow
+
+
+def shadow_app(pool: asyncpg.Pool) -> FastAPI:
+    app = FastAPI(title="changegate policy", version=__version__)
+    app.include_router(shadow.api(pool))
+    return app
+
+
 async def main() -> None:
     settings = PolicySettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
     policy = Policy.load(settings.policy_file)  # an invalid file stops the service here, loudly
+    candidate = Policy.load(settings.shadow_policy_file) if settings.shadow_policy_file else None
     _announce(policy)
     log.info("policy loaded", version=policy.version, hash=policy.content_hash, source=policy.source)
     runtime = ServiceRuntime(SERVICE, settings)
     pool = await runtime.open_database(SERVICE, "changegate.policy.migrations")
     await record_version(pool, policy)
+    in_shadow = await start_shadow(pool, candidate)
     producer = await runtime.open_producer()
     router = Router(
-        pool, policy, TopicNames(settings.topic_prefix), settings.signing(SERVICE), settings.verifier(SERVICE)
+        pool,
+        policy,
+        TopicNames(settings.topic_prefix),
+        settings.signing(SERVICE),
+        settings.verifier(SERVICE),
+        in_shadow,
     )
     loop = ConsumerLoop(
         settings,
@@ -115,7 +141,15 @@ async def main() -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.sighup)
     runtime.checks["consumer"] = loop.has_partitions
     try:
-        await runtime.run(runtime.app(), [loop.run, relay.run, watcher.run])
+        await runtime.run(
+            runtime.app(shadow_app(pool)),
+            [
+                loop.run,
+                relay.run,
+                watcher.run,
+                lambda: in_shadow.run(runtime.stop, settings.policy_poll_seconds),
+            ],
+        )
     finally:
         await producer.stop()
         await pool.close()

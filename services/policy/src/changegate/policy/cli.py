@@ -1,10 +1,18 @@
-"""`changegate policy`: check a policy file, explain a routing, simulate a policy on proposals."""
+"""`changegate policy`: check a policy file, explain a routing, simulate a policy on proposals; run a
+candidate in shadow on live traffic, compare it (diff) and promote it.
+
+The shadow commands use the database of CHANGEGATE_DATABASE_URL (as the policy service does)."""
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import json
+import os
+import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from changegate.core.contracts import Proposal
@@ -15,7 +23,11 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-app = typer.Typer(help="Policy files: check, explain, simulate.", no_args_is_help=True)
+T = TypeVar("T")
+app = typer.Typer(
+    help="Policy files: check, explain, simulate; shadow a candidate on live traffic, diff, promote.",
+    no_args_is_help=True,
+)
 # soft_wrap: messages carry file paths and rule ids that must stay greppable on one line.
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -138,3 +150,167 @@ def sample(
 
     for proposal in sample_proposals(count, seed):
         print(proposal.model_dump_json())
+
+
+# -- shadow mode -----------------------------------------------------------------------------------
+
+
+def _with_db(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work`` with a connection to the policy service's database (its tables migrated)."""
+    from changegate.core.db import create_pool, migrate
+    from changegate.core.settings import CommonSettings
+
+    async def run() -> T:
+        pool = await create_pool(CommonSettings().database_url, max_size=1)
+        try:
+            await migrate(pool, "policy", "changegate.policy.migrations")
+            async with pool.acquire() as conn:
+                return await work(conn)
+        finally:
+            await pool.close()
+
+    return asyncio.run(run())
+
+
+By = Annotated[str, typer.Option(help="who does it, as recorded (default: the login name)")]
+
+
+@app.command("shadow")
+def shadow_cmd(file: PolicyFile, by: By = "") -> None:
+    """Run FILE in shadow beside the policy in force: the policy service routes every new proposal
+    with it too and records its routes, never acting on them (it picks the candidate up within its
+    poll interval). A candidate already in shadow stops. Compare with `changegate policy diff`."""
+    from changegate.policy import shadow
+
+    policy = _load(file)
+    _with_db(lambda conn: shadow.start(conn, policy, by or getpass.getuser()))
+    console.print(
+        f"{policy.version} (sha256 {policy.content_hash[:12]}…) runs in shadow from the policy"
+        " service's next poll; nothing it routes is acted on"
+    )
+
+
+@app.command("shadow-stop")
+def shadow_stop() -> None:
+    """Stop the candidate in shadow (its recorded routes stay for `diff`)."""
+    from changegate.policy import shadow
+
+    version = _with_db(shadow.stop)
+    console.print(f"{version} no longer runs in shadow" if version else "no candidate ran in shadow")
+
+
+@app.command("diff")
+def diff_cmd(
+    candidate: Annotated[
+        str | None, typer.Option(help="a candidate's sha256 (default: the one in shadow, else the last)")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="the diff as JSON (what GET /v1/shadow says)")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=0, help="overruled proposals to list")] = 20,
+) -> None:
+    """The candidate in shadow against the policy in force, on the same live proposals: per rule of
+    each, where it routes them; the proposals the candidate would have auto-applied that a human
+    rejected or modified; and how often each rule's own decisions agree with the humans'."""
+    from changegate.policy import shadow
+
+    d = _with_db(lambda conn: shadow.diff(conn, candidate, limit))
+    if as_json:
+        print(d.model_dump_json(indent=1))
+        return
+    if d.candidate_version is None:
+        err.print("[red]no candidate has run in shadow[/]: start one with `changegate policy shadow FILE`")
+        raise typer.Exit(1)
+    state = "running" if d.running else "stopped"
+    console.print(
+        f"candidate {d.candidate_version} ({state}; started by {d.started_by}"
+        f" at {d.started_at:%Y-%m-%d %H:%M} UTC): {d.proposals} proposals routed by both,"
+        f" {d.changed_routes} routed differently"
+    )
+    table = Table(title="per rule (agreement: of the rule's auto-applies and rejects a human decided)")
+    for col in ("version", "rule", "auto_apply", "review", "reject", "human decided", "agreed",
+                "disagreed", "left to human", "agreement"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("version", "rule") else "right")
+    for row in d.rules:
+        share = "-" if row.agreement is None else f"{row.agreement:.1%}"
+        table.add_row(
+            row.version, row.rule, *(str(n) for n in (row.auto_apply, row.review, row.reject,
+            row.human_decided, row.agreed, row.disagreed, row.left_to_human)), share,
+        )  # fmt: skip
+    console.print(table)
+    for transition, n in d.transitions.items():
+        console.print(f"  live -> candidate  {transition}: {n}")
+    console.print(
+        f"[bold]{d.would_auto_apply_overruled}[/] proposals the candidate would have auto-applied were"
+        " rejected or modified by a human"
+    )
+    for o in d.overruled:
+        console.print(
+            f"  {o.proposal_id} {o.kind} confidence {o.confidence:.3f} rule {o.rule}: {o.outcome}"
+            f" by {o.decided_by}"
+        )
+
+
+@app.command("promote")
+def promote_cmd(
+    to: Annotated[
+        Path | None,
+        typer.Option(
+            help="the policy file the service reads (default: CHANGEGATE_POLICY_FILE); it is replaced",
+            dir_okay=False,
+        ),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option(help="refuse unless the candidate in shadow is this version")
+    ] = None,
+    by: By = "",
+) -> None:
+    """Make the candidate in shadow the policy in force: write it over the policy file the service
+    reads (it switches on its next poll or SIGHUP) and record who promoted which version, replacing
+    which. Nothing is promoted by itself."""
+    from changegate.policy import shadow
+    from changegate.policy.settings import PolicySettings
+
+    target = to or PolicySettings().policy_file
+    if target is None:
+        err.print(
+            "[red]no policy file to write[/]: the service runs the built-in policy; give --to (and point"
+            " CHANGEGATE_POLICY_FILE at it)"
+        )
+        raise typer.Exit(2)
+    live = _load(target if target.exists() else None)
+
+    def write(candidate: Policy) -> None:  # atomically: the service never reads half a file
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(candidate.content)
+        os.replace(tmp, target)
+
+    try:
+        promoted = _with_db(
+            lambda conn: shadow.promote(conn, by or getpass.getuser(), live, str(target), write, version)
+        )
+    except shadow.PromotionError as exc:
+        err.print(f"[red]not promoted:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"promoted {promoted.version} (sha256 {promoted.content_hash[:12]}…) over {live.version}:"
+        f" written to {target}, recorded as promoted by {by or getpass.getuser()}"
+    )
+
+
+@app.command("promotions")
+def promotions_cmd() -> None:
+    """Every promotion: which version, by whom, when, replacing which."""
+    from changegate.policy import shadow
+
+    rows = _with_db(shadow.promotions)
+    table = Table(title=f"{len(rows)} promotions")
+    for col in ("when (UTC)", "version", "promoted by", "replaced", "written to"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            f"{r['promoted_at']:%Y-%m-%d %H:%M:%S}", r["policy_version"], r["promoted_by"],
+            r["replaced_version"], r["written_to"],
+        )  # fmt: skip
+    console.print(table)

@@ -19,6 +19,7 @@ from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
+from changegate.policy import shadow
 from changegate.policy.engine import Action, Policy, Route
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
@@ -70,9 +71,16 @@ def output_for(policy: Policy, proposal: Proposal, route: Route) -> tuple[Topic,
 
 class Router:
     def __init__(
-        self, pool: asyncpg.Pool, policy: Policy, names: TopicNames, signer: SigningKey, verifier: Verifier
+        self,
+        pool: asyncpg.Pool,
+        policy: Policy,
+        names: TopicNames,
+        signer: SigningKey,
+        verifier: Verifier,
+        candidate: shadow.Shadow | None = None,
     ) -> None:
         self.pool, self.policy, self.names = pool, policy, names
+        self.candidate = candidate  # a policy in shadow: its routes recorded, never acted on
         self.signer, self.verifier = signer, verifier
         self._routed = 0
         self._auto = 0
@@ -90,7 +98,8 @@ class Router:
         self.policy = policy
 
     async def handle_batch(self, envelopes: list[Envelope[Any]]) -> None:
-        policy = self.policy  # one policy for the whole batch
+        policy = self.policy  # one policy (and one candidate) for the whole batch
+        candidate = self.candidate.policy if self.candidate else None
         proposals: dict[uuid.UUID, Proposal] = {}
         alone = len(envelopes) == 1  # a failing batch is retried message by message: count once
         for env in envelopes:
@@ -127,6 +136,8 @@ class Router:
                     for p, r in routes
                 ],
             )
+            if candidate is not None:
+                await shadow.record_routes(conn, candidate, routes)
             messages = []
             for proposal, route in routes:
                 topic, payload = output_for(policy, proposal, route)
@@ -160,8 +171,13 @@ class Router:
         await self.handle_batch([envelope])
 
     async def on_decision(self, envelope: Envelope[Any]) -> None:
-        """A proposal superseded before it was routed is never routed (nor auto-applied)."""
+        """A proposal superseded before it was routed is never routed (nor auto-applied); a human's
+        decision is kept as the label shadow routes and suggestions are compared with."""
         decision: Decision = envelope.payload
+        if decision.outcome in shadow.HUMAN_OUTCOMES and decision.decided_by.kind == "human":
+            self.verifier.decision(decision)  # a forged label must not teach anything
+            await shadow.record_human(self.pool, [decision])
+            return
         if decision.outcome is not DecisionOutcome.SUPERSEDED:
             return
         self.verifier.decision(decision)  # a forged supersession must not block routing
