@@ -215,3 +215,11 @@ async def test_hostile_decision_bodies_get_a_4xx_and_leave_the_item_pending(
                 )
                 status = await pool.fetchval("SELECT status FROM review_queue WHERE proposal_id = $1", pid)
                 assert status == ("approved_with_changes" if expected == 200 else "pending"), body[:80]
+
+
+async def test_policy_shadow_api_answers_every_input_as_documented(
+    settings: CommonSettings, topics: None, tmp_path: Path
+) -> None:
+    """The policy service's port: GET /v1/shadow beside the operations endpoints."""
+    with service_process("changegate.policy", settings, free_port(), tmp_path / "svc.log") as svc:
+        await asyncio.to_thread(schemathesis, svc.url, tmp_path / "report.txt")
