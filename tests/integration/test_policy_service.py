@@ -10,6 +10,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from changegate.cli.main import app as cli_app
 from changegate.core.contracts import Decider, Decision, DecisionOutcome, Proposal, ProposalKind
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
+from changegate.core.db import create_pool, migrate
 from changegate.core.kafka import make_producer, publish
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
@@ -418,3 +420,47 @@ async def test_the_shadow_setting_runs_a_candidate_from_start(
         "setting CHANGEGATE_SHADOW_POLICY_FILE",
         0,
     )
+
+
+async def test_suggest_reads_reviewers_decisions_and_writes_a_candidate_the_guardrails_accept(
+    settings: CommonSettings, tmp_path: Path
+) -> None:
+    """412 fills approved unchanged above 0.93 become a suggestion; 150 approved merges do not."""
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        await migrate(pool, "policy", "changegate.policy.migrations")
+        now = utcnow()
+        rows = [("enrichment-review", "field_update", 0.95)] * 412 + [
+            ("merge-always-review", "merge", 0.999)
+        ] * 150
+        ids = [uuid.uuid4() for _ in rows]
+        await pool.execute(
+            "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
+            " explanation) SELECT p, 'review', r, 'v', 'h', 'sent to review'"
+            " FROM unnest($1::uuid[], $2::text[]) AS t(p, r)",
+            ids,
+            [r for r, _, _ in rows],
+        )
+        await pool.execute(
+            "INSERT INTO policy_human_decisions (proposal_id, kind, confidence, outcome, decided_by,"
+            " proposed_at, decided_at) SELECT p, k, c, 'approved', 'alice', $4, $5"
+            " FROM unnest($1::uuid[], $2::text[], $3::float8[]) AS t(p, k, c)",
+            ids,
+            [k for _, k, _ in rows],
+            [c for _, _, c in rows],
+            now - timedelta(minutes=5),
+            now,
+        )
+    finally:
+        await pool.close()
+    out = tmp_path / "candidate.yaml"
+    result = await _cli(settings, "suggest", "--out", str(out), "--version", "suggested-1")
+    text = " ".join(result.output.split())
+    assert "rule enrichment-review: 412 of 412 approved unchanged at or above 0.95 in 30 days" in text
+    assert "refused by the guardrails rule merge-always-review: 150 of 150" in text
+    assert "would auto-apply merge" in text
+    written = Policy.load(out)
+    assert written.version == "suggested-1"
+    ids_written = [r.id for r in written.document.rules]
+    assert "enrichment-review-suggested-auto" in ids_written
+    assert "merge-always-review-suggested-auto" not in ids_written

@@ -314,3 +314,62 @@ def promotions_cmd() -> None:
             r["replaced_version"], r["written_to"],
         )  # fmt: skip
     console.print(table)
+
+
+@app.command("suggest")
+def suggest_cmd(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="where to write the candidate policy", dir_okay=False)
+    ],
+    days: Annotated[int, typer.Option(min=1, help="human decisions of the last DAYS days")] = 30,
+    min_support: Annotated[
+        int, typer.Option(min=1, help="decisions at or above a threshold before it is suggested")
+    ] = 100,
+    max_corrected: Annotated[
+        int, typer.Option(min=0, help="rejected or modified ones allowed at or above it")
+    ] = 0,
+    policy_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy", help="the policy in force (default: CHANGEGATE_POLICY_FILE or the built-in)"
+        ),
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="the candidate's version")] = None,
+) -> None:
+    """How reviewers decided what each review rule sent them, per confidence band (approved
+    unchanged, modified, rejected, median time to decide); where a rule's proposals above a
+    threshold were approved unchanged often enough, a suggestion with its evidence, written as a
+    candidate policy to run in shadow (`changegate policy shadow OUT`). Nothing is applied; the
+    guardrails refuse suggestions that would auto-apply merges, owner changes or human-only fields."""
+    from changegate.core.contracts.base import utcnow
+    from changegate.policy import suggest
+    from changegate.policy.settings import PolicySettings
+
+    live = _load(policy_file or PolicySettings().policy_file)
+    now = utcnow()
+    decided = _with_db(lambda conn: suggest.decisions(conn, suggest.window(days, now)))
+    table = Table(
+        title=f"{len(decided)} human decisions in {days} days on what {live.version} sent to review"
+    )
+    for col in ("rule", "confidence", "approved unchanged", "modified", "rejected", "median time to decide"):
+        table.add_column(col, justify="left" if col == "rule" else "right")
+    for (rule, band), o in suggest.by_band(decided).items():
+        median = o.median_seconds
+        table.add_row(
+            rule, band, str(o.approved), str(o.modified), str(o.rejected),
+            "-" if median is None else f"{median / 60:.1f} min",
+        )  # fmt: skip
+    console.print(table)
+    found = suggest.suggest(live, decided, days, min_support, max_corrected)
+    text, checked = suggest.candidate(live, found, version or f"{live.version}+suggested-{now:%Y%m%d}")
+    for s in checked:
+        if s.refused:
+            console.print(f"[red]refused by the guardrails[/] {s.evidence}\n  {s.refused}")
+        else:
+            console.print(f"[bold]suggested[/] {s.evidence}")
+    if not any(s.refused is None for s in checked):
+        console.print(f"no suggestion: no review rule has {min_support} decisions above a threshold with"
+                      f" at most {max_corrected} corrected")  # fmt: skip
+        raise typer.Exit(1)
+    out.write_text(text)
+    console.print(f"wrote the candidate to {out}: run it in shadow with `changegate policy shadow {out}`")

@@ -1,0 +1,91 @@
+"""Suggestions from reviewers' decisions: evidence per rule and band, a candidate file the loader
+accepts, and the guardrails refusing what would auto-apply a merge."""
+
+from __future__ import annotations
+
+import pytest
+from changegate.policy.engine import Action, Policy
+from changegate.policy.suggest import Decided, band, by_band, candidate, suggest
+
+
+def _decided(rule: str, kind: str, n: int, confidence: float, outcome: str = "approved") -> list[Decided]:
+    return [Decided(rule, kind, confidence, outcome, 60.0 * (i + 1)) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("confidence", "label"),
+    [(0.0, "0-0.8"), (0.79, "0-0.8"), (0.93, "0.93-0.95"), (0.99, "0.99-1"), (1.0, "0.99-1")],
+)
+def test_bands(confidence: float, label: str) -> None:
+    assert band(confidence) == label
+
+
+def test_outcomes_per_rule_and_band_with_the_time_to_decide() -> None:
+    decided = [
+        *_decided("enrichment-review", "field_update", 3, 0.94),
+        *_decided("enrichment-review", "field_update", 1, 0.94, "approved_with_changes"),
+        *_decided("enrichment-review", "field_update", 1, 0.5, "rejected"),
+    ]
+    table = by_band(decided)
+    high = table[("enrichment-review", "0.93-0.95")]
+    assert (high.approved, high.modified, high.rejected, high.median_seconds) == (
+        3,
+        1,
+        0,
+        90.0,
+    )  # 60, 120, 180 s and 60 s
+    low = table[("enrichment-review", "0-0.8")]
+    assert (low.approved, low.rejected) == (0, 1)
+
+
+def test_the_lowest_clean_threshold_with_enough_decisions_is_suggested_with_its_evidence() -> None:
+    policy = Policy.load()
+    decided = [
+        *_decided("enrichment-review", "field_update", 412, 0.94),
+        *_decided("enrichment-review", "field_update", 30, 0.91, "rejected"),
+        *_decided("enrichment-review", "field_update", 99, 0.99),  # adds to 0.93's support
+        *_decided("lifecycle-ai-score-review", "lifecycle_transition", 99, 0.97),  # too few
+    ]
+    [s] = suggest(policy, decided, days=30)
+    assert (s.rule, s.threshold, s.approved, s.rejected, s.modified) == ("enrichment-review", 0.93, 511, 0, 0)
+    assert s.evidence == (
+        "rule enrichment-review: 511 of 511 approved unchanged at or above 0.93 in 30 days; 0 rejected,"
+        " 0 modified — consider auto-apply at or above 0.93"
+    )
+    text, checked = candidate(policy, [s], "cand-1")
+    assert checked == [s]
+    written = Policy.parse(text.encode(), "cand")
+    assert written.version == "cand-1"
+    rule = next(r for r in written.document.rules if r.id == "enrichment-review-suggested-auto")
+    assert (rule.action, rule.when.min_confidence) == (Action.AUTO_APPLY, 0.93)
+    ids = [r.id for r in written.document.rules]
+    assert ids.index("enrichment-review-suggested-auto") == ids.index("enrichment-review") - 1
+
+
+def test_a_corrected_one_above_every_threshold_suggests_nothing_unless_allowed() -> None:
+    policy = Policy.load()
+    decided = [
+        *_decided("enrichment-review", "field_update", 200, 0.995),
+        *_decided("enrichment-review", "field_update", 1, 0.999, "approved_with_changes"),
+    ]
+    assert suggest(policy, decided, days=30) == []
+    [s] = suggest(policy, decided, days=30, max_corrected=1)
+    assert (s.threshold, s.modified) == (0.99, 1)  # where the decisions are, not below
+
+
+def test_a_suggestion_to_auto_apply_merges_is_refused_by_the_guardrails_and_left_out() -> None:
+    policy = Policy.load()
+    decided = [
+        *_decided("merge-always-review", "merge", 400, 0.999),
+        *_decided("enrichment-review", "field_update", 150, 0.97),
+    ]
+    found = suggest(policy, decided, days=30)
+    assert [s.rule for s in found] == ["enrichment-review", "merge-always-review"]
+    text, checked = candidate(policy, found, "cand-2")
+    merge = next(s for s in checked if s.rule == "merge-always-review")
+    assert merge.refused is not None
+    assert "would auto-apply merge" in merge.refused
+    assert next(s for s in checked if s.rule == "enrichment-review").refused is None
+    written = Policy.parse(text.encode(), "cand")
+    assert "merge-always-review-suggested-auto" not in {r.id for r in written.document.rules}
+    assert "enrichment-review-suggested-auto" in {r.id for r in written.document.rules}
