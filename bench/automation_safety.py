@@ -443,6 +443,24 @@ def print_calibration(items: list[Item]) -> dict[str, float]:
     return eces
 
 
+def print_wrong_auto_applies(items: list[Item], table: reliability.ReliabilityTable) -> None:
+    """Each wrong auto-apply of the held-out part: its cells, confidence and what the table held."""
+    wrong = [i for i in items if i.action == Action.AUTO_APPLY.value and not i.right]
+    print(f"\nwrong auto-applies on the held-out part: {len(wrong)}")
+    for item in wrong:
+        said = item.proposal.evidence.get(reliability.BASIS, {})
+        cells = [c.get("cell", "?") for c in said.get("cells", [])]
+        counts = [table.cells.get(c, reliability.CellCounts()) for c in cells]
+        held = ", ".join(
+            f"{c} ({n.approved} approved, {n.corrected} corrected)"
+            for c, n in zip(cells, counts, strict=True)
+        )
+        print(
+            f"  {item.kind} confidence {item.proposal.confidence:.4f}"
+            f" prior {prior_of(item.proposal):.3f}: {held}"
+        )
+
+
 def print_hidden_expectation(items: list[Item], truth: labelled_stream.Truth) -> None:
     auto = [i for i in items if i.action == Action.AUTO_APPLY.value]
     expected = sum(truth.hidden_error(i.proposal) for i in auto)
@@ -544,6 +562,7 @@ def main() -> None:
         print("\nthe world's hidden reliabilities (read by the generator only; shown after measuring):")
         for line in labelled_stream.describe_hidden():
             print(f"  {line}")
+        print_wrong_auto_applies(items, table)
         print_hidden_expectation(items, held_out.truth)
     finally:
         broker.stop()
