@@ -50,7 +50,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import start, stop
+from _stack import code_env, start, stop
 from changegate.cli.devstack import DEFAULT_PORTS, DevStack
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from changegate.core.auth.principal import Role
@@ -710,6 +710,7 @@ async def amain(args: argparse.Namespace) -> None:
                 "CHANGEGATE_LOG_FORMAT": "json",
                 # one bench reviewer decides for a whole team: no per-person rate limit
                 "CHANGEGATE_REVIEW_DECISION_RATE_LIMIT": "1000000/minute",
+                **code_env(args.code),
             },
         )
         print("starting the stack", flush=True)
@@ -732,6 +733,8 @@ async def amain(args: argparse.Namespace) -> None:
             f"{psutil.virtual_memory().total / 2**30:.0f} GB; review share {args.review_share:.0%}; "
             f"the machine may be shared (load average now {os.getloadavg()[0]:.1f})"
         )
+        if args.code:
+            print(f"services run from {args.code}")
         report(raw, e2e)
     finally:
         if stack is not None:
@@ -761,6 +764,9 @@ def main() -> None:
     )
     parser.add_argument("--kafka", help="a broker to use instead of starting the embedded one")
     parser.add_argument("--database-url", help="a PostgreSQL (owner DSN) to use instead of the embedded one")
+    parser.add_argument(
+        "--code", type=Path, help="run the services from this checkout (e.g. an export of main)"
+    )
     parser.add_argument("--profile", type=Path, help="py-spy every service into this directory")
     parser.add_argument("--profile-seconds", type=int, default=60, help="how long py-spy records")
     asyncio.run(amain(parser.parse_args()))

@@ -12,7 +12,7 @@ import base64
 from dataclasses import dataclass
 from typing import TypeVar
 
-import rfc8785
+from changegate.core import canonical as canonical_json
 from changegate.core.contracts import Decision, DecisionOutcome, Execution, ProposalKind, Signature
 from changegate.core.errors import MessageRefusedError
 from cryptography.exceptions import InvalidSignature
@@ -90,7 +90,7 @@ class SigningKey:
 
 def canonical(model: BaseModel) -> bytes:
     """What is signed: the model's JSON without its signature, in RFC 8785 canonical form."""
-    return rfc8785.dumps(model.model_dump(mode="json", exclude={"signature"}))
+    return canonical_json.dumps(model.model_dump(mode="json", exclude={"signature"}))
 
 
 def may_sign(signer: str, decision: Decision) -> str | None:

@@ -9,6 +9,7 @@ from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic, TopicNames
 from changegate.executor.crm.breaker import Breaker
+from changegate.executor.crm.hubspot.adapter import HubSpotCrm
 from changegate.executor.crm.port import CrmAdapter
 from changegate.executor.crm.sandbox import SandboxCrm
 from changegate.executor.handler import SERVICE, Executor
@@ -19,8 +20,6 @@ log = get_logger(__name__)
 
 def make_crm(settings: ExecutorSettings, pool: asyncpg.Pool) -> CrmAdapter:
     if settings.crm == "hubspot":
-        from changegate.executor.crm.hubspot.adapter import HubSpotCrm
-
         if settings.hubspot_token is None:
             raise SystemExit(
                 "executor: CHANGEGATE_CRM=hubspot needs CHANGEGATE_HUBSPOT_TOKEN (a private app token)"
@@ -53,10 +52,14 @@ async def main() -> None:
     loop = ConsumerLoop(
         settings,
         "changegate-executor",
-        [Subscription(Topic.DECISIONS, executor.handle, frozenset({"decision"}))],
+        [Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), executor.handle_batch)],
         producer,
         runtime.stop,
     )
+    if isinstance(crm, HubSpotCrm):
+        share = settings.hubspot_rate_share
+        # Holding no partition yet (or between rebalances) it makes no calls; say 1 meanwhile.
+        crm.client.share = (lambda: share) if share else (lambda: loop.share(Topic.DECISIONS) or 1.0)
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
     runtime.checks["consumer"] = loop.has_partitions
     log.info("executing to", crm=crm.target)
