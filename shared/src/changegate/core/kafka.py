@@ -166,6 +166,23 @@ async def publish(producer: AIOKafkaProducer, topic: str, key: str | None, envel
     metrics.MESSAGES_PRODUCED.labels(topic=topic).inc()
 
 
+def screen(
+    envelopes: Sequence[Envelope[Any]], check: Callable[[Any], object]
+) -> tuple[dict[int, MessageRefusedError], list[tuple[int, Any]]]:
+    """Each message's payload through ``check`` (e.g. a signature check): those it refuses
+    (MessageRefusedError) by position, and the others' (position, payload)."""
+    refused: dict[int, MessageRefusedError] = {}
+    passed: list[tuple[int, Any]] = []
+    for n, envelope in enumerate(envelopes):
+        try:
+            check(envelope.payload)
+        except MessageRefusedError as exc:
+            refused[n] = exc
+            continue
+        passed.append((n, envelope.payload))
+    return refused, passed
+
+
 @dataclass(frozen=True)
 class Subscription:
     """A topic a consumer reads, the event types it accepts there, and its handler: one message at

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 import asyncpg
 from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
 from changegate.audit.settings import AuditSettings
-from changegate.audit.store import append_execution, record_decision
+from changegate.audit.store import append_executions, record_decisions
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, Viewer
-from changegate.core.contracts import AuditEntry, Decision, Execution
+from changegate.core.contracts import AuditEntry, ExecutionStatus
 from changegate.core.contracts.envelope import Envelope
-from changegate.core.db import claim_event
+from changegate.core.db import claim_events
 from changegate.core.http import MAX_BIGINT, Name, problem_responses
-from changegate.core.kafka import ConsumerLoop, Subscription
+from changegate.core.kafka import ConsumerLoop, Refusals, Subscription, screen
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.service import ServiceRuntime
 from changegate.core.signing import Verifier
@@ -30,27 +30,38 @@ ROWS_WRITTEN = Counter("changegate_audit_rows_written_total", "Audit rows append
 
 
 class AuditConsumer:
+    """Decisions and executions into the log, a polled batch per transaction."""
+
     def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
         self.pool, self.verifier = pool, verifier
 
-    async def on_decision(self, envelope: Envelope[Any]) -> None:
-        decision: Decision = envelope.payload
-        self.verifier.decision(decision)  # a forged decision never reaches the log
-        async with self.pool.acquire() as conn:
-            if not await record_decision(conn, decision):
-                log.info("decision not kept", outcome=decision.outcome.value)
+    async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        # A forged decision never reaches the log.
+        refused, decisions = screen(envelopes, self.verifier.decision)
+        if decisions:
+            async with self.pool.acquire() as conn, conn.transaction():
+                kept = await record_decisions(conn, [d for _, d in decisions])
+            if not all(kept):
+                log.debug("decisions not kept", count=kept.count(False))
+        return refused
 
-    async def on_execution(self, envelope: Envelope[Any]) -> None:
-        execution: Execution = envelope.payload
-        self.verifier.execution(execution)  # signed by the executor, of a properly signed decision
+    async def on_executions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        # Signed by the executor, of a properly signed decision.
+        refused, executions = screen(envelopes, self.verifier.execution)
+        if not executions:
+            return refused
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await claim_event(conn, "audit-executions", execution.execution_id):
-                return  # already logged: redelivery writes no second row
-            written = await append_execution(conn, execution)
+            fresh = await claim_events(conn, "audit-executions", [e.execution_id for _, e in executions])
+            # Already logged ones write no second row (redelivery); each execution once.
+            todo = list({e.execution_id: e for _, e in executions if e.execution_id in fresh}.values())
+            written = await append_executions(conn, todo)
+        for execution in todo:
+            if execution.status is ExecutionStatus.APPLIED and execution.writes:
+                mode = "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved"
+                ROWS_WRITTEN.labels(mode=mode).inc(len(execution.writes))
         if written:
-            mode = "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved"
-            ROWS_WRITTEN.labels(mode=mode).inc(written)
-            log.info("audited", rows=written, status=execution.status.value)
+            log.debug("audited", rows=written, executions=len(todo))
+        return refused
 
 
 class ChainHead(BaseModel):
@@ -139,8 +150,8 @@ async def main() -> None:
         settings,
         "changegate-audit",
         [
-            Subscription(Topic.DECISIONS, consumer.on_decision, frozenset({"decision"})),
-            Subscription(Topic.EXECUTIONS, consumer.on_execution, frozenset({"execution"})),
+            Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
+            Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
         ],
         producer,
         runtime.stop,

@@ -24,11 +24,19 @@ def parse_head(text: str) -> tuple[int, str]:
     return int(seq), digest
 
 
+# json.dumps(sort_keys=True, separators=(",", ":"), default=str), built once (dumps builds an
+# encoder per call when given options).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:
     """sha256 over the canonical JSON of every field but the hashes, then the previous hash."""
-    body = {k: v for k, v in fields.items() if k not in ("hash", "prev_hash")}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(f"{canonical}|{prev_hash}".encode()).hexdigest()
+    return body_hash({k: v for k, v in fields.items() if k not in ("hash", "prev_hash")}, prev_hash)
+
+
+def body_hash(body: dict[str, Any], prev_hash: str) -> str:
+    """``entry_hash`` of fields that hold no hashes already."""
+    return hashlib.sha256(f"{_CANONICAL.encode(body)}|{prev_hash}".encode()).hexdigest()
 
 
 VALUE_COLUMNS = ("previous_value", "new_value")
