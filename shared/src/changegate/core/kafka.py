@@ -183,6 +183,13 @@ def screen(
     return refused, passed
 
 
+async def handle_one(handler: BatchHandler, envelope: Envelope[Any]) -> None:
+    """A batch handler on one message; what it refuses is raised."""
+    refused = await handler([envelope])
+    if refused:
+        raise refused[0]
+
+
 @dataclass(frozen=True)
 class Subscription:
     """A topic a consumer reads, the event types it accepts there, and its handler: one message at

@@ -43,9 +43,11 @@ async def main() -> None:
         settings,
         LIFECYCLE_GROUP,
         [
-            Subscription(Topic.DECISIONS, lifecycle.on_decision, frozenset({"decision"})),
-            Subscription(Topic.PROPOSALS_PENDING, lifecycle.on_review_request, frozenset({"review_request"})),
-            Subscription(Topic.EXECUTIONS, lifecycle.on_execution, frozenset({"execution"})),
+            Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), lifecycle.on_decisions),
+            Subscription.batch(
+                Topic.PROPOSALS_PENDING, frozenset({"review_request"}), lifecycle.on_review_requests
+            ),
+            Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), lifecycle.on_executions),
         ],
         producer,
         runtime.stop,

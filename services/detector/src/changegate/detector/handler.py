@@ -84,7 +84,7 @@ class Detector:
             EVENTS.labels(kind=event.kind.value, outcome=outcome).inc()
             for proposal in proposals or []:
                 PROPOSALS.labels(kind=proposal.kind.value).inc()
-                log.info(
+                log.debug(
                     "proposed",
                     correlation_id=str(proposal.proposal_id),
                     kind=proposal.kind.value,

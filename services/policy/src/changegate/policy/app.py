@@ -82,8 +82,8 @@ async def main() -> None:
         settings,
         "changegate-policy",
         [
-            Subscription(Topic.PROPOSALS, router.handle, frozenset({"proposal"}), router.handle_batch),
-            Subscription(Topic.DECISIONS, router.on_decision, frozenset({"decision"})),
+            Subscription.batch(Topic.PROPOSALS, frozenset({"proposal"}), router.handle_batch),
+            Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), router.on_decisions),
         ],
         producer,
         runtime.stop,

@@ -9,12 +9,13 @@ from typing import Any
 import asyncpg
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, RateLimit
-from changegate.core.contracts import Decision, DecisionOutcome, Execution, ReviewRequest
+from changegate.core.contracts import DecisionOutcome
 from changegate.core.contracts.envelope import Envelope
-from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
+from changegate.core.kafka import ConsumerLoop, Refusals, Subscription, is_transient, screen
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
+from changegate.core.signing import Verifier
 from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import metrics, queue
 from changegate.review_api.api import router
@@ -25,12 +26,42 @@ SERVICE = queue.SERVICE
 log = get_logger(__name__)
 
 
-async def on_pending(pool: asyncpg.Pool, envelope: Envelope[Any]) -> None:
-    request: ReviewRequest = envelope.payload
-    proposal = request.proposal
-    if await queue.enqueue(pool, request):
-        metrics.ENQUEUED.labels(kind=proposal.kind.value).inc()
-        log.info("queued for review", kind=proposal.kind.value, record_id=proposal.record_id)
+class Consumer:
+    """The review queue's inputs, a polled batch per transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
+        self.pool, self.verifier = pool, verifier
+
+    async def on_pending(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        queued = await queue.enqueue_many(self.pool, [e.payload for e in envelopes])
+        for request in queued:
+            metrics.ENQUEUED.labels(kind=request.proposal.kind.value).inc()
+        if queued:
+            log.debug("queued for review", count=len(queued))
+        return {}
+
+    async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        """Only supersessions act here; the other decisions are not verified (nothing is done with
+        them)."""
+        superseded = [
+            (n, e) for n, e in enumerate(envelopes) if e.payload.outcome is DecisionOutcome.SUPERSEDED
+        ]
+        # A forged supersession must not take an item off the queue.
+        refused, decisions = screen([e for _, e in superseded], self.verifier.decision)
+        if decisions:
+            for decision in await queue.retire_many(self.pool, [d for _, d in decisions]):
+                metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
+                log.info("retired: superseded", correlation_id=str(decision.proposal.proposal_id))
+        return {superseded[n][0]: exc for n, exc in refused.items()}
+
+    async def on_executions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        # A forged execution must not show an item as applied.
+        refused, executions = screen(envelopes, self.verifier.execution)
+        if executions:
+            recorded = await queue.record_executions(self.pool, [e for _, e in executions])
+            if recorded:
+                log.debug("executions recorded", count=recorded)
+        return refused
 
 
 def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSettings) -> FastAPI:
@@ -59,31 +90,14 @@ async def main() -> None:
     pool = await runtime.open_database(SERVICE, "changegate.review_api.migrations")
     producer = await runtime.open_producer()
 
-    async def handle(envelope: Envelope[Any]) -> None:
-        await on_pending(pool, envelope)
-
-    async def on_decision(envelope: Envelope[Any]) -> None:
-        decision: Decision = envelope.payload
-        if decision.outcome is not DecisionOutcome.SUPERSEDED:
-            return
-        verifier.decision(decision)  # a forged supersession must not take an item off the queue
-        if await queue.retire(pool, decision):
-            metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
-            log.info("retired: superseded", correlation_id=str(decision.proposal.proposal_id))
-
-    async def on_execution(envelope: Envelope[Any]) -> None:
-        execution: Execution = envelope.payload
-        verifier.execution(execution)  # a forged execution must not show an item as applied
-        if await queue.record_execution(pool, execution):
-            log.info("execution recorded", status=execution.status.value)
-
+    consumer = Consumer(pool, verifier)
     loop = ConsumerLoop(
         settings,
         "changegate-review-api",
         [
-            Subscription(Topic.PROPOSALS_PENDING, handle, frozenset({"review_request"})),
-            Subscription(Topic.DECISIONS, on_decision, frozenset({"decision"})),
-            Subscription(Topic.EXECUTIONS, on_execution, frozenset({"execution"})),
+            Subscription.batch(Topic.PROPOSALS_PENDING, frozenset({"review_request"}), consumer.on_pending),
+            Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
+            Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
         ],
         producer,
         runtime.stop,

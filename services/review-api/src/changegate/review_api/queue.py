@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import asyncpg
 from changegate.core import outbox
@@ -24,6 +25,7 @@ from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import metrics
 
 SERVICE = "review-api"
+T = TypeVar("T")
 
 
 class NotPendingError(Exception):
@@ -31,70 +33,128 @@ class NotPendingError(Exception):
         self.status = status
 
 
-async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
-    """Insert a pending proposal; False if it was already queued (redelivery)."""
-    proposal = request.proposal
-    inserted = await conn.fetchval(
+async def enqueue_many(conn: Queryable, requests: list[ReviewRequest]) -> list[ReviewRequest]:
+    """Insert pending proposals in one statement; the ones not queued before (the others are
+    redeliveries), each once."""
+    rows = await conn.fetch(
         "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
         " queue, priority, expires_at, routed_by, explanation)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (proposal_id) DO NOTHING RETURNING 1",
-        proposal.proposal_id,
-        proposal.kind.value,
-        proposal.object_type.value,
-        proposal.record_id,
-        proposal.confidence,
-        proposal.model_dump(mode="json"),
-        request.queue,
-        request.priority,
-        request.expires_at,
-        request.routed_by.model_dump(mode="json"),
-        request.explanation,
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::jsonb[],"
+        " $7::text[], $8::text[], $9::timestamptz[], $10::jsonb[], $11::text[])"
+        " ON CONFLICT (proposal_id) DO NOTHING RETURNING proposal_id",
+        *_columns(
+            requests,
+            11,
+            lambda r: (
+                r.proposal.proposal_id,
+                r.proposal.kind.value,
+                r.proposal.object_type.value,
+                r.proposal.record_id,
+                r.proposal.confidence,
+                r.proposal.model_dump(mode="json"),
+                r.queue,
+                r.priority,
+                r.expires_at,
+                r.routed_by.model_dump(mode="json"),
+                r.explanation,
+            ),
+        ),
     )
-    return inserted is not None
+    return _once(requests, lambda r: r.proposal.proposal_id, {r["proposal_id"] for r in rows})
+
+
+async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
+    """Insert a pending proposal; False if it was already queued (redelivery)."""
+    return bool(await enqueue_many(conn, [request]))
+
+
+async def retire_many(conn: Queryable, decisions: list[Decision]) -> list[Decision]:
+    """Decisions made elsewhere (a newer proposal superseded these) close pending items; the ones
+    that closed one."""
+    # An upsert: if the decision overtakes the review request (they travel on different topics),
+    # the row it leaves makes the late request a no-op instead of an approvable item.
+    rows = await conn.fetch(
+        "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
+        " status, decision_id, decided_by, decided_at, comment)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::jsonb[],"
+        " $7::text[], $8::uuid[], $9::text[], $10::timestamptz[], $11::text[])"
+        " ON CONFLICT (proposal_id) DO UPDATE SET status = EXCLUDED.status,"
+        " decision_id = EXCLUDED.decision_id, decided_by = EXCLUDED.decided_by,"
+        " decided_at = EXCLUDED.decided_at, comment = EXCLUDED.comment"
+        " WHERE review_queue.status = 'pending' RETURNING proposal_id",
+        *_columns(
+            # One decision per proposal in a statement (an upsert may touch a row once): the first.
+            list({d.proposal.proposal_id: d for d in reversed(decisions)}.values()),
+            11,
+            lambda d: (
+                d.proposal.proposal_id,
+                d.proposal.kind.value,
+                d.proposal.object_type.value,
+                d.proposal.record_id,
+                d.proposal.confidence,
+                d.proposal.model_dump(mode="json"),
+                d.outcome.value,
+                d.decision_id,
+                d.decided_by.identity,
+                d.decided_at,
+                d.explanation,
+            ),
+        ),
+    )
+    return _once(decisions, lambda d: d.proposal.proposal_id, {r["proposal_id"] for r in rows})
 
 
 async def retire(conn: Queryable, decision: Decision) -> bool:
     """A decision made elsewhere (a newer proposal superseded this one) closes a pending item."""
-    # An upsert: if the decision overtakes the review request (they travel on different topics),
-    # the row it leaves makes the late request a no-op instead of an approvable item.
-    proposal = decision.proposal
-    closed = await conn.fetchval(
-        "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
-        " status, decision_id, decided_by, decided_at, comment)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (proposal_id) DO UPDATE SET status = EXCLUDED.status,"
-        " decision_id = EXCLUDED.decision_id, decided_by = EXCLUDED.decided_by,"
-        " decided_at = EXCLUDED.decided_at, comment = EXCLUDED.comment"
-        " WHERE review_queue.status = 'pending' RETURNING 1",
-        proposal.proposal_id,
-        proposal.kind.value,
-        proposal.object_type.value,
-        proposal.record_id,
-        proposal.confidence,
-        proposal.model_dump(mode="json"),
-        decision.outcome.value,
-        decision.decision_id,
-        decision.decided_by.identity,
-        decision.decided_at,
-        decision.explanation,
+    return bool(await retire_many(conn, [decision]))
+
+
+async def record_executions(conn: Queryable, executions: list[Execution]) -> int:
+    """Items decided here show what their executions did; how many were items of ours."""
+    rows = await conn.fetch(
+        "UPDATE review_queue AS q SET execution_id = v.execution_id, execution_status = v.status,"
+        " executed_at = v.executed_at, execution_error = v.error"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])"
+        " AS v(proposal_id, decision_id, execution_id, status, executed_at, error)"
+        " WHERE q.proposal_id = v.proposal_id AND q.decision_id = v.decision_id RETURNING 1",
+        *_columns(
+            executions,
+            6,
+            lambda e: (
+                e.decision.proposal.proposal_id,
+                e.decision.decision_id,
+                e.execution_id,
+                e.status.value,
+                e.executed_at,
+                e.error[:2000] if e.error else None,
+            ),
+        ),
     )
-    return closed is not None
+    return len(rows)
 
 
 async def record_execution(conn: Queryable, execution: Execution) -> bool:
     """The item decided here shows what its execution did; False if it is not an item of ours."""
-    updated = await conn.fetchval(
-        "UPDATE review_queue SET execution_id = $3, execution_status = $4, executed_at = $5,"
-        " execution_error = $6 WHERE proposal_id = $1 AND decision_id = $2 RETURNING 1",
-        execution.decision.proposal.proposal_id,
-        execution.decision.decision_id,
-        execution.execution_id,
-        execution.status.value,
-        execution.executed_at,
-        execution.error[:2000] if execution.error else None,
-    )
-    return updated is not None
+    return bool(await record_executions(conn, [execution]))
+
+
+def _columns(items: list[T], width: int, row: Callable[[T], tuple[Any, ...]]) -> list[list[Any]]:
+    """Items as ``width`` column arrays (for ``unnest``), the fields of ``row``."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for item in items:
+        for column, value in zip(columns, row(item), strict=True):
+            column.append(value)
+    return columns
+
+
+def _once(items: list[T], key: Callable[[T], uuid.UUID], chosen: set[uuid.UUID]) -> list[T]:
+    """The items whose key is chosen, the first of each key."""
+    out = []
+    for item in items:
+        if key(item) in chosen:
+            chosen.discard(key(item))
+            out.append(item)
+    return out
 
 
 async def overdue(pool: asyncpg.Pool, limit: int = 100) -> list[uuid.UUID]:
