@@ -15,9 +15,9 @@ from changegate.core.contracts import AuditEntry, ExecutionStatus
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_events
 from changegate.core.http import MAX_BIGINT, Name, problem_responses
-from changegate.core.kafka import ConsumerLoop, Refusals, Subscription, screen
-from changegate.core.logging import configure_logging, get_logger
-from changegate.core.service import ServiceRuntime
+from changegate.core.kafka import Refusals, Subscription, screen
+from changegate.core.logging import get_logger
+from changegate.core.service import Consumer, Context, Parts, Service, ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic
 from fastapi import FastAPI, Query, Request
@@ -138,27 +138,23 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     return runtime.app(app)
 
 
-async def main() -> None:
-    settings = AuditSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    runtime = ServiceRuntime(SERVICE, settings)
-    pool = await runtime.open_database(SERVICE, "changegate.audit.migrations")
-    producer = await runtime.open_producer()  # dead-letters
-    settings.require_configured(SERVICE)
-    consumer = AuditConsumer(pool, settings.verifier(SERVICE))
-    loop = ConsumerLoop(
-        settings,
-        "changegate-audit",
-        [
-            Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
-            Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
-        ],
-        producer,
-        runtime.stop,
+async def setup(ctx: Context[AuditSettings]) -> Parts:
+    consumer = AuditConsumer(ctx.pool, ctx.verifier())
+    subscriptions = [
+        Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
+        Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
+    ]
+    return Parts(
+        consumers=[Consumer("changegate-audit", subscriptions)],
+        app=build_app(ctx.runtime, ctx.pool, ctx.settings),
     )
-    runtime.checks["consumer"] = loop.has_partitions
-    try:
-        await runtime.run(build_app(runtime, pool, settings), [loop.run])
-    finally:
-        await producer.stop()
-        await pool.close()
+
+
+AUDIT = Service(
+    SERVICE,
+    AuditSettings,
+    setup,
+    migrations="changegate.audit.migrations",
+    check=lambda settings: settings.require_configured(SERVICE),
+)
+main = AUDIT.main

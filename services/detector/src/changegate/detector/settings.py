@@ -25,9 +25,6 @@ class DetectorSettings(CommonSettings):
     match_review_threshold: float = Field(
         DEFAULT_REVIEW_THRESHOLD, gt=0, lt=1, description="match probability from which a merge is proposed"
     )
-    batch_wait_seconds: float = Field(
-        0.01, description="how long the agent waits to fill a batch (latency added per hop at most)"
-    )
     max_merge_proposals: int = Field(
         20, ge=1, description="matched records one merge proposal takes from an event, best first"
     )

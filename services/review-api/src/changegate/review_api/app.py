@@ -11,10 +11,9 @@ from changegate.core import __version__
 from changegate.core.auth import Authenticator, RateLimit
 from changegate.core.contracts import DecisionOutcome
 from changegate.core.contracts.envelope import Envelope
-from changegate.core.kafka import ConsumerLoop, Refusals, Subscription, is_transient, screen
-from changegate.core.logging import configure_logging, get_logger
-from changegate.core.outbox import OutboxRelay
-from changegate.core.service import ServiceRuntime
+from changegate.core.kafka import Refusals, Subscription, is_transient, screen
+from changegate.core.logging import get_logger
+from changegate.core.service import Consumer, Context, Parts, Service, ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import metrics, queue
@@ -26,7 +25,7 @@ SERVICE = queue.SERVICE
 log = get_logger(__name__)
 
 
-class Consumer:
+class QueueConsumer:
     """The review queue's inputs, a polled batch per transaction."""
 
     def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
@@ -81,58 +80,65 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSe
     return runtime.app(app)
 
 
-async def main() -> None:
-    settings = ReviewApiSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    settings.require_configured(SERVICE)
-    signer, verifier = settings.signing(SERVICE), settings.verifier(SERVICE)
-    runtime = ServiceRuntime(SERVICE, settings)
-    pool = await runtime.open_database(SERVICE, "changegate.review_api.migrations")
-    producer = await runtime.open_producer()
+class Housekeeping:
+    """Expires overdue proposals and refreshes the queue gauges, every few seconds."""
 
-    consumer = Consumer(pool, verifier)
-    loop = ConsumerLoop(
-        settings,
-        "changegate-review-api",
-        [
-            Subscription.batch(Topic.PROPOSALS_PENDING, frozenset({"review_request"}), consumer.on_pending),
-            Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
-            Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
-        ],
-        producer,
-        runtime.stop,
-    )
-    relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
-    runtime.checks["consumer"] = loop.has_partitions
+    def __init__(self, ctx: Context[ReviewApiSettings]) -> None:
+        self.pool, self.names, self.stop = ctx.pool, ctx.names, ctx.runtime.stop
+        self.signer = ctx.signer()
 
-    async def housekeeping() -> None:
-        """Expire overdue proposals and refresh the queue gauges, every few seconds."""
-        names = TopicNames(settings.topic_prefix)
-        while not runtime.stop.is_set():
+    async def run(self) -> None:
+        while not self.stop.is_set():
             try:
-                for proposal_id in await queue.overdue(pool):
+                for proposal_id in await queue.overdue(self.pool):
                     with contextlib.suppress(queue.NotPendingError):  # decided meanwhile
                         await queue.decide(
-                            pool,
-                            names,
+                            self.pool,
+                            self.names,
                             proposal_id,
                             DecisionOutcome.EXPIRED,
                             f"system:{SERVICE}",
                             "not reviewed before it expired",
-                            signer=signer,
+                            signer=self.signer,
                             by_system=True,
                         )
                         log.info("expired", correlation_id=str(proposal_id))
-                await queue.refresh_depth(pool)
+                await queue.refresh_depth(self.pool)
             except Exception as exc:  # a gauge may go stale; the service must not stop
                 if not is_transient(exc):
                     raise
                 log.warning("queue depth not refreshed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.stop.wait(), 5)
+                await asyncio.wait_for(self.stop.wait(), 5)
 
-    try:
-        await runtime.run(build_app(runtime, pool, settings), [loop.run, relay.run, housekeeping])
-    finally:
-        await producer.stop()
-        await pool.close()
+
+async def setup(ctx: Context[ReviewApiSettings]) -> Parts:
+    consumer = QueueConsumer(ctx.pool, ctx.verifier())
+    subscriptions = [
+        Subscription.batch(Topic.PROPOSALS_PENDING, frozenset({"review_request"}), consumer.on_pending),
+        Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
+        Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
+    ]
+    return Parts(
+        consumers=[Consumer("changegate-review-api", subscriptions)],
+        app=build_app(ctx.runtime, ctx.pool, ctx.settings),
+        workers=[Housekeeping(ctx).run],
+    )
+
+
+def _configured(settings: ReviewApiSettings) -> None:
+    """Authentication configured and the keys to sign and verify with: else it refuses to start."""
+    settings.require_configured(SERVICE)
+    settings.signing(SERVICE)
+    settings.verifier(SERVICE)
+
+
+REVIEW_API = Service(
+    SERVICE,
+    ReviewApiSettings,
+    setup,
+    migrations="changegate.review_api.migrations",
+    outbox=True,
+    check=_configured,
+)
+main = REVIEW_API.main
