@@ -11,7 +11,7 @@ from changegate.core import outbox
 from changegate.core.contracts import CrmEvent, CrmEventKind, Proposal
 from changegate.core.contracts.base import is_empty
 from changegate.core.contracts.envelope import Envelope, make_envelope
-from changegate.core.db import DbConn, claim_event
+from changegate.core.db import DbConn, claim_events
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
@@ -21,7 +21,7 @@ from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.model import load_model
 from changegate.detector.matching.normalize import cached_features, identity_changed
 from changegate.detector.settings import DetectorSettings
-from changegate.detector.supersede import enqueue_retirements, is_closed, supersede
+from changegate.detector.supersede import is_closed, retirement_messages, supersede
 from prometheus_client import Counter, Histogram
 
 SERVICE = "detector"
@@ -70,12 +70,20 @@ class Detector:
         await self.handle_batch([envelope])
 
     async def handle_batch(self, envelopes: list[Envelope[Any]]) -> None:
-        """Events in order, one transaction (one commit, one fsync) for the whole batch."""
+        """Events in order, one transaction (one commit, one fsync) for the whole batch: claimed in
+        one statement, their messages to the outbox in one."""
         started = time.perf_counter()
         outcomes: list[tuple[CrmEvent, list[Proposal] | None]] = []
         async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await claim_events(conn, SERVICE, [e.event_id for e in envelopes])
+            messages: list[tuple[str, str | None, Envelope[Any]]] = []
             for envelope in envelopes:
-                outcomes.append((envelope.payload, await self._handle_one(conn, envelope)))
+                if envelope.event_id not in fresh:  # processed before (redelivery), or twice here
+                    outcomes.append((envelope.payload, None))
+                    continue
+                fresh.discard(envelope.event_id)
+                outcomes.append((envelope.payload, await self._handle_one(conn, envelope.payload, messages)))
+            await outbox.enqueue_many(conn, SERVICE, messages)
         self.indexes.observe()
         elapsed = (time.perf_counter() - started) / len(envelopes)
         for event, proposals in outcomes:
@@ -84,19 +92,11 @@ class Detector:
             EVENTS.labels(kind=event.kind.value, outcome=outcome).inc()
             for proposal in proposals or []:
                 PROPOSALS.labels(kind=proposal.kind.value).inc()
-                log.debug(
-                    "proposed",
-                    correlation_id=str(proposal.proposal_id),
-                    kind=proposal.kind.value,
-                    record_id=proposal.record_id,
-                    confidence=proposal.confidence,
-                )
 
-    async def _handle_one(self, conn: DbConn, envelope: Envelope[Any]) -> list[Proposal] | None:
-        """Claim, detect, emit; None when the event was processed before (redelivery)."""
-        event: CrmEvent = envelope.payload
-        if not await claim_event(conn, SERVICE, envelope.event_id):
-            return None
+    async def _handle_one(
+        self, conn: DbConn, event: CrmEvent, messages: list[tuple[str, str | None, Envelope[Any]]]
+    ) -> list[Proposal]:
+        """Detect; the proposals emitted (and retirements of those they supersede) join ``messages``."""
         proposals = await self._detect(conn, event)
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
@@ -107,16 +107,16 @@ class Detector:
                 REDETECTED.labels(kind=proposal.kind.value).inc()
                 continue
             emitted.append(proposal)
-            retired = await supersede(conn, proposal)
+            retired = await supersede(conn, proposal, undecided=True)
             SUPERSEDED.inc(len(retired))
-            await enqueue_retirements(conn, self.names, self.signer, proposal.record_id, retired)
+            messages.extend(retirement_messages(self.names, self.signer, proposal.record_id, retired))
             out = make_envelope(
                 proposal,
                 service=SERVICE,
                 correlation_id=proposal.proposal_id,
                 dedup_key=str(proposal.proposal_id),
             )
-            await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS), proposal.record_id, out)
+            messages.append((self.names(Topic.PROPOSALS), proposal.record_id, out))
         return emitted
 
     async def _detect(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:

@@ -8,11 +8,12 @@ merge proposal that shares a record with it."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from changegate.core import outbox
 from changegate.core.contracts import Decider, Decision, DecisionOutcome, Proposal, ProposalKind
 from changegate.core.contracts.base import utcnow
-from changegate.core.contracts.envelope import make_envelope
+from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import DbConn
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
@@ -45,11 +46,12 @@ async def is_closed(conn: DbConn, proposal_id: uuid.UUID) -> bool:
     )
 
 
-async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
+async def supersede(conn: DbConn, proposal: Proposal, *, undecided: bool = False) -> list[Decision]:
     """Record ``proposal`` as the open one for each field it changes (for a merge: for each record
     it names); return decisions retiring the older open proposals it replaces. A proposal already
-    decided is not opened again (re-detection, a redelivered review request)."""
-    if await is_closed(conn, proposal.proposal_id):
+    decided is not opened again (re-detection, a redelivered review request); ``undecided``: the
+    caller checked that it is not."""
+    if not undecided and await is_closed(conn, proposal.proposal_id):
         return []
     if proposal.kind is ProposalKind.MERGE:
         return await _supersede_merges(conn, proposal)
@@ -118,11 +120,11 @@ async def _supersede_merges(conn: DbConn, merge: Proposal) -> list[Decision]:
     return [_retirement(older, str(merge.proposal_id), because) for older in retired]
 
 
-async def enqueue_retirements(
-    conn: DbConn, names: TopicNames, signer: SigningKey, record_id: str, retired: list[Decision]
-) -> None:
-    """Retirements go out as signed ``superseded`` decisions, in the transaction that made them."""
-    messages = [
+def retirement_messages(
+    names: TopicNames, signer: SigningKey, record_id: str, retired: list[Decision]
+) -> list[tuple[str, str | None, Envelope[Any]]]:
+    """Retirements as the outbox takes them: signed ``superseded`` decisions."""
+    return [
         (
             names(Topic.DECISIONS),
             record_id,
@@ -135,7 +137,13 @@ async def enqueue_retirements(
         )
         for decision in retired
     ]
-    await outbox.enqueue_many(conn, SERVICE, messages)
+
+
+async def enqueue_retirements(
+    conn: DbConn, names: TopicNames, signer: SigningKey, record_id: str, retired: list[Decision]
+) -> None:
+    """Retirements go out in the transaction that made them."""
+    await outbox.enqueue_many(conn, SERVICE, retirement_messages(names, signer, record_id, retired))
 
 
 async def retire_merged_away(conn: DbConn, merge: Proposal) -> list[Decision]:

@@ -218,9 +218,6 @@ class Executor:
                 if outcome.status is ExecutionStatus.CONFLICT:
                     messages.extend(self._back_to_review(decision, outcome.current))
                 EXECUTIONS.labels(status=outcome.status.value).inc()
-                log.debug(
-                    "executed", status=outcome.status.value, record_id=proposal.record_id, error=outcome.error
-                )
             await outbox.enqueue_many(conn, SERVICE, messages)
 
     async def _write_many(

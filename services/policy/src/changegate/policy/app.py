@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from changegate.core.kafka import Subscription
 from changegate.core.logging import get_logger
 from changegate.core.service import Consumer, Context, Parts, Service
 from changegate.core.topics import Topic
-from changegate.policy.engine import Policy, PolicyError
+from changegate.policy.engine import DEFAULT_POLICY, Policy, PolicyError
 from changegate.policy.router import SERVICE, Router
 from changegate.policy.settings import PolicySettings
 from prometheus_client import Info
@@ -38,6 +39,12 @@ class PolicyWatcher:
         self._hup.set()
 
     def reload(self) -> None:
+        with contextlib.suppress(OSError):  # unreadable: Policy.load says why
+            if (
+                hashlib.sha256((self.path or DEFAULT_POLICY).read_bytes()).hexdigest()
+                == self.router.policy.content_hash
+            ):
+                return  # unchanged: not parsed again every poll
         try:
             policy = Policy.load(self.path)
         except PolicyError as exc:
