@@ -727,6 +727,15 @@ async def amain(args: argparse.Namespace) -> None:
                 + postgres_pids(database_url, pgdata)
             )
 
+        # What the stack costs doing nothing (polling, heartbeats, housekeeping), per service.
+        idle = CpuMeter(pids)
+        per_service = {n: CpuMeter(lambda s=s: [s.proc.pid]) for n, s in stack.services.items()}  # type: ignore[misc]
+        for meter in [idle, *per_service.values()]:
+            meter.start()
+        await asyncio.sleep(args.idle_seconds)
+        idle_share = idle.stop() / args.idle_seconds
+        shares = ", ".join(f"{n} {m.stop() / args.idle_seconds:.0%}" for n, m in per_service.items())
+        print(f"  idle: {idle_share:.0%} of a core ({shares})", flush=True)
         print("end to end", flush=True)
         with profiling(stack, args.profile, args.profile_seconds):
             e2e = await run_stack_phases(stack, owner_dsn, plan, args, pids)
@@ -738,6 +747,7 @@ async def amain(args: argparse.Namespace) -> None:
         if args.code:
             print(f"services run from {args.code}")
         report(raw, e2e)
+        print(f"idle stack: {idle_share:.0%} of a core ({shares})")
     finally:
         if stack is not None:
             await asyncio.to_thread(stack.stop)
@@ -764,6 +774,7 @@ def main() -> None:
     parser.add_argument(
         "--drain-timeout", type=float, default=60, help="seconds a phase may take after its last send"
     )
+    parser.add_argument("--idle-seconds", type=float, default=10, help="seconds the idle stack is measured")
     parser.add_argument("--kafka", help="a broker to use instead of starting the embedded one")
     parser.add_argument("--database-url", help="a PostgreSQL (owner DSN) to use instead of the embedded one")
     parser.add_argument(

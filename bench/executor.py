@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _stack import SIGNING_KEYS, code_env, drain, preload, start, start_service, stop
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+from changegate.core import policy_versions
 from changegate.core.contracts import (
     Decider,
     Decision,
@@ -62,6 +63,8 @@ from hubspot_sim.server import TOKEN
 
 HERE = Path(__file__).resolve().parent
 POLICY_KEY = SigningKey.parse(SIGNING_KEYS["policy"], "policy")
+DETECTOR_KEY = SigningKey.parse(SIGNING_KEYS["detector"], "detector")
+POLICY_HASH = "0" * 64  # recorded as the policy service records what it loads (run_executor)
 HUBSPOT_LIMIT = (190, 10.0)  # HubSpot's published private-app limit: requests per window (s)
 CODE: Path | None = None  # --code: the executor of another checkout
 
@@ -100,13 +103,13 @@ def decisions(prefix: str, count: int) -> list[tuple[bytes, bytes]]:
         )
         decision = Decision(
             decision_id=uuid.uuid4(),
-            proposal=proposal,
+            proposal=DETECTOR_KEY.sign(proposal),
             outcome=DecisionOutcome.AUTO_APPROVED,
             decided_by=Decider(
                 kind="policy",
                 identity="policy:bench",
                 policy_version="bench",
-                policy_hash="0" * 64,
+                policy_hash=POLICY_HASH,
                 rule_id="bench-enrichment",
             ),
             decided_at=utcnow(),
@@ -158,6 +161,14 @@ async def run_executor(
         kafka_bootstrap_servers=bootstrap, database_url=database_url, topic_prefix=prefix
     )
     names = TopicNames(prefix)
+    pool = await create_pool(database_url)
+    try:  # the executor acts on decisions of policy versions the policy service recorded
+        await migrate_core(pool)
+        await policy_versions.record(
+            pool, version="bench", content_hash=POLICY_HASH, source="bench", content="rules: []"
+        )
+    finally:
+        await pool.close()
     await preload(settings, [names(Topic.DECISIONS)], decisions(name, count))
     port = free_port()
     proc = start_service(

@@ -24,12 +24,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _stack import drain, preload, start, start_service, stop
+from _stack import SIGNING_KEYS, drain, preload, start, start_service, stop
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.kafka import ensure_topics
 from changegate.core.serde import encode
 from changegate.core.settings import CommonSettings
+from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
 from changegate.policy.engine import Policy
 from changegate.policy.samples import sample_proposals
@@ -59,8 +60,12 @@ async def bench_pipeline(count: int, workdir: Path, bootstrap: str, database_url
     raw_in, raw_out = f"{settings.topic_prefix}raw.in", f"{settings.topic_prefix}raw.out"
     await admin.create_topics([NewTopic(raw_in, 3, 1), NewTopic(raw_out, 3, 1)])
     await admin.close()
+    detector = SigningKey.parse(SIGNING_KEYS["detector"], "detector")  # the policy routes only these
     payloads = [
-        (p.record_id.encode(), encode(make_envelope(p, service="bench", correlation_id=p.proposal_id)))
+        (
+            p.record_id.encode(),
+            encode(make_envelope(detector.sign(p), service="bench", correlation_id=p.proposal_id)),
+        )
         for p in sample_proposals(count, seed=7)
     ]
     await preload(settings, [raw_in, names(Topic.PROPOSALS)], payloads)

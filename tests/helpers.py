@@ -45,6 +45,20 @@ from changegate.core.signing import SigningKey, Verifier, dev_keys
 from changegate.core.topics import Topic, TopicNames
 
 T = TypeVar("T")
+# Who consumes each topic (consumer group names of the services).
+CONSUMER_GROUPS: dict[Topic, set[str]] = {
+    Topic.CRM_EVENTS: {"changegate-detector"},
+    Topic.PROPOSALS: {"changegate-policy"},
+    Topic.PROPOSALS_PENDING: {"changegate-review-api", "changegate-detector-lifecycle"},
+    Topic.DECISIONS: {
+        "changegate-policy",
+        "changegate-review-api",
+        "changegate-executor",
+        "changegate-audit",
+        "changegate-detector-lifecycle",
+    },
+    Topic.EXECUTIONS: {"changegate-audit", "changegate-review-api", "changegate-detector-lifecycle"},
+}
 # Signing keys of the test run: each signing service's CHANGEGATE_SIGNING_KEY, and the trusted keys.
 SIGNING_KEYS, TRUSTED_KEYS = dev_keys("test")
 
@@ -87,6 +101,7 @@ def approved_decision(
         rationale="test",
         proposed_at=utcnow(),
     )
+    proposal = signing_key("detector").sign(proposal)  # what executes is a proposal its producer signed
     decision = Decision(
         decision_id=uuid.uuid4(),
         proposal=proposal,

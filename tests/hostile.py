@@ -46,8 +46,8 @@ def good_payload(
     event_type: str, record_id: str | None = None, keys: dict[str, str] | None = None
 ) -> BaseModel:
     """A valid, harmless payload of ``event_type``: each consumer processes it and moves on. With
-    ``keys`` (signer -> CHANGEGATE_SIGNING_KEY), decisions and executions are signed as they must be
-    for a stack that verifies them."""
+    ``keys`` (signer -> CHANGEGATE_SIGNING_KEY), every payload but a CRM event is signed as it must
+    be for a stack that verifies them."""
     rid = record_id or f"good-{uuid.uuid4().hex[:8]}"
     if event_type == "crm_event":
         return CrmEvent(
@@ -76,11 +76,20 @@ def good_payload(
         rationale="a harmless proposal that needs review",
         proposed_at=NOW,
     )
+    if keys:
+        proposal = SigningKey.parse(keys["detector"], "detector").sign(proposal)
     if event_type == "proposal":
         return proposal
-    system = Decider(kind="system", identity="corpus")
     if event_type == "review_request":
-        return ReviewRequest(proposal=proposal, routed_by=system, explanation="corpus")
+        routed_by = Decider(
+            kind="policy",
+            identity="policy:corpus",
+            policy_version="corpus",
+            policy_hash="0" * 64,
+            rule_id="c",
+        )
+        request = ReviewRequest(proposal=proposal, routed_by=routed_by, explanation="corpus")
+        return SigningKey.parse(keys["policy"], "policy").sign(request) if keys else request
     # A rejection: nothing executes, every consumer of decisions just records or skips it.
     decision = Decision(
         decision_id=uuid.uuid5(uuid.NAMESPACE_URL, f"corpus/{rid}"),

@@ -15,22 +15,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from changegate.cli.devstack import DevStack
 from changegate.core.dlq import DeadLetter, read_all
 from changegate.core.topics import TOPICS, Topic, TopicNames
+from helpers import CONSUMER_GROUPS
 from hostile import corpus, good_message
 
-# Who consumes each topic (consumer group names of the services).
-GROUPS: dict[Topic, set[str]] = {
-    Topic.CRM_EVENTS: {"changegate-detector"},
-    Topic.PROPOSALS: {"changegate-policy"},
-    Topic.PROPOSALS_PENDING: {"changegate-review-api", "changegate-detector-lifecycle"},
-    Topic.DECISIONS: {
-        "changegate-policy",
-        "changegate-review-api",
-        "changegate-executor",
-        "changegate-audit",
-        "changegate-detector-lifecycle",
-    },
-    Topic.EXECUTIONS: {"changegate-audit", "changegate-review-api", "changegate-detector-lifecycle"},
-}
+GROUPS = CONSUMER_GROUPS
 
 
 @pytest.fixture

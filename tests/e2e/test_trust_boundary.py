@@ -101,7 +101,7 @@ async def test_forged_decisions_and_executions_are_refused_and_dead_lettered(
         "unknown_key": "unknown_key",
         "bad_signature": "bad_signature",
         "impostor": "bad_signature",
-        "policy_merge": "signer_not_allowed",
+        "policy_merge": "human_required",
         "policy_as_human": "signer_not_allowed",
         "detector_approval": "signer_not_allowed",
     }

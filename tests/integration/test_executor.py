@@ -5,11 +5,15 @@ reading, merges, owners — every execution signed."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import asyncpg
 import pytest
+from changegate.core import policy_versions
 from changegate.core.contracts import (
+    Decider,
+    DecisionOutcome,
     ExecutionStatus,
     FieldChange,
     ObjectType,
@@ -19,6 +23,7 @@ from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import migrate, migrate_core
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
+from changegate.core.signing import SignatureRefusedError
 from changegate.core.topics import TopicNames
 from changegate.executor import ledger
 from changegate.executor.crm import sandbox
@@ -90,6 +95,36 @@ async def test_a_stale_proposal_writes_nothing_and_goes_back_to_review(
     [request] = await _emitted(pool, "review_request")
     assert (request.queue, request.priority) == ("conflicts", "high")
     assert request.proposal.changes == [FieldChange(field="jobtitle", previous="Director", proposed="CTO")]
+    # The re-proposal and its request are the executor's, signed: review-api accepts them.
+    assert verifier().review_request(request) == "executor"
+    assert request.proposal.signature is not None
+    assert request.proposal.signature.signer == "executor"
+
+
+async def test_a_policy_decision_executes_only_under_a_recorded_policy_version(
+    executor: Executor, pool: asyncpg.Pool
+) -> None:
+    """A stolen policy key cannot make up a policy: the version must be one the policy service
+    loaded and recorded (only its database role may)."""
+    await sandbox.upsert_record(pool, C, "r9", {"jobtitle": None})
+    human = approved_decision("r9", {"jobtitle": (None, "CTO")})
+    by = Decider(kind="policy", identity="policy:v1", policy_version="v1", policy_hash="c" * 64, rule_id="r")
+    auto = human.model_copy(
+        update={"outcome": DecisionOutcome.AUTO_APPROVED, "decided_by": by, "decision_id": uuid.uuid4()}
+    )
+    auto = signing_key("policy").sign(auto)
+    with pytest.raises(SignatureRefusedError) as info:
+        await executor.handle(make_envelope(auto, service="policy"))
+    assert info.value.reason == "unknown_policy_version"
+    assert (await sandbox.get_record(pool, C, "r9") or {})["jobtitle"] is None
+    # The same hash under another version name is not the recorded policy either.
+    await policy_versions.record(pool, version="v0", content_hash="c" * 64, source="p.yaml", content="x")
+    with pytest.raises(SignatureRefusedError):
+        await executor.handle(make_envelope(auto, service="policy"))
+    await pool.execute("UPDATE changegate_policy_versions SET version = 'v1'")
+    await executor.handle(make_envelope(auto, service="policy"))
+    [execution] = await _emitted(pool, "execution")
+    assert execution.status is ExecutionStatus.APPLIED
 
 
 async def test_a_write_that_landed_before_a_crash_is_recognised_never_repeated(

@@ -227,17 +227,39 @@ async def test_roles_scopes_and_self_approval(
         _problem(await client.get("/proposals", headers=nobody), 403)
         body = _problem(await client.post(f"/proposals/{item}/approve", headers=viewer), 403)
         assert body["detail"] == "this needs the reviewer role"
-        # Scoped reviewers: the dedup desk decides the dedup queue only, the data team merges only.
-        body = _problem(await client.post(f"/proposals/{item}/approve", headers=dedup_desk), 403)
-        assert body["detail"] == "your role does not cover field_update proposals in queue default"
-        _problem(await client.post(f"/proposals/{item}/approve", headers=data_team), 403)
+        # Scoped reviewers: the dedup desk sees and decides the dedup queue only, the data team
+        # merges only; what is outside their scopes does not exist for them.
+        body = _problem(await client.post(f"/proposals/{item}/approve", headers=dedup_desk), 404)
+        assert body["detail"] == f"no proposal {item} in the queue"
+        _problem(await client.post(f"/proposals/{item}/approve", headers=data_team), 404)
+        _problem(await client.get(f"/proposals/{item}", headers=dedup_desk), 404)
         dedup_item = await _pending(pool, queue_name="dedup")
+        listed = (await client.get("/proposals", headers=dedup_desk, params={"limit": 500})).json()
+        assert [i["proposal_id"] for i in listed] == [dedup_item]
+        assert (await client.get("/proposals", headers=data_team)).json() == []
+        assert {i["proposal_id"] for i in (await client.get("/proposals", headers=viewer)).json()} == {
+            item,
+            dedup_item,
+        }
+        stats = (await client.get("/proposals/stats", headers=dedup_desk)).json()["counts"]
+        assert [(c["queue"], c["kind"], c["status"], c["count"]) for c in stats] == [
+            ("dedup", "field_update", "pending", 1)
+        ]
+        assert (await client.get("/proposals/stats", headers=data_team)).json() == {"counts": []}
+        everything = (await client.get("/proposals/stats", headers=viewer)).json()["counts"]
+        assert sum(c["count"] for c in everything) == 2
+        assert (await client.get(f"/proposals/{dedup_item}", headers=dedup_desk)).status_code == 200
         assert (await client.post(f"/proposals/{dedup_item}/reject", headers=dedup_desk)).status_code == 200
 
-        # Alice caused this proposal: she may withdraw it (reject), never approve it; Bob may.
+        # Alice caused this proposal: she may withdraw it (reject), never approve it; Bob may. Her
+        # identity in any spelling is hers.
         own = await _pending(pool, requested_by="alice@example.com")
         body = _problem(await client.post(f"/proposals/{own}/approve", headers=alice), 403)
         assert body["detail"] == "you requested this change: another reviewer must approve it"
+        shouting = auth(email="Alice@Example.COM", groups=["reviewer"])
+        _problem(await client.post(f"/proposals/{own}/approve", headers=shouting), 403)
+        spelled = await _pending(pool, requested_by=" ALICE@example.com")
+        _problem(await client.post(f"/proposals/{spelled}/approve", headers=alice), 403)
         modify = {"changes": {"jobtitle": "CTO"}}
         _problem(await client.post(f"/proposals/{own}/modify", headers=alice, json=modify), 403)
         approved = await client.post(f"/proposals/{own}/approve", headers=bob)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -24,7 +25,7 @@ from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
 from changegate.policy.engine import DEFAULT_POLICY, Policy
 from changegate.policy.samples import sample_proposals
-from helpers import eventually, service_process
+from helpers import eventually, service_process, signing_key
 
 
 @dataclass
@@ -93,7 +94,7 @@ async def _propose(settings: CommonSettings, proposals: list[Proposal]) -> None:
                 producer,
                 TopicNames(settings.topic_prefix)(Topic.PROPOSALS),
                 p.record_id,
-                make_envelope(p, service="test", correlation_id=p.proposal_id),
+                make_envelope(signing_key("detector").sign(p), service="test", correlation_id=p.proposal_id),
             )
     finally:
         await producer.stop()
@@ -135,7 +136,7 @@ async def test_five_kinds_are_routed_to_the_right_topics_and_edits_apply_without
     # Edit the file: email results now all go to review. The switch is picked up without restart.
     service.policy_file.write_text(
         service.policy_file.read_text()
-        .replace('version: "2026-11-24.1"', 'version: "edited"')
+        .replace('version: "2026-12-01.1"', 'version: "edited"')
         .replace(
             "action: auto_apply\n  - id: email-risky-review", "action: review\n  - id: email-risky-review"
         )
@@ -145,6 +146,16 @@ async def test_five_kinds_are_routed_to_the_right_topics_and_edits_apply_without
         lambda n: n == 1,
         what="the edited policy to be in force",
     )
+    # Both versions are on the record the executor and audit check, each before it decided anything.
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        recorded = await conn.fetch("SELECT version, policy_hash, content FROM changegate_policy_versions")
+    finally:
+        await conn.close()
+    assert {r["version"] for r in recorded} == {"2026-12-01.1", "edited"}
+    edited = next(r for r in recorded if r["version"] == "edited")
+    assert edited["content"] == service.policy_file.read_text()
+    assert edited["policy_hash"] == Policy.load(service.policy_file).content_hash
     # The same proposals again (redelivery, replay): routed once already, nothing new is emitted.
     before = len(outputs["decision"]) + len(outputs["review_request"])
     await _propose(settings, proposals)
@@ -163,7 +174,10 @@ async def test_five_kinds_are_routed_to_the_right_topics_and_edits_apply_without
         what="fresh emails",
     )
     assert {routed[str(p.proposal_id)][0] for p in fresh} == {"review"}
-    versions = {r.routed_by.policy_version for r in outputs["review_request"] if r.proposal in fresh}
+    fresh_ids = {p.proposal_id for p in fresh}
+    versions = {
+        r.routed_by.policy_version for r in outputs["review_request"] if r.proposal.proposal_id in fresh_ids
+    }
     assert versions == {"edited"}
 
 
@@ -179,7 +193,7 @@ async def test_a_broken_edit_is_refused_and_the_policy_in_force_stays(
         what="the refusal in the log",
     )
     assert "rule 'yolo': would auto-apply merge, owner_reassignment" in service.log.read_text()
-    assert await service.metric("changegate_policy_info", version="2026-11-24.1") == 1
+    assert await service.metric("changegate_policy_info", version="2026-12-01.1") == 1
     merge = next(p for p in sample_proposals(200, seed=13) if p.kind is ProposalKind.MERGE)
     await _propose(settings, [merge])
     routed = await eventually(lambda: asyncio.sleep(0, _routed(outputs)), lambda r: len(r) == 1, what="merge")

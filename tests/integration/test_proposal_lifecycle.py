@@ -40,6 +40,8 @@ from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import supersede
 from helpers import signing_key, verifier
 
+POLICY = Decider(kind="policy", identity="policy:t", policy_version="t", policy_hash="a" * 64, rule_id="r")
+
 
 @pytest.fixture
 async def parts(settings: CommonSettings, pool: asyncpg.Pool) -> tuple[Detector, ProposalLifecycle]:
@@ -132,15 +134,18 @@ async def test_a_conflict_re_proposal_is_tracked_and_can_be_superseded(
         update={
             "proposal_id": Proposal.make_id("enrichment", "r3", changes, "conflict:x"),
             "changes": changes,
+            "source": original.source.model_copy(update={"event_id": "conflict:x"}),
         }
     )
     request = ReviewRequest(
-        proposal=again,
+        proposal=signing_key("executor").sign(again),
         queue="conflicts",
         routed_by=Decider(kind="system", identity="executor"),
         explanation="sent back to review: the record changed",
     )
-    await lifecycle.on_review_request(make_envelope(request, service="executor"))
+    await lifecycle.on_review_request(
+        make_envelope(signing_key("executor").sign(request), service="executor")
+    )
     await detector.handle(_enrichment("r3", "CEO"))
     [retirement] = await _emitted(pool, "decision")
     assert retirement.proposal.proposal_id == again.proposal_id
@@ -153,10 +158,9 @@ async def test_a_decided_proposal_is_not_reopened(
     await detector.handle(_enrichment("r4", "CTO"))
     [first] = await _emitted(pool, "proposal")
     await lifecycle.on_decision(make_envelope(_decision(first, DecisionOutcome.REJECTED), service="r"))
-    request = ReviewRequest(
-        proposal=first, routed_by=Decider(kind="system", identity="x"), explanation="late"
-    )
-    await lifecycle.on_review_request(make_envelope(request, service="policy"))  # redelivered late
+    request = ReviewRequest(proposal=first, routed_by=POLICY, explanation="late")
+    late = signing_key("policy").sign(request)
+    await lifecycle.on_review_request(make_envelope(late, service="policy"))  # redelivered late
     async with pool.acquire() as conn:
         assert await supersede(conn, first) == []  # re-detected: stays closed
         assert await conn.fetchval("SELECT count(*) FROM detector_open_proposals WHERE record_id = 'r4'") == 0
@@ -205,14 +209,16 @@ async def test_an_applied_merge_retires_the_open_proposals_of_the_records_it_mer
     await detector.handle(_enrichment("survivor-1", "CEO"))
     [loser_proposal, survivor_proposal] = await _emitted(pool, "proposal")
     changes = [FieldChange(field="merged_into", previous=None, proposed="survivor-1")]
-    merge = loser_proposal.model_copy(
-        update={
-            "proposal_id": uuid.uuid4(),
-            "kind": ProposalKind.MERGE,
-            "record_id": "survivor-1",
-            "other_record_ids": ["loser-1"],
-            "changes": changes,
-        }
+    merge = signing_key("detector").sign(
+        loser_proposal.model_copy(
+            update={
+                "proposal_id": uuid.uuid4(),
+                "kind": ProposalKind.MERGE,
+                "record_id": "survivor-1",
+                "other_record_ids": ["loser-1"],
+                "changes": changes,
+            }
+        )
     )
     decision = _decision(merge)
     execution = Execution(

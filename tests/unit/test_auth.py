@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from changegate.core.auth import AuthSettings, Grant, Principal, Role
+from changegate.core.auth import AuthSettings, Grant, Principal, Role, normalize_identity
 from changegate.core.auth.tokens import parse_duration
 from pydantic import ValidationError
 
@@ -59,3 +59,34 @@ def test_token_lifetimes(text: str, delta: timedelta) -> None:
 def test_bad_token_lifetimes_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="expected a number"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "self-x@example.com",
+        "Self-x@Example.com",
+        " SELF-X@EXAMPLE.COM ",
+        "\uff53\uff45\uff4c\uff46-x@example.com",  # fullwidth letters
+    ],
+)
+def test_an_identity_is_normalised_where_the_principal_is_made(spelling: str) -> None:
+    principal = Principal(spelling)
+    assert principal.subject == "self-x@example.com"
+    assert principal.is_("self-x@example.com")
+    assert Principal("self-x@example.com").is_(spelling)
+    assert not principal.is_(None)
+    assert not principal.is_("other@example.com")
+    assert normalize_identity("Straße@X.example") == "strasse@x.example"
+
+
+def test_what_a_principal_may_read() -> None:
+    everything = Principal("v", (Grant(Role.VIEWER),))
+    assert everything.reads() is None
+    desk = Grant(Role.REVIEWER, queues=frozenset({"dedup"}))
+    merges = Grant(Role.VIEWER, kinds=frozenset({"merge"}))
+    scoped = Principal("d", (desk, merges))
+    assert scoped.reads() == [desk, merges]
+    assert scoped.reads(Role.REVIEWER) == [desk]
+    assert Principal("n").reads() == []
+    assert Principal("a", (merges, Grant(Role.ADMIN))).reads() is None

@@ -224,8 +224,8 @@ def test_decode_event_type_not_expected_by_consumer(make_proposal: Callable[...,
 
 
 def test_decode_newer_schema_version_than_known(make_proposal: Callable[..., Proposal]) -> None:
-    raw = _proposal_wire(make_proposal, schema_version=3)
-    with pytest.raises(UnknownEventError, match=r"^proposal v3 is newer than v2$"):
+    raw = _proposal_wire(make_proposal, schema_version=4)
+    with pytest.raises(UnknownEventError, match=r"^proposal v4 is newer than v3$"):
         decode(json.dumps(raw).encode())
 
 
@@ -258,27 +258,27 @@ def test_decode_invalid_payload_names_the_failing_field(make_proposal: Callable[
     with pytest.raises(UnknownEventError) as info:
         decode(json.dumps(raw).encode())
     message = str(info.value)
-    assert message.startswith("invalid proposal v2: confidence: ")
+    assert message.startswith("invalid proposal v3: confidence: ")
     assert "less than or equal to 1" in message
 
 
 def test_decode_invalid_nested_payload_field_gives_its_path(make_proposal: Callable[..., Proposal]) -> None:
     raw = _proposal_wire(make_proposal)
     raw["payload"]["source"]["trigger"] = "gut_feeling"
-    with pytest.raises(UnknownEventError, match=r"^invalid proposal v2: source\.trigger: "):
+    with pytest.raises(UnknownEventError, match=r"^invalid proposal v3: source\.trigger: "):
         decode(json.dumps(raw).encode())
 
 
 def test_decode_unknown_payload_field_is_refused(make_proposal: Callable[..., Proposal]) -> None:
     raw = _proposal_wire(make_proposal)
     raw["payload"]["confidnce"] = 0.9
-    with pytest.raises(UnknownEventError, match=r"^invalid proposal v2: confidnce: Extra inputs"):
+    with pytest.raises(UnknownEventError, match=r"^invalid proposal v3: confidnce: Extra inputs"):
         decode(json.dumps(raw).encode())
 
 
 def test_decode_invalid_envelope_field_is_named(make_proposal: Callable[..., Proposal]) -> None:
     raw = _proposal_wire(make_proposal, event_id="not-a-uuid")
-    with pytest.raises(UnknownEventError, match=r"^invalid proposal v2: event_id: "):
+    with pytest.raises(UnknownEventError, match=r"^invalid proposal v3: event_id: "):
         decode(json.dumps(raw).encode())
 
 
@@ -578,7 +578,7 @@ def test_topic_names_carry_the_prefix_and_dead_letter_suffix() -> None:
 
 
 @pytest.mark.parametrize("event_type", ["crm_event", "proposal", "review_request", "decision", "execution"])
-def test_a_v1_message_of_the_types_that_gained_optional_fields_in_v2_is_read_as_v2(
+def test_a_v1_message_of_the_types_that_gained_optional_fields_is_read_as_the_current_version(
     event_type: str,
     make_crm_event: Callable[..., CrmEvent],
     make_proposal: Callable[..., Proposal],
@@ -587,7 +587,8 @@ def test_a_v1_message_of_the_types_that_gained_optional_fields_in_v2_is_read_as_
 ) -> None:
     payload = _payloads(make_crm_event, make_proposal, make_decision, make_execution)[event_type]
     raw = _wire(make_envelope(payload, service="old-producer"))
-    raw["schema_version"] = 1
-    envelope = decode(json.dumps(raw).encode(), expected={event_type})
-    assert envelope.schema_version == 2
-    assert envelope.payload == payload
+    for old in range(1, EVENT_TYPES[event_type].version):
+        raw["schema_version"] = old
+        envelope = decode(json.dumps(raw).encode(), expected={event_type})
+        assert envelope.schema_version == EVENT_TYPES[event_type].version
+        assert envelope.payload == payload

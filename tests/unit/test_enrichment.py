@@ -162,3 +162,24 @@ def test_another_proposed_value_gives_another_proposal_id(make_crm_event: Callab
     first = _propose(make_crm_event(properties={"jobtitle": "VP Sales"}), {})
     second = _propose(make_crm_event(properties={"jobtitle": "CTO"}), {})
     assert first.proposal_id != second.proposal_id
+
+
+def test_fields_another_kind_owns_are_never_proposed_as_a_field_update(
+    make_crm_event: Callable[..., CrmEvent],
+) -> None:
+    event = make_crm_event(
+        properties={
+            "jobtitle": "VP Sales",
+            "hubspot_owner_id": "owner-evil",
+            "lifecyclestage": "customer",
+            "email_status": "valid",
+            "email": "new@x.example",
+        },
+        confidence=0.93,
+    )
+    proposal = _propose(event, {})
+    # The email is a field update's (a human-only one: it waits for a reviewer); the others are not.
+    assert [c.field for c in proposal.changes] == ["email", "jobtitle"]
+    assert proposal.evidence["not_proposed"] == ["email_status", "hubspot_owner_id", "lifecyclestage"]
+    only_owned = make_crm_event(properties={"hubspot_owner_id": "owner-evil"}, confidence=0.93)
+    assert propose_enrichment(only_owned, {}, DEFAULTS) is None

@@ -3,12 +3,16 @@ document, and request bodies refused while they are read."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import socket
 from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import httpx
 import pytest
-from changegate.core.http import BodyLimitMiddleware, Comment, harden, problem_responses
+import uvicorn
+from changegate.core.http import BodyLimitMiddleware, Comment, ProblemH11Protocol, harden, problem_responses
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
@@ -142,3 +146,41 @@ def test_the_openapi_document_declares_every_error_as_a_problem() -> None:
     assert "Problem" in components
     assert "FieldError" in components
     assert "HTTPValidationError" not in components
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 12abc\r\n\r\n{}",  # malformed length
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",  # no colon
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000,  # headers over the limit, unfinished
+    ],
+    ids=["content-length", "two-lengths", "header", "request-line", "headers-too-large"],
+)
+async def test_what_the_http_server_refuses_before_the_app_is_a_problem_too(request_bytes: bytes) -> None:
+    """uvicorn's parser answers these itself, before any app or middleware runs."""
+    config = uvicorn.Config(_app(), log_config=None, lifespan="off", http=ProblemH11Protocol)
+    server = uvicorn.Server(config)
+    # A listening socket of our own: connections queue in its backlog until the server accepts.
+    sock = socket.create_server(("127.0.0.1", 0))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        reader, writer = await asyncio.open_connection(sock=socket.create_connection(sock.getsockname()))
+        writer.write(request_bytes)
+        await writer.drain()
+        raw = await reader.read()  # the server closes the connection after its answer
+        writer.close()
+    finally:
+        server.should_exit = True
+        await task
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"content-type: application/problem+json" in head.lower()
+    assert json.loads(body) == {
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "Invalid HTTP request received.",
+    }

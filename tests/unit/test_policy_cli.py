@@ -25,7 +25,7 @@ def proposals_file(tmp_path: Path) -> Path:
 def test_check_accepts_the_default_policy() -> None:
     result = runner.invoke(app, ["check", str(DEFAULT_POLICY)])
     assert result.exit_code == 0, result.output
-    assert "valid — version 2026-11-24.1, 8 rules, default review" in result.output
+    assert "valid — version 2026-12-01.1, 8 rules, default review" in result.output
 
 
 def test_check_refuses_an_unsafe_policy_naming_the_rule(tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_simulate_command_prints_shares_and_changes(proposals_file: Path, tmp_pa
     edited.write_text(DEFAULT_POLICY.read_text().replace("min_confidence: 0.85", "min_confidence: 0.6"))
     result = runner.invoke(app, ["simulate", str(edited), "--from", str(proposals_file)])
     assert result.exit_code == 0, result.output
-    assert "500 proposals under 2026-11-24.1" in result.output
+    assert "500 proposals under 2026-12-01.1" in result.output
     assert "skipped line 11: not a proposal" in result.output
     assert "change route" in result.output
 

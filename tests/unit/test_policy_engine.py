@@ -26,8 +26,9 @@ def _yaml(rules: str, *, version: str = "test-1", default: str = "review") -> by
 
 def test_default_policy_is_the_packaged_file(policy: Policy) -> None:
     assert policy.source == str(DEFAULT_POLICY)
-    assert policy.version == "2026-11-24.1"
+    assert policy.version == "2026-12-01.1"
     assert policy.content_hash == hashlib.sha256(DEFAULT_POLICY.read_bytes()).hexdigest()
+    assert policy.content == DEFAULT_POLICY.read_text()  # what the policy service records
     assert policy.document.default is Action.REVIEW
 
 

@@ -38,11 +38,35 @@ rules:
 """
 
 
-def test_auto_apply_of_a_high_risk_field_goes_to_review(make_proposal: MakeProposal) -> None:
+def test_auto_apply_of_a_human_only_field_goes_to_review(make_proposal: MakeProposal) -> None:
     p = make_proposal(changes=[FieldChange(field="email", previous="a@x.example", proposed="b@x.example")])
     route = _policy(AUTO_ALL_FIELD_UPDATES).evaluate(p)
     assert (route.action, route.rule_id) == (Action.REVIEW, "high-risk-field")
-    assert route.explanation == "sent to review: rule auto would auto-apply, but email is a high-risk field"
+    assert route.explanation == (
+        "sent to review: rule auto would auto-apply, but email is a human-only field (email)"
+    )
+
+
+def test_erasing_a_value_goes_to_review_whatever_the_rule(make_proposal: MakeProposal) -> None:
+    p = make_proposal(changes=[FieldChange(field="jobtitle", previous="Engineer", proposed=None)])
+    route = _policy(AUTO_ALL_FIELD_UPDATES).evaluate(p)
+    assert (route.action, route.rule_id) == (Action.REVIEW, "high-risk-field")
+    assert route.explanation.endswith("but jobtitle would be erased")
+
+
+def test_a_kind_carrying_anothers_fields_is_never_auto_applied(make_proposal: MakeProposal) -> None:
+    """The attack of the issue: a 'lifecycle transition' on a defined event that changes the owner and
+    the email. Whatever rule matches it (the default's lifecycle rule), it goes to a human."""
+    changes = [
+        FieldChange(field="hubspot_owner_id", previous="owner-a", proposed="owner-evil"),
+        FieldChange(field="email", previous="a@x.example", proposed="attacker@evil.example"),
+    ]
+    p = make_proposal(kind=ProposalKind.LIFECYCLE_TRANSITION, trigger=Trigger.DEFINED_EVENT, changes=changes)
+    route = Policy.load().evaluate(p)
+    assert (route.action, route.rule_id) == (Action.REVIEW, "fields-not-of-kind")
+    assert (
+        "a lifecycle_transition may not change hubspot_owner_id (owner), email (email)" in route.explanation
+    )
 
 
 def test_high_risk_evidence_goes_to_review(make_proposal: MakeProposal) -> None:
@@ -52,19 +76,29 @@ def test_high_risk_evidence_goes_to_review(make_proposal: MakeProposal) -> None:
     assert "different_email_domains" in route.explanation
 
 
-def test_allow_high_risk_lets_a_rule_auto_apply_it(make_proposal: MakeProposal) -> None:
-    policy = _policy(
-        AUTO_ALL_FIELD_UPDATES.replace("action: auto_apply", "action: auto_apply\n    allow_high_risk: true")
+def test_allow_high_risk_lets_a_rule_auto_apply_the_documents_own_fields(make_proposal: MakeProposal) -> None:
+    body = AUTO_ALL_FIELD_UPDATES.replace("{kind: [field_update]}", "{kind: [field_update], fields: [phone]}")
+    phone = make_proposal(changes=[FieldChange(field="phone", previous=None, proposed="+1 555")])
+    assert _policy("high_risk_fields: [phone]\n" + body).evaluate(phone).rule_id == "high-risk-field"
+    allowed = body.replace("action: auto_apply", "action: auto_apply\n    allow_high_risk: true")
+    assert _policy("high_risk_fields: [phone]\n" + allowed).evaluate(phone).action is Action.AUTO_APPLY
+
+
+def test_allow_high_risk_that_would_reach_a_human_only_field_is_refused_at_load() -> None:
+    allowed = AUTO_ALL_FIELD_UPDATES.replace(
+        "action: auto_apply", "action: auto_apply\n    allow_high_risk: true"
     )
-    p = make_proposal(changes=[FieldChange(field="email", previous=None, proposed="b@x.example")])
-    assert policy.evaluate(p).action is Action.AUTO_APPLY
+    with pytest.raises(PolicyError, match=r"p\.yaml:4: rule 'auto': allow_high_risk would let field updates"):
+        _policy(allowed)
 
 
 def test_high_risk_lists_are_configurable(make_proposal: MakeProposal) -> None:
     policy = _policy("high_risk_fields: [jobtitle]\n" + AUTO_ALL_FIELD_UPDATES)
     assert policy.evaluate(make_proposal()).rule_id == "high-risk-field"
     email = make_proposal(changes=[FieldChange(field="email", previous=None, proposed="b@x.example")])
-    assert policy.evaluate(email).action is Action.AUTO_APPLY
+    assert policy.evaluate(email).rule_id == "high-risk-field"  # human-only whatever the list
+    other = make_proposal(changes=[FieldChange(field="phone", previous=None, proposed="+1 555")])
+    assert policy.evaluate(other).action is Action.AUTO_APPLY
 
 
 def test_default_lifecycle_rule_auto_applies_despite_the_high_risk_stage_field(

@@ -306,7 +306,7 @@ def test_document_defaults() -> None:
     document = PolicyDocument(version="1", rules=[])
     assert document.default is Action.REVIEW
     assert document.default_review == ReviewOptions()
-    assert document.high_risk_fields == ["lifecyclestage", "hubspot_owner_id", "email"]
+    assert document.high_risk_fields == []
     assert document.high_risk_evidence == ["different_email_domains"]
 
 
@@ -338,3 +338,80 @@ def test_duplicate_rule_ids_are_refused_by_name() -> None:
     assert len(PolicyDocument(version="1", rules=rules).rules) == 2
     with pytest.raises(ValidationError, match="rule 'a': duplicate rule id"):
         PolicyDocument(version="1", rules=[*rules, Rule(id="a", action=Action.REVIEW)])
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"kind": ["field_update"], "fields": ["jobtitle", "email"]},
+        {"kind": ["field_update"], "proposed_values": {"email": ["x@y.example"]}},
+        {"kind": ["field_update"], "previous_values": {"hubspot_owner_id": ["owner-1"]}},
+    ],
+)
+def test_an_auto_apply_rule_naming_a_human_only_field_is_refused(when: dict[str, object]) -> None:
+    with pytest.raises(
+        ValidationError, match=r"would auto-apply (email|hubspot_owner_id): a human-only field"
+    ):
+        Rule.model_validate({"id": "r", "when": when, "action": "auto_apply"})
+    # Reviewing or rejecting them is fine.
+    assert Rule.model_validate({"id": "r", "when": when, "action": "review"}).action is Action.REVIEW
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        (
+            {"kind": ["field_update"]},
+            r"let field updates auto-apply Email, email, hs_additional_emails \(human-only",
+        ),
+        ({}, "would auto-apply merge, owner_reassignment"),
+        ({"kind": ["lifecycle_transition"]}, r"limit the rule's trigger to \[defined_event\]"),
+        (
+            {"kind": ["lifecycle_transition"], "trigger": ["defined_event", "ai_score"]},
+            r"allow_high_risk auto-applies lifecyclestage only when triggered by a defined_event",
+        ),
+        (
+            {"kind": ["lifecycle_transition", "email_verification"], "trigger": ["ai_score"]},
+            "lifecyclestage only when triggered",
+        ),
+    ],
+)
+def test_allow_high_risk_beyond_the_permitted_exception_is_refused(
+    when: dict[str, object], message: str
+) -> None:
+    rule = {"id": "r", "when": when, "action": "auto_apply", "allow_high_risk": True}
+    with pytest.raises(ValidationError, match=message):
+        Rule.model_validate(rule)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        {"kind": ["lifecycle_transition"], "trigger": ["defined_event"]},
+        {"kind": ["email_verification"]},
+        {"kind": ["field_update"], "fields": ["phone"]},
+        {"kind": ["field_update", "lifecycle_transition"], "fields": ["phone"], "trigger": ["defined_event"]},
+    ],
+)
+def test_allow_high_risk_within_the_permitted_exception_is_accepted(when: dict[str, object]) -> None:
+    rule = Rule.model_validate({"id": "r", "when": when, "action": "auto_apply", "allow_high_risk": True})
+    assert rule.allow_high_risk is True
+    # Without auto_apply there is nothing to allow: a review rule may say it.
+    assert (
+        Rule.model_validate({"id": "r", "action": "review", "allow_high_risk": True}).action is Action.REVIEW
+    )
+
+
+def test_the_lifecycle_exception_names_every_lifecycle_stage_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    from changegate.core import field_risk
+
+    monkeypatch.setenv("CHANGEGATE_CRM_FIELDS", '{"stage__c": "lifecycle_stage"}')
+    field_risk.table.cache_clear()
+    try:
+        rule = {"id": "r", "when": {"kind": ["lifecycle_transition"]}, "action": "auto_apply"}
+        with pytest.raises(
+            ValidationError, match=r"auto-applies lifecyclestage, stage__c only when triggered"
+        ):
+            Rule.model_validate({**rule, "allow_high_risk": True})
+    finally:
+        field_risk.table.cache_clear()

@@ -17,8 +17,10 @@ from changegate.core.contracts import (
     FieldChange,
     Proposal,
     ProposalKind,
+    ReviewRequest,
 )
 from changegate.core.signing import (
+    REPROPOSAL_PREFIX,
     SignatureRefusedError,
     SigningKey,
     TrustedKey,
@@ -44,8 +46,20 @@ def _refused(reason: str, call: Callable[[], object]) -> None:
     assert info.value.reason == reason
 
 
-def test_a_signed_decision_verifies_and_names_its_signer(make_decision: Callable[..., Decision]) -> None:
-    decision = KEYS["policy"].sign(make_decision())
+@pytest.fixture
+def signed_decision(
+    make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision]
+) -> Callable[..., Decision]:
+    """``make_decision`` of a proposal the detector signed (what executes must be one)."""
+
+    def build(kind: ProposalKind = ProposalKind.FIELD_UPDATE, **overrides: object) -> Decision:
+        return make_decision(proposal=KEYS["detector"].sign(make_proposal(kind=kind)), **overrides)
+
+    return build
+
+
+def test_a_signed_decision_verifies_and_names_its_signer(signed_decision: Callable[..., Decision]) -> None:
+    decision = KEYS["policy"].sign(signed_decision())
     assert decision.signature is not None
     assert decision.signature.key_id == "policy-1"
     assert VERIFIER.decision(decision) == "policy"
@@ -73,55 +87,73 @@ def test_every_way_of_breaking_a_signature_is_refused(make_decision: Callable[..
     _refused("bad_signature", lambda: VERIFIER.decision(relabelled))  # the key belongs to policy
 
 
+NOT_ALLOWED = "signer_not_allowed"
+
+
 @pytest.mark.parametrize(
-    ("signer", "kind", "outcome", "by", "allowed"),
+    ("signer", "kind", "outcome", "by", "refusal"),
     [
-        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "policy", True),
-        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "policy", True),
-        ("policy", ProposalKind.MERGE, DecisionOutcome.AUTO_APPROVED, "policy", False),
-        ("policy", ProposalKind.OWNER_REASSIGNMENT, DecisionOutcome.AUTO_APPROVED, "policy", False),
-        ("policy", ProposalKind.MERGE, DecisionOutcome.REJECTED, "policy", True),
-        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
-        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", False),
-        ("review-api", ProposalKind.MERGE, DecisionOutcome.APPROVED, "human", True),
-        ("review-api", ProposalKind.OWNER_REASSIGNMENT, DecisionOutcome.APPROVED_WITH_CHANGES, "human", True),
-        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "human", True),
-        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.EXPIRED, "system", True),
-        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "policy", False),
-        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "system", False),
-        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", False),
-        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", True),
-        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
-        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.EXPIRED, "system", False),
-        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "human", False),
-        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "system", False),
-        ("executor", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", False),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "policy", None),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "policy", None),
+        ("policy", ProposalKind.MERGE, DecisionOutcome.AUTO_APPROVED, "policy", "human_required"),
+        (
+            "policy",
+            ProposalKind.OWNER_REASSIGNMENT,
+            DecisionOutcome.AUTO_APPROVED,
+            "policy",
+            "human_required",
+        ),
+        ("policy", ProposalKind.MERGE, DecisionOutcome.REJECTED, "policy", None),
+        (
+            "policy",
+            ProposalKind.LIFECYCLE_TRANSITION,
+            DecisionOutcome.AUTO_APPROVED,
+            "policy",
+            "guarded_field",
+        ),
+        ("policy", ProposalKind.EMAIL_VERIFICATION, DecisionOutcome.AUTO_APPROVED, "policy", None),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", NOT_ALLOWED),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", NOT_ALLOWED),
+        ("review-api", ProposalKind.MERGE, DecisionOutcome.APPROVED, "human", None),
+        ("review-api", ProposalKind.OWNER_REASSIGNMENT, DecisionOutcome.APPROVED_WITH_CHANGES, "human", None),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "human", None),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.EXPIRED, "system", None),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "policy", NOT_ALLOWED),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "system", NOT_ALLOWED),
+        ("review-api", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", NOT_ALLOWED),
+        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.SUPERSEDED, "system", None),
+        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", NOT_ALLOWED),
+        ("detector", ProposalKind.FIELD_UPDATE, DecisionOutcome.EXPIRED, "system", NOT_ALLOWED),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.REJECTED, "human", NOT_ALLOWED),
+        ("policy", ProposalKind.FIELD_UPDATE, DecisionOutcome.AUTO_APPROVED, "system", NOT_ALLOWED),
+        ("executor", ProposalKind.FIELD_UPDATE, DecisionOutcome.APPROVED, "human", NOT_ALLOWED),
     ],
 )
 def test_who_may_sign_what(
-    make_proposal: Callable[..., Proposal],
-    make_decision: Callable[..., Decision],
+    signed_decision: Callable[..., Decision],
     policy_decider: Decider,
     signer: str,
     kind: ProposalKind,
     outcome: DecisionOutcome,
     by: str,
-    allowed: bool,
+    refusal: str | None,
 ) -> None:
     decider = {"policy": policy_decider, "human": HUMAN, "system": SYSTEM}[by]
-    decision = make_decision(proposal=make_proposal(kind=kind), outcome=outcome, decided_by=decider)
-    assert (may_sign(signer, decision) is None) is allowed
+    decision = signed_decision(kind, outcome=outcome, decided_by=decider)
+    assert (may_sign(signer, decision) is None) is (refusal is None)
     signed = KEYS[signer].sign(decision)
-    if allowed:
+    if refusal is None:
         assert VERIFIER.decision(signed) == signer
     else:
-        _refused("signer_not_allowed", lambda: VERIFIER.decision(signed))
+        _refused(refusal, lambda: VERIFIER.decision(signed))
 
 
 def test_an_execution_must_be_the_executors_of_a_properly_signed_decision(
-    make_execution: Callable[..., Execution], make_decision: Callable[..., Decision]
+    make_execution: Callable[..., Execution],
+    make_decision: Callable[..., Decision],
+    signed_decision: Callable[..., Decision],
 ) -> None:
-    decision = KEYS["policy"].sign(make_decision())
+    decision = KEYS["policy"].sign(signed_decision())
     execution = KEYS["executor"].sign(make_execution(decision=decision))
     assert VERIFIER.execution(execution) == "executor"
     _refused("signer_not_allowed", lambda: VERIFIER.execution(KEYS["policy"].sign(execution)))
@@ -225,14 +257,17 @@ def test_a_signing_key_needs_an_id_and_a_separator() -> None:
             SigningKey.parse(text, "policy")
 
 
-def test_dev_keys_give_every_signer_a_trusted_key(make_decision: Callable[..., Decision]) -> None:
+def test_dev_keys_give_every_signer_a_trusted_key(signed_decision: Callable[..., Decision]) -> None:
     settings, trusted = dev_keys()
     assert set(settings) == {"policy", "review-api", "detector", "executor"}
     assert set(trusted) == {"policy-dev", "review-api-dev", "detector-dev", "executor-dev"}
     assert {k: t.signer for k, t in trusted.items()} == {f"{s}-dev": s for s in settings}
     key = SigningKey.parse(settings["policy"], "policy")
     assert key.key_id == "policy-dev"
-    assert Verifier(trusted).decision(key.sign(make_decision())) == "policy"
+    detector = SigningKey.parse(settings["detector"], "detector")
+    decision = signed_decision()
+    decision = decision.model_copy(update={"proposal": detector.sign(decision.proposal)})
+    assert Verifier(trusted).decision(key.sign(decision)) == "policy"
     assert set(dev_keys("x")[1]) == {"policy-x", "review-api-x", "detector-x", "executor-x"}
 
 
@@ -243,3 +278,172 @@ def test_an_executions_decision_must_be_one_its_signer_may_make(
     by_detector = KEYS["detector"].sign(approval)  # the detector may only supersede
     execution = KEYS["executor"].sign(make_execution(decision=by_detector))
     _refused("signer_not_allowed", lambda: VERIFIER.execution(execution))
+
+
+# --- proposals and review requests ------------------------------------------------------------------
+
+
+def test_a_proposal_is_the_detectors_or_an_executors_re_proposal(
+    make_proposal: Callable[..., Proposal],
+) -> None:
+    proposal = make_proposal()
+    assert VERIFIER.proposal(KEYS["detector"].sign(proposal)) == "detector"
+    _refused("unsigned", lambda: VERIFIER.proposal(proposal))
+    _refused("signer_not_allowed", lambda: VERIFIER.proposal(KEYS["policy"].sign(proposal)))
+    _refused("signer_not_allowed", lambda: VERIFIER.proposal(KEYS["review-api"].sign(proposal)))
+    # The executor signs only what it sends back to review after a conflict.
+    _refused("signer_not_allowed", lambda: VERIFIER.proposal(KEYS["executor"].sign(proposal)))
+    source = proposal.source.model_copy(update={"event_id": f"{REPROPOSAL_PREFIX}d-1"})
+    again = KEYS["executor"].sign(proposal.model_copy(update={"source": source}))
+    assert VERIFIER.proposal(again) == "executor"
+    # Where only the detector's are accepted (policy), a re-proposal is not.
+    _refused("signer_not_allowed", lambda: VERIFIER.proposal(again, frozenset({"detector"})))
+    tampered = KEYS["detector"].sign(proposal).model_copy(update={"confidence": 1.0})
+    _refused("bad_signature", lambda: VERIFIER.proposal(tampered))
+
+
+def test_a_kind_changes_only_its_own_fields_even_when_signed(make_proposal: Callable[..., Proposal]) -> None:
+    owner = FieldChange(field="hubspot_owner_id", previous="owner-a", proposed="owner-evil")
+    email = FieldChange(field="email", previous="a@x.example", proposed="attacker@evil.example")
+    disguised = KEYS["detector"].sign(
+        make_proposal(kind=ProposalKind.LIFECYCLE_TRANSITION, changes=[owner, email])
+    )
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.proposal(disguised)
+    assert info.value.reason == "fields_not_of_kind"
+    assert info.value.detail == (
+        "a lifecycle_transition may not change hubspot_owner_id (owner), email (email)"
+    )
+    as_field_update = KEYS["detector"].sign(make_proposal(changes=[owner]))
+    _refused("fields_not_of_kind", lambda: VERIFIER.proposal(as_field_update))
+
+
+def test_what_executes_must_be_a_signed_proposal(
+    make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision]
+) -> None:
+    unsigned = KEYS["policy"].sign(make_decision(proposal=make_proposal()))
+    before = _refusals("decision", "proposal_unsigned")
+    _refused("proposal_unsigned", lambda: VERIFIER.decision(unsigned))
+    assert _refusals("decision", "proposal_unsigned") == before + 1
+    by_policy = KEYS["policy"].sign(make_decision(proposal=KEYS["policy"].sign(make_proposal())))
+    _refused("proposal_signer_not_allowed", lambda: VERIFIER.decision(by_policy))
+    # A decision that executes nothing needs no signed proposal (a retirement of an old one).
+    rejected = make_decision(outcome=DecisionOutcome.REJECTED, proposal=make_proposal())
+    assert VERIFIER.decision(KEYS["policy"].sign(rejected)) == "policy"
+
+
+def test_a_policy_decision_cannot_change_what_it_decides(
+    make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision]
+) -> None:
+    proposal = KEYS["detector"].sign(make_proposal())
+    owner = FieldChange(field="hubspot_owner_id", previous="owner-a", proposed="owner-evil")
+    other = FieldChange(field="jobtitle", previous=None, proposed="EVIL")
+    for final in ([owner], [other], [*proposal.changes, other], []):
+        decision = KEYS["policy"].sign(
+            make_decision(proposal=proposal).model_copy(update={"final_changes": final})
+        )
+        with pytest.raises(SignatureRefusedError) as info:
+            VERIFIER.decision(decision)
+        assert info.value.reason == "changes_differ"
+
+
+def test_a_human_may_change_proposed_values_only(
+    make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision]
+) -> None:
+    proposal = KEYS["detector"].sign(make_proposal())
+    [change] = proposal.changes
+
+    def approval(outcome: DecisionOutcome, *final: FieldChange) -> Decision:
+        decision = make_decision(proposal=proposal, outcome=outcome, decided_by=HUMAN)
+        return KEYS["review-api"].sign(decision.model_copy(update={"final_changes": list(final)}))
+
+    other_value = change.model_copy(update={"proposed": "CTO"})
+    assert VERIFIER.decision(approval(DecisionOutcome.APPROVED_WITH_CHANGES, other_value)) == "review-api"
+    assert VERIFIER.decision(approval(DecisionOutcome.APPROVED, change)) == "review-api"
+    _refused("changes_differ", lambda: VERIFIER.decision(approval(DecisionOutcome.APPROVED, other_value)))
+    other_field = other_value.model_copy(update={"field": "hubspot_owner_id"})
+    other_previous = other_value.model_copy(update={"previous": "Engineer"})
+    for final in ([other_field], [other_previous], [other_value, other_field]):
+        with pytest.raises(SignatureRefusedError) as info:
+            VERIFIER.decision(approval(DecisionOutcome.APPROVED_WITH_CHANGES, *final))
+        assert info.value.reason == "changes_differ"
+
+
+def test_a_review_request_is_policys_route_or_the_executors_conflict(
+    make_proposal: Callable[..., Proposal], policy_decider: Decider
+) -> None:
+    detected = KEYS["detector"].sign(make_proposal())
+    routed = ReviewRequest(proposal=detected, routed_by=policy_decider, explanation="needs a human")
+    assert VERIFIER.review_request(KEYS["policy"].sign(routed)) == "policy"
+    _refused("unsigned", lambda: VERIFIER.review_request(routed))
+    _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["detector"].sign(routed)))
+    _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["executor"].sign(routed)))
+    unsigned_proposal = routed.model_copy(update={"proposal": make_proposal()})
+    _refused("proposal_unsigned", lambda: VERIFIER.review_request(KEYS["policy"].sign(unsigned_proposal)))
+
+    source = detected.source.model_copy(update={"event_id": f"{REPROPOSAL_PREFIX}d-1"})
+    again = KEYS["executor"].sign(make_proposal(source=source))
+    conflict = ReviewRequest(
+        proposal=again, routed_by=Decider(kind="system", identity="executor"), explanation="conflict"
+    )
+    assert VERIFIER.review_request(KEYS["executor"].sign(conflict)) == "executor"
+    # Policy routes the detector's proposals, not the executor's; the executor only its own.
+    _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["policy"].sign(conflict)))
+    as_policy = conflict.model_copy(update={"routed_by": policy_decider})
+    _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["policy"].sign(as_policy)))
+    detected_conflict = conflict.model_copy(update={"proposal": detected})
+    _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["executor"].sign(detected_conflict)))
+
+
+def test_a_refusal_checked_again_alone_is_counted_once(make_proposal: Callable[..., Proposal]) -> None:
+    before = _refusals("proposal", "unsigned")
+    _refused("unsigned", lambda: VERIFIER.proposal(make_proposal(), count=False))
+    assert _refusals("proposal", "unsigned") == before
+    _refused("unsigned", lambda: VERIFIER.proposal(make_proposal()))
+    assert _refusals("proposal", "unsigned") == before + 1
+
+
+def test_the_executors_re_proposals_are_those_of_a_conflict(make_proposal: Callable[..., Proposal]) -> None:
+    proposal = make_proposal()
+    source = proposal.source.model_copy(update={"event_id": "conflict:0d5b7a5e"})
+    assert (
+        VERIFIER.proposal(KEYS["executor"].sign(proposal.model_copy(update={"source": source}))) == "executor"
+    )
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.proposal(KEYS["executor"].sign(proposal))
+    assert info.value.detail == "the executor signs only its re-proposals after a conflict"
+
+
+def test_refusals_say_why(
+    make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision]
+) -> None:
+    proposal = KEYS["detector"].sign(make_proposal())
+    decision = make_decision(
+        proposal=proposal, outcome=DecisionOutcome.APPROVED_WITH_CHANGES, decided_by=HUMAN
+    )
+    moved = decision.model_copy(
+        update={"final_changes": [FieldChange(field="email", previous=None, proposed="x@y.example")]}
+    )
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(KEYS["review-api"].sign(moved))
+    assert info.value.detail == "an approval with changes may change proposed values only"
+    approved = make_decision(proposal=proposal, outcome=DecisionOutcome.APPROVED, decided_by=HUMAN)
+    changed = approved.model_copy(update={"final_changes": []})
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(KEYS["review-api"].sign(changed))
+    assert info.value.detail == "an approved decision must apply the proposal's changes"
+
+
+def test_review_request_refusals_are_counted_as_review_requests(
+    make_proposal: Callable[..., Proposal], policy_decider: Decider
+) -> None:
+    detected = KEYS["detector"].sign(make_proposal())
+    request = ReviewRequest(proposal=detected, routed_by=policy_decider, explanation="x")
+    for reason, bad in (
+        ("unsigned", request),
+        ("proposal_unsigned", KEYS["policy"].sign(request.model_copy(update={"proposal": make_proposal()}))),
+        ("signer_not_allowed", KEYS["detector"].sign(request)),
+    ):
+        before = _refusals("review_request", reason)
+        _refused(reason, lambda bad=bad: VERIFIER.review_request(bad))  # type: ignore[misc]
+        assert _refusals("review_request", reason) == before + 1, reason

@@ -149,11 +149,18 @@ class DevStack:
     def env(self, name: str) -> dict[str, str]:
         assert self.kafka is not None
         assert self.database_url is not None
+        # Each service as its own role, on a schema `changegate migrate` brought up to date; a
+        # service without a role (ingest) gets no DSN at all, not even one inherited from here.
+        inherited = {k: v for k, v in os.environ.items() if k != "CHANGEGATE_DATABASE_URL"}
+        database = (
+            {"CHANGEGATE_DATABASE_URL": role_dsn(self.database_url, name, self.role_passwords[name])}
+            if name in ROLES
+            else {}
+        )
         return {
-            **os.environ,
+            **inherited,
             "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS": self.kafka,
-            # Each service as its own role, on a schema `changegate migrate` brought up to date.
-            "CHANGEGATE_DATABASE_URL": role_dsn(self.database_url, name, self.role_passwords[name]),
+            **database,
             "CHANGEGATE_MIGRATE_ON_START": "false",
             "CHANGEGATE_TOPIC_PREFIX": self.topic_prefix,
             "CHANGEGATE_HTTP_HOST": "127.0.0.1",

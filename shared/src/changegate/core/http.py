@@ -6,16 +6,19 @@ declares; an unexpected failure is a 500 problem, logged with its traceback, nev
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Annotated, Any
 
+import h11
 from changegate.core.logging import get_logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = get_logger(__name__)
 
@@ -203,3 +206,23 @@ def harden(app: FastAPI, max_body_bytes: int) -> FastAPI:
     _document_problems(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     return app
+
+
+class ProblemH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, answering what its parser refuses before any app runs (a
+    malformed request line, header or Content-Length, headers over the size limit) with a 400
+    problem+json instead of plain text. Pass it as ``uvicorn.Config(http=...)``."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps(
+            Problem(title=HTTPStatus(400).phrase, status=400, detail=msg).model_dump(exclude_none=True)
+        ).encode()
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        response = h11.Response(status_code=400, headers=headers, reason=HTTPStatus(400).phrase.encode())
+        for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()

@@ -27,7 +27,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
-from changegate.core import metrics
+from changegate.core import decompression, metrics
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
 from changegate.core.errors import MessageRefusedError as MessageRefusedError  # re-exported
 from changegate.core.errors import TransientError
@@ -46,6 +46,7 @@ from tenacity import (
 
 log = get_logger(__name__)
 _T = TypeVar("_T")
+decompression.install()  # every aiokafka consumer of the process: bounded before aiokafka inflates
 
 Handler = Callable[[Envelope[Any]], Awaitable[None]]
 # What a batch handler refuses for good, by position in its batch: dead-lettered with the reason,
@@ -183,6 +184,24 @@ def screen(
     return refused, passed
 
 
+async def screen_more(
+    refused: dict[int, MessageRefusedError],
+    passed: list[tuple[int, Any]],
+    check: Callable[[Any], Awaitable[object]],
+) -> list[tuple[int, Any]]:
+    """``screen`` again, with an async ``check`` (e.g. one that asks the database): what it refuses
+    joins ``refused``; the rest is returned."""
+    still: list[tuple[int, Any]] = []
+    for n, payload in passed:
+        try:
+            await check(payload)
+        except MessageRefusedError as exc:
+            refused[n] = exc
+            continue
+        still.append((n, payload))
+    return still
+
+
 async def handle_one(handler: BatchHandler, envelope: Envelope[Any]) -> None:
     """A batch handler on one message; what it refuses is raised."""
     refused = await handler([envelope])
@@ -261,6 +280,7 @@ class MessageProcessor:
         self.by_topic = {self.names(s.topic): s for s in subscriptions}
         self.producer = producer
         self.stop = stop
+        decompression.set_limit(settings.kafka_max_decompressed_batch_bytes)
         self.limits = MessageLimits(
             max_bytes=settings.message_max_bytes,
             max_depth=settings.message_max_depth,
@@ -343,6 +363,10 @@ class MessageProcessor:
         await self.dead_letter(record, "handler_error", f"{type(exc).__name__}: {exc}")
 
     async def _decode(self, record: Record) -> Envelope[Any] | None:
+        refused = decompression.refused_batch(record.value)
+        if refused is not None:  # a batch screened out before aiokafka decompressed it
+            await self.dead_letter(record, *refused)
+            return None
         try:
             return decode(record.value, set(self.by_topic[record.topic].event_types), self.limits)
         except UnknownEventError as exc:

@@ -63,12 +63,15 @@ async def enqueue_many(
     """Add (topic, key, envelope) messages in one round trip; call inside the transaction."""
     if not messages:
         return
-    await conn.copy_records_to_table(
-        "changegate_outbox",
-        columns=("service", "topic", "key", "value"),
-        records=[
-            (service, topic, key.encode() if key else None, encode(env)) for topic, key, env in messages
-        ],
+    # One INSERT of arrays, not COPY: PostgreSQL refuses COPY into a table with row-level security
+    # (each service owns its outbox rows). Ids follow the messages' order.
+    await conn.execute(
+        "INSERT INTO changegate_outbox (service, topic, key, value) SELECT $1, t, k, v"
+        " FROM unnest($2::text[], $3::bytea[], $4::bytea[]) WITH ORDINALITY AS m(t, k, v, n) ORDER BY n",
+        service,
+        [topic for topic, _, _ in messages],
+        [key.encode() if key else None for _, key, _ in messages],
+        [encode(env) for _, _, env in messages],
     )
     await conn.execute("SELECT pg_notify($1, '')", _channel(service))
 

@@ -1,7 +1,12 @@
 """Least privilege in PostgreSQL: migrations run as the owner (`changegate migrate`); each service
 runs as its own login role that may touch only its own tables, in only the ways it needs. The audit
 role may INSERT and SELECT the log and nothing else: not being the owner, it cannot ALTER the
-table, DISABLE its triggers, TRUNCATE or DELETE."""
+table, DISABLE its triggers, TRUNCATE or DELETE.
+
+The shared tables are shared by rows: row-level security (core migration 0006) keeps each role to
+its own idempotency claims and outbox rows. API tokens are written by the owner only; the services
+that authenticate them read them and record a token's last use through ``changegate_token_used``.
+Ingest has no role: it has no database."""
 
 from __future__ import annotations
 
@@ -22,8 +27,19 @@ CORE = {
     "changegate_outbox_failed": ("SELECT", "INSERT"),
     "changegate_migrations": ("SELECT",),
 }
-# Services with an API: authenticate tokens (and stamp their last use).
-TOKENS = {"changegate_api_tokens": ("SELECT", "UPDATE")}
+# Services with an API: authenticate tokens; their last use only through this function.
+TOKENS = {"changegate_api_tokens": ("SELECT",)}
+TOKEN_USED = "changegate_token_used(text)"
+# Tables of one service that others read: the policy versions the executor and audit check.
+SHARED: dict[str, dict[str, tuple[str, ...]]] = {
+    "changegate_policy_versions": {
+        "policy": ("SELECT", "INSERT"),
+        "executor": ("SELECT",),
+        "audit": ("SELECT",),
+    },
+}
+# Roles earlier versions made that no service runs as any more: left without login or grants.
+RETIRED = ("changegate_ingest",)
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,6 @@ ROLES = {
         ServiceRole("review-api", ("review_",), api=True),
         ServiceRole("executor", ("executor_", "sandbox_crm_")),
         ServiceRole("audit", ("audit_",), privileges=("SELECT", "INSERT"), api=True),
-        ServiceRole("ingest", (), api=True),
     )
 }
 
@@ -97,6 +112,9 @@ async def ensure_roles(conn: DbConn, passwords: dict[str, str] | None = None) ->
             await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {_ident(role.name)}")
             await conn.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {_ident(role.name)}")
             wanted: dict[str, tuple[str, ...]] = {**CORE, **(TOKENS if role.api else {})}
+            wanted |= {
+                table: grants[role.service] for table, grants in SHARED.items() if role.service in grants
+            }
             for table in tables:
                 if role.table_prefixes and table.startswith(role.table_prefixes):
                     wanted[table] = role.privileges
@@ -109,9 +127,30 @@ async def ensure_roles(conn: DbConn, passwords: dict[str, str] | None = None) ->
             for sequence, owner_table in sequences.items():  # serial ids of tables it inserts into
                 if "INSERT" in wanted.get(owner_table, ()):
                     await conn.execute(f"GRANT USAGE ON SEQUENCE {_ident(sequence)} TO {_ident(role.name)}")
+            if await conn.fetchval("SELECT to_regprocedure($1)", TOKEN_USED) is not None:
+                grant = "GRANT {} TO {}" if role.api else "REVOKE {} FROM {}"
+                await conn.execute(grant.format(f"EXECUTE ON FUNCTION {TOKEN_USED}", _ident(role.name)))
+                if role.api:
+                    grants.append(f"{TOKEN_USED}: EXECUTE")
             granted[role.name] = grants
             log.info("role granted", role=role.name, grants=grants)
+        for name in RETIRED:
+            await _retire(conn, name, database)
     return granted
+
+
+async def _retire(conn: DbConn, name: str, database: str) -> None:
+    """A role no service runs as any more keeps nothing: no login, no grant on our objects."""
+    if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name):
+        return
+    role = _ident(name)
+    await conn.execute(f"ALTER ROLE {role} NOLOGIN")
+    await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+    await conn.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}")
+    await conn.execute(f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM {role}")
+    await conn.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
+    await conn.execute(f"REVOKE ALL ON DATABASE {_ident(database)} FROM {role}")
+    log.info("retired role left without login or grants", role=name)
 
 
 def role_dsn(owner_dsn: str, service: str, password: str | None = None) -> str:

@@ -17,7 +17,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer
 from changegate.core import __version__, metrics
 from changegate.core.db import create_pool, migrate, pending_migrations
-from changegate.core.http import harden, problem, problem_responses
+from changegate.core.http import ProblemH11Protocol, harden, problem, problem_responses
 from changegate.core.kafka import ConsumerLoop, Subscription, ensure_topics, make_producer, start_with_retry
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
@@ -158,6 +158,7 @@ class ServiceRuntime:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                http=ProblemH11Protocol,  # problem+json for what the parser refuses, too
             )
         )
         http = asyncio.create_task(server.serve(), name="http")

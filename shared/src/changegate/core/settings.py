@@ -56,6 +56,12 @@ class CommonSettings(BaseSettings):
     message_max_bytes: int = Field(1_048_576, ge=1024, description="bytes, checked before parsing")
     message_max_depth: int = Field(32, ge=4, description="nesting of JSON objects and arrays")
     message_max_string_length: int = Field(65_536, ge=256, description="characters in any one string")
+    kafka_max_decompressed_batch_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1_048_576,
+        description="a compressed record batch that would decompress to more is refused before it is "
+        "(dead-lettered as decompression_limit); the same for every consumer of the process",
+    )
     http_max_body_bytes: int = Field(
         1_048_576, ge=1024, description="request bodies over this are refused with 413 while read"
     )

@@ -1,10 +1,12 @@
-"""The bus is a trust boundary: decisions and executions are signed by the service that made them
-(Ed25519 over the RFC 8785 canonical JSON of the model without its signature), and consumers accept
-only what a trusted key signed and what that signer may decide.
+"""The bus is a trust boundary: proposals, review requests, decisions and executions are signed by
+the service that made them (Ed25519 over the RFC 8785 canonical JSON of the model without its
+signature), and consumers accept only what a trusted key signed and what that signer may make.
 
-Who may sign what is fixed here, not configurable: review-api signs human decisions (and expiries),
-policy signs its own auto-approvals and rejections but never an executable merge or owner change,
-the detector signs only supersessions, the executor only executions."""
+Who may sign what is fixed here, not configurable: the detector signs proposals (and
+supersessions); policy signs its routes — review requests, rejections, and auto-approvals of
+exactly the proposal's changes, never of a change the field-risk table gives to a human; review-api
+signs human decisions (and expiries); the executor signs executions, and the proposal and review
+request it sends back to review after a compare-and-set conflict."""
 
 from __future__ import annotations
 
@@ -13,7 +15,15 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from changegate.core import canonical as canonical_json
-from changegate.core.contracts import Decision, DecisionOutcome, Execution, ProposalKind, Signature
+from changegate.core import field_risk
+from changegate.core.contracts import (
+    Decision,
+    DecisionOutcome,
+    Execution,
+    Proposal,
+    ReviewRequest,
+    Signature,
+)
 from changegate.core.errors import MessageRefusedError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -21,17 +31,20 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-Signed = TypeVar("Signed", Decision, Execution)
+Signed = TypeVar("Signed", Decision, Execution, Proposal, ReviewRequest)
 
-# Kinds a human must approve, whatever a policy says.
-HUMAN_ONLY_KINDS = frozenset({ProposalKind.MERGE, ProposalKind.OWNER_REASSIGNMENT})
 SIGNERS = ("policy", "review-api", "detector", "executor")
+# Who may sign a proposal: the detector; the executor only its re-proposals after a conflict.
+PROPOSAL_SIGNERS = frozenset({"detector", "executor"})
+REPROPOSAL_PREFIX = "conflict:"  # the source event id of the executor's re-proposals
 
 REFUSED = Counter(
     "changegate_signature_refusals_total",
-    "Decisions and executions refused: unsigned, bad signature, unknown key, signer not allowed",
+    "Messages refused on the bus: unsigned, bad signature, unknown key, signer not allowed, or "
+    "what no signer may decide (a human-only change auto-approved, changes not the proposal's, …)",
     ["event_type", "reason"],
 )
+Refusal = tuple[str, str]  # (reason: a dead letter's and the counter's label, detail)
 
 
 class SignatureRefusedError(MessageRefusedError):
@@ -95,61 +108,161 @@ def canonical(model: BaseModel) -> bytes:
 
 def may_sign(signer: str, decision: Decision) -> str | None:
     """None if ``signer`` may make this decision, else why not."""
-    outcome, kind, by = decision.outcome, decision.proposal.kind, decision.decided_by.kind
+    refusal = decision_refusal(signer, decision)
+    return None if refusal is None else refusal[1]
+
+
+def decision_refusal(
+    signer: str, decision: Decision, fields: field_risk.FieldTable | None = None
+) -> Refusal | None:
+    """Why ``signer`` may not make this decision (None: it may). Beyond who may sign what, a decision
+    cannot change what it decides: an approval carries the proposal's own changes (a human may
+    change the proposed values, never which fields or from what), and no policy auto-approves
+    what the field-risk table gives to a human."""
+    outcome, by = decision.outcome, decision.decided_by.kind
     if signer == "review-api":
         human = by == "human" and outcome in {
             DecisionOutcome.APPROVED,
             DecisionOutcome.APPROVED_WITH_CHANGES,
             DecisionOutcome.REJECTED,
         }
-        if human or (by == "system" and outcome is DecisionOutcome.EXPIRED):
-            return None
-        return f"review-api may not sign a {by} {outcome.value} decision"
+        if not (human or (by == "system" and outcome is DecisionOutcome.EXPIRED)):
+            return "signer_not_allowed", f"review-api may not sign a {by} {outcome.value} decision"
+        return changes_refusal(decision)
     if signer == "policy":
         if by != "policy" or outcome not in {DecisionOutcome.AUTO_APPROVED, DecisionOutcome.REJECTED}:
-            return f"policy may not sign a {by} {outcome.value} decision"
-        if outcome.executes and kind in HUMAN_ONLY_KINDS:
-            return f"policy may never approve a {kind.value}: a human must"
-        return None
+            return "signer_not_allowed", f"policy may not sign a {by} {outcome.value} decision"
+        if not outcome.executes:
+            return None
+        return changes_refusal(decision) or (fields or field_risk.table()).auto_apply_refusal(
+            decision.proposal, decision.final_changes
+        )
     if signer == "detector":
         if by == "system" and outcome is DecisionOutcome.SUPERSEDED:
             return None
-        return f"the detector may only supersede, not sign a {by} {outcome.value} decision"
-    return f"{signer} may not sign decisions"
+        return (
+            "signer_not_allowed",
+            f"the detector may only supersede, not sign a {by} {outcome.value} decision",
+        )
+    return "signer_not_allowed", f"{signer} may not sign decisions"
+
+
+def changes_refusal(decision: Decision) -> Refusal | None:
+    """An approval applies the proposal's changes; approved with changes, other proposed values for
+    the same fields from the same previous values."""
+    final, proposed = decision.final_changes, decision.proposal.changes
+    if decision.outcome is DecisionOutcome.APPROVED_WITH_CHANGES:
+        if [(c.field, c.previous) for c in final] == [(c.field, c.previous) for c in proposed]:
+            return None
+        return "changes_differ", "an approval with changes may change proposed values only"
+    if decision.outcome.executes and final != proposed:
+        return "changes_differ", f"an {decision.outcome.value} decision must apply the proposal's changes"
+    return None
+
+
+def proposal_refusal(signer: str, proposal: Proposal) -> Refusal | None:
+    """Why ``signer`` may not sign this proposal (None: it may)."""
+    if signer == "detector":
+        return None
+    if signer == "executor":
+        if proposal.source.event_id.startswith(REPROPOSAL_PREFIX):
+            return None
+        return "signer_not_allowed", "the executor signs only its re-proposals after a conflict"
+    return "signer_not_allowed", f"{signer} may not sign proposals"
+
+
+def review_request_refusal(signer: str, request: ReviewRequest, proposal_signer: str) -> Refusal | None:
+    """Policy routes the detector's proposals to review; the executor sends its own re-proposals."""
+    routed_by = request.routed_by.kind
+    if signer == "policy" and routed_by == "policy" and proposal_signer == "detector":
+        return None
+    if signer == "executor" and routed_by == "system" and proposal_signer == "executor":
+        return None
+    return (
+        "signer_not_allowed",
+        f"{signer} may not send a {proposal_signer}'s proposal to review as {routed_by}",
+    )
 
 
 class Verifier:
     """Checks signatures against the trusted keys (CHANGEGATE_TRUSTED_KEYS) and signers' rights."""
 
-    def __init__(self, trusted: dict[str, TrustedKey]) -> None:
+    def __init__(self, trusted: dict[str, TrustedKey], fields: field_risk.FieldTable | None = None) -> None:
+        self.fields = fields or field_risk.table()
         self.keys = {
             key_id: (t.signer, Ed25519PublicKey.from_public_bytes(_unb64(t.public_key)))
             for key_id, t in trusted.items()
         }
 
-    def _signer(self, model: BaseModel, signature: Signature | None, event_type: str) -> str:
+    def _signer(
+        self,
+        model: BaseModel,
+        signature: Signature | None,
+        event_type: str,
+        prefix: str = "",
+        count: bool = True,
+    ) -> str:
         if signature is None:
-            raise self._refuse(event_type, "unsigned", "no signature")
+            raise self._refuse(event_type, prefix + "unsigned", "no signature", count)
         known = self.keys.get(signature.key_id)
         if known is None:
-            raise self._refuse(event_type, "unknown_key", f"key {signature.key_id!r} is not trusted")
+            raise self._refuse(
+                event_type, prefix + "unknown_key", f"key {signature.key_id!r} is not trusted", count
+            )
         signer, public = known
         if signer != signature.signer:
-            raise self._refuse(event_type, "bad_signature", f"key {signature.key_id!r} belongs to {signer}")
+            raise self._refuse(
+                event_type, prefix + "bad_signature", f"key {signature.key_id!r} belongs to {signer}", count
+            )
         try:
             public.verify(_unb64(signature.value), canonical(model))
         except (InvalidSignature, ValueError) as exc:
             raise self._refuse(
-                event_type, "bad_signature", "the signature does not match the content"
+                event_type, prefix + "bad_signature", "the signature does not match the content", count
             ) from exc
         return signer
 
     def decision(self, decision: Decision) -> str:
-        """The signer of a decision it may make; else SignatureRefusedError."""
+        """The signer of a decision it may make; else SignatureRefusedError. What executes must
+        also be a proposal its producer signed: a signer of decisions cannot invent the change."""
         signer = self._signer(decision, decision.signature, "decision")
-        why_not = may_sign(signer, decision)
-        if why_not is not None:
-            raise self._refuse("decision", "signer_not_allowed", why_not)
+        refusal = decision_refusal(signer, decision, self.fields)
+        if refusal is not None:
+            raise self._refuse("decision", *refusal)
+        if decision.outcome.executes:
+            self.proposal(decision.proposal, event_type="decision")
+        return signer
+
+    def proposal(
+        self,
+        proposal: Proposal,
+        signers: frozenset[str] = PROPOSAL_SIGNERS,
+        event_type: str = "proposal",
+        count: bool = True,
+    ) -> str:
+        """The signer of a proposal, one of ``signers``, whose kind changes only its own fields.
+        ``count=False`` when the same message will be checked again alone (a batch that fails is
+        retried message by message), so a refusal is counted once."""
+        prefix = "" if event_type == "proposal" else "proposal_"
+        signer = self._signer(proposal, proposal.signature, event_type, prefix, count)
+        refusal = proposal_refusal(signer, proposal)
+        if refusal is None and signer not in signers:
+            refusal = "signer_not_allowed", f"a proposal signed by {signer} is not accepted here"
+        if refusal is None:
+            wrong = self.fields.kind_refusal(proposal.kind, proposal.changes)
+            refusal = ("fields_not_of_kind", wrong) if wrong else None
+        if refusal is not None:
+            raise self._refuse(event_type, prefix + refusal[0], refusal[1], count)
+        return signer
+
+    def review_request(self, request: ReviewRequest) -> str:
+        """A review request signed by policy (a detector's proposal) or by the executor (its own
+        re-proposal after a conflict)."""
+        signer = self._signer(request, request.signature, "review_request")
+        proposal_signer = self.proposal(request.proposal, event_type="review_request")
+        refusal = review_request_refusal(signer, request, proposal_signer)
+        if refusal is not None:
+            raise self._refuse("review_request", *refusal)
         return signer
 
     def execution(self, execution: Execution) -> str:
@@ -161,8 +274,9 @@ class Verifier:
         return signer
 
     @staticmethod
-    def _refuse(event_type: str, reason: str, detail: str) -> SignatureRefusedError:
-        REFUSED.labels(event_type=event_type, reason=reason).inc()
+    def _refuse(event_type: str, reason: str, detail: str, count: bool = True) -> SignatureRefusedError:
+        if count:
+            REFUSED.labels(event_type=event_type, reason=reason).inc()
         return SignatureRefusedError(reason, detail)
 
 

@@ -10,13 +10,14 @@ from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verif
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import append_executions, record_decisions
 from changegate.core import __version__
-from changegate.core.auth import Authenticator, Viewer
+from changegate.core.auth import Authenticator, UnscopedViewer
 from changegate.core.contracts import AuditEntry, ExecutionStatus
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_events
 from changegate.core.http import MAX_BIGINT, Name, problem_responses
-from changegate.core.kafka import Refusals, Subscription, screen
+from changegate.core.kafka import Refusals, Subscription, screen, screen_more
 from changegate.core.logging import get_logger
+from changegate.core.policy_versions import RecordedPolicies
 from changegate.core.service import Consumer, Context, Parts, Service, ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic
@@ -34,10 +35,12 @@ class AuditConsumer:
 
     def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
         self.pool, self.verifier = pool, verifier
+        self.policies = RecordedPolicies(pool)
 
     async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
-        # A forged decision never reaches the log.
+        # A forged decision never reaches the log, nor one of a policy version never loaded.
         refused, decisions = screen(envelopes, self.verifier.decision)
+        decisions = await screen_more(refused, decisions, self.policies.check)
         if decisions:
             async with self.pool.acquire() as conn, conn.transaction():
                 kept = await record_decisions(conn, [d for _, d in decisions])
@@ -46,8 +49,11 @@ class AuditConsumer:
         return refused
 
     async def on_executions(self, envelopes: list[Envelope[Any]]) -> Refusals:
-        # Signed by the executor, of a properly signed decision.
+        # Signed by the executor, of a properly signed decision of a recorded policy version.
         refused, executions = screen(envelopes, self.verifier.execution)
+        executions = await screen_more(
+            refused, executions, lambda e: self.policies.check(e.decision, "execution")
+        )
         if not executions:
             return refused
         async with self.pool.acquire() as conn, conn.transaction():
@@ -81,7 +87,8 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
         title="changegate audit",
         version=__version__,
         description="Query and verify the append-only, hash-chained log of executed changes. "
-        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above).",
+        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above, without queue or kind "
+        "scopes: the log spans every queue).",
     )
     app.state.pool = pool
     app.state.authenticator = Authenticator(settings, pool)
@@ -90,7 +97,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     @app.get("/audit/entries", response_model=list[AuditEntry], tags=["audit"], responses=errors)
     async def list_entries(
         request: Request,
-        _: Viewer,
+        _: UnscopedViewer,
         record_id: Annotated[Name | None, Query(description="only this CRM record")] = None,
         proposal_id: Annotated[uuid.UUID | None, Query(description="only this proposal")] = None,
         after_seq: Annotated[
@@ -118,7 +125,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     )
     async def verify_chain(
         request: Request,
-        _: Viewer,
+        _: UnscopedViewer,
         head: Annotated[
             str | None,
             Query(

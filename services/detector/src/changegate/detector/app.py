@@ -7,6 +7,7 @@ broker redeliver changes nothing twice."""
 
 from __future__ import annotations
 
+from changegate.core import field_risk
 from changegate.core.kafka import Subscription
 from changegate.core.logging import get_logger
 from changegate.core.service import Consumer, Context, Parts, Service
@@ -18,6 +19,13 @@ from changegate.detector.settings import DetectorSettings
 
 log = get_logger(__name__)
 GROUP = "changegate-detector"
+
+
+def _known_fields(settings: DetectorSettings) -> None:
+    """Every field the detector proposes under a kind is one the field-risk table knows for it."""
+    unknown = settings.field_risk_refusals(field_risk.table())
+    if unknown:
+        raise SystemExit("detector: " + "; ".join(unknown))
 
 
 async def setup(ctx: Context[DetectorSettings]) -> Parts:
@@ -46,5 +54,12 @@ async def setup(ctx: Context[DetectorSettings]) -> Parts:
     )
 
 
-DETECTOR = Service(SERVICE, DetectorSettings, setup, migrations="changegate.detector.migrations", outbox=True)
+DETECTOR = Service(
+    SERVICE,
+    DetectorSettings,
+    setup,
+    migrations="changegate.detector.migrations",
+    outbox=True,
+    check=_known_fields,
+)
 main = DETECTOR.main

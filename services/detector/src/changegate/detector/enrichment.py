@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from changegate.core import field_risk
 from changegate.core.contracts import (
     CrmEvent,
     FieldChange,
@@ -20,12 +21,19 @@ DETECTOR = "enrichment"
 def propose_enrichment(
     event: CrmEvent, known: dict[str, Any], default_confidence: dict[str, float]
 ) -> Proposal | None:
-    """Compare an enrichment result with the record as known; None when nothing would change."""
-    changes = [
-        FieldChange(field=f, previous=known.get(f), proposed=v)
-        for f, v in sorted(event.properties.items())
-        if not is_empty(v) and not _same(known.get(f), v)
-    ]
+    """Compare an enrichment result with the record as known; None when nothing would change.
+    Fields another kind owns (an owner, a lifecycle stage, an email status) are never a field
+    update's: they are left out (and named in the evidence), not proposed under the wrong kind."""
+    table = field_risk.table()
+    changes, skipped = [], []
+    for f, v in sorted(event.properties.items()):
+        if is_empty(v) or _same(known.get(f), v):
+            continue
+        change = FieldChange(field=f, previous=known.get(f), proposed=v)
+        if table.kind_refusal(ProposalKind.FIELD_UPDATE, [change]):
+            skipped.append(f)
+        else:
+            changes.append(change)
     if not changes:
         return None
     confidence = (
@@ -56,6 +64,7 @@ def propose_enrichment(
             "fills_empty": fills,
             "overwrites": overwrites,
             "confidence_source": "source" if event.confidence is not None else "default",
+            **({"not_proposed": skipped} if skipped else {}),
         },
     )
 

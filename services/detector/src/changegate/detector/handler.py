@@ -100,6 +100,7 @@ class Detector:
         proposals = await self._detect(conn, event)
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
+        proposals = [self.signer.sign(p) for p in proposals]  # policy and review-api refuse unsigned ones
         emitted = []
         for proposal in proposals:
             if await is_closed(conn, proposal.proposal_id):

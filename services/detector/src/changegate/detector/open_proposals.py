@@ -13,6 +13,7 @@ import asyncpg
 from changegate.core.contracts import Execution, ExecutionStatus, ObjectType, ProposalKind, ReviewRequest
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import DbConn
+from changegate.core.errors import MessageRefusedError
 from changegate.core.kafka import Refusals, handle_one, screen
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
@@ -105,8 +106,9 @@ class ProposalLifecycle:
 
     async def on_review_requests(self, envelopes: list[Envelope[Any]]) -> Refusals:
         """Review requests for proposals the detector did not raise (conflict re-proposals) open
-        them; the others are known here already."""
+        them; the others are known here already (and not verified: nothing is done with them)."""
         requests: list[ReviewRequest] = [e.payload for e in envelopes]
+        refused: dict[int, MessageRefusedError] = {}
         async with self.pool.acquire() as conn, conn.transaction():
             ids = [r.proposal.proposal_id for r in requests]
             known = {
@@ -118,16 +120,21 @@ class ProposalLifecycle:
                     ids,
                 )
             }
-            for request in requests:
+            for n, request in enumerate(requests):
                 proposal = request.proposal
                 if proposal.proposal_id in known:
                     continue  # raised here (and still open) or already decided
+                try:
+                    self.verifier.review_request(request)  # a forged request must not supersede real ones
+                except MessageRefusedError as exc:
+                    refused[n] = exc
+                    continue
                 known.add(proposal.proposal_id)
                 retired = await supersede(conn, proposal)
                 await enqueue_retirements(conn, self.names, self.signer, proposal.record_id, retired)
                 OPENED.inc()
                 log.info("tracking a proposal raised elsewhere", correlation_id=str(proposal.proposal_id))
-        return {}
+        return refused
 
     async def on_decision(self, envelope: Envelope[Any]) -> None:
         await handle_one(self.on_decisions, envelope)

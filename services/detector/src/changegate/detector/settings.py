@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from changegate.core.field_risk import FieldClass, FieldTable
 from changegate.core.settings import CommonSettings
 from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
 from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD
@@ -29,3 +30,18 @@ class DetectorSettings(CommonSettings):
         20, ge=1, description="matched records one merge proposal takes from an event, best first"
     )
     default_phone_region: str = Field("US", description="region of phone numbers written without +code")
+
+    def field_risk_refusals(self, table: FieldTable) -> list[str]:
+        """What the field-risk table does not know the detector's fields as: their proposals would
+        be refused (a kind changes only its own fields), so the detector refuses to start."""
+        wanted = {
+            "CHANGEGATE_OWNER owner_field": (self.owner.owner_field, FieldClass.OWNER),
+            "CHANGEGATE_LIFECYCLE stage_field": (self.lifecycle.stage_field, FieldClass.LIFECYCLE_STAGE),
+            "CHANGEGATE_VERIFICATION status_field": (self.verification.status_field, FieldClass.EMAIL_STATUS),
+        }
+        return [
+            f"{setting} {field!r} is not in the {cls.value} class: declare it in CHANGEGATE_CRM_FIELDS"
+            f' (e.g. {{"{field}": "{cls.value}"}}), the same for every service'
+            for setting, (field, cls) in wanted.items()
+            if table.classify(field) is not cls
+        ]

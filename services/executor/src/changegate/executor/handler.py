@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-from changegate.core import outbox
+from changegate.core import field_risk, outbox
 from changegate.core.contracts import (
     Decider,
     Decision,
@@ -34,7 +34,8 @@ from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.errors import MessageRefusedError
 from changegate.core.kafka import Refusals
 from changegate.core.logging import get_logger
-from changegate.core.signing import HUMAN_ONLY_KINDS, SigningKey, Verifier
+from changegate.core.policy_versions import RecordedPolicies
+from changegate.core.signing import REPROPOSAL_PREFIX, SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
 from changegate.executor import ledger
 from changegate.executor.crm.breaker import Breaker
@@ -76,6 +77,19 @@ CRM_SECONDS = Histogram(
 )
 
 
+def require_human(decision: Decision) -> None:
+    """Defence in depth: whatever the policy said and whoever signed, a change the field-risk table
+    gives to a human (an owner, an email, an erased value, a merge) executes on a human's approval
+    only. MessageRefusedError (dead-lettered, counted) otherwise."""
+    why = field_risk.table().human_reasons(decision.proposal.kind, decision.final_changes)
+    if why and decision.decided_by.kind != "human":
+        REFUSED.labels(reason="not_decided_by_a_human").inc()
+        raise MessageRefusedError(
+            "not_decided_by_a_human",
+            f"{'; '.join(why)}: executes on a human's approval only, not a {decision.decided_by.kind}'s",
+        )
+
+
 @dataclass
 class Outcome:
     status: ExecutionStatus
@@ -98,6 +112,7 @@ class Executor:
     ) -> None:
         self.pool, self.names, self.signer, self.verifier = pool, names, signer, verifier
         self.crm, self.breaker = crm, breaker
+        self.policies = RecordedPolicies(pool)
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         """One decision (a batch of one); a refusal is raised."""
@@ -111,6 +126,7 @@ class Executor:
         for n, envelope in enumerate(envelopes):
             try:
                 if self._admit(envelope.payload):
+                    await self.policies.check(envelope.payload)  # a version the policy service recorded
                     todo.append((n, envelope.payload))
             except MessageRefusedError as exc:
                 refused[n] = exc
@@ -124,15 +140,7 @@ class Executor:
         if not decision.outcome.executes:
             SKIPPED.labels(outcome=decision.outcome.value).inc()
             return False  # nothing executes without an approving decision
-        proposal = decision.proposal
-        if proposal.kind in HUMAN_ONLY_KINDS and decision.decided_by.kind != "human":
-            # Defence in depth: whatever the policy said and whoever signed, never without a human.
-            REFUSED.labels(reason="not_decided_by_a_human").inc()
-            raise MessageRefusedError(
-                "not_decided_by_a_human",
-                f"a {proposal.kind.value} executes on a human's approval only, "
-                f"not a {decision.decided_by.kind}'s",
-            )
+        require_human(decision)
         return True
 
     async def _execute_turn(self, turn: list[tuple[int, Decision]]) -> dict[int, MessageRefusedError]:
@@ -344,7 +352,7 @@ class Executor:
         ]
         if not changes:
             return []  # the CRM already holds what was proposed
-        source_event = f"conflict:{decision.decision_id}"
+        source_event = f"{REPROPOSAL_PREFIX}{decision.decision_id}"
         refreshed = Proposal(
             proposal_id=Proposal.make_id(old.source.detector, old.record_id, changes, source_event),
             kind=old.kind,
@@ -362,6 +370,7 @@ class Executor:
             proposed_at=utcnow(),
             requested_by=old.requested_by,
         )
+        refreshed = self.signer.sign(refreshed)  # review-api accepts the executor's re-proposals only
         request = ReviewRequest(
             proposal=refreshed,
             queue="conflicts",
@@ -370,7 +379,7 @@ class Executor:
             explanation="sent back to review: the record changed after the proposal was approved",
         )
         out = make_envelope(
-            request,
+            self.signer.sign(request),
             service=SERVICE,
             correlation_id=refreshed.proposal_id,
             dedup_key=f"review|{refreshed.proposal_id}",

@@ -9,7 +9,9 @@ import hashlib
 import signal
 from pathlib import Path
 
-from changegate.core.kafka import Subscription
+import asyncpg
+from changegate.core import policy_versions
+from changegate.core.kafka import Subscription, is_transient
 from changegate.core.logging import get_logger
 from changegate.core.service import Consumer, Context, Parts, Service
 from changegate.core.topics import Topic
@@ -20,6 +22,18 @@ from prometheus_client import Info
 
 log = get_logger(__name__)
 POLICY_INFO = Info("changegate_policy", "The policy in force: version, content hash, source")
+
+
+async def record_version(pool: asyncpg.Pool, policy: Policy) -> None:
+    """The executor and audit accept decisions of recorded versions only."""
+    if await policy_versions.record(
+        pool,
+        version=policy.version,
+        content_hash=policy.content_hash,
+        source=policy.source,
+        content=policy.content,
+    ):
+        log.info("policy version recorded", version=policy.version, hash=policy.content_hash)
 
 
 def _announce(policy: Policy) -> None:
@@ -38,7 +52,7 @@ class PolicyWatcher:
     def sighup(self) -> None:
         self._hup.set()
 
-    def reload(self) -> None:
+    async def reload(self) -> None:
         with contextlib.suppress(OSError):  # unreadable: Policy.load says why
             if (
                 hashlib.sha256((self.path or DEFAULT_POLICY).read_bytes()).hexdigest()
@@ -51,6 +65,13 @@ class PolicyWatcher:
             log.error("new policy refused; the current one stays", error=str(exc))
             return
         if policy.content_hash != self.router.policy.content_hash:
+            try:
+                await record_version(self.router.pool, policy)  # before it decides anything
+            except Exception as exc:  # the database away: the current policy stays, tried again
+                if not is_transient(exc):
+                    raise
+                log.warning("new policy not recorded yet; the current one stays", error=repr(exc))
+                return
             _announce(policy)
             self.router.switch(policy)
 
@@ -60,7 +81,7 @@ class PolicyWatcher:
                 await asyncio.wait_for(self._wait(), self.poll_seconds)
             self._hup.clear()
             if not self.stop.is_set():
-                self.reload()
+                await self.reload()
 
     async def _wait(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())
@@ -82,6 +103,7 @@ async def setup(ctx: Context[PolicySettings]) -> Parts:
     policy = Policy.load(settings.policy_file)
     _announce(policy)
     log.info("policy loaded", version=policy.version, hash=policy.content_hash, source=policy.source)
+    await record_version(ctx.pool, policy)
     router = Router(ctx.pool, policy, ctx.names, ctx.signer(), ctx.verifier())
     subscriptions = [
         Subscription.batch(Topic.PROPOSALS, frozenset({"proposal"}), router.handle_batch),

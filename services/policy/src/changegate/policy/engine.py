@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from changegate.core import field_risk
 from changegate.core.contracts import Decider, Proposal
 from changegate.policy.lint import shadowed_rules
 from changegate.policy.loader import DEFAULT_POLICY, PolicyError, parse_document
@@ -16,6 +18,7 @@ __all__ = ["DEFAULT_POLICY", "Action", "Policy", "PolicyError", "Route"]
 
 HIGH_RISK_FIELD = "high-risk-field"
 HIGH_RISK_EVIDENCE = "high-risk-evidence"
+FIELDS_NOT_OF_KIND = "fields-not-of-kind"
 
 
 @dataclass(frozen=True)
@@ -36,12 +39,19 @@ class Policy:
     document: PolicyDocument
     content_hash: str
     source: str
+    content: str  # the file as loaded, for the record the executor and audit check
     warnings: list[str] = field(default_factory=list)
     _deciders: dict[str, Decider] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def version(self) -> str:
         return self.document.version
+
+    @functools.cached_property
+    def _high_risk_fields(self) -> frozenset[str]:
+        """The document's, and the guarded fields (auto-applied only by allow_high_risk rules)."""
+        guarded = field_risk.table().fields_of(field_risk.FieldClass.LIFECYCLE_STAGE)
+        return frozenset(self.document.high_risk_fields) | frozenset(guarded)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Policy:
@@ -55,7 +65,7 @@ class Policy:
     @classmethod
     def parse(cls, raw: bytes, source: str) -> Policy:
         document = parse_document(raw, source)
-        return cls(document, hashlib.sha256(raw).hexdigest(), source, shadowed_rules(document))
+        return cls(document, hashlib.sha256(raw).hexdigest(), source, raw.decode(), shadowed_rules(document))
 
     def decider(self, rule_id: str) -> Decider:
         cached = self._deciders.get(rule_id)
@@ -84,8 +94,18 @@ class Policy:
         )
 
     def _route(self, rule: Rule, p: Proposal) -> Route:
+        if rule.action is Action.AUTO_APPLY:
+            refusal = field_risk.table().auto_apply_refusal(p)
+            if refusal is not None:  # whatever the rule says: the field-risk table decides
+                reason, detail = refusal
+                return Route(
+                    Action.REVIEW,
+                    FIELDS_NOT_OF_KIND if reason == "fields_not_of_kind" else HIGH_RISK_FIELD,
+                    f"sent to review: rule {rule.id} would auto-apply, but {detail}",
+                    self.document.default_review,
+                )
         if rule.action is Action.AUTO_APPLY and not rule.allow_high_risk:
-            risky_fields = sorted({c.field for c in p.changes} & set(self.document.high_risk_fields))
+            risky_fields = sorted({c.field for c in p.changes} & self._high_risk_fields)
             if risky_fields:
                 return Route(
                     Action.REVIEW,

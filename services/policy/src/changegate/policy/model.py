@@ -8,12 +8,14 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Literal
 
+from changegate.core import field_risk
 from changegate.core.contracts import ObjectType, Proposal, ProposalKind, Trigger
 from changegate.core.contracts.base import PropertyValue, is_empty
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-# Guardrail: these kinds always need a human, whatever a policy file says.
-NEVER_AUTO_APPLY = frozenset({ProposalKind.MERGE, ProposalKind.OWNER_REASSIGNMENT})
+# Guardrail: these kinds always need a human, whatever a policy file says (and so does any change
+# of a field the field-risk table gives to a human: an owner, an email).
+NEVER_AUTO_APPLY = field_risk.HUMAN_KINDS
 _DURATION = re.compile(r"^(\d+)\s*([dhm])$")
 
 
@@ -174,7 +176,9 @@ class Rule(_Strict):
     review: ReviewOptions | None = Field(None, description="for review: queue, priority, expiry")
     reason: str | None = Field(None, description="for reject: why (required)")
     allow_high_risk: bool = Field(
-        False, description="auto_apply even when the change touches a high-risk field or evidence"
+        False,
+        description="auto_apply even when the change touches one of the document's high-risk fields or "
+        "evidence flags, or the lifecycle stage on a defined event; never a human-only field",
     )
 
     @model_validator(mode="after")
@@ -186,6 +190,7 @@ class Rule(_Strict):
                     f"would auto-apply {', '.join(unsafe)}: merges and owner reassignments always "
                     "need a human reviewer (limit the rule's kind)"
                 )
+            self._auto_applies_no_human_field()
         if self.action is Action.REJECT and not self.reason:
             raise ValueError("a reject rule needs a reason")
         if self.reason is not None and self.action is not Action.REJECT:
@@ -194,6 +199,36 @@ class Rule(_Strict):
             raise ValueError("review options apply to review rules only")
         return self
 
+    def _auto_applies_no_human_field(self) -> None:
+        """An auto-apply rule may not name a human-only field, and ``allow_high_risk`` is an
+        explicit exception only where the field-risk table permits one: a rule that could then
+        auto-apply an email, or a lifecycle stage on anything but a defined event, is refused."""
+        table = field_risk.table()
+        human = {f for f, c in table.classes.items() if field_risk.RISK[c] is field_risk.Risk.HUMAN}
+        named = set(self.when.fields or []) | set(self.when.proposed_values or {})
+        named |= set(self.when.previous_values or {})
+        if named & human:
+            raise ValueError(
+                f"would auto-apply {', '.join(sorted(named & human))}: a human-only field always needs "
+                "a human reviewer"
+            )
+        if not self.allow_high_risk:
+            return
+        kinds = set(self.when.kind or ProposalKind)
+        if ProposalKind.FIELD_UPDATE in kinds and self.when.fields is None:
+            raise ValueError(
+                "allow_high_risk would let field updates auto-apply "
+                f"{', '.join(table.fields_of(field_risk.FieldClass.EMAIL))} (human-only fields): "
+                "limit the rule's fields"
+            )
+        kind, trigger = field_risk.GUARDED_EXCEPTION
+        if kind in kinds and set(self.when.trigger or Trigger) != {trigger}:
+            guarded = ", ".join(table.fields_of(field_risk.FieldClass.LIFECYCLE_STAGE))
+            raise ValueError(
+                f"allow_high_risk auto-applies {guarded} only when triggered by a {trigger.value}: "
+                f"limit the rule's trigger to [{trigger.value}]"
+            )
+
 
 class PolicyDocument(_Strict):
     version: str = Field(min_length=1)
@@ -201,8 +236,10 @@ class PolicyDocument(_Strict):
     default: Action = Action.REVIEW
     default_review: ReviewOptions = Field(default_factory=ReviewOptions)
     high_risk_fields: list[str] = Field(
-        default_factory=lambda: ["lifecyclestage", "hubspot_owner_id", "email"],
-        description="changing one needs review, unless the matching rule says allow_high_risk",
+        default_factory=list,
+        description="further fields whose change needs review unless the matching rule says "
+        "allow_high_risk (the field-risk table's human-only fields always need a human, its guarded "
+        "lifecycle stage a rule with allow_high_risk for defined events)",
     )
     high_risk_evidence: list[str] = Field(
         default_factory=lambda: ["different_email_domains"],

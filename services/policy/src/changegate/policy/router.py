@@ -25,6 +25,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge, Histogram
 
 SERVICE = "policy"
+DETECTOR_ONLY = frozenset({"detector"})  # the executor's re-proposals go to review, never here
 log = get_logger(__name__)
 
 DECISIONS = PromCounter(
@@ -91,7 +92,10 @@ class Router:
     async def handle_batch(self, envelopes: list[Envelope[Any]]) -> None:
         policy = self.policy  # one policy for the whole batch
         proposals: dict[uuid.UUID, Proposal] = {}
+        alone = len(envelopes) == 1  # a failing batch is retried message by message: count once
         for env in envelopes:
+            # Only what the detector signed is routed; anything else is dead-lettered, counted.
+            self.verifier.proposal(env.payload, DETECTOR_ONLY, count=alone)
             proposals.setdefault(env.payload.proposal_id, env.payload)
         async with self.pool.acquire() as conn, conn.transaction():
             done = {
@@ -126,8 +130,7 @@ class Router:
             messages = []
             for proposal, route in routes:
                 topic, payload = output_for(policy, proposal, route)
-                if isinstance(payload, Decision):
-                    payload = self.signer.sign(payload)
+                payload = self.signer.sign(payload)
                 dedup = (
                     payload.decision_id if isinstance(payload, Decision) else f"review|{proposal.proposal_id}"
                 )

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from changegate.core.auth import Principal, Reviewer, Role, Viewer
+from changegate.core.auth.dependencies import AUTH_FAILURES
 from changegate.core.contracts import DecisionOutcome, Proposal, ProposalKind
 from changegate.core.http import Comment, Name, Value, problem_responses
 from changegate.review_api import queue
@@ -79,10 +80,22 @@ def _item(row: Any) -> ReviewItem:
     return ReviewItem.model_validate({**dict(row), "proposal": row["proposal"], "execution": execution})
 
 
-@router.get("", response_model=list[ReviewItem], summary="List the review queue")
+class QueueCount(BaseModel):
+    queue: str
+    kind: ProposalKind
+    status: QueueStatus
+    count: int
+    oldest_enqueued_at: datetime
+
+
+class QueueStatistics(BaseModel):
+    counts: list[QueueCount] = Field(description="items by queue, kind and status, within your scopes")
+
+
+@router.get("", response_model=list[ReviewItem], summary="List the review queue (within your scopes)")
 async def list_proposals(
     request: Request,
-    _: Viewer,
+    principal: Viewer,
     status_: Annotated[QueueStatus, Query(alias="status")] = "pending",
     kind: Annotated[ProposalKind | None, Query(description="only this proposal kind")] = None,
     queue_: Annotated[Name | None, Query(alias="queue", description="only this review queue")] = None,
@@ -90,9 +103,47 @@ async def list_proposals(
     offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> list[ReviewItem]:
     rows = await queue.list_items(
-        request.app.state.pool, status_, kind.value if kind else None, queue_, limit, offset
+        request.app.state.pool,
+        status_,
+        kind.value if kind else None,
+        queue_,
+        limit,
+        offset,
+        principal.reads(),
     )
     return [_item(r) for r in rows]
+
+
+@router.get(
+    "/stats",
+    response_model=QueueStatistics,
+    summary="How many items each queue holds, by kind and status (within your scopes)",
+)
+async def queue_statistics(request: Request, principal: Viewer) -> QueueStatistics:
+    rows = await queue.statistics(request.app.state.pool, principal.reads())
+    return QueueStatistics(
+        counts=[
+            QueueCount(
+                queue=r["queue"],
+                kind=r["kind"],
+                status=r["status"],
+                count=r["count"],
+                oldest_enqueued_at=r["oldest"],
+            )
+            for r in rows
+        ]
+    )
+
+
+async def _visible_item(request: Request, principal: Principal, proposal_id: uuid.UUID) -> Any:
+    """The item, if the principal's scopes let them read it; else 404, as if it did not exist."""
+    row = await queue.get_item(request.app.state.pool, proposal_id)
+    if row is not None and not principal.may(Role.VIEWER, queue=row["queue"], kind=row["kind"]):
+        AUTH_FAILURES.labels(reason="out_of_scope").inc()
+        row = None
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
+    return row
 
 
 @router.get(
@@ -101,11 +152,8 @@ async def list_proposals(
     summary="One proposal of the queue",
     responses=problem_responses(404),
 )
-async def get_proposal(request: Request, _: Viewer, proposal_id: uuid.UUID) -> ReviewItem:
-    row = await queue.get_item(request.app.state.pool, proposal_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
-    return _item(row)
+async def get_proposal(request: Request, principal: Viewer, proposal_id: uuid.UUID) -> ReviewItem:
+    return _item(await _visible_item(request, principal, proposal_id))
 
 
 async def _decide(
@@ -118,16 +166,16 @@ async def _decide(
 ) -> DecisionResult:
     state = request.app.state
     await state.decision_limit.check(principal.subject)
-    row = await queue.get_item(state.pool, proposal_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no proposal {proposal_id} in the queue")
+    row = await _visible_item(request, principal, proposal_id)
     if not principal.may(Role.REVIEWER, queue=row["queue"], kind=row["kind"]):
+        AUTH_FAILURES.labels(reason="out_of_scope").inc()
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"your role does not cover {row['kind']} proposals in queue {row['queue']}",
         )
     proposal = Proposal.model_validate(row["proposal"])
-    if outcome is not DecisionOutcome.REJECTED and proposal.requested_by == principal.subject:
+    if outcome is not DecisionOutcome.REJECTED and principal.is_(proposal.requested_by):
+        AUTH_FAILURES.labels(reason="self_approval").inc()
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, "you requested this change: another reviewer must approve it"
         )

@@ -32,12 +32,16 @@ class QueueConsumer:
         self.pool, self.verifier = pool, verifier
 
     async def on_pending(self, envelopes: list[Envelope[Any]]) -> Refusals:
-        queued = await queue.enqueue_many(self.pool, [e.payload for e in envelopes])
+        # Nobody but policy and the executor queues work for reviewers.
+        refused, requests = screen(envelopes, self.verifier.review_request)
+        if not requests:
+            return refused
+        queued = await queue.enqueue_many(self.pool, [r for _, r in requests])
         for request in queued:
             metrics.ENQUEUED.labels(kind=request.proposal.kind.value).inc()
         if queued:
             log.debug("queued for review", count=len(queued))
-        return {}
+        return refused
 
     async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
         """Only supersessions act here; the other decisions are not verified (nothing is done with

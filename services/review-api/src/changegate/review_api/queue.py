@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from changegate.core import outbox
+from changegate.core.auth import Grant
 from changegate.core.contracts import (
     Decider,
     Decision,
@@ -166,19 +167,55 @@ async def overdue(pool: asyncpg.Pool, limit: int = 100) -> list[uuid.UUID]:
     return [r["proposal_id"] for r in rows]
 
 
+def scope_filter(scopes: list[Grant] | None, first: int) -> tuple[str, list[Any]]:
+    """SQL (and its arguments, numbered from ``first``) keeping the items some grant covers; None:
+    every item. A grant without queues or kinds covers all of them."""
+    if scopes is None:
+        return "TRUE", []
+    args: list[Any] = []
+    ors = []
+    for grant in scopes:
+        ands = ["TRUE"]
+        for column, allowed in (("queue", grant.queues), ("kind", grant.kinds)):
+            if allowed is not None:
+                args.append(sorted(allowed))
+                ands.append(f"{column} = ANY(${first + len(args) - 1}::text[])")
+        ors.append(f"({' AND '.join(ands)})")
+    return f"({' OR '.join(ors) or 'FALSE'})", args
+
+
 async def list_items(
-    pool: asyncpg.Pool, status: str, kind: str | None, queue: str | None, limit: int, offset: int
+    pool: asyncpg.Pool,
+    status: str,
+    kind: str | None,
+    queue: str | None,
+    limit: int,
+    offset: int,
+    scopes: list[Grant] | None = None,
 ) -> list[asyncpg.Record]:
-    """Highest priority first, then oldest first."""
+    """Highest priority first, then oldest first; only what ``scopes`` cover (None: everything)."""
+    visible, args = scope_filter(scopes, 6)
     rows: list[asyncpg.Record] = await pool.fetch(
         "SELECT * FROM review_queue WHERE status = $1 AND ($2::text IS NULL OR kind = $2)"
-        " AND ($3::text IS NULL OR queue = $3)"
+        f" AND ($3::text IS NULL OR queue = $3) AND {visible}"
         " ORDER BY priority_rank, enqueued_at, proposal_id LIMIT $4 OFFSET $5",
         status,
         kind,
         queue,
         limit,
         offset,
+        *args,
+    )
+    return rows
+
+
+async def statistics(pool: asyncpg.Pool, scopes: list[Grant] | None = None) -> list[asyncpg.Record]:
+    """Items by queue, kind and status, with the oldest enqueue time; only what ``scopes`` cover."""
+    visible, args = scope_filter(scopes, 1)
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT queue, kind, status, count(*) AS count, min(enqueued_at) AS oldest FROM review_queue"
+        f" WHERE {visible} GROUP BY queue, kind, status ORDER BY queue, kind, status",
+        *args,
     )
     return rows
 

@@ -5,11 +5,13 @@ from changegate.core.auth.dependencies import (
     Authenticator,
     RateLimit,
     Reviewer,
+    UnscopedViewer,
     Viewer,
     authenticated,
     require,
+    require_unscoped,
 )
-from changegate.core.auth.principal import Grant, Principal, Role
+from changegate.core.auth.principal import Grant, Principal, Role, normalize_identity
 from changegate.core.auth.settings import AuthSettings, GrantConfig
 
 __all__ = [
@@ -22,7 +24,10 @@ __all__ = [
     "RateLimit",
     "Reviewer",
     "Role",
+    "UnscopedViewer",
     "Viewer",
     "authenticated",
+    "normalize_identity",
     "require",
+    "require_unscoped",
 ]

@@ -81,7 +81,26 @@ def require(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
     return check
 
 
+def require_unscoped(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency for what no queue or kind scope can narrow (the audit log is not split by
+    queue): the principal, if a grant of theirs includes ``role`` without scopes."""
+
+    async def check(principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+        if not principal.may(role):
+            AUTH_FAILURES.labels(reason="forbidden").inc()
+            raise HTTPException(403, f"this needs the {role.value} role")
+        if principal.reads(role) is not None:
+            AUTH_FAILURES.labels(reason="forbidden").inc()
+            raise HTTPException(
+                403, f"this needs the {role.value} role without queue or kind scopes: it spans every queue"
+            )
+        return principal
+
+    return check
+
+
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
+UnscopedViewer = Annotated[Principal, Depends(require_unscoped(Role.VIEWER))]
 Reviewer = Annotated[Principal, Depends(require(Role.REVIEWER))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -34,16 +35,37 @@ class Grant:
         )
 
 
+def normalize_identity(identity: str) -> str:
+    """One spelling per identity: Unicode NFKC, trimmed, case-folded (``Self-X@Example.com`` and
+    ``self-x@example.com`` are one person)."""
+    return unicodedata.normalize("NFKC", identity).strip().casefold()
+
+
 @dataclass(frozen=True)
 class Principal:
-    """An authenticated caller: ``subject`` is the identity recorded on what they do."""
+    """An authenticated caller: ``subject`` is the identity recorded on what they do, normalised
+    here, where every principal is made (``normalize_identity``)."""
 
     subject: str
     grants: tuple[Grant, ...] = field(default_factory=tuple)
     via: str = "token"  # "oidc" or "token"
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subject", normalize_identity(self.subject))
+
+    def is_(self, identity: str | None) -> bool:
+        """Whether ``identity`` (e.g. who requested a change) is this principal, in any spelling."""
+        return identity is not None and normalize_identity(identity) == self.subject
+
     def may(self, role: Role, queue: str | None = None, kind: str | None = None) -> bool:
         return any(g.covers(role, queue, kind) for g in self.grants)
+
+    def reads(self, role: Role = Role.VIEWER) -> list[Grant] | None:
+        """The grants that let it read with ``role``; None when one covers every queue and kind."""
+        grants = [g for g in self.grants if g.role.includes(role)]
+        if any(g.queues is None and g.kinds is None for g in grants):
+            return None
+        return grants
 
     @property
     def roles(self) -> list[str]:

@@ -91,11 +91,8 @@ async def authenticate_token(db: Queryable, token: str) -> Principal | None:
     stored = bytes(row["secret_hash"]) if row is not None else b"\0" * 32
     if not hmac.compare_digest(_digest(secret), stored) or row is None or not row["live"]:
         return None
-    await db.execute(
-        "UPDATE changegate_api_tokens SET last_used_at = now() WHERE id = $1"
-        " AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-        token_id,
-    )
+    # The services' roles may not write tokens; this function records the last use and nothing else.
+    await db.execute("SELECT changegate_token_used($1)", token_id)
     grant = Grant(
         Role(row["role"]),
         frozenset(row["queues"]) if row["queues"] is not None else None,

@@ -82,11 +82,13 @@ EVENT_TYPES: dict[str, EventType] = {
     et.name: et
     for et in (
         # v2 added optional fields (requested_by; signature): a v1 payload is a valid v2 one.
+        # v3: proposals and review requests carry a signature (decisions and executions embed
+        # proposals); an older payload is a valid v3 one, which consumers refuse as unsigned.
         EventType("crm_event", CrmEvent, 2, {1: _same}),
-        EventType("proposal", Proposal, 2, {1: _same}),
-        EventType("review_request", ReviewRequest, 2, {1: _same}),
-        EventType("decision", Decision, 2, {1: _same}),
-        EventType("execution", Execution, 2, {1: _same}),
+        EventType("proposal", Proposal, 3, {1: _same, 2: _same}),
+        EventType("review_request", ReviewRequest, 3, {1: _same, 2: _same}),
+        EventType("decision", Decision, 3, {1: _same, 2: _same}),
+        EventType("execution", Execution, 3, {1: _same, 2: _same}),
         EventType("audit_entry", AuditEntry, 1),
     )
 }

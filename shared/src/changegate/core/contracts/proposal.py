@@ -8,6 +8,7 @@ from typing import Any
 
 from changegate.core.contracts.base import Contract, PropertyName, PropertyValue, UtcDatetime, is_empty
 from changegate.core.contracts.crm_event import ObjectType
+from changegate.core.contracts.signature import Signature
 from pydantic import Field
 
 # Namespace of deterministic proposal ids: the same detection always yields the same id.
@@ -65,6 +66,11 @@ class Proposal(Contract):
     proposed_at: UtcDatetime
     requested_by: str | None = Field(
         None, max_length=256, description="who caused it (from its event); they may not approve it"
+    )
+    signature: Signature | None = Field(
+        None,
+        description="its producer's signature (the detector; the executor for a re-proposal after a "
+        "conflict); policy, review-api and the executor refuse a proposal without one",
     )
 
     @staticmethod

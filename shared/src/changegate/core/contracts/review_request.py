@@ -7,6 +7,7 @@ from typing import Literal
 from changegate.core.contracts.base import Contract, UtcDatetime
 from changegate.core.contracts.decision import Decider
 from changegate.core.contracts.proposal import Proposal
+from changegate.core.contracts.signature import Signature
 from pydantic import Field
 
 
@@ -19,3 +20,8 @@ class ReviewRequest(Contract):
     )
     routed_by: Decider = Field(description="the policy rule (or service) that asked for review")
     explanation: str = Field(min_length=1, description="one line: why it needs a human")
+    signature: Signature | None = Field(
+        None,
+        description="the router's signature (policy; the executor for a conflict); review-api and the "
+        "detector refuse a review request without one",
+    )
