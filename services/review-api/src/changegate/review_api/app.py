@@ -58,8 +58,16 @@ class QueueConsumer:
         return {superseded[n][0]: exc for n, exc in refused.items()}
 
     async def on_executions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        """Executions of decisions made here show on their items; the others (auto-applied ones)
+        are not verified: nothing is done with them."""
+        ours = await queue.decided_here(
+            self.pool,
+            [(e.payload.decision.proposal.proposal_id, e.payload.decision.decision_id) for e in envelopes],
+        )
+        mine = [(n, e) for n, e in enumerate(envelopes) if e.payload.decision.decision_id in ours]
         # A forged execution must not show an item as applied.
-        refused, executions = screen(envelopes, self.verifier.execution)
+        refused, executions = screen([e for _, e in mine], self.verifier.execution)
+        refused = {mine[n][0]: exc for n, exc in refused.items()}
         if executions:
             recorded = await queue.record_executions(self.pool, [e for _, e in executions])
             if recorded:

@@ -110,6 +110,17 @@ async def retire(conn: Queryable, decision: Decision) -> bool:
     return bool(await retire_many(conn, [decision]))
 
 
+async def decided_here(conn: Queryable, decisions: list[tuple[uuid.UUID, uuid.UUID]]) -> set[uuid.UUID]:
+    """Which of these (proposal id, decision id) closed an item of the queue: their decision ids."""
+    rows = await conn.fetch(
+        "SELECT decision_id FROM review_queue"
+        " WHERE proposal_id = ANY($1::uuid[]) AND decision_id IS NOT NULL",
+        [proposal_id for proposal_id, _ in decisions],
+    )
+    closed = {r["decision_id"] for r in rows}
+    return {decision_id for _, decision_id in decisions if decision_id in closed}
+
+
 async def record_executions(conn: Queryable, executions: list[Execution]) -> int:
     """Items decided here show what their executions did; how many were items of ours."""
     rows = await conn.fetch(
