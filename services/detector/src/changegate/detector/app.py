@@ -12,6 +12,7 @@ from changegate.core.kafka import Subscription
 from changegate.core.logging import get_logger
 from changegate.core.service import Consumer, Context, Parts, Service
 from changegate.core.topics import Topic
+from changegate.detector.changelog import RecordFeed
 from changegate.detector.handler import SERVICE, Detector
 from changegate.detector.open_proposals import GROUP as LIFECYCLE_GROUP
 from changegate.detector.open_proposals import ProposalLifecycle
@@ -31,8 +32,14 @@ def _known_fields(settings: DetectorSettings) -> None:
 async def setup(ctx: Context[DetectorSettings]) -> Parts:
     signer = ctx.signer()
     detector = Detector(ctx.pool, ctx.settings, signer)
+    # Every replica reads the changelog of record state in full (see changelog.py): its end first,
+    # then the index from the database, which holds everything before that end.
+    feed = RecordFeed(ctx.settings, ctx.pool, detector.indexes, ctx.producer, ctx.runtime.stop)
+    await feed.start()
     await detector.load_index()
-    lifecycle = ProposalLifecycle(ctx.pool, ctx.names, signer, ctx.verifier(), detector.indexes)
+    detector.feed, feed.on_late = feed, detector.recheck
+    ctx.runtime.checks["changelog"] = feed.caught_up.is_set
+    lifecycle = ProposalLifecycle(ctx.pool, ctx.names, signer, ctx.verifier(), detector.indexes, feed)
     return Parts(
         consumers=[
             Consumer(
@@ -50,7 +57,8 @@ async def setup(ctx: Context[DetectorSettings]) -> Parts:
                 ],
                 check="lifecycle_consumer",
             ),
-        ]
+        ],
+        workers=[feed.run],
     )
 
 

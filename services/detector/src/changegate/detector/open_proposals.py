@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+from changegate.core import outbox
 from changegate.core.contracts import Execution, ExecutionStatus, ObjectType, ProposalKind, ReviewRequest
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import DbConn
@@ -19,6 +20,7 @@ from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import TopicNames
 from changegate.detector import dedup, state
+from changegate.detector.changelog import SERVICE, Changed, RecordFeed
 from changegate.detector.supersede import close, enqueue_retirements, retire_merged_away, supersede
 from prometheus_client import Counter
 
@@ -44,9 +46,10 @@ class ProposalLifecycle:
         signer: SigningKey,
         verifier: Verifier,
         indexes: dedup.Indexes,
+        feed: RecordFeed | None = None,
     ) -> None:
         self.pool, self.names, self.signer, self.verifier = pool, names, signer, verifier
-        self.indexes = indexes
+        self.indexes, self.feed = indexes, feed
 
     async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
         # A forged decision must not end a proposal's lifecycle.
@@ -68,6 +71,29 @@ class ProposalLifecycle:
             async with self.pool.acquire() as conn, conn.transaction():
                 changed = await self._written(conn, writes) if writes else {}
                 gone = [await self._merged(conn, m) for m in merges]
+                if self.feed is not None:  # what changed, for the other replicas' indexes
+                    source = {e.decision.proposal.record_id: e for e in writes}
+                    await outbox.enqueue_many(
+                        conn,
+                        SERVICE,
+                        self.feed.messages(
+                            [
+                                Changed(ot, rid, False, "changegate", f"execution:{source[rid].execution_id}")
+                                for ot, rid in changed
+                            ]
+                            + [
+                                Changed(
+                                    m.decision.proposal.object_type,
+                                    rid,
+                                    False,
+                                    "changegate",
+                                    f"execution:{m.execution_id}",
+                                )
+                                for m in merges
+                                for rid in m.decision.proposal.other_record_ids
+                            ]
+                        ),
+                    )
             # The index follows once the state it derives from is committed.
             for (object_type, record_id), props in changed.items():
                 self.indexes.update(object_type, record_id, props)
