@@ -98,7 +98,15 @@ def _chained(execution: Execution, seq: int, prev_hash: str) -> Iterator[list[An
     by = decision.decided_by
     source = proposal.source
     object_type, detector = proposal.object_type.value, f"{source.detector}@{source.detector_version}"
-    mode = (AuditMode.AUTO_APPLIED if by.kind == "policy" else AuditMode.APPROVED).value
+    modified = decision.outcome is DecisionOutcome.APPROVED_WITH_CHANGES
+    mode = (
+        AuditMode.AUTO_APPLIED
+        if by.kind == "policy"
+        else AuditMode.APPROVED_WITH_CHANGES
+        if modified
+        else AuditMode.APPROVED
+    ).value
+    proposed = {c.field: c.proposed for c in proposal.changes} if modified else {}
     proposed_at, decided_at, executed_at = proposal.proposed_at, decision.decided_at, execution.executed_at
     tail = [
         source.system,
@@ -140,6 +148,9 @@ def _chained(execution: Execution, seq: int, prev_hash: str) -> Iterator[list[An
         body = shared.copy()
         # The write's values are JSON values: they serialise as themselves.
         body.update(seq=seq_n, field=write.field, previous_value=write.overwritten, new_value=write.new)
+        proposed_value = proposed.get(write.field)
+        if modified:  # the chain counts it only for a modified approval (chain.entry_hash)
+            body["proposed_value"] = proposed_value
         digest = body_hash(body, prev_hash)
         yield [
             seq_n,
@@ -149,6 +160,7 @@ def _chained(execution: Execution, seq: int, prev_hash: str) -> Iterator[list[An
             write.overwritten,
             write.new,
             *tail,
+            proposed_value,
             prev_hash,
             digest,
         ]

@@ -1,9 +1,11 @@
 """Following a proposal to the end of its lifecycle, from the topics where it ends: every decision
 closes its proposal (it can no longer be superseded); a review request for a proposal the detector
 did not raise — the executor's re-proposal after a compare-and-set conflict — opens it like any
-detected one (it may supersede, and be superseded); an applied merge takes the records it merged
-away out of the detector's state, index and clusters, and retires their open proposals — the CRM's
-own merge webhook may come later, or never (the sandbox sends none)."""
+detected one (it may supersede, and be superseded); a rejected merge makes its records different
+entities for good (they never join one cluster again); an applied merge takes the records it merged
+away out of the detector's state, index and clusters, and moves their open field changes to the
+survivor (proposed again with the survivor's values as ``previous``) — the CRM's own merge webhook
+may come later, or never (the sandbox sends none)."""
 
 from __future__ import annotations
 
@@ -11,17 +13,32 @@ from typing import Any
 
 import asyncpg
 from changegate.core import outbox
-from changegate.core.contracts import Execution, ExecutionStatus, ObjectType, ProposalKind, ReviewRequest
-from changegate.core.contracts.envelope import Envelope
+from changegate.core.contracts import (
+    DecisionOutcome,
+    Execution,
+    ExecutionStatus,
+    ObjectType,
+    Proposal,
+    ProposalKind,
+    ReviewRequest,
+)
+from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import DbConn
 from changegate.core.errors import MessageRefusedError
 from changegate.core.kafka import Refusals, handle_one, screen
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
-from changegate.core.topics import TopicNames
+from changegate.core.topics import Topic, TopicNames
 from changegate.detector import dedup, state
 from changegate.detector.changelog import SERVICE, Changed, RecordFeed
-from changegate.detector.supersede import close, enqueue_retirements, retire_merged_away, supersede
+from changegate.detector.supersede import (
+    close,
+    enqueue_retirements,
+    retarget,
+    retire_merged_away,
+    retire_merges_naming,
+    supersede,
+)
 from prometheus_client import Counter
 
 log = get_logger(__name__)
@@ -31,6 +48,15 @@ CLOSED = Counter(
 OPENED = Counter(
     "changegate_detector_proposals_reopened_total",
     "Proposals raised elsewhere (conflict re-proposals) tracked as open",
+)
+
+DISTINCT = Counter(
+    "changegate_detector_rejected_merges_total",
+    "Rejected merges whose records are remembered as different entities",
+)
+RETARGETED = Counter(
+    "changegate_detector_retargeted_total",
+    "Open changes of merged-away records proposed again for the survivor",
 )
 
 GROUP = "changegate-detector-lifecycle"
@@ -57,9 +83,31 @@ class ProposalLifecycle:
         if decisions:
             async with self.pool.acquire() as conn, conn.transaction():
                 closed = await close(conn, [(d.proposal.proposal_id, d.outcome.value) for _, d in decisions])
+                for _, decision in decisions:
+                    if (
+                        decision.outcome is DecisionOutcome.REJECTED
+                        and decision.proposal.kind is ProposalKind.MERGE
+                    ):
+                        await self._rejected(conn, decision.proposal)
             for outcome in closed:
                 CLOSED.labels(outcome=outcome).inc()
         return refused
+
+    async def _rejected(self, conn: DbConn, merge: Proposal) -> None:
+        """Its records are different entities, pair by pair, for good: the clusters holding them
+        dissolve (their other records cluster again as events arrive, never two of these together)
+        and open merges naming any of their records are retired."""
+        dissolved = await dedup.record_distinct(conn, merge)
+        members = sorted({merge.record_id, *merge.other_record_ids, *dissolved})
+        retired = await retire_merges_naming(
+            conn,
+            merge.object_type,
+            members,
+            f"rejected|{merge.proposal_id}",
+            f"a reviewer rejected merge {merge.proposal_id}: its records are different entities",
+        )
+        await enqueue_retirements(conn, self.names, self.signer, merge.record_id, retired)
+        DISTINCT.inc()
 
     async def on_executions(self, envelopes: list[Envelope[Any]]) -> Refusals:
         """Applied executions only; the others change nothing here and are not verified."""
@@ -70,15 +118,19 @@ class ProposalLifecycle:
         if merges or writes:
             async with self.pool.acquire() as conn, conn.transaction():
                 changed = await self._written(conn, writes) if writes else {}
-                gone = [await self._merged(conn, m) for m in merges]
+                for merge in merges:
+                    changed.update(await self._merged(conn, merge))
                 if self.feed is not None:  # what changed, for the other replicas' indexes
-                    source = {e.decision.proposal.record_id: e for e in writes}
+                    by = {
+                        (e.decision.proposal.object_type, e.decision.proposal.record_id): e.execution_id
+                        for e in [*writes, *merges]
+                    }
                     await outbox.enqueue_many(
                         conn,
                         SERVICE,
                         self.feed.messages(
                             [
-                                Changed(ot, rid, False, "changegate", f"execution:{source[rid].execution_id}")
+                                Changed(ot, rid, False, "changegate", f"execution:{by[ot, rid]}")
                                 for ot, rid in changed
                             ]
                             + [
@@ -97,8 +149,10 @@ class ProposalLifecycle:
             # The index follows once the state it derives from is committed.
             for (object_type, record_id), props in changed.items():
                 self.indexes.update(object_type, record_id, props)
-            for object_type, ids in gone:
-                self.indexes.remove(object_type, ids)
+            for merge in merges:
+                self.indexes.remove(
+                    merge.decision.proposal.object_type, merge.decision.proposal.other_record_ids
+                )
         return {applied[n][0]: exc for n, exc in refused.items()}
 
     async def _written(
@@ -119,16 +173,41 @@ class ProposalLifecycle:
             ],
         )
 
-    async def _merged(self, conn: DbConn, execution: Execution) -> tuple[ObjectType, list[str]]:
+    async def _merged(
+        self, conn: DbConn, execution: Execution
+    ) -> dict[tuple[ObjectType, str], dict[str, Any]]:
+        """The merged-away records leave the state and clusters; the survivor takes the merge's
+        writes, and the open changes of the records merged into it. The survivor's properties if
+        the merge wrote any."""
         merge = execution.decision.proposal
         gone = merge.other_record_ids
+        values = {w.field: w.new for w in execution.writes}
         await state.mark_gone(conn, merge.object_type, gone)
         await dedup.leave_clusters(conn, merge.object_type, gone)
+        written = await state.apply_executed(
+            conn, [(merge.object_type, merge.record_id, values, execution.executed_at)]
+        )
+        survivor = written.get((merge.object_type, merge.record_id))
+        if survivor is None:
+            survivor = await state.record_properties(conn, merge.object_type, merge.record_id)
         retired = await retire_merged_away(conn, merge)
+        moved = await retarget(conn, merge, retired, survivor)
         await enqueue_retirements(conn, self.names, self.signer, merge.record_id, retired)
+        for unsigned in moved:
+            proposal = self.signer.sign(unsigned)  # its old signature covered the old record
+            replaced = await supersede(conn, proposal)  # the survivor's older open ones
+            await enqueue_retirements(conn, self.names, self.signer, merge.record_id, replaced)
+            envelope = make_envelope(
+                proposal,
+                service=SERVICE,
+                correlation_id=proposal.proposal_id,
+                dedup_key=str(proposal.proposal_id),
+            )
+            await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS), proposal.record_id, envelope)
         if retired:
-            log.info("retired proposals of merged-away records", count=len(retired))
-        return merge.object_type, gone
+            log.info("retired proposals of merged-away records", count=len(retired), retargeted=len(moved))
+        RETARGETED.inc(len(moved))
+        return written
 
     async def on_review_requests(self, envelopes: list[Envelope[Any]]) -> Refusals:
         """Review requests for proposals the detector did not raise (conflict re-proposals) open

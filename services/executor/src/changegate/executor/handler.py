@@ -362,7 +362,7 @@ class Executor:
             changes=changes,
             source=ProposalSource(**{**old.source.model_dump(), "event_id": source_event}),
             confidence=old.confidence,
-            rationale=f"{old.rationale} — re-proposed: the record changed after the first proposal",
+            rationale=_reproposal_rationale(old, changes),
             evidence={
                 **old.evidence,
                 "conflict": {"decision_id": str(decision.decision_id), "values_at_execution": current},
@@ -413,3 +413,13 @@ def _outcome(result: WriteResult) -> Outcome:
     }[result.status]
     error = f"changed since proposed: {', '.join(result.conflicts)}" if result.conflicts else result.note
     return Outcome(status, result.writes, result.current, result.response_ids, error)
+
+
+def _reproposal_rationale(old: Proposal, changes: list[FieldChange]) -> str:
+    """A re-proposal explains its own values: what the record holds now and what is still
+    proposed, then why it was first proposed (whose values are no longer the record's)."""
+    now = "; ".join(f"{c.field} now holds {c.previous!r}, still proposed {c.proposed!r}" for c in changes)
+    return (
+        f"re-proposed because the record changed after the first proposal was approved: {now}. "
+        f"First proposed because: {old.rationale}"
+    )[:10_000]

@@ -16,8 +16,10 @@ from changegate.core.logging import get_logger
 from changegate.core.service import Consumer, Context, Parts, Service, ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic, TopicNames
-from changegate.review_api import metrics, queue
+from changegate.review_api import idempotency, inbox, metrics, queue
 from changegate.review_api.api import router
+from changegate.review_api.decisions import Action, ActionRefusedError, act
+from changegate.review_api.events import Hub
 from changegate.review_api.settings import ReviewApiSettings
 from fastapi import FastAPI
 
@@ -44,51 +46,54 @@ class QueueConsumer:
         return refused
 
     async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
-        """Only supersessions act here; the other decisions are not verified (nothing is done with
-        them)."""
-        superseded = [
-            (n, e) for n, e in enumerate(envelopes) if e.payload.outcome is DecisionOutcome.SUPERSEDED
+        """Every decision is kept (any proposal can be read, whatever its route); a supersession
+        takes its item off the queue. Ours (a human's, an expiry) were recorded when made."""
+        theirs = [
+            (n, e)
+            for n, e in enumerate(envelopes)
+            if e.payload.decided_by.kind != "human" and e.payload.outcome is not DecisionOutcome.EXPIRED
         ]
-        # A forged supersession must not take an item off the queue.
-        refused, decisions = screen([e for _, e in superseded], self.verifier.decision)
+        # Nothing forged is shown to a reviewer or closes an item.
+        refused, decisions = screen([e for _, e in theirs], self.verifier.decision)
         if decisions:
-            for decision in await queue.retire_many(self.pool, [d for _, d in decisions]):
+            for decision in await queue.record_decisions(self.pool, [d for _, d in decisions]):
                 metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
-                log.info("retired: superseded", correlation_id=str(decision.proposal.proposal_id))
-        return {superseded[n][0]: exc for n, exc in refused.items()}
+                log.debug(
+                    "decided elsewhere",
+                    outcome=decision.outcome.value,
+                    correlation_id=str(decision.proposal.proposal_id),
+                )
+        return {theirs[n][0]: exc for n, exc in refused.items()}
 
     async def on_executions(self, envelopes: list[Envelope[Any]]) -> Refusals:
-        """Executions of decisions made here show on their items; the others (auto-applied ones)
-        are not verified: nothing is done with them."""
-        ours = await queue.decided_here(
-            self.pool,
-            [(e.payload.decision.proposal.proposal_id, e.payload.decision.decision_id) for e in envelopes],
-        )
-        mine = [(n, e) for n, e in enumerate(envelopes) if e.payload.decision.decision_id in ours]
         # A forged execution must not show an item as applied.
-        refused, executions = screen([e for _, e in mine], self.verifier.execution)
-        refused = {mine[n][0]: exc for n, exc in refused.items()}
+        refused, executions = screen(envelopes, self.verifier.execution)
         if executions:
             recorded = await queue.record_executions(self.pool, [e for _, e in executions])
             if recorded:
-                log.debug("executions recorded", count=recorded)
+                log.debug("executions recorded", count=len(recorded))
         return refused
 
 
-def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSettings) -> FastAPI:
+def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSettings, hub: Hub) -> FastAPI:
     app = FastAPI(
         title="changegate review API",
         version=__version__,
-        description="Reviewers list pending proposals and approve, reject or modify them. Authenticate "
-        "with 'Authorization: Bearer <token>': an OIDC access token or a changegate API token. Reading "
-        "needs the viewer role, deciding the reviewer role (within its queue and kind scopes).",
+        description="Reviewers list proposals, read any of them whatever its route, and approve, reject or "
+        "approve them with changes, one by one or in bulk; a Server-Sent Events stream tells of changes. "
+        "Authenticate with 'Authorization: Bearer <token>': an OIDC access token or a changegate API token. "
+        "Reading needs the viewer role, deciding the reviewer role, bulk actions the admin role, each "
+        "within its queue and kind scopes. The inbox page for people is at /inbox.",
     )
     app.state.pool = pool
+    app.state.settings = settings
+    app.state.hub = hub
     app.state.authenticator = Authenticator(settings, pool)
     app.state.signer = settings.signing(SERVICE)
     app.state.decision_limit = RateLimit("decisions", settings.review_decision_rate_limit)
     app.state.names = TopicNames(settings.topic_prefix)
     app.include_router(router)
+    inbox.install(app)
     return runtime.app(app)
 
 
@@ -103,19 +108,19 @@ class Housekeeping:
         while not self.stop.is_set():
             try:
                 for proposal_id in await queue.overdue(self.pool):
-                    with contextlib.suppress(queue.NotPendingError):  # decided meanwhile
-                        await queue.decide(
+                    with contextlib.suppress(ActionRefusedError):  # decided meanwhile
+                        await act(
                             self.pool,
                             self.names,
                             proposal_id,
-                            DecisionOutcome.EXPIRED,
+                            Action.EXPIRE,
                             f"system:{SERVICE}",
                             "not reviewed before it expired",
                             signer=self.signer,
-                            by_system=True,
                         )
                         log.info("expired", correlation_id=str(proposal_id))
                 await queue.refresh_depth(self.pool)
+                await idempotency.expire(self.pool)
             except Exception as exc:  # a gauge may go stale; the service must not stop
                 if not is_transient(exc):
                     raise
@@ -131,10 +136,12 @@ async def setup(ctx: Context[ReviewApiSettings]) -> Parts:
         Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
         Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
     ]
+    hub = Hub(ctx.settings.database_url, ctx.runtime.stop)
+    ctx.runtime.checks["change_feed"] = lambda: hub.listening
     return Parts(
         consumers=[Consumer("changegate-review-api", subscriptions)],
-        app=build_app(ctx.runtime, ctx.pool, ctx.settings),
-        workers=[Housekeeping(ctx).run],
+        app=build_app(ctx.runtime, ctx.pool, ctx.settings, hub),
+        workers=[Housekeeping(ctx).run, hub.run],
     )
 
 

@@ -1,63 +1,53 @@
-"""The review queue in PostgreSQL: enqueue pending proposals, decide them exactly once."""
+"""What review-api consumes into PostgreSQL: pending proposals (the queue), decisions made elsewhere
+and executions, so any proposal can be read (deciding is decisions.py); expiry and queue gauges."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import asyncpg
-from changegate.core import outbox
-from changegate.core.auth import Grant
 from changegate.core.contracts import (
-    Decider,
     Decision,
-    DecisionOutcome,
     Execution,
     FieldChange,
     Proposal,
     ReviewRequest,
 )
-from changegate.core.contracts.base import utcnow
-from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import Queryable
-from changegate.core.signing import SigningKey
-from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import metrics
 
 SERVICE = "review-api"
 T = TypeVar("T")
 
 
-class NotPendingError(Exception):
-    def __init__(self, status: str | None) -> None:
-        self.status = status
-
-
 async def enqueue_many(conn: Queryable, requests: list[ReviewRequest]) -> list[ReviewRequest]:
     """Insert pending proposals in one statement; the ones not queued before (the others are
     redeliveries), each once."""
+    if not requests:
+        return []
     rows = await conn.fetch(
         "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
-        " queue, priority, expires_at, routed_by, explanation)"
-        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::jsonb[],"
-        " $7::text[], $8::text[], $9::timestamptz[], $10::jsonb[], $11::text[])"
+        " queue, priority, expires_at, routed_by, explanation, required_approvals)"
+        f" {_select(_REQUEST_TYPES)}"
         " ON CONFLICT (proposal_id) DO NOTHING RETURNING proposal_id",
         *_columns(
             requests,
-            11,
             lambda r: (
                 r.proposal.proposal_id,
                 r.proposal.kind.value,
                 r.proposal.object_type.value,
                 r.proposal.record_id,
                 r.proposal.confidence,
-                r.proposal.model_dump(mode="json"),
+                _json(r.proposal.model_dump(mode="json")),
                 r.queue,
                 r.priority,
                 r.expires_at,
-                r.routed_by.model_dump(mode="json"),
+                _json(r.routed_by.model_dump(mode="json")),
                 r.explanation,
+                r.required_approvals,
             ),
         ),
     )
@@ -69,94 +59,126 @@ async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
     return bool(await enqueue_many(conn, [request]))
 
 
-async def retire_many(conn: Queryable, decisions: list[Decision]) -> list[Decision]:
-    """Decisions made elsewhere (a newer proposal superseded these) close pending items; the ones
-    that closed one."""
+# The columns a decision fills, in the order of _decision_values, and their array types for unnest.
+_DECISION_COLUMNS = (
+    "proposal_id, kind, object_type, record_id, confidence, proposal, status, decision_id, decided_by,"
+    " decided_at, comment, decider, decision_explanation, final_changes"
+)
+_DECISION_TYPES = [
+    *("uuid", "text", "text", "text", "float8", "json", "text"),
+    *("uuid", "text", "timestamptz", "text", "json", "text", "json"),
+]
+_EXECUTION_TYPES = [*_DECISION_TYPES, "uuid", "text", "timestamptz", "text", "json", "text"]
+_REQUEST_TYPES = [
+    *("uuid", "text", "text", "text", "float8", "json"),
+    *("text", "text", "timestamptz", "json", "text", "int2"),
+]
+
+
+def _decision_values(decision: Decision) -> tuple[Any, ...]:
+    proposal = decision.proposal
+    return (
+        proposal.proposal_id,
+        proposal.kind.value,
+        proposal.object_type.value,
+        proposal.record_id,
+        proposal.confidence,
+        _json(proposal.model_dump(mode="json")),
+        decision.outcome.value,
+        decision.decision_id,
+        decision.decided_by.identity,
+        decision.decided_at,
+        decision.comment,
+        _json(decision.decided_by.model_dump(mode="json")),
+        decision.explanation,
+        _json([c.model_dump(mode="json") for c in decision.final_changes])
+        if decision.final_changes
+        else None,
+    )
+
+
+def _select(types: list[str]) -> str:
+    """``SELECT`` of column arrays (``_columns``) row by row; JSON goes as text (an array of JSON
+    arrays would be taken for a two-dimensional array) and becomes jsonb here."""
+    names = [f"c{n}" for n in range(1, len(types) + 1)]
+    params = ", ".join(f"${n}::{'text' if t == 'json' else t}[]" for n, t in enumerate(types, 1))
+    exprs = ", ".join(f"{c}::jsonb" if t == "json" else c for c, t in zip(names, types, strict=True))
+    return f"SELECT {exprs} FROM unnest({params}) AS u({', '.join(names)})"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def record_decisions(conn: Queryable, decisions: list[Decision]) -> list[Decision]:
+    """Decisions made elsewhere (auto-applied or rejected by policy, superseded by a newer proposal)
+    are kept, so their proposals can be read; pending items they name are closed. The decisions
+    kept; not those of proposals decided already (our own decisions come back this way), and of one
+    proposal decided twice in the batch, the first only."""
     # An upsert: if the decision overtakes the review request (they travel on different topics),
-    # the row it leaves makes the late request a no-op instead of an approvable item.
+    # the row it leaves makes the late request a no-op instead of an approvable item. A statement
+    # may touch a row once: one decision per proposal.
+    if not decisions:
+        return []
+    first = list({d.proposal.proposal_id: d for d in reversed(decisions)}.values())
     rows = await conn.fetch(
-        "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
-        " status, decision_id, decided_by, decided_at, comment)"
-        " SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::jsonb[],"
-        " $7::text[], $8::uuid[], $9::text[], $10::timestamptz[], $11::text[])"
+        f"INSERT INTO review_queue ({_DECISION_COLUMNS}) {_select(_DECISION_TYPES)}"
         " ON CONFLICT (proposal_id) DO UPDATE SET status = EXCLUDED.status,"
         " decision_id = EXCLUDED.decision_id, decided_by = EXCLUDED.decided_by,"
-        " decided_at = EXCLUDED.decided_at, comment = EXCLUDED.comment"
-        " WHERE review_queue.status = 'pending' RETURNING proposal_id",
-        *_columns(
-            # One decision per proposal in a statement (an upsert may touch a row once): the first.
-            list({d.proposal.proposal_id: d for d in reversed(decisions)}.values()),
-            11,
-            lambda d: (
-                d.proposal.proposal_id,
-                d.proposal.kind.value,
-                d.proposal.object_type.value,
-                d.proposal.record_id,
-                d.proposal.confidence,
-                d.proposal.model_dump(mode="json"),
-                d.outcome.value,
-                d.decision_id,
-                d.decided_by.identity,
-                d.decided_at,
-                d.explanation,
-            ),
-        ),
+        " decided_at = EXCLUDED.decided_at, comment = EXCLUDED.comment, decider = EXCLUDED.decider,"
+        " decision_explanation = EXCLUDED.decision_explanation, final_changes = EXCLUDED.final_changes"
+        " WHERE review_queue.status = 'pending' RETURNING decision_id",
+        *_columns(first, _decision_values),
     )
-    return _once(decisions, lambda d: d.proposal.proposal_id, {r["proposal_id"] for r in rows})
+    return _once(decisions, lambda d: d.decision_id, {r["decision_id"] for r in rows})
 
 
-async def retire(conn: Queryable, decision: Decision) -> bool:
-    """A decision made elsewhere (a newer proposal superseded this one) closes a pending item."""
-    return bool(await retire_many(conn, [decision]))
+async def record_decision(conn: Queryable, decision: Decision) -> bool:
+    """One decision made elsewhere (see ``record_decisions``); False if not kept."""
+    return bool(await record_decisions(conn, [decision]))
 
 
-async def decided_here(conn: Queryable, decisions: list[tuple[uuid.UUID, uuid.UUID]]) -> set[uuid.UUID]:
-    """Which of these (proposal id, decision id) closed an item of the queue: their decision ids."""
+async def record_executions(conn: Queryable, executions: list[Execution]) -> list[Execution]:
+    """Items show what their executions did; one not known yet (the execution overtook its
+    decision) is recorded from the decision the execution carries. The executions recorded; not
+    those of another decision than their item's (nor one recorded already)."""
+    if not executions:
+        return []
+    last = list({e.decision.proposal.proposal_id: e for e in executions}.values())
     rows = await conn.fetch(
-        "SELECT decision_id FROM review_queue"
-        " WHERE proposal_id = ANY($1::uuid[]) AND decision_id IS NOT NULL",
-        [proposal_id for proposal_id, _ in decisions],
-    )
-    closed = {r["decision_id"] for r in rows}
-    return {decision_id for _, decision_id in decisions if decision_id in closed}
-
-
-async def record_executions(conn: Queryable, executions: list[Execution]) -> int:
-    """Items decided here show what their executions did; how many were items of ours."""
-    rows = await conn.fetch(
-        "UPDATE review_queue AS q SET execution_id = v.execution_id, execution_status = v.status,"
-        " executed_at = v.executed_at, execution_error = v.error"
-        " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])"
-        " AS v(proposal_id, decision_id, execution_id, status, executed_at, error)"
-        " WHERE q.proposal_id = v.proposal_id AND q.decision_id = v.decision_id RETURNING 1",
+        f"INSERT INTO review_queue ({_DECISION_COLUMNS}, execution_id, execution_status, executed_at,"
+        " execution_error, execution_writes, merged_into)"
+        f" {_select(_EXECUTION_TYPES)}"
+        " ON CONFLICT (proposal_id) DO UPDATE SET execution_id = EXCLUDED.execution_id,"
+        " execution_status = EXCLUDED.execution_status, executed_at = EXCLUDED.executed_at,"
+        " execution_error = EXCLUDED.execution_error, execution_writes = EXCLUDED.execution_writes,"
+        " merged_into = EXCLUDED.merged_into"
+        " WHERE review_queue.decision_id = EXCLUDED.decision_id"
+        " AND review_queue.execution_id IS DISTINCT FROM EXCLUDED.execution_id RETURNING execution_id",
         *_columns(
-            executions,
-            6,
+            last,
             lambda e: (
-                e.decision.proposal.proposal_id,
-                e.decision.decision_id,
+                *_decision_values(e.decision),
                 e.execution_id,
                 e.status.value,
                 e.executed_at,
                 e.error[:2000] if e.error else None,
+                _json([w.model_dump(mode="json") for w in e.writes]),
+                e.merged_into,
             ),
         ),
     )
-    return len(rows)
+    return _once(executions, lambda e: e.execution_id, {r["execution_id"] for r in rows})
 
 
 async def record_execution(conn: Queryable, execution: Execution) -> bool:
-    """The item decided here shows what its execution did; False if it is not an item of ours."""
+    """One execution (see ``record_executions``); False if not recorded."""
     return bool(await record_executions(conn, [execution]))
 
 
-def _columns(items: list[T], width: int, row: Callable[[T], tuple[Any, ...]]) -> list[list[Any]]:
-    """Items as ``width`` column arrays (for ``unnest``), the fields of ``row``."""
-    columns: list[list[Any]] = [[] for _ in range(width)]
-    for item in items:
-        for column, value in zip(columns, row(item), strict=True):
-            column.append(value)
-    return columns
+def _columns(items: list[T], row: Callable[[T], tuple[Any, ...]]) -> list[list[Any]]:
+    """Items as column arrays (for ``unnest``), the fields of ``row``."""
+    return [list(column) for column in zip(*(row(item) for item in items), strict=True)]
 
 
 def _once(items: list[T], key: Callable[[T], uuid.UUID], chosen: set[uuid.UUID]) -> list[T]:
@@ -178,133 +200,22 @@ async def overdue(pool: asyncpg.Pool, limit: int = 100) -> list[uuid.UUID]:
     return [r["proposal_id"] for r in rows]
 
 
-def scope_filter(scopes: list[Grant] | None, first: int) -> tuple[str, list[Any]]:
-    """SQL (and its arguments, numbered from ``first``) keeping the items some grant covers; None:
-    every item. A grant without queues or kinds covers all of them."""
-    if scopes is None:
-        return "TRUE", []
-    args: list[Any] = []
-    ors = []
-    for grant in scopes:
-        ands = ["TRUE"]
-        for column, allowed in (("queue", grant.queues), ("kind", grant.kinds)):
-            if allowed is not None:
-                args.append(sorted(allowed))
-                ands.append(f"{column} = ANY(${first + len(args) - 1}::text[])")
-        ors.append(f"({' AND '.join(ands)})")
-    return f"({' OR '.join(ors) or 'FALSE'})", args
-
-
-async def list_items(
-    pool: asyncpg.Pool,
-    status: str,
-    kind: str | None,
-    queue: str | None,
-    limit: int,
-    offset: int,
-    scopes: list[Grant] | None = None,
-) -> list[asyncpg.Record]:
-    """Highest priority first, then oldest first; only what ``scopes`` cover (None: everything)."""
-    visible, args = scope_filter(scopes, 6)
-    rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT * FROM review_queue WHERE status = $1 AND ($2::text IS NULL OR kind = $2)"
-        f" AND ($3::text IS NULL OR queue = $3) AND {visible}"
-        " ORDER BY priority_rank, enqueued_at, proposal_id LIMIT $4 OFFSET $5",
-        status,
-        kind,
-        queue,
-        limit,
-        offset,
-        *args,
-    )
-    return rows
-
-
-async def statistics(pool: asyncpg.Pool, scopes: list[Grant] | None = None) -> list[asyncpg.Record]:
-    """Items by queue, kind and status, with the oldest enqueue time; only what ``scopes`` cover."""
-    visible, args = scope_filter(scopes, 1)
-    rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT queue, kind, status, count(*) AS count, min(enqueued_at) AS oldest FROM review_queue"
-        f" WHERE {visible} GROUP BY queue, kind, status ORDER BY queue, kind, status",
-        *args,
-    )
-    return rows
-
-
-async def get_item(pool: asyncpg.Pool, proposal_id: uuid.UUID) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT * FROM review_queue WHERE proposal_id = $1", proposal_id
-    )
-    return row
-
-
-async def decide(
-    pool: asyncpg.Pool,
-    names: TopicNames,
-    proposal_id: uuid.UUID,
-    outcome: DecisionOutcome,
-    identity: str,
-    comment: str | None,
-    final_changes: list[FieldChange] | None = None,
-    *,
-    signer: SigningKey,
-    by_system: bool = False,
-) -> Decision:
-    """Close a pending item and emit its decision, in one transaction. Raises NotPendingError."""
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "SELECT proposal, status, enqueued_at, expires_at <= now() AS overdue FROM review_queue"
-            " WHERE proposal_id = $1 FOR UPDATE",
-            proposal_id,
-        )
-        if row is None or row["status"] != "pending":
-            raise NotPendingError(None if row is None else row["status"])
-        if row["overdue"] and not by_system:
-            raise NotPendingError("expired")  # the sweeper has not got to it yet
-        proposal = Proposal.model_validate(row["proposal"])
-        if outcome is DecisionOutcome.APPROVED:
-            final_changes = list(proposal.changes)
-        decision = Decision(
-            decision_id=uuid.uuid4(),
-            proposal=proposal,
-            outcome=outcome,
-            decided_by=Decider(kind="system" if by_system else "human", identity=identity),
-            decided_at=utcnow(),
-            explanation=f"{outcome.value.replace('_', ' ')} by {identity}",
-            comment=comment,
-            final_changes=final_changes or [],
-        )
-        decision = signer.sign(decision)
-        await conn.execute(
-            "UPDATE review_queue SET status = $2, decision_id = $3, decided_by = $4,"
-            " decided_at = $5, comment = $6 WHERE proposal_id = $1",
-            proposal_id,
-            outcome.value,
-            decision.decision_id,
-            identity,
-            decision.decided_at,
-            comment,
-        )
-        envelope = make_envelope(
-            decision,
-            service=SERVICE,
-            correlation_id=proposal.proposal_id,
-            dedup_key=str(decision.decision_id),
-        )
-        await outbox.enqueue(conn, SERVICE, names(Topic.DECISIONS), proposal.record_id, envelope)
-    metrics.DECISIONS.labels(outcome=outcome.value).inc()
-    metrics.REVIEW_LATENCY.observe((decision.decided_at - row["enqueued_at"]).total_seconds())
-    return decision
+_seen_depth: set[tuple[str, str]] = set()
 
 
 async def refresh_depth(pool: asyncpg.Pool) -> None:
-    """Queue depth and the oldest item's age, from the database (true across replicas)."""
-    row = await pool.fetchrow(
-        "SELECT count(*) AS n, extract(epoch FROM now() - min(enqueued_at)) AS age"
-        " FROM review_queue WHERE status = 'pending'"
+    """Depth and the oldest item's age by kind and queue, from the database (true across replicas);
+    a kind and queue that emptied reads 0."""
+    rows = await pool.fetch(
+        "SELECT kind, queue, count(*) AS n, extract(epoch FROM now() - min(enqueued_at)) AS age"
+        " FROM review_queue WHERE status = 'pending' GROUP BY kind, queue"
     )
-    metrics.PENDING.set(row["n"] if row else 0)
-    metrics.OLDEST_PENDING_AGE.set(float(row["age"] or 0) if row else 0)
+    now = {(r["kind"], r["queue"] or ""): (r["n"], float(r["age"] or 0)) for r in rows}
+    for key in _seen_depth | set(now):
+        depth, age = now.get(key, (0, 0.0))
+        metrics.PENDING.labels(*key).set(depth)
+        metrics.OLDEST_PENDING_AGE.labels(*key).set(age)
+    _seen_depth.update(now)
 
 
 def json_type(value: object) -> str:
