@@ -84,11 +84,17 @@ async def test_each_service_killed_mid_batch_under_load_loses_nothing_and_repeat
 
     await eventually(applied, lambda n: n == AUTO, timeout=180, what="every auto-applied change")
     # Each reviewed change queued once; approved, applied once.
-    review = f"http://127.0.0.1:{stack.ports['review-api']}/proposals"
+    review = f"http://127.0.0.1:{stack.ports['review-api']}/v1/proposals"
 
     async def queued() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = (await client.get(review, params={"limit": 500})).json()
-        return [i for i in items if i["proposal"]["record_id"] in set(reviewed)]
+        items: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 200}
+        while True:
+            page = (await client.get(review, params=params)).json()
+            items += [i for i in page["items"] if i["record_id"] in set(reviewed)]
+            if page["next_cursor"] is None:
+                return items
+            params["cursor"] = page["next_cursor"]
 
     items = await eventually(
         queued, lambda q: len(q) == REVIEWED, timeout=120, what="every reviewed change queued"
