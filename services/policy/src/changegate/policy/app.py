@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 from pathlib import Path
 
 import asyncpg
 from changegate.core import __version__, policy_versions
-from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
-from changegate.core.logging import configure_logging, get_logger
-from changegate.core.outbox import OutboxRelay
-from changegate.core.service import ServiceRuntime
-from changegate.core.topics import Topic, TopicNames
+from changegate.core.kafka import Subscription, is_transient
+from changegate.core.logging import get_logger
+from changegate.core.service import Consumer, Context, Parts, Service
+from changegate.core.topics import Topic
 from changegate.policy import shadow
-from changegate.policy.engine import Policy, PolicyError
+from changegate.policy.engine import DEFAULT_POLICY, Policy, PolicyError
 from changegate.policy.router import SERVICE, Router
 from changegate.policy.settings import PolicySettings
 from fastapi import FastAPI
@@ -55,6 +55,12 @@ class PolicyWatcher:
         self._hup.set()
 
     async def reload(self) -> None:
+        with contextlib.suppress(OSError):  # unreadable: Policy.load says why
+            if (
+                hashlib.sha256((self.path or DEFAULT_POLICY).read_bytes()).hexdigest()
+                == self.router.policy.content_hash
+            ):
+                return  # unchanged: not parsed again every poll
         try:
             policy = Policy.load(self.path)
         except PolicyError as exc:
@@ -100,56 +106,44 @@ async def start_shadow(pool: asyncpg.Pool, candidate: Policy | None) -> shadow.S
     return in_shadow
 
 
-def shadow_app(pool: asyncpg.Pool) -> FastAPI:
-    app = FastAPI(title="changegate policy", version=__version__)
-    app.include_router(shadow.api(pool))
-    return app
+def _loads(settings: PolicySettings) -> None:
+    """The policy file (and a shadow candidate's) is valid: else the service stops here, before
+    connecting anything."""
+    Policy.load(settings.policy_file)
+    if settings.shadow_policy_file:
+        Policy.load(settings.shadow_policy_file)
 
 
-async def main() -> None:
-    settings = PolicySettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    policy = Policy.load(settings.policy_file)  # an invalid file stops the service here, loudly
-    candidate = Policy.load(settings.shadow_policy_file) if settings.shadow_policy_file else None
+async def setup(ctx: Context[PolicySettings]) -> Parts:
+    settings = ctx.settings
+    policy = Policy.load(settings.policy_file)
     _announce(policy)
     log.info("policy loaded", version=policy.version, hash=policy.content_hash, source=policy.source)
-    runtime = ServiceRuntime(SERVICE, settings)
-    pool = await runtime.open_database(SERVICE, "changegate.policy.migrations")
-    await record_version(pool, policy)
-    in_shadow = await start_shadow(pool, candidate)
-    producer = await runtime.open_producer()
-    router = Router(
-        pool,
-        policy,
-        TopicNames(settings.topic_prefix),
-        settings.signing(SERVICE),
-        settings.verifier(SERVICE),
-        in_shadow,
-    )
-    loop = ConsumerLoop(
-        settings,
-        "changegate-policy",
-        [
-            Subscription(Topic.PROPOSALS, router.handle, frozenset({"proposal"}), router.handle_batch),
-            Subscription(Topic.DECISIONS, router.on_decision, frozenset({"decision"})),
-        ],
-        producer,
-        runtime.stop,
-    )
-    relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
-    watcher = PolicyWatcher(settings.policy_file, router, runtime.stop, settings.policy_poll_seconds)
+    await record_version(ctx.pool, policy)
+    candidate = Policy.load(settings.shadow_policy_file) if settings.shadow_policy_file else None
+    in_shadow = await start_shadow(ctx.pool, candidate)
+    router = Router(ctx.pool, policy, ctx.names, ctx.signer(), ctx.verifier(), in_shadow)
+    subscriptions = [
+        Subscription.batch(Topic.PROPOSALS, frozenset({"proposal"}), router.handle_batch),
+        Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), router.on_decisions),
+    ]
+    watcher = PolicyWatcher(settings.policy_file, router, ctx.runtime.stop, settings.policy_poll_seconds)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.sighup)
-    runtime.checks["consumer"] = loop.has_partitions
-    try:
-        await runtime.run(
-            runtime.app(shadow_app(pool)),
-            [
-                loop.run,
-                relay.run,
-                watcher.run,
-                lambda: in_shadow.run(runtime.stop, settings.policy_poll_seconds),
-            ],
-        )
-    finally:
-        await producer.stop()
-        await pool.close()
+    app = FastAPI(title="changegate policy", version=__version__)
+    app.include_router(shadow.api(ctx.pool))
+    return Parts(
+        consumers=[Consumer("changegate-policy", subscriptions)],
+        app=ctx.runtime.app(app),
+        workers=[watcher.run, lambda: in_shadow.run(ctx.runtime.stop, settings.policy_poll_seconds)],
+    )
+
+
+POLICY = Service(
+    SERVICE,
+    PolicySettings,
+    setup,
+    migrations="changegate.policy.migrations",
+    outbox=True,
+    check=_loads,
+)
+main = POLICY.main

@@ -16,6 +16,7 @@ from changegate.core import outbox
 from changegate.core.contracts import Decision, DecisionOutcome, Proposal, ReviewRequest
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope, make_envelope
+from changegate.core.kafka import Refusals, handle_one, screen
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
@@ -170,23 +171,35 @@ class Router:
     async def handle(self, envelope: Envelope[Any]) -> None:
         await self.handle_batch([envelope])
 
-    async def on_decision(self, envelope: Envelope[Any]) -> None:
+    async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
         """A proposal superseded before it was routed is never routed (nor auto-applied); a human's
-        decision is kept as the label shadow routes and suggestions are compared with."""
-        decision: Decision = envelope.payload
-        if decision.outcome in shadow.HUMAN_OUTCOMES and decision.decided_by.kind == "human":
-            self.verifier.decision(decision)  # a forged label must not teach anything
-            await shadow.record_human(self.pool, [decision])
-            return
-        if decision.outcome is not DecisionOutcome.SUPERSEDED:
-            return
-        self.verifier.decision(decision)  # a forged supersession must not block routing
-        await self.pool.execute(
-            "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
-            " explanation)"
-            " VALUES ($1, 'superseded', 'superseded', $2, $3, $4) ON CONFLICT (proposal_id) DO NOTHING",
-            decision.proposal.proposal_id,
-            self.policy.version,
-            self.policy.content_hash,
-            decision.explanation,
+        decision is kept as the label shadow routes and suggestions are compared with. The other
+        decisions are not verified: nothing is done with them."""
+        wanted = [
+            (n, e)
+            for n, e in enumerate(envelopes)
+            if e.payload.outcome is DecisionOutcome.SUPERSEDED
+            or (e.payload.outcome in shadow.HUMAN_OUTCOMES and e.payload.decided_by.kind == "human")
+        ]
+        # A forged supersession must not block routing; a forged label must not teach anything.
+        refused, passed = screen([e for _, e in wanted], self.verifier.decision)
+        decisions: list[Decision] = [d for _, d in passed]
+        superseded = [d for d in decisions if d.outcome is DecisionOutcome.SUPERSEDED]
+        if superseded:
+            policy = self.policy
+            await self.pool.execute(
+                "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
+                " explanation) SELECT p, 'superseded', 'superseded', $2, $3, e"
+                " FROM unnest($1::uuid[], $4::text[]) AS t(p, e) ON CONFLICT (proposal_id) DO NOTHING",
+                [d.proposal.proposal_id for d in superseded],
+                policy.version,
+                policy.content_hash,
+                [d.explanation for d in superseded],
+            )
+        await shadow.record_human(
+            self.pool, [d for d in decisions if d.outcome is not DecisionOutcome.SUPERSEDED]
         )
+        return {wanted[n][0]: exc for n, exc in refused.items()}
+
+    async def on_decision(self, envelope: Envelope[Any]) -> None:
+        await handle_one(self.on_decisions, envelope)
