@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-MEMBERS := shared services/detector services/policy services/executor services/audit services/review-api services/ingest
+MEMBERS := shared services/detector services/policy services/executor services/audit services/review-api services/ingest devtools/hubspot-sim
 STAMP := $(VENV)/.installed
 
 .PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy bench-executor \

@@ -53,7 +53,7 @@ from changegate.core.serde import decode, encode
 from changegate.core.settings import CommonSettings
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
-from hubspot_sim.server import TOKEN
+from changegate.hubspot_sim import TOKEN
 
 HERE = Path(__file__).resolve().parent
 POLICY_KEY = SigningKey.parse(SIGNING_KEYS["policy"], "policy")
@@ -213,7 +213,9 @@ async def simulator(
 ) -> Result:
     port = free_port()
     sim = start(
-        [sys.executable, "-m", "hubspot_sim", "--port", str(port)], _sim_env(), workdir / f"sim-{name}.log"
+        [sys.executable, "-m", "changegate.hubspot_sim", "--port", str(port)],
+        _sim_env(),
+        workdir / f"sim-{name}.log",
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -19,8 +19,7 @@ from changegate.executor.crm.port import (
     RecordNotFoundError,
     WriteStatus,
 )
-from hubspot_sim import SimServer
-from hubspot_sim.server import TOKEN
+from changegate.hubspot_sim import TOKEN, SimServer
 
 C = ObjectType.CONTACT
 
