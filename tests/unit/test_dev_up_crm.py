@@ -40,7 +40,9 @@ def test_demo_feed_refuses_a_stack_that_writes_to_a_real_portal(
 ) -> None:
     """`demo feed` printed "auto-applied" while every execution failed in a real portal."""
     monkeypatch.setenv("CHANGEGATE_CRM", "hubspot")
-    monkeypatch.setenv("CHANGEGATE_HUBSPOT_BASE_URL", "http://127.0.0.1:9")  # nothing answers: not a simulator
+    monkeypatch.setenv(
+        "CHANGEGATE_HUBSPOT_BASE_URL", "http://127.0.0.1:9"
+    )  # nothing answers: not a simulator
     result = runner.invoke(app, ["demo", "feed", "--count", "1", "--workdir", str(tmp_path)])
     assert result.exit_code == 2
     assert "real portal" in result.output

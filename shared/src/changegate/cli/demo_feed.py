@@ -221,9 +221,11 @@ class Feed:
         self.crm, self.send, self.client, self.review = crm, send, client, review
         self.confirm_seconds = confirm_seconds
         self.expected: list[Expected] = []
+        self.ids: dict[str, str] = {}  # every step's ids -> the CRM's
 
     async def play(self, step: DemoStep, say: Say) -> None:
         ids = {demo_id: await self.crm.create(demo_id, props) for demo_id, props in step.records.items()}
+        self.ids.update(ids)
         await self.crm.settle()  # the CRM's reports first: the other events are about its records
         for event in step.events:
             if event.source_system == "hubspot" and event.kind is CrmEventKind.RECORD_CREATED:
@@ -365,9 +367,11 @@ async def demo_stream(
     review: ReviewTarget | None = None,
     confirm_seconds: float = 30.0,
     advance: Callable[[], None] = lambda: None,
+    ids: dict[str, str] | None = None,
 ) -> int:
     """Feed ``count`` steps (None: until stopped) to the stack ``settings`` point at: events as
-    signed webhooks to ``ingest`` when given, else straight onto crm.events (sandbox only)."""
+    signed webhooks to ``ingest`` when given, else straight onto crm.events (sandbox only).
+    ``ids``, when given, learns each step's record ids as the CRM's."""
     from changegate.cli.webhooks import WebhookSender
     from changegate.core.contracts.envelope import make_envelope
     from changegate.core.kafka import make_producer, publish, start_with_retry
@@ -401,6 +405,8 @@ async def demo_stream(
             await migrate(pool, "executor", "changegate.executor.migrations")
             target = SandboxDemoCrm(pool, send)
         feed = Feed(target, send, client, review, confirm_seconds)
+        if ids is not None:
+            feed.ids = ids
         return await run_feed(feed, count, interval, seed, run, say, advance)
     finally:
         await client.aclose()
