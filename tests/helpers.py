@@ -295,7 +295,7 @@ async def audited(client: httpx.AsyncClient, stack: DevStack, record_id: str) ->
 
 @contextlib.contextmanager
 def running_stack(
-    kafka_bootstrap: str, database_url: str, *, crm: str = "sandbox", sim_contacts: int = 0, **env: str
+    kafka_bootstrap: str, database_url: str, *, crm: str = "sandbox", sim_contacts: str = "0", **env: str
 ) -> Iterator[DevStack]:
     """Every service as a process on the session's broker and PostgreSQL, in a database and under a
     topic prefix of its own; ``env`` goes to every service; ``crm`` as `dev up --crm` takes it."""
@@ -330,7 +330,7 @@ def running_stack(
             **env,
         },
         crm=crm,
-        sim_contacts=sim_contacts,
+        sim_contacts=int(sim_contacts),
     )
     try:
         stack.start(timeout=90)

@@ -25,7 +25,7 @@ def stack(kafka_bootstrap: str, database_url: str) -> Iterator[DevStack]:
         kafka_bootstrap,
         database_url,
         crm="hubspot-sim",
-        sim_contacts=300,
+        sim_contacts="300",
         CHANGEGATE_OWNER=DEMO_ENV["CHANGEGATE_OWNER"],
     ) as running:
         yield running
