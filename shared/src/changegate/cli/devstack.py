@@ -54,13 +54,6 @@ DEFAULT_PORTS = {
     "hubspot-sim": 8006,  # only with --crm hubspot-sim
 }
 SIMULATOR = "hubspot-sim"
-# The HubSpot simulator's webhook subscription: the properties the detectors read (HubSpot makes an
-# app subscribe to property changes one property at a time; a portal's guide lists the same ones).
-WEBHOOK_PROPERTIES = (
-    "firstname", "lastname", "email", "phone", "mobilephone", "company", "website", "address", "city",
-    "zip", "state", "country", "date_of_birth", "jobtitle", "hubspot_owner_id", "lifecyclestage",
-    "email_status", "name", "domain",
-)  # fmt: skip
 
 
 @dataclass
@@ -184,7 +177,7 @@ class DevStack:
         args = [
             "--port", str(self.ports[SIMULATOR]),
             "--webhook-url", f"{self.ingest_target().url}/v1/webhooks/hubspot",
-            "--webhook-properties", ",".join(WEBHOOK_PROPERTIES),
+            "--webhook-properties", ",".join(_subscribed_properties()),
             "--seed-contacts", str(self.sim_contacts),
         ]  # fmt: skip
         self._spawn(SIMULATOR, "changegate.hubspot_sim", args, env)
@@ -327,6 +320,14 @@ class DevStack:
             "crm_url": self.simulator_url if self.crm == SIMULATOR else None,
         }
         self.state_file.write_text(json.dumps(state, indent=2))
+
+
+def _subscribed_properties() -> list[str]:
+    """The properties whose changes the simulator reports: those the detectors read (a HubSpot app
+    subscribes to property changes one property at a time, and the guide lists the same ones)."""
+    from changegate.detector.settings import DetectorSettings
+
+    return DetectorSettings().record_properties()
 
 
 def _ingest_secret_variables() -> list[str]:

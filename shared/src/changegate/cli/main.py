@@ -57,6 +57,10 @@ with contextlib.suppress(ImportError):
     from changegate.detector.cli import app as detector_app
 
     app.add_typer(detector_app, name="detector")
+with contextlib.suppress(ImportError):  # reads through the executor's adapter into the detector
+    from changegate.cli.crm import app as crm_app
+
+    app.add_typer(crm_app, name="crm")
 console = Console(stderr=True, soft_wrap=True)
 
 

@@ -95,11 +95,14 @@ async def main() -> None:
 
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
 
+    async def follow_loads() -> None:  # records `changegate crm import` loads while we run
+        await detector.indexes.follow_loads(pool, runtime.stop)
+
     # Joined the group and holding the assignment (not in the middle of a rebalance).
     runtime.checks["consumer"] = lambda: started and not app.rebalancing
     runtime.checks["lifecycle_consumer"] = lifecycle_loop.has_partitions
     try:
-        await runtime.run(runtime.app(), [run_faust, lifecycle_loop.run, relay.run])
+        await runtime.run(runtime.app(), [run_faust, lifecycle_loop.run, relay.run, follow_loads])
     finally:
         await producer.stop()
         await pool.close()

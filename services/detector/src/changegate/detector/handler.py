@@ -136,8 +136,8 @@ class Detector:
             before = (
                 await state.known_properties(conn, event) if kind is CrmEventKind.PROPERTY_CHANGED else {}
             )
-            await state.apply_record_event(conn, event)
-            record = {**before, **event.properties} if before else await state.known_properties(conn, event)
+            # What the CRM holds now as far as we know: a value older than one known stays out.
+            record = await state.apply_record_event(conn, event)
             proposals: list[Proposal] = []
             # Duplicates can only appear when something identifying changed (a job title does not).
             if kind is CrmEventKind.RECORD_CREATED or identity_changed(
@@ -170,8 +170,8 @@ class Detector:
         index learn it; nothing is proposed from it (it was decided already, and proposing from our
         own write would loop)."""
         if event.kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
-            await state.apply_record_event(conn, event)
-            self.indexes.update(event.object_type, event.record_id, await state.known_properties(conn, event))
+            record = await state.apply_record_event(conn, event)
+            self.indexes.update(event.object_type, event.record_id, record)
         SKIPPED.labels(detector="all", reason="echo").inc()
         return []
 

@@ -1,12 +1,55 @@
-"""Record state in PostgreSQL: what the detector knows of each record."""
+"""Record state in PostgreSQL: what the detector knows of each record.
+
+Each property keeps the time its value was true at the CRM (``property_times``: a webhook's event
+time, an imported snapshot's last-modified time, an execution's time): a value replaces only one
+observed earlier. So the webhooks of a record and an import of it (``load_snapshot``) can arrive in
+any order and the newest value stays; a record that went away is not brought back by anything
+older than its going."""
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.db import DbConn
+
+# The channel a load announces the records it wrote on: a running detector indexes them.
+LOADED_CHANNEL = "changegate_detector_records"
+_NOTIFY_IDS = 200  # ids per notification (PostgreSQL caps a payload at 8000 bytes)
+
+# Fold records in, each with the time its values were true: a property is taken only if no newer
+# value of it is known; a deleted record comes back only with something newer than its deletion.
+_FOLD = """
+INSERT INTO detector_records AS r (object_type, record_id, properties, property_times, seen_ms)
+SELECT $1, v.record_id, v.properties,
+       coalesce((SELECT jsonb_object_agg(k, v.at_ms) FROM jsonb_object_keys(v.properties) k), '{}'),
+       v.at_ms
+FROM unnest($2::text[], $3::jsonb[], $4::bigint[]) AS v(record_id, properties, at_ms)
+ON CONFLICT (object_type, record_id) DO UPDATE SET
+    properties = r.properties || coalesce((
+        SELECT jsonb_object_agg(e.key, e.value) FROM jsonb_each(EXCLUDED.properties) e
+        WHERE coalesce((r.property_times ->> e.key)::bigint, 0) <= EXCLUDED.seen_ms), '{}'),
+    property_times = r.property_times || coalesce((
+        SELECT jsonb_object_agg(e.key, EXCLUDED.seen_ms) FROM jsonb_each(EXCLUDED.properties) e
+        WHERE coalesce((r.property_times ->> e.key)::bigint, 0) <= EXCLUDED.seen_ms), '{}'),
+    deleted = r.deleted AND coalesce(r.gone_ms, 0) > EXCLUDED.seen_ms,
+    seen_ms = greatest(r.seen_ms, EXCLUDED.seen_ms),
+    updated_at = now()
+RETURNING r.record_id, r.properties, r.deleted
+"""
+
+
+def event_ms(event: CrmEvent) -> int:
+    """When the event happened at its source (when it carries no time: now)."""
+    return to_ms(event.occurred_at) if event.occurred_at is not None else int(time.time() * 1000)
+
+
+def to_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 async def known_properties(conn: DbConn, event: CrmEvent) -> dict[str, Any]:
@@ -27,30 +70,53 @@ async def record_properties(conn: DbConn, object_type: ObjectType, record_id: st
     return props or {}
 
 
-async def apply_record_event(conn: DbConn, event: CrmEvent) -> None:
-    """Fold a record lifecycle event (created, changed, merged, deleted) into the known state."""
+async def apply_record_event(conn: DbConn, event: CrmEvent) -> dict[str, Any]:
+    """Fold a record lifecycle event (created, changed, merged, deleted) into the known state; the
+    record's properties afterwards ({} for one that went away)."""
     if event.kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
-        await conn.execute(
-            "INSERT INTO detector_records (object_type, record_id, properties) VALUES ($1, $2, $3)"
-            " ON CONFLICT (object_type, record_id) DO UPDATE SET"
-            " properties = detector_records.properties || EXCLUDED.properties,"
-            " deleted = false, updated_at = now()",
-            event.object_type.value,
-            event.record_id,
-            event.properties,
+        row = await conn.fetchrow(
+            _FOLD, event.object_type.value, [event.record_id], [event.properties], [event_ms(event)]
         )
-    elif event.kind in (CrmEventKind.RECORD_DELETED, CrmEventKind.RECORD_MERGED):
+        assert row is not None
+        return {} if row["deleted"] else dict(row["properties"])
+    if event.kind in (CrmEventKind.RECORD_DELETED, CrmEventKind.RECORD_MERGED):
         gone = [event.record_id] if event.kind is CrmEventKind.RECORD_DELETED else event.merged_record_ids
-        await mark_gone(conn, event.object_type, gone)
+        await mark_gone(conn, event.object_type, gone, event_ms(event))
+    return {}
 
 
-async def mark_gone(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> None:
-    """Records deleted or merged away leave the known state (a later creation brings them back)."""
+async def load_snapshot(
+    conn: DbConn, object_type: ObjectType, records: Sequence[tuple[str, dict[str, Any], int]]
+) -> None:
+    """Records read from the CRM (``changegate crm import``): (id, properties, when the CRM last
+    changed the record, in ms) folded into the known state without proposing anything, each value
+    only where nothing newer is known; then a running detector is told to index them."""
+    if not records:
+        return
     await conn.execute(
-        "UPDATE detector_records SET deleted = true, updated_at = now()"
+        _FOLD,
+        object_type.value,
+        [r[0] for r in records],
+        [r[1] for r in records],
+        [r[2] for r in records],
+    )
+    ids = [r[0] for r in records]
+    for start in range(0, len(ids), _NOTIFY_IDS):
+        payload = json.dumps({"object_type": object_type.value, "ids": ids[start : start + _NOTIFY_IDS]})
+        await conn.execute("SELECT pg_notify($1, $2)", LOADED_CHANNEL, payload)
+
+
+async def mark_gone(
+    conn: DbConn, object_type: ObjectType, record_ids: list[str], at_ms: int | None = None
+) -> None:
+    """Records deleted or merged away leave the known state (something newer brings them back)."""
+    await conn.execute(
+        "UPDATE detector_records SET deleted = true, updated_at = now(),"
+        " gone_ms = greatest(coalesce(gone_ms, 0), $3)"
         " WHERE object_type = $1 AND record_id = ANY($2::text[])",
         object_type.value,
         record_ids,
+        int(time.time() * 1000) if at_ms is None else at_ms,
     )
 
 
@@ -65,12 +131,15 @@ async def apply_executed(
     learnt of the record after that write (a later event knows better). The record's properties
     afterwards, or None if nothing changed."""
     props: dict[str, Any] | None = await conn.fetchval(
-        "UPDATE detector_records SET properties = properties || $3, updated_at = now()"
+        "UPDATE detector_records SET properties = properties || $3, updated_at = now(),"
+        " property_times = property_times"
+        " || coalesce((SELECT jsonb_object_agg(k, $5::bigint) FROM jsonb_object_keys($3) k), '{}')"
         " WHERE object_type = $1 AND record_id = $2 AND NOT deleted AND updated_at <= $4"
         " RETURNING properties",
         object_type.value,
         record_id,
         values,
         executed_at,
+        to_ms(executed_at),
     )
     return props

@@ -18,7 +18,9 @@ from changegate.executor.crm.port import (
     MergeResult,
     OwnerStatus,
     RecordNotFoundError,
+    RecordPage,
     RecordState,
+    SnapshotRecord,
     WriteResult,
     WriteStatus,
 )
@@ -123,6 +125,31 @@ class SandboxCrm:
         if archived is None:
             return OwnerStatus.UNKNOWN
         return OwnerStatus.ARCHIVED if archived else OwnerStatus.ACTIVE
+
+    async def list_page(
+        self, object_type: ObjectType, fields: Sequence[str], after: str | None, limit: int
+    ) -> RecordPage:
+        """In id order; records merged away are not listed (they live on in their survivor)."""
+        rows = await self.pool.fetch(
+            "SELECT record_id, properties, updated_at FROM sandbox_crm_records"
+            " WHERE object_type = $1 AND merged_into IS NULL AND record_id > $2"
+            " ORDER BY record_id LIMIT $3",
+            object_type.value,
+            after or "",
+            limit + 1,
+        )
+        records = [
+            SnapshotRecord(r["record_id"], {f: r["properties"].get(f) for f in fields}, r["updated_at"])
+            for r in rows[:limit]
+        ]
+        return RecordPage(records, records[-1].record_id if len(rows) > limit else None)
+
+    async def count(self, object_type: ObjectType) -> int | None:
+        found: int = await self.pool.fetchval(
+            "SELECT count(*) FROM sandbox_crm_records WHERE object_type = $1 AND merged_into IS NULL",
+            object_type.value,
+        )
+        return found
 
     async def close(self) -> None:
         return None
