@@ -127,6 +127,13 @@ class DevStack:
         self.wait_ready(timeout)
         if "ingest" in self.services:
             self.ingest_target().save(self.ingest_file)
+        # `changegate detector scan --publish` signs as the detector of this stack.
+        self.detector_key_file.touch(mode=0o600, exist_ok=True)
+        self.detector_key_file.write_text(self.signing_keys["detector"] + "\n")
+
+    @property
+    def detector_key_file(self) -> Path:
+        return self.workdir / "detector.key"
 
     @property
     def ingest_file(self) -> Path:
@@ -294,6 +301,7 @@ class DevStack:
             self.state_file.unlink()
         (self.workdir / "token").unlink(missing_ok=True)
         self.ingest_file.unlink(missing_ok=True)
+        self.detector_key_file.unlink(missing_ok=True)
 
     @staticmethod
     def _stop_service(svc: ServiceProcess, sig: int = signal.SIGTERM) -> None:

@@ -102,6 +102,11 @@ class Detector:
         proposals = await self._detect(conn, event)
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
+        return await self.emit(conn, proposals)
+
+    async def emit(self, conn: DbConn, proposals: list[Proposal]) -> list[Proposal]:
+        """Sign and send proposals through the outbox, each retiring the open ones it replaces;
+        those decided before are not raised again. The proposals sent."""
         proposals = [self.signer.sign(p) for p in proposals]  # policy and review-api refuse unsigned ones
         emitted = []
         for proposal in proposals:
