@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import asyncpg
+import pytest
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import migrate, migrate_core
@@ -167,6 +168,8 @@ async def test_a_webhook_newer_than_the_snapshot_wins_whenever_it_arrives(
     importing = asyncio.create_task(backfill.run(pool, crm, SOURCE, ObjectType.CONTACT, fields))
     await eventually(lambda: _loaded(pool), lambda found: found[0] >= 100, what="a page loaded")
     assert not importing.done()
+    with pytest.raises(backfill.ImportRunningError):  # one import of a CRM's contacts at a time
+        await backfill.run(pool, crm, SOURCE, ObjectType.CONTACT, fields)
     await webhook(during, "Changed during the import", seeded + timedelta(seconds=2), 3)
     done = await importing
     await crm.close()

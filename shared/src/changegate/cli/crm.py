@@ -202,6 +202,9 @@ def import_command(
     except KeyboardInterrupt:
         console.print("[yellow]stopped[/]: every page loaded so far is kept; run the same command to resume")
         raise typer.Exit(130) from None
+    except backfill.ImportRunningError as exc:
+        console.print(f"[red]{exc}[/]: wait for it, or stop it (it resumes later)")
+        raise typer.Exit(1) from exc
     except CrmUnavailableError as exc:
         console.print(
             f"[red]the CRM is not answering:[/] {exc}\nevery page loaded so far is kept; run again to resume"

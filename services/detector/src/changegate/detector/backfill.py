@@ -24,6 +24,10 @@ from changegate.detector import state
 PAGES_AHEAD = 2  # pages read ahead of the one being written
 
 
+class ImportRunningError(Exception):
+    """Another import of the same object type from the same CRM holds the checkpoint."""
+
+
 class Snapshot(Protocol):
     @property
     def record_id(self) -> str: ...
@@ -120,6 +124,27 @@ async def run(
 ) -> Checkpoint:
     """Load every record of ``object_type`` from ``crm`` (``source`` names it in the checkpoint),
     from where the last import of it stopped; ``on_page`` after each page is committed."""
+    async with pool.acquire() as holder:
+        # One import per CRM and object type at a time: the lock lives as long as this connection.
+        key = f"changegate import {source} {object_type.value}"
+        if not await holder.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+            raise ImportRunningError(f"an import of {object_type.value}s from {source} is running already")
+        try:
+            return await _run(pool, crm, source, object_type, fields, page_size, restart, on_page)
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
+
+
+async def _run(
+    pool: asyncpg.Pool,
+    crm: Source,
+    source: str,
+    object_type: ObjectType,
+    fields: Sequence[str],
+    page_size: int,
+    restart: bool,
+    on_page: Callable[[Checkpoint], None],
+) -> Checkpoint:
     total = await crm.count(object_type)
     at = await begin(pool, source, object_type, total, restart)
     if at.finished:
