@@ -679,6 +679,10 @@ def create_app(
         state.faults.append(Fault(**(await request.json())))
         return JSONResponse({"ok": True})
 
+    async def clear_faults(request: Request) -> Response:
+        state.faults.clear()
+        return JSONResponse({"ok": True})
+
     async def put_rate(request: Request) -> Response:
         body = await request.json()
         state.rate_max, state.rate_window = body.get("max"), float(body.get("window", 10.0))
@@ -764,6 +768,7 @@ def create_app(
             Route("/_sim/records/{objects}/{record_id}", delete_record, methods=["DELETE"]),
             Route("/_sim/owners", put_owners, methods=["POST"]),
             Route("/_sim/faults", put_fault, methods=["POST"]),
+            Route("/_sim/faults", clear_faults, methods=["DELETE"]),
             Route("/_sim/rate", put_rate, methods=["POST"]),
             Route("/_sim/log", get_log, methods=["GET"]),
             Route("/_sim/webhooks", put_webhooks, methods=["POST"]),

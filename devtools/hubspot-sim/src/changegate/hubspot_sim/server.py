@@ -45,6 +45,9 @@ class SimClient:
     def fault(self, **fault: Any) -> None:
         self._post("/_sim/faults", fault)
 
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.url}/_sim/faults", timeout=5).raise_for_status()
+
     def rate(self, max_requests: int | None, window: float = 10.0) -> None:
         self._post("/_sim/rate", {"max": max_requests, "window": window})
 
