@@ -52,7 +52,7 @@ class ImportSettings(ExecutorSettings):
 
 
 def _from_stack(workdir: Path) -> dict[str, Any]:
-    """What a dev stack running from ``workdir`` says (its database and CRM); CHANGEGATE_*
+    """What a dev stack running from ``workdir`` says (its database, topics and CRM); CHANGEGATE_*
     variables win."""
     state_file = workdir / "state.json"
     if not state_file.is_file():
@@ -63,6 +63,8 @@ def _from_stack(workdir: Path) -> dict[str, Any]:
         given["database_url"] = state["database_url"]
     if state.get("kafka") and "CHANGEGATE_KAFKA_BOOTSTRAP_SERVERS" not in os.environ:
         given["kafka_bootstrap_servers"] = state["kafka"]
+    if state.get("topic_prefix") and "CHANGEGATE_TOPIC_PREFIX" not in os.environ:
+        given["topic_prefix"] = state["topic_prefix"]
     if state.get("crm") == "hubspot-sim" and "CHANGEGATE_CRM" not in os.environ:
         from changegate.hubspot_sim import TOKEN
 

@@ -319,6 +319,7 @@ class DevStack:
         state = {
             "supervisor_pid": os.getpid(),
             "kafka": self.kafka,
+            "topic_prefix": self.topic_prefix,
             "database_url": self.database_url,
             "pgdata": str(self.workdir / "pgdata") if self.postgres else None,
             "pids": {n: s.proc.pid for n, s in self.services.items()}
