@@ -32,6 +32,7 @@ from changegate.cli.crm import ImportSettings, _adapter, record_fields
 from changegate.cli.embedded import EmbeddedPostgres, free_port, wait_for_port
 from changegate.core.contracts import ObjectType
 from changegate.core.db import create_pool, migrate, migrate_core
+from changegate.core.topics import TopicNames
 from changegate.detector import backfill
 from changegate.detector.settings import DetectorSettings
 from changegate.hubspot_sim import TOKEN
@@ -89,7 +90,15 @@ async def importing(url: str, settings: ImportSettings, fields: list[str], datab
         before = len(await _calls(url))
         started = time.perf_counter()
         try:
-            done = await backfill.run(pool, adapter, source, ObjectType.CONTACT, fields, restart=True)
+            done = await backfill.run(
+                pool,
+                adapter,
+                source,
+                ObjectType.CONTACT,
+                fields,
+                names=TopicNames(settings.topic_prefix),
+                restart=True,
+            )
         finally:
             await adapter.close()
         seconds = time.perf_counter() - started

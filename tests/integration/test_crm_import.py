@@ -1,7 +1,7 @@
 """`changegate crm import` against the HubSpot simulator: an import interrupted (Ctrl-C, a crash)
 and resumed loads every record once; a webhook's value newer than a record's snapshot survives the
-import, whichever comes first; an older one does not; nothing is proposed; a running detector
-indexes what is loaded."""
+import, whichever comes first; an older one does not; nothing is proposed; every running detector
+replica indexes what is loaded (through the detector's changelog)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,12 @@ import pytest
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import migrate, migrate_core
+from changegate.core.kafka import make_producer
+from changegate.core.outbox import OutboxRelay
 from changegate.core.settings import CommonSettings
+from changegate.core.topics import Topic, TopicNames
 from changegate.detector import backfill
+from changegate.detector.changelog import RecordFeed
 from changegate.detector.handler import Detector
 from changegate.detector.settings import DetectorSettings
 from changegate.executor.crm.hubspot.adapter import HubSpotCrm
@@ -37,6 +41,7 @@ def _import(settings: CommonSettings, sim: SimServer, log: Path) -> subprocess.P
     env = {
         **os.environ,
         "CHANGEGATE_DATABASE_URL": settings.database_url,
+        "CHANGEGATE_TOPIC_PREFIX": settings.topic_prefix,
         "CHANGEGATE_CRM": "hubspot",
         "CHANGEGATE_HUBSPOT_BASE_URL": sim.url,
         "CHANGEGATE_HUBSPOT_TOKEN": TOKEN,
@@ -119,8 +124,10 @@ async def test_an_import_stopped_twice_and_resumed_loads_each_record_once(
     total = await pool.fetchval("SELECT total FROM detector_imports WHERE object_type = 'contact'")
     assert total == RECORDS
     assert hubspot_sim.log()["violations"] == []
-    # Nothing proposed: an import only tells the detector what exists.
-    assert await pool.fetchval("SELECT count(*) FROM changegate_outbox") == 0
+    # Nothing proposed: an import only tells the detector's replicas what exists, each record once.
+    topics = await pool.fetch("SELECT topic, count(*) AS n FROM changegate_outbox GROUP BY topic")
+    changelog = TopicNames(settings.topic_prefix)(Topic.RECORD_CHANGES)
+    assert {(r["topic"], r["n"]) for r in topics} == {(changelog, RECORDS)}
 
 
 def _changed(record_id: str, jobtitle: str, at: datetime, n: int) -> CrmEvent:
@@ -136,7 +143,7 @@ def _changed(record_id: str, jobtitle: str, at: datetime, n: int) -> CrmEvent:
 
 
 async def test_a_webhook_newer_than_the_snapshot_wins_whenever_it_arrives(
-    settings: CommonSettings, pool: asyncpg.Pool, hubspot_sim: SimServer
+    settings: CommonSettings, pool: asyncpg.Pool, hubspot_sim: SimServer, topics: None
 ) -> None:
     hubspot_sim.reset()
     ids = [str(5000 + i) for i in range(300)]
@@ -149,9 +156,24 @@ async def test_a_webhook_newer_than_the_snapshot_wins_whenever_it_arrives(
     seeded = datetime.fromtimestamp((hubspot_sim.record(ids[0]) or {})["updatedAt"] / 1000, UTC)
     await migrate_core(pool)
     await migrate(pool, "detector", "changegate.detector.migrations")
-    detector = Detector(pool, DetectorSettings(database_url=settings.database_url), signing_key("detector"))
+    # Two detector replicas, each reading the changelog into its own index, and the outbox relay.
     stop = asyncio.Event()
-    following = asyncio.create_task(detector.indexes.follow_loads(pool, stop))
+    producer = make_producer(settings, "test")
+    await producer.start()
+    replicas: list[Detector] = []
+    running: list[asyncio.Task[None]] = []
+    for _ in range(2):
+        replica = Detector(
+            pool, DetectorSettings(database_url=settings.database_url), signing_key("detector")
+        )
+        feed = RecordFeed(settings, pool, replica.indexes, producer, stop)
+        await feed.start()
+        await replica.load_index()
+        replica.feed, feed.on_late = feed, replica.recheck
+        replicas.append(replica)
+        running.append(asyncio.create_task(feed.run()))
+    running.append(asyncio.create_task(OutboxRelay(pool, producer, "detector", stop, poll_seconds=0.2).run()))
+    detector = replicas[0]
     newer, older, during, after, late = ids[10], ids[20], ids[-1], ids[30], ids[40]
 
     async def webhook(record_id: str, jobtitle: str, at: datetime, n: int) -> None:
@@ -165,11 +187,12 @@ async def test_a_webhook_newer_than_the_snapshot_wins_whenever_it_arrives(
     hubspot_sim.fault(path="/crm/v3/objects/contacts", delay=0.5, count=4)
     crm = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN))
     fields = DetectorSettings().record_properties()
-    importing = asyncio.create_task(backfill.run(pool, crm, SOURCE, ObjectType.CONTACT, fields))
+    names = TopicNames(settings.topic_prefix)
+    importing = asyncio.create_task(backfill.run(pool, crm, SOURCE, ObjectType.CONTACT, fields, names=names))
     await eventually(lambda: _loaded(pool), lambda found: found[0] >= 100, what="a page loaded")
     assert not importing.done()
     with pytest.raises(backfill.ImportRunningError):  # one import of a CRM's contacts at a time
-        await backfill.run(pool, crm, SOURCE, ObjectType.CONTACT, fields)
+        await backfill.run(pool, crm, SOURCE, ObjectType.CONTACT, fields, names=names)
     await webhook(during, "Changed during the import", seeded + timedelta(seconds=2), 3)
     done = await importing
     await crm.close()
@@ -194,12 +217,17 @@ async def test_a_webhook_newer_than_the_snapshot_wins_whenever_it_arrives(
         "SELECT properties->>'firstname' FROM detector_records WHERE record_id = $1", newer
     )
     assert first == f"F{newer}"
-    # The running detector indexed what was loaded, without a restart.
-    await eventually(
-        lambda: asyncio.sleep(0, len(detector.indexes.of(ObjectType.CONTACT))),
-        lambda n: n == len(ids),
-        what="loaded records indexed",
-    )
-    stop.set()
-    await following
-    assert await pool.fetchval("SELECT count(*) FROM changegate_outbox") == 0
+    # Every running replica indexed what was loaded, without a restart.
+    try:
+        await eventually(
+            lambda: asyncio.sleep(0, [len(r.indexes.of(ObjectType.CONTACT)) for r in replicas]),
+            lambda sizes: sizes == [len(ids)] * len(replicas),
+            what="loaded records indexed by both replicas",
+        )
+        for replica in replicas:
+            assert replica.indexes.of(ObjectType.CONTACT).features(during) is not None
+    finally:
+        stop.set()
+        for task in running:
+            await asyncio.wait_for(task, 10)
+        await producer.stop()

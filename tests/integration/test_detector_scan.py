@@ -18,6 +18,7 @@ from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import create_pool, migrate, migrate_core
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
+from changegate.core.topics import TopicNames
 from changegate.detector import backfill, scan
 from changegate.detector.cli import app
 from changegate.detector.handler import Detector
@@ -70,7 +71,7 @@ async def test_the_scan_finds_what_a_stream_finds_and_publishes_within_the_cap(
     detector_settings = DetectorSettings(database_url=settings.database_url)
     crm = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN, requests_per_window=10_000, window_seconds=1))
     fields = detector_settings.record_properties()
-    await backfill.run(pool, crm, "hubspot@sim", CONTACT, fields)
+    await backfill.run(pool, crm, "hubspot@sim", CONTACT, fields, names=TopicNames(settings.topic_prefix))
     await crm.close()
 
     found = await scan.find(pool, detector_settings, CONTACT)
@@ -159,7 +160,14 @@ async def test_train_fits_the_duplicate_finder_to_the_imported_records(
     hubspot_sim.seed(contacts=1_000, seed=4)
     await _migrated(pool)
     crm = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN, requests_per_window=10_000, window_seconds=1))
-    await backfill.run(pool, crm, "hubspot@sim", CONTACT, DetectorSettings().record_properties())
+    await backfill.run(
+        pool,
+        crm,
+        "hubspot@sim",
+        CONTACT,
+        DetectorSettings().record_properties(),
+        names=TopicNames(settings.topic_prefix),
+    )
     await crm.close()
     out = tmp_path / "model.json"
     args = ["train", "--out", str(out), "--database-url", settings.database_url, "--u-pairs", "20000"]

@@ -2,9 +2,10 @@
 
 It reads through the executor's CRM adapter (HubSpot: the list endpoint, 100 a page, by its
 ``after`` cursor), inside a share of the same client-side rate limit the executor keeps
-(``CHANGEGATE_IMPORT_RATE_SHARE`` of ``CHANGEGATE_HUBSPOT_REQUESTS_PER_WINDOW``, so the executor
-keeps the rest), and loads the records into the detector's state and index without proposing
-anything (``detector/backfill.py``). Stopped anywhere, it resumes where it stopped."""
+(``CHANGEGATE_IMPORT_RATE_SHARE`` of ``CHANGEGATE_HUBSPOT_REQUESTS_PER_WINDOW``; the executors are
+held to the rest by ``CHANGEGATE_HUBSPOT_RATE_SHARE``), and loads the records into the detector's
+state, and through its changelog into every replica's index, without proposing anything
+(``detector/backfill.py``). Stopped anywhere, it resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from changegate.core.contracts import ObjectType
+from changegate.core.topics import TopicNames
 from changegate.detector import backfill
 from changegate.detector.settings import DetectorSettings
 from changegate.executor.crm.port import CrmAdapter, CrmUnavailableError
@@ -126,6 +128,7 @@ async def _import(
                     source,
                     object_type,
                     record_fields(detector, extra),
+                    names=TopicNames(settings.topic_prefix),
                     page_size=settings.import_page_size,
                     restart=restart,
                     on_page=shown,

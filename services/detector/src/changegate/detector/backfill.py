@@ -6,20 +6,29 @@ its ``after`` cursor, 100 a page). Each page is folded into the detector's state
 during the import keeps its value) together with the cursor after it, in one transaction: an
 import stopped anywhere — Ctrl-C, a crash, the CRM down for longer than its retries — resumes at
 the first page not loaded, and no record is loaded twice. The next page is read while the last one
-is written."""
+is written.
+
+Every detector replica indexes what is loaded: each page's records go on the detector's changelog
+(``changelog.py``, through its outbox) in the page's transaction, as a change no search saw; a
+running replica re-reads them from the database as it reads the changelog, and one that starts
+later rebuilds its index from the database, which holds them already."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 import asyncpg
+from changegate.core import outbox
 from changegate.core.contracts import ObjectType
+from changegate.core.topics import TopicNames
 from changegate.detector import state
+from changegate.detector.changelog import SERVICE, Changed, change_messages
 
 PAGES_AHEAD = 2  # pages read ahead of the one being written
 
@@ -118,33 +127,35 @@ async def run(
     object_type: ObjectType,
     fields: Sequence[str],
     *,
+    names: TopicNames,
     page_size: int = 100,
     restart: bool = False,
     on_page: Callable[[Checkpoint], None] = lambda _: None,
 ) -> Checkpoint:
     """Load every record of ``object_type`` from ``crm`` (``source`` names it in the checkpoint),
-    from where the last import of it stopped; ``on_page`` after each page is committed."""
+    from where the last import of it stopped; ``names``: the detector's topics (its changelog);
+    ``on_page`` after each page is committed."""
     async with pool.acquire() as holder:
         # One import per CRM and object type at a time: the lock lives as long as this connection.
         key = f"changegate import {source} {object_type.value}"
         if not await holder.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
             raise ImportRunningError(f"an import of {object_type.value}s from {source} is running already")
         try:
-            return await _run(pool, crm, source, object_type, fields, page_size, restart, on_page)
+            loader = _Loader(pool, names, source, object_type)
+            return await _run(loader, crm, fields, page_size, restart, on_page)
         finally:
             await holder.execute("SELECT pg_advisory_unlock(hashtext($1))", key)
 
 
 async def _run(
-    pool: asyncpg.Pool,
+    loader: _Loader,
     crm: Source,
-    source: str,
-    object_type: ObjectType,
     fields: Sequence[str],
     page_size: int,
     restart: bool,
     on_page: Callable[[Checkpoint], None],
 ) -> Checkpoint:
+    pool, source, object_type = loader.pool, loader.source, loader.object_type
     total = await crm.count(object_type)
     at = await begin(pool, source, object_type, total, restart)
     if at.finished:
@@ -162,7 +173,7 @@ async def _run(
     reader = asyncio.create_task(read(at.after), name="import-reader")
     try:
         while not at.finished:
-            at = await _write(pool, at, object_type, await _next(pages, reader))
+            at = await loader.write(at, await _next(pages, reader))
             on_page(at)
         return at
     finally:
@@ -184,29 +195,41 @@ async def _next(pages: asyncio.Queue[Page], reader: asyncio.Task[None]) -> Page:
     return getting.result()
 
 
-async def _write(pool: asyncpg.Pool, at: Checkpoint, object_type: ObjectType, page: Page) -> Checkpoint:
-    """A page's records and the cursor after it, in one transaction; the last page (no cursor
-    after it) finishes the import in that same transaction."""
-    records = [(r.record_id, r.properties, state.to_ms(r.updated_at)) for r in page.records]
-    async with pool.acquire() as conn, conn.transaction():
-        await state.load_snapshot(conn, object_type, records)
-        row = await conn.fetchrow(
-            "UPDATE detector_imports SET after = $3, loaded = loaded + $4, pages = pages + 1,"
-            " updated_at = now(), finished_at = CASE WHEN $3::text IS NULL THEN now() END"
-            " WHERE source = $1 AND object_type = $2 RETURNING loaded, pages, finished_at",
+@dataclass(frozen=True)
+class _Loader:
+    pool: asyncpg.Pool
+    names: TopicNames
+    source: str
+    object_type: ObjectType
+    writer: str = field(default_factory=lambda: f"import-{uuid.uuid4().hex[:12]}")  # this run
+
+    async def write(self, at: Checkpoint, page: Page) -> Checkpoint:
+        """A page's records, their changelog messages and the cursor after it, in one transaction;
+        the last page (no cursor after it) finishes the import in that same transaction."""
+        object_type = self.object_type
+        records = [(r.record_id, r.properties, state.to_ms(r.updated_at)) for r in page.records]
+        loaded = f"import:{object_type.value}:{page.after or 'last'}"
+        changed = [Changed(object_type, r[0], False, self.source, loaded) for r in records]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await state.load_snapshot(conn, object_type, records)
+            await outbox.enqueue_many(conn, SERVICE, change_messages(self.names, changed, self.writer, 0))
+            row = await conn.fetchrow(
+                "UPDATE detector_imports SET after = $3, loaded = loaded + $4, pages = pages + 1,"
+                " updated_at = now(), finished_at = CASE WHEN $3::text IS NULL THEN now() END"
+                " WHERE source = $1 AND object_type = $2 RETURNING loaded, pages, finished_at",
+                at.source,
+                object_type.value,
+                page.after,
+                len(records),
+            )
+        assert row is not None
+        return Checkpoint(
             at.source,
-            object_type.value,
+            object_type,
             page.after,
-            len(records),
+            row["loaded"],
+            row["pages"],
+            at.total,
+            at.started_at,
+            row["finished_at"],
         )
-    assert row is not None
-    return Checkpoint(
-        at.source,
-        object_type,
-        page.after,
-        row["loaded"],
-        row["pages"],
-        at.total,
-        at.started_at,
-        row["finished_at"],
-    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -22,8 +20,6 @@ from changegate.core.contracts import (
 )
 from changegate.core.contracts.base import is_empty
 from changegate.core.db import DbConn
-from changegate.core.logging import get_logger
-from changegate.detector import state
 from changegate.detector.matching import survivorship
 from changegate.detector.matching.clusters import Pair, PairScores, ScoredPair, decide, pair
 from changegate.detector.matching.engine import DuplicateFinder
@@ -31,10 +27,9 @@ from changegate.detector.matching.index import BlockingIndex
 from changegate.detector.matching.normalize import Features, cached_features, features
 from changegate.detector.matching.scoring import Score
 from changegate.detector.proposals import build_proposal
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Gauge, Histogram
 
 DETECTOR = "dedup"
-log = get_logger(__name__)
 MERGED_IDS_FIELD = "hs_merged_object_ids"
 
 CANDIDATES = Histogram(
@@ -44,10 +39,6 @@ CANDIDATES = Histogram(
 )
 INDEX_KEYS = Gauge("changegate_detector_index_postings", "Blocking-key postings in the in-process index")
 INDEX_RECORDS = Gauge("changegate_detector_index_records", "Records in the in-process blocking index")
-LOADED = Counter(
-    "changegate_detector_index_loaded_records_total",
-    "Records an import loaded that this process indexed while running",
-)
 REBUILD_SECONDS = Gauge(
     "changegate_detector_index_rebuild_seconds", "Time the index took to rebuild at start"
 )
@@ -107,46 +98,6 @@ class Indexes:
     def observe(self) -> None:
         INDEX_KEYS.set(sum(i.postings for i in self.by_type.values()))
         INDEX_RECORDS.set(sum(len(i) for i in self.by_type.values()))
-
-    async def follow_loads(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
-        """Index the records an import loads while this process runs (``state.load_snapshot``
-        announces each page on a PostgreSQL channel); until ``stop``. What is loaded while no
-        detector listens is indexed at the next start (the index is rebuilt from the table)."""
-        heard: asyncio.Queue[str] = asyncio.Queue()
-        async with pool.acquire() as conn:
-
-            def note(_conn: object, _pid: int, _channel: str, payload: object) -> None:
-                heard.put_nowait(str(payload))
-
-            await conn.add_listener(state.LOADED_CHANNEL, note)
-            try:
-                while not stop.is_set():
-                    try:
-                        payload = await asyncio.wait_for(heard.get(), timeout=1.0)
-                    except TimeoutError:
-                        continue
-                    await self._index_loaded(pool, payload)
-            finally:
-                await conn.remove_listener(state.LOADED_CHANNEL, note)
-
-    async def _index_loaded(self, pool: asyncpg.Pool, payload: str) -> None:
-        try:
-            told = json.loads(payload)
-            object_type = ObjectType(told["object_type"])
-            ids = [str(i) for i in told["ids"]]
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("a load notification that is not one", error=str(exc), payload=payload[:200])
-            return
-        rows = await pool.fetch(
-            "SELECT record_id, properties FROM detector_records"
-            " WHERE object_type = $1 AND record_id = ANY($2::text[]) AND NOT deleted",
-            object_type.value,
-            ids,
-        )
-        for row in rows:
-            self.update(object_type, row["record_id"], row["properties"])
-        LOADED.inc(len(rows))
-        self.observe()
 
 
 async def leave_clusters(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> None:

@@ -8,7 +8,6 @@ older than its going."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -16,10 +15,6 @@ from typing import Any
 
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.db import DbConn
-
-# The channel a load announces the records it wrote on: a running detector indexes them.
-LOADED_CHANNEL = "changegate_detector_records"
-_NOTIFY_IDS = 200  # ids per notification (PostgreSQL caps a payload at 8000 bytes)
 
 # Fold records in, each with the time its values were true: a property is taken only if no newer
 # value of it is known; a deleted record comes back only with something newer than its deletion.
@@ -90,7 +85,8 @@ async def load_snapshot(
 ) -> None:
     """Records read from the CRM (``changegate crm import``): (id, properties, when the CRM last
     changed the record, in ms) folded into the known state without proposing anything, each value
-    only where nothing newer is known; then a running detector is told to index them."""
+    only where nothing newer is known. (The caller tells the detector replicas, through the
+    changelog, in the same transaction.)"""
     if not records:
         return
     await conn.execute(
@@ -100,10 +96,6 @@ async def load_snapshot(
         [r[1] for r in records],
         [r[2] for r in records],
     )
-    ids = [r[0] for r in records]
-    for start in range(0, len(ids), _NOTIFY_IDS):
-        payload = json.dumps({"object_type": object_type.value, "ids": ids[start : start + _NOTIFY_IDS]})
-        await conn.execute("SELECT pg_notify($1, $2)", LOADED_CHANNEL, payload)
 
 
 async def mark_gone(
@@ -121,25 +113,33 @@ async def mark_gone(
 
 
 async def apply_executed(
-    conn: DbConn,
-    object_type: ObjectType,
-    record_id: str,
-    values: dict[str, Any],
-    executed_at: datetime,
-) -> dict[str, Any] | None:
-    """What changegate itself wrote to a record, folded into the known state — unless the detector
-    learnt of the record after that write (a later event knows better). The record's properties
-    afterwards, or None if nothing changed."""
-    props: dict[str, Any] | None = await conn.fetchval(
-        "UPDATE detector_records SET properties = properties || $3, updated_at = now(),"
-        " property_times = property_times"
-        " || coalesce((SELECT jsonb_object_agg(k, $5::bigint) FROM jsonb_object_keys($3) k), '{}')"
-        " WHERE object_type = $1 AND record_id = $2 AND NOT deleted AND updated_at <= $4"
-        " RETURNING properties",
-        object_type.value,
-        record_id,
-        values,
-        executed_at,
-        to_ms(executed_at),
+    conn: DbConn, writes: list[tuple[ObjectType, str, dict[str, Any], datetime]]
+) -> dict[tuple[ObjectType, str], dict[str, Any]]:
+    """What changegate itself wrote to records — (object type, record, values, executed at), in the
+    order they were written — folded into the known state, unless the detector learnt of a record
+    after its first write here (a later event knows better); the values written keep the time of
+    the last write as when they were true. Each record's properties afterwards, for the records
+    that changed."""
+    folded: dict[tuple[ObjectType, str], tuple[dict[str, Any], datetime, datetime]] = {}
+    for object_type, record_id, values, executed_at in writes:
+        before, first, last = folded.get((object_type, record_id), ({}, executed_at, executed_at))
+        folded[(object_type, record_id)] = (
+            {**before, **values},
+            min(first, executed_at),
+            max(last, executed_at),
+        )
+    rows = await conn.fetch(
+        "UPDATE detector_records AS r SET properties = r.properties || v.values, updated_at = now(),"
+        " property_times = r.property_times || coalesce("
+        "(SELECT jsonb_object_agg(k, v.at_ms) FROM jsonb_object_keys(v.values) k), '{}')"
+        " FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[], $5::bigint[])"
+        " AS v(object_type, record_id, values, executed_at, at_ms)"
+        " WHERE r.object_type = v.object_type AND r.record_id = v.record_id AND NOT r.deleted"
+        " AND r.updated_at <= v.executed_at RETURNING r.object_type, r.record_id, r.properties",
+        [k[0].value for k in folded],
+        [k[1] for k in folded],
+        [v[0] for v in folded.values()],
+        [v[1] for v in folded.values()],
+        [to_ms(v[2]) for v in folded.values()],
     )
-    return props
+    return {(ObjectType(r["object_type"]), r["record_id"]): r["properties"] for r in rows}
