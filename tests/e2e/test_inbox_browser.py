@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,7 +39,12 @@ FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+# The README's screenshots are refreshed only on request: a test run leaves the tree as it was.
+DOCS = (
+    Path(__file__).resolve().parents[2] / "docs"
+    if os.environ.get("CHANGEGATE_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="changegate-screenshots-"))
+)
 # Every form control has an accessible name: a label, aria-label or aria-labelledby.
 UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
   .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
