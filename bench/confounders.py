@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import febrl
-from crm_population import Record
+from changegate.hubspot_sim.population import Record
 from nicknames import NickNamer
 from rapidfuzz.distance import OSA
 

@@ -59,7 +59,7 @@ from changegate.detector.matching.engine import (
 from changegate.detector.matching.model import MatchModel, load_model
 from changegate.detector.matching.normalize import Features, features
 from changegate.detector.matching.training import TrainingOptions, train
-from crm_population import Population, Record, true_pairs
+from changegate.hubspot_sim.population import Population, Record, true_pairs
 
 Pair = frozenset[str]
 SWEEP = (0.5, 0.8, 0.9, 0.95, 0.99)

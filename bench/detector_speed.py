@@ -38,7 +38,7 @@ from changegate.core.logging import configure_logging
 from changegate.core.signing import SigningKey
 from changegate.detector.handler import Detector
 from changegate.detector.settings import DetectorSettings
-from crm_population import Population
+from changegate.hubspot_sim.population import Population
 
 
 def rss_bytes() -> int:

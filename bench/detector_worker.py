@@ -31,7 +31,7 @@ from changegate.core.kafka import ensure_topics
 from changegate.core.serde import encode
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
-from crm_population import Population
+from changegate.hubspot_sim.population import Population
 
 HERE = Path(__file__).resolve().parent
 

@@ -59,7 +59,7 @@ from changegate.core.settings import CommonSettings
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
 from changegate.executor.crm.hubspot.client import HubSpotClient
-from hubspot_sim.server import TOKEN
+from changegate.hubspot_sim import TOKEN
 
 HERE = Path(__file__).resolve().parent
 POLICY_KEY = SigningKey.parse(SIGNING_KEYS["policy"], "policy")
@@ -231,7 +231,9 @@ async def direct_client(count: int, workdir: Path, limit: tuple[int, float]) -> 
     of 100 records at a time, one batch after another, through the project's client."""
     port = free_port()
     sim = start(
-        [sys.executable, "-m", "hubspot_sim", "--port", str(port)], _sim_env(), workdir / "sim-direct.log"
+        [sys.executable, "-m", "changegate.hubspot_sim", "--port", str(port)],
+        _sim_env(),
+        workdir / "sim-direct.log",
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -268,7 +270,9 @@ async def simulator(
 ) -> Result:
     port = free_port()
     sim = start(
-        [sys.executable, "-m", "hubspot_sim", "--port", str(port)], _sim_env(), workdir / f"sim-{name}.log"
+        [sys.executable, "-m", "changegate.hubspot_sim", "--port", str(port)],
+        _sim_env(),
+        workdir / f"sim-{name}.log",
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -14,7 +14,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from crm_population import Record
+from changegate.hubspot_sim.population import Record
 
 FILES = {
     "febrl1": ("dataset1.csv",),

@@ -21,7 +21,7 @@ from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from changegate.core.db import create_pool
 from changegate.core.kafka import ensure_topics
 from changegate.core.settings import CommonSettings
-from hubspot_sim import SimServer
+from changegate.hubspot_sim import SimServer
 
 
 def _docker_available() -> bool:

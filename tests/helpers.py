@@ -301,9 +301,11 @@ async def audited(client: httpx.AsyncClient, stack: DevStack, record_id: str) ->
 
 
 @contextlib.contextmanager
-def running_stack(kafka_bootstrap: str, database_url: str, **env: str) -> Iterator[DevStack]:
+def running_stack(
+    kafka_bootstrap: str, database_url: str, *, crm: str = "sandbox", sim_contacts: str = "0", **env: str
+) -> Iterator[DevStack]:
     """Every service as a process on the session's broker and PostgreSQL, in a database and under a
-    topic prefix of its own; ``env`` goes to every service."""
+    topic prefix of its own; ``env`` goes to every service; ``crm`` as `dev up --crm` takes it."""
     name = f"e2e_{uuid.uuid4().hex[:10]}"
 
     async def create() -> None:
@@ -336,6 +338,8 @@ def running_stack(kafka_bootstrap: str, database_url: str, **env: str) -> Iterat
             "CHANGEGATE_VERIFICATION": json.dumps(DEMO_VERIFICATION),
             **env,
         },
+        crm=crm,
+        sim_contacts=int(sim_contacts),
     )
     try:
         stack.start(timeout=90)

@@ -1,6 +1,7 @@
 """`make up`'s demo feed shows the five scenarios through every running service: each step ends
 where the default policy says (applied, or waiting in the review queue), and the look-alikes beside
-the duplicates are left alone."""
+the duplicates are left alone; and the sandbox behaves like a CRM: a change made in it after a
+proposal reaches ingest as HubSpot's webhook, and the proposal approved after it ends as a conflict."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from typing import Any
 
 import asyncpg
 import httpx
-from changegate.cli.demo import steps
+from changegate.cli.demo import SCENARIOS, steps
+from changegate.cli.demo_feed import ReviewTarget
 from changegate.cli.devstack import DevStack
 from changegate.cli.main import _demo_stream
+from changegate.core.contracts import ObjectType
+from changegate.executor.crm import sandbox
 from helpers import eventually, review_items
 
 
@@ -20,11 +24,21 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     review = f"http://127.0.0.1:{stack.ports['review-api']}"
     audit = f"http://127.0.0.1:{stack.ports['audit']}"
     run = steps(seed=11, run="e2edemo")
-    round_ = [next(run) for _ in range(5)]
+    round_ = [next(run) for _ in SCENARIOS]
     # The feed's own generator with the same seed and run id replays exactly these steps.
-    assert [s.scenario for s in round_] == ["enrichment", "duplicates", "lifecycle", "owner", "verification"]
-    sent = await _demo_stream(stack.settings(), 5, 0, seed=11, run="e2edemo", ingest=stack.ingest_target())
-    assert sent == 5
+    assert [s.scenario for s in round_] == [
+        "enrichment",
+        "duplicates",
+        "lifecycle",
+        "owner",
+        "verification",
+        "conflict",
+    ]
+    reviewer = ReviewTarget(review, stack.issued["alice@example.com"])
+    sent = await _demo_stream(
+        stack.settings(), 6, 0, seed=11, run="e2edemo", ingest=stack.ingest_target(), review=reviewer
+    )
+    assert sent == 6
 
     async def pending(record_id: str) -> list[dict[str, Any]]:
         return await review_items(client, review, record_id)
@@ -35,7 +49,7 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
         ).json()
         return rows
 
-    enrichment, duplicates, lifecycle, owner, verification = round_
+    enrichment, duplicates, lifecycle, owner, verification, conflict = round_
     [contact] = enrichment.records
     if enrichment.records[contact]["jobtitle"] == "":
         await eventually(lambda: audited(contact), lambda r: len(r) == 1, what="fill applied")
@@ -79,6 +93,23 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     assert produced == {"hubspot", "clay", "typeform", "scoring", "zerobounce", "neverbounce"}, exposition[
         -3000:
     ]
+
+    # The conflict: the rep's title is in the sandbox CRM, reached the detector as HubSpot's webhook,
+    # and the approval that came after it wrote nothing: the execution is a conflict, and the change
+    # is back in review with the rep's title as the previous value.
+    [(edited, change)] = conflict.crm_change.items()
+    rep = change["jobtitle"]
+    assert (await sandbox.get_record(db, ObjectType.CONTACT, edited) or {})["jobtitle"] == rep
+    known = await db.fetchval(
+        "SELECT properties->>'jobtitle' FROM detector_records WHERE record_id = $1", edited
+    )
+    assert known == rep
+    decided = await review_items(client, review, edited, status="approved")
+    assert [i["execution"]["status"] for i in decided] == ["conflict"], decided
+    refreshed = await eventually(lambda: pending(edited), lambda q: len(q) == 1, what="refreshed proposal")
+    assert refreshed[0]["changes"][0]["previous"] == rep
+    assert refreshed[0]["queue"] == "conflicts"
+    assert not await audited(edited)  # nothing was written, so nothing audited
 
 
 async def _known_to_detector(db: asyncpg.Pool, record_ids: list[str]) -> set[str]:

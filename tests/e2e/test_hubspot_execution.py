@@ -12,9 +12,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from changegate.cli.devstack import DevStack
 from changegate.core.contracts.base import PropertyValue
+from changegate.hubspot_sim import TOKEN, SimServer
 from helpers import approve_and_execute, audited, eventually, running_stack, send_created
-from hubspot_sim import SimServer
-from hubspot_sim.server import TOKEN
 
 OWNER_WEST = "78"  # HubSpot owner ids are numbers
 

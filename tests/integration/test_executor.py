@@ -33,9 +33,8 @@ from changegate.executor.crm.hubspot.client import HubSpotClient
 from changegate.executor.crm.port import CrmUnavailableError, WriteItem, WriteResult, WriteStatus
 from changegate.executor.crm.sandbox import SandboxCrm
 from changegate.executor.handler import Executor
+from changegate.hubspot_sim import TOKEN, SimServer
 from helpers import approved_decision, signing_key, verifier
-from hubspot_sim import SimServer
-from hubspot_sim.server import TOKEN
 
 C = ObjectType.CONTACT
 

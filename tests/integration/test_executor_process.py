@@ -19,9 +19,8 @@ from changegate.core.kafka import make_producer, publish
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import Topic, TopicNames
+from changegate.hubspot_sim import TOKEN, SimServer
 from helpers import approved_decision, eventually, read_topic, service_process
-from hubspot_sim import SimServer
-from hubspot_sim.server import TOKEN
 
 
 def _env(sim: SimServer) -> dict[str, str]:

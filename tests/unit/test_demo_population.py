@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-from changegate.cli.demo import DemoStep, steps
+from changegate.cli.demo import SCENARIOS, DemoStep, steps
 from changegate.core.contracts import CrmEventKind
 from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.normalize import features
@@ -15,7 +15,7 @@ ROUNDS = 40
 
 
 def _steps(rounds: int = ROUNDS) -> list[DemoStep]:
-    return list(itertools.islice(steps(seed=3, run="unit"), 5 * rounds))
+    return list(itertools.islice(steps(seed=3, run="unit"), len(SCENARIOS) * rounds))
 
 
 def test_each_verification_result_names_the_address_of_its_own_record() -> None:
@@ -66,3 +66,25 @@ def test_the_duplicates_come_with_look_alikes_the_finder_leaves_alone() -> None:
         for other in others:
             for rid in (a, b):
                 assert finder.compare(record[rid], other, record[other]).probability < finder.floor
+
+
+def test_the_scenarios_come_in_turn_and_the_conflict_changes_what_clay_would_overwrite() -> None:
+    """The conflict step's CRM-side change is another value of the very field Clay proposes for a
+    record that holds a third one: so the approval after it can only end as a conflict."""
+    ordered = _steps(3)
+    assert [s.scenario for s in ordered] == list(SCENARIOS) * 3
+    for step in [s for s in ordered if s.scenario == "conflict"]:
+        [(record_id, change)] = step.crm_change.items()
+        [clay] = [e for e in step.events if e.source_system == "clay"]
+        assert clay.record_id == record_id
+        assert set(change) == set(clay.properties) == {"jobtitle"}
+        held = step.records[record_id]["jobtitle"]
+        assert len({held, clay.properties["jobtitle"], change["jobtitle"]}) == 3
+        assert step.applies == {}
+
+
+def test_owners_are_hubspot_owner_ids() -> None:
+    """The demo's owners were `owner-west` and `owner-17`: no HubSpot portal has such ids."""
+    for step in [s for s in _steps(5) if s.scenario == "owner"]:
+        [record] = step.records.values()
+        assert str(record["hubspot_owner_id"]).isdigit()

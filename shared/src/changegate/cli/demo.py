@@ -2,7 +2,8 @@
 write-backs (fills apply, overwrites wait), a duplicate pair (a merge to review) beside its
 look-alikes (a household member, a namesake elsewhere, a colleague: never proposed), a defined
 lifecycle event (applies) and an AI score (waits), an owner territory change (waits), and email
-verification results (valid applies, catch-all waits).
+verification results (valid applies, catch-all waits); then the guarantee that ties them together:
+a change made in the CRM after a proposal makes the approved proposal end as a conflict.
 
 Every person the demo creates is new to the run (a name is not reused until the name lists run
 out), and has a phone and an address of their own: look-alikes are made on purpose, never by
@@ -39,8 +40,11 @@ STREETS = ["Market Street", "Mission Street", "Valencia Street", "Howard Street"
 # San Francisco and its neighbours: the office of each company, and homes around it.
 PLACES = [("San Francisco", "94107"), ("Oakland", "94612"), ("Berkeley", "94704"), ("San Mateo", "94401")]
 TITLES = ["VP Engineering", "Head of Data", "CTO", "Staff Engineer", "Director of Sales Ops"]
+# HubSpot owner ids are numbers: the west-coast territory's owner and the one a contact is held by
+# (the HubSpot simulator's seeded owners have them too).
+OWNER_WEST, OWNER_HELD = "78", "17"
 # The detector settings the demo's owner scenario needs (dev up --demo passes them on).
-DEMO_OWNER = {"territories": [{"country": "us", "state": "CA", "owner": "owner-west"}]}
+DEMO_OWNER = {"territories": [{"country": "us", "state": "CA", "owner": OWNER_WEST}]}
 # The prior the demo configures for ZeroBounce's "valid" (the detector's default is 0.95; the default
 # policy auto-applies a valid status from 0.98): a deployment measures it against its reviewers'
 # decisions instead (`changegate detector calibrate`).
@@ -49,7 +53,8 @@ DEMO_ENV = {
     "CHANGEGATE_OWNER": json.dumps(DEMO_OWNER),
     "CHANGEGATE_VERIFICATION": json.dumps(DEMO_VERIFICATION),
 }
-DEMO_OWNERS = ("owner-west", "owner-17")  # exist in the sandbox CRM, so an approval can assign them
+DEMO_OWNERS = (OWNER_WEST, OWNER_HELD)  # exist in the CRM, so an approval can assign them
+SCENARIOS = ("enrichment", "duplicates", "lifecycle", "owner", "verification", "conflict")
 
 
 @dataclass
@@ -64,6 +69,9 @@ class DemoStep:
     applies: dict[str, dict[str, PropertyValue]] = field(default_factory=dict)
     # records the duplicate finder must leave alone (look-alikes of the step's duplicates)
     look_alikes: list[str] = field(default_factory=list)
+    # record -> property -> value someone sets in the CRM once the step's proposal waits for review;
+    # the feed then approves that proposal, which must end as a conflict (nothing overwritten)
+    crm_change: dict[str, dict[str, PropertyValue]] = field(default_factory=dict)
 
 
 def _event(
@@ -91,7 +99,7 @@ def _created(step: DemoStep, record_id: str, **props: PropertyValue) -> None:
 
 
 def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
-    """Endless demo steps, the five scenarios in turn."""
+    """Endless demo steps, the scenarios (``SCENARIOS``) in turn."""
     rng = random.Random(seed)
     run = run or uuid.uuid4().hex[:6]
     n = 0
@@ -273,9 +281,12 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
             lastname=last,
             country="United States",
             state="CA",
-            hubspot_owner_id="owner-17",
+            hubspot_owner_id=OWNER_HELD,
         )
-        step.shows = f"{moved} belongs to territory owner-west: the reassignment waits for review"
+        step.shows = (
+            f"{moved} is held by owner {OWNER_HELD} but belongs to territory owner {OWNER_WEST}:"
+            " the reassignment waits for review"
+        )
         yield step
 
         # 5. Email verification: valid applies by itself, catch-all waits. Each result names the
@@ -308,4 +319,36 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
             f"{good}'s email verifies valid: policy applies it; {risky}'s is catch-all: waits for review"
         )
         step.applies[good] = {"email_status": "valid"}
+        yield step
+
+        # 6. A conflict: Clay proposes a new job title, which waits for review; meanwhile a sales
+        # rep changes the title in the CRM. The approval comes after: compare-and-set finds the
+        # CRM moved on, writes nothing, and the proposal goes back to review with the new value.
+        step = DemoStep("conflict", "")
+        first, last, (company, domain) = next(people)
+        edited = rid()
+        held, clay, rep = rng.sample(TITLES, 3)
+        _created(
+            step,
+            edited,
+            firstname=first,
+            lastname=last,
+            company=company,
+            jobtitle=held,
+            email=f"{first}.{last}.{n}@{domain}".lower(),
+        )
+        step.events.append(
+            _event(
+                CrmEventKind.ENRICHMENT_RESULT,
+                edited,
+                "clay",
+                {"jobtitle": clay},
+                confidence=round(rng.uniform(0.86, 0.99), 2),
+            )
+        )
+        step.crm_change[edited] = {"jobtitle": rep}
+        step.shows = (
+            f"Clay proposes {clay!r} as {edited}'s job title (waits for review); then a rep sets"
+            f" {rep!r} in the CRM, and the proposal is approved after that"
+        )
         yield step

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import httpx
 from changegate.cli.embedded import EmbeddedBroker, EmbeddedPostgres, stop_postgres
@@ -29,6 +29,9 @@ from changegate.core.kafka import ensure_topics
 from changegate.core.roles import ROLES, role_dsn
 from changegate.core.settings import CommonSettings
 from changegate.core.signing import dev_keys
+
+if TYPE_CHECKING:
+    from changegate.cli.demo_feed import CrmTarget
 
 # service name -> module, in start order (migrations: changegate.cli.migrate.COMPONENTS)
 SERVICES: dict[str, str] = {
@@ -48,7 +51,9 @@ DEFAULT_PORTS = {
     "policy": 8003,
     "executor": 8004,
     "ingest": 8005,
+    "hubspot-sim": 8006,  # only with --crm hubspot-sim
 }
+SIMULATOR = "hubspot-sim"
 
 
 @dataclass
@@ -77,6 +82,11 @@ class DevStack:
     on_step: Callable[[str], None] = lambda _: None
     # API tokens created at start (name -> role); their tokens are in ``issued`` once started.
     tokens: dict[str, Role] = field(default_factory=lambda: {DEV_IDENTITY: Role.ADMIN})
+    # Where approved changes go: "sandbox" and "hubspot" as the executor's CHANGEGATE_CRM (in
+    # ``extra_env``), or "hubspot-sim": the stack starts the HubSpot simulator and points the
+    # executor (writes) and ingest (the simulator's signed webhooks) at it.
+    crm: str = "sandbox"
+    sim_contacts: int = 2000  # the simulator's seeded population
 
     def __post_init__(self) -> None:
         self.logs = self.workdir / "logs"
@@ -107,6 +117,9 @@ class DevStack:
         self._write_state()
         self.on_step("creating topics and migrating")
         asyncio.run(self._prepare())
+        if self.crm == SIMULATOR:
+            self.on_step(f"starting the HubSpot simulator ({self.sim_contacts} contacts)")
+            self._spawn_simulator()
         for name in SERVICES:
             self.on_step(f"starting {name}")
             self._spawn(name)
@@ -114,6 +127,13 @@ class DevStack:
         self.wait_ready(timeout)
         if "ingest" in self.services:
             self.ingest_target().save(self.ingest_file)
+        # `changegate detector scan --publish` signs as the detector of this stack.
+        self.detector_key_file.touch(mode=0o600, exist_ok=True)
+        self.detector_key_file.write_text(self.signing_keys["detector"] + "\n")
+
+    @property
+    def detector_key_file(self) -> Path:
+        return self.workdir / "detector.key"
 
     @property
     def ingest_file(self) -> Path:
@@ -122,6 +142,52 @@ class DevStack:
 
     def ingest_target(self) -> IngestTarget:
         return IngestTarget(f"http://127.0.0.1:{self.ports['ingest']}", dict(self.ingest_secrets))
+
+    @property
+    def simulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[SIMULATOR]}"
+
+    def crm_target(self) -> CrmTarget:
+        """What the demo feed plays against."""
+        from changegate.cli.demo_feed import CrmTarget
+
+        return CrmTarget(self.crm, self.simulator_url if self.crm == SIMULATOR else None)
+
+    def _crm_env(self, name: str) -> dict[str, str]:
+        """The executor writes to the simulator with its private app's token; ingest marks that
+        app's changes as echo (HubSpot reports them with the app's id as sourceId)."""
+        if self.crm != SIMULATOR:
+            return {}
+        from changegate.hubspot_sim import APP_ID, TOKEN
+
+        if name == "executor":
+            return {
+                "CHANGEGATE_CRM": "hubspot",
+                "CHANGEGATE_HUBSPOT_BASE_URL": self.simulator_url,
+                "CHANGEGATE_HUBSPOT_TOKEN": TOKEN,
+            }
+        if name == "ingest":
+            return {"CHANGEGATE_HUBSPOT_ECHO_SOURCE_IDS": json.dumps([str(APP_ID)])}
+        return {}
+
+    def _spawn_simulator(self) -> None:
+        """The simulator as a process of the stack, seeded, reporting changes to ingest signed with
+        the secret ingest checks HubSpot's signatures with."""
+        from changegate.hubspot_sim.__main__ import SECRET_ENV
+
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("CHANGEGATE_") or k == "CHANGEGATE_SPECS_DIR"
+        }
+        env[SECRET_ENV] = self.ingest_secrets[HUBSPOT_SECRET_VARIABLE]
+        args = [
+            "--port", str(self.ports[SIMULATOR]),
+            "--webhook-url", f"{self.ingest_target().url}/v1/webhooks/hubspot",
+            "--webhook-properties", ",".join(_subscribed_properties()),
+            "--seed-contacts", str(self.sim_contacts),
+        ]  # fmt: skip
+        self._spawn(SIMULATOR, "changegate.hubspot_sim", args, env)
 
     async def _prepare(self) -> None:
         """Topics; migrations as the owner, then each service's own least-privileged role; tokens."""
@@ -170,15 +236,21 @@ class DevStack:
             **({"CHANGEGATE_SIGNING_KEY": self.signing_keys[name]} if name in self.signing_keys else {}),
             **(self.ingest_secrets if name == "ingest" else {}),
             **self.extra_env,
+            **self._crm_env(name),
         }
 
-    def _spawn(self, name: str) -> None:
-        module = SERVICES[name]
+    def _spawn(
+        self,
+        name: str,
+        module: str | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         log_path = self.logs / f"{name}.log"
         log_file = log_path.open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=self.env(name),
+            [sys.executable, "-m", module or SERVICES[name], *(args or [])],
+            env=self.env(name) if env is None else env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -229,6 +301,7 @@ class DevStack:
             self.state_file.unlink()
         (self.workdir / "token").unlink(missing_ok=True)
         self.ingest_file.unlink(missing_ok=True)
+        self.detector_key_file.unlink(missing_ok=True)
 
     @staticmethod
     def _stop_service(svc: ServiceProcess, sig: int = signal.SIGTERM) -> None:
@@ -246,13 +319,24 @@ class DevStack:
         state = {
             "supervisor_pid": os.getpid(),
             "kafka": self.kafka,
+            "topic_prefix": self.topic_prefix,
             "database_url": self.database_url,
             "pgdata": str(self.workdir / "pgdata") if self.postgres else None,
             "pids": {n: s.proc.pid for n, s in self.services.items()}
             | ({"broker": self.broker.proc.pid} if self.broker and self.broker.proc else {}),
             "ports": self.ports,
+            "crm": self.crm,
+            "crm_url": self.simulator_url if self.crm == SIMULATOR else None,
         }
         self.state_file.write_text(json.dumps(state, indent=2))
+
+
+def _subscribed_properties() -> list[str]:
+    """The properties whose changes the simulator reports: those the detectors read (a HubSpot app
+    subscribes to property changes one property at a time, and the guide lists the same ones)."""
+    from changegate.detector.settings import DetectorSettings
+
+    return DetectorSettings().record_properties()
 
 
 def _ingest_secret_variables() -> list[str]:

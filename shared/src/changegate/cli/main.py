@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
@@ -18,13 +18,13 @@ from changegate.cli.dlq import consumer_app, dlq_app
 from changegate.cli.keys import app as keys_app
 from changegate.cli.migrate import migrate_command
 from changegate.cli.tokens import app as tokens_app
-from changegate.core.contracts import ObjectType
 from changegate.core.settings import SECRETS_DIR, CommonSettings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from changegate.cli.demo_feed import CrmTarget, ReviewTarget
     from changegate.cli.webhooks import IngestTarget
 
 app = typer.Typer(help="changegate: approval-first CRM automation.", no_args_is_help=True)
@@ -57,12 +57,17 @@ with contextlib.suppress(ImportError):
     from changegate.detector.cli import app as detector_app
 
     app.add_typer(detector_app, name="detector")
+with contextlib.suppress(ImportError):  # reads through the executor's adapter into the detector
+    from changegate.cli.crm import app as crm_app
+
+    app.add_typer(crm_app, name="crm")
 console = Console(stderr=True, soft_wrap=True)
 
 
 class Crm(StrEnum):
     SANDBOX = "sandbox"
     HUBSPOT = "hubspot"
+    HUBSPOT_SIM = "hubspot-sim"
 
 
 WorkDir = Annotated[Path, typer.Option(help="where the stack keeps data, logs and its state file")]
@@ -82,18 +87,28 @@ def dev_up(
     ] = None,
     base_port: Annotated[
         int | None,
-        typer.Option(help="broker on this port, services on the next six (default 19092, 8000-8005)"),
+        typer.Option(
+            help="broker on this port, services on the next seven (default 19092, 8000-8005; the HubSpot "
+            "simulator 8006)"
+        ),
     ] = None,
     crm: Annotated[
         Crm,
         typer.Option(
-            help="where approved changes go: the sandbox in PostgreSQL, or a real HubSpot portal "
-            "(private-app token in CHANGEGATE_HUBSPOT_TOKEN)"
+            help="where approved changes go: the sandbox in PostgreSQL, a real HubSpot portal "
+            "(private-app token in CHANGEGATE_HUBSPOT_TOKEN), or the HubSpot simulator (a portal of "
+            "its own, seeded, sending signed webhooks; no token needed)"
         ),
     ] = Crm.SANDBOX,
+    sim_contacts: Annotated[
+        int,
+        typer.Option(
+            min=0, help="--crm hubspot-sim: contacts the simulator starts with (duplicates among them)"
+        ),
+    ] = 2000,
 ) -> None:
     """Start the broker, PostgreSQL and every service on loopback; Ctrl-C stops them all."""
-    from changegate.cli.devstack import DEFAULT_PORTS, DevStack
+    from changegate.cli.devstack import DEFAULT_PORTS, DEV_IDENTITY, DevStack
 
     crm_env = _crm_env(crm, demo)
     if (workdir / "state.json").exists():
@@ -111,6 +126,8 @@ def dev_up(
         database_url=database_url,
         on_step=lambda s: console.print(f"  {s}"),
         extra_env={**(DEMO_ENV if demo else {}), **crm_env},
+        crm=crm.value,
+        sim_contacts=sim_contacts,
     )
     started = time.monotonic()
     stopping = False
@@ -126,7 +143,19 @@ def dev_up(
         stack.start()
         _print_stack(stack, time.monotonic() - started)
         if demo:
-            asyncio.run(_demo_stream(stack.settings(), None, demo_interval, ingest=stack.ingest_target()))
+            from changegate.cli.demo_feed import ReviewTarget
+
+            review = ReviewTarget(f"http://127.0.0.1:{stack.ports['review-api']}", stack.issued[DEV_IDENTITY])
+            asyncio.run(
+                _demo_stream(
+                    stack.settings(),
+                    None,
+                    demo_interval,
+                    ingest=stack.ingest_target(),
+                    crm=stack.crm_target(),
+                    review=review,
+                )
+            )
         else:
             while True:
                 time.sleep(3600)
@@ -149,9 +178,14 @@ def _crm_env(crm: Crm, demo: bool) -> dict[str, str]:
     """The executor's CRM settings for ``dev up``; refuses what would write where it must not."""
     if crm is Crm.SANDBOX:
         return {"CHANGEGATE_CRM": "sandbox"}
+    if crm is Crm.HUBSPOT_SIM:
+        return {}  # the stack points the executor and ingest at the simulator it starts
     if demo:
         # The demo invents records and values: never let it near a real portal.
-        console.print("[red]--demo runs on the sandbox only; leave out --demo or --crm hubspot[/]")
+        console.print(
+            "[red]--demo runs on the sandbox or the HubSpot simulator only (--crm hubspot-sim); "
+            "leave out --demo or --crm hubspot[/]"
+        )
         raise typer.Exit(2)
     in_secrets = SECRETS_DIR is not None and (Path(SECRETS_DIR) / "CHANGEGATE_HUBSPOT_TOKEN").is_file()
     if not (os.environ.get("CHANGEGATE_HUBSPOT_TOKEN") or in_secrets):
@@ -196,6 +230,19 @@ def _print_stack(stack: object, seconds: float) -> None:
         f"webhooks: {ingest}/v1/webhooks/hubspot and /v1/webhooks/<source> (docs: {ingest}/docs; "
         f"this stack's webhook secrets: {stack.ingest_file})"
     )
+    if stack.crm == Crm.HUBSPOT_SIM:
+        try:
+            info = httpx.get(f"{stack.simulator_url}/_sim/info", timeout=5).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            console.print(f"[red]the HubSpot simulator does not answer: {exc}[/]")
+            return
+        colour = "green" if info["validating"] else "yellow"
+        console.print(
+            f"HubSpot simulator: {stack.simulator_url} — [{colour}]{info['validation']}[/]; it holds "
+            f"{info['records']['contacts']} contacts and {info['records']['companies']} companies, and "
+            "reports every change to ingest as signed webhooks (the executor's writes come back as echo).\n"
+            "  load them into the detector: changegate crm import · then: changegate detector scan"
+        )
 
 
 @dev.command("down")
@@ -217,99 +264,91 @@ async def _demo_stream(
     run: str | None = None,
     ingest: IngestTarget | None = None,
     confirm_seconds: float = 30.0,
+    crm: CrmTarget | None = None,
+    review: ReviewTarget | None = None,
 ) -> int:
-    """Seed each step's records in the sandbox CRM, then send the events that report on them: as
-    signed webhooks to ``ingest`` when given (HubSpot batches, Clay rows, verifier results, scores,
-    Typeform submissions), else straight onto crm.events; ``count`` steps (None: until stopped), a
-    line a step saying what to watch for. What should apply by itself is looked for in the CRM: a
-    line says it applied once it is there, or that it did not within ``confirm_seconds`` (a finite
-    feed waits for those answers before it returns)."""
-    from changegate.cli.demo import DEMO_OWNERS, steps
-    from changegate.cli.webhooks import WebhookSender
-    from changegate.core.contracts.envelope import make_envelope
-    from changegate.core.db import create_pool, migrate, migrate_core
-    from changegate.core.kafka import make_producer, publish, start_with_retry
-    from changegate.core.topics import Topic, TopicNames
-    from changegate.executor.crm import sandbox
+    """The demo feed (``demo_feed.py``) with a progress bar: ``count`` steps (None: until stopped),
+    a line a step saying what to watch for, and what should apply by itself looked for in the CRM."""
+    from changegate.cli.demo_feed import CrmTarget, demo_stream
 
-    topic = TopicNames(settings.topic_prefix)(Topic.CRM_EVENTS)
-    pool = await create_pool(settings.database_url, max_size=2)
-    await migrate_core(pool)
-    await migrate(pool, "executor", "changegate.executor.migrations")
-    for owner in DEMO_OWNERS:  # the owners the demo's records are assigned to exist in the CRM
-        await sandbox.upsert_owner(pool, owner)
-    producer = make_producer(settings, "demo-feed")
-    await start_with_retry(producer)
-    client = httpx.AsyncClient(timeout=30)
-    webhooks = WebhookSender(ingest, client) if ingest is not None else None
-    sent = 0
     columns = (TextColumn("demo feed"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    # (deadline, scenario, record, values the policy should apply by itself)
-    expected: list[tuple[float, str, str, dict[str, Any]]] = []
+    with Progress(*columns, console=console, transient=count is None) as progress:
+        task = progress.add_task("feed", total=count)
+        return await demo_stream(
+            settings,
+            count,
+            interval,
+            progress.console.print,
+            seed=seed,
+            run=run,
+            ingest=ingest,
+            crm=crm or CrmTarget(),
+            review=review,
+            confirm_seconds=confirm_seconds,
+            advance=lambda: progress.advance(task),
+        )
 
-    async def confirm(say: Callable[[str], None]) -> None:
-        """Say, for each expected write, that the CRM holds it, or that it did not come in time."""
-        waiting = []
-        for deadline, scenario, record_id, values in expected:
-            held = await sandbox.get_record(pool, ObjectType.CONTACT, record_id) or {}
-            shown = ", ".join(f"{k} = {v}" for k, v in values.items())
-            if all(held.get(k) == v for k, v in values.items()):
-                say(f"  [green]{scenario:>12} applied[/]: {record_id} {shown} (seen in the CRM)")
-            elif time.monotonic() >= deadline:
-                late = f"within {confirm_seconds:.0f} s"
-                say(f"  [red]{scenario:>12} NOT applied[/] {late}: {record_id} {shown}")
-            else:
-                waiting.append((deadline, scenario, record_id, values))
-        expected[:] = waiting
 
+def _stack_crm(workdir: Path) -> CrmTarget:
+    """The CRM the stack running from ``workdir`` writes to (its state file), else the one the
+    environment points the executor at; refuses (exit 2) one that is a real HubSpot portal."""
+    from changegate.cli.demo_feed import HUBSPOT_SIM, CrmTarget
+
+    state_file = workdir / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    kind = state.get("crm") or os.environ.get("CHANGEGATE_CRM", "sandbox")
+    url = state.get("crm_url") or os.environ.get("CHANGEGATE_HUBSPOT_BASE_URL")
+    if kind == Crm.HUBSPOT and url and _answers_as_simulator(url):
+        kind = HUBSPOT_SIM
+    if kind == Crm.HUBSPOT:
+        console.print(
+            "[red]this stack writes approved changes to a HubSpot portal "
+            f"({url or 'https://api.hubapi.com'}): the demo invents records and values and is never fed "
+            "to a real portal[/] — run it on `changegate dev up --crm hubspot-sim` or the sandbox"
+        )
+        raise typer.Exit(2)
+    return CrmTarget(kind, url if kind == HUBSPOT_SIM else None)
+
+
+def _answers_as_simulator(url: str) -> bool:
     try:
-        with Progress(*columns, console=console, transient=count is None) as progress:
-            task = progress.add_task("feed", total=count)
-            for step in steps(seed, run):
-                if count is not None and sent >= count:
-                    break
-                for record_id, properties in step.records.items():
-                    await sandbox.upsert_record(pool, ObjectType.CONTACT, record_id, properties)
-                for event in step.events:
-                    if webhooks is not None:
-                        await webhooks.send(event)
-                    else:
-                        envelope = make_envelope(event, service="demo-feed")
-                        await publish(producer, topic, event.record_id, envelope)
-                progress.console.print(f"  [cyan]{step.scenario:>12}[/] {step.shows}")
-                deadline = time.monotonic() + confirm_seconds
-                expected += [(deadline, step.scenario, r, values) for r, values in step.applies.items()]
-                sent += 1
-                progress.advance(task)
-                await confirm(progress.console.print)
-                if interval:
-                    await asyncio.sleep(interval)
-            while expected:
-                await asyncio.sleep(0.5)
-                await confirm(progress.console.print)
-    finally:
-        await client.aclose()
-        await producer.stop()
-        await pool.close()
-    return sent
+        info = httpx.get(f"{url.rstrip('/')}/_sim/info", timeout=3)
+        return info.status_code == 200 and info.json().get("simulator") == "changegate hubspot-sim"
+    except (httpx.HTTPError, ValueError):
+        return False
 
 
 @demo_app.command("feed")
 def demo_feed(
-    count: Annotated[int, typer.Option(min=1, help="scenario steps to feed (five make one round)")] = 20,
+    count: Annotated[int, typer.Option(min=1, help="scenario steps to feed (six make one round)")] = 24,
     interval: Annotated[float, typer.Option(min=0, help="seconds between steps")] = 0.0,
     workdir: WorkDir = DEFAULT_WORKDIR,
 ) -> None:
-    """Feed COUNT scenario steps — enrichment, duplicates, lifecycle, owner, verification, in turn:
-    records seeded in the sandbox CRM, then their HubSpot, Clay, form, scoring and verifier events
-    as signed webhooks to the ingest service of the stack `dev up` runs from WORKDIR (straight onto
-    crm.events when none runs there); settings from CHANGEGATE_* environment variables."""
+    """Feed COUNT scenario steps — enrichment, duplicates, lifecycle, owner, verification, and a
+    conflict, in turn: records made in the stack's CRM (the sandbox, or the HubSpot simulator, which
+    reports them as signed webhooks; for the sandbox the feed sends HubSpot's webhooks), then their
+    Clay, form, scoring and verifier events as signed webhooks to the ingest service of the stack
+    `dev up` runs from WORKDIR (straight onto crm.events when none runs there). A stack that writes
+    to a real HubSpot portal is refused. Settings from CHANGEGATE_* environment variables."""
+    from changegate.cli.demo_feed import HUBSPOT_SIM, ReviewTarget
     from changegate.cli.webhooks import IngestTarget
 
+    crm = _stack_crm(workdir)
     target = IngestTarget.load(workdir / "ingest.json")
     if target is None:
+        if crm.kind == HUBSPOT_SIM:
+            console.print(
+                f"[red]no ingest service of a dev stack in {workdir}: the simulator reports to it[/]"
+            )
+            raise typer.Exit(2)
         console.print(f"no ingest service of a dev stack in {workdir}: events go straight onto crm.events")
-    sent = asyncio.run(_demo_stream(CommonSettings(), count, interval, ingest=target))
+    review = None
+    token_file, state_file = workdir / "token", workdir / "state.json"
+    if token_file.is_file() and state_file.is_file():
+        port = json.loads(state_file.read_text()).get("ports", {}).get("review-api")
+        if port:
+            review = ReviewTarget(f"http://127.0.0.1:{port}", token_file.read_text().strip())
+    sent = asyncio.run(_demo_stream(CommonSettings(), count, interval, ingest=target, crm=crm, review=review))
     console.print(f"fed {sent} scenario steps")
 
 

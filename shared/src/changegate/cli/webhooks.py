@@ -66,7 +66,7 @@ def _iso(event: CrmEvent) -> str:
 
 def hubspot_batch(event: CrmEvent) -> list[dict[str, Any]]:
     """A record created in HubSpot, as HubSpot reports it: a creation (no properties), then a
-    propertyChange for each property set."""
+    propertyChange for each property set; a record changed: a propertyChange for each property."""
     occurred = int((event.occurred_at.timestamp() if event.occurred_at else time.time()) * 1000)
     common: dict[str, Any] = {
         "portalId": DEMO_PORTAL_ID,
@@ -79,9 +79,18 @@ def hubspot_batch(event: CrmEvent) -> list[dict[str, Any]]:
         "sourceId": "userId:1",
     }
     prefix = event.object_type.value
-    batch = [
-        {**common, "eventId": _event_id(), "subscriptionType": f"{prefix}.creation", "changeFlag": "CREATED"}
-    ]
+    batch = (
+        [
+            {
+                **common,
+                "eventId": _event_id(),
+                "subscriptionType": f"{prefix}.creation",
+                "changeFlag": "CREATED",
+            }
+        ]
+        if event.kind is CrmEventKind.RECORD_CREATED
+        else []
+    )
     rank = {name: i for i, name in enumerate(PROPERTY_ORDER)}
     for name in sorted(event.properties, key=lambda p: rank.get(p, len(rank))):
         value = event.properties[name]
@@ -100,7 +109,10 @@ def hubspot_batch(event: CrmEvent) -> list[dict[str, Any]]:
 def deliveries(event: CrmEvent) -> Iterator[Delivery]:
     """What the sender of ``event`` posts."""
     props, when = event.properties, _iso(event)
-    if event.kind is CrmEventKind.RECORD_CREATED and event.source_system == "hubspot":
+    if (
+        event.kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED)
+        and event.source_system == "hubspot"
+    ):
         yield Delivery("hubspot", json.dumps(hubspot_batch(event)).encode())
     elif event.kind is CrmEventKind.ENRICHMENT_RESULT:
         row = {"record_id": event.record_id, "object_type": event.object_type.value, "enrichment": props}

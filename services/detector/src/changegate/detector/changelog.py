@@ -102,6 +102,25 @@ def changed_by(event: CrmEvent) -> list[Changed]:
     return []
 
 
+def change_messages(names: TopicNames, changed: list[Changed], writer: str, seen: int) -> list[Message]:
+    """The changelog messages of records ``writer`` changed in a transaction (send them through the
+    detector's outbox, in it). A writer that does not search (an import) says ``seen`` 0."""
+    topic = names(Topic.RECORD_CHANGES)
+    out: list[Message] = []
+    for c in changed:
+        change = RecordChange(
+            object_type=c.object_type,
+            record_id=c.record_id,
+            writer=writer,
+            seen=seen,
+            searched=c.searched,
+            source_system=c.source_system,
+            source_event_id=c.source_event_id,
+        )
+        out.append((topic, c.record_id, make_envelope(change, service=SERVICE)))
+    return out
+
+
 class RecordFeed:
     """Reads the changelog in full and keeps the index as the database holds the records."""
 
@@ -153,20 +172,7 @@ class RecordFeed:
     def messages(self, changed: list[Changed], seen: int | None = None) -> list[Message]:
         """The changelog messages of records changed in a transaction (send them through the outbox,
         in it); ``seen``: what the search of those records saw (default: now)."""
-        topic = self.names(Topic.RECORD_CHANGES)
-        out: list[Message] = []
-        for c in changed:
-            change = RecordChange(
-                object_type=c.object_type,
-                record_id=c.record_id,
-                writer=self.writer,
-                seen=self.seen if seen is None else seen,
-                searched=c.searched,
-                source_system=c.source_system,
-                source_event_id=c.source_event_id,
-            )
-            out.append((topic, c.record_id, make_envelope(change, service=SERVICE)))
-        return out
+        return change_messages(self.names, changed, self.writer, self.seen if seen is None else seen)
 
     async def start(self, deadline_seconds: float = 60) -> int:
         """Take the changelog's only partition from its beginning and learn its end (the high

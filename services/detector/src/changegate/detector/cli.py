@@ -7,9 +7,9 @@ import asyncio
 import csv
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,9 +23,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from changegate.core.contracts import ObjectType, Proposal
+    from changegate.core.signing import SigningKey
+    from changegate.detector.scan import Found
+    from changegate.detector.settings import DetectorSettings
+
 app = typer.Typer(
-    help="The detector: train the duplicate finder on your records; calibrate its confidences on"
-    " reviewers' decisions.",
+    help="The detector: train the duplicate finder on your records; find the duplicates already there;"
+    " calibrate its confidences on reviewers' decisions.",
     no_args_is_help=True,
 )
 console = Console(stderr=True, soft_wrap=True)
@@ -316,3 +322,149 @@ def calibrate(
         )
     console.print(shown)
     console.print(f"wrote {out} — set CHANGEGATE_RELIABILITY_FILE={out} for the detector")
+
+
+def _dev_stack(workdir: Path) -> dict[str, Any]:
+    """The state file of a dev stack running from ``workdir`` ({} when none)."""
+    state_file = workdir / "state.json"
+    if not state_file.is_file():
+        return {}
+    state: dict[str, Any] = json.loads(state_file.read_text())
+    return state
+
+
+def _write_report(out: Path, found: list[Found]) -> None:
+    from changegate.detector.scan import rows
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".csv":
+        columns = ["cluster_id", "status", "confidence", "size", "survivor", "merged", "weakest_pair"]
+        columns += ["agree", "disagree", "flags", "rationale", "proposal_id"]
+        with out.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows(found):
+                writer.writerow(
+                    {k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in row.items()}
+                )
+    else:
+        with out.open("w", encoding="utf-8") as fh:
+            for row in rows(found):
+                fh.write(json.dumps(row, default=str) + "\n")
+
+
+@app.command("scan")
+def scan(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="the report: CSV (.csv) or one JSON object a line (.jsonl)")
+    ] = Path("duplicates.csv"),
+    publish: Annotated[
+        bool, typer.Option(help="propose the most confident new clusters for review (else: the report only)")
+    ] = False,
+    limit: Annotated[
+        int, typer.Option("--max", min=1, help="proposals one --publish run sends at most")
+    ] = 25,
+    object_type: Annotated[str, typer.Option(help="contact or company")] = "contact",
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL, else the dev stack's)"
+        ),
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="a dev stack's folder (its database and keys)")] = Path(
+        ".changegate/dev"
+    ),
+) -> None:
+    """Find the duplicate clusters already in the records the detector knows (`changegate crm
+    import` loads a CRM's), as the detector would have found them had it seen every record arrive,
+    and write a report: each cluster's survivor, confidence (its weakest pair's), evidence and
+    status (new, open: a merge for some of its records waits already, decided). Nothing is proposed
+    unless --publish: then the --max most confident new clusters, highest first; run it again for
+    the next ones. The detector's settings (CHANGEGATE_MATCH_*) apply; publishing signs with the
+    detector's key (CHANGEGATE_SIGNING_KEY; a dev stack's own)."""
+    import os
+
+    from changegate.core.contracts import ObjectType
+    from changegate.detector.settings import DetectorSettings
+
+    stack = _dev_stack(workdir)
+    overrides: dict[str, Any] = {}
+    if database_url or (stack.get("database_url") and "CHANGEGATE_DATABASE_URL" not in os.environ):
+        overrides["database_url"] = database_url or stack["database_url"]
+    key_file = workdir / "detector.key"
+    if publish and "CHANGEGATE_SIGNING_KEY" not in os.environ and key_file.is_file():
+        overrides["signing_key"] = key_file.read_text().strip()
+    settings = DetectorSettings(**overrides)
+    try:
+        kind = ObjectType(object_type)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{object_type!r}: contact or company") from exc
+    signer = settings.signing("detector") if publish else None
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"streaming the {kind.value}s", total=None)
+        found, sent = asyncio.run(
+            _scan(
+                settings,
+                kind,
+                signer,
+                limit,
+                lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        )
+    _write_report(out, found)
+    table = Table(title=f"{len(found)} duplicate clusters of {kind.value}s")
+    for column in ("status", "clusters", "records", "confidence ≥ 0.99", "0.95 to 0.99", "< 0.95"):
+        table.add_column(column)
+    for status in ("new", "open", "decided"):
+        mine = [f for f in found if f.status == status]
+        if mine:
+            c = [f.proposal.confidence for f in mine]
+            table.add_row(
+                status,
+                str(len(mine)),
+                str(sum(len(f.members) for f in mine)),
+                str(sum(x >= 0.99 for x in c)),
+                str(sum(0.95 <= x < 0.99 for x in c)),
+                str(sum(x < 0.95 for x in c)),
+            )
+    console.print(table)
+    console.print(f"report: {out}")
+    if publish:
+        left = sum(f.status == "new" for f in found)
+        console.print(
+            f"proposed {len(sent)} merges for review (highest confidence first); {left} new clusters left"
+            + (f" — run again for the next {min(left, limit)}" if left else "")
+        )
+    else:
+        console.print(
+            "nothing proposed: read the report, then --publish (--max N) to send the most confident"
+        )
+
+
+async def _scan(
+    settings: DetectorSettings,
+    kind: ObjectType,
+    signer: SigningKey | None,
+    limit: int,
+    progress: Callable[[int, int], None],
+) -> tuple[list[Found], list[Proposal]]:
+    from changegate.core.db import create_pool, migrate, migrate_core
+    from changegate.detector import scan as scanning
+    from changegate.detector.handler import Detector
+
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        await migrate_core(pool)
+        await migrate(pool, "detector", "changegate.detector.migrations")
+        found = await scanning.find(pool, settings, kind, progress)
+        sent = await scanning.publish(pool, Detector(pool, settings, signer), found, limit) if signer else []
+    finally:
+        await pool.close()
+    return found, sent

@@ -136,6 +136,14 @@ class Detector:
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
         return await self._emit(conn, proposals, messages)
 
+    async def emit(self, conn: DbConn, proposals: list[Proposal]) -> list[Proposal]:
+        """Proposals sent through the outbox in ``conn``'s transaction, each retiring the open ones
+        it replaces; those decided before are not raised again. The proposals sent."""
+        messages: list[tuple[str, str | None, Envelope[Any]]] = []
+        emitted = await self._emit(conn, proposals, messages)
+        await outbox.enqueue_many(conn, SERVICE, messages)
+        return emitted
+
     async def _emit(
         self, conn: DbConn, proposals: list[Proposal], messages: list[tuple[str, str | None, Envelope[Any]]]
     ) -> list[Proposal]:
@@ -229,8 +237,8 @@ class Detector:
             before = (
                 await state.known_properties(conn, event) if kind is CrmEventKind.PROPERTY_CHANGED else {}
             )
-            await state.apply_record_event(conn, event)
-            record = {**before, **event.properties} if before else await state.known_properties(conn, event)
+            # What the CRM holds now as far as we know: a value older than one known stays out.
+            record = await state.apply_record_event(conn, event)
             proposals: list[Proposal] = []
             # Duplicates can only appear when something identifying changed (a job title does not).
             if kind is CrmEventKind.RECORD_CREATED or identity_changed(
@@ -263,8 +271,8 @@ class Detector:
         index learn it; nothing is proposed from it (it was decided already, and proposing from our
         own write would loop)."""
         if event.kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
-            await state.apply_record_event(conn, event)
-            self.indexes.update(event.object_type, event.record_id, await state.known_properties(conn, event))
+            record = await state.apply_record_event(conn, event)
+            self.indexes.update(event.object_type, event.record_id, record)
         SKIPPED.labels(detector="all", reason="echo").inc()
         return []
 

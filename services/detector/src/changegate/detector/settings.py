@@ -66,6 +66,22 @@ class DetectorSettings(CommonSettings):
             )
         return self
 
+    def record_properties(self) -> list[str]:
+        """The CRM properties the detectors read: what an import loads and a CRM's webhook
+        subscription should report changes of."""
+        from changegate.detector.dedup import REVIEW_FIELDS
+
+        configured = [
+            self.owner.owner_field,
+            self.owner.country_field,
+            self.owner.state_field,
+            self.lifecycle.stage_field,
+            self.verification.email_field,
+            self.verification.status_field,
+        ]
+        identity = ["mobilephone", "website", "name", "domain", "createdate"]
+        return list(dict.fromkeys([*REVIEW_FIELDS, *identity, *configured]))
+
     def field_risk_refusals(self, table: FieldTable) -> list[str]:
         """What the field-risk table does not know the detector's fields as: their proposals would
         be refused (a kind changes only its own fields), so the detector refuses to start."""

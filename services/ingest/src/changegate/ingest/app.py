@@ -243,7 +243,16 @@ def build_app(
             realm = f'HubSpot-Signature-v3 realm="changegate-ingest", header="{HUBSPOT_SIGNATURE_HEADER}"'
             exc.headers["WWW-Authenticate"] = realm
             raise
-        mapped = hubspot.to_crm_events(hubspot.parse_batch(parsed(body)), echo_ids)
+        batch = hubspot.parse_batch(parsed(body))
+        mapped = hubspot.to_crm_events(batch, echo_ids)
+        for event in batch:  # who made each change: how an operator finds the echo source id
+            log.debug(
+                "hubspot event",
+                subscription_type=event.subscription_type,
+                change_source=event.change_source,
+                source_id=event.source_id,
+                echo=event.source_id is not None and event.source_id in echo_ids,
+            )
         return await accept(hubspot.SOURCE, mapped.events, len(mapped.ignored))
 
     @app.post(

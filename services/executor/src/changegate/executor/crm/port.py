@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -60,6 +61,21 @@ class WriteResult:
 class MergeResult:
     merged_id: str  # the record the losers now resolve to (a new id on CRMs that make one)
     response_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A record as a page of the CRM's records holds it (an import reads them)."""
+
+    record_id: str
+    properties: dict[str, PropertyValue]
+    updated_at: datetime  # when the CRM last changed it, by the CRM's own clock
+
+
+@dataclass(frozen=True)
+class RecordPage:
+    records: list[SnapshotRecord]
+    after: str | None  # the CRM's cursor of the next page; None: this page was the last
 
 
 class OwnerStatus(StrEnum):
@@ -131,6 +147,17 @@ class CrmAdapter(Protocol):
         ...
 
     async def owner_status(self, owner_id: str) -> OwnerStatus: ...
+
+    async def list_page(
+        self, object_type: ObjectType, fields: Sequence[str], after: str | None, limit: int
+    ) -> RecordPage:
+        """Every live record, a page at a time in the CRM's own order, from the cursor ``after``
+        (None: the first page); at most ``limit`` a page (``capabilities.max_batch``)."""
+        ...
+
+    async def count(self, object_type: ObjectType) -> int | None:
+        """How many records of ``object_type`` the CRM holds (None: it cannot say cheaply)."""
+        ...
 
     async def close(self) -> None: ...
 

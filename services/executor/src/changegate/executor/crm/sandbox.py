@@ -5,8 +5,9 @@ to the survivor, as in HubSpot."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 import asyncpg
 from changegate.core.contracts import FieldChange, FieldWrite, ObjectType
@@ -16,10 +17,13 @@ from changegate.executor.crm.port import (
     BatchWriter,
     BeforeWriteMany,
     Capabilities,
+    CrmUnavailableError,
     MergeResult,
     OwnerStatus,
     RecordNotFoundError,
+    RecordPage,
     RecordState,
+    SnapshotRecord,
     WriteItem,
     WriteOutcome,
     WriteResult,
@@ -30,6 +34,29 @@ from changegate.executor.crm.values import same
 TARGET = "sandbox"
 MERGED_IDS_FIELD = "hs_merged_object_ids"
 _MAX_REDIRECTS = 16
+# PostgreSQL not answering is this CRM being down, as a timeout or a 503 is HubSpot's.
+_UNREACHABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _reachable(call: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """The sandbox's database away is the CRM unavailable (retried, the breaker opens), not a
+    failure of the change."""
+
+    @functools.wraps(call)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await call(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise CrmUnavailableError(f"the sandbox CRM's database: {type(exc).__name__}: {exc}") from exc
+
+    return guarded
 
 
 class SandboxCrm(BatchWriter):
@@ -41,6 +68,7 @@ class SandboxCrm(BatchWriter):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @_reachable
     async def read(
         self, object_type: ObjectType, record_ids: Sequence[str], fields: Sequence[str]
     ) -> dict[str, RecordState]:
@@ -53,6 +81,7 @@ class SandboxCrm(BatchWriter):
                     out[record_id] = RecordState(rid, {f: props.get(f) for f in fields})
         return out
 
+    @_reachable
     async def write_many(
         self, object_type: ObjectType, items: Sequence[WriteItem], before_write: BeforeWriteMany | None = None
     ) -> list[WriteOutcome]:
@@ -105,6 +134,7 @@ class SandboxCrm(BatchWriter):
             )
         return [o for o in outcomes if o is not None]
 
+    @_reachable
     async def merge(self, object_type: ObjectType, survivor: str, losers: Sequence[str]) -> MergeResult:
         async with self.pool.acquire() as conn, conn.transaction():
             found = await _resolve(conn, object_type, survivor, lock=True)
@@ -135,6 +165,7 @@ class SandboxCrm(BatchWriter):
             )
         return MergeResult(sid, [f"{object_type.value}/{sid}"])
 
+    @_reachable
     async def owner_status(self, owner_id: str) -> OwnerStatus:
         archived = await self.pool.fetchval(
             "SELECT archived FROM sandbox_crm_owners WHERE owner_id = $1", owner_id
@@ -142,6 +173,33 @@ class SandboxCrm(BatchWriter):
         if archived is None:
             return OwnerStatus.UNKNOWN
         return OwnerStatus.ARCHIVED if archived else OwnerStatus.ACTIVE
+
+    @_reachable
+    async def list_page(
+        self, object_type: ObjectType, fields: Sequence[str], after: str | None, limit: int
+    ) -> RecordPage:
+        """In id order; records merged away are not listed (they live on in their survivor)."""
+        rows = await self.pool.fetch(
+            "SELECT record_id, properties, updated_at FROM sandbox_crm_records"
+            " WHERE object_type = $1 AND merged_into IS NULL AND record_id > $2"
+            " ORDER BY record_id LIMIT $3",
+            object_type.value,
+            after or "",
+            limit + 1,
+        )
+        records = [
+            SnapshotRecord(r["record_id"], {f: r["properties"].get(f) for f in fields}, r["updated_at"])
+            for r in rows[:limit]
+        ]
+        return RecordPage(records, records[-1].record_id if len(rows) > limit else None)
+
+    @_reachable
+    async def count(self, object_type: ObjectType) -> int | None:
+        found: int = await self.pool.fetchval(
+            "SELECT count(*) FROM sandbox_crm_records WHERE object_type = $1 AND merged_into IS NULL",
+            object_type.value,
+        )
+        return found
 
     async def close(self) -> None:
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Iterable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -27,7 +28,9 @@ from changegate.executor.crm.port import (
     MergeResult,
     OwnerStatus,
     RecordNotFoundError,
+    RecordPage,
     RecordState,
+    SnapshotRecord,
     WriteItem,
     WriteOutcome,
     WriteResult,
@@ -40,6 +43,8 @@ T = TypeVar("T")
 TARGET = "hubspot"
 BATCH = 100
 OBJECTS = {ObjectType.CONTACT: "contacts", ObjectType.COMPANY: "companies"}
+# What HubSpot lists with every record, asked for or not (the import keeps the creation date).
+DEFAULT_LISTED = ("createdate",)
 
 
 class HubSpotCrm(BatchWriter):
@@ -258,6 +263,44 @@ class HubSpotCrm(BatchWriter):
             body = _json(response, "owner", ok=(200,))
             return OwnerStatus.ARCHIVED if body.get("archived") or archived == "true" else OwnerStatus.ACTIVE
         return OwnerStatus.UNKNOWN
+
+    # -- the records, a page at a time (an import) ---------------------------------------------
+    async def list_page(
+        self, object_type: ObjectType, fields: Sequence[str], after: str | None, limit: int
+    ) -> RecordPage:
+        """HubSpot's list endpoint: at most 100 a page, by its ``after`` cursor."""
+        objects = OBJECTS[object_type]
+        params: dict[str, Any] = {"limit": min(limit, BATCH), "archived": "false"}
+        if fields:
+            params["properties"] = ",".join(fields)
+        if after is not None:
+            params["after"] = after
+        response = await self.client.request("list", "GET", f"/crm/v3/objects/{objects}", params=params)
+        body = _json(response, "list", ok=(200,))
+        records = [
+            SnapshotRecord(
+                str(result["id"]),
+                _properties(result, [*fields, *DEFAULT_LISTED]),
+                datetime.fromisoformat(str(result["updatedAt"]).replace("Z", "+00:00")),
+            )
+            for result in body.get("results", [])
+        ]
+        following = ((body.get("paging") or {}).get("next") or {}).get("after")
+        return RecordPage(records, str(following) if following else None)
+
+    async def count(self, object_type: ObjectType) -> int | None:
+        """The total of an empty search (one call; HubSpot's search has a lower rate limit of its
+        own, so it is asked once, not per page). None when HubSpot will not say."""
+        response = await self.client.request(
+            "search",
+            "POST",
+            f"/crm/v3/objects/{OBJECTS[object_type]}/search",
+            json={"filterGroups": [], "sorts": [], "properties": ["hs_object_id"], "limit": 1, "after": "0"},
+        )
+        if response.status_code != 200:
+            return None
+        total = response.json().get("total")
+        return int(total) if isinstance(total, int) else None
 
 
 async def _together(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:

@@ -104,14 +104,14 @@ class HubSpotClient:
         pause = self._not_before - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        await self._acquire()
+        room = await self._acquire()
         try:
             response = await self.http.request(method, path, json=json, params=params)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             CALLS.labels(operation=operation, status="error").inc()
             raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
         CALLS.labels(operation=operation, status=str(response.status_code)).inc()
-        await self._note_rate_limit(response)
+        self._note_rate_limit(response, room)
         status = response.status_code
         if status == 429:
             raise _RetryError("429 rate limited", _retry_after(response) or self._window_left(response))
@@ -125,25 +125,30 @@ class HubSpotClient:
         """What one request costs of the budget: 1 for the whole of it, 3 for a third."""
         return min(self.limit.amount, math.ceil(1 / max(self.share(), 1e-9) - 1e-9))
 
-    async def _acquire(self) -> None:
-        """Wait for room in the moving window, then take this request's cost of it."""
+    async def _acquire(self) -> int:
+        """Wait for room in the moving window, then take this request's cost of it; the room left
+        in the window after it."""
         while not await self.limiter.hit(self.limit, _KEY, cost=self.cost()):
             stats = await self.limiter.get_window_stats(self.limit, _KEY)
             await asyncio.sleep(max(0.005, stats.reset_time - time.time()))
+        return int((await self.limiter.get_window_stats(self.limit, _KEY)).remaining)
 
     async def remaining(self) -> int:
         """Requests this client may still make in the current window."""
         return (await self.limiter.get_window_stats(self.limit, _KEY)).remaining // self.cost()
 
-    async def _note_rate_limit(self, response: httpx.Response) -> None:
-        """X-HubSpot-RateLimit-Remaining at 0 although this client has room left in its own window:
-        others spend the app's budget too (another app on the token, replicas out of share), so hold
-        every call for a window. At 0 because this client spent exactly its budget, its own window
-        already holds it back, and no more."""
+    def _note_rate_limit(self, response: httpx.Response, room: int) -> None:
+        """X-HubSpot-RateLimit-Remaining at 0 although this client had room left in its own window
+        when it sent the request (``room``): others spend the app's budget too (another app on the
+        token, replicas out of share), so hold every call for a window. At 0 because this client
+        had spent exactly its budget, its own window already holds it back, and no more — judged
+        at sending, not on the answer: a slot of its window that frees while the request is in
+        flight is not room HubSpot saw, and taking it for that held a client running at its whole
+        limit for a full window every few seconds."""
         remaining = response.headers.get("X-HubSpot-RateLimit-Remaining")
         if remaining is None or remaining.strip() != "0":
             return
-        if (await self.limiter.get_window_stats(self.limit, _KEY)).remaining < self.cost():
+        if room < self.cost():
             return
         wait = self._window_left(response)
         if wait:
