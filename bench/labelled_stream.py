@@ -18,7 +18,7 @@ The stream is generated in two parts from one world (the same sources, the same 
 ``tuning``, on which reliabilities are learnt and thresholds may be chosen, and ``held-out``, on
 which nothing is chosen. Each part has records of its own (ids ``t-…`` and ``h-…``) and its own
 random stream (``random.Random(f"{seed}:{part}")``); the duplicate scenarios take the synthetic
-population (``crm_population``, another seed per part) and disjoint halves of the confounder set
+population (``changegate.hubspot_sim.population``, another seed per part) and disjoint halves of the confounder set
 (``confounders``: households, namesakes, juniors, colleagues, movers beside true duplicates).
 
 Scenarios, per part at ``scale`` 1 (each instance is a record created, then the event about it):
@@ -50,7 +50,7 @@ from typing import Any
 import confounders
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType, Proposal, ProposalKind
 from changegate.core.contracts.base import PropertyValue
-from crm_population import Population
+from changegate.hubspot_sim.population import Population
 
 # -- the hidden truth: how reliable each source is -------------------------------------------------
 # Probabilities that the value a source reports is the true one. Nothing outside this module reads
