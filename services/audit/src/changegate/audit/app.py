@@ -8,10 +8,16 @@ from typing import Annotated, Any
 import asyncpg
 from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
 from changegate.audit.settings import AuditSettings
-from changegate.audit.store import append_executions, record_decisions
+from changegate.audit.store import (
+    Outcome,
+    append_outcomes,
+    decision_outcome,
+    execution_outcome,
+    record_decisions,
+)
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, UnscopedViewer
-from changegate.core.contracts import AuditEntry, ExecutionStatus
+from changegate.core.contracts import AuditEntry
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_events
 from changegate.core.http import MAX_BIGINT, Name, problem_responses
@@ -30,6 +36,11 @@ log = get_logger(__name__)
 ROWS_WRITTEN = Counter("changegate_audit_rows_written_total", "Audit rows appended", ["mode"])
 
 
+def count_rows(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        ROWS_WRITTEN.labels(mode=outcome.mode.value).inc(len(outcome.fields))
+
+
 class AuditConsumer:
     """Decisions and executions into the log, a polled batch per transaction."""
 
@@ -42,8 +53,14 @@ class AuditConsumer:
         refused, decisions = screen(envelopes, self.verifier.decision)
         decisions = await screen_more(refused, decisions, self.policies.check)
         if decisions:
+            batch = [d for _, d in decisions]
             async with self.pool.acquire() as conn, conn.transaction():
-                kept = await record_decisions(conn, [d for _, d in decisions])
+                kept = await record_decisions(conn, batch)
+                # Those that end their proposal here (rejected, expired, superseded) go in the chain
+                # now, once: a decision kept before (redelivery) is not kept again.
+                outcomes = [o for d, k in zip(batch, kept, strict=True) if k and (o := decision_outcome(d))]
+                await append_outcomes(conn, outcomes)
+            count_rows(outcomes)
             if not all(kept):
                 log.debug("decisions not kept", count=kept.count(False))
         return refused
@@ -60,11 +77,9 @@ class AuditConsumer:
             fresh = await claim_events(conn, "audit-executions", [e.execution_id for _, e in executions])
             # Already logged ones write no second row (redelivery); each execution once.
             todo = list({e.execution_id: e for _, e in executions if e.execution_id in fresh}.values())
-            written = await append_executions(conn, todo)
-        for execution in todo:
-            if execution.status is ExecutionStatus.APPLIED and execution.writes:
-                mode = "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved"
-                ROWS_WRITTEN.labels(mode=mode).inc(len(execution.writes))
+            outcomes = [o for e in todo if (o := execution_outcome(e))]
+            written = await append_outcomes(conn, outcomes)
+        count_rows(outcomes)
         if written:
             log.debug("audited", rows=written, executions=len(todo))
         return refused

@@ -91,7 +91,9 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType("review_request", ReviewRequest, 4, {1: _same, 2: _same, 3: _same}),
         EventType("decision", Decision, 3, {1: _same, 2: _same}),
         EventType("execution", Execution, 3, {1: _same, 2: _same}),
-        EventType("audit_entry", AuditEntry, 2, {1: _same}),  # v2: approved_with_changes, proposed_value
+        # audit_entry v2: approved_with_changes, proposed_value; v3: every outcome, hash_version, kind,
+        # decider, reason, reverts_seq (optional), execution_id and executed_at may be null.
+        EventType("audit_entry", AuditEntry, 3, {1: _same, 2: _same}),
         EventType("record_change", RecordChange, 1),
     )
 }
