@@ -13,56 +13,22 @@ import asyncpg
 from changegate.audit.chain import GENESIS, LEGACY_FIELDS, row_hash, verify
 from changegate.audit.store import append_decisions, append_executions, record_decisions
 from changegate.core.contracts import (
-    Decider,
-    Decision,
     DecisionOutcome,
-    Execution,
     ExecutionStatus,
-    FieldWrite,
 )
-from changegate.core.contracts.base import utcnow
 from changegate.core.db import _load_migrations, migrate, migrate_core
-from helpers import approved_decision
+from helpers import approved_decision, ended_decision, execution_of
 
 MIGRATIONS = "changegate.audit.migrations"
-
-
-def execution_of(decision: Decision, status: ExecutionStatus, error: str | None = None) -> Execution:
-    writes = [
-        FieldWrite(field=c.field, expected=c.previous, overwritten=c.previous, new=c.proposed)
-        for c in decision.final_changes
-    ]
-    return Execution(
-        execution_id=Execution.make_id(decision.decision_id),
-        decision=decision,
-        status=status,
-        writes=writes if status is not ExecutionStatus.FAILED else [],
-        crm_target="sandbox",
-        error=error,
-        executed_at=utcnow(),
-    )
-
-
-def ended(outcome: DecisionOutcome, record_id: str) -> Decision:
-    approved = approved_decision(record_id, {"jobtitle": ("Engineer", "CTO")})
-    return approved.model_copy(
-        update={
-            "decision_id": uuid.uuid4(),
-            "outcome": outcome,
-            "final_changes": [],
-            "explanation": f"{outcome.value} in review",
-            "decided_by": Decider(kind="system", identity="review-api")
-            if outcome is not DecisionOutcome.REJECTED
-            else Decider(kind="human", identity="bob@example.com"),
-        }
-    )
 
 
 async def test_every_outcome_is_chained_once_and_verifies(pool: asyncpg.Pool) -> None:
     await migrate_core(pool)
     await migrate(pool, "audit", MIGRATIONS)
-    decisions = [ended(o, f"r-{o.value}") for o in (DecisionOutcome.REJECTED, DecisionOutcome.EXPIRED)]
-    decisions.append(ended(DecisionOutcome.SUPERSEDED, "r-superseded"))
+    decisions = [
+        ended_decision(o, f"r-{o.value}") for o in (DecisionOutcome.REJECTED, DecisionOutcome.EXPIRED)
+    ]
+    decisions.append(ended_decision(DecisionOutcome.SUPERSEDED, "r-superseded"))
     executions = [
         execution_of(approved_decision(f"r-{s.value}", {"city": (None, "Oslo")}), s, error=f"{s.value}!")
         for s in ExecutionStatus
@@ -159,7 +125,7 @@ async def test_rows_written_before_the_migration_still_verify_and_the_chain_cont
         await pool.execute(f"INSERT INTO audit_entries ({', '.join(args)}) VALUES ({places})", *args.values())
         prev = row["hash"]
 
-    assert await migrate(pool, "audit", MIGRATIONS) == [4]
+    assert await migrate(pool, "audit", MIGRATIONS) == [4, 5]
     stored = await pool.fetch("SELECT * FROM audit_entries ORDER BY seq")
     assert {r["hash_version"] for r in stored} == {1}
     assert all(row_hash(r) == r["hash"] for r in stored)

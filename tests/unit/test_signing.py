@@ -182,9 +182,9 @@ def test_keys_generate_writes_a_folder_per_service_keeps_them_and_rotates(tmp_pa
     first = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "a"])
     assert first.exit_code == 0, first.output
     assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-a:")
-    assert not (tmp_path / "audit" / "changegate_signing_key").exists()  # audit verifies, never signs
+    assert (tmp_path / "audit" / "changegate_signing_key").read_text().startswith("audit-a:")  # checkpoints
     trusted = json.loads((tmp_path / "audit" / "changegate_trusted_keys").read_text())
-    assert set(trusted) == {"policy-a", "review-api-a", "detector-a", "executor-a"}
+    assert set(trusted) == {"policy-a", "review-api-a", "detector-a", "executor-a", "audit-a"}
     assert all(TrustedKey.model_validate(v) for v in trusted.values())
     assert oct((tmp_path / "policy" / "changegate_signing_key").stat().st_mode & 0o777) == "0o600"
 
@@ -197,6 +197,18 @@ def test_keys_generate_writes_a_folder_per_service_keeps_them_and_rotates(tmp_pa
     assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-b:")
     trusted = json.loads((tmp_path / "executor" / "changegate_trusted_keys").read_text())
     assert {"policy-a", "policy-b"} <= set(trusted)  # messages signed before the rotation still verify
+
+
+def test_keys_generate_adds_a_key_for_a_signer_an_upgrade_brought(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "a"]).exit_code == 0
+    (tmp_path / "audit" / "changegate_signing_key").unlink()  # keys of a release before audit signed
+    again = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "b"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "audit" / "changegate_signing_key").read_text().startswith("audit-b:")
+    assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-a:")
+    trusted = json.loads((tmp_path / "detector" / "changegate_trusted_keys").read_text())
+    assert {"policy-a", "audit-a", "audit-b"} <= set(trusted)
 
 
 def _refusals(event_type: str, reason: str) -> float:
@@ -264,8 +276,8 @@ def test_a_signing_key_needs_an_id_and_a_separator() -> None:
 
 def test_dev_keys_give_every_signer_a_trusted_key(signed_decision: Callable[..., Decision]) -> None:
     settings, trusted = dev_keys()
-    assert set(settings) == {"policy", "review-api", "detector", "executor"}
-    assert set(trusted) == {"policy-dev", "review-api-dev", "detector-dev", "executor-dev"}
+    assert set(settings) == {"policy", "review-api", "detector", "executor", "audit"}
+    assert set(trusted) == {"policy-dev", "review-api-dev", "detector-dev", "executor-dev", "audit-dev"}
     assert {k: t.signer for k, t in trusted.items()} == {f"{s}-dev": s for s in settings}
     key = SigningKey.parse(settings["policy"], "policy")
     assert key.key_id == "policy-dev"
@@ -273,7 +285,7 @@ def test_dev_keys_give_every_signer_a_trusted_key(signed_decision: Callable[...,
     decision = signed_decision()
     decision = decision.model_copy(update={"proposal": detector.sign(decision.proposal)})
     assert Verifier(trusted).decision(key.sign(decision)) == "policy"
-    assert set(dev_keys("x")[1]) == {"policy-x", "review-api-x", "detector-x", "executor-x"}
+    assert set(dev_keys("x")[1]) == {"policy-x", "review-api-x", "detector-x", "executor-x", "audit-x"}
 
 
 def test_an_executions_decision_must_be_one_its_signer_may_make(

@@ -6,7 +6,8 @@ Who may sign what is fixed here, not configurable: the detector signs proposals 
 supersessions); policy signs its routes — review requests, rejections, and auto-approvals of
 exactly the proposal's changes, never of a change the field-risk table gives to a human; review-api
 signs human decisions (and expiries); the executor signs executions, and the proposal and review
-request it sends back to review after a compare-and-set conflict."""
+request it sends back to review after a compare-and-set conflict; audit signs its checkpoints of the
+chain."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import TypeVar
 from changegate.core import canonical as canonical_json
 from changegate.core import field_risk
 from changegate.core.contracts import (
+    AuditCheckpoint,
     Decision,
     DecisionOutcome,
     Execution,
@@ -35,9 +37,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-Signed = TypeVar("Signed", Decision, Execution, Proposal, ReviewRequest)
+Signed = TypeVar("Signed", Decision, Execution, Proposal, ReviewRequest, AuditCheckpoint)
 
-SIGNERS = ("policy", "review-api", "detector", "executor")
+SIGNERS = ("policy", "review-api", "detector", "executor", "audit")
 # Who may sign a proposal: the detector; the executor only its re-proposals after a conflict.
 PROPOSAL_SIGNERS = frozenset({"detector", "executor"})
 REPROPOSAL_PREFIX = "conflict:"  # the source event id of the executor's re-proposals
@@ -345,6 +347,14 @@ class Verifier:
             if signer != "executor":
                 raise self._refuse("execution", "signer_not_allowed", f"{signer} may not sign executions")
             self.decision(execution.decision)
+        return signer
+
+    def checkpoint(self, checkpoint: AuditCheckpoint) -> str:
+        """A checkpoint of the audit chain, signed by audit."""
+        with self._message(checkpoint):
+            signer = self._signer(checkpoint, checkpoint.signature, "audit_checkpoint")
+        if signer != "audit":
+            raise self._refuse("audit_checkpoint", "signer_not_allowed", f"{signer} may not sign checkpoints")
         return signer
 
     @staticmethod

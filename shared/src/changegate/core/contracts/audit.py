@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from changegate.core.contracts.base import Contract, PropertyValue, UtcDatetime
 from changegate.core.contracts.crm_event import ObjectType
+from changegate.core.contracts.signature import Signature
 from pydantic import Field
 
 
@@ -69,3 +70,15 @@ class AuditEntry(Contract):
     )
     prev_hash: str = Field(description="hash of the previous row ('' for the first)")
     hash: str = Field(description="sha256 over this row's content and prev_hash (docs/audit.md)")
+
+
+class AuditCheckpoint(Contract):
+    """A signed head of the chain: the audit service verified the chain up to ``seq`` and vouches
+    for the hash there. Published on audit.checkpoints; a chain rewritten and recomputed afterwards
+    no longer carries ``hash`` at ``seq``."""
+
+    seq: int = Field(ge=1, description="the row it covers (and every row before it)")
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="the hash of row seq")
+    previous_seq: int = Field(ge=0, description="the checkpoint before it (0: none)")
+    signed_at: UtcDatetime
+    signature: Signature | None = Field(None, description="the audit service's Ed25519 signature")
