@@ -7,6 +7,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from changegate.audit.chain import (
     LEGACY_FIELDS,
     VALUE_COLUMNS,
     VerifyReport,
+    canonical_hash,
     entry_hash,
     parse_head,
     row_hash,
@@ -612,3 +614,15 @@ def test_rows_hash_as_the_verifier_recomputes_them_whatever_the_values(
         for name in VALUE_COLUMNS:
             stored[name] = json.loads(stored[name])
         assert _recomputed(AuditEntry.model_validate(stored)) == entry.hash
+
+
+def test_the_worked_example_of_docs_audit_md_holds() -> None:
+    """docs/audit.md shows this row's canonical bytes and hash: they must stay true."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text()
+    text = next(line for line in docs.splitlines() if line.startswith('{"approver"'))
+    body = json.loads(text)
+    assert set(body) == set(CHAIN_FIELDS)
+    assert canonical.dumps(body).decode() == text
+    digest = canonical_hash(body)
+    assert f"SHA-256: `{digest}`" in docs
+    assert digest == "597350449e1dd2a8d75e7d083ebdb98531e3a4975f81d1fc0e519a5c10a8e177"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from changegate.cli.main import app
 from changegate.core import canonical as canonical_json
 from changegate.core import signing as signing_module
 from changegate.core.contracts import (
+    AuditCheckpoint,
     Decider,
     Decision,
     DecisionOutcome,
@@ -545,3 +547,19 @@ def test_what_a_process_signed_it_does_not_verify_again(
     calls: list[bytes] = []
     assert _counting_verifier(calls).decision(decision) == "policy"
     assert calls == [canonical(decision)]
+
+
+def test_only_audit_signs_checkpoints_and_a_changed_one_fails() -> None:
+    settings, trusted = dev_keys("cp")
+    verifier = Verifier(trusted)
+    checkpoint = AuditCheckpoint(
+        seq=5, hash="a" * 64, previous_seq=0, signed_at=datetime(2026, 12, 4, tzinfo=UTC)
+    )
+    signed = SigningKey.parse(settings["audit"], "audit").sign(checkpoint)
+    assert verifier.checkpoint(signed) == "audit"
+    with pytest.raises(SignatureRefusedError, match="bad_signature"):
+        verifier.checkpoint(signed.model_copy(update={"hash": "b" * 64}))
+    with pytest.raises(SignatureRefusedError, match="signer_not_allowed"):
+        verifier.checkpoint(SigningKey.parse(settings["executor"], "executor").sign(checkpoint))
+    with pytest.raises(SignatureRefusedError, match="unsigned"):
+        verifier.checkpoint(checkpoint)
