@@ -199,3 +199,73 @@ def _verify(export: Path, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
+
+
+async def test_a_revert_goes_through_review_and_restores_the_value_with_a_link(
+    stack: DevStack, db: asyncpg.Pool, client: httpx.AsyncClient, producer: AIOKafkaProducer
+) -> None:
+    review = f"http://127.0.0.1:{stack.ports['review-api']}"
+    audit = f"http://127.0.0.1:{stack.ports['audit']}"
+    record = _rid("revert")
+    await sandbox.upsert_record(
+        db, ObjectType.CONTACT, record, {"email": "r@x.example", "jobtitle": "Engineer"}
+    )
+    await _send(stack, producer, created(record, email="r@x.example", jobtitle="Engineer"))
+    await _send(stack, producer, enrichment(record, confidence=0.95, jobtitle="Intern"))
+    [item] = await eventually(
+        lambda: review_items(client, review, record), lambda q: len(q) == 1, what="queued"
+    )
+    approved = await client.post(
+        f"{review}/v1/proposals/{item['proposal_id']}/approve", json={"comment": "ok"}
+    )
+    assert approved.status_code == 200, approved.text
+    [entry] = await eventually(
+        lambda: _history(client, stack, record), lambda h: len(h) == 1, what="the overwrite audited"
+    )
+    assert (entry["previous_value"], entry["new_value"]) == ("Engineer", "Intern")
+
+    # A viewer may not ask; a reviewer's revert is a new proposal, queued for another human.
+    eve = {"Authorization": f"Bearer {stack.issued['eve@example.com']}"}
+    assert (
+        await client.post(f"{audit}/v1/audit/entries/{entry['seq']}/revert", headers=eve)
+    ).status_code == 403
+    asked = await client.post(
+        f"{audit}/v1/audit/entries/{entry['seq']}/revert", json={"comment": "wrong title"}
+    )
+    assert asked.status_code == 202, asked.text
+    proposal_id = asked.json()["proposal_id"]
+    again = await client.post(f"{audit}/v1/audit/entries/{entry['seq']}/revert")
+    assert (again.status_code, again.json()["proposal_id"], again.json()["queued"]) == (
+        202,
+        proposal_id,
+        False,
+    )
+    [queued] = await eventually(
+        lambda: review_items(client, review, record), lambda q: len(q) == 1, what="the revert queued"
+    )
+    assert queued["proposal_id"] == proposal_id
+    assert queued["changes"] == [{"field": "jobtitle", "previous": "Intern", "proposed": "Engineer"}]
+    assert "revert of audit entry" in queued["rationale"]
+    own = await client.post(f"{review}/v1/proposals/{proposal_id}/approve", json={"comment": "mine"})
+    assert own.status_code == 403, own.text  # who asked for the revert may not approve it
+    bob = {"Authorization": f"Bearer {stack.issued['bob@example.com']}"}
+    approved = await client.post(
+        f"{review}/v1/proposals/{proposal_id}/approve", json={"comment": "agreed"}, headers=bob
+    )
+    assert approved.status_code == 200, approved.text
+
+    history = await eventually(
+        lambda: _history(client, stack, record), lambda h: len(h) == 2, what="the revert audited"
+    )
+    undo = history[1]
+    assert (undo["mode"], undo["approver"], undo["reverts_seq"]) == (
+        "approved",
+        "bob@example.com",
+        entry["seq"],
+    )
+    assert (undo["previous_value"], undo["new_value"]) == ("Intern", "Engineer")
+    record_now = await sandbox.get_record(db, ObjectType.CONTACT, record)
+    assert record_now is not None
+    assert record_now["jobtitle"] == "Engineer"
+
+    assert (await client.post(f"{audit}/v1/audit/entries/999999999/revert")).status_code == 404

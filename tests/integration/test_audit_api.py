@@ -17,11 +17,11 @@ import asyncpg
 import httpx
 import pytest
 from changegate.audit.chain import GENESIS, canonical_hash, chain_body
-from changegate.audit.store import append_decisions, append_executions
+from changegate.audit.store import append_decisions, append_executions, record_decisions
 from changegate.cli.embedded import free_port
 from changegate.core.auth import Role
 from changegate.core.auth.tokens import create_token
-from changegate.core.contracts import AuditCheckpoint, DecisionOutcome, ExecutionStatus
+from changegate.core.contracts import AuditCheckpoint, DecisionOutcome, ExecutionStatus, ProposalKind
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
 from helpers import (
@@ -255,3 +255,48 @@ async def test_a_chain_rewritten_and_recomputed_by_the_owner_fails_its_checkpoin
     assert isinstance(published, AuditCheckpoint)
     assert (published.seq, published.hash) == (9, rows[8]["hash"])
     assert verifier().checkpoint(published) == "audit"
+
+
+async def test_a_revert_is_refused_for_what_wrote_nothing_and_for_a_merge_with_its_values(
+    audit: ServiceProcess, pool: asyncpg.Pool, settings: CommonSettings
+) -> None:
+    decision = approved_decision("survivor-1", {"city": (None, "Oslo")}, ProposalKind.MERGE, ["loser-1"])
+    members = {"survivor-1": {"email": "a@x.example"}, "loser-1": {"email": "a@x.example", "city": "Oslo"}}
+    proposal = decision.proposal.model_copy(update={"evidence": {"members": members}})
+    decision = decision.model_copy(update={"proposal": proposal})
+    async with pool.acquire() as conn, conn.transaction():
+        await record_decisions(conn, [decision])
+        await append_executions(conn, [execution_of(decision, ExecutionStatus.APPLIED)])
+        await append_decisions(conn, [ended_decision(DecisionOutcome.REJECTED, "rec-r")])
+    _, token = await create_token(pool, "carol@example.com", Role.REVIEWER, created_by="test")
+    _, viewer = await create_token(pool, "vic@example.com", Role.VIEWER, created_by="test")
+    async with httpx.AsyncClient(base_url=audit.url, headers={"Authorization": f"Bearer {token}"}) as client:
+        merge = await client.post("/v1/audit/entries/1/revert")
+        assert merge.status_code == 409
+        body = merge.json()
+        assert body["detail"].startswith("a merge cannot be reverted")
+        assert body["merged_away"] == [{"record_id": "loser-1", "last_known_values": members["loser-1"]}]
+        rejected = await client.post("/v1/audit/entries/2/revert", json={"comment": "undo"})
+        assert rejected.status_code == 409
+        assert (
+            rejected.json()["detail"]
+            == "entry 2 is rejected: it wrote nothing, so there is nothing to revert"
+        )
+        assert (await client.post("/v1/audit/entries/3/revert")).status_code == 404
+        bad = await client.post("/v1/audit/entries/2/revert", json={"comment": "x", "as": "someone"})
+        assert bad.status_code == 422
+        as_viewer = await client.post(
+            "/v1/audit/entries/2/revert", headers={"Authorization": f"Bearer {viewer}"}
+        )
+        assert as_viewer.status_code == 403
+    # Nothing was proposed: no revert claimed, nothing for review in the outbox.
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM changegate_processed_events WHERE consumer = 'audit-reverts'"
+        )
+        == 0
+    )
+    assert (
+        await pool.fetchval("SELECT count(*) FROM changegate_outbox WHERE topic LIKE '%proposals.pending'")
+        == 0
+    )

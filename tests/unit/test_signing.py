@@ -41,7 +41,9 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-KEYS = {s: SigningKey.generate(f"{s}-1", s) for s in ("policy", "review-api", "detector", "executor")}
+KEYS = {
+    s: SigningKey.generate(f"{s}-1", s) for s in ("policy", "review-api", "detector", "executor", "audit")
+}
 VERIFIER = Verifier({k.key_id: k.trusted() for k in KEYS.values()})
 HUMAN = Decider(kind="human", identity="alice@example.com")
 SYSTEM = Decider(kind="system", identity="system:x")
@@ -431,6 +433,31 @@ def test_the_executors_re_proposals_are_those_of_a_conflict(make_proposal: Calla
     with pytest.raises(SignatureRefusedError) as info:
         VERIFIER.proposal(KEYS["executor"].sign(proposal))
     assert info.value.detail == "the executor signs only its re-proposals after a conflict"
+
+
+def test_audit_signs_only_reverts_sends_them_to_review_itself_and_policy_never_approves_them(
+    make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision], policy_decider: Decider
+) -> None:
+    proposal = make_proposal()
+    source = proposal.source.model_copy(update={"event_id": "revert:42"})
+    revert = KEYS["audit"].sign(proposal.model_copy(update={"source": source}))
+    assert VERIFIER.proposal(revert) == "audit"
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.proposal(KEYS["audit"].sign(proposal))
+    assert info.value.detail == "audit signs only reverts of entries of its log (never of a merge)"
+    merge = revert.model_copy(update={"kind": ProposalKind.MERGE, "signature": None})
+    _refused("signer_not_allowed", lambda: VERIFIER.proposal(KEYS["audit"].sign(merge)))
+    _refused("signer_not_allowed", lambda: VERIFIER.proposal(revert, frozenset({"detector"})))  # policy's
+    routed = Decider(kind="system", identity="audit", rule_id="revert-needs-a-human")
+    request = ReviewRequest(proposal=revert, routed_by=routed, explanation="a revert")
+    assert VERIFIER.review_request(KEYS["audit"].sign(request)) == "audit"
+    _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["policy"].sign(request)))
+    auto = make_decision(proposal=revert, decided_by=policy_decider)
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(KEYS["policy"].sign(auto))
+    assert info.value.detail == "policy may not auto-approve a proposal of audit"
+    human = make_decision(proposal=revert, outcome=DecisionOutcome.APPROVED, decided_by=HUMAN)
+    assert VERIFIER.decision(KEYS["review-api"].sign(human)) == "review-api"
 
 
 def test_refusals_say_why(

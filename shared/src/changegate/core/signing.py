@@ -27,6 +27,7 @@ from changegate.core.contracts import (
     DecisionOutcome,
     Execution,
     Proposal,
+    ProposalKind,
     ReviewRequest,
     Signature,
 )
@@ -40,9 +41,11 @@ from pydantic import BaseModel, Field
 Signed = TypeVar("Signed", Decision, Execution, Proposal, ReviewRequest, AuditCheckpoint)
 
 SIGNERS = ("policy", "review-api", "detector", "executor", "audit")
-# Who may sign a proposal: the detector; the executor only its re-proposals after a conflict.
-PROPOSAL_SIGNERS = frozenset({"detector", "executor"})
+# Who may sign a proposal: the detector; the executor only its re-proposals after a conflict; audit
+# only a revert of an entry of its log (always sent to a human, never auto-approved).
+PROPOSAL_SIGNERS = frozenset({"detector", "executor", "audit"})
 REPROPOSAL_PREFIX = "conflict:"  # the source event id of the executor's re-proposals
+REVERT_PREFIX = "revert:"  # the source event id of audit's revert proposals: revert:<seq>
 
 REFUSED = Counter(
     "changegate_signature_refusals_total",
@@ -185,6 +188,8 @@ def decision_refusal(
             return "signer_not_allowed", f"policy may not sign a {by} {outcome.value} decision"
         if not outcome.executes:
             return None
+        if decision.proposal.signature and decision.proposal.signature.signer == "audit":  # a revert
+            return "signer_not_allowed", "policy may not auto-approve a proposal of audit"
         return changes_refusal(decision) or (fields or field_risk.table()).auto_apply_refusal(
             decision.proposal, decision.final_changes
         )
@@ -219,15 +224,20 @@ def proposal_refusal(signer: str, proposal: Proposal) -> Refusal | None:
         if proposal.source.event_id.startswith(REPROPOSAL_PREFIX):
             return None
         return "signer_not_allowed", "the executor signs only its re-proposals after a conflict"
+    if signer == "audit":
+        if proposal.source.event_id.startswith(REVERT_PREFIX) and proposal.kind is not ProposalKind.MERGE:
+            return None
+        return "signer_not_allowed", "audit signs only reverts of entries of its log (never of a merge)"
     return "signer_not_allowed", f"{signer} may not sign proposals"
 
 
 def review_request_refusal(signer: str, request: ReviewRequest, proposal_signer: str) -> Refusal | None:
-    """Policy routes the detector's proposals to review; the executor sends its own re-proposals."""
+    """Policy routes the detector's proposals to review; the executor sends its own re-proposals,
+    audit its reverts."""
     routed_by = request.routed_by.kind
     if signer == "policy" and routed_by == "policy" and proposal_signer == "detector":
         return None
-    if signer == "executor" and routed_by == "system" and proposal_signer == "executor":
+    if signer in ("executor", "audit") and routed_by == "system" and proposal_signer == signer:
         return None
     return (
         "signer_not_allowed",

@@ -9,15 +9,15 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from changegate.audit import checkpoints, query
+from changegate.audit import checkpoints, query, revert
 from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
-from changegate.core.auth import UnscopedViewer
-from changegate.core.contracts import AuditCheckpoint, AuditEntry, AuditMode
+from changegate.core.auth import Reviewer, UnscopedViewer
+from changegate.core.contracts import AuditCheckpoint, AuditEntry, AuditMode, Proposal
 from changegate.core.contracts.crm_event import ObjectType
-from changegate.core.http import MAX_BIGINT, Name, problem_responses, refuse_unknown_query
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from changegate.core.http import MAX_BIGINT, Comment, Name, problem, problem_responses, refuse_unknown_query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 router = APIRouter(
     prefix="/v1/audit",
@@ -224,3 +224,40 @@ async def latest_checkpoint(request: Request, _: UnscopedViewer) -> AuditCheckpo
     if checkpoint is None:
         raise HTTPException(404, "no checkpoint yet: the first is signed once rows arrive")
     return checkpoint
+
+
+class RevertBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    comment: Comment | None = Field(None, description="why: shown to the reviewer in the rationale")
+
+
+class RevertAccepted(BaseModel):
+    proposal_id: uuid.UUID = Field(description="the revert proposal, in review queue 'reverts'")
+    queued: bool = Field(description="false: this entry's revert was asked for before (one per entry)")
+    proposal: Proposal
+
+
+@router.post(
+    "/entries/{seq}/revert",
+    status_code=202,
+    response_model=RevertAccepted,
+    summary="Propose to restore the value an applied entry overwrote (a human decides; never automatic)",
+    responses=problem_responses(404, 409),
+)
+async def revert_entry(
+    request: Request,
+    principal: Reviewer,
+    seq: Annotated[int, Path(ge=1, le=MAX_BIGINT)],
+    body: RevertBody | None = None,
+) -> Any:
+    state = request.app.state
+    try:
+        result = await revert.revert(
+            state.pool, state.names, state.signer, seq, principal.subject, body.comment if body else None
+        )
+    except revert.RevertRefusedError as exc:
+        return problem(exc.status, exc.detail, **exc.extra)
+    return RevertAccepted(
+        proposal_id=result.proposal.proposal_id, queued=result.queued, proposal=result.proposal
+    )

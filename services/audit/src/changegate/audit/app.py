@@ -158,7 +158,7 @@ async def setup(ctx: Context[AuditSettings]) -> Parts:
         ctx.runtime.stop,
     )
     app = build_app(ctx.runtime, ctx.pool, ctx.settings)
-    app.state.verifier = verifier
+    app.state.verifier, app.state.signer, app.state.names = verifier, checkpointer.signer, ctx.names
     subscriptions = [
         Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
         Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
