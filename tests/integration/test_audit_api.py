@@ -130,6 +130,7 @@ async def test_filters_pages_history_and_unknown_filters(
         {"mode": "deleted"},
         {"since": "2026-13-01"},
         {"since": "2026-11-01T00:00:00"},  # no time zone: ambiguous
+        {"until": "0.5"},  # a number is not a time here (pydantic alone reads it as Unix time)
         {"object_type": "planet"},
         {"after_seq": "-1"},
     ):

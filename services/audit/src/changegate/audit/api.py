@@ -5,6 +5,7 @@ return more than was asked for, and say nothing."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,7 @@ from changegate.core.contracts.crm_event import ObjectType
 from changegate.core.http import MAX_BIGINT, Comment, Name, problem, problem_responses, refuse_unknown_query
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 router = APIRouter(
     prefix="/v1/audit",
@@ -26,6 +27,17 @@ router = APIRouter(
     dependencies=[Depends(refuse_unknown_query)],
 )
 
+# RFC 3339 with a time zone only: pydantic alone would also take a number as a Unix time.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("expected an RFC 3339 time with a time zone, e.g. 2026-12-04T09:30:00Z")
+    return value
+
+
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
 AfterSeq = Annotated[int, Query(ge=0, le=MAX_BIGINT, description="keyset: only entries after this seq")]
 
 
@@ -44,9 +56,9 @@ def filters_of(
     source_system: Annotated[Name | None, Query(description="only proposals from this source system")] = None,
     proposal_id: Annotated[uuid.UUID | None, Query(description="only this proposal")] = None,
     since: Annotated[
-        AwareDatetime | None, Query(description="outcomes at or after this time (executed, else decided)")
+        Instant | None, Query(description="outcomes at or after this time (executed, else decided)")
     ] = None,
-    until: Annotated[AwareDatetime | None, Query(description="outcomes before this time")] = None,
+    until: Annotated[Instant | None, Query(description="outcomes before this time")] = None,
 ) -> query.Filters:
     return query.Filters(
         record_id=record_id,
