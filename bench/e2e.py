@@ -354,7 +354,7 @@ class Probe:
 
     async def _approve(self) -> None:
         """A reviewer approving every bench proposal waiting for review, eight at a time."""
-        url = f"http://127.0.0.1:{self.stack.ports['review-api']}/proposals"
+        url = f"http://127.0.0.1:{self.stack.ports['review-api']}/v1/proposals"
         headers = {"Authorization": f"Bearer {self.stack.issued[REVIEWER]}"}
         submitted: set[str] = set()
         gate = asyncio.Semaphore(8)
@@ -368,14 +368,21 @@ class Probe:
                     else:
                         print(f"  approval refused: {response.status_code} {response.text[:200]}", flush=True)
 
+            params: dict[str, Any] = {"limit": 200, "kind": "field_update"}
             while not self.stopping.is_set():
-                response = await client.get(url, params={"limit": 500, "kind": "field_update"})
+                response = await client.get(url, params=params)
+                page = response.json() if response.status_code == 200 else {"items": [], "next_cursor": None}
+                # A bench record has one event (its key is the record id).
+                by_record = {e.key.decode(): e for e in self.events.values() if e.reviewed}
                 todo = []
-                for item in response.json() if response.status_code == 200 else []:
-                    event = self.events.get(item["proposal"]["source"]["event_id"])
+                for item in page["items"]:
+                    event = by_record.get(item["record_id"])
                     if event is not None and item["proposal_id"] not in submitted:
                         submitted.add(item["proposal_id"])
                         todo.append(approve(item["proposal_id"], event))
+                params.pop("cursor", None)
+                if page["next_cursor"] is not None:
+                    params["cursor"] = page["next_cursor"]
                 if todo:
                     await asyncio.gather(*todo)
                 else:
