@@ -8,12 +8,16 @@ Version 1 (rows written before): sha256 over ``json.dumps(sort_keys=True)`` of t
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import math
 import re
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -55,13 +59,26 @@ _TIME = TypeAdapter(AwareDatetime)
 _MINUTE = timedelta(minutes=1)
 
 
+@functools.lru_cache(maxsize=4096)  # the rows of one outcome share their times: format them once
 def json_time(value: datetime) -> str:
-    """A timestamp's JSON form as pydantic writes it (the form the chain hashes)."""
+    """A time as the version 2 chain hashes it: in UTC, ``Z``, microseconds unless zero. Always
+    UTC: PostgreSQL gives back UTC whatever offset a producer sent, so the form hashed at append
+    must be the one read back (equal instants give equal text, which the cache relies on)."""
+    return f"{value.astimezone(UTC).isoformat()[:-6]}Z"
+
+
+def legacy_time(value: datetime) -> str:
+    """A timestamp's JSON form as pydantic writes it (what version 1 hashed)."""
     offset = value.utcoffset()
     if offset is None or offset % _MINUTE:
         return str(_TIME.dump_python(value, mode="json"))  # an unusual offset: pydantic's own form
     text = value.isoformat()
     return f"{text[:-6]}Z" if not offset else text
+
+
+@functools.lru_cache(maxsize=4096)
+def _uuid_text(value: uuid.UUID) -> str:
+    return str(value)
 
 
 def legacy_hash(fields: dict[str, Any], prev_hash: str) -> str:
@@ -73,9 +90,32 @@ def legacy_hash(fields: dict[str, Any], prev_hash: str) -> str:
     return hashlib.sha256(f"{_LEGACY.encode(body)}|{prev_hash}".encode()).hexdigest()
 
 
+# A chain body is flat, its keys ASCII: where every value is a string, null, an integer within
+# +-2**53 or a float that Python and ECMAScript print alike, the C encoder with sorted keys writes
+# RFC 8785's bytes (as core.canonical explains) without core.canonical's walk over the values.
+_FLAT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+_SAFE = 2**53
+
+
+def _flat_and_plain(body: dict[str, Any]) -> bool:
+    for value in body.values():
+        kind = type(value)
+        if kind is str or value is None or (kind is int and -_SAFE < value < _SAFE):
+            continue
+        if kind is float and math.isfinite(value) and not value.is_integer() and abs(value) >= 1e-4:
+            continue
+        return False
+    return True
+
+
 def canonical_hash(body: dict[str, Any]) -> str:
     """Version 2: sha256 of the RFC 8785 form of the chain body (``CHAIN_FIELDS``, value columns as
     their stored JSON text, times as pydantic writes them, ids as strings)."""
+    if _flat_and_plain(body) and all(k.isascii() for k in body):
+        try:
+            return hashlib.sha256(_FLAT.encode(body).encode()).hexdigest()
+        except UnicodeEncodeError:  # a lone surrogate: the reference refuses it, with its own error
+            pass
     return hashlib.sha256(canonical.dumps(body)).hexdigest()
 
 
@@ -88,6 +128,13 @@ def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:
     body["prev_hash"] = prev_hash
     for name in VALUE_COLUMNS:
         body[name] = json.dumps(body[name])
+    for name in TIME_COLUMNS:
+        text = body[name]
+        if isinstance(text, str):
+            with contextlib.suppress(ValueError):  # not a time: hashed as it is (and fails)
+                when = datetime.fromisoformat(text)
+                if when.tzinfo is not None:
+                    body[name] = json_time(when)
     return canonical_hash(body)
 
 
@@ -105,18 +152,24 @@ def chain_body(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
             body[name] = json_time(body[name])
     for name in UUID_COLUMNS:
         if body[name] is not None:
-            body[name] = str(body[name])
+            body[name] = _uuid_text(body[name])
     return body
 
 
 def row_hash(row: asyncpg.Record | dict[str, Any]) -> str:
     """Recompute a stored row's hash, by its version."""
-    body = chain_body(row)
-    if body["hash_version"] == LEGACY:
+    if row["hash_version"] == LEGACY:
+        body = {k: row[k] for k in CHAIN_FIELDS}
+        for name in TIME_COLUMNS:
+            if body[name] is not None:
+                body[name] = legacy_time(body[name])
+        for name in UUID_COLUMNS:
+            if body[name] is not None:
+                body[name] = str(body[name])
         for name in VALUE_COLUMNS:
             body[name] = json.loads(body[name]) if body[name] is not None else None
         return legacy_hash(body, body["prev_hash"])
-    return canonical_hash(body)
+    return canonical_hash(chain_body(row))
 
 
 def row_to_entry(row: asyncpg.Record) -> AuditEntry:
