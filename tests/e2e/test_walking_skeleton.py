@@ -181,9 +181,20 @@ async def test_a_stale_proposal_never_overwrites_and_goes_back_to_review(
         "re-proposed because the record changed after the first proposal was approved: "
         "jobtitle now holds 'Director', still proposed 'Head of Data'."
     )
+
     # The first item's history says it was re-proposed, and as what.
-    first = (await client.get(_url(stack, "review-api", f"/v1/proposals/{pending[0]['proposal_id']}"))).json()
-    # (two topics: the execution and the re-proposal may arrive in either order)
+    # (two topics: the execution and the re-proposal may arrive in either order, and the re-proposal
+    # may be queued before the execution's event is in the history: wait for both)
+    async def first_item() -> dict[str, Any]:
+        url = _url(stack, "review-api", f"/v1/proposals/{pending[0]['proposal_id']}")
+        item: dict[str, Any] = (await client.get(url)).json()
+        return item
+
+    first = await eventually(
+        first_item,
+        lambda i: {"conflicted", "re-proposed"} <= {e["event"] for e in i["history"]},
+        what="the conflict and the re-proposal in the first item's history",
+    )
     events = {e["event"]: e for e in first["history"][-2:]}
     assert set(events) == {"conflicted", "re-proposed"}
     assert events["re-proposed"]["detail"] == {"proposal_id": refreshed[0]["proposal_id"]}
