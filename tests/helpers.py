@@ -31,7 +31,10 @@ from changegate.core.contracts import (
     Decider,
     Decision,
     DecisionOutcome,
+    Execution,
+    ExecutionStatus,
     FieldChange,
+    FieldWrite,
     ObjectType,
     Proposal,
     ProposalKind,
@@ -60,6 +63,7 @@ CONSUMER_GROUPS: dict[Topic, set[str]] = {
     },
     Topic.EXECUTIONS: {"changegate-audit", "changegate-review-api", "changegate-detector-lifecycle"},
     Topic.RECORD_CHANGES: set(),  # every detector replica reads it in full, without a group
+    Topic.AUDIT_CHECKPOINTS: set(),  # for readers outside changegate
 }
 # Readers of a topic without a consumer group (no offsets to wait for), as dead letters name them.
 GROUPLESS_READERS: dict[Topic, set[str]] = {Topic.RECORD_CHANGES: {"changegate-detector-records"}}
@@ -116,6 +120,39 @@ def approved_decision(
         final_changes=field_changes,
     )
     return signing_key("review-api").sign(decision)
+
+
+def execution_of(decision: Decision, status: ExecutionStatus, error: str | None = None) -> Execution:
+    """The execution of ``decision`` ending in ``status`` (writes as proposed; none if it failed)."""
+    writes = [
+        FieldWrite(field=c.field, expected=c.previous, overwritten=c.previous, new=c.proposed)
+        for c in decision.final_changes
+    ]
+    return Execution(
+        execution_id=Execution.make_id(decision.decision_id),
+        decision=decision,
+        status=status,
+        writes=writes if status is not ExecutionStatus.FAILED else [],
+        crm_target="sandbox",
+        error=error,
+        executed_at=utcnow(),
+    )
+
+
+def ended_decision(outcome: DecisionOutcome, record_id: str) -> Decision:
+    """A decision that ends a proposal without execution (rejected by bob, or by the system)."""
+    approved = approved_decision(record_id, {"jobtitle": ("Engineer", "CTO")})
+    return approved.model_copy(
+        update={
+            "decision_id": uuid.uuid4(),
+            "outcome": outcome,
+            "final_changes": [],
+            "explanation": f"{outcome.value} in review",
+            "decided_by": Decider(kind="system", identity="review-api")
+            if outcome is not DecisionOutcome.REJECTED
+            else Decider(kind="human", identity="bob@example.com"),
+        }
+    )
 
 
 async def eventually(

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from changegate.core.contracts import (
+    AuditCheckpoint,
     CrmEvent,
     CrmEventKind,
     Decider,
@@ -60,6 +61,9 @@ def good_payload(
             source_system="corpus",
             source_event_id=f"corpus-{rid}",
         )
+    if event_type == "audit_checkpoint":  # published for readers outside changegate; none inside
+        checkpoint = AuditCheckpoint(seq=1, hash="0" * 64, previous_seq=0, signed_at=NOW)
+        return SigningKey.parse(keys["audit"], "audit").sign(checkpoint) if keys else checkpoint
     if event_type == "crm_event":
         return CrmEvent(
             source_system="hubspot",
@@ -229,4 +233,12 @@ def _nested(depth: int) -> Any:
     return value
 
 
-EVENT_TYPES = ("crm_event", "proposal", "review_request", "decision", "execution", "record_change")
+EVENT_TYPES = (
+    "crm_event",
+    "proposal",
+    "review_request",
+    "decision",
+    "execution",
+    "record_change",
+    "audit_checkpoint",
+)

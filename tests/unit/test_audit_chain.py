@@ -6,21 +6,28 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from changegate.audit.chain import (
+    CHAIN_FIELDS,
     GENESIS,
+    LEGACY_FIELDS,
     VALUE_COLUMNS,
     VerifyReport,
+    canonical_hash,
     entry_hash,
     parse_head,
+    row_hash,
     row_to_entry,
     to_column,
     verify,
 )
 from changegate.audit.store import entries_for
+from changegate.core import canonical
 from changegate.core.contracts import (
     AuditEntry,
     AuditMode,
@@ -33,9 +40,12 @@ from changegate.core.contracts import (
     FieldWrite,
     Proposal,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-# proposed_value is hashed only on a modified approval (its own tests below).
-HASHED_FIELDS = [f for f in AuditEntry.model_fields if f not in ("hash", "prev_hash", "proposed_value")]
+# Version 2 hashes every field (prev_hash is given on its own); version 1 did not know the newer
+# ones and hashed proposed_value only on a modified approval (its own tests below).
+HASHED_FIELDS = [f for f in AuditEntry.model_fields if f not in ("hash", "prev_hash")]
 
 
 @pytest.fixture
@@ -129,13 +139,75 @@ def test_previous_value_is_what_was_actually_overwritten(
 
 
 @pytest.mark.parametrize("status", [ExecutionStatus.CONFLICT, ExecutionStatus.FAILED, ExecutionStatus.NOOP])
-def test_no_rows_unless_applied(
+def test_unapplied_executions_are_chained_with_their_reason(
     two_field_execution: Execution, make_execution: Callable[..., Execution], status: ExecutionStatus
 ) -> None:
     execution = make_execution(
         two_field_execution.decision, status=status, writes=two_field_execution.writes, error="boom"
     )
-    assert entries_for(execution, 1, GENESIS) == []
+    entries = entries_for(execution, 1, GENESIS)
+    assert [(e.field, e.mode.value, e.reason, e.mode.applied) for e in entries] == [
+        ("city", status.value, "boom", False),
+        ("jobtitle", status.value, "boom", False),
+    ]
+    assert {e.execution_id for e in entries} == {execution.execution_id}
+    assert entries[1].prev_hash == entries[0].hash == _recomputed(entries[0])
+
+
+def test_a_failed_execution_without_writes_names_the_changes_it_was_to_make(
+    two_field_execution: Execution, make_execution: Callable[..., Execution]
+) -> None:
+    execution = make_execution(
+        two_field_execution.decision, status=ExecutionStatus.FAILED, writes=[], error="contact gone"
+    )
+    entries = entries_for(execution, 1, GENESIS)
+    assert [(e.field, e.previous_value, e.new_value, e.mode) for e in entries] == [
+        ("city", None, "Berlin", AuditMode.FAILED),
+        ("jobtitle", "", "VP Sales", AuditMode.FAILED),
+    ]
+
+
+@pytest.mark.parametrize(
+    "outcome", [DecisionOutcome.REJECTED, DecisionOutcome.EXPIRED, DecisionOutcome.SUPERSEDED]
+)
+def test_decisions_that_end_a_proposal_are_chained_with_the_eight_fields(
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
+    human_decider: Decider,
+    outcome: DecisionOutcome,
+) -> None:
+    proposal = make_proposal(confidence=0.55)
+    decision = make_decision(
+        proposal, outcome=outcome, decided_by=human_decider, final_changes=[]
+    ).model_copy(update={"explanation": "wrong person", "comment": "checked LinkedIn"})
+    (entry,) = entries_for(decision, 1, GENESIS)
+    change = proposal.changes[0]
+    assert (entry.field, entry.previous_value, entry.new_value, entry.proposed_value) == (
+        change.field,
+        change.previous,
+        change.proposed,
+        change.proposed,
+    )
+    assert (entry.source_system, entry.confidence, entry.decider, entry.approver) == (
+        "clay",
+        0.55,
+        "human",
+        "alice@example.com",
+    )
+    assert (entry.mode.value, entry.reason, entry.mode.applied) == (
+        outcome.value,
+        "wrong person (checked LinkedIn)",
+        False,
+    )
+    assert (entry.proposal_id, entry.decision_id) == (proposal.proposal_id, decision.decision_id)
+    assert (entry.execution_id, entry.executed_at, entry.decided_at) == (None, None, decision.decided_at)
+    assert entry.hash == _recomputed(entry)
+
+
+def test_decisions_that_execute_are_chained_with_their_execution(
+    make_decision: Callable[..., Decision],
+) -> None:
+    assert entries_for(make_decision(), 1, GENESIS) == []
 
 
 def test_applied_without_writes_gives_no_rows(make_execution: Callable[..., Execution]) -> None:
@@ -167,7 +239,7 @@ def test_human_decision_is_approved_with_the_reviewer_identity(
     assert entry.mode is AuditMode.APPROVED
     assert entry.approver == "alice@example.com"
     assert (entry.policy_version, entry.policy_hash, entry.rule_id) == (None, None, None)
-    assert entry.proposed_value is None
+    assert entry.proposed_value == entry.new_value == decision.proposal.changes[0].proposed
 
 
 def test_a_modified_approval_is_its_own_mode_with_the_value_first_proposed(
@@ -191,7 +263,19 @@ def test_a_modified_approval_is_its_own_mode_with_the_value_first_proposed(
     assert entry_hash({**fields, "proposed_value": "something else"}, GENESIS) != entry.hash
 
 
-def test_rows_without_a_modification_hash_as_before_the_proposed_value_existed(
+def _legacy(entry: AuditEntry, prev_hash: str = GENESIS) -> AuditEntry:
+    """The entry as version 1 wrote it (its fields then, hashed as then: the code of that time)."""
+    fields = entry.model_dump(mode="json")
+    body = {k: fields[k] for k in LEGACY_FIELDS}
+    if fields["mode"] == "approved_with_changes":
+        body["proposed_value"] = fields["proposed_value"]
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(f"{text}|{prev_hash}".encode()).hexdigest()
+    newer = {"kind": None, "decider": None, "reason": None, "reverts_seq": None}
+    return entry.model_copy(update={**newer, "hash_version": 1, "prev_hash": prev_hash, "hash": digest})
+
+
+def test_version_1_rows_verify_as_they_were_written(
     make_proposal: Callable[..., Proposal],
     make_decision: Callable[..., Decision],
     make_execution: Callable[..., Execution],
@@ -199,9 +283,18 @@ def test_rows_without_a_modification_hash_as_before_the_proposed_value_existed(
 ) -> None:
     decision = make_decision(make_proposal(), outcome=DecisionOutcome.APPROVED, decided_by=human_decider)
     (entry,) = entries_for(make_execution(decision), 1, GENESIS)
-    fields = entry.model_dump(mode="json")
-    older = {k: v for k, v in fields.items() if k != "proposed_value"}  # a row written before it existed
-    assert entry_hash(older, GENESIS) == entry.hash == entry_hash({**fields, "proposed_value": "x"}, GENESIS)
+    old = _legacy(entry)
+    fields = old.model_dump(mode="json")
+    # Version 1 counted the proposed value only on a modified approval.
+    assert entry_hash(fields, GENESIS) == old.hash == entry_hash({**fields, "proposed_value": "x"}, GENESIS)
+    assert entry_hash({**fields, "new_value": "x"}, GENESIS) != old.hash
+    assert row_hash(_row(old)) == old.hash
+
+
+def test_version_2_counts_the_proposed_value_always(two_field_execution: Execution) -> None:
+    entry = entries_for(two_field_execution, 1, GENESIS)[0]
+    assert entry.hash_version == 2
+    assert entry_hash({**entry.model_dump(mode="json"), "proposed_value": "x"}, GENESIS) != entry.hash
 
 
 # --- the hash ------------------------------------------------------------------------------------
@@ -221,10 +314,33 @@ def _changed(value: Any) -> Any:
     raise AssertionError(f"no change rule for {value!r}")
 
 
-def test_entry_hash_is_sha256_of_canonical_json_and_previous_hash() -> None:
-    fields = {"b": 2, "a": "x", "hash": "ignored", "prev_hash": "ignored too"}
-    expected = hashlib.sha256(b'{"a":"x","b":2}|prev').hexdigest()
-    assert entry_hash(fields, "prev") == expected
+def test_version_2_hash_is_sha256_of_the_rfc8785_form_of_the_row_with_values_as_json_text(
+    two_field_execution: Execution,
+) -> None:
+    entry = entries_for(two_field_execution, 3, "c" * 64)[1]
+    body = {k: v for k, v in entry.model_dump(mode="json").items() if k != "hash"}
+    for name in VALUE_COLUMNS:
+        body[name] = json.dumps(body[name])
+    assert body["new_value"] == '"VP Sales"'
+    assert entry.hash == hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+    assert row_hash(_row(entry)) == entry.hash
+
+
+def test_version_1_hash_is_sha256_of_sorted_json_and_previous_hash() -> None:
+    fields: dict[str, Any] = dict.fromkeys(LEGACY_FIELDS, 1)
+    fields |= {"hash": "ignored", "prev_hash": "ignored too", "hash_version": 1, "reason": "ignored"}
+    text = ",".join(f'"{k}":1' for k in sorted(LEGACY_FIELDS))
+    assert entry_hash(fields, "prev") == hashlib.sha256(f"{{{text}}}|prev".encode()).hexdigest()
+
+
+def test_the_chain_body_is_canonical_as_rfc8785_writes_it(two_field_execution: Execution) -> None:
+    """core.canonical (fast) is checked against rfc8785 on generated values in test_canonical."""
+    for entry in entries_for(two_field_execution, 1, GENESIS):
+        body = {k: v for k, v in _row(entry).items() if k != "hash"}
+        body |= {k: str(body[k]) for k in ("proposal_id", "decision_id", "execution_id")}
+        body |= {k: entry.model_dump(mode="json")[k] for k in ("proposed_at", "decided_at", "executed_at")}
+        assert canonical.dumps(body) == rfc8785.dumps(body)
+        assert hashlib.sha256(rfc8785.dumps(body)).hexdigest() == entry.hash
 
 
 def test_entry_hash_ignores_stored_hashes_but_not_the_previous_hash(two_field_execution: Execution) -> None:
@@ -245,15 +361,16 @@ def test_entry_hash_changes_when_any_field_changes(two_field_execution: Executio
 
 @pytest.mark.parametrize("field", HASHED_FIELDS)
 def test_entry_hash_changes_when_a_field_is_dropped(two_field_execution: Execution, field: str) -> None:
-    entry = entries_for(two_field_execution, 1, GENESIS)[0]
+    entry = entries_for(two_field_execution, 1, GENESIS)[1]
     body = entry.model_dump(mode="json")
+    null = body[field] is None  # version 2 takes an absent field as null
     del body[field]
-    assert entry_hash(body, entry.prev_hash) != entry.hash
+    assert (entry_hash(body, entry.prev_hash) == entry.hash) is null
 
 
 def test_every_contract_field_is_covered_by_the_hash() -> None:
-    assert set(HASHED_FIELDS) | {"hash", "prev_hash", "proposed_value"} == set(AuditEntry.model_fields)
-    assert len(HASHED_FIELDS) == len(AuditEntry.model_fields) - 3
+    assert set(HASHED_FIELDS) | {"hash", "prev_hash"} == set(AuditEntry.model_fields)
+    assert set(CHAIN_FIELDS) == set(HASHED_FIELDS) | {"prev_hash"}
 
 
 @pytest.mark.parametrize(
@@ -337,7 +454,7 @@ def test_a_null_value_column_reads_as_null(two_field_execution: Execution) -> No
 
 # --- verification, on a log held by a fake connection ---------------------------------------------
 
-SELECT_ALL = "SELECT * FROM audit_entries ORDER BY seq"
+SELECT_ALL = "SELECT * FROM audit_entries WHERE seq > $1 ORDER BY seq LIMIT $2"
 SELECT_HEAD = "SELECT hash FROM audit_entries WHERE seq = $1"
 
 
@@ -353,8 +470,9 @@ class FakeLog:
         self.rows = [_row(e) for e in entries]
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        assert (query, args) == (SELECT_ALL, ())
-        return sorted(self.rows, key=lambda r: int(r["seq"]))
+        assert query == SELECT_ALL
+        after, limit = args
+        return sorted((r for r in self.rows if r["seq"] > after), key=lambda r: int(r["seq"]))[:limit]
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         assert query == SELECT_HEAD
@@ -492,9 +610,41 @@ def test_rows_hash_as_the_verifier_recomputes_them_whatever_the_values(
     execution = make_execution(decision, executed_at=when)
     entries = entries_for(execution, 7, "a" * 64)
     assert [e.new_value for e in entries] == values
+    seconds_offset = bool((when.utcoffset() or timedelta()) % timedelta(minutes=1))
     for entry in entries:
-        assert _recomputed(entry) == entry.hash
-        stored = {c: to_column(c, v) for c, v in entry.model_dump().items()}
-        for name in VALUE_COLUMNS:
-            stored[name] = json.loads(stored[name])
-        assert _recomputed(AuditEntry.model_validate(stored)) == entry.hash
+        # What verify reads: PostgreSQL gives every timestamptz back in UTC, whatever the offset.
+        stored = _row(entry)
+        for name in ("proposed_at", "decided_at", "executed_at"):
+            stored[name] = stored[name].astimezone(UTC)
+        assert row_hash(stored) == entry.hash
+        if not seconds_offset:  # pydantic's JSON drops an offset's seconds: the dump is not exact
+            assert _recomputed(entry) == entry.hash
+
+
+def test_the_worked_example_of_docs_audit_md_holds() -> None:
+    """docs/audit.md shows this row's canonical bytes and hash: they must stay true."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text()
+    text = next(line for line in docs.splitlines() if line.startswith('{"approver"'))
+    body = json.loads(text)
+    assert set(body) == set(CHAIN_FIELDS)
+    assert canonical.dumps(body).decode() == text
+    digest = canonical_hash(body)
+    assert f"SHA-256: `{digest}`" in docs
+    assert digest == "597350449e1dd2a8d75e7d083ebdb98531e3a4975f81d1fc0e519a5c10a8e177"
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from(CHAIN_FIELDS) | st.text(max_size=3),
+        st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats() | st.text(max_size=20),
+        max_size=8,
+    )
+)
+def test_the_chain_hash_is_sha256_of_rfc8785_whatever_the_values(body: dict[str, Any]) -> None:
+    """canonical_hash takes a shortcut for plain flat bodies: it must give RFC 8785's bytes."""
+    try:
+        expected = hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+    except rfc8785.CanonicalizationError:
+        return  # what JCS refuses (NaN, an integer beyond 2**53) the chain never holds
+    assert canonical_hash(body) == expected

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from changegate.core.contracts import (
+    AuditCheckpoint,
     AuditEntry,
     AuditMode,
     CrmEvent,
@@ -80,6 +81,9 @@ def _payloads(
         "decision": make_decision(),
         "execution": make_execution(),
         "audit_entry": _audit_entry(),
+        "audit_checkpoint": AuditCheckpoint(
+            seq=7, hash="c" * 64, previous_seq=0, signed_at=datetime(2026, 11, 24, 9, 31, tzinfo=UTC)
+        ),
         "review_request": ReviewRequest(
             proposal=make_proposal(),
             queue="dedup",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from changegate.cli.main import app
 from changegate.core import canonical as canonical_json
 from changegate.core import signing as signing_module
 from changegate.core.contracts import (
+    AuditCheckpoint,
     Decider,
     Decision,
     DecisionOutcome,
@@ -39,7 +41,9 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-KEYS = {s: SigningKey.generate(f"{s}-1", s) for s in ("policy", "review-api", "detector", "executor")}
+KEYS = {
+    s: SigningKey.generate(f"{s}-1", s) for s in ("policy", "review-api", "detector", "executor", "audit")
+}
 VERIFIER = Verifier({k.key_id: k.trusted() for k in KEYS.values()})
 HUMAN = Decider(kind="human", identity="alice@example.com")
 SYSTEM = Decider(kind="system", identity="system:x")
@@ -182,9 +186,9 @@ def test_keys_generate_writes_a_folder_per_service_keeps_them_and_rotates(tmp_pa
     first = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "a"])
     assert first.exit_code == 0, first.output
     assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-a:")
-    assert not (tmp_path / "audit" / "changegate_signing_key").exists()  # audit verifies, never signs
+    assert (tmp_path / "audit" / "changegate_signing_key").read_text().startswith("audit-a:")  # checkpoints
     trusted = json.loads((tmp_path / "audit" / "changegate_trusted_keys").read_text())
-    assert set(trusted) == {"policy-a", "review-api-a", "detector-a", "executor-a"}
+    assert set(trusted) == {"policy-a", "review-api-a", "detector-a", "executor-a", "audit-a"}
     assert all(TrustedKey.model_validate(v) for v in trusted.values())
     assert oct((tmp_path / "policy" / "changegate_signing_key").stat().st_mode & 0o777) == "0o600"
 
@@ -197,6 +201,18 @@ def test_keys_generate_writes_a_folder_per_service_keeps_them_and_rotates(tmp_pa
     assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-b:")
     trusted = json.loads((tmp_path / "executor" / "changegate_trusted_keys").read_text())
     assert {"policy-a", "policy-b"} <= set(trusted)  # messages signed before the rotation still verify
+
+
+def test_keys_generate_adds_a_key_for_a_signer_an_upgrade_brought(tmp_path: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "a"]).exit_code == 0
+    (tmp_path / "audit" / "changegate_signing_key").unlink()  # keys of a release before audit signed
+    again = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--key-id", "b"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "audit" / "changegate_signing_key").read_text().startswith("audit-b:")
+    assert (tmp_path / "policy" / "changegate_signing_key").read_text().startswith("policy-a:")
+    trusted = json.loads((tmp_path / "detector" / "changegate_trusted_keys").read_text())
+    assert {"policy-a", "audit-a", "audit-b"} <= set(trusted)
 
 
 def _refusals(event_type: str, reason: str) -> float:
@@ -264,8 +280,8 @@ def test_a_signing_key_needs_an_id_and_a_separator() -> None:
 
 def test_dev_keys_give_every_signer_a_trusted_key(signed_decision: Callable[..., Decision]) -> None:
     settings, trusted = dev_keys()
-    assert set(settings) == {"policy", "review-api", "detector", "executor"}
-    assert set(trusted) == {"policy-dev", "review-api-dev", "detector-dev", "executor-dev"}
+    assert set(settings) == {"policy", "review-api", "detector", "executor", "audit"}
+    assert set(trusted) == {"policy-dev", "review-api-dev", "detector-dev", "executor-dev", "audit-dev"}
     assert {k: t.signer for k, t in trusted.items()} == {f"{s}-dev": s for s in settings}
     key = SigningKey.parse(settings["policy"], "policy")
     assert key.key_id == "policy-dev"
@@ -273,7 +289,7 @@ def test_dev_keys_give_every_signer_a_trusted_key(signed_decision: Callable[...,
     decision = signed_decision()
     decision = decision.model_copy(update={"proposal": detector.sign(decision.proposal)})
     assert Verifier(trusted).decision(key.sign(decision)) == "policy"
-    assert set(dev_keys("x")[1]) == {"policy-x", "review-api-x", "detector-x", "executor-x"}
+    assert set(dev_keys("x")[1]) == {"policy-x", "review-api-x", "detector-x", "executor-x", "audit-x"}
 
 
 def test_an_executions_decision_must_be_one_its_signer_may_make(
@@ -419,6 +435,31 @@ def test_the_executors_re_proposals_are_those_of_a_conflict(make_proposal: Calla
     assert info.value.detail == "the executor signs only its re-proposals after a conflict"
 
 
+def test_audit_signs_only_reverts_sends_them_to_review_itself_and_policy_never_approves_them(
+    make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision], policy_decider: Decider
+) -> None:
+    proposal = make_proposal()
+    source = proposal.source.model_copy(update={"event_id": "revert:42"})
+    revert = KEYS["audit"].sign(proposal.model_copy(update={"source": source}))
+    assert VERIFIER.proposal(revert) == "audit"
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.proposal(KEYS["audit"].sign(proposal))
+    assert info.value.detail == "audit signs only reverts of entries of its log (never of a merge)"
+    merge = revert.model_copy(update={"kind": ProposalKind.MERGE, "signature": None})
+    _refused("signer_not_allowed", lambda: VERIFIER.proposal(KEYS["audit"].sign(merge)))
+    _refused("signer_not_allowed", lambda: VERIFIER.proposal(revert, frozenset({"detector"})))  # policy's
+    routed = Decider(kind="system", identity="audit", rule_id="revert-needs-a-human")
+    request = ReviewRequest(proposal=revert, routed_by=routed, explanation="a revert")
+    assert VERIFIER.review_request(KEYS["audit"].sign(request)) == "audit"
+    _refused("signer_not_allowed", lambda: VERIFIER.review_request(KEYS["policy"].sign(request)))
+    auto = make_decision(proposal=revert, decided_by=policy_decider)
+    with pytest.raises(SignatureRefusedError) as info:
+        VERIFIER.decision(KEYS["policy"].sign(auto))
+    assert info.value.detail == "policy may not auto-approve a proposal of audit"
+    human = make_decision(proposal=revert, outcome=DecisionOutcome.APPROVED, decided_by=HUMAN)
+    assert VERIFIER.decision(KEYS["review-api"].sign(human)) == "review-api"
+
+
 def test_refusals_say_why(
     make_proposal: Callable[..., Proposal], make_decision: Callable[..., Decision]
 ) -> None:
@@ -533,3 +574,19 @@ def test_what_a_process_signed_it_does_not_verify_again(
     calls: list[bytes] = []
     assert _counting_verifier(calls).decision(decision) == "policy"
     assert calls == [canonical(decision)]
+
+
+def test_only_audit_signs_checkpoints_and_a_changed_one_fails() -> None:
+    settings, trusted = dev_keys("cp")
+    verifier = Verifier(trusted)
+    checkpoint = AuditCheckpoint(
+        seq=5, hash="a" * 64, previous_seq=0, signed_at=datetime(2026, 12, 4, tzinfo=UTC)
+    )
+    signed = SigningKey.parse(settings["audit"], "audit").sign(checkpoint)
+    assert verifier.checkpoint(signed) == "audit"
+    with pytest.raises(SignatureRefusedError, match="bad_signature"):
+        verifier.checkpoint(signed.model_copy(update={"hash": "b" * 64}))
+    with pytest.raises(SignatureRefusedError, match="signer_not_allowed"):
+        verifier.checkpoint(SigningKey.parse(settings["executor"], "executor").sign(checkpoint))
+    with pytest.raises(SignatureRefusedError, match="unsigned"):
+        verifier.checkpoint(checkpoint)

@@ -12,7 +12,7 @@ import typer
 from changegate.core.signing import SIGNERS, SigningKey, TrustedKey
 from rich.console import Console
 
-app = typer.Typer(help="Signing keys of the services that decide and execute.", no_args_is_help=True)
+app = typer.Typer(help="Signing keys of the services that decide, execute and audit.", no_args_is_help=True)
 console = Console(stderr=True, soft_wrap=True)
 # Every service that signs or verifies: each gets the trusted keys; signers also their own key.
 SERVICES = ("detector", "policy", "review-api", "executor", "audit")
@@ -30,13 +30,16 @@ def keys_generate(
     ] = False,
     key_id: Annotated[str | None, typer.Option(help="key id suffix (default: today's date)")] = None,
 ) -> None:
-    """Write a signing key for each signer (policy, review-api, detector, executor) and the trusted
-    keys for every service. Without --rotate, existing keys are kept (safe to run at every start)."""
-    if (out / "policy" / SIGNING_FILE).exists() and not rotate:
+    """Write a signing key for each signer (policy, review-api, detector, executor, audit) and the
+    trusted keys for every service. Without --rotate, existing keys are kept (safe to run at every
+    start); a signer without a key yet (one added by an upgrade) gets one, trusted by every service."""
+    missing = [s for s in SIGNERS if not (out / s / SIGNING_FILE).exists()]
+    if not missing and not rotate:
         console.print(f"keys exist in {out}; kept (pass --rotate for new ones)")
         return
     suffix = key_id or datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    keys = {signer: SigningKey.generate(f"{signer}-{suffix}", signer) for signer in SIGNERS}
+    signers = SIGNERS if rotate else missing
+    keys = {signer: SigningKey.generate(f"{signer}-{suffix}", signer) for signer in signers}
     trusted: dict[str, TrustedKey] = {}
     previous = out / "audit" / TRUSTED_FILE
     if previous.exists():

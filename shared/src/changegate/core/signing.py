@@ -6,7 +6,8 @@ Who may sign what is fixed here, not configurable: the detector signs proposals 
 supersessions); policy signs its routes — review requests, rejections, and auto-approvals of
 exactly the proposal's changes, never of a change the field-risk table gives to a human; review-api
 signs human decisions (and expiries); the executor signs executions, and the proposal and review
-request it sends back to review after a compare-and-set conflict."""
+request it sends back to review after a compare-and-set conflict; audit signs its checkpoints of the
+chain."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from typing import TypeVar
 from changegate.core import canonical as canonical_json
 from changegate.core import field_risk
 from changegate.core.contracts import (
+    AuditCheckpoint,
     Decision,
     DecisionOutcome,
     Execution,
     Proposal,
+    ProposalKind,
     ReviewRequest,
     Signature,
 )
@@ -35,12 +38,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
-Signed = TypeVar("Signed", Decision, Execution, Proposal, ReviewRequest)
+Signed = TypeVar("Signed", Decision, Execution, Proposal, ReviewRequest, AuditCheckpoint)
 
-SIGNERS = ("policy", "review-api", "detector", "executor")
-# Who may sign a proposal: the detector; the executor only its re-proposals after a conflict.
-PROPOSAL_SIGNERS = frozenset({"detector", "executor"})
+SIGNERS = ("policy", "review-api", "detector", "executor", "audit")
+# Who may sign a proposal: the detector; the executor only its re-proposals after a conflict; audit
+# only a revert of an entry of its log (always sent to a human, never auto-approved).
+PROPOSAL_SIGNERS = frozenset({"detector", "executor", "audit"})
 REPROPOSAL_PREFIX = "conflict:"  # the source event id of the executor's re-proposals
+REVERT_PREFIX = "revert:"  # the source event id of audit's revert proposals: revert:<seq>
 
 REFUSED = Counter(
     "changegate_signature_refusals_total",
@@ -183,6 +188,8 @@ def decision_refusal(
             return "signer_not_allowed", f"policy may not sign a {by} {outcome.value} decision"
         if not outcome.executes:
             return None
+        if decision.proposal.signature and decision.proposal.signature.signer == "audit":  # a revert
+            return "signer_not_allowed", "policy may not auto-approve a proposal of audit"
         return changes_refusal(decision) or (fields or field_risk.table()).auto_apply_refusal(
             decision.proposal, decision.final_changes
         )
@@ -217,15 +224,20 @@ def proposal_refusal(signer: str, proposal: Proposal) -> Refusal | None:
         if proposal.source.event_id.startswith(REPROPOSAL_PREFIX):
             return None
         return "signer_not_allowed", "the executor signs only its re-proposals after a conflict"
+    if signer == "audit":
+        if proposal.source.event_id.startswith(REVERT_PREFIX) and proposal.kind is not ProposalKind.MERGE:
+            return None
+        return "signer_not_allowed", "audit signs only reverts of entries of its log (never of a merge)"
     return "signer_not_allowed", f"{signer} may not sign proposals"
 
 
 def review_request_refusal(signer: str, request: ReviewRequest, proposal_signer: str) -> Refusal | None:
-    """Policy routes the detector's proposals to review; the executor sends its own re-proposals."""
+    """Policy routes the detector's proposals to review; the executor sends its own re-proposals,
+    audit its reverts."""
     routed_by = request.routed_by.kind
     if signer == "policy" and routed_by == "policy" and proposal_signer == "detector":
         return None
-    if signer == "executor" and routed_by == "system" and proposal_signer == "executor":
+    if signer in ("executor", "audit") and routed_by == "system" and proposal_signer == signer:
         return None
     return (
         "signer_not_allowed",
@@ -345,6 +357,14 @@ class Verifier:
             if signer != "executor":
                 raise self._refuse("execution", "signer_not_allowed", f"{signer} may not sign executions")
             self.decision(execution.decision)
+        return signer
+
+    def checkpoint(self, checkpoint: AuditCheckpoint) -> str:
+        """A checkpoint of the audit chain, signed by audit."""
+        with self._message(checkpoint):
+            signer = self._signer(checkpoint, checkpoint.signature, "audit_checkpoint")
+        if signer != "audit":
+            raise self._refuse("audit_checkpoint", "signer_not_allowed", f"{signer} may not sign checkpoints")
         return signer
 
     @staticmethod

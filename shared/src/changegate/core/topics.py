@@ -13,6 +13,7 @@ class Topic(StrEnum):
     DECISIONS = "decisions"
     EXECUTIONS = "executions"
     RECORD_CHANGES = "detector.records"
+    AUDIT_CHECKPOINTS = "audit.checkpoints"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ TOPICS: dict[Topic, TopicSpec] = {
             Topic.RECORD_CHANGES,
             "record_change",
             "the detector's changelog: records whose state changed, read by every detector replica",
+            partitions=1,
+        ),
+        # One partition: checkpoints in the order they were signed.
+        TopicSpec(
+            Topic.AUDIT_CHECKPOINTS,
+            "audit_checkpoint",
+            "signed heads of the audit chain (keep a copy outside changegate's database)",
             partitions=1,
         ),
     )

@@ -6,28 +6,40 @@ import uuid
 from typing import Annotated, Any
 
 import asyncpg
-from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
+from changegate.audit import api
+from changegate.audit.chain import row_to_entry
+from changegate.audit.checkpoints import Checkpointer
 from changegate.audit.settings import AuditSettings
-from changegate.audit.store import append_executions, record_decisions
+from changegate.audit.store import (
+    Outcome,
+    append_outcomes,
+    decision_outcome,
+    execution_outcome,
+    record_decisions,
+)
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, UnscopedViewer
-from changegate.core.contracts import AuditEntry, ExecutionStatus
+from changegate.core.contracts import AuditEntry
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_events
-from changegate.core.http import MAX_BIGINT, Name, problem_responses
+from changegate.core.http import MAX_BIGINT, Name, problem_responses, refuse_unknown_query
 from changegate.core.kafka import Refusals, Subscription, screen, screen_more
 from changegate.core.logging import get_logger
 from changegate.core.policy_versions import RecordedPolicies
 from changegate.core.service import Consumer, Context, Parts, Service, ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from prometheus_client import Counter
-from pydantic import BaseModel, Field
 
 SERVICE = "audit"
 log = get_logger(__name__)
 ROWS_WRITTEN = Counter("changegate_audit_rows_written_total", "Audit rows appended", ["mode"])
+
+
+def count_rows(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        ROWS_WRITTEN.labels(mode=outcome.mode.value).inc(len(outcome.fields))
 
 
 class AuditConsumer:
@@ -42,8 +54,14 @@ class AuditConsumer:
         refused, decisions = screen(envelopes, self.verifier.decision)
         decisions = await screen_more(refused, decisions, self.policies.check)
         if decisions:
+            batch = [d for _, d in decisions]
             async with self.pool.acquire() as conn, conn.transaction():
-                kept = await record_decisions(conn, [d for _, d in decisions])
+                kept = await record_decisions(conn, batch)
+                # Those that end their proposal here (rejected, expired, superseded) go in the chain
+                # now, once: a decision kept before (redelivery) is not kept again.
+                outcomes = [o for d, k in zip(batch, kept, strict=True) if k and (o := decision_outcome(d))]
+                await append_outcomes(conn, outcomes)
+            count_rows(outcomes)
             if not all(kept):
                 log.debug("decisions not kept", count=kept.count(False))
         return refused
@@ -60,41 +78,35 @@ class AuditConsumer:
             fresh = await claim_events(conn, "audit-executions", [e.execution_id for _, e in executions])
             # Already logged ones write no second row (redelivery); each execution once.
             todo = list({e.execution_id: e for _, e in executions if e.execution_id in fresh}.values())
-            written = await append_executions(conn, todo)
-        for execution in todo:
-            if execution.status is ExecutionStatus.APPLIED and execution.writes:
-                mode = "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved"
-                ROWS_WRITTEN.labels(mode=mode).inc(len(execution.writes))
+            outcomes = [o for e in todo if (o := execution_outcome(e))]
+            written = await append_outcomes(conn, outcomes)
+        count_rows(outcomes)
         if written:
             log.debug("audited", rows=written, executions=len(todo))
         return refused
-
-
-class ChainHead(BaseModel):
-    seq: int
-    hash: str
-
-
-class VerifyResult(BaseModel):
-    ok: bool = Field(description="no row altered or missing (and the expected head, if given, is there)")
-    rows: int
-    problems: list[str]
-    head: ChainHead = Field(description="keep it outside this database; pass it back as head=SEQ:HASH")
 
 
 def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettings) -> FastAPI:
     app = FastAPI(
         title="changegate audit",
         version=__version__,
-        description="Query and verify the append-only, hash-chained log of executed changes. "
-        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above, without queue or kind "
-        "scopes: the log spans every queue).",
+        description="Query, export and verify the append-only, hash-chained log of every outcome "
+        "(applied, or why not). Authenticate with 'Authorization: Bearer <token>' (viewer role or above, "
+        "without queue or kind scopes: the log spans every queue).",
     )
     app.state.pool = pool
     app.state.authenticator = Authenticator(settings, pool)
-    errors = problem_responses(401, 403)
+    errors = problem_responses(401, 403, 422)
+    app.include_router(api.router)
 
-    @app.get("/audit/entries", response_model=list[AuditEntry], tags=["audit"], responses=errors)
+    @app.get(
+        "/audit/entries",
+        response_model=list[AuditEntry],
+        tags=["audit"],
+        responses=errors,
+        dependencies=[Depends(refuse_unknown_query)],
+        summary="Entries by record or proposal (see /v1/audit/entries for every filter)",
+    )
     async def list_entries(
         request: Request,
         _: UnscopedViewer,
@@ -119,41 +131,42 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     @app.get(
         "/audit/verify",
         tags=["audit"],
-        summary="Recompute the hash chain",
-        response_model=VerifyResult,
+        summary="Recompute the hash chain from genesis",
+        response_model=api.VerifyResult,
         responses=errors,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     async def verify_chain(
         request: Request,
         _: UnscopedViewer,
-        head: Annotated[
-            str | None,
-            Query(
-                pattern=HEAD_PATTERN,
-                description="SEQ:HASH of a head recorded earlier (catches rows cut from the end)",
-            ),
-        ] = None,
+        head: api.HeadQuery = None,
     ) -> dict[str, Any]:
-        report = await verify(request.app.state.pool, parse_head(head) if head else None)
-        return {
-            "ok": report.ok,
-            "rows": report.rows,
-            "problems": report.problems,
-            "head": {"seq": report.head_seq, "hash": report.head_hash},
-        }
+        return await api.verify_result(request, head, from_genesis=True)
 
     return runtime.app(app)
 
 
 async def setup(ctx: Context[AuditSettings]) -> Parts:
-    consumer = AuditConsumer(ctx.pool, ctx.verifier())
+    verifier = ctx.verifier()
+    consumer = AuditConsumer(ctx.pool, verifier)
+    checkpointer = Checkpointer(
+        ctx.pool,
+        ctx.signer(),
+        ctx.names,
+        ctx.settings.checkpoint_every,
+        ctx.settings.checkpoint_seconds,
+        ctx.runtime.stop,
+    )
+    app = build_app(ctx.runtime, ctx.pool, ctx.settings)
+    app.state.verifier, app.state.signer, app.state.names = verifier, checkpointer.signer, ctx.names
     subscriptions = [
         Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
         Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
     ]
     return Parts(
         consumers=[Consumer("changegate-audit", subscriptions)],
-        app=build_app(ctx.runtime, ctx.pool, ctx.settings),
+        app=app,
+        workers=[checkpointer.run],
     )
 
 
@@ -162,6 +175,7 @@ AUDIT = Service(
     AuditSettings,
     setup,
     migrations="changegate.audit.migrations",
+    outbox=True,  # checkpoints (and revert proposals) are published with the rows that cause them
     check=lambda settings: settings.require_configured(SERVICE),
 )
 main = AUDIT.main

@@ -2,7 +2,12 @@ from __future__ import annotations
 
 from changegate.core.auth import AuthSettings
 from changegate.core.settings import CommonSettings
+from pydantic import Field
 
 
 class AuditSettings(CommonSettings, AuthSettings):
     http_port: int = 8001
+    checkpoint_every: int = Field(10_000, ge=1, description="sign the chain's head every this many rows")
+    checkpoint_seconds: float = Field(
+        60.0, gt=0, le=86_400, description="and at least this often (seconds) while rows arrive"
+    )

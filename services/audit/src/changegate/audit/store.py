@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 import zlib
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from changegate.audit.chain import GENESIS, VALUE_COLUMNS, body_hash, to_column
+from changegate.audit.chain import GENESIS, HASH_VERSION, VALUE_COLUMNS, canonical_hash, json_time
 from changegate.core.contracts import (
     AuditEntry,
     AuditMode,
@@ -16,15 +19,17 @@ from changegate.core.contracts import (
     DecisionOutcome,
     Execution,
     ExecutionStatus,
+    Proposal,
 )
+from changegate.core.contracts.base import PropertyValue
 from changegate.core.db import DbConn
-from pydantic import AwareDatetime, TypeAdapter
+from changegate.core.http import MAX_BIGINT
 
 _CHAIN_LOCK = zlib.crc32(b"audit-chain")  # appends are serialised: the chain is one sequence
 _COLUMNS = list(AuditEntry.model_fields)
-_JSON_COLUMNS = [i for i, c in enumerate(_COLUMNS) if c in VALUE_COLUMNS]
-_MINUTE = timedelta(minutes=1)
-_CHUNK = 100  # executions per COPY
+_HASH = _COLUMNS.index("hash")
+_CHUNK = 100  # outcomes per COPY
+REVERTS_KEY = "reverts_seq"  # a revert proposal's evidence names the entry it reverts
 
 
 async def record_decisions(conn: DbConn, decisions: list[Decision]) -> list[bool]:
@@ -74,114 +79,152 @@ async def record_decision(conn: DbConn, decision: Decision) -> bool:
     return (await record_decisions(conn, [decision]))[0]
 
 
-_TIME = TypeAdapter(AwareDatetime)
+@dataclass(frozen=True)
+class Outcome:
+    """What one decision or execution puts in the chain: a row per field, sharing the rest."""
+
+    decision: Decision
+    mode: AuditMode
+    fields: list[tuple[str, PropertyValue, PropertyValue]]  # field, previous value, new value
+    reason: str | None
+    execution_id: uuid.UUID | None = None
+    executed_at: datetime | None = None
 
 
-def _json_time(value: datetime) -> str:
-    """A timestamp's JSON form as pydantic writes it (the form the chain hashes)."""
-    offset = value.utcoffset()
-    if offset is None or offset % _MINUTE:
-        return str(_TIME.dump_python(value, mode="json"))  # an unusual offset: pydantic's own form
-    text = value.isoformat()
-    return f"{text[:-6]}Z" if not offset else text
+def _decision_reason(decision: Decision) -> str:
+    return f"{decision.explanation} ({decision.comment})" if decision.comment else decision.explanation
 
 
-def _chained(execution: Execution, seq: int, prev_hash: str) -> Iterator[list[Any]]:
-    """The rows of an applied execution's writes (values in ``_COLUMNS`` order, as the database
-    takes them), hash-chained from ``prev_hash``. Built without a model per row: the columns the
-    rows share are serialised once, and each row's JSON form (what the chain hashes, as
-    AuditEntry.model_dump(mode="json") would give it) is theirs with the write's four fields."""
-    if execution.status is not ExecutionStatus.APPLIED or not execution.writes:
-        return
+def execution_outcome(execution: Execution) -> Outcome | None:
+    """An execution's rows: what it wrote (applied), or what it was to write and why it did not
+    (conflict, failed, noop). None for an applied execution that wrote nothing."""
     decision = execution.decision
+    if execution.status is ExecutionStatus.APPLIED:
+        if not execution.writes:
+            return None
+        mode = (
+            AuditMode.AUTO_APPLIED
+            if decision.decided_by.kind == "policy"
+            else AuditMode.APPROVED_WITH_CHANGES
+            if decision.outcome is DecisionOutcome.APPROVED_WITH_CHANGES
+            else AuditMode.APPROVED
+        )
+    else:
+        mode = AuditMode(execution.status.value)
+    if execution.writes:
+        fields = [(w.field, w.overwritten, w.new) for w in execution.writes]
+    else:
+        fields = [(c.field, c.previous, c.proposed) for c in decision.final_changes]
+    reason = execution.error or _decision_reason(decision)
+    proposal = decision.proposal
+    if execution.merged_into:
+        reason = f"{reason}; merged {', '.join(proposal.other_record_ids)} into {execution.merged_into}"
+    return Outcome(decision, mode, fields, reason, execution.execution_id, execution.executed_at)
+
+
+def decision_outcome(decision: Decision) -> Outcome | None:
+    """A decision that ends its proposal without execution (rejected, expired, superseded): a row
+    per proposed change, its new value the one proposed. None for decisions that execute (their
+    rows come with the execution)."""
+    if decision.outcome.executes:
+        return None
+    fields = [(c.field, c.previous, c.proposed) for c in decision.proposal.changes]
+    return Outcome(decision, AuditMode(decision.outcome.value), fields, _decision_reason(decision))
+
+
+def _reverts(proposal: Proposal) -> int | None:
+    seq = proposal.evidence.get(REVERTS_KEY)
+    return seq if type(seq) is int and 0 < seq <= MAX_BIGINT else None
+
+
+def _chained(outcome: Outcome, seq: int, prev_hash: str) -> Iterator[list[Any]]:
+    """An outcome's rows (values in ``_COLUMNS`` order, value columns as the JSON text the database
+    keeps), hash-chained from ``prev_hash``. Built without a model per row: the columns the rows
+    share are serialised once; each row's chain body is theirs with the field's own."""
+    decision = outcome.decision
     proposal = decision.proposal
     by = decision.decided_by
     source = proposal.source
-    object_type, detector = proposal.object_type.value, f"{source.detector}@{source.detector_version}"
-    modified = decision.outcome is DecisionOutcome.APPROVED_WITH_CHANGES
-    mode = (
-        AuditMode.AUTO_APPLIED
-        if by.kind == "policy"
-        else AuditMode.APPROVED_WITH_CHANGES
-        if modified
-        else AuditMode.APPROVED
-    ).value
-    proposed = {c.field: c.proposed for c in proposal.changes} if modified else {}
-    proposed_at, decided_at, executed_at = proposal.proposed_at, decision.decided_at, execution.executed_at
-    tail = [
-        source.system,
-        source.event_id,
-        detector,
-        proposal.confidence,
-        mode,
-        by.identity,
-        by.policy_version,
-        by.policy_hash,
-        by.rule_id,
-        proposal.proposal_id,
-        decision.decision_id,
-        execution.execution_id,
-        proposed_at,
-        decided_at,
-        executed_at,
-    ]
-    shared = {
-        "object_type": object_type,
+    proposed = {c.field: c.proposed for c in proposal.changes}
+    shared: dict[str, Any] = {
+        "hash_version": HASH_VERSION,
+        "object_type": proposal.object_type.value,
         "record_id": proposal.record_id,
+        "kind": proposal.kind.value,
         "source_system": source.system,
         "source_event_id": source.event_id,
-        "detector": detector,
+        "detector": f"{source.detector}@{source.detector_version}",
         "confidence": proposal.confidence,
-        "mode": mode,
+        "mode": outcome.mode.value,
+        "decider": by.kind,
         "approver": by.identity,
         "policy_version": by.policy_version,
         "policy_hash": by.policy_hash,
         "rule_id": by.rule_id,
+        "reason": outcome.reason,
         "proposal_id": str(proposal.proposal_id),
         "decision_id": str(decision.decision_id),
-        "execution_id": str(execution.execution_id),
-        "proposed_at": _json_time(proposed_at),
-        "decided_at": _json_time(decided_at),
-        "executed_at": _json_time(executed_at),
+        "execution_id": str(outcome.execution_id) if outcome.execution_id else None,
+        "reverts_seq": _reverts(proposal),
+        "proposed_at": json_time(proposal.proposed_at),
+        "decided_at": json_time(decision.decided_at),
+        "executed_at": json_time(outcome.executed_at) if outcome.executed_at else None,
     }
-    for seq_n, write in enumerate(execution.writes, seq):
+    native = {
+        "proposal_id": proposal.proposal_id,
+        "decision_id": decision.decision_id,
+        "execution_id": outcome.execution_id,
+        "proposed_at": proposal.proposed_at,
+        "decided_at": decision.decided_at,
+        "executed_at": outcome.executed_at,
+    }
+    for seq_n, (field, previous, new) in enumerate(outcome.fields, seq):
         body = shared.copy()
-        # The write's values are JSON values: they serialise as themselves.
-        body.update(seq=seq_n, field=write.field, previous_value=write.overwritten, new_value=write.new)
-        proposed_value = proposed.get(write.field)
-        if modified:  # the chain counts it only for a modified approval (chain.entry_hash)
-            body["proposed_value"] = proposed_value
-        digest = body_hash(body, prev_hash)
-        yield [
-            seq_n,
-            object_type,
-            proposal.record_id,
-            write.field,
-            write.overwritten,
-            write.new,
-            *tail,
-            proposed_value,
-            prev_hash,
-            digest,
-        ]
+        # Values are JSON scalars: their text is what the database keeps and the chain hashes.
+        body.update(
+            seq=seq_n,
+            field=field,
+            previous_value=json.dumps(previous),
+            new_value=json.dumps(new),
+            proposed_value=json.dumps(proposed.get(field)),
+            prev_hash=prev_hash,
+        )
+        digest = canonical_hash(body)
+        body.update(native, hash=digest)
+        yield [body[c] for c in _COLUMNS]
         prev_hash = digest
 
 
-def entries_for(execution: Execution, start_seq: int, prev_hash: str) -> list[AuditEntry]:
-    """The chained rows of one applied execution (none for conflicts, failures and no-ops)."""
-    return [
-        AuditEntry.model_validate(dict(zip(_COLUMNS, row, strict=True)))
-        for row in _chained(execution, start_seq, prev_hash)
-    ]
+def entries_for(item: Execution | Decision, start_seq: int, prev_hash: str) -> list[AuditEntry]:
+    """The chained rows of one execution or decision."""
+    outcome = execution_outcome(item) if isinstance(item, Execution) else decision_outcome(item)
+    if outcome is None:
+        return []
+    rows = [dict(zip(_COLUMNS, row, strict=True)) for row in _chained(outcome, start_seq, prev_hash)]
+    for row in rows:
+        for name in VALUE_COLUMNS:
+            row[name] = json.loads(row[name])
+    return [AuditEntry.model_validate(row) for row in rows]
 
 
 async def append_executions(conn: DbConn, executions: list[Execution]) -> int:
-    """Append the rows of executions, chained in their order; call inside a transaction (the chain's
+    """Append the rows of executions (every status), chained in their order; call inside a
+    transaction. Returns rows written."""
+    return await append_outcomes(conn, [o for e in executions if (o := execution_outcome(e))])
+
+
+async def append_decisions(conn: DbConn, decisions: list[Decision]) -> int:
+    """Append the rows of decisions that end without execution; call inside a transaction."""
+    return await append_outcomes(conn, [o for d in decisions if (o := decision_outcome(d))])
+
+
+async def append_outcomes(conn: DbConn, outcomes: list[Outcome]) -> int:
+    """Append the rows of outcomes, chained in their order; call inside a transaction (the chain's
     lock is held until it ends). Returns rows written.
 
-    The rows go in COPYs of ``_CHUNK`` executions each, and while PostgreSQL stores one chunk the
+    The rows go in COPYs of ``_CHUNK`` outcomes each, and while PostgreSQL stores one chunk the
     next is hashed (the hashing is the costly part, and the database works in another process)."""
-    if not any(e.status is ExecutionStatus.APPLIED and e.writes for e in executions):
+    if not outcomes:
         return 0
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
     last = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
@@ -189,14 +232,12 @@ async def append_executions(conn: DbConn, executions: list[Execution]) -> int:
     seq = start
     copying: asyncio.Task[str] | None = None
     try:
-        for at in range(0, len(executions), _CHUNK):
+        for at in range(0, len(outcomes), _CHUNK):
             rows = []
-            for n, execution in enumerate(executions[at : at + _CHUNK], 1):
-                for row in _chained(execution, seq, prev):
-                    for i in _JSON_COLUMNS:
-                        row[i] = to_column(_COLUMNS[i], row[i])
+            for n, outcome in enumerate(outcomes[at : at + _CHUNK], 1):
+                for row in _chained(outcome, seq, prev):
                     rows.append(row)
-                    seq, prev = seq + 1, row[-1]
+                    seq, prev = seq + 1, row[_HASH]
                 if copying is not None and n % 10 == 0:
                     await asyncio.sleep(0)  # the COPY before this chunk moves on meanwhile
             if copying is not None:

@@ -19,15 +19,20 @@ from changegate.core.auth.dependencies import AUTH_FAILURES
 from changegate.core.contracts import FieldChange, Proposal, ProposalKind
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.crm_event import ObjectType
-from changegate.core.http import PROBLEM_JSON, Comment, Name, Problem, Value, problem_responses
+from changegate.core.http import (
+    PROBLEM_JSON,
+    Comment,
+    Name,
+    Problem,
+    Value,
+    problem_responses,
+    refuse_unknown_query,
+)
 from changegate.review_api import events, idempotency, metrics, store, views
 from changegate.review_api.decisions import Action, ActionRefusedError, ItemMissingError, Outcome, act
 from changegate.review_api.queue import merge_modifications
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from fastapi.dependencies.models import Dependant
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 
 ListStatus = Literal[
@@ -42,29 +47,6 @@ ListStatus = Literal[
 ]
 AGE_PATTERN = r"^\d{1,6}[smhd]$"
 MAX_BULK = 1000
-
-
-def _query_names(dependant: Dependant) -> set[str]:
-    names = {p.alias for p in dependant.query_params}
-    for sub in dependant.dependencies:
-        names |= _query_names(sub)
-    return names
-
-
-async def refuse_unknown_query(request: Request) -> None:
-    """422 for a query parameter the operation does not declare."""
-    route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
-        return
-    known = _query_names(route.dependant)
-    unknown = sorted(set(request.query_params) - known)
-    if unknown:
-        raise RequestValidationError(
-            [
-                {"loc": ("query", name), "msg": "unknown query parameter", "type": "extra_forbidden"}
-                for name in unknown
-            ]
-        )
 
 
 router = APIRouter(

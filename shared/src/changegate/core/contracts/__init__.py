@@ -1,6 +1,6 @@
 """Event contracts: the envelope and the payload models every topic carries."""
 
-from changegate.core.contracts.audit import AuditEntry, AuditMode
+from changegate.core.contracts.audit import APPLIED_MODES, AuditCheckpoint, AuditEntry, AuditMode
 from changegate.core.contracts.crm_event import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.decision import Decider, Decision, DecisionOutcome
 from changegate.core.contracts.envelope import Envelope, Producer
@@ -17,6 +17,8 @@ from changegate.core.contracts.review_request import ReviewRequest
 from changegate.core.contracts.signature import Signature
 
 __all__ = [
+    "APPLIED_MODES",
+    "AuditCheckpoint",
     "AuditEntry",
     "AuditMode",
     "CrmEvent",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from changegate.core import __version__
-from changegate.core.contracts.audit import AuditEntry
+from changegate.core.contracts.audit import AuditCheckpoint, AuditEntry
 from changegate.core.contracts.base import Contract, UtcDatetime, utcnow
 from changegate.core.contracts.crm_event import CrmEvent
 from changegate.core.contracts.decision import Decision
@@ -91,8 +91,11 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType("review_request", ReviewRequest, 4, {1: _same, 2: _same, 3: _same}),
         EventType("decision", Decision, 3, {1: _same, 2: _same}),
         EventType("execution", Execution, 3, {1: _same, 2: _same}),
-        EventType("audit_entry", AuditEntry, 2, {1: _same}),  # v2: approved_with_changes, proposed_value
+        # audit_entry v2: approved_with_changes, proposed_value; v3: every outcome, hash_version, kind,
+        # decider, reason, reverts_seq (optional), execution_id and executed_at may be null.
+        EventType("audit_entry", AuditEntry, 3, {1: _same, 2: _same}),
         EventType("record_change", RecordChange, 1),
+        EventType("audit_checkpoint", AuditCheckpoint, 1),
     )
 }
 EVENT_TYPE_OF: dict[type[BaseModel], str] = {et.model: et.name for et in EVENT_TYPES.values()}
