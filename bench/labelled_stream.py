@@ -18,8 +18,9 @@ The stream is generated in two parts from one world (the same sources, the same 
 ``tuning``, on which reliabilities are learnt and thresholds may be chosen, and ``held-out``, on
 which nothing is chosen. Each part has records of its own (ids ``t-…`` and ``h-…``) and its own
 random stream (``random.Random(f"{seed}:{part}")``); the duplicate scenarios take the synthetic
-population (``changegate.hubspot_sim.population``, another seed per part) and disjoint halves of the confounder set
-(``confounders``: households, namesakes, juniors, colleagues, movers beside true duplicates).
+population (``changegate.hubspot_sim.population``, another seed per part) and disjoint halves of
+the confounder set (``confounders``: households, namesakes, juniors, colleagues, movers beside
+true duplicates).
 
 Scenarios, per part at ``scale`` 1 (each instance is a record created, then the event about it):
 
