@@ -8,7 +8,7 @@ MEMBERS := shared services/detector services/policy services/executor services/a
 STAMP := $(VENV)/.installed
 
 .PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy bench-executor \
-	bench-ingest bench-detector-quality bench-detector-speed mutation clean
+	bench-ingest bench-detector-quality bench-detector-speed mutation prometheus-tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,18 @@ up: $(STAMP) ## start broker, PostgreSQL and every service on loopback, with the
 
 down: $(STAMP) ## stop a stack started by `make up` in another terminal
 	$(BIN)/changegate dev down
+
+# promtool (rule checks and tests) and the Prometheus server (docs/dashboard.png), taken from Debian's
+# `prometheus` package without installing it: apt-get download + dpkg -x into .cache/prometheus.
+PROMETHEUS_TOOLS := .cache/prometheus/usr/bin/promtool
+$(PROMETHEUS_TOOLS):
+	rm -rf .cache/prometheus-deb && mkdir -p .cache/prometheus-deb
+	cd .cache/prometheus-deb && apt-get download prometheus
+	dpkg -x .cache/prometheus-deb/prometheus_*.deb .cache/prometheus
+	rm -rf .cache/prometheus-deb
+	$(PROMETHEUS_TOOLS) --version
+
+prometheus-tools: $(PROMETHEUS_TOOLS) ## promtool and prometheus from Debian's package, into .cache/ (not installed)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
@@ -70,4 +82,4 @@ mutation: $(STAMP) ## mutation run over the safety-critical pure modules: per-fi
 	PYTHONPATH=tests $(BIN)/python -m mutation $(if $(JOBS),--jobs $(JOBS)) $(FILES)
 
 clean: ## remove the venv and the dev stack's state
-	rm -rf $(VENV) .changegate .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .changegate .cache .pytest_cache .mypy_cache .ruff_cache
