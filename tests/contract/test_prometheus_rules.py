@@ -9,8 +9,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
+from metrics_catalog import PENDING, series_names
 from ops_tools import prometheus_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +68,20 @@ def test_every_alert_has_fixtures_that_fire_it_and_that_leave_it_silent() -> Non
     assert names - fired == set(), f"never made to fire: {sorted(names - fired)}"
     # A pair of alerts on one SLO share their silent fixture; each other alert has its own.
     assert names - silent == set(), f"never checked silent: {sorted(names - silent)}"
+
+
+@pytest.mark.parametrize("rule", rules(), ids=lambda rule: rule.get("alert") or rule["record"])
+def test_every_rule_names_metrics_that_exist(rule: dict[str, Any]) -> None:
+    names: set[str] = set()
+
+    def visit(node: object) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            names.add(node.name)
+
+    promql_parser.walk(promql_parser.parse(rule["expr"]), visit)
+    assert names, "selects no metric"
+    unknown = names - series_names() - PENDING
+    assert not unknown, f"no service defines {sorted(unknown)}"
 
 
 def _anchors(markdown: str) -> set[str]:
