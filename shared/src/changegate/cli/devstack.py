@@ -251,7 +251,10 @@ class DevStack:
             "pids": {n: s.proc.pid for n, s in self.services.items()}
             | ({"broker": self.broker.proc.pid} if self.broker and self.broker.proc else {}),
             "ports": self.ports,
+            "topic_prefix": self.topic_prefix,
         }
+        # It names the owner's DSN: readable by its user only.
+        self.state_file.touch(mode=0o600, exist_ok=True)
         self.state_file.write_text(json.dumps(state, indent=2))
 
 

@@ -13,9 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
+from changegate.cli import stack
 from changegate.cli.dlq import consumer_app, dlq_app
 from changegate.cli.keys import app as keys_app
 from changegate.cli.migrate import migrate_command
+from changegate.cli.replay import replay_command
+from changegate.cli.stack import DEFAULT_WORKDIR, WorkDir
+from changegate.cli.status import status_command
 from changegate.cli.tokens import app as tokens_app
 from changegate.core.contracts import ObjectType
 from changegate.core.settings import SECRETS_DIR, CommonSettings
@@ -42,6 +46,8 @@ app.add_typer(consumer_app, name="consumer")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(keys_app, name="keys")
 app.command("migrate")(migrate_command)
+app.command("status")(status_command)
+app.command("replay")(replay_command)
 
 # Each service that has commands brings them along; an install without it just lacks them.
 with contextlib.suppress(ImportError):
@@ -56,16 +62,12 @@ with contextlib.suppress(ImportError):
     from changegate.detector.cli import app as detector_app
 
     app.add_typer(detector_app, name="detector")
-console = Console(stderr=True, soft_wrap=True)
+console = stack.log_friendly(Console(stderr=True, soft_wrap=True))
 
 
 class Crm(StrEnum):
     SANDBOX = "sandbox"
     HUBSPOT = "hubspot"
-
-
-WorkDir = Annotated[Path, typer.Option(help="where the stack keeps data, logs and its state file")]
-DEFAULT_WORKDIR = Path(".changegate/dev")
 
 
 @dev.command("up")
@@ -280,7 +282,7 @@ def demo_feed(
     target = IngestTarget.load(workdir / "ingest.json")
     if target is None:
         console.print(f"no ingest service of a dev stack in {workdir}: events go straight onto crm.events")
-    sent = asyncio.run(_demo_stream(CommonSettings(), count, interval, ingest=target))
+    sent = asyncio.run(_demo_stream(stack.common(workdir), count, interval, ingest=target))
     console.print(f"fed {sent} scenario steps")
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from changegate.cli import stack
+from changegate.cli.stack import DEFAULT_WORKDIR, WorkDir, log_friendly
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -23,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 app = typer.Typer(help="The duplicate finder: train its model on your own records.", no_args_is_help=True)
-console = Console(stderr=True, soft_wrap=True)
+console = log_friendly(Console(stderr=True, soft_wrap=True))
 
 ID_FIELDS = ("record_id", "hs_object_id", "id")
 Snapshot = list[tuple[str, dict[str, Any]]]
@@ -130,9 +132,11 @@ def train(
     database_url: Annotated[
         str | None,
         typer.Option(
-            help="the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL), when no file is given"
+            help="the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL, else the dev stack's), "
+            "when no file is given"
         ),
     ] = None,
+    workdir: WorkDir = DEFAULT_WORKDIR,
     object_type: Annotated[str, typer.Option(help="contact or company (the database's records)")] = "contact",
     labels: Annotated[
         Path | None,
@@ -162,9 +166,7 @@ def train(
         elif csv_file:
             snapshot = list(read_csv(csv_file))
         else:
-            from changegate.core.settings import CommonSettings
-
-            url = database_url or CommonSettings().database_url
+            url = database_url or stack.common(workdir).database_url
             console.print(f"reading {object_type} records from PostgreSQL")
             snapshot = asyncio.run(read_database(url, object_type))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:

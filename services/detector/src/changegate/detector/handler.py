@@ -131,15 +131,26 @@ class Detector:
         if event.echo:
             return await self._learn_echo(conn, event)
         if kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
-            before = (
-                await state.known_properties(conn, event) if kind is CrmEventKind.PROPERTY_CHANGED else {}
-            )
-            await state.apply_record_event(conn, event)
-            record = {**before, **event.properties} if before else await state.known_properties(conn, event)
+            if event.redetect:  # `changegate replay`: the record as known now, examined afresh
+                before, record = {}, await state.known_properties(conn, event)
+                if not record:
+                    return []  # gone since (deleted or merged away)
+            else:
+                before = (
+                    await state.known_properties(conn, event) if kind is CrmEventKind.PROPERTY_CHANGED else {}
+                )
+                await state.apply_record_event(conn, event)
+                record = (
+                    {**before, **event.properties} if before else await state.known_properties(conn, event)
+                )
             proposals: list[Proposal] = []
             # Duplicates can only appear when something identifying changed (a job title does not).
-            if kind is CrmEventKind.RECORD_CREATED or identity_changed(
-                event.object_type.value, before, record, self.settings.default_phone_region
+            if (
+                kind is CrmEventKind.RECORD_CREATED
+                or event.redetect
+                or identity_changed(
+                    event.object_type.value, before, record, self.settings.default_phone_region
+                )
             ):
                 proposals += await self._merges(conn, event, record)
             # The rotation row is locked until commit: only take it for an unowned record.
