@@ -79,7 +79,7 @@ bench-executor: $(STAMP) ## decisions/s carried out on the sandbox and the HubSp
 bench-ingest: $(STAMP) ## signed webhooks accepted/s and latency, batches of 1 and 100, vs a bare FastAPI producer
 	$(BIN)/python bench/ingest.py
 
-bench-detector-quality: $(STAMP) ## duplicate finder on synthetic + Febrl1/2/4, trained without labels: P/R/F1, blocking recall, calibration
+bench-detector-quality: $(STAMP) ## duplicate finder on synthetic, Febrl1/2/4 and the confounder set, trained without labels: clusters (wrong merges, closure P/R/F1, ECE), pairs, look-alikes per kind
 	$(BIN)/python bench/detector_quality.py
 
 bench-detector-speed: $(STAMP) ## per-event latency, memory per record, index rebuild with 10k, 100k and 1M records

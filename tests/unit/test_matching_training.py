@@ -114,19 +114,25 @@ def test_the_model_says_how_it_was_made_and_scores(trained: tuple[MatchModel, in
 def test_term_frequencies() -> None:
     records = [features("contact", {"lastname": n}) for n in ["smith", "smith", "smith", "jones", "lee", ""]]
     tf = term_frequencies(records, "last")
-    assert tf == TermFrequencies(values={"smith": 0.6}, rare=0.2)
+    census = "us-census-1990-last"
+    assert tf == TermFrequencies(values={"smith": 0.6}, rare=0.2, reference=census)
     assert tf.of("smith") == 0.6
-    assert tf.of("jones") == tf.of("unseen") == 0.2
-    assert term_frequencies([features("contact", {})], "last") == TermFrequencies(values={}, rare=1.0)
+    # held once here: the public frequency, not "as rare as one record in five"
+    assert tf.of("jones") == pytest.approx(0.00621)
+    assert tf.of("zzyzxq") is None
+    assert term_frequencies([features("contact", {})], "last") == TermFrequencies(
+        values={}, rare=1.0, reference=census
+    )
+    assert term_frequencies(records, "city").reference is None
 
 
 def test_build_model_floors_unseen_levels_and_drops_absent_comparisons() -> None:
     params: dict[str, dict[str, tuple[float | None, float | None]]] = {
         "first_name": {
-            "exact": (0.8, 0.01),
+            "exact": (0.8, None),
             "nickname": (None, 0.002),
             "similar": (0.0, 0.001),
-            "disagree": (0.1, None),
+            "disagree": (0.1, 0.95),
         },
         "email": {"exact": (None, None), "disagree": (None, 0.99)},
     }
@@ -135,11 +141,11 @@ def test_build_model_floors_unseen_levels_and_drops_absent_comparisons() -> None
     assert [c.output_column_name for c in model.comparisons] == ["first_name"]
     levels = {lvl.label_for_charts: lvl for lvl in model.comparisons[0].comparison_levels}
     assert set(levels) == {"exact", "nickname", "similar", "disagree"}
-    assert (levels["exact"].m_probability, levels["exact"].u_probability) == (0.8, 0.01)
+    assert (levels["exact"].m_probability, levels["exact"].u_probability) == (0.8, 1e-6)
     assert levels["exact"].tf_adjustment_column == "first"
     assert levels["nickname"].m_probability == M_FLOOR
     assert levels["similar"].m_probability == M_FLOOR
-    assert levels["disagree"].u_probability == 1e-6
+    assert levels["disagree"].u_probability == 0.95
     assert levels["disagree"].tf_adjustment_column is None
 
 
@@ -156,13 +162,13 @@ def test_u_without_the_matches_among_random_pairs() -> None:
     """u_observed = prior * m + (1 - prior) * u: the matches' share is taken out, by at most
     U_MATCH_SHARE_MAX and never below the floor."""
     params: dict[str, dict[str, tuple[float | None, float | None]]] = {
-        "last_name": {"exact": (0.8, 0.001), "similar": (0.1, 1e-4), "disagree": (0.1, 0.999)},
+        "last_name": {"exact": (0.8, 0.001), "similar": (0.1, 2e-4), "disagree": (0.1, 0.999)},
     }
     model = build_model(params, {}, 1e-4, u_floor=1e-6, version="v", training={})
     corrected = without_matches(model, 1e-4, u_floor=1e-6)
     levels = {lvl.label_for_charts: lvl.u_probability for lvl in corrected.comparisons[0].comparison_levels}
     assert levels["exact"] == pytest.approx((0.001 - 1e-4 * 0.8) / (1 - 1e-4))
-    assert levels["similar"] == pytest.approx((1e-4 - 1e-5) / (1 - 1e-4))
+    assert levels["similar"] == pytest.approx((2e-4 - 1e-5) / (1 - 1e-4))
     assert levels["disagree"] == pytest.approx((0.999 - 1e-5) / (1 - 1e-4))
     assert corrected.probability_two_random_records_match == 1e-4
     # a level matches alone would explain: lowered by U_MATCH_SHARE_MAX at most

@@ -1,7 +1,13 @@
 """A synthetic CRM stream for the demo, cycling through the mission's five scenarios: enrichment
-write-backs (fills apply, overwrites wait), a duplicate pair (a merge to review), a defined
+write-backs (fills apply, overwrites wait), a duplicate pair (a merge to review) beside its
+look-alikes (a household member, a namesake elsewhere, a colleague: never proposed), a defined
 lifecycle event (applies) and an AI score (waits), an owner territory change (waits), and email
-verification results (valid applies, catch-all waits)."""
+verification results (valid applies, catch-all waits).
+
+Every person the demo creates is new to the run (a name is not reused until the name lists run
+out), and has a phone and an address of their own: look-alikes are made on purpose, never by
+accident. A step says what it expects; what should apply by itself is listed in ``applies`` so the
+feed can check the CRM and say whether it did."""
 
 from __future__ import annotations
 
@@ -19,12 +25,19 @@ from changegate.core.contracts.base import PropertyValue, utcnow
 FIRST = [
     "Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim",
     "Margaret", "John", "Katherine", "Dennis", "Shafi", "Leslie", "Sophie", "Niklaus", "Hedy", "Claude",
+    "Annie", "Bjarne", "Carl", "Dorothy", "Evelyn", "Fernando", "Guido", "Ivan", "Jean", "Karen",
+    "Lynn", "Marvin", "Nancy", "Ole", "Peter", "Robin", "Silvio", "Tony", "Vint", "Whitfield",
 ]  # fmt: skip
 LAST = [
     "Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Hamilton",
     "Backus", "Johnson", "Ritchie", "Goldwasser", "Lamport", "Wilson", "Wirth", "Lamarr", "Shannon",
+    "Easley", "Stroustrup", "Hewitt", "Vaughan", "Berners", "Corbato", "Rossum", "Sutherland", "Sammet",
+    "Jones", "Conway", "Minsky", "Lynch", "Dahl", "Naur", "Milner", "Micali", "Hoare", "Cerf", "Diffie",
 ]  # fmt: skip
 COMPANIES = [("Acme", "acme.example"), ("Globex", "globex.example"), ("Initech", "initech.example")]
+STREETS = ["Market Street", "Mission Street", "Valencia Street", "Howard Street", "Folsom Street"]
+# San Francisco and its neighbours: the office of each company, and homes around it.
+PLACES = [("San Francisco", "94107"), ("Oakland", "94612"), ("Berkeley", "94704"), ("San Mateo", "94401")]
 TITLES = ["VP Engineering", "Head of Data", "CTO", "Staff Engineer", "Director of Sales Ops"]
 # The detector settings the demo's owner scenario needs (dev up --demo passes them on).
 DEMO_OWNER = {"territories": [{"country": "us", "state": "CA", "owner": "owner-west"}]}
@@ -40,6 +53,10 @@ class DemoStep:
     shows: str  # what a watcher should see happen
     records: dict[str, dict[str, PropertyValue]] = field(default_factory=dict)
     events: list[CrmEvent] = field(default_factory=list)
+    # record -> property -> value the default policy applies by itself (checked in the CRM)
+    applies: dict[str, dict[str, PropertyValue]] = field(default_factory=dict)
+    # records the duplicate finder must leave alone (look-alikes of the step's duplicates)
+    look_alikes: list[str] = field(default_factory=list)
 
 
 def _event(
@@ -80,10 +97,27 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
         n += 1
         return str(base + n)
 
-    # Every scenario its own person: namesakes at one company would (rightly) look like duplicates.
-    combos = [(f, la, c) for f in FIRST for la in LAST for c in COMPANIES]
-    rng.shuffle(combos)
-    people = itertools.cycle(combos)
+    # Every scenario its own person; a name comes back only once every name has been used.
+    names = [(f, la) for f in FIRST for la in LAST]
+    rng.shuffle(names)
+    taken: set[tuple[str, str]] = set()  # names given out in this pass over the name lists
+
+    def fresh() -> Iterator[tuple[str, str, tuple[str, str]]]:
+        for position, (f, la) in enumerate(itertools.cycle(names)):
+            if position % len(names) == 0:
+                taken.clear()
+            if (f, la) not in taken:
+                taken.add((f, la))
+                yield f, la, rng.choice(COMPANIES)
+
+    people = fresh()
+
+    def phone() -> str:
+        return f"+1 415 {rng.randrange(200, 999)} {rng.randrange(1000, 9999)}"
+
+    def place() -> dict[str, PropertyValue]:
+        city, zip_code = rng.choice(PLACES)
+        return {"address": f"{rng.randrange(1, 2500)} {rng.choice(STREETS)}", "city": city, "zip": zip_code}
 
     while True:
         first, last, (company, domain) = next(people)
@@ -112,26 +146,32 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
             )
         )
         step.shows = f"Clay {'fills' if empty else 'overwrites'} {contact}'s job title: " + (
-            "auto-applied (audit)" if empty else "waits for review"
+            "policy auto-applies it" if empty else "waits for review"
         )
+        if empty:
+            step.applies[contact] = {"jobtitle": title}
         yield step
 
-        # 2. Deduplication: the same person twice; the merge always waits for a reviewer.
+        # 2. Deduplication: the same person twice, at work and at home (the merge always waits for
+        # a reviewer), beside the look-alikes of a real CRM that must never be proposed: a
+        # household member (same surname and home, another first name), a namesake at another
+        # company in another city, a colleague at the same office.
         step = DemoStep("duplicates", "")
         first, last, (company, domain) = next(people)
-        a, b, tag = rid(), rid(), uuid.uuid4().hex[:4]
+        a, b, home_id, namesake_id, colleague_id = rid(), rid(), rid(), rid(), rid()
+        tag = uuid.uuid4().hex[:4]
         email = f"{first}.{last}.{tag}@{domain}".lower()
+        mobile, office, home = phone(), place(), place()
         _created(
             step,
             a,
             firstname=first,
             lastname=last,
             email=email,
-            phone="+1 415 555 0134",
+            phone=mobile,
             company=f"{company} Inc.",
-            city="San Francisco",
-            zip="94107",
             jobtitle=rng.choice(TITLES),
+            **office,
         )
         _created(
             step,
@@ -139,10 +179,50 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
             firstname=first,
             lastname=last,
             email=email.upper(),
-            phone="(415) 555-0134",
+            phone=mobile.replace("+1 ", "").replace(" ", "-", 1),
             company=company,
+            **home,  # the same person's second record, at home
         )
-        step.shows = f"{a} and {b} are one person: a merge waits in queue 'dedup' (approve it to merge)"
+        free = [f for f in FIRST if f != first and (f, last) not in taken]
+        relative = rng.choice(free or [f for f in FIRST if f != first])
+        taken.add((relative, last))
+        _created(
+            step,
+            home_id,
+            firstname=relative,
+            lastname=last,
+            email=f"{relative}.{last}.{tag}@mail.example".lower(),
+            phone=phone(),
+            **home,
+        )
+        other_company, other_domain = rng.choice([c for c in COMPANIES if c[0] != company])
+        _created(
+            step,
+            namesake_id,
+            firstname=first,
+            lastname=last,
+            email=f"{first}.{last}.{uuid.uuid4().hex[:4]}@{other_domain}".lower(),
+            phone=phone(),
+            company=other_company,
+            **place(),
+        )
+        colleague_first, colleague_last, _ = next(people)
+        _created(
+            step,
+            colleague_id,
+            firstname=colleague_first,
+            lastname=colleague_last,
+            email=f"{colleague_first}.{colleague_last}.{tag}@{domain}".lower(),
+            phone=phone(),
+            company=f"{company} Inc.",
+            **office,
+        )
+        step.look_alikes = [home_id, namesake_id, colleague_id]
+        step.shows = (
+            f"{a} and {b} are one person: a merge waits in queue 'dedup' (approve it to merge);"
+            f" look-alikes the finder must leave alone: {home_id} (same surname and home, another first"
+            f" name), {namesake_id} (same name, another company and city), {colleague_id} (same office)"
+        )
         yield step
 
         # 3. Lifecycle: a demo request (defined event) applies; a high AI score waits for review.
@@ -168,7 +248,10 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
                 {"score": round(rng.uniform(0.85, 0.97), 2), "model": "fit-v3"},
             )
         )
-        step.shows = f"{lead} requested a demo: stage applied; {scored} scored high: stage waits for review"
+        step.shows = (
+            f"{lead} requested a demo: policy applies the stage; {scored} scored high: stage waits for review"
+        )
+        step.applies[lead] = {"lifecyclestage": "marketingqualifiedlead"}
         yield step
 
         # 4. Owner reassignment: a Californian contact held outside its territory.
@@ -187,19 +270,22 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
         step.shows = f"{moved} belongs to territory owner-west: the reassignment waits for review"
         yield step
 
-        # 5. Email verification: valid applies by itself, catch-all waits.
+        # 5. Email verification: valid applies by itself, catch-all waits. Each result names the
+        # address of its own record (a result for another address is stale, and skipped).
         step = DemoStep("verification", "")
         good, risky = rid(), rid()
         first, _, (_, domain) = next(people)
-        _created(step, good, firstname=first, email=f"{good}@{domain}")
+        good_email = f"{good}@{domain}"
+        _created(step, good, firstname=first, email=good_email)
         first, _, (_, domain) = next(people)
-        _created(step, risky, firstname=first, email=f"{risky}@{domain}", email_status="valid")
+        risky_email = f"{risky}@{domain}"
+        _created(step, risky, firstname=first, email=risky_email, email_status="valid")
         step.events.append(
             _event(
                 CrmEventKind.VERIFICATION_RESULT,
                 good,
                 "zerobounce",
-                {"email": f"{good}@{domain}", "status": "valid"},
+                {"email": good_email, "status": "valid"},
             )
         )
         step.events.append(
@@ -207,8 +293,11 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
                 CrmEventKind.VERIFICATION_RESULT,
                 risky,
                 "neverbounce",
-                {"email": f"{risky}@{domain}", "status": "catchall"},
+                {"email": risky_email, "status": "catchall"},
             )
         )
-        step.shows = f"{good}'s email verifies valid: applied; {risky}'s is catch-all: waits for review"
+        step.shows = (
+            f"{good}'s email verifies valid: policy applies it; {risky}'s is catch-all: waits for review"
+        )
+        step.applies[good] = {"email_status": "valid"}
         yield step

@@ -7,9 +7,10 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -216,11 +217,14 @@ async def _demo_stream(
     seed: int = 7,
     run: str | None = None,
     ingest: IngestTarget | None = None,
+    confirm_seconds: float = 30.0,
 ) -> int:
     """Seed each step's records in the sandbox CRM, then send the events that report on them: as
     signed webhooks to ``ingest`` when given (HubSpot batches, Clay rows, verifier results, scores,
     Typeform submissions), else straight onto crm.events; ``count`` steps (None: until stopped), a
-    line a step saying what to watch for."""
+    line a step saying what to watch for. What should apply by itself is looked for in the CRM: a
+    line says it applied once it is there, or that it did not within ``confirm_seconds`` (a finite
+    feed waits for those answers before it returns)."""
     from changegate.cli.demo import DEMO_OWNERS, steps
     from changegate.cli.webhooks import WebhookSender
     from changegate.core.contracts.envelope import make_envelope
@@ -241,6 +245,24 @@ async def _demo_stream(
     webhooks = WebhookSender(ingest, client) if ingest is not None else None
     sent = 0
     columns = (TextColumn("demo feed"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    # (deadline, scenario, record, values the policy should apply by itself)
+    expected: list[tuple[float, str, str, dict[str, Any]]] = []
+
+    async def confirm(say: Callable[[str], None]) -> None:
+        """Say, for each expected write, that the CRM holds it, or that it did not come in time."""
+        waiting = []
+        for deadline, scenario, record_id, values in expected:
+            held = await sandbox.get_record(pool, ObjectType.CONTACT, record_id) or {}
+            shown = ", ".join(f"{k} = {v}" for k, v in values.items())
+            if all(held.get(k) == v for k, v in values.items()):
+                say(f"  [green]{scenario:>12} applied[/]: {record_id} {shown} (seen in the CRM)")
+            elif time.monotonic() >= deadline:
+                late = f"within {confirm_seconds:.0f} s"
+                say(f"  [red]{scenario:>12} NOT applied[/] {late}: {record_id} {shown}")
+            else:
+                waiting.append((deadline, scenario, record_id, values))
+        expected[:] = waiting
+
     try:
         with Progress(*columns, console=console, transient=count is None) as progress:
             task = progress.add_task("feed", total=count)
@@ -256,10 +278,16 @@ async def _demo_stream(
                         envelope = make_envelope(event, service="demo-feed")
                         await publish(producer, topic, event.record_id, envelope)
                 progress.console.print(f"  [cyan]{step.scenario:>12}[/] {step.shows}")
+                deadline = time.monotonic() + confirm_seconds
+                expected += [(deadline, step.scenario, r, values) for r, values in step.applies.items()]
                 sent += 1
                 progress.advance(task)
+                await confirm(progress.console.print)
                 if interval:
                     await asyncio.sleep(interval)
+            while expected:
+                await asyncio.sleep(0.5)
+                await confirm(progress.console.print)
     finally:
         await client.aclose()
         await producer.stop()

@@ -5,23 +5,27 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
 from changegate.core.contracts import (
     CrmEvent,
+    CrmEventKind,
     FieldChange,
     ObjectType,
     Proposal,
     ProposalKind,
     Trigger,
 )
+from changegate.core.contracts.base import is_empty
 from changegate.core.db import DbConn
 from changegate.detector.matching import survivorship
-from changegate.detector.matching.engine import DuplicateFinder, Match
+from changegate.detector.matching.clusters import Pair, PairScores, ScoredPair, decide, pair
+from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.index import BlockingIndex
-from changegate.detector.matching.normalize import cached_features, features
+from changegate.detector.matching.normalize import Features, cached_features, features
+from changegate.detector.matching.scoring import Score
 from changegate.detector.proposals import build_proposal
 from prometheus_client import Gauge, Histogram
 
@@ -96,29 +100,6 @@ class Indexes:
         INDEX_RECORDS.set(sum(len(i) for i in self.by_type.values()))
 
 
-async def find_duplicates(
-    conn: DbConn, finder: DuplicateFinder, indexes: Indexes, event: CrmEvent, props: dict[str, Any]
-) -> list[tuple[Match, dict[str, Any]]]:
-    """Re-index the record under its current keys, and return its likely duplicates with their
-    properties (read from PostgreSQL, for the few that match)."""
-    index = indexes.of(event.object_type)
-    f = cached_features(event.object_type.value, props, indexes.region)
-    candidates = index.candidates(f, exclude=event.record_id)
-    index.put(event.record_id, f)
-    CANDIDATES.observe(len(candidates))
-    found = finder.matches(f, candidates)
-    if not found:
-        return []
-    rows = await conn.fetch(
-        "SELECT record_id, properties FROM detector_records"
-        " WHERE object_type = $1 AND record_id = ANY($2::text[]) AND NOT deleted",
-        event.object_type.value,
-        [m.other_id for m in found],
-    )
-    others = {r["record_id"]: r["properties"] for r in rows}
-    return [(m, others[m.other_id]) for m in found if m.other_id in others]
-
-
 async def leave_clusters(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> None:
     """Merged and deleted records leave their cluster (the cluster keeps its id)."""
     await conn.execute(
@@ -129,16 +110,25 @@ async def leave_clusters(conn: DbConn, object_type: ObjectType, record_ids: list
 
 
 CLUSTER_NAMESPACE = uuid.UUID("0c1a55e2-9d3b-4f7e-8a61-2b4c6d8e0f13")
-
-
-@dataclass(frozen=True)
-class Link:
-    """A scored pair inside a cluster: ``a`` is the record the event was about."""
-
-    a: str
-    b: str
-    match: Match
-    direct: bool  # found by this event's blocking; otherwise a member of the cluster already
+# What a reviewer compares, member by member, in a merge proposal's evidence.
+REVIEW_FIELDS = (
+    "firstname",
+    "lastname",
+    "name",
+    "email",
+    "phone",
+    "mobilephone",
+    "company",
+    "domain",
+    "website",
+    "address",
+    "city",
+    "zip",
+    "state",
+    "country",
+    "date_of_birth",
+    "jobtitle",
+)
 
 
 def new_cluster_id(object_type: ObjectType, record_ids: Iterable[str]) -> uuid.UUID:
@@ -146,39 +136,65 @@ def new_cluster_id(object_type: ObjectType, record_ids: Iterable[str]) -> uuid.U
     return uuid.uuid5(CLUSTER_NAMESPACE, f"{object_type.value}|{min(record_ids, key=lambda r: (len(r), r))}")
 
 
-async def clusters_of(conn: DbConn, object_type: ObjectType, record_ids: list[str]) -> dict[str, uuid.UUID]:
+async def cluster_groups(
+    conn: DbConn, object_type: ObjectType, record_ids: list[str]
+) -> dict[uuid.UUID, list[str]]:
+    """The clusters of ``record_ids``, each with all its members."""
     rows = await conn.fetch(
-        "SELECT record_id, cluster_id FROM detector_clusters"
-        " WHERE object_type = $1 AND record_id = ANY($2::text[])",
+        "SELECT c2.cluster_id, c2.record_id FROM detector_clusters c1 JOIN detector_clusters c2"
+        " ON c2.cluster_id = c1.cluster_id AND c2.object_type = c1.object_type"
+        " WHERE c1.object_type = $1 AND c1.record_id = ANY($2::text[])",
         object_type.value,
         record_ids,
     )
-    return {r["record_id"]: r["cluster_id"] for r in rows}
+    groups: dict[uuid.UUID, list[str]] = {}
+    for r in rows:
+        groups.setdefault(r["cluster_id"], []).append(r["record_id"])
+    return groups
 
 
-async def cluster_members(
-    conn: DbConn, object_type: ObjectType, cluster_ids: list[uuid.UUID]
-) -> dict[str, dict[str, Any]]:
-    """Members of the clusters (not deleted or merged away), with their properties."""
+async def neighbourhood(
+    conn: DbConn, object_type: ObjectType, record_ids: list[str]
+) -> tuple[dict[uuid.UUID, list[str]], set[Pair]]:
+    """In one round trip: the clusters of ``record_ids`` with all their members, and the pairs
+    among all those records that a reviewer said are different entities (a rejected merge)."""
     rows = await conn.fetch(
-        "SELECT c.record_id, r.properties FROM detector_clusters c JOIN detector_records r"
-        " ON r.object_type = c.object_type AND r.record_id = c.record_id"
-        " WHERE c.object_type = $1 AND c.cluster_id = ANY($2::uuid[]) AND NOT r.deleted",
+        "WITH members AS ("
+        " SELECT c2.cluster_id, c2.record_id FROM detector_clusters c1 JOIN detector_clusters c2"
+        " ON c2.cluster_id = c1.cluster_id AND c2.object_type = c1.object_type"
+        " WHERE c1.object_type = $1 AND c1.record_id = ANY($2::text[])),"
+        " universe AS (SELECT record_id FROM members UNION SELECT unnest($2::text[]))"
+        " SELECT cluster_id::text AS x, record_id AS y, false AS apart FROM members"
+        " UNION ALL SELECT a, b, true FROM detector_distinct_pairs WHERE object_type = $1"
+        " AND a IN (SELECT record_id FROM universe) AND b IN (SELECT record_id FROM universe)",
         object_type.value,
-        cluster_ids,
+        record_ids,
     )
-    return {r["record_id"]: r["properties"] for r in rows}
+    groups: dict[uuid.UUID, list[str]] = {}
+    distinct: set[Pair] = set()
+    for r in rows:
+        if r["apart"]:
+            distinct.add(pair(r["x"], r["y"]))
+        else:
+            groups.setdefault(uuid.UUID(r["x"]), []).append(r["y"])
+    return groups, distinct
 
 
-def choose_cluster_id(
-    object_type: ObjectType, record_id: str, matched: list[str], known: dict[str, uuid.UUID]
-) -> uuid.UUID:
-    """The cluster keeps its id as records join: the event record's own cluster, else that of its
-    best match that has one; a new id only when none of them is in a cluster yet."""
-    for rid in [record_id, *matched]:
-        if rid in known:
-            return known[rid]
-    return new_cluster_id(object_type, [record_id, *matched])
+async def record_distinct(conn: DbConn, merge: Proposal) -> list[str]:
+    """A rejected merge: every pair it named is two different entities, for good. The clusters
+    holding its records are dissolved (no cluster may hold two of them; the others cluster again
+    as events come); the records of those clusters are returned."""
+    members = sorted({merge.record_id, *merge.other_record_ids})
+    pairs = [(a, b) for i, a in enumerate(members) for b in members[i + 1 :]]
+    await conn.executemany(
+        "INSERT INTO detector_distinct_pairs (object_type, a, b, proposal_id) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT DO NOTHING",
+        [(merge.object_type.value, a, b, merge.proposal_id) for a, b in pairs],
+    )
+    clusters = await cluster_groups(conn, merge.object_type, members)
+    dissolved = sorted({rid for ids in clusters.values() for rid in ids})
+    await leave_clusters(conn, merge.object_type, dissolved)
+    return dissolved
 
 
 async def join_cluster(
@@ -205,10 +221,125 @@ async def join_cluster(
     )
 
 
-def _pair_evidence(link: Link) -> dict[str, Any]:
-    m = link.match
+async def _properties(
+    conn: DbConn, object_type: ObjectType, record_ids: list[str]
+) -> dict[str, dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT record_id, properties FROM detector_records"
+        " WHERE object_type = $1 AND record_id = ANY($2::text[]) AND NOT deleted",
+        object_type.value,
+        record_ids,
+    )
+    return {r["record_id"]: r["properties"] for r in rows}
+
+
+@dataclass
+class Clustering:
+    """What an event did to the clusters: merge proposals to raise, and records whose open merge
+    proposals no longer hold (the record left its cluster and nothing re-proposes the rest)."""
+
+    proposals: list[Proposal] = field(default_factory=list)
+    retire: list[str] = field(default_factory=list)
+
+
+async def cluster_record(
+    conn: DbConn,
+    finder: DuplicateFinder,
+    indexes: Indexes,
+    event: CrmEvent,
+    record: dict[str, Any],
+    model: dict[str, str],
+    max_candidates: int,
+) -> Clustering:
+    """Re-index the record under its current keys, then decide its cluster (``clusters.decide``)
+    from the candidates scoring at least the floor and the clusters they belong to; propose the
+    merge of the cluster it is in, and of the one it left when it no longer fits there."""
+    object_type, record_id = event.object_type, event.record_id
+    index = indexes.of(object_type)
+    mine = cached_features(object_type.value, record, indexes.region)
+    candidates = index.candidates(mine, exclude=record_id)
+    index.put(record_id, mine)
+    CANDIDATES.observe(len(candidates))
+    found = finder.matches(mine, candidates, at_least=finder.floor)[:max_candidates]
+    if not found and event.kind is CrmEventKind.RECORD_CREATED:
+        return Clustering()  # a new record matching nothing: in no cluster, none to leave
+    groups_by_id, distinct = await neighbourhood(conn, object_type, [record_id, *(m.other_id for m in found)])
+    own = next((cid for cid, ids in groups_by_id.items() if record_id in ids), None)
+    if not found and own is None:
+        return Clustering()
+    features_of: dict[str, Features] = {record_id: mine}
+    groups: dict[str, dict[str, Features]] = {}
+    in_cluster = set()
+    for cid, ids in groups_by_id.items():
+        members = {}
+        for rid in ids:
+            f = index.features(rid)
+            if rid != record_id and f is not None:
+                members[rid] = features_of[rid] = f
+        groups[str(cid)] = members
+        in_cluster.update(ids)
+    lone = {
+        m.other_id: f for m in found if m.other_id not in in_cluster and (f := index.features(m.other_id))
+    }
+    for rid, f in lone.items():
+        groups[f"record:{rid}"] = {rid: f}
+        features_of[rid] = f
+    scores = PairScores(finder, (ScoredPair(record_id, m.other_id, m) for m in found))
+    decision = decide(finder, record_id, mine, groups, distinct, scores)
+    direct = {pair(record_id, m.other_id) for m in found}
+    out = Clustering()
+    stays = own is not None and str(own) in decision.joined
+    if own is not None and not stays:
+        await leave_clusters(conn, object_type, [record_id])
+        rest = [rid for rid in groups_by_id[own] if rid != record_id and rid in features_of]
+        if len(rest) >= 2:
+            props = await _properties(conn, object_type, rest)
+            if len(props) >= 2:
+                out.proposals.append(
+                    propose_merge(
+                        event,
+                        own,
+                        props,
+                        finder,
+                        model,
+                        scores=scores,
+                        direct=direct,
+                        region=indexes.region,
+                        after=f"{record_id} left at {event.source_event_id}",
+                    )
+                )
+        else:
+            await leave_clusters(conn, object_type, rest)
+            out.retire.append(record_id)
+    if decision.members:
+        absorbed = [uuid.UUID(k) for k in decision.joined if not k.startswith("record:")]
+        cluster_id = own if stays and own is not None else (absorbed[0] if absorbed else None)
+        if cluster_id is None:
+            cluster_id = new_cluster_id(object_type, decision.members)
+        await join_cluster(conn, object_type, cluster_id, list(decision.members), absorbed)
+        props = await _properties(conn, object_type, list(decision.members))
+        props[record_id] = record
+        if len(props) >= 2:
+            out.proposals.append(
+                propose_merge(
+                    event,
+                    cluster_id,
+                    props,
+                    finder,
+                    model,
+                    scores=scores,
+                    direct=direct,
+                    pooled=decision.pooled,
+                    region=indexes.region,
+                )
+            )
+    return out
+
+
+def _pair_evidence(p: ScoredPair, direct: set[Pair]) -> dict[str, Any]:
+    m = p.match
     return {
-        "records": [link.a, link.b],
+        "records": [p.a, p.b],
         "probability": round(m.probability, 4),
         "score": round(m.score.total, 3),
         "fields": {
@@ -216,7 +347,22 @@ def _pair_evidence(link: Link) -> dict[str, Any]:
             for f, lvl in sorted(m.levels.items())
         },
         "flags": list(m.flags),
-        "found_by": "blocking" if link.direct else "cluster",
+        "notes": list(m.score.notes),
+        "found_by": "blocking" if pair(p.a, p.b) in direct else "cluster",
+    }
+
+
+def _agreement(p: ScoredPair) -> tuple[list[str], list[str]]:
+    """The fields the pair agrees on and those it disagrees on, by their weight in the model."""
+    raw = p.match.score.raw
+    agree = sorted(f for f, w in raw.items() if w > 0)
+    disagree = sorted(f for f, w in raw.items() if w < 0)
+    return agree, disagree
+
+
+def _side_by_side(members: dict[str, dict[str, Any]], order: list[str]) -> dict[str, dict[str, Any]]:
+    return {
+        rid: {f: members[rid][f] for f in REVIEW_FIELDS if not is_empty(members[rid].get(f))} for rid in order
     }
 
 
@@ -224,11 +370,24 @@ def propose_merge(
     event: CrmEvent,
     cluster_id: uuid.UUID,
     members: dict[str, dict[str, Any]],
-    links: list[Link],
+    finder: DuplicateFinder,
     model: dict[str, str],
+    *,
+    scores: PairScores | None = None,
+    direct: set[Pair] | None = None,
+    pooled: Score | None = None,
+    region: str = "US",
+    after: str = "",
 ) -> Proposal:
-    """One merge proposal for a cluster: the survivor and every record merged into it, with the
-    evidence of each scored pair. ``links`` are best first; the first is the event's best match."""
+    """One merge proposal for a cluster: the survivor and every record merged into it. Its
+    confidence and rationale are those of the cluster's weakest internal pair (every pair is
+    scored; ``scores`` holds those scored already, ``direct`` the pairs the event's blocking
+    found), so a reviewer reading only the rationale never sees a stronger claim than the weakest
+    evidence between two of the records to be merged. ``pooled``: the event record's evidence
+    against the cluster it joined. ``after``: what makes this proposal new although its cluster
+    and members were proposed before (a member left since: that earlier proposal was retired)."""
+    scores = scores or PairScores(finder)
+    direct = direct or set()
     choice = survivorship.choose_cluster(members)
     survivor_props = members[choice.survivor]
     changes = [
@@ -238,25 +397,46 @@ def propose_merge(
     merged_before = survivor_props.get(MERGED_IDS_FIELD)
     merged_ids = ";".join(x for x in [str(merged_before or ""), *choice.merged] if x)
     changes.append(FieldChange(field=MERGED_IDS_FIELD, previous=merged_before, proposed=merged_ids))
-    best = links[0].match
-    direct = [lk.match.probability for lk in links if lk.direct]
-    confidence = min(direct) if direct else best.probability
-    flags = sorted({f for lk in links for f in lk.match.flags})
-    agreed = [f for f, w in best.score.weights.items() if w > 0]
+    pairs = scores.within(
+        {rid: cached_features(event.object_type.value, props, region) for rid, props in members.items()}
+    )
+    weakest = pairs[0]
+    agree, disagree = _agreement(weakest)
+    flags = sorted({f for p in pairs for f in p.match.flags})
     merged = ", ".join(choice.merged)
+    head = (
+        f"{merged} looks like a duplicate of {choice.survivor}"
+        if len(choice.merged) == 1
+        else f"{merged} look like duplicates of {choice.survivor}"
+    )
+    strength = (
+        f"match probability {weakest.probability:.3f}"
+        if len(pairs) == 1
+        else f"weakest of the {len(pairs)} pairs in the cluster, each scored directly:"
+        f" {weakest.a} and {weakest.b} at match probability {weakest.probability:.3f}"
+    )
     rationale = (
-        (
-            f"{merged} looks like a duplicate of "
-            if len(choice.merged) == 1
-            else f"{merged} look like duplicates of "
-        )
-        + f"{choice.survivor} (match probability {confidence:.3f}"
-        f"{'' if len(links) == 1 else ' at the weakest direct link'}; best pair agrees on "
-        f"{', '.join(sorted(agreed)) or 'nothing'}); {choice.survivor} survives as the "
-        f"{choice.rules[choice.merged[0]].replace('_', ' ')} record"
+        f"{head} ({strength}; agree on {', '.join(agree) or 'nothing'};"
+        f" disagree on {', '.join(disagree) or 'nothing'}"
+        + "".join(f"; {note}" for note in weakest.match.score.notes)
+        + f"); {choice.survivor} survives as the {choice.rules[choice.merged[0]].replace('_', ' ')} record"
     )
     if flags:
         rationale += f"; risk: {', '.join(flags)}"
+    order = [choice.survivor, *choice.merged]
+    cluster: dict[str, Any] = {
+        "size": len(members),
+        "pairs": len(pairs),
+        "pairs_scored": len(pairs),
+        "floor": finder.floor,
+        "review_threshold": finder.threshold,
+    }
+    if pooled is not None:
+        cluster |= {
+            "joined_by": event.record_id,
+            "pooled_probability": round(pooled.probability, 4),
+            "pooled_fields": {f: round(w, 3) for f, w in sorted(pooled.weights.items())},
+        }
     return build_proposal(
         detector=DETECTOR,
         kind=ProposalKind.MERGE,
@@ -266,16 +446,19 @@ def propose_merge(
         system=event.source_system,
         source_event_id=event.source_event_id,
         trigger=Trigger.SIMILARITY,
-        confidence=round(confidence, 4),
+        confidence=round(weakest.probability, 4),
         rationale=rationale,
         evidence={
             "cluster_id": str(cluster_id),
             "model": model,
-            # The event's best pair, as before clusters: what a reviewer reads first.
-            "score": round(best.score.total, 3),
-            "fields": _pair_evidence(links[0])["fields"],
+            # The weakest pair: the claim the proposal makes is no stronger than this.
+            "score": round(weakest.match.score.total, 3),
+            "fields": _pair_evidence(weakest, direct)["fields"],
             "flags": flags,
-            "pairs": [_pair_evidence(lk) for lk in links],
+            "weakest_pair": _pair_evidence(weakest, direct),
+            "pairs": [_pair_evidence(p, direct) for p in pairs],
+            "cluster": cluster,
+            "members": _side_by_side(members, order),
             "survivorship": {
                 "rule": choice.rules[choice.merged[0]],
                 "rules": choice.rules,
@@ -285,6 +468,6 @@ def propose_merge(
                 "conflicts": choice.conflicts,
             },
         },
-        id_key=f"cluster:{cluster_id}|{'|'.join(sorted(members))}",
+        id_key=f"cluster:{cluster_id}|{'|'.join(sorted(members))}" + (f"|after:{after}" if after else ""),
         other_record_ids=list(choice.merged),
     )

@@ -19,9 +19,9 @@ from changegate.detector import dedup, lifecycle, owner, state, verification
 from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.model import load_model
-from changegate.detector.matching.normalize import cached_features, identity_changed
+from changegate.detector.matching.normalize import identity_changed
 from changegate.detector.settings import DetectorSettings
-from changegate.detector.supersede import enqueue_retirements, is_closed, supersede
+from changegate.detector.supersede import enqueue_retirements, is_closed, retire_merges_naming, supersede
 from prometheus_client import Counter, Histogram
 
 SERVICE = "detector"
@@ -55,7 +55,9 @@ class Detector:
         self.settings = settings
         self.signer = signer
         self.names = TopicNames(settings.topic_prefix)
-        self.finder = DuplicateFinder(load_model(settings.match_model), settings.match_review_threshold)
+        self.finder = DuplicateFinder(
+            load_model(settings.match_model), settings.match_review_threshold, settings.match_cluster_floor
+        )
         self.indexes = dedup.Indexes(settings.default_phone_region)
         model = self.finder.model
         self.model_info = {"version": model.model_version, "sha256": model.sha256}
@@ -185,30 +187,22 @@ class Detector:
         return []
 
     async def _merges(self, conn: DbConn, event: CrmEvent, record: dict[str, Any]) -> list[Proposal]:
-        """At most one merge proposal per event: the cluster of the record and its matches."""
-        region = self.settings.default_phone_region
-        found = (await dedup.find_duplicates(conn, self.finder, self.indexes, event, record))[
-            : self.settings.max_merge_proposals
-        ]
-        if not found:
-            return []
-        object_type = event.object_type
-        matched = [m.other_id for m, _ in found]
-        known = await dedup.clusters_of(conn, object_type, [event.record_id, *matched])
-        cluster_id = dedup.choose_cluster_id(object_type, event.record_id, matched, known)
-        members = {event.record_id: record, **{m.other_id: props for m, props in found}}
-        if known:
-            for rid, props in (
-                await dedup.cluster_members(conn, object_type, list(set(known.values())))
-            ).items():
-                members.setdefault(rid, props)
-        await dedup.join_cluster(conn, object_type, cluster_id, list(members), list(set(known.values())))
-        mine = cached_features(object_type.value, record, region)
-        links = [dedup.Link(event.record_id, m.other_id, m, True) for m, _ in found]
-        for rid in sorted(set(members) - set(matched) - {event.record_id}):
-            other = cached_features(object_type.value, members[rid], region)
-            links.append(dedup.Link(event.record_id, rid, self.finder.compare(mine, rid, other), False))
-        return [dedup.propose_merge(event, cluster_id, members, links, self.model_info)]
+        """The record's cluster, decided on its evidence against each candidate cluster as a whole
+        (``matching/clusters.py``): a merge proposal for the cluster it is in, and for the one it
+        left if it no longer fits there; open merges it alone held together are retired."""
+        done = await dedup.cluster_record(
+            conn, self.finder, self.indexes, event, record, self.model_info, self.settings.max_merge_proposals
+        )
+        if done.retire:
+            because = (
+                f"{event.record_id} changed and no longer matches its cluster (event {event.source_event_id})"
+            )
+            retired = await retire_merges_naming(
+                conn, event.object_type, done.retire, f"left|{event.source_event_id}", because
+            )
+            SUPERSEDED.inc(len(retired))
+            await enqueue_retirements(conn, self.names, self.signer, event.record_id, retired)
+        return done.proposals
 
     async def _reassign_from(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
         """Every record the deactivated owner holds gets a new owner proposed."""

@@ -1,22 +1,42 @@
 """Following a proposal to the end of its lifecycle, from the topics where it ends: every decision
 closes its proposal (it can no longer be superseded); a review request for a proposal the detector
 did not raise — the executor's re-proposal after a compare-and-set conflict — opens it like any
-detected one (it may supersede, and be superseded); an applied merge takes the records it merged
-away out of the detector's state, index and clusters, and retires their open proposals — the CRM's
-own merge webhook may come later, or never (the sandbox sends none)."""
+detected one (it may supersede, and be superseded); a rejected merge makes its records different
+entities for good (they never join one cluster again); an applied merge takes the records it merged
+away out of the detector's state, index and clusters, and moves their open field changes to the
+survivor (proposed again with the survivor's values as ``previous``) — the CRM's own merge webhook
+may come later, or never (the sandbox sends none)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import asyncpg
-from changegate.core.contracts import Decision, Execution, ExecutionStatus, ProposalKind, ReviewRequest
-from changegate.core.contracts.envelope import Envelope
+from changegate.core import outbox
+from changegate.core.contracts import (
+    Decision,
+    DecisionOutcome,
+    Execution,
+    ExecutionStatus,
+    Proposal,
+    ProposalKind,
+    ReviewRequest,
+)
+from changegate.core.contracts.envelope import Envelope, make_envelope
+from changegate.core.db import DbConn
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
-from changegate.core.topics import TopicNames
+from changegate.core.topics import Topic, TopicNames
 from changegate.detector import dedup, state
-from changegate.detector.supersede import close, enqueue_retirements, retire_merged_away, supersede
+from changegate.detector.supersede import (
+    SERVICE,
+    close,
+    enqueue_retirements,
+    retarget,
+    retire_merged_away,
+    retire_merges_naming,
+    supersede,
+)
 from prometheus_client import Counter
 
 log = get_logger(__name__)
@@ -26,6 +46,15 @@ CLOSED = Counter(
 OPENED = Counter(
     "changegate_detector_proposals_reopened_total",
     "Proposals raised elsewhere (conflict re-proposals) tracked as open",
+)
+
+DISTINCT = Counter(
+    "changegate_detector_rejected_merges_total",
+    "Rejected merges whose records are remembered as different entities",
+)
+RETARGETED = Counter(
+    "changegate_detector_retargeted_total",
+    "Open changes of merged-away records proposed again for the survivor",
 )
 
 GROUP = "changegate-detector-lifecycle"
@@ -46,9 +75,28 @@ class ProposalLifecycle:
     async def on_decision(self, envelope: Envelope[Any]) -> None:
         decision: Decision = envelope.payload
         self.verifier.decision(decision)  # a forged decision must not end a proposal's lifecycle
+        proposal = decision.proposal
         async with self.pool.acquire() as conn, conn.transaction():
-            if await close(conn, decision.proposal.proposal_id, decision.outcome.value):
+            if await close(conn, proposal.proposal_id, decision.outcome.value):
                 CLOSED.labels(outcome=decision.outcome.value).inc()
+            if decision.outcome is DecisionOutcome.REJECTED and proposal.kind is ProposalKind.MERGE:
+                await self._rejected(conn, proposal)
+
+    async def _rejected(self, conn: DbConn, merge: Proposal) -> None:
+        """Its records are different entities, pair by pair, for good: the clusters holding them
+        dissolve (their other records cluster again as events arrive, never two of these together)
+        and open merges naming any of their records are retired."""
+        dissolved = await dedup.record_distinct(conn, merge)
+        members = sorted({merge.record_id, *merge.other_record_ids, *dissolved})
+        retired = await retire_merges_naming(
+            conn,
+            merge.object_type,
+            members,
+            f"rejected|{merge.proposal_id}",
+            f"a reviewer rejected merge {merge.proposal_id}: its records are different entities",
+        )
+        await enqueue_retirements(conn, self.names, self.signer, merge.record_id, retired)
+        DISTINCT.inc()
 
     async def on_execution(self, envelope: Envelope[Any]) -> None:
         execution: Execution = envelope.payload
@@ -75,14 +123,35 @@ class ProposalLifecycle:
     async def _merged(self, execution: Execution) -> None:
         merge = execution.decision.proposal
         gone = merge.other_record_ids
+        values = {w.field: w.new for w in execution.writes}
         async with self.pool.acquire() as conn, conn.transaction():
             await state.mark_gone(conn, merge.object_type, gone)
             await dedup.leave_clusters(conn, merge.object_type, gone)
+            survivor = await state.apply_executed(
+                conn, merge.object_type, merge.record_id, values, execution.executed_at
+            )
+            if survivor is None:
+                survivor = await state.record_properties(conn, merge.object_type, merge.record_id)
             retired = await retire_merged_away(conn, merge)
+            moved = await retarget(conn, merge, retired, survivor)
             await enqueue_retirements(conn, self.names, self.signer, merge.record_id, retired)
+            for unsigned in moved:
+                proposal = self.signer.sign(unsigned)  # its old signature covered the old record
+                replaced = await supersede(conn, proposal)  # the survivor's older open ones
+                await enqueue_retirements(conn, self.names, self.signer, merge.record_id, replaced)
+                envelope = make_envelope(
+                    proposal,
+                    service=SERVICE,
+                    correlation_id=proposal.proposal_id,
+                    dedup_key=str(proposal.proposal_id),
+                )
+                await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS), proposal.record_id, envelope)
         self.indexes.remove(merge.object_type, gone)
+        if values:
+            self.indexes.update(merge.object_type, merge.record_id, survivor)
         if retired:
-            log.info("retired proposals of merged-away records", count=len(retired))
+            log.info("retired proposals of merged-away records", count=len(retired), retargeted=len(moved))
+        RETARGETED.inc(len(moved))
 
     async def on_review_request(self, envelope: Envelope[Any]) -> None:
         request: ReviewRequest = envelope.payload

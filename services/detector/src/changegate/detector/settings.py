@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from typing import Self
+
 from changegate.core.field_risk import FieldClass, FieldTable
 from changegate.core.settings import CommonSettings
 from changegate.detector.config import LifecycleConfig, OwnerConfig, VerificationConfig
-from changegate.detector.matching.engine import DEFAULT_REVIEW_THRESHOLD
-from pydantic import Field, FilePath
+from changegate.detector.matching.engine import DEFAULT_CLUSTER_FLOOR, DEFAULT_REVIEW_THRESHOLD
+from pydantic import Field, FilePath, model_validator
 
 
 class DetectorSettings(CommonSettings):
@@ -26,13 +28,31 @@ class DetectorSettings(CommonSettings):
     match_review_threshold: float = Field(
         DEFAULT_REVIEW_THRESHOLD, gt=0, lt=1, description="match probability from which a merge is proposed"
     )
+    match_cluster_floor: float = Field(
+        DEFAULT_CLUSTER_FLOOR,
+        gt=0,
+        lt=1,
+        description="match probability every pair inside a proposed cluster must reach (no transitive joins"
+        " of records that disagree); at most the review threshold",
+    )
     batch_wait_seconds: float = Field(
         0.01, description="how long the agent waits to fill a batch (latency added per hop at most)"
     )
     max_merge_proposals: int = Field(
-        20, ge=1, description="matched records one merge proposal takes from an event, best first"
+        20,
+        ge=1,
+        description="candidates (at least the cluster floor) an event's cluster decision weighs, best first",
     )
     default_phone_region: str = Field("US", description="region of phone numbers written without +code")
+
+    @model_validator(mode="after")
+    def _floor_below_threshold(self) -> Self:
+        if self.match_cluster_floor > self.match_review_threshold:
+            raise ValueError(
+                f"match_cluster_floor ({self.match_cluster_floor}) is above match_review_threshold"
+                f" ({self.match_review_threshold})"
+            )
+        return self
 
     def field_risk_refusals(self, table: FieldTable) -> list[str]:
         """What the field-risk table does not know the detector's fields as: their proposals would

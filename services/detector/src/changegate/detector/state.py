@@ -18,6 +18,15 @@ async def known_properties(conn: DbConn, event: CrmEvent) -> dict[str, Any]:
     return props or {}
 
 
+async def record_properties(conn: DbConn, object_type: ObjectType, record_id: str) -> dict[str, Any]:
+    props: dict[str, Any] | None = await conn.fetchval(
+        "SELECT properties FROM detector_records WHERE object_type = $1 AND record_id = $2 AND NOT deleted",
+        object_type.value,
+        record_id,
+    )
+    return props or {}
+
+
 async def apply_record_event(conn: DbConn, event: CrmEvent) -> None:
     """Fold a record lifecycle event (created, changed, merged, deleted) into the known state."""
     if event.kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):

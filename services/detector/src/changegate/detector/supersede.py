@@ -8,9 +8,18 @@ merge proposal that shares a record with it."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from changegate.core import outbox
-from changegate.core.contracts import Decider, Decision, DecisionOutcome, Proposal, ProposalKind
+from changegate.core.contracts import (
+    Decider,
+    Decision,
+    DecisionOutcome,
+    FieldChange,
+    ObjectType,
+    Proposal,
+    ProposalKind,
+)
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import DbConn
@@ -130,8 +139,10 @@ async def enqueue_retirements(
 
 
 async def retire_merged_away(conn: DbConn, merge: Proposal) -> list[Decision]:
-    """After a merge was applied, the records merged away are gone: their open proposals are
-    retired (the survivor's own state proposes again what still applies to it)."""
+    """After a merge was applied, the records merged away are gone: open merges naming them are
+    retired (the survivor's cluster proposes again what still applies to it), and so are their
+    open field changes - each re-targeted first to the survivor (``retarget``), unless it changes
+    nothing there or the survivor has a newer open proposal for the same field."""
     rows = await conn.fetch(
         "SELECT DISTINCT proposal_id, proposal FROM detector_open_proposals"
         " WHERE object_type = $1 AND record_id = ANY($2::text[])",
@@ -156,6 +167,88 @@ async def retire_merged_away(conn: DbConn, merge: Proposal) -> list[Decision]:
         )
         for older in retired
     ]
+
+
+RETARGET_NAMESPACE = "retarget"
+
+
+async def retarget(
+    conn: DbConn, merge: Proposal, retired: list[Decision], survivor: dict[str, Any]
+) -> list[Proposal]:
+    """The field changes of retired proposals on merged-away records, proposed again for the
+    survivor: same kind, source and confidence, with the survivor's current value as ``previous``
+    (so compare-and-set guards the survivor's value, not the merged record's). A change the
+    survivor already holds is dropped, and so is a field for which the survivor has an open
+    proposal made later than the merged record's, and an email verification of another address
+    than the survivor's."""
+    gone = set(merge.other_record_ids)
+    newer = {
+        r["field"]: Proposal.model_validate(r["proposal"]).proposed_at
+        for r in await conn.fetch(
+            "SELECT field, proposal FROM detector_open_proposals WHERE object_type = $1 AND record_id = $2",
+            merge.object_type.value,
+            merge.record_id,
+        )
+    }
+    out = []
+    for decision in retired:
+        older = decision.proposal
+        if older.kind is ProposalKind.MERGE or older.record_id not in gone:
+            continue
+        verified = older.evidence.get("email") if older.kind is ProposalKind.EMAIL_VERIFICATION else None
+        if (
+            verified is not None
+            and str(verified).strip().lower() != str(survivor.get("email") or "").strip().lower()
+        ):
+            continue  # a verdict on the merged record's address says nothing of the survivor's
+        changes = [
+            FieldChange(field=c.field, previous=survivor.get(c.field), proposed=c.proposed)
+            for c in older.changes
+            if survivor.get(c.field) != c.proposed
+            and not (c.field in newer and newer[c.field] > older.proposed_at)
+        ]
+        if not changes:
+            continue
+        moved = {
+            "record_id": older.record_id,
+            "proposal_id": str(older.proposal_id),
+            "merge": str(merge.proposal_id),
+        }
+        out.append(
+            older.model_copy(
+                update={
+                    "proposal_id": Proposal.make_id(
+                        older.source.detector,
+                        merge.record_id,
+                        changes,
+                        f"{RETARGET_NAMESPACE}|{older.proposal_id}",
+                    ),
+                    "record_id": merge.record_id,
+                    "changes": changes,
+                    "rationale": f"{older.rationale} (re-targeted: {older.record_id} was merged into"
+                    f" {merge.record_id}; previous values are the survivor's)",
+                    "evidence": {**older.evidence, "retargeted_from": moved},
+                    "proposed_at": utcnow(),
+                }
+            )
+        )
+    return out
+
+
+async def retire_merges_naming(
+    conn: DbConn, object_type: ObjectType, record_ids: list[str], by: str, explanation: str
+) -> list[Decision]:
+    """Open merge proposals naming any of ``record_ids`` retired: a record left its cluster and no
+    newer proposal covers what is left of it."""
+    rows = await conn.fetch(
+        "SELECT proposal_id, proposal FROM detector_open_merges"
+        " WHERE object_type = $1 AND members && $2::text[]",
+        object_type.value,
+        record_ids,
+    )
+    retired = [Proposal.model_validate(r["proposal"]) for r in rows]
+    await _close_superseded(conn, [p.proposal_id for p in retired])
+    return [_retirement(older, by, explanation) for older in retired]
 
 
 async def _close_superseded(conn: DbConn, proposal_ids: list[uuid.UUID]) -> None:

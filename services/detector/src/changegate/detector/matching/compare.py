@@ -91,17 +91,23 @@ _RANK = {EXACT: 4, NICKNAME: 3, SIMILAR: 3, PHONETIC: 2, PARTIAL: 1, DISAGREE: 0
 def names(a: Features, b: Features) -> tuple[str | None, str | None]:
     """First- and last-name levels. Names entered the wrong way round ("Smith John", maybe with a
     typo) are compared swapped when that agrees strictly better than the order given."""
+    first, last, _ = _names(a, b)
+    return first, last
+
+
+def _names(a: Features, b: Features) -> tuple[str | None, str | None, bool]:
+    """The name levels and whether they were compared swapped."""
     straight = (
         first_name(a.first, b.first, a.first_sound, b.first_sound),
         last_name(a.last, b.last, a.last_sound, b.last_sound),
     )
     if DISAGREE not in straight or not (a.first and a.last and b.first and b.last):
-        return straight
+        return (*straight, False)
     swapped = (
         first_name(a.last, b.first, a.last_sound, b.first_sound),
         last_name(a.first, b.last, a.first_sound, b.last_sound),
     )
-    return swapped if _rank(swapped) > _rank(straight) else straight
+    return (*swapped, True) if _rank(swapped) > _rank(straight) else (*straight, False)
 
 
 def _rank(levels: tuple[str | None, str | None]) -> int:
@@ -208,6 +214,18 @@ def postcode(a: str, b: str) -> str | None:
     return PARTIAL if a[:3] == b[:3] or _one_edit(a, b) else DISAGREE
 
 
+def birth_date(a: str, b: str) -> str | None:
+    """Dates as ``YYYYMMDD``. Similar: one typo (a digit replaced, two neighbours swapped) or day
+    and month swapped (``19800409``, ``19800904``): a data-entry slip, not another person."""
+    if not a or not b:
+        return None
+    if a == b:
+        return EXACT
+    if _one_edit(a, b) or (a[:4] == b[:4] and a[4:6] == b[6:8] and a[6:8] == b[4:6]):
+        return SIMILAR
+    return DISAGREE
+
+
 def web_domain(a: Features, b: Features) -> str | None:
     """Company web domains, or for contacts the corporate part of the email (free mail says nothing)."""
     return exact_only(a.domain or a.corporate_domain, b.domain or b.corporate_domain)
@@ -272,10 +290,29 @@ class ComparisonSpec:
     levels: tuple[str, ...]
     level: Callable[[Features, Features], str | None]
     tf_columns: dict[str, str] = field(default_factory=dict)
+    # Pairs (stronger, weaker): a level never weighs less than one it is stronger than, whatever
+    # EM fits (training pools violators); None: the ladder's order, first to last.
+    order: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def dominance(self) -> tuple[tuple[str, str], ...]:
+        """Every (stronger, weaker) pair the order implies, transitively: a model that lacks a
+        level in between still keeps the two around it in order."""
+        pairs = set(self.order if self.order is not None else zip(self.levels, self.levels[1:], strict=False))
+        while True:
+            implied = {(a, d) for a, b in pairs for c, d in pairs if b == c and a != d} - pairs
+            if not implied:
+                return tuple(sorted(pairs, key=lambda p: (self.levels.index(p[0]), self.levels.index(p[1]))))
+            pairs |= implied
 
 
 _WORKPLACE_COLUMNS = ("company", "domain", "email_domain", "street", "city", "postcode")
 _SAME_WORKPLACE = (EXACT, COMPANY, SITE)
+
+
+def _below(level: str, stronger: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((s, level) for s in stronger)
+
 
 # Each name comparison declares its own columns only; swapped names (rare) read the other's too.
 COMPARISONS: tuple[ComparisonSpec, ...] = (
@@ -285,6 +322,15 @@ COMPARISONS: tuple[ComparisonSpec, ...] = (
         (EXACT, NICKNAME, SIMILAR, PHONETIC, PARTIAL, DISAGREE),
         lambda a, b: names(a, b)[0],
         {EXACT: "first"},
+        # a nickname and a near spelling are other forms of one name, not ordered between them
+        order=(
+            (EXACT, NICKNAME),
+            (EXACT, SIMILAR),
+            (NICKNAME, PHONETIC),
+            (SIMILAR, PHONETIC),
+            (PHONETIC, DISAGREE),
+            (PARTIAL, DISAGREE),
+        ),
     ),
     ComparisonSpec(
         "last_name",
@@ -300,12 +346,25 @@ COMPARISONS: tuple[ComparisonSpec, ...] = (
         ("email", "email_local", "first", "last"),
         (EXACT, SIMILAR, NAMED_PARTIAL, PARTIAL, DISAGREE),
         lambda a, b: email_level(a, b, names_agree(*names(a, b))),
+        order=(
+            (EXACT, SIMILAR),
+            (EXACT, NAMED_PARTIAL),
+            (NAMED_PARTIAL, PARTIAL),
+            (SIMILAR, DISAGREE),
+            (PARTIAL, DISAGREE),
+        ),
     ),
     ComparisonSpec(
         "phone",
         ("phone", "first", "last", *_WORKPLACE_COLUMNS),
         (NAMED_EXACT, SAME_WORKPLACE, EXACT, PARTIAL, DISAGREE),
         lambda a, b: phone_level(a, b, names_agree(*names(a, b)), workplace(a, b) in _SAME_WORKPLACE),
+        # a switchboard (the same number at the same workplace) is no stronger than any shared number
+        order=(
+            (NAMED_EXACT, EXACT),
+            (NAMED_EXACT, SAME_WORKPLACE),
+            *_below(DISAGREE, (SAME_WORKPLACE, EXACT, PARTIAL)),
+        ),
     ),
     ComparisonSpec(
         "workplace",
@@ -313,14 +372,81 @@ COMPARISONS: tuple[ComparisonSpec, ...] = (
         (EXACT, COMPANY, SITE, STREET, CITY, POSTCODE, PARTIAL, DISAGREE),
         workplace,
         {CITY: "city"},
+        # the company and the site are not ordered against each other, nor the town against the
+        # postcode; both-agree is the strongest, a disagreement the weakest
+        order=(
+            (EXACT, COMPANY),
+            (EXACT, SITE),
+            (SITE, STREET),
+            (STREET, PARTIAL),
+            (CITY, PARTIAL),
+            (POSTCODE, PARTIAL),
+            *_below(DISAGREE, (COMPANY, PARTIAL)),
+        ),
+    ),
+    ComparisonSpec(
+        "date_of_birth",
+        ("birth_date",),
+        (EXACT, SIMILAR, DISAGREE),
+        lambda a, b: birth_date(a.birth_date, b.birth_date),
     ),
 )
+NAME_COMPARISONS = ("first_name", "last_name")
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A level that says "another person" so plainly that what relatives or colleagues share
+    (address, workplace, surname, a landline or switchboard, for a junior even the first name)
+    is no evidence against it; only a personal identifier agreeing (``unless``) is."""
+
+    comparison: str
+    level: str
+    unless: dict[str, tuple[str, ...]]
+    why: str
+
+
+CONFLICTS: tuple[Conflict, ...] = (
+    # Twins share a date of birth: the one case of this rule a CRM's fields cannot tell apart.
+    Conflict(
+        "first_name",
+        DISAGREE,
+        {"email": (EXACT, SIMILAR), "date_of_birth": (EXACT,)},
+        "first names disagree",
+    ),
+    Conflict("date_of_birth", DISAGREE, {"email": (EXACT, SIMILAR)}, "dates of birth disagree"),
+)
+
+
+def conflicts(levels: dict[str, str]) -> list[Conflict]:
+    """The conflicts a pair's levels hold that no personal identifier resolves."""
+    return [
+        c
+        for c in CONFLICTS
+        if levels.get(c.comparison) == c.level
+        and not any(levels.get(name) in agree for name, agree in c.unless.items())
+    ]
+
+
 TF_COLUMNS: tuple[str, ...] = tuple(sorted({c for s in COMPARISONS for c in s.tf_columns.values()}))
 
 
 def compare(a: Features, b: Features) -> dict[str, str]:
     """Comparison -> level, for the comparisons both records have data for."""
-    first, last = names(a, b)
+    return compare_values(a, b)[0]
+
+
+def compare_values(a: Features, b: Features) -> tuple[dict[str, str], dict[str, str]]:
+    """The levels (``compare``) and, for the comparisons with term-frequency levels, the value
+    compared: with swapped names, the first-name level compares ``a``'s surname slot, and its
+    frequency is that value's, not the first name ``a`` does not share.
+
+    Symmetric: the two records are taken in one order (by their names), so a pair scores the same
+    whichever of them an event is about (compared swapped, the names would otherwise meet the
+    first- and last-name ladders the other way round)."""
+    if (b.first, b.last) < (a.first, a.last):
+        a, b = b, a
+    first, last, swapped = _names(a, b)
     named = names_agree(first, last)
     place = workplace(a, b)
     levels = {
@@ -329,5 +455,11 @@ def compare(a: Features, b: Features) -> dict[str, str]:
         "email": email_level(a, b, named),
         "phone": phone_level(a, b, named, place in _SAME_WORKPLACE),
         "workplace": place,
+        "date_of_birth": birth_date(a.birth_date, b.birth_date),
     }
-    return {k: v for k, v in levels.items() if v is not None}
+    values = {
+        "first_name": a.last if swapped else a.first,
+        "last_name": a.first if swapped else a.last,
+        "workplace": a.city,
+    }
+    return {k: v for k, v in levels.items() if v is not None}, values

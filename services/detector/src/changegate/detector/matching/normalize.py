@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -162,6 +163,28 @@ def normalize_postcode(value: Any) -> str:
     return re.sub(r"[^A-Z0-9]", "", str(value or "").upper())
 
 
+_ISO_DATE = re.compile(r"(\d{4})-?(\d{2})-?(\d{2})(?:[T ].*)?")
+_EPOCH_MS = re.compile(r"-?\d{10,14}")
+
+
+def normalize_birth_date(value: Any) -> str:
+    """``YYYYMMDD`` from an ISO date (``1980-04-09``, with a time or not), a compact one
+    (``19800409``) or HubSpot's epoch milliseconds at midnight UTC (how its webhooks send a date
+    property); '' for anything else. Day-first or month-first dates (``09/04/1980``) are ambiguous
+    and left out rather than guessed."""
+    text = str(value if value is not None else "").strip()
+    try:
+        if _EPOCH_MS.fullmatch(text):
+            day = datetime.fromtimestamp(int(text) / 1000, tz=UTC).date()
+        elif match := _ISO_DATE.fullmatch(text):
+            day = date(*(int(g) for g in match.groups()))
+        else:
+            return ""
+    except (ValueError, OverflowError, OSError):
+        return ""
+    return f"{day:%Y%m%d}" if 1850 <= day.year <= 2100 else ""
+
+
 @lru_cache(maxsize=65536)
 def name_variants(first: str) -> frozenset[str]:
     """A first name with its nicknames and the names it is a nickname of (Bob ~ Robert)."""
@@ -197,6 +220,7 @@ class Features:
     country: str = ""
     first_sound: str = ""
     last_sound: str = ""
+    birth_date: str = ""  # YYYYMMDD
 
     @property
     def street_number(self) -> str:
@@ -212,7 +236,7 @@ class Features:
 
 def features(object_type: str, props: dict[str, Any], default_region: str = "US") -> Features:
     """Features of a HubSpot-style record (contacts: firstname, lastname, email, phone, company,
-    address, city, zip, state, country; companies: name, domain/website, phone, address, …)."""
+    address, city, zip, state, country, date_of_birth; companies: name, domain/website, phone, address, …)."""
     email = normalize_email(props.get("email"))
     local, _, email_domain = email.partition("@")
     country = fold(props.get("country"))
@@ -248,6 +272,7 @@ def features(object_type: str, props: dict[str, Any], default_region: str = "US"
         postcode=normalize_postcode(props.get("zip")),
         state=fold(props.get("state")),
         country=country,
+        birth_date=normalize_birth_date(props.get("date_of_birth")),
     )
 
 

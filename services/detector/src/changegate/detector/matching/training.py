@@ -7,7 +7,8 @@
 - **m** by expectation-maximisation (Splink's EM), one session per blocking rule; a session does
   not estimate the comparisons its rule reads (their levels are forced by the rule), and Splink
   averages each m over the sessions that estimated it;
-- **term frequencies** of first names, last names and cities: the share of records per value;
+- **term frequencies** of first names, last names and cities: the share of records per value
+  (names the records hold once are looked up in a public reference instead: ``reference.py``);
 - **prior** (``probability_two_random_records_match``): the expected number of matches among
   the pairs the detector's own blocking produces, under the fitted m and u (a fixed point), over
   all pairs; pairs no blocking key brings together are taken as non-matches.
@@ -34,8 +35,10 @@ from changegate.detector.matching.model import (
     ComparisonLevel,
     MatchModel,
     TermFrequencies,
+    enforce_order,
 )
 from changegate.detector.matching.normalize import Features
+from changegate.detector.matching.reference import Reference
 from changegate.detector.matching.scoring import Scorer
 
 # EM sessions (Splink's recipe): each blocks on the columns of some comparisons, which that
@@ -76,13 +79,22 @@ class TrainingOptions:
     model_version: str | None = None
 
 
+# Public frequencies for the values of a column that the records do not list (``reference.py``).
+TF_REFERENCES: dict[str, Reference] = {"first": "us-census-1990-first", "last": "us-census-1990-last"}
+
+
 def term_frequencies(records: Sequence[Features], column: str) -> TermFrequencies:
     """Share of the records holding a value of ``column`` per value (values held at least twice)."""
     counts = Counter(v for r in records if (v := getattr(r, column)))
     total = sum(counts.values())
+    reference = TF_REFERENCES.get(column)
     if not total:
-        return TermFrequencies(values={}, rare=1.0)
-    return TermFrequencies(values={v: n / total for v, n in sorted(counts.items()) if n >= 2}, rare=1 / total)
+        return TermFrequencies(values={}, rare=1.0, reference=reference)
+    return TermFrequencies(
+        values={v: n / total for v, n in sorted(counts.items()) if n >= 2},
+        rare=1 / total,
+        reference=reference,
+    )
 
 
 def _level_function(records: Sequence[Features]) -> Callable[[str, int, int], str]:
@@ -220,12 +232,14 @@ def build_model(
                 )
             )
         comparisons.append(Comparison(output_column_name=spec.name, comparison_levels=levels))
-    return MatchModel(
-        model_version=version,
-        probability_two_random_records_match=prior,
-        comparisons=comparisons,
-        term_frequencies=tfs,
-        training=training,
+    return enforce_order(
+        MatchModel(
+            model_version=version,
+            probability_two_random_records_match=prior,
+            comparisons=comparisons,
+            term_frequencies=tfs,
+            training=training,
+        )
     )
 
 
@@ -296,8 +310,8 @@ def without_matches(model: MatchModel, prior: float, u_floor: float) -> MatchMod
                 level.model_copy(update={"u_probability": max(corrected, u / U_MATCH_SHARE_MAX, u_floor)})
             )
         comparisons.append(comparison.model_copy(update={"comparison_levels": levels}))
-    return model.model_copy(
-        update={"comparisons": comparisons, "probability_two_random_records_match": prior}
+    return enforce_order(
+        model.model_copy(update={"comparisons": comparisons, "probability_two_random_records_match": prior})
     )
 
 
