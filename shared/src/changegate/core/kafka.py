@@ -28,6 +28,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from changegate.core import decompression, metrics
+from changegate.core.consumer_health import ConsumerHealth
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
 from changegate.core.errors import MessageRefusedError as MessageRefusedError  # re-exported
 from changegate.core.errors import TransientError
@@ -399,16 +400,19 @@ _TRANSIENT_WAIT = wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.5)
 class _AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
     """Knows whether the member holds its assignment (joined, not in the middle of a rebalance)."""
 
-    def __init__(self) -> None:
+    def __init__(self, health: ConsumerHealth) -> None:
         self.joined = False
         self.partitions: frozenset[TopicPartition] = frozenset()
+        self.health = health
 
     async def on_partitions_revoked(self, revoked: object) -> None:
         self.joined = False
+        self.health.revoked(revoked)  # type: ignore[arg-type]
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         self.partitions = frozenset(assigned)  # type: ignore[call-overload]
         self.joined = True
+        self.health.assigned(self.partitions)
 
 
 class ConsumerLoop:
@@ -427,7 +431,8 @@ class ConsumerLoop:
         self.stop = stop
         self.ready = asyncio.Event()
         self.processor = MessageProcessor(settings, group_id, subscriptions, producer, stop)
-        self.assignment = _AssignmentTracker()
+        self.health = ConsumerHealth(group_id)
+        self.assignment = _AssignmentTracker(self.health)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             **settings.kafka_security(),
@@ -440,6 +445,7 @@ class ConsumerLoop:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
+            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         )
 
     def has_partitions(self) -> bool:
@@ -483,13 +489,26 @@ class ConsumerLoop:
         """One fetch; a broker error is waited out (logged), never the end of the consumer."""
         try:
             batch: dict[TopicPartition, list[Any]] = await self.consumer.getmany(timeout_ms=200)
-            return batch
         except KafkaError as exc:
+            self.health.polled()
             metrics.RETRIES.labels(topic="(fetch)").inc()
             log.warning("fetch failed, retrying", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 1.0)
             return {}
+        self.health.polled()
+        await self._observe(batch)
+        return batch
+
+    async def _observe(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Lag of every held partition from this fetch's high watermark: those with records from
+        the first one to process, the others from the position."""
+        firsts = {tp: records[0].offset for tp, records in batch.items() if records}
+        positions = {}
+        for tp in self.consumer.assignment() - set(firsts):
+            with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                positions[tp] = await self.consumer.position(tp)
+        self.health.fetched(self.consumer, firsts, positions)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Only now are the effects of every record up to ``next_offset`` durable. A rebalance may
@@ -500,12 +519,4 @@ class ConsumerLoop:
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             log.warning("commit refused; the records will be redelivered", error=repr(exc))
             return
-        for tp, next_offset in offsets.items():
-            self._record_lag(tp, next_offset)
-
-    def _record_lag(self, tp: TopicPartition, next_offset: int) -> None:
-        # The fetch high watermark is right on Tansu; its ListOffsets answer for the end is not.
-        highwater = self.consumer.highwater(tp)
-        if highwater is not None:
-            lag = max(0, highwater - next_offset)
-            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+        self.health.committed(self.consumer, offsets)

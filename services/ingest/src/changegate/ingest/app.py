@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from aiokafka import AIOKafkaProducer
 from changegate.core import __version__
 from changegate.core.contracts import CrmEvent
 from changegate.core.http import ASGIApp, Message, Receive, Scope, Send, problem, problem_responses
 from changegate.core.kafka import ensure_topics, make_producer, start_with_retry
 from changegate.core.logging import configure_logging, get_logger
 from changegate.core.serde import MessageLimits, parse_json
-from changegate.core.service import ServiceRuntime
+from changegate.core.service import ServiceRuntime, broker_answers
 from changegate.core.settings import SECRETS_DIR
 from changegate.core.topics import Topic, TopicNames
 from changegate.ingest import hubspot, metrics
@@ -297,18 +295,6 @@ def _list_sources(app: FastAPI, names: list[str]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def broker_answers(producer: AIOKafkaProducer) -> Callable[[], Awaitable[bool]]:
-    """Ready: the producer runs and a broker answers a metadata request (in the check's time)."""
-
-    async def check() -> bool:
-        if producer._closed:
-            return False
-        await producer.client.fetch_all_metadata()
-        return True
-
-    return check
-
-
 async def main() -> None:
     settings = IngestSettings()
     configure_logging(SERVICE, settings.log_level, settings.log_format)
@@ -328,7 +314,7 @@ async def main() -> None:
         settings, SERVICE, request_timeout_ms=int(settings.produce_timeout_seconds * 1000)
     )
     await start_with_retry(producer)
-    runtime.checks["broker"] = broker_answers(producer)
+    runtime.checks["broker"] = broker_answers(producer)  # the same check as every service's
     publisher = Publisher(
         producer,
         TopicNames(settings.topic_prefix)(Topic.CRM_EVENTS),
