@@ -28,10 +28,11 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 from changegate.core import decompression, metrics
+from changegate.core.backpressure import PartitionGate
 from changegate.core.consumer_health import ConsumerHealth
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
+from changegate.core.errors import BackpressureError, TransientError
 from changegate.core.errors import MessageRefusedError as MessageRefusedError  # re-exported
-from changegate.core.errors import TransientError
 from changegate.core.logging import correlation, get_logger
 from changegate.core.serde import MessageLimits, decode, encode
 from changegate.core.settings import CommonSettings
@@ -246,6 +247,8 @@ class MessageProcessor:
         with correlation(envelope.correlation_id, event_id=envelope.event_id):
             try:
                 await self._with_retry(lambda: sub.handler(envelope), record.topic)
+            except BackpressureError:
+                raise
             except Exception as exc:
                 await self._handler_failed(record, exc)
                 return
@@ -269,12 +272,16 @@ class MessageProcessor:
             return
         try:
             await self._with_retry(lambda: batch_handler(envelopes), topic, attempts=1)
+        except BackpressureError:
+            raise
         except Exception:
             log.warning("batch failed, handling its messages one by one", topic=topic, size=len(envelopes))
             for record, envelope in decoded:
                 with correlation(envelope.correlation_id, event_id=envelope.event_id):
                     try:
                         await self._with_retry(lambda e=envelope: batch_handler([e]), topic)  # type: ignore[misc]
+                    except BackpressureError:
+                        raise
                     except Exception as exc:
                         await self._handler_failed(record, exc)
                         continue
@@ -321,8 +328,8 @@ class MessageProcessor:
         def retry(state: RetryCallState) -> bool:
             nonlocal logic_failures
             exc = state.outcome.exception() if state.outcome else None
-            if exc is None or isinstance(exc, MessageRefusedError):
-                return False
+            if exc is None or isinstance(exc, MessageRefusedError | BackpressureError):
+                return False  # refused: dead-lettered; backpressure: the loop pauses the partitions
             if is_transient(exc):
                 return not (self.stop.is_set() and self.abort_on_stop)
             logic_failures += 1
@@ -433,6 +440,9 @@ class ConsumerLoop:
         self.processor = MessageProcessor(settings, group_id, subscriptions, producer, stop)
         self.health = ConsumerHealth(group_id)
         self.assignment = _AssignmentTracker(self.health)
+        # Backpressure: partitions paused, and where to rewind those of the poll in hand.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._topic_in_hand = ""
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             **settings.kafka_security(),
@@ -447,6 +457,7 @@ class ConsumerLoop:
             rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
             max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         )
+        self.gate = PartitionGate(self.consumer, self.health)
 
     def has_partitions(self) -> bool:
         """Readiness: joined the group and holding its assignment (possibly empty, when the group
@@ -460,30 +471,42 @@ class ConsumerLoop:
         log.info("consuming", group=self.group_id, topics=sorted(self.processor.by_topic))
         try:
             while not self.stop.is_set():
+                self.gate.release_due()
                 batch = await self._poll()
-                # Batch subscriptions take every partition's records of a poll at once (one
-                # transaction); order within each partition is kept.
-                batched: dict[str, dict[TopicPartition, list[Any]]] = {}
-                for tp, records in batch.items():
-                    if self.processor.by_topic[tp.topic].batch_handler is not None:
-                        batched.setdefault(tp.topic, {})[tp] = records
-                for parts in batched.values():
-                    await self.processor.process_batch([r for records in parts.values() for r in records])
-                    await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
-                for tp, records in batch.items():
-                    if self.processor.by_topic[tp.topic].batch_handler is not None:
-                        continue
-                    next_offset = None
-                    for record in records:
-                        if self.stop.is_set() and next_offset is not None:
-                            break  # shut down between messages; the rest is redelivered
-                        await self.processor.process(record)
-                        next_offset = record.offset + 1
-                    if next_offset is not None:
-                        await self._commit({tp: next_offset})
+                # Records fetched but not yet committed, per partition: where to rewind on backpressure.
+                self._uncommitted = {tp: records[0].offset for tp, records in batch.items() if records}
+                try:
+                    await self._process(batch)
+                except BackpressureError as exc:
+                    self.gate.hold(exc, self._topic_in_hand, self._uncommitted)
         finally:
             await self.consumer.stop()
             log.info("consumer stopped", group=self.group_id)
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        # Batch subscriptions take every partition's records of a poll at once (one
+        # transaction); order within each partition is kept.
+        batched: dict[str, dict[TopicPartition, list[Any]]] = {}
+        for tp, records in batch.items():
+            if self.processor.by_topic[tp.topic].batch_handler is not None:
+                batched.setdefault(tp.topic, {})[tp] = records
+        for topic, parts in batched.items():
+            self._topic_in_hand = topic
+            await self.processor.process_batch([r for records in parts.values() for r in records])
+            await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
+        for tp, records in batch.items():
+            if self.processor.by_topic[tp.topic].batch_handler is not None:
+                continue
+            next_offset = None
+            self._topic_in_hand = tp.topic
+            for record in records:
+                if self.stop.is_set() and next_offset is not None:
+                    break  # shut down between messages; the rest is redelivered
+                await self.processor.process(record)
+                next_offset = record.offset + 1
+                self._uncommitted[tp] = next_offset
+            if next_offset is not None:
+                await self._commit({tp: next_offset})
 
     async def _poll(self) -> dict[TopicPartition, list[Any]]:
         """One fetch; a broker error is waited out (logged), never the end of the consumer."""
@@ -520,3 +543,6 @@ class ConsumerLoop:
             log.warning("commit refused; the records will be redelivered", error=repr(exc))
             return
         self.health.committed(self.consumer, offsets)
+        for tp, next_offset in offsets.items():
+            if self._uncommitted.get(tp, -1) <= next_offset:
+                self._uncommitted.pop(tp, None)

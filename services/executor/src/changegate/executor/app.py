@@ -38,7 +38,6 @@ async def main() -> None:
     crm = make_crm(settings, pool)
     breaker = Breaker(
         crm.target,
-        runtime.stop,
         failures=settings.breaker_failures,
         cooldown=settings.breaker_cooldown_seconds,
     )
