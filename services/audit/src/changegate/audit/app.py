@@ -9,6 +9,7 @@ import asyncpg
 from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import append_execution, record_decision
+from changegate.audit.watch import ChainWatch
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, UnscopedViewer
 from changegate.core.contracts import AuditEntry, Decision, Execution
@@ -151,8 +152,9 @@ async def main() -> None:
         runtime.stop,
     )
     runtime.checks["consumer"] = loop.has_partitions
+    watch = ChainWatch(pool, settings.audit_verify_interval_seconds, runtime.stop)
     try:
-        await runtime.run(build_app(runtime, pool, settings), [loop.run])
+        await runtime.run(build_app(runtime, pool, settings), [loop.run, watch.run])
     finally:
         await producer.stop()
         await pool.close()
