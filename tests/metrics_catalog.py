@@ -39,8 +39,6 @@ PENDING = frozenset(
     {
         "changegate_crm_request_duration_seconds_bucket",
         "changegate_crm_requests_total",
-        "changegate_event_age_seconds_bucket",
-        "changegate_event_age_seconds_count",
         "changegate_executor_decision_duration_seconds_bucket",
     }
 )

@@ -138,6 +138,7 @@ async def test_a_replayed_event_is_detected_again_on_what_the_detector_knows_now
     await upgraded.handle(copy)
     proposals = [decode(r["value"]).payload for r in await pool.fetch("SELECT value FROM changegate_outbox")]
     assert [(p.record_id, p.changes[0].proposed) for p in proposals] == [("r1", "owner-west")]
+    assert proposals[0].source.occurred_at == copy.occurred_at  # no source time: when received
     known = await pool.fetchval("SELECT properties FROM detector_records WHERE record_id = 'r1'")
     assert known["jobtitle"] == "CTO", "the replayed creation must not bring the old title back"
 

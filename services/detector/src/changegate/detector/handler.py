@@ -102,6 +102,12 @@ class Detector:
         proposals = await self._detect(conn, event)
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
+        # The start of the event-age SLI: the source's own time, else when changegate received it.
+        happened = event.occurred_at or envelope.occurred_at
+        proposals = [
+            p.model_copy(update={"source": p.source.model_copy(update={"occurred_at": happened})})
+            for p in proposals
+        ]
         proposals = [self.signer.sign(p) for p in proposals]  # policy and review-api refuse unsigned ones
         emitted = []
         for proposal in proposals:
