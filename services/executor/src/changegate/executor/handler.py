@@ -63,9 +63,9 @@ REFUSED = Counter(
 REDELIVERED = Counter(
     "changegate_executor_redelivered_total", "Decisions already executed: acknowledged without a second write"
 )
-CRM_SECONDS = Histogram(
-    "changegate_crm_call_duration_seconds",
-    "Time to execute one decision in the CRM, calls and retries included",
+DECISION_SECONDS = Histogram(
+    "changegate_executor_decision_duration_seconds",
+    "Time to carry out one decision in the CRM, every request and retry included",
     ["target"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5, 10),
 )
@@ -123,7 +123,7 @@ class Executor:
             REDELIVERED.inc()
             log.info("decision already executed", decision_id=str(decision.decision_id))
             return
-        with CRM_SECONDS.labels(target=self.crm.target).time():
+        with DECISION_SECONDS.labels(target=self.crm.target).time():
             outcome = await self._execute(decision, entry)
         async with self.pool.acquire() as conn, conn.transaction():
             if not await ledger.finish(conn, decision.decision_id, outcome.status.value):

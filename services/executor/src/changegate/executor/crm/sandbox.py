@@ -12,6 +12,7 @@ import asyncpg
 from changegate.core.contracts import FieldChange, FieldWrite, ObjectType
 from changegate.core.contracts.base import PropertyValue
 from changegate.core.db import DbConn, Queryable
+from changegate.executor.crm.metrics import measured
 from changegate.executor.crm.port import (
     BeforeWrite,
     Capabilities,
@@ -38,6 +39,7 @@ class SandboxCrm:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @measured("read")
     async def read(
         self, object_type: ObjectType, record_ids: Sequence[str], fields: Sequence[str]
     ) -> dict[str, RecordState]:
@@ -50,6 +52,7 @@ class SandboxCrm:
                     out[record_id] = RecordState(rid, {f: props.get(f) for f in fields})
         return out
 
+    @measured("write")
     async def write(
         self,
         object_type: ObjectType,
@@ -86,6 +89,7 @@ class SandboxCrm:
             WriteStatus.APPLIED, writes, current, response_ids=[f"{object_type.value}/{rid}@v{version}"]
         )
 
+    @measured("merge")
     async def merge(self, object_type: ObjectType, survivor: str, losers: Sequence[str]) -> MergeResult:
         async with self.pool.acquire() as conn, conn.transaction():
             found = await _resolve(conn, object_type, survivor, lock=True)
@@ -116,6 +120,7 @@ class SandboxCrm:
             )
         return MergeResult(sid, [f"{object_type.value}/{sid}"])
 
+    @measured("owner_status")
     async def owner_status(self, owner_id: str) -> OwnerStatus:
         archived = await self.pool.fetchval(
             "SELECT archived FROM sandbox_crm_owners WHERE owner_id = $1", owner_id
