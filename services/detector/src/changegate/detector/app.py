@@ -17,6 +17,7 @@ from changegate.core.logging import configure_logging, get_logger
 from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
 from changegate.core.topics import Topic, TopicNames
+from changegate.detector.faust_health import FaustLag
 from changegate.detector.faust_runtime import make_app
 from changegate.detector.handler import SERVICE, Detector
 from changegate.detector.open_proposals import GROUP as LIFECYCLE_GROUP
@@ -63,6 +64,7 @@ async def main() -> None:
         abort_on_stop=True,  # giving up at shutdown exits the process unacked (see the agent)
     )
     app = make_app(GROUP, settings)
+    lag = FaustLag(app, GROUP)
     topic = app.topic(
         TopicNames(settings.topic_prefix)(Topic.CRM_EVENTS), value_serializer="raw", key_serializer="raw"
     )
@@ -75,6 +77,7 @@ async def main() -> None:
         async for events in stream.take_events(settings.kafka_max_batch, within=settings.batch_wait_seconds):
             try:
                 await processor.process_batch([event.message for event in events])
+                lag.done(event.message for event in events)
             except BaseException as exc:
                 stopping = runtime.stop.is_set() and isinstance(exc, asyncio.CancelledError)
                 log.log(
@@ -99,7 +102,9 @@ async def main() -> None:
     runtime.checks["consumer"] = lambda: started and not app.rebalancing
     runtime.checks["lifecycle_consumer"] = lifecycle_loop.has_partitions
     try:
-        await runtime.run(runtime.app(), [run_faust, lifecycle_loop.run, relay.run])
+        await runtime.run(
+            runtime.app(), [run_faust, lifecycle_loop.run, relay.run, lambda: lag.run(runtime.stop)]
+        )
     finally:
         await producer.stop()
         await pool.close()
