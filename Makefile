@@ -8,7 +8,7 @@ MEMBERS := shared services/detector services/policy services/executor services/a
 STAMP := $(VENV)/.installed
 
 .PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy bench-executor \
-	bench-ingest bench-detector-quality bench-detector-speed mutation prometheus-tools k8s-rules clean
+	bench-ingest bench-detector-quality bench-detector-speed bench-review mutation prometheus-tools k8s-rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -62,13 +62,14 @@ test-fast: $(STAMP) ## unit and contract tests only (no broker, no database)
 schemas: $(STAMP) ## regenerate the checked-in JSON Schemas and AsyncAPI document from the models
 	$(BIN)/changegate schemas export
 
-lock: ## recompile requirements.lock from requirements.in (needs uv in the venv or on PATH)
+lock: ## recompile requirements.lock from requirements.in, keeping the pins it has (needs uv in the venv or on PATH)
+	tail -n +2 requirements.lock > requirements.lock.tmp  # uv keeps the output file's pins where it can
 	$(BIN)/python -m uv pip compile requirements.in --python-version 3.11 --generate-hashes \
 	  --no-header --no-annotate --quiet -o requirements.lock.tmp
 	{ echo "# Compiled by 'make lock' (uv pip compile --generate-hashes) from requirements.in. Do not edit."; \
 	  cat requirements.lock.tmp; } > requirements.lock && rm requirements.lock.tmp
 
-bench: bench-policy bench-executor bench-ingest bench-detector-quality bench-detector-speed ## every benchmark (figures printed, with a baseline from the same run)
+bench: bench-policy bench-executor bench-ingest bench-detector-quality bench-detector-speed bench-review ## every benchmark (figures printed, with a baseline from the same run)
 
 bench-policy: $(STAMP) ## policy evaluator and service rate vs a raw aiokafka pass-through
 	$(BIN)/python bench/policy_speed.py
@@ -84,6 +85,9 @@ bench-detector-quality: $(STAMP) ## duplicate finder on synthetic, Febrl1/2/4 an
 
 bench-detector-speed: $(STAMP) ## per-event latency, memory per record, index rebuild with 10k, 100k and 1M records
 	$(BIN)/python bench/detector_speed.py
+
+bench-review: $(STAMP) ## review API with 1M pending items: first page, deep page, detail, approve at 50 clients vs bare asyncpg
+	$(BIN)/python bench/review_api.py
 
 mutation: $(STAMP) ## mutation run over the safety-critical pure modules: per-file scores, surviving mutants (slow; not in test)
 	PYTHONPATH=tests $(BIN)/python -m mutation $(if $(JOBS),--jobs $(JOBS)) $(FILES)

@@ -232,29 +232,54 @@ async def send_created(
     await publish(producer, topic, record_id, make_envelope(created(record_id, **props), service="e2e"))
 
 
+async def review_items(
+    client: httpx.AsyncClient,
+    review_url: str,
+    record_id: str | None = None,
+    status: str = "pending",
+    kind: str | None = None,
+) -> list[dict[str, Any]]:
+    """The review API's detail of every item of ``status`` (and ``kind``) naming ``record_id`` (as
+    the record changed or one merged into it), every page read."""
+    params: dict[str, Any] = {"status": status, "limit": 200} | ({"kind": kind} if kind else {})
+    found: list[dict[str, Any]] = []
+    while True:
+        response = await client.get(f"{review_url}/v1/proposals", params=params)
+        response.raise_for_status()
+        page = response.json()
+        found += [
+            i
+            for i in page["items"]
+            if record_id is None or record_id in (i["record_id"], *i["other_record_ids"])
+        ]
+        if page["next_cursor"] is None:
+            break
+        params["cursor"] = page["next_cursor"]
+    details = []
+    for item in found:
+        response = await client.get(f"{review_url}/v1/proposals/{item['proposal_id']}")
+        response.raise_for_status()
+        details.append(response.json())
+    return details
+
+
 async def approve_and_execute(
     client: httpx.AsyncClient, stack: DevStack, record_id: str, kind: str
 ) -> dict[str, Any]:
     """Wait for the proposal of ``kind`` naming ``record_id``, approve it, wait for its execution."""
     review = f"http://127.0.0.1:{stack.ports['review-api']}"
-
-    async def pending() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = (await client.get(f"{review}/proposals", params={"limit": 500})).json()
-        return [
-            i
-            for i in items
-            if i["proposal"]["kind"] == kind
-            and record_id in (i["proposal"]["record_id"], *i["proposal"]["other_record_ids"])
-        ]
-
-    [item] = await eventually(pending, lambda q: len(q) == 1, what=f"{kind} waiting for review")
+    [item] = await eventually(
+        lambda: review_items(client, review, record_id, kind=kind),
+        lambda q: len(q) == 1,
+        what=f"{kind} waiting for review",
+    )
     approved = await client.post(
-        f"{review}/proposals/{item['proposal_id']}/approve", json={"comment": "checked"}
+        f"{review}/v1/proposals/{item['proposal_id']}/approve", json={"comment": "checked"}
     )
     assert approved.status_code == 200, approved.text
 
     async def decided() -> dict[str, Any]:
-        body: dict[str, Any] = (await client.get(f"{review}/proposals/{item['proposal_id']}")).json()
+        body: dict[str, Any] = (await client.get(f"{review}/v1/proposals/{item['proposal_id']}")).json()
         return body
 
     return await eventually(decided, lambda i: i["execution"] is not None, what=f"{kind} executed")
@@ -292,6 +317,7 @@ def running_stack(kafka_bootstrap: str, database_url: str, **env: str) -> Iterat
             "alice@example.com": Role.REVIEWER,
             "bob@example.com": Role.REVIEWER,
             "eve@example.com": Role.VIEWER,
+            "admin@example.com": Role.ADMIN,
         },
         extra_env={
             "CHANGEGATE_LOG_LEVEL": "DEBUG",

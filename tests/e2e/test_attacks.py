@@ -50,7 +50,7 @@ from changegate.core.serde import encode
 from changegate.core.signing import SigningKey
 from changegate.core.topics import TOPICS, Topic, TopicNames
 from changegate.executor.crm import sandbox
-from helpers import CONSUMER_GROUPS, audited, enrichment, eventually, send_created
+from helpers import CONSUMER_GROUPS, audited, enrichment, eventually, review_items, send_created
 from hostile import good_message
 from pydantic import BaseModel
 
@@ -277,7 +277,7 @@ async def test_3_no_service_role_can_take_over_an_api_token_and_ingest_has_none(
     assert (row["role"], row["revoked_at"] is not None) == ("reviewer", True)
     async with httpx.AsyncClient(timeout=5) as client:
         response = await client.get(
-            f"http://127.0.0.1:{stack.ports['review-api']}/proposals",
+            f"http://127.0.0.1:{stack.ports['review-api']}/v1/proposals",
             headers={"Authorization": f"Bearer {token}"},
         )
     assert response.status_code == 401
@@ -303,15 +303,14 @@ async def test_4_no_role_can_claim_anothers_events_or_drop_its_messages(
     review = f"http://127.0.0.1:{stack.ports['review-api']}"
 
     async def pending() -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = (await client.get(f"{review}/proposals", params={"limit": 500})).json()
-        return [i for i in items if i["proposal"]["record_id"] == rid]
+        return await review_items(client, review, rid)
 
     [item] = await eventually(pending, lambda q: len(q) == 1, what="the overwrite waiting for review")
     policy = await asyncpg.connect(
         role_dsn(stack.settings().database_url, "policy", stack.role_passwords["policy"])
     )
     try:
-        approved = await client.post(f"{review}/proposals/{item['proposal_id']}/approve", json={})
+        approved = await client.post(f"{review}/v1/proposals/{item['proposal_id']}/approve", json={})
         execution_id = Execution.make_id(uuid.UUID(approved.json()["decision_id"]))
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await policy.execute(
@@ -365,27 +364,28 @@ async def test_5_scopes_limit_reading_and_6_no_spelling_of_oneself_approves_ones
     async with httpx.AsyncClient(timeout=10) as client:
 
         async def mine() -> list[dict[str, Any]]:
-            items: list[dict[str, Any]] = (
-                await client.get(f"{review}/proposals", params={"limit": 500}, headers=admin)
-            ).json()
-            return [i for i in items if i["proposal"]["record_id"] == rid]
+            client.headers.update(admin)
+            return await review_items(client, review, rid)
 
         [item] = await eventually(mine, lambda q: len(q) == 1, what="the requested change waiting for review")
         assert item["queue"] != "dedup"
         for token in (dedup_viewer, dedup_reviewer):
             auth = {"Authorization": f"Bearer {token}"}
-            listed = (await client.get(f"{review}/proposals", params={"limit": 500}, headers=auth)).json()
+            listed = (await client.get(f"{review}/v1/proposals", params={"limit": 200}, headers=auth)).json()[
+                "items"
+            ]
             assert {i["queue"] for i in listed} <= {"dedup"}
             assert item["proposal_id"] not in {i["proposal_id"] for i in listed}
             assert (
-                await client.get(f"{review}/proposals/{item['proposal_id']}", headers=auth)
+                await client.get(f"{review}/v1/proposals/{item['proposal_id']}", headers=auth)
             ).status_code == 404
-            stats = (await client.get(f"{review}/proposals/stats", headers=auth)).json()["counts"]
+            stats = (await client.get(f"{review}/v1/stats", headers=auth)).json()["queues"]
             assert {c["queue"] for c in stats} <= {"dedup"}
             audit = await client.get(f"http://127.0.0.1:{stack.ports['audit']}/audit/entries", headers=auth)
             assert audit.status_code == 403
         denied = await client.post(
-            f"{review}/proposals/{item['proposal_id']}/approve", headers={"Authorization": f"Bearer {self_x}"}
+            f"{review}/v1/proposals/{item['proposal_id']}/approve",
+            headers={"Authorization": f"Bearer {self_x}"},
         )
         assert denied.status_code == 403
         assert denied.json()["detail"] == "you requested this change: another reviewer must approve it"
@@ -393,7 +393,7 @@ async def test_5_scopes_limit_reading_and_6_no_spelling_of_oneself_approves_ones
     assert await _metric(stack, "review-api", failures, reason="self_approval") >= 1
     assert await _metric(stack, "review-api", failures, reason="out_of_scope") >= 2
     async with httpx.AsyncClient(timeout=10) as client:
-        assert (await client.get(f"{review}/proposals/{item['proposal_id']}", headers=admin)).json()[
+        assert (await client.get(f"{review}/v1/proposals/{item['proposal_id']}", headers=admin)).json()[
             "status"
         ] == "pending"
 

@@ -11,7 +11,7 @@ import httpx
 from changegate.cli.demo import steps
 from changegate.cli.devstack import DevStack
 from changegate.cli.main import _demo_stream
-from helpers import eventually
+from helpers import eventually, review_items
 
 
 async def test_one_round_of_the_demo_feed_shows_every_scenario(
@@ -27,10 +27,7 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     assert sent == 5
 
     async def pending(record_id: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = (await client.get(f"{review}/proposals", params={"limit": 500})).json()
-        return [
-            i for i in items if record_id in (i["proposal"]["record_id"], *i["proposal"]["other_record_ids"])
-        ]
+        return await review_items(client, review, record_id)
 
     async def audited(record_id: str) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = (
@@ -47,19 +44,19 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     a, b, *look_alikes = duplicates.records
     assert look_alikes == duplicates.look_alikes
     merge = await eventually(lambda: pending(b), lambda q: len(q) == 1, what="merge waiting")
-    assert (merge[0]["proposal"]["kind"], merge[0]["queue"]) == ("merge", "dedup")
-    assert {merge[0]["proposal"]["record_id"], *merge[0]["proposal"]["other_record_ids"]} == {a, b}
+    assert (merge[0]["kind"], merge[0]["queue"]) == ("merge", "dedup")
+    assert {merge[0]["record_id"], *merge[0]["other_record_ids"]} == {a, b}
     lead, scored = lifecycle.records
     await eventually(lambda: audited(lead), lambda r: len(r) == 1, what="defined event applied")
     ai = await eventually(lambda: pending(scored), lambda q: len(q) == 1, what="AI stage waiting")
-    assert ai[0]["proposal"]["source"]["trigger"] == "ai_score"
+    assert ai[0]["trigger"] == "ai_score"
     [moved] = owner.records
     moving = await eventually(lambda: pending(moved), lambda q: len(q) == 1, what="owner change waiting")
-    assert moving[0]["proposal"]["kind"] == "owner_reassignment"
+    assert moving[0]["kind"] == "owner_reassignment"
     good, risky = verification.records
     await eventually(lambda: audited(good), lambda r: len(r) == 1, what="valid email applied")
     catch_all = await eventually(lambda: pending(risky), lambda q: len(q) == 1, what="catch-all waiting")
-    assert catch_all[0]["proposal"]["changes"][0]["proposed"] == "catch_all"
+    assert catch_all[0]["changes"][0]["proposed"] == "catch_all"
 
     # The look-alikes (a household member, a namesake, a colleague) reached the detector and
     # were left alone: no merge names them.

@@ -107,7 +107,7 @@ def _check_the_printed_token(tmp_path: Path, state: dict[str, object]) -> None:
     assert isinstance(ports, dict)
     with httpx.Client(timeout=10) as client:
         for url in (
-            f"http://127.0.0.1:{ports['review-api']}/proposals",
+            f"http://127.0.0.1:{ports['review-api']}/v1/proposals",
             f"http://127.0.0.1:{ports['audit']}/audit/entries?limit=5",
             f"http://127.0.0.1:{ports['audit']}/audit/verify",
         ):

@@ -43,7 +43,7 @@ async def test_an_approved_merge_is_carried_out_in_the_sandbox(
         await send_created(stack, producer, rid, **props)
     item = await approve_and_execute(client, stack, thin, "merge")
     assert item["execution"]["status"] == "applied"
-    assert (item["proposal"]["record_id"], item["proposal"]["other_record_ids"]) == (full, [thin])
+    assert (item["record_id"], item["other_record_ids"]) == (full, [thin])
     assert await sandbox.merged_into(db, ObjectType.CONTACT, thin) == full
     survivor = await sandbox.get_record(db, ObjectType.CONTACT, full) or {}
     assert survivor["zip"] == "94107"  # the survivorship fill from the merged record

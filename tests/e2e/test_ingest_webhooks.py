@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import httpx
 from changegate.cli.devstack import DevStack
-from helpers import eventually
+from helpers import eventually, review_items
 
 ADA = {
     "firstname": "Ada",
@@ -74,12 +74,7 @@ async def deliver(client: httpx.AsyncClient, stack: DevStack, batch: list[dict[s
 
 async def merges_naming(client: httpx.AsyncClient, stack: DevStack, record: int) -> list[dict[str, Any]]:
     review = f"http://127.0.0.1:{stack.ports['review-api']}"
-    items: list[dict[str, Any]] = (
-        await client.get(f"{review}/proposals", params={"kind": "merge", "limit": 500})
-    ).json()
-    return [
-        i for i in items if str(record) in (i["proposal"]["record_id"], *i["proposal"]["other_record_ids"])
-    ]
+    return await review_items(client, review, str(record), kind="merge")
 
 
 def detector_duplicates(exposition: str) -> float:
@@ -100,7 +95,7 @@ async def test_hubspot_webhooks_reach_the_detector_and_a_hubspot_merge_is_follow
     [merge] = await eventually(
         lambda: merges_naming(client, stack, second), lambda q: len(q) == 1, what="merge waiting for review"
     )
-    assert {merge["proposal"]["record_id"], *merge["proposal"]["other_record_ids"]} == {
+    assert {merge["record_id"], *merge["other_record_ids"]} == {
         str(first),
         str(second),
     }
@@ -145,7 +140,7 @@ async def test_hubspot_webhooks_reach_the_detector_and_a_hubspot_merge_is_follow
     [after] = await eventually(
         lambda: merges_naming(client, stack, third), lambda q: len(q) == 1, what="merge of the third copy"
     )
-    assert {after["proposal"]["record_id"], *after["proposal"]["other_record_ids"]} == {
+    assert {after["record_id"], *after["other_record_ids"]} == {
         str(first),
         str(third),
     }

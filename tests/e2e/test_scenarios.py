@@ -18,7 +18,7 @@ from changegate.core.contracts.envelope import make_envelope
 from changegate.core.kafka import publish
 from changegate.core.topics import Topic, TopicNames
 from changegate.executor.crm import sandbox
-from helpers import eventually
+from helpers import eventually, review_items
 
 
 def _rid(label: str) -> str:
@@ -45,14 +45,7 @@ async def _send(stack: DevStack, producer: AIOKafkaProducer, *events: CrmEvent) 
 async def _queue(
     client: httpx.AsyncClient, stack: DevStack, record_id: str, status: str = "pending"
 ) -> list[Any]:
-    r = await client.get(
-        f"http://127.0.0.1:{stack.ports['review-api']}/proposals",
-        params={"status": status, "limit": 500},
-    )
-    r.raise_for_status()
-    return [
-        i for i in r.json() if record_id in (i["proposal"]["record_id"], *i["proposal"]["other_record_ids"])
-    ]
+    return await review_items(client, f"http://127.0.0.1:{stack.ports['review-api']}", record_id, status)
 
 
 async def _audit(client: httpx.AsyncClient, stack: DevStack, record_id: str) -> list[Any]:
@@ -105,7 +98,7 @@ async def test_duplicates_are_proposed_for_review_with_evidence_and_survivorship
     merges = await eventually(
         lambda: _queue(client, stack, second), lambda q: len(q) == 1, what="merge proposal"
     )
-    proposal = merges[0]["proposal"]
+    proposal = merges[0]
     assert proposal["kind"] == "merge"
     assert (proposal["record_id"], proposal["other_record_ids"]) == (
         first,
@@ -116,7 +109,7 @@ async def test_duplicates_are_proposed_for_review_with_evidence_and_survivorship
     assert proposal["evidence"]["fields"]["phone"]["level"] == "exact_same_name"
     assert proposal["confidence"] >= 0.9
     assert merges[0]["queue"] == "dedup"
-    assert merges[0]["routed_by"]["rule_id"] == "merge-always-review"
+    assert merges[0]["rule_id"] == "merge-always-review"
 
 
 async def test_lifecycle_defined_event_applies_and_ai_score_waits_for_review(
@@ -141,8 +134,8 @@ async def test_lifecycle_defined_event_applies_and_ai_score_waits_for_review(
     )
     assert (rows[0]["mode"], rows[0]["rule_id"]) == ("auto_applied", "lifecycle-defined-event")
     pending = await eventually(lambda: _queue(client, stack, scored), lambda q: len(q) == 1, what="AI stage")
-    assert pending[0]["proposal"]["source"]["trigger"] == "ai_score"
-    assert pending[0]["proposal"]["confidence"] == 0.91
+    assert pending[0]["trigger"] == "ai_score"
+    assert pending[0]["confidence"] == 0.91
 
 
 async def test_owner_reassignment_and_email_verification_follow_the_policy(
@@ -175,10 +168,10 @@ async def test_owner_reassignment_and_email_verification_follow_the_policy(
     owned = await eventually(
         lambda: _queue(client, stack, moved), lambda q: len(q) == 1, what="owner proposal"
     )
-    assert owned[0]["proposal"]["changes"] == [
+    assert owned[0]["changes"] == [
         {"field": "hubspot_owner_id", "previous": "owner-17", "proposed": "owner-west"}
     ]
-    assert owned[0]["routed_by"]["rule_id"] == "owner-always-review"
+    assert owned[0]["rule_id"] == "owner-always-review"
     rows = await eventually(lambda: _audit(client, stack, valid), lambda r: len(r) == 1, what="valid applied")
     assert (rows[0]["field"], rows[0]["new_value"], rows[0]["rule_id"]) == (
         "email_status",
@@ -188,7 +181,7 @@ async def test_owner_reassignment_and_email_verification_follow_the_policy(
     queued = await eventually(
         lambda: _queue(client, stack, risky), lambda q: len(q) == 1, what="catch-all queued"
     )
-    assert queued[0]["proposal"]["changes"][0]["proposed"] == "catch_all"
+    assert queued[0]["changes"][0]["proposed"] == "catch_all"
 
 
 async def test_a_newer_proposal_retires_the_older_one_from_the_queue(

@@ -19,7 +19,7 @@ from changegate.core.contracts.envelope import make_envelope
 from changegate.core.kafka import publish
 from changegate.core.topics import Topic, TopicNames
 from changegate.executor.crm import sandbox
-from helpers import created, enrichment, eventually, read_topic
+from helpers import created, enrichment, eventually, read_topic, review_items
 
 
 def _url(stack: DevStack, service: str, path: str) -> str:
@@ -42,9 +42,7 @@ async def _audit(client: httpx.AsyncClient, stack: DevStack, record_id: str) -> 
 async def _queue(
     client: httpx.AsyncClient, stack: DevStack, record_id: str, status: str = "pending"
 ) -> list[dict[str, Any]]:
-    response = await client.get(_url(stack, "review-api", "/proposals"), params={"status": status})
-    response.raise_for_status()
-    return [i for i in response.json() if i["proposal"]["record_id"] == record_id]
+    return await review_items(client, _url(stack, "review-api", ""), record_id, status)
 
 
 async def _metric(
@@ -97,13 +95,13 @@ async def test_enrichment_fill_auto_applies_overwrite_waits_for_a_reviewer_and_r
     # Path 2: an overwrite waits in the review queue; nothing is written until a human approves.
     pending = await eventually(lambda: _queue(client, stack, b), lambda q: len(q) == 1, what="B pending")
     proposal_id = pending[0]["proposal_id"]
-    assert pending[0]["proposal"]["changes"] == [
+    assert pending[0]["changes"] == [
         {"field": "jobtitle", "previous": "Engineer", "proposed": "VP Engineering"}
     ]
     assert (await sandbox.get_record(db, ObjectType.CONTACT, b) or {})["jobtitle"] == "Engineer"
     assert await _audit(client, stack, b) == []
 
-    approve = _url(stack, "review-api", f"/proposals/{proposal_id}/approve")
+    approve = _url(stack, "review-api", f"/v1/proposals/{proposal_id}/approve")
     async with httpx.AsyncClient() as anonymous:
         assert (await anonymous.post(approve)).status_code == 401
         assert (await anonymous.post(approve, headers={"Authorization": "Bearer forged"})).status_code == 401
@@ -112,12 +110,12 @@ async def test_enrichment_fill_auto_applies_overwrite_waits_for_a_reviewer_and_r
     assert spoof.status_code == 422
     response = await client.post(approve, json={"comment": "checked on LinkedIn"})
     assert response.status_code == 200, response.text
-    assert response.json()["decided_by"] == "alice@example.com"
+    assert response.json()["item"]["decided_by"] == "alice@example.com"
     assert (await client.post(approve)).status_code == 409
 
     rows = await eventually(lambda: _audit(client, stack, b), lambda r: len(r) == 1, what="audit row of B")
     # The review queue shows what became of the approval, not 'approved' forever.
-    item_url = _url(stack, "review-api", f"/proposals/{proposal_id}")
+    item_url = _url(stack, "review-api", f"/v1/proposals/{proposal_id}")
 
     async def item() -> dict[str, Any]:
         body: dict[str, Any] = (await client.get(item_url)).json()
@@ -167,17 +165,28 @@ async def test_a_stale_proposal_never_overwrites_and_goes_back_to_review(
     # Sales edits the record in the CRM while the proposal waits.
     await sandbox.upsert_record(db, ObjectType.CONTACT, c, {"jobtitle": "Director"})
 
-    url = _url(stack, "review-api", f"/proposals/{pending[0]['proposal_id']}/approve")
+    url = _url(stack, "review-api", f"/v1/proposals/{pending[0]['proposal_id']}/approve")
     assert (await client.post(url)).status_code == 200
     refreshed = await eventually(
         lambda: _queue(client, stack, c),
         lambda q: len(q) == 1 and q[0]["proposal_id"] != pending[0]["proposal_id"],
         what="the re-proposal with the new context",
     )
-    assert refreshed[0]["proposal"]["changes"] == [
+    assert refreshed[0]["changes"] == [
         {"field": "jobtitle", "previous": "Director", "proposed": "Head of Data"}
     ]
-    assert refreshed[0]["proposal"]["evidence"]["conflict"]["values_at_execution"] == {"jobtitle": "Director"}
+    assert refreshed[0]["evidence"]["conflict"]["values_at_execution"] == {"jobtitle": "Director"}
+    # Its rationale is about its own values, not the first proposal's.
+    assert refreshed[0]["rationale"].startswith(
+        "re-proposed because the record changed after the first proposal was approved: "
+        "jobtitle now holds 'Director', still proposed 'Head of Data'."
+    )
+    # The first item's history says it was re-proposed, and as what.
+    first = (await client.get(_url(stack, "review-api", f"/v1/proposals/{pending[0]['proposal_id']}"))).json()
+    # (two topics: the execution and the re-proposal may arrive in either order)
+    events = {e["event"]: e for e in first["history"][-2:]}
+    assert set(events) == {"conflicted", "re-proposed"}
+    assert events["re-proposed"]["detail"] == {"proposal_id": refreshed[0]["proposal_id"]}
     assert (await sandbox.get_record(db, ObjectType.CONTACT, c) or {})["jobtitle"] == "Director"
     assert await _audit(client, stack, c) == []
     assert await _metric(client, stack, "executor", "changegate_executions_total", status="conflict") >= 1

@@ -23,6 +23,8 @@ from changegate.review_api import queue
 from helpers import service_process
 from hostile import good_payload
 
+TESTS_DIR = str(Path(__file__).resolve().parents[1])  # where the schemathesis hooks modules are
+
 
 def schemathesis(
     url: str, report: Path, *options: str, config: str = "", env: dict[str, str] | None = None
@@ -71,17 +73,32 @@ async def test_review_api_answers_every_input_as_documented(
     with service_process(
         "changegate.review_api", settings, free_port(), tmp_path / "svc.log", **unlimited
     ) as svc:
-        _, token = await create_token(pool, "fuzzer@example.com", Role.REVIEWER, created_by="test")
-        # One real pending item, so approve / reject / modify reach the queue, not only its 404.
+        # An admin, so bulk actions are reached too (not only their 403).
+        _, token = await create_token(pool, "fuzzer@example.com", Role.ADMIN, created_by="test")
+        # Real pending items, so decisions reach the queue, not only its 404.
         request = good_payload("review_request")
         assert isinstance(request, ReviewRequest)
         await queue.enqueue(pool, request)
-        # modify answers 422 for a field the proposal does not change or a value of another type:
-        # rules of the item, which no schema can express.
+        for _ in range(20):
+            other = good_payload("review_request")
+            assert isinstance(other, ReviewRequest)
+            await queue.enqueue(pool, other)
+        # Rules no schema can express, each answered 422: approve-with-changes for a field the
+        # proposal does not change or a value of another type; bulk for ids and a filter together;
+        # the list for a cursor it did not give (cursors are opaque); any POST for an
+        # Idempotency-Key used before with another request. The event stream never ends by itself.
+        decisions = "(approve|reject|approve-with-changes)"
         config = (
             f'[parameters]\n"path.proposal_id" = "{request.proposal.proposal_id}"\n'
-            '[[operations]]\ninclude-path = "/proposals/{proposal_id}/modify"\n'
-            'checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422"]\n'
+            "[[operations]]\n"
+            f'include-path-regex = "^/v1/proposals/\\\\{{proposal_id\\\\}}/{decisions}$"\n'
+            "checks.positive_data_acceptance.expected-statuses ="
+            ' ["2xx", "401", "403", "404", "409", "412", "422", "429"]\n'
+            '[[operations]]\ninclude-path = "/v1/bulk"\n'
+            'checks.positive_data_acceptance.expected-statuses = ["2xx", "409", "422", "429"]\n'
+            '[[operations]]\ninclude-path = "/v1/events"\nenabled = false\n'
+            '[[operations]]\ninclude-path = "/v1/proposals"\ninclude-method = "GET"\n'
+            'checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "422"]\n'
         )
         await asyncio.to_thread(
             schemathesis,
@@ -93,7 +110,6 @@ async def test_review_api_answers_every_input_as_documented(
         )
 
 
-TESTS_DIR = str(Path(__file__).resolve().parents[1])  # where the schemathesis hooks module is
 INGEST_SECRETS = {
     "CHANGEGATE_HUBSPOT_CLIENT_SECRET": "5b2e9c1d-0f3a-4e7b-8c6d-9a1b2c3d4e5f",
     **{
@@ -154,20 +170,22 @@ HOSTILE_BODIES: list[tuple[str, bytes, int]] = [
     ("approve", b'{"comment": "' + b"x" * 2001 + b'"}', 422),
     ("approve", b'{"comment": ["a"]}', 422),
     ("approve", b'{"comment": "ok", "decided_by": "mallory@example.com"}', 422),
+    ("reject", b"{}", 422),
+    ("reject", b'{"reason": ""}', 422),
     ("approve", b'{"comment": "ok"', 422),
     ("approve", b"[" * 5000 + b"]" * 5000, 400),
     ("approve", b'{"comment": NaN}', 422),
-    ("reject", b'{"comment": "a", "comment": "b\\u0000"}', 422),
-    ("modify", b'{"changes": {"jobtitle": 12345}}', 422),
-    ("modify", b'{"changes": {"jobtitle": "CTO\\u0000"}}', 422),
-    ("modify", b'{"changes": {"jobtitle\\u0000": "CTO"}}', 422),
-    ("modify", b'{"changes": {"jobtitle": {"nested": 1}}}', 422),
-    ("modify", b'{"changes": {}}', 422),
-    ("modify", b'{"changes": {"hubspot_owner_id": "owner-1"}}', 422),
-    ("modify", b'{"changes": {"jobtitle": "' + b"x" * 70_000 + b'"}}', 422),
+    ("reject", b'{"reason": "a", "reason": "b\\u0000"}', 422),
+    ("approve-with-changes", b'{"changes": {"jobtitle": 12345}}', 422),
+    ("approve-with-changes", b'{"changes": {"jobtitle": "CTO\\u0000"}}', 422),
+    ("approve-with-changes", b'{"changes": {"jobtitle\\u0000": "CTO"}}', 422),
+    ("approve-with-changes", b'{"changes": {"jobtitle": {"nested": 1}}}', 422),
+    ("approve-with-changes", b'{"changes": {}}', 422),
+    ("approve-with-changes", b'{"changes": {"hubspot_owner_id": "owner-1"}}', 422),
+    ("approve-with-changes", b'{"changes": {"jobtitle": "' + b"x" * 70_000 + b'"}}', 422),
     ("approve", b'{"comment": "' + b"x" * 2_000_000 + b'"}', 413),
     (
-        "modify",
+        "approve-with-changes",
         b'{"changes": {"jobtitle": "Head of Data"}, "comment": "\\u00e9t\\u00e9 \\ud83d\\ude00"}',
         200,
     ),
@@ -187,7 +205,9 @@ async def test_hostile_decision_bodies_get_a_4xx_and_leave_the_item_pending(
                 await queue.enqueue(pool, request)
                 pid = request.proposal.proposal_id
                 response = await client.post(
-                    f"/proposals/{pid}/{action}", content=body, headers={"Content-Type": "application/json"}
+                    f"/v1/proposals/{pid}/{action}",
+                    content=body,
+                    headers={"Content-Type": "application/json"},
                 )
                 assert response.status_code == expected, (action, body[:80], response.text[:500])
                 assert response.headers["content-type"].startswith(

@@ -11,6 +11,7 @@ import hmac
 import json
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -36,6 +37,7 @@ from hostile import good_payload
 from typer.testing import CliRunner
 
 AUDIENCE = "changegate-review"
+REASON = {"reason": "not this one"}
 
 
 class Issuer:
@@ -44,17 +46,54 @@ class Issuer:
     def __init__(self) -> None:
         self.keys: dict[str, Any] = {}
         self.published: list[dict[str, Any]] = []
+        # Authorization codes given out: code -> (PKCE challenge, redirect URI, the user's claims).
+        self.codes: dict[str, tuple[str, str, dict[str, Any]]] = {}
+        self.user: dict[str, Any] = {"email": "olivia@example.com", "groups": ["reviewer"]}
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path == "/.well-known/openid-configuration":
-                    body: dict[str, Any] = {"issuer": issuer.url, "jwks_uri": f"{issuer.url}/jwks"}
-                elif self.path == "/jwks":
+                path, _, query = self.path.partition("?")
+                if path == "/.well-known/openid-configuration":
+                    body: dict[str, Any] = {
+                        "issuer": issuer.url,
+                        "jwks_uri": f"{issuer.url}/jwks",
+                        "authorization_endpoint": f"{issuer.url}/authorize",
+                        "token_endpoint": f"{issuer.url}/token",
+                    }
+                elif path == "/jwks":
                     body = {"keys": issuer.published}
+                elif path == "/authorize":  # the user signs in and consents: back with a code
+                    params = dict(urllib.parse.parse_qsl(query))
+                    code = uuid.uuid4().hex
+                    issuer.codes[code] = (params["code_challenge"], params["redirect_uri"], dict(issuer.user))
+                    back = urllib.parse.urlencode({"code": code, "state": params["state"]})
+                    self.send_response(302)
+                    self.send_header("Location", f"{params['redirect_uri']}?{back}")
+                    self.end_headers()
+                    return
                 else:
                     self.send_error(404)
                     return
+                self._json(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                challenge, redirect, claims = issuer.codes.pop(form.get("code", ""), ("", "", {}))
+                verifier = form.get("code_verifier", "").encode()
+                expected = base64.urlsafe_b64encode(hashlib.sha256(verifier).digest()).rstrip(b"=").decode()
+                if (
+                    self.path != "/token"
+                    or not challenge
+                    or expected != challenge
+                    or redirect != form.get("redirect_uri")
+                ):
+                    self.send_error(400)
+                    return
+                self._json({"access_token": issuer.token(**claims), "token_type": "Bearer"})
+
+            def _json(self, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -158,7 +197,7 @@ async def test_jwts_are_verified_against_the_issuers_keys(
 ) -> None:
     async def status_of(token: str) -> httpx.Response:
         async with httpx.AsyncClient(base_url=review_api.url) as client:
-            return await client.get("/proposals", headers={"Authorization": f"Bearer {token}"})
+            return await client.get("/v1/proposals", headers={"Authorization": f"Bearer {token}"})
 
     assert (await status_of(issuer.token())).status_code == 200
     now = int(time.time())
@@ -204,7 +243,7 @@ async def test_jwts_are_verified_against_the_issuers_keys(
     # Key rotation: a new key, published after the first refusal, is fetched and accepted.
     issuer.publish("k-unpublished")
     assert (await status_of(issuer.token(kid="k-unpublished"))).status_code == 200
-    missing = await asyncio.to_thread(lambda: httpx.get(f"{review_api.url}/proposals"))
+    missing = await asyncio.to_thread(lambda: httpx.get(f"{review_api.url}/v1/proposals"))
     _problem(missing, 401)
     assert missing.headers["www-authenticate"] == 'Bearer realm="changegate"'
 
@@ -223,47 +262,52 @@ async def test_roles_scopes_and_self_approval(
     bob = auth(email="bob@example.com", groups=["reviewer"])
     async with httpx.AsyncClient(base_url=review_api.url) as client:
         item = await _pending(pool)
-        assert (await client.get("/proposals", headers=viewer)).status_code == 200
-        _problem(await client.get("/proposals", headers=nobody), 403)
-        body = _problem(await client.post(f"/proposals/{item}/approve", headers=viewer), 403)
+        assert (await client.get("/v1/proposals", headers=viewer)).status_code == 200
+        _problem(await client.get("/v1/proposals", headers=nobody), 403)
+        body = _problem(await client.post(f"/v1/proposals/{item}/approve", headers=viewer), 403)
         assert body["detail"] == "this needs the reviewer role"
-        # Scoped reviewers: the dedup desk sees and decides the dedup queue only, the data team
-        # merges only; what is outside their scopes does not exist for them.
-        body = _problem(await client.post(f"/proposals/{item}/approve", headers=dedup_desk), 404)
-        assert body["detail"] == f"no proposal {item} in the queue"
-        _problem(await client.post(f"/proposals/{item}/approve", headers=data_team), 404)
-        _problem(await client.get(f"/proposals/{item}", headers=dedup_desk), 404)
+        # Scoped reviewers: the dedup desk decides the dedup queue only, the data team merges only.
+        # An item outside their scopes is not theirs to read either: it does not exist for them.
+        body = _problem(await client.post(f"/v1/proposals/{item}/approve", headers=dedup_desk), 404)
+        _problem(await client.post(f"/v1/proposals/{item}/approve", headers=data_team), 404)
+        # A viewer of every queue with a reviewer grant for merges only reads it, cannot decide it.
+        mixed = auth(email="max@example.com", groups=["viewer", "data-team"])
+        body = _problem(await client.post(f"/v1/proposals/{item}/approve", headers=mixed), 403)
+        assert body["detail"] == "your role does not cover field_update proposals in queue default"
         dedup_item = await _pending(pool, queue_name="dedup")
-        listed = (await client.get("/proposals", headers=dedup_desk, params={"limit": 500})).json()
+        # Scopes limit reading too: the dedup desk lists, reads and counts the dedup queue only.
+        listed = (await client.get("/v1/proposals", headers=dedup_desk)).json()["items"]
         assert [i["proposal_id"] for i in listed] == [dedup_item]
-        assert (await client.get("/proposals", headers=data_team)).json() == []
-        assert {i["proposal_id"] for i in (await client.get("/proposals", headers=viewer)).json()} == {
-            item,
-            dedup_item,
-        }
-        stats = (await client.get("/proposals/stats", headers=dedup_desk)).json()["counts"]
-        assert [(c["queue"], c["kind"], c["status"], c["count"]) for c in stats] == [
-            ("dedup", "field_update", "pending", 1)
-        ]
-        assert (await client.get("/proposals/stats", headers=data_team)).json() == {"counts": []}
-        everything = (await client.get("/proposals/stats", headers=viewer)).json()["counts"]
-        assert sum(c["count"] for c in everything) == 2
-        assert (await client.get(f"/proposals/{dedup_item}", headers=dedup_desk)).status_code == 200
-        assert (await client.post(f"/proposals/{dedup_item}/reject", headers=dedup_desk)).status_code == 200
+        assert (await client.get("/v1/proposals", headers=data_team)).json()["items"] == []
+        _problem(await client.get(f"/v1/proposals/{item}", headers=dedup_desk), 404)
+        assert (await client.get(f"/v1/proposals/{dedup_item}", headers=dedup_desk)).status_code == 200
+        counted = (await client.get("/v1/stats", headers=dedup_desk)).json()
+        assert [(q["queue"], q["depth"]) for q in counted["queues"]] == [("dedup", 1)]
+        everything = (await client.get("/v1/stats", headers=viewer)).json()
+        assert everything["total"] == 2
+        assert (
+            await client.post(f"/v1/proposals/{dedup_item}/reject", headers=dedup_desk, json=REASON)
+        ).status_code == 200
 
         # Alice caused this proposal: she may withdraw it (reject), never approve it; Bob may. Her
         # identity in any spelling is hers.
         own = await _pending(pool, requested_by="alice@example.com")
-        body = _problem(await client.post(f"/proposals/{own}/approve", headers=alice), 403)
+        body = _problem(await client.post(f"/v1/proposals/{own}/approve", headers=alice), 403)
         assert body["detail"] == "you requested this change: another reviewer must approve it"
         shouting = auth(email="Alice@Example.COM", groups=["reviewer"])
-        _problem(await client.post(f"/proposals/{own}/approve", headers=shouting), 403)
+        _problem(await client.post(f"/v1/proposals/{own}/approve", headers=shouting), 403)
         spelled = await _pending(pool, requested_by=" ALICE@example.com")
-        _problem(await client.post(f"/proposals/{spelled}/approve", headers=alice), 403)
+        _problem(await client.post(f"/v1/proposals/{spelled}/approve", headers=alice), 403)
         modify = {"changes": {"jobtitle": "CTO"}}
-        _problem(await client.post(f"/proposals/{own}/modify", headers=alice, json=modify), 403)
-        approved = await client.post(f"/proposals/{own}/approve", headers=bob)
-        assert approved.json()["decided_by"] == "bob@example.com"
+        _problem(
+            await client.post(f"/v1/proposals/{own}/approve-with-changes", headers=alice, json=modify), 403
+        )
+        # Identities compare without case: the same person in capitals is still the requester.
+        shouting = auth(email="ALICE@Example.COM ", groups=["reviewer"])
+        body = _problem(await client.post(f"/v1/proposals/{own}/approve", headers=shouting), 403)
+        assert body["reason"] == "own"
+        approved = await client.post(f"/v1/proposals/{own}/approve", headers=bob)
+        assert approved.json()["item"]["decided_by"] == "bob@example.com"
         assert await pool.fetchval(
             "SELECT decided_by FROM review_queue WHERE proposal_id = $1", uuid.UUID(own)
         ) == ("bob@example.com")
@@ -276,12 +320,18 @@ async def test_decisions_are_rate_limited_per_identity(
     bob = {"Authorization": f"Bearer {issuer.token(email='bob@example.com')}"}
     async with httpx.AsyncClient(base_url=review_api.url) as client:
         for _ in range(5):  # the limit is 5 a minute in this process
-            assert (await client.post(f"/proposals/{uuid.uuid4()}/reject", headers=alice)).status_code == 404
-        limited = await client.post(f"/proposals/{await _pending(pool)}/reject", headers=alice)
+            assert (
+                await client.post(f"/v1/proposals/{uuid.uuid4()}/reject", headers=alice, json=REASON)
+            ).status_code == 404
+        limited = await client.post(
+            f"/v1/proposals/{await _pending(pool)}/reject", headers=alice, json=REASON
+        )
         body = _problem(limited, 429)
         assert 1 <= int(limited.headers["retry-after"]) <= 61
         assert "decisions" in body["detail"]
-        assert (await client.post(f"/proposals/{uuid.uuid4()}/reject", headers=bob)).status_code == 404
+        assert (
+            await client.post(f"/v1/proposals/{uuid.uuid4()}/reject", headers=bob, json=REASON)
+        ).status_code == 404
 
 
 def _cli(settings: CommonSettings, *args: str) -> Any:
@@ -305,10 +355,10 @@ async def test_api_tokens_are_created_used_expired_and_revoked(
 
     async with httpx.AsyncClient(base_url=review_api.url) as client:
         headers = {"Authorization": f"Bearer {token}"}
-        assert (await client.get("/proposals", headers=headers)).status_code == 200
+        assert (await client.get("/v1/proposals", headers=headers)).status_code == 200
         item = await _pending(pool)
-        decided = await client.post(f"/proposals/{item}/reject", headers=headers)
-        assert decided.json()["decided_by"] == "ops-bot"
+        decided = await client.post(f"/v1/proposals/{item}/reject", headers=headers, json=REASON)
+        assert decided.json()["item"]["decided_by"] == "ops-bot"
         assert await pool.fetchval("SELECT last_used_at FROM changegate_api_tokens WHERE name = 'ops-bot'")
 
         listed = await asyncio.to_thread(_cli, settings, "tokens", "list")
@@ -317,20 +367,20 @@ async def test_api_tokens_are_created_used_expired_and_revoked(
 
         wrong_secret = token[:-5] + ("AAAAA" if not token.endswith("AAAAA") else "BBBBB")
         invalid = _problem(
-            await client.get("/proposals", headers={"Authorization": f"Bearer {wrong_secret}"}), 401
+            await client.get("/v1/proposals", headers={"Authorization": f"Bearer {wrong_secret}"}), 401
         )
 
         revoked = await asyncio.to_thread(_cli, settings, "tokens", "revoke", stored["id"])
         assert revoked.exit_code == 0, revoked.output
-        assert _problem(await client.get("/proposals", headers=headers), 401) == invalid
+        assert _problem(await client.get("/v1/proposals", headers=headers), 401) == invalid
 
         _, short = await create_token(
             pool, "temp", Role.VIEWER, created_by="test", expires_in=timedelta(seconds=1)
         )
         temp = {"Authorization": f"Bearer {short}"}
-        assert (await client.get("/proposals", headers=temp)).status_code == 200
+        assert (await client.get("/v1/proposals", headers=temp)).status_code == 200
         await asyncio.sleep(1.5)
-        assert _problem(await client.get("/proposals", headers=temp), 401) == invalid
+        assert _problem(await client.get("/v1/proposals", headers=temp), 401) == invalid
 
 
 async def test_the_audit_api_refuses_anonymous_reads(
@@ -363,3 +413,46 @@ def test_a_service_without_authentication_refuses_to_start(
     ):
         pass
     assert "CHANGEGATE_AUTH_OIDC_ISSUER" in str(info.value)
+
+
+async def test_the_inbox_signs_in_with_oidc_authorization_code_and_pkce(
+    settings: CommonSettings, topics: None, issuer: Issuer, tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "CHANGEGATE_AUTH_OIDC_ISSUER": issuer.url,
+        "CHANGEGATE_AUTH_OIDC_AUDIENCE": AUDIENCE,
+        "CHANGEGATE_REVIEW_OIDC_CLIENT_ID": "changegate-inbox",
+        "CHANGEGATE_REVIEW_PUBLIC_URL": url,
+    }
+    with service_process("changegate.review_api", settings, port, tmp_path / "svc.log", **env):
+        async with httpx.AsyncClient(base_url=url) as browser:
+            start = await browser.get("/inbox/login/oidc")
+            assert start.status_code == 303
+            authorize = urllib.parse.urlparse(start.headers["location"])
+            params = dict(urllib.parse.parse_qsl(authorize.query))
+            assert (params["client_id"], params["code_challenge_method"]) == ("changegate-inbox", "S256")
+            assert params["redirect_uri"] == f"{url}/inbox/oidc/callback"
+            # The provider sends the browser back with a code; a code for another state is refused.
+            back = await browser.get(start.headers["location"])
+            callback = back.headers["location"]
+            forged = callback.replace(f"state={params['state']}", "state=someone-elses")
+            assert (await browser.get(forged)).status_code == 403
+            signed_in = await browser.get(callback)
+            assert (signed_in.status_code, signed_in.headers["location"]) == (303, "/inbox")
+            cookie = signed_in.headers["set-cookie"]
+            assert "changegate_session=" in cookie
+            assert "httponly" in cookie.lower()
+            assert "samesite=strict" in cookie.lower()
+            page = await browser.get("/inbox")
+            assert page.status_code == 200
+            assert "Signed in as <strong>olivia@example.com</strong>" in page.text
+            assert "default-src 'none'" in page.headers["content-security-policy"]
+            # A user whose groups grant nothing here is not signed in.
+            issuer.user = {"email": "mallory@example.com", "groups": ["marketing"]}
+            async with httpx.AsyncClient(base_url=url) as other:
+                start = await other.get("/inbox/login/oidc")
+                back = await other.get(start.headers["location"])
+                refused = await other.get(back.headers["location"])
+                assert refused.status_code == 403

@@ -34,7 +34,8 @@ from changegate.core.contracts import (
     Proposal,
 )
 
-HASHED_FIELDS = [f for f in AuditEntry.model_fields if f not in ("hash", "prev_hash")]
+# proposed_value is hashed only on a modified approval (its own tests below).
+HASHED_FIELDS = [f for f in AuditEntry.model_fields if f not in ("hash", "prev_hash", "proposed_value")]
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def test_policy_decision_is_auto_applied_with_policy_identity(
         assert e.rule_id == "enrichment-fill-empty"
 
 
-@pytest.mark.parametrize("outcome", [DecisionOutcome.APPROVED, DecisionOutcome.APPROVED_WITH_CHANGES])
+@pytest.mark.parametrize("outcome", [DecisionOutcome.APPROVED])
 def test_human_decision_is_approved_with_the_reviewer_identity(
     make_proposal: Callable[..., Proposal],
     make_decision: Callable[..., Decision],
@@ -166,6 +167,41 @@ def test_human_decision_is_approved_with_the_reviewer_identity(
     assert entry.mode is AuditMode.APPROVED
     assert entry.approver == "alice@example.com"
     assert (entry.policy_version, entry.policy_hash, entry.rule_id) == (None, None, None)
+    assert entry.proposed_value is None
+
+
+def test_a_modified_approval_is_its_own_mode_with_the_value_first_proposed(
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
+    make_execution: Callable[..., Execution],
+    human_decider: Decider,
+) -> None:
+    proposal = make_proposal()
+    first = proposal.changes[0]
+    edited = [first.model_copy(update={"proposed": "Head of Data"})]
+    decision = make_decision(
+        proposal, outcome=DecisionOutcome.APPROVED_WITH_CHANGES, decided_by=human_decider
+    ).model_copy(update={"final_changes": edited})
+    (entry,) = entries_for(make_execution(decision), 1, GENESIS)
+    assert entry.mode is AuditMode.APPROVED_WITH_CHANGES
+    assert (entry.proposed_value, entry.new_value) == (first.proposed, "Head of Data")
+    # The value first proposed is part of the row's hash: changing it breaks the chain.
+    fields = entry.model_dump(mode="json")
+    assert entry_hash(fields, GENESIS) == entry.hash
+    assert entry_hash({**fields, "proposed_value": "something else"}, GENESIS) != entry.hash
+
+
+def test_rows_without_a_modification_hash_as_before_the_proposed_value_existed(
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
+    make_execution: Callable[..., Execution],
+    human_decider: Decider,
+) -> None:
+    decision = make_decision(make_proposal(), outcome=DecisionOutcome.APPROVED, decided_by=human_decider)
+    (entry,) = entries_for(make_execution(decision), 1, GENESIS)
+    fields = entry.model_dump(mode="json")
+    older = {k: v for k, v in fields.items() if k != "proposed_value"}  # a row written before it existed
+    assert entry_hash(older, GENESIS) == entry.hash == entry_hash({**fields, "proposed_value": "x"}, GENESIS)
 
 
 # --- the hash ------------------------------------------------------------------------------------
@@ -216,8 +252,8 @@ def test_entry_hash_changes_when_a_field_is_dropped(two_field_execution: Executi
 
 
 def test_every_contract_field_is_covered_by_the_hash() -> None:
-    assert set(HASHED_FIELDS) | {"hash", "prev_hash"} == set(AuditEntry.model_fields)
-    assert len(HASHED_FIELDS) == len(AuditEntry.model_fields) - 2
+    assert set(HASHED_FIELDS) | {"hash", "prev_hash", "proposed_value"} == set(AuditEntry.model_fields)
+    assert len(HASHED_FIELDS) == len(AuditEntry.model_fields) - 3
 
 
 @pytest.mark.parametrize(
@@ -280,7 +316,7 @@ def test_values_are_stored_as_the_json_text_that_was_hashed(value: Any, text: st
 
 
 def test_other_columns_are_stored_as_they_are() -> None:
-    assert VALUE_COLUMNS == ("previous_value", "new_value")
+    assert VALUE_COLUMNS == ("previous_value", "new_value", "proposed_value")
     for column, value in [("field", "jobtitle"), ("confidence", 0.91), ("seq", 3), ("rule_id", None)]:
         assert to_column(column, value) is value
 

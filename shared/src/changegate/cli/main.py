@@ -191,7 +191,8 @@ def _print_stack(stack: object, seconds: float) -> None:
         f"your API token ({DEV_IDENTITY}, admin; also in {token_file}):\n  {token}\n"
         f"  export CHANGEGATE_TOKEN=$(cat {token_file})\n"
         'review queue: curl -H "Authorization: Bearer $CHANGEGATE_TOKEN" '
-        f"http://127.0.0.1:{stack.ports['review-api']}/proposals\n"
+        f"http://127.0.0.1:{stack.ports['review-api']}/v1/proposals\n"
+        f"inbox: http://127.0.0.1:{stack.ports['review-api']}/inbox (sign in with the token) · "
         f"API docs: http://127.0.0.1:{stack.ports['review-api']}/docs · "
         f"audit: http://127.0.0.1:{stack.ports['audit']}/audit/entries · Ctrl-C stops everything\n"
         f"webhooks: {ingest}/v1/webhooks/hubspot and /v1/webhooks/<source> (docs: {ingest}/docs; "

@@ -7,6 +7,7 @@ declares; an unexpected failure is a 500 problem, logged with its traceback, nev
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from changegate.core.logging import get_logger
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import Histogram
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -71,6 +73,19 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: _problem_response(status) for status in statuses}
 
 
+def _not_null(parameter: dict[str, Any]) -> None:
+    """An optional header is present or absent, never ``null``: its schema says so (FastAPI writes
+    ``anyOf: [type, null]`` for ``str | None``, which a client would send as the text "null")."""
+    schema = parameter.get("schema", {})
+    options = schema.get("anyOf")
+    if parameter.get("in") != "header" or not isinstance(options, list):
+        return
+    kept = [o for o in options if o.get("type") != "null"]
+    if len(kept) == 1:
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        parameter["schema"] = {**kept[0], **rest}
+
+
 def _document_problems(app: FastAPI) -> None:
     """Every error answer in the OpenAPI document is problem+json: the route's own (401, 404, …),
     422 wherever there is input, 400 and 413 wherever there is a body, 500 everywhere."""
@@ -88,6 +103,8 @@ def _document_problems(app: FastAPI) -> None:
             components.pop(name, None)
         for operations in schema.get("paths", {}).values():
             for operation in operations.values():
+                for parameter in operation.get("parameters", []):
+                    _not_null(parameter)
                 responses = operation.setdefault("responses", {})
                 wanted = [500]
                 if operation.get("parameters") or operation.get("requestBody"):
@@ -200,11 +217,46 @@ class BodyLimitMiddleware:
             await problem(413, str(exc.detail))(scope, receive, send)
 
 
+HTTP_SECONDS = Histogram(
+    "changegate_http_request_duration_seconds",
+    "HTTP requests by route template (never the raw path), method and status",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+
+
+class RequestMetricsMiddleware:
+    """Times every request, labelled with the template of the route that answered it
+    (``/v1/proposals/{proposal_id}``), or ``unmatched``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def tracked(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        finally:
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            HTTP_SECONDS.labels(template, scope["method"], str(status)).observe(time.perf_counter() - started)
+
+
 def harden(app: FastAPI, max_body_bytes: int) -> FastAPI:
-    """Problem details for every error and the body limit, on any of our FastAPI apps."""
+    """Problem details for every error, the body limit and request metrics, on any of our apps."""
     install_problem_handlers(app)
     _document_problems(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware)
     return app
 
 

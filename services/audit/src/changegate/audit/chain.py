@@ -25,13 +25,20 @@ def parse_head(text: str) -> tuple[int, str]:
 
 
 def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:
-    """sha256 over the canonical JSON of every field but the hashes, then the previous hash."""
-    body = {k: v for k, v in fields.items() if k not in ("hash", "prev_hash")}
+    """sha256 over the canonical JSON of every field but the hashes, then the previous hash. The
+    proposed value counts only where the reviewer changed it (mode approved_with_changes): rows
+    written before the field existed verify as they were written."""
+    modified = fields.get("mode") == "approved_with_changes"
+    body = {
+        k: v
+        for k, v in fields.items()
+        if k not in ("hash", "prev_hash") and (k != "proposed_value" or modified)
+    }
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(f"{canonical}|{prev_hash}".encode()).hexdigest()
 
 
-VALUE_COLUMNS = ("previous_value", "new_value")
+VALUE_COLUMNS = ("previous_value", "new_value", "proposed_value")
 
 
 def to_column(name: str, value: Any) -> Any:

@@ -48,6 +48,15 @@ def entries_for(execution: Execution, start_seq: int, prev_hash: str) -> list[Au
     decision = execution.decision
     proposal = decision.proposal
     by = decision.decided_by
+    proposed = {c.field: c.proposed for c in proposal.changes}
+    modified = decision.outcome is DecisionOutcome.APPROVED_WITH_CHANGES
+    mode = (
+        AuditMode.AUTO_APPLIED
+        if by.kind == "policy"
+        else AuditMode.APPROVED_WITH_CHANGES
+        if modified
+        else AuditMode.APPROVED
+    )
     entries = []
     for i, write in enumerate(execution.writes):
         draft = AuditEntry(
@@ -61,7 +70,8 @@ def entries_for(execution: Execution, start_seq: int, prev_hash: str) -> list[Au
             source_event_id=proposal.source.event_id,
             detector=f"{proposal.source.detector}@{proposal.source.detector_version}",
             confidence=proposal.confidence,
-            mode=AuditMode.AUTO_APPLIED if by.kind == "policy" else AuditMode.APPROVED,
+            mode=mode,
+            proposed_value=proposed.get(write.field) if modified else None,
             approver=by.identity,
             policy_version=by.policy_version,
             policy_hash=by.policy_hash,

@@ -266,7 +266,7 @@ class Executor:
             changes=changes,
             source=ProposalSource(**{**old.source.model_dump(), "event_id": source_event}),
             confidence=old.confidence,
-            rationale=f"{old.rationale} — re-proposed: the record changed after the first proposal",
+            rationale=_reproposal_rationale(old, changes),
             evidence={
                 **old.evidence,
                 "conflict": {"decision_id": str(decision.decision_id), "values_at_execution": current},
@@ -289,3 +289,13 @@ class Executor:
             dedup_key=f"review|{refreshed.proposal_id}",
         )
         await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS_PENDING), old.record_id, out)
+
+
+def _reproposal_rationale(old: Proposal, changes: list[FieldChange]) -> str:
+    """A re-proposal explains its own values: what the record holds now and what is still
+    proposed, then why it was first proposed (whose values are no longer the record's)."""
+    now = "; ".join(f"{c.field} now holds {c.previous!r}, still proposed {c.proposed!r}" for c in changes)
+    return (
+        f"re-proposed because the record changed after the first proposal was approved: {now}. "
+        f"First proposed because: {old.rationale}"
+    )[:10_000]

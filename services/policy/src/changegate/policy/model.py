@@ -158,6 +158,9 @@ class ReviewOptions(_Strict):
     expires_after: timedelta | None = Field(
         None, description="e.g. '7d', '12h', '30m': undecided by then, the proposal expires"
     )
+    approvals: int = Field(
+        1, ge=1, le=5, description="distinct reviewers who must approve (2: four-eyes); any rejection ends it"
+    )
 
     @field_validator("expires_after", mode="before")
     @classmethod

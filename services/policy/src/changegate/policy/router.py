@@ -53,6 +53,7 @@ def output_for(policy: Policy, proposal: Proposal, route: Route) -> tuple[Topic,
             expires_at=route.expires_at(now),
             routed_by=policy.decider(route.rule_id),
             explanation=route.explanation,
+            required_approvals=route.review.approvals if route.review else 1,
         )
     outcome = DecisionOutcome.AUTO_APPROVED if route.action is Action.AUTO_APPLY else DecisionOutcome.REJECTED
     return Topic.DECISIONS, Decision(

@@ -17,8 +17,10 @@ from changegate.core.outbox import OutboxRelay
 from changegate.core.service import ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic, TopicNames
-from changegate.review_api import metrics, queue
+from changegate.review_api import idempotency, inbox, metrics, queue
 from changegate.review_api.api import router
+from changegate.review_api.decisions import Action, ActionRefusedError, act
+from changegate.review_api.events import Hub
 from changegate.review_api.settings import ReviewApiSettings
 from fastapi import FastAPI
 
@@ -35,20 +37,25 @@ async def on_pending(pool: asyncpg.Pool, verifier: Verifier, envelope: Envelope[
         log.info("queued for review", kind=proposal.kind.value, record_id=proposal.record_id)
 
 
-def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSettings) -> FastAPI:
+def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSettings, hub: Hub) -> FastAPI:
     app = FastAPI(
         title="changegate review API",
         version=__version__,
-        description="Reviewers list pending proposals and approve, reject or modify them. Authenticate "
-        "with 'Authorization: Bearer <token>': an OIDC access token or a changegate API token. Reading "
-        "needs the viewer role, deciding the reviewer role (within its queue and kind scopes).",
+        description="Reviewers list proposals, read any of them whatever its route, and approve, reject or "
+        "approve them with changes, one by one or in bulk; a Server-Sent Events stream tells of changes. "
+        "Authenticate with 'Authorization: Bearer <token>': an OIDC access token or a changegate API token. "
+        "Reading needs the viewer role, deciding the reviewer role, bulk actions the admin role, each "
+        "within its queue and kind scopes. The inbox page for people is at /inbox.",
     )
     app.state.pool = pool
+    app.state.settings = settings
+    app.state.hub = hub
     app.state.authenticator = Authenticator(settings, pool)
     app.state.signer = settings.signing(SERVICE)
     app.state.decision_limit = RateLimit("decisions", settings.review_decision_rate_limit)
     app.state.names = TopicNames(settings.topic_prefix)
     app.include_router(router)
+    inbox.install(app)
     return runtime.app(app)
 
 
@@ -65,13 +72,19 @@ async def main() -> None:
         await on_pending(pool, verifier, envelope)
 
     async def on_decision(envelope: Envelope[Any]) -> None:
+        """Every decision is kept (any proposal can be read, whatever its route); a supersession
+        takes its item off the queue."""
         decision: Decision = envelope.payload
-        if decision.outcome is not DecisionOutcome.SUPERSEDED:
-            return
-        verifier.decision(decision)  # a forged supersession must not take an item off the queue
-        if await queue.retire(pool, decision):
+        if decision.decided_by.kind == "human" or decision.outcome is DecisionOutcome.EXPIRED:
+            return  # ours: recorded when it was made
+        verifier.decision(decision)  # nothing forged is shown to a reviewer or closes an item
+        if await queue.record_decision(pool, decision):
             metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
-            log.info("retired: superseded", correlation_id=str(decision.proposal.proposal_id))
+            log.info(
+                "decided elsewhere",
+                outcome=decision.outcome.value,
+                correlation_id=str(decision.proposal.proposal_id),
+            )
 
     async def on_execution(envelope: Envelope[Any]) -> None:
         execution: Execution = envelope.payload
@@ -91,7 +104,9 @@ async def main() -> None:
         runtime.stop,
     )
     relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
+    hub = Hub(settings.database_url, runtime.stop)
     runtime.checks["consumer"] = loop.has_partitions
+    runtime.checks["change_feed"] = lambda: hub.listening
 
     async def housekeeping() -> None:
         """Expire overdue proposals and refresh the queue gauges, every few seconds."""
@@ -99,19 +114,19 @@ async def main() -> None:
         while not runtime.stop.is_set():
             try:
                 for proposal_id in await queue.overdue(pool):
-                    with contextlib.suppress(queue.NotPendingError):  # decided meanwhile
-                        await queue.decide(
+                    with contextlib.suppress(ActionRefusedError):  # decided meanwhile
+                        await act(
                             pool,
                             names,
                             proposal_id,
-                            DecisionOutcome.EXPIRED,
+                            Action.EXPIRE,
                             f"system:{SERVICE}",
                             "not reviewed before it expired",
                             signer=signer,
-                            by_system=True,
                         )
                         log.info("expired", correlation_id=str(proposal_id))
                 await queue.refresh_depth(pool)
+                await idempotency.expire(pool)
             except Exception as exc:  # a gauge may go stale; the service must not stop
                 if not is_transient(exc):
                     raise
@@ -120,7 +135,9 @@ async def main() -> None:
                 await asyncio.wait_for(runtime.stop.wait(), 5)
 
     try:
-        await runtime.run(build_app(runtime, pool, settings), [loop.run, relay.run, housekeeping])
+        await runtime.run(
+            build_app(runtime, pool, settings, hub), [loop.run, relay.run, housekeeping, hub.run]
+        )
     finally:
         await producer.stop()
         await pool.close()

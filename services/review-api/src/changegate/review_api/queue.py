@@ -1,4 +1,5 @@
-"""The review queue in PostgreSQL: enqueue pending proposals, decide them exactly once."""
+"""What review-api consumes into PostgreSQL: pending proposals (the queue), decisions made elsewhere
+and executions, so any proposal can be read (deciding is decisions.py); expiry and queue gauges."""
 
 from __future__ import annotations
 
@@ -6,30 +7,17 @@ import uuid
 from typing import Any
 
 import asyncpg
-from changegate.core import outbox
-from changegate.core.auth import Grant
 from changegate.core.contracts import (
-    Decider,
     Decision,
-    DecisionOutcome,
     Execution,
     FieldChange,
     Proposal,
     ReviewRequest,
 )
-from changegate.core.contracts.base import utcnow
-from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import Queryable
-from changegate.core.signing import SigningKey
-from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import metrics
 
 SERVICE = "review-api"
-
-
-class NotPendingError(Exception):
-    def __init__(self, status: str | None) -> None:
-        self.status = status
 
 
 async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
@@ -37,8 +25,8 @@ async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
     proposal = request.proposal
     inserted = await conn.fetchval(
         "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
-        " queue, priority, expires_at, routed_by, explanation)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        " queue, priority, expires_at, routed_by, explanation, required_approvals)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
         " ON CONFLICT (proposal_id) DO NOTHING RETURNING 1",
         proposal.proposal_id,
         proposal.kind.value,
@@ -51,23 +39,21 @@ async def enqueue(conn: Queryable, request: ReviewRequest) -> bool:
         request.expires_at,
         request.routed_by.model_dump(mode="json"),
         request.explanation,
+        request.required_approvals,
     )
     return inserted is not None
 
 
-async def retire(conn: Queryable, decision: Decision) -> bool:
-    """A decision made elsewhere (a newer proposal superseded this one) closes a pending item."""
-    # An upsert: if the decision overtakes the review request (they travel on different topics),
-    # the row it leaves makes the late request a no-op instead of an approvable item.
+# The columns a decision fills, in the order of _DECISION_VALUES.
+_DECISION_COLUMNS = (
+    "proposal_id, kind, object_type, record_id, confidence, proposal, status, decision_id, decided_by,"
+    " decided_at, comment, decider, decision_explanation, final_changes"
+)
+
+
+def _decision_values(decision: Decision) -> tuple[Any, ...]:
     proposal = decision.proposal
-    closed = await conn.fetchval(
-        "INSERT INTO review_queue (proposal_id, kind, object_type, record_id, confidence, proposal,"
-        " status, decision_id, decided_by, decided_at, comment)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        " ON CONFLICT (proposal_id) DO UPDATE SET status = EXCLUDED.status,"
-        " decision_id = EXCLUDED.decision_id, decided_by = EXCLUDED.decided_by,"
-        " decided_at = EXCLUDED.decided_at, comment = EXCLUDED.comment"
-        " WHERE review_queue.status = 'pending' RETURNING 1",
+    return (
         proposal.proposal_id,
         proposal.kind.value,
         proposal.object_type.value,
@@ -78,22 +64,53 @@ async def retire(conn: Queryable, decision: Decision) -> bool:
         decision.decision_id,
         decision.decided_by.identity,
         decision.decided_at,
+        decision.comment,
+        decision.decided_by.model_dump(mode="json"),
         decision.explanation,
+        [c.model_dump(mode="json") for c in decision.final_changes] if decision.final_changes else None,
+    )
+
+
+async def record_decision(conn: Queryable, decision: Decision) -> bool:
+    """A decision made elsewhere (auto-applied or rejected by policy, superseded by a newer proposal)
+    is kept, so the proposal can be read; a pending item it names is closed. False if the proposal
+    was already decided (our own decisions come back this way)."""
+    # An upsert: if the decision overtakes the review request (they travel on different topics),
+    # the row it leaves makes the late request a no-op instead of an approvable item.
+    closed = await conn.fetchval(
+        f"INSERT INTO review_queue ({_DECISION_COLUMNS})"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        " ON CONFLICT (proposal_id) DO UPDATE SET status = EXCLUDED.status,"
+        " decision_id = EXCLUDED.decision_id, decided_by = EXCLUDED.decided_by,"
+        " decided_at = EXCLUDED.decided_at, comment = EXCLUDED.comment, decider = EXCLUDED.decider,"
+        " decision_explanation = EXCLUDED.decision_explanation, final_changes = EXCLUDED.final_changes"
+        " WHERE review_queue.status = 'pending' RETURNING 1",
+        *_decision_values(decision),
     )
     return closed is not None
 
 
 async def record_execution(conn: Queryable, execution: Execution) -> bool:
-    """The item decided here shows what its execution did; False if it is not an item of ours."""
+    """The item shows what its execution did; one not known yet (the execution overtook its
+    decision) is recorded from the decision the execution carries. False if the execution is of
+    another decision than the item's."""
     updated = await conn.fetchval(
-        "UPDATE review_queue SET execution_id = $3, execution_status = $4, executed_at = $5,"
-        " execution_error = $6 WHERE proposal_id = $1 AND decision_id = $2 RETURNING 1",
-        execution.decision.proposal.proposal_id,
-        execution.decision.decision_id,
+        f"INSERT INTO review_queue ({_DECISION_COLUMNS}, execution_id, execution_status, executed_at,"
+        " execution_error, execution_writes, merged_into)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+        " ON CONFLICT (proposal_id) DO UPDATE SET execution_id = EXCLUDED.execution_id,"
+        " execution_status = EXCLUDED.execution_status, executed_at = EXCLUDED.executed_at,"
+        " execution_error = EXCLUDED.execution_error, execution_writes = EXCLUDED.execution_writes,"
+        " merged_into = EXCLUDED.merged_into"
+        " WHERE review_queue.decision_id = EXCLUDED.decision_id"
+        " AND review_queue.execution_id IS DISTINCT FROM EXCLUDED.execution_id RETURNING 1",
+        *_decision_values(execution.decision),
         execution.execution_id,
         execution.status.value,
         execution.executed_at,
         execution.error[:2000] if execution.error else None,
+        [w.model_dump(mode="json") for w in execution.writes],
+        execution.merged_into,
     )
     return updated is not None
 
@@ -107,133 +124,22 @@ async def overdue(pool: asyncpg.Pool, limit: int = 100) -> list[uuid.UUID]:
     return [r["proposal_id"] for r in rows]
 
 
-def scope_filter(scopes: list[Grant] | None, first: int) -> tuple[str, list[Any]]:
-    """SQL (and its arguments, numbered from ``first``) keeping the items some grant covers; None:
-    every item. A grant without queues or kinds covers all of them."""
-    if scopes is None:
-        return "TRUE", []
-    args: list[Any] = []
-    ors = []
-    for grant in scopes:
-        ands = ["TRUE"]
-        for column, allowed in (("queue", grant.queues), ("kind", grant.kinds)):
-            if allowed is not None:
-                args.append(sorted(allowed))
-                ands.append(f"{column} = ANY(${first + len(args) - 1}::text[])")
-        ors.append(f"({' AND '.join(ands)})")
-    return f"({' OR '.join(ors) or 'FALSE'})", args
-
-
-async def list_items(
-    pool: asyncpg.Pool,
-    status: str,
-    kind: str | None,
-    queue: str | None,
-    limit: int,
-    offset: int,
-    scopes: list[Grant] | None = None,
-) -> list[asyncpg.Record]:
-    """Highest priority first, then oldest first; only what ``scopes`` cover (None: everything)."""
-    visible, args = scope_filter(scopes, 6)
-    rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT * FROM review_queue WHERE status = $1 AND ($2::text IS NULL OR kind = $2)"
-        f" AND ($3::text IS NULL OR queue = $3) AND {visible}"
-        " ORDER BY priority_rank, enqueued_at, proposal_id LIMIT $4 OFFSET $5",
-        status,
-        kind,
-        queue,
-        limit,
-        offset,
-        *args,
-    )
-    return rows
-
-
-async def statistics(pool: asyncpg.Pool, scopes: list[Grant] | None = None) -> list[asyncpg.Record]:
-    """Items by queue, kind and status, with the oldest enqueue time; only what ``scopes`` cover."""
-    visible, args = scope_filter(scopes, 1)
-    rows: list[asyncpg.Record] = await pool.fetch(
-        "SELECT queue, kind, status, count(*) AS count, min(enqueued_at) AS oldest FROM review_queue"
-        f" WHERE {visible} GROUP BY queue, kind, status ORDER BY queue, kind, status",
-        *args,
-    )
-    return rows
-
-
-async def get_item(pool: asyncpg.Pool, proposal_id: uuid.UUID) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await pool.fetchrow(
-        "SELECT * FROM review_queue WHERE proposal_id = $1", proposal_id
-    )
-    return row
-
-
-async def decide(
-    pool: asyncpg.Pool,
-    names: TopicNames,
-    proposal_id: uuid.UUID,
-    outcome: DecisionOutcome,
-    identity: str,
-    comment: str | None,
-    final_changes: list[FieldChange] | None = None,
-    *,
-    signer: SigningKey,
-    by_system: bool = False,
-) -> Decision:
-    """Close a pending item and emit its decision, in one transaction. Raises NotPendingError."""
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "SELECT proposal, status, enqueued_at, expires_at <= now() AS overdue FROM review_queue"
-            " WHERE proposal_id = $1 FOR UPDATE",
-            proposal_id,
-        )
-        if row is None or row["status"] != "pending":
-            raise NotPendingError(None if row is None else row["status"])
-        if row["overdue"] and not by_system:
-            raise NotPendingError("expired")  # the sweeper has not got to it yet
-        proposal = Proposal.model_validate(row["proposal"])
-        if outcome is DecisionOutcome.APPROVED:
-            final_changes = list(proposal.changes)
-        decision = Decision(
-            decision_id=uuid.uuid4(),
-            proposal=proposal,
-            outcome=outcome,
-            decided_by=Decider(kind="system" if by_system else "human", identity=identity),
-            decided_at=utcnow(),
-            explanation=f"{outcome.value.replace('_', ' ')} by {identity}",
-            comment=comment,
-            final_changes=final_changes or [],
-        )
-        decision = signer.sign(decision)
-        await conn.execute(
-            "UPDATE review_queue SET status = $2, decision_id = $3, decided_by = $4,"
-            " decided_at = $5, comment = $6 WHERE proposal_id = $1",
-            proposal_id,
-            outcome.value,
-            decision.decision_id,
-            identity,
-            decision.decided_at,
-            comment,
-        )
-        envelope = make_envelope(
-            decision,
-            service=SERVICE,
-            correlation_id=proposal.proposal_id,
-            dedup_key=str(decision.decision_id),
-        )
-        await outbox.enqueue(conn, SERVICE, names(Topic.DECISIONS), proposal.record_id, envelope)
-    metrics.DECISIONS.labels(outcome=outcome.value).inc()
-    metrics.REVIEW_LATENCY.observe((decision.decided_at - row["enqueued_at"]).total_seconds())
-    return decision
+_seen_depth: set[tuple[str, str]] = set()
 
 
 async def refresh_depth(pool: asyncpg.Pool) -> None:
-    """Queue depth and the oldest item's age, from the database (true across replicas)."""
-    row = await pool.fetchrow(
-        "SELECT count(*) AS n, extract(epoch FROM now() - min(enqueued_at)) AS age"
-        " FROM review_queue WHERE status = 'pending'"
+    """Depth and the oldest item's age by kind and queue, from the database (true across replicas);
+    a kind and queue that emptied reads 0."""
+    rows = await pool.fetch(
+        "SELECT kind, queue, count(*) AS n, extract(epoch FROM now() - min(enqueued_at)) AS age"
+        " FROM review_queue WHERE status = 'pending' GROUP BY kind, queue"
     )
-    metrics.PENDING.set(row["n"] if row else 0)
-    metrics.OLDEST_PENDING_AGE.set(float(row["age"] or 0) if row else 0)
+    now = {(r["kind"], r["queue"] or ""): (r["n"], float(r["age"] or 0)) for r in rows}
+    for key in _seen_depth | set(now):
+        depth, age = now.get(key, (0, 0.0))
+        metrics.PENDING.labels(*key).set(depth)
+        metrics.OLDEST_PENDING_AGE.labels(*key).set(age)
+    _seen_depth.update(now)
 
 
 def json_type(value: object) -> str:

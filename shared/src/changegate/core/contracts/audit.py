@@ -13,6 +13,7 @@ from pydantic import Field
 class AuditMode(StrEnum):
     AUTO_APPLIED = "auto_applied"
     APPROVED = "approved"
+    APPROVED_WITH_CHANGES = "approved_with_changes"  # a reviewer changed the proposed value
 
 
 class AuditEntry(Contract):
@@ -37,5 +38,8 @@ class AuditEntry(Contract):
     proposed_at: UtcDatetime
     decided_at: UtcDatetime
     executed_at: UtcDatetime
+    proposed_value: PropertyValue = Field(
+        None, description="approved_with_changes: the value first proposed (new_value is the reviewer's)"
+    )
     prev_hash: str = Field(description="hash of the previous row ('' for the first)")
     hash: str = Field(description="sha256 over this row's content and prev_hash")

@@ -86,10 +86,11 @@ EVENT_TYPES: dict[str, EventType] = {
         # proposals); an older payload is a valid v3 one, which consumers refuse as unsigned.
         EventType("crm_event", CrmEvent, 2, {1: _same}),
         EventType("proposal", Proposal, 3, {1: _same, 2: _same}),
-        EventType("review_request", ReviewRequest, 3, {1: _same, 2: _same}),
+        # review_request v4 added required_approvals (default 1): older payloads are valid v4 ones.
+        EventType("review_request", ReviewRequest, 4, {1: _same, 2: _same, 3: _same}),
         EventType("decision", Decision, 3, {1: _same, 2: _same}),
         EventType("execution", Execution, 3, {1: _same, 2: _same}),
-        EventType("audit_entry", AuditEntry, 1),
+        EventType("audit_entry", AuditEntry, 2, {1: _same}),  # v2: approved_with_changes, proposed_value
     )
 }
 EVENT_TYPE_OF: dict[type[BaseModel], str] = {et.model: et.name for et in EVENT_TYPES.values()}

@@ -20,6 +20,12 @@ class ReviewRequest(Contract):
     )
     routed_by: Decider = Field(description="the policy rule (or service) that asked for review")
     explanation: str = Field(min_length=1, description="one line: why it needs a human")
+    required_approvals: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="distinct reviewers who must approve before the decision is made (four-eyes: 2)",
+    )
     signature: Signature | None = Field(
         None,
         description="the router's signature (policy; the executor for a conflict); review-api and the "
