@@ -92,7 +92,7 @@ def summarise(
     ]
     status.stalled_seconds = max(ages) if ages else None
     if service == "review-api":
-        status.queue = total(after, "changegate_review_pending_proposals")  # by kind and queue
+        status.queue = total(after, "changegate_review_pending_proposals") or 0.0  # by kind and queue
         status.oldest_pending_seconds = largest(after, "changegate_review_oldest_pending_age_seconds")
     else:
         status.queue = largest(after, "changegate_outbox_pending_messages")

@@ -36,7 +36,10 @@ class FaustLag:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             positions = {}
-            for faust_tp in set(self.app.consumer.assignment()):
+            assigned: set[Any] = set()
+            with contextlib.suppress(Exception):  # Faust's consumer not started yet, or stopping
+                assigned = set(self.app.consumer.assignment())
+            for faust_tp in assigned:
                 tp = TopicPartition(faust_tp.topic, faust_tp.partition)
                 if tp in self.processed:
                     positions[tp] = self.processed[tp]
