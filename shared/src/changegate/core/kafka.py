@@ -27,7 +27,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
-from changegate.core import decompression, metrics
+from changegate.core import decompression, metrics, tracing
 from changegate.core.backpressure import PartitionGate
 from changegate.core.consumer_health import ConsumerHealth
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
@@ -160,7 +160,9 @@ async def ensure_topics(settings: CommonSettings, topics: Sequence[Topic] | None
 
 
 async def publish(producer: AIOKafkaProducer, topic: str, key: str | None, envelope: Envelope[Any]) -> None:
-    await producer.send_and_wait(topic, encode(envelope), key=key.encode() if key else None)
+    await producer.send_and_wait(
+        topic, encode(envelope), key=key.encode() if key else None, headers=tracing.headers_for(envelope)
+    )
     metrics.MESSAGES_PRODUCED.labels(topic=topic).inc()
 
 
@@ -244,7 +246,10 @@ class MessageProcessor:
         envelope = await self._decode(record)
         if envelope is None:
             return
-        with correlation(envelope.correlation_id, event_id=envelope.event_id):
+        with (
+            correlation(envelope.correlation_id, event_id=envelope.event_id),
+            tracing.processing([record], [envelope], self.group_id),
+        ):
             try:
                 await self._with_retry(lambda: sub.handler(envelope), record.topic)
             except BackpressureError:
@@ -271,7 +276,8 @@ class MessageProcessor:
         if not envelopes:
             return
         try:
-            await self._with_retry(lambda: batch_handler(envelopes), topic, attempts=1)
+            with tracing.processing([r for r, _ in decoded], envelopes, self.group_id):
+                await self._with_retry(lambda: batch_handler(envelopes), topic, attempts=1)
         except BackpressureError:
             raise
         except Exception:

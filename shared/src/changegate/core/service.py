@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from changegate.core import __version__, metrics
+from changegate.core import __version__, metrics, tracing
 from changegate.core.consumer_health import ConsumerHealth
 from changegate.core.db import create_pool, migrate, pending_migrations
 from changegate.core.http import ProblemH11Protocol, harden, problem, problem_responses
@@ -128,6 +128,7 @@ class ServiceRuntime:
         self.settings = settings
         self.stop = asyncio.Event()
         self.checks: dict[str, ReadinessCheck] = {}
+        tracing.configure(name, settings.tracing_exporter)
         metrics.BUILD_INFO.labels(service=name, version=__version__, python=platform.python_version()).set(1)
 
     async def open_database(self, component: str, migrations: str | None = None) -> asyncpg.Pool:
@@ -200,4 +201,5 @@ class ServiceRuntime:
             exc = failed[0].exception()
             log.error("worker failed, exiting", worker=failed[0].get_name(), error=repr(exc), exc_info=exc)
             raise SystemExit(1)
+        tracing.shutdown()
         log.info("service stopped")

@@ -101,6 +101,11 @@ class CommonSettings(BaseSettings):
         default_factory=dict,
         description="key id -> {signer, public_key}: whose signed decisions and executions to accept (JSON)",
     )
+    tracing_exporter: Literal["none", "otlp"] = Field(
+        "none",
+        description="OpenTelemetry spans: none (default), or otlp to the collector that "
+        "OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) names, over HTTP",
+    )
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 from aiolimiter import AsyncLimiter
+from changegate.core import tracing
 from changegate.core.logging import get_logger
 from changegate.executor.crm import metrics as crm_metrics
 from changegate.executor.crm.port import CrmUnavailableError
@@ -89,14 +90,16 @@ class HubSpotClient:
         pause = self._not_before - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
+        span = tracing.client_span(f"HubSpot {operation}", **{"http.request.method": method})
         async with self.limiter:
-            started = time.perf_counter()
-            try:
-                response = await self.http.request(method, path, json=json, params=params)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "error"
-                crm_metrics.record("hubspot", operation, outcome, time.perf_counter() - started)
-                raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
+            with span as trace:
+                started = time.perf_counter()
+                try:
+                    response = await self.http.request(method, path, json=json, params=params, headers=trace)
+                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "error"
+                    crm_metrics.record("hubspot", operation, outcome, time.perf_counter() - started)
+                    raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
         crm_metrics.record("hubspot", operation, str(response.status_code), time.perf_counter() - started)
         self._note_rate_limit(response)
         status = response.status_code
