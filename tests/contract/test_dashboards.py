@@ -101,3 +101,15 @@ def test_the_runbook_names_the_dashboard_rows() -> None:
             if panel.get("type") == "row":
                 title = re.split(r"[:,]", panel["title"])[0]
                 assert f"*{title}*" in text, f"the runbook never mentions row {title!r}"
+
+
+def test_the_readme_shows_the_dashboard_picture() -> None:
+    """docs/dashboard.png (bench/dashboard_picture.py draws it from a run) is a PNG the README
+    shows, drawn from the panels of a dashboard that is there."""
+    picture = REPO_ROOT / "docs" / "dashboard.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](docs/dashboard.png)" in (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    script = (REPO_ROOT / "bench" / "dashboard_picture.py").read_text(encoding="utf-8")
+    drawn = re.search(r'"deploy" / "grafana" / "dashboards" / "([\w.-]+)"', script)
+    assert drawn is not None
+    assert drawn.group(1) in {path.name for path in DASHBOARDS}
