@@ -8,7 +8,7 @@ MEMBERS := shared services/detector services/policy services/executor services/a
 STAMP := $(VENV)/.installed
 
 .PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy bench-executor \
-	bench-ingest bench-detector-quality bench-detector-speed bench-review mutation prometheus-tools k8s-rules clean
+	bench-ingest bench-detector-quality bench-detector-speed bench-e2e bench-review mutation prometheus-tools k8s-rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -69,7 +69,7 @@ lock: ## recompile requirements.lock from requirements.in, keeping the pins it h
 	{ echo "# Compiled by 'make lock' (uv pip compile --generate-hashes) from requirements.in. Do not edit."; \
 	  cat requirements.lock.tmp; } > requirements.lock && rm requirements.lock.tmp
 
-bench: bench-policy bench-executor bench-ingest bench-detector-quality bench-detector-speed bench-review ## every benchmark (figures printed, with a baseline from the same run)
+bench: bench-policy bench-executor bench-ingest bench-detector-quality bench-detector-speed bench-e2e bench-review ## every benchmark (figures printed, with a baseline from the same run)
 
 bench-policy: $(STAMP) ## policy evaluator and service rate vs a raw aiokafka pass-through
 	$(BIN)/python bench/policy_speed.py
@@ -79,6 +79,9 @@ bench-executor: $(STAMP) ## decisions/s carried out on the sandbox and the HubSp
 
 bench-ingest: $(STAMP) ## signed webhooks accepted/s and latency, batches of 1 and 100, vs a bare FastAPI producer
 	$(BIN)/python bench/ingest.py
+
+bench-e2e: $(STAMP) ## events/s crm.events -> audit row and latency at 100, 1,000 and flat out, vs a raw 4-hop aiokafka chain
+	$(BIN)/python bench/e2e.py $(ARGS)
 
 bench-detector-quality: $(STAMP) ## duplicate finder on synthetic, Febrl1/2/4 and the confounder set, trained without labels: clusters (wrong merges, closure P/R/F1, ECE), pairs, look-alikes per kind
 	$(BIN)/python bench/detector_quality.py

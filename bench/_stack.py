@@ -69,6 +69,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
+def code_env(code: Path | None) -> dict[str, str]:
+    """Environment that makes services run the code of another checkout (``code``: its root, e.g.
+    an export of main), for a before/after measured in one run; empty for this checkout."""
+    if code is None:
+        return {}
+    roots = [code / "shared" / "src", *sorted((code / "services").glob("*/src"))]
+    return {"PYTHONPATH": os.pathsep.join(str(r) for r in roots)}
+
+
 # The benchmark's own signing keys: each signing service its key, every service trusts them all.
 SIGNING_KEYS, TRUSTED_KEYS = dev_keys("bench")
 

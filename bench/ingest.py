@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,40 @@ async def load(
     )
 
 
+async def offered(
+    name: str, base: str, prepared: list[tuple[bytes, dict[str, str]]], rate: float
+) -> tuple[str, float, float, float, Counter[int]]:
+    """Requests of one event each, sent at ``rate`` per second whatever the answers (as webhooks
+    arrive): how many got each status, and the latency of the accepted ones."""
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=2000, max_keepalive_connections=500)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+
+        async def one(body: bytes, headers: dict[str, str]) -> None:
+            started = time.perf_counter()
+            try:
+                response = await client.post(PATH, content=body, headers=headers)
+            except httpx.HTTPError:
+                statuses[0] += 1
+                return
+            statuses[response.status_code] += 1
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        tasks = []
+        for n, (body, headers) in enumerate(prepared):
+            delay = began + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(body, headers)))
+        await asyncio.gather(*tasks)
+        wall = time.perf_counter() - began
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return name, statuses[200] / wall, q[49] * 1000, q[98] * 1000, statuses
+
+
 async def wait_ready(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=1) as client:
@@ -132,7 +167,9 @@ async def wait_ready(url: str, timeout: float = 60) -> None:
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
 
 
-async def bench(bootstrap: str, workdir: Path, counts: dict[int, int], senders: int) -> list[Result]:
+async def bench(
+    bootstrap: str, workdir: Path, counts: dict[int, int], senders: int, rate: float, seconds: float
+) -> tuple[list[Result], list[tuple[str, float, float, float, Counter[int]]]]:
     settings = CommonSettings(kafka_bootstrap_servers=bootstrap, topic_prefix="bench.")
     await ensure_topics(settings, [Topic.CRM_EVENTS])
     topic = TopicNames(settings.topic_prefix)(Topic.CRM_EVENTS)
@@ -163,10 +200,16 @@ async def bench(bootstrap: str, workdir: Path, counts: dict[int, int], senders: 
                 first_id += (senders + count) * batch
                 await load(name, base, batch, warmup, senders)
                 results.append(await load(name, base, batch, prepared, senders))
+        at_rate = []
+        for name, port in targets.items():
+            base = f"http://127.0.0.1:{port}"
+            prepared = requests(base + PATH, int(rate * seconds), 1, first_id)
+            first_id += len(prepared)
+            at_rate.append(await offered(name, base, prepared, rate))
     finally:
         stop(ingest)
         stop(bare)
-    return results
+    return results, at_rate
 
 
 def main() -> None:
@@ -176,13 +219,17 @@ def main() -> None:
     parser.add_argument("--requests-1", type=int, default=3_000, help="requests of 1 event")
     parser.add_argument("--requests-100", type=int, default=300, help="requests of 100 events")
     parser.add_argument("--senders", type=int, default=50, help="concurrent senders")
+    parser.add_argument("--rate", type=float, default=1000, help="requests/s offered (one event each)")
+    parser.add_argument("--seconds", type=float, default=10, help="how long the rate is offered")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="changegate-bench-"))
     broker = EmbeddedBroker(free_port(), workdir / "broker.log")
     try:
         bootstrap = broker.start()
         counts = {1: args.requests_1, 100: args.requests_100}
-        results = asyncio.run(bench(bootstrap, workdir, counts, args.senders))
+        results, at_rate = asyncio.run(
+            bench(bootstrap, workdir, counts, args.senders, args.rate, args.seconds)
+        )
     finally:
         broker.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -195,6 +242,13 @@ def main() -> None:
         failed = f"  ({r.failed} not accepted)" if r.failed else ""
         figures = f"{r.events_per_second:>10,.0f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f}"
         print(f"{r.name:<36} {r.batch:>5} {figures}  {share}{failed}")
+    print()
+    print(f"{args.rate:,.0f} requests/s of one event offered for {args.seconds:.0f} s, whatever the answers:")
+    for name, accepted, p50, p99, statuses in at_rate:
+        answers = ", ".join(f"{n} x {s or 'no answer'}" for s, n in sorted(statuses.items()))
+        print(f"{name:<36} {accepted:>8,.0f} accepted/s  p50 {p50:,.0f} ms  p99 {p99:,.0f} ms  ({answers})")
+    ingest_503 = next(s for n, *_, s in at_rate if "ingest" in n)[503]
+    print(f"target: no 503 at {args.rate:,.0f} events/s offered: {'met' if not ingest_503 else 'NOT met'}")
 
 
 if __name__ == "__main__":

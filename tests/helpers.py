@@ -58,7 +58,10 @@ CONSUMER_GROUPS: dict[Topic, set[str]] = {
         "changegate-detector-lifecycle",
     },
     Topic.EXECUTIONS: {"changegate-audit", "changegate-review-api", "changegate-detector-lifecycle"},
+    Topic.RECORD_CHANGES: set(),  # every detector replica reads it in full, without a group
 }
+# Readers of a topic without a consumer group (no offsets to wait for), as dead letters name them.
+GROUPLESS_READERS: dict[Topic, set[str]] = {Topic.RECORD_CHANGES: {"changegate-detector-records"}}
 # Signing keys of the test run: each signing service's CHANGEGATE_SIGNING_KEY, and the trusted keys.
 SIGNING_KEYS, TRUSTED_KEYS = dev_keys("test")
 

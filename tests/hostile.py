@@ -24,6 +24,7 @@ from changegate.core.contracts import (
     Proposal,
     ProposalKind,
     ProposalSource,
+    RecordChange,
     ReviewRequest,
     Trigger,
 )
@@ -49,6 +50,16 @@ def good_payload(
     ``keys`` (signer -> CHANGEGATE_SIGNING_KEY), every payload but a CRM event is signed as it must
     be for a stack that verifies them."""
     rid = record_id or f"good-{uuid.uuid4().hex[:8]}"
+    if event_type == "record_change":  # a record no detector knows: read again, found absent
+        return RecordChange(
+            object_type=ObjectType.CONTACT,
+            record_id=rid,
+            writer="corpus",
+            seen=0,
+            searched=False,
+            source_system="corpus",
+            source_event_id=f"corpus-{rid}",
+        )
     if event_type == "crm_event":
         return CrmEvent(
             source_system="hubspot",
@@ -218,4 +229,4 @@ def _nested(depth: int) -> Any:
     return value
 
 
-EVENT_TYPES = ("crm_event", "proposal", "review_request", "decision", "execution")
+EVENT_TYPES = ("crm_event", "proposal", "review_request", "decision", "execution", "record_change")

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 CLI = [sys.executable, "-m", "changegate.cli"]
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """Not under pytest's basetemp: any pytest run starting meanwhile makes that 0700 again, and
+    the embedded PostgreSQL's own system user could no longer reach its data directory."""
+    path = Path(tempfile.mkdtemp(prefix="changegate-devstack-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _free_base_port() -> int:
@@ -50,6 +62,9 @@ def _start(
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
             pytest.fail("dev up did not get ready:\n" + "".join(lines))
+    if not (workdir / "state.json").exists():  # it printed, then stopped what it started
+        proc.wait(60)
+        pytest.fail("dev up stopped after it was ready:\n" + "".join(lines) + proc.stdout.read())
     state: dict[str, object] = json.loads((workdir / "state.json").read_text())
     return proc, state
 
@@ -78,17 +93,17 @@ def _assert_all_gone(state: dict[str, object], workdir: Path) -> None:
     assert not (workdir / "ingest.json").exists()
 
 
-def test_the_printed_token_works_as_the_readme_says_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+def test_the_printed_token_works_as_the_readme_says_and_ctrl_c_stops_everything(workdir: Path) -> None:
     printed: list[str] = []
-    proc, state = _start(tmp_path, printed)
+    proc, state = _start(workdir, printed)
     try:
-        _check_the_printed_token(tmp_path, state)
+        _check_the_printed_token(workdir, state)
         # Piped (a log, CI): the table keeps every path whole, nothing folded or cut with "…".
         text = "".join(printed)
         for name in ("audit", "executor", "review-api", "policy", "detector", "ingest"):
-            assert str(tmp_path.resolve() / "logs" / f"{name}.log") in text, text
+            assert str(workdir.resolve() / "logs" / f"{name}.log") in text, text
         assert "…" not in text
-        _check_the_commands_find_the_stack(tmp_path, state)
+        _check_the_commands_find_the_stack(workdir, state)
     except BaseException:
         proc.send_signal(signal.SIGINT)  # whatever failed, leave nothing running
         proc.wait(60)
@@ -98,11 +113,11 @@ def test_the_printed_token_works_as_the_readme_says_and_ctrl_c_stops_everything(
     proc.stdout.close()
     proc.send_signal(signal.SIGINT)
     proc.wait(60)
-    _assert_all_gone(state, tmp_path)
+    _assert_all_gone(state, workdir)
 
 
-def _check_the_printed_token(tmp_path: Path, state: dict[str, object]) -> None:
-    token = (tmp_path / "token").read_text().strip()
+def _check_the_printed_token(workdir: Path, state: dict[str, object]) -> None:
+    token = (workdir / "token").read_text().strip()
     ports = state["ports"]
     assert isinstance(ports, dict)
     with httpx.Client(timeout=10) as client:
@@ -165,10 +180,10 @@ def _check_the_commands_find_the_stack(workdir: Path, state: dict[str, object]) 
     assert "Traceback" not in nowhere.stderr
 
 
-def test_dev_down_stops_everything(tmp_path: Path) -> None:
-    proc, state = _start(tmp_path)
+def test_dev_down_stops_everything(workdir: Path) -> None:
+    proc, state = _start(workdir)
     down = subprocess.run(
-        [*CLI, "dev", "down", "--workdir", str(tmp_path)],
+        [*CLI, "dev", "down", "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         timeout=90,
@@ -176,9 +191,9 @@ def test_dev_down_stops_everything(tmp_path: Path) -> None:
     )
     assert down.returncode == 0, down.stderr
     assert proc.wait(30) == 0
-    _assert_all_gone(state, tmp_path)
+    _assert_all_gone(state, workdir)
     again = subprocess.run(
-        [*CLI, "dev", "down", "--workdir", str(tmp_path)],
+        [*CLI, "dev", "down", "--workdir", str(workdir)],
         capture_output=True,
         text=True,
         timeout=30,

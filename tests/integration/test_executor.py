@@ -31,7 +31,7 @@ from changegate.executor.crm import sandbox
 from changegate.executor.crm.breaker import Breaker, State
 from changegate.executor.crm.hubspot.adapter import HubSpotCrm
 from changegate.executor.crm.hubspot.client import HubSpotClient
-from changegate.executor.crm.port import CrmUnavailableError
+from changegate.executor.crm.port import CrmUnavailableError, WriteItem, WriteResult, WriteStatus
 from changegate.executor.crm.sandbox import SandboxCrm
 from changegate.executor.handler import Executor
 from helpers import approved_decision, signing_key, verifier
@@ -136,7 +136,7 @@ async def test_a_write_that_landed_before_a_crash_is_recognised_never_repeated(
     # The process died after the CRM took the write and before the ledger said so.
     async with pool.acquire() as conn:
         await ledger.open_entry(conn, decision, "sandbox")
-        await ledger.observe(conn, decision.decision_id, {"jobtitle": "Engineer"})
+        await ledger.observe(conn, {decision.decision_id: {"jobtitle": "Engineer"}})
     await SandboxCrm(pool).write(C, "r3", decision.final_changes)
     assert await _version(pool, "r3") == 2
     await executor.handle(make_envelope(decision, service="review-api"))
@@ -153,7 +153,7 @@ async def test_a_crash_before_the_write_landed_writes_once_on_redelivery(
     decision = approved_decision("r4", {"jobtitle": ("Engineer", "CTO")})
     async with pool.acquire() as conn:
         await ledger.open_entry(conn, decision, "sandbox")
-        await ledger.observe(conn, decision.decision_id, {"jobtitle": "Engineer"})  # died right after
+        await ledger.observe(conn, {decision.decision_id: {"jobtitle": "Engineer"}})  # died right after
     await executor.handle(make_envelope(decision, service="review-api"))
     [execution] = await _emitted(pool, "execution")
     assert execution.status is ExecutionStatus.APPLIED
@@ -294,3 +294,111 @@ async def test_the_breaker_opens_on_an_outage_probes_and_closes(hubspot_sim: Sim
     assert breaker.state is State.CLOSED
     assert found["21"].properties == {"city": "Oslo"}
     assert len(hubspot_sim.calls("/batch/read")) == 5  # never more calls than the breaker let through
+
+
+async def test_a_batch_shares_hubspots_batch_calls_and_a_207_refuses_only_its_own_decision(
+    settings: CommonSettings, pool: asyncpg.Pool, hubspot_sim: SimServer
+) -> None:
+    await migrate_core(pool)
+    await migrate(pool, "executor", "changegate.executor.migrations")
+    hubspot_sim.reset()
+    ids = [str(600 + i) for i in range(150)]
+    hubspot_sim.records(*({"id": i, "properties": {"jobtitle": "Engineer"}} for i in ids))
+    hubspot_sim.fault(path="/batch/update", fail_ids=["642"])  # a 207: one input refused
+    crm = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN, attempts=3))
+    executor = Executor(
+        pool,
+        TopicNames(settings.topic_prefix),
+        signing_key("executor"),
+        verifier(),
+        crm,
+        Breaker("h"),
+    )
+    decisions = [approved_decision(i, {"jobtitle": ("Engineer", "CTO")}) for i in ids]
+    # The same record twice: its second decision runs after the first, and sees its write.
+    decisions.append(approved_decision("600", {"jobtitle": ("Engineer", "CEO")}))
+    try:
+        refused = await executor.handle_batch([make_envelope(d, service="review-api") for d in decisions])
+    finally:
+        await crm.close()
+    assert list(refused) == [42]
+    assert refused[42].reason == "crm_refused"
+    assert "VALIDATION_ERROR" in refused[42].detail
+    executions = [e for e in await _emitted(pool, "execution")]
+    by_decision = {e.decision.decision_id: e for e in executions}
+    assert len(executions) == 150  # every decision but the refused one
+    assert decisions[42].decision_id not in by_decision
+    assert all(
+        by_decision[d.decision_id].status is ExecutionStatus.APPLIED
+        for d in decisions[:42] + decisions[43:150]
+    )
+    assert by_decision[decisions[-1].decision_id].status is ExecutionStatus.CONFLICT  # 600 holds CTO now
+    assert (hubspot_sim.record("600") or {})["properties"]["jobtitle"] == "CTO"
+    assert (hubspot_sim.record("642") or {})["properties"]["jobtitle"] == "Engineer"
+    # 150 records: two batch updates (100 + 50) for the first turn, one more for the second turn's
+    # read-compare; never one request per decision.
+    updates = hubspot_sim.calls("/batch/update")
+    assert [len(c["body"]["inputs"]) for c in updates] == [100, 50]
+    assert len(hubspot_sim.calls("/batch/read")) == 2 + 2 + 1  # read and re-read per call, then the turn
+    assert hubspot_sim.log()["violations"] == []
+    # The refused one stays at intent: a replay resolves it by reading first, never writes blindly.
+    state = await pool.fetchval(
+        "SELECT state FROM executor_ledger WHERE decision_id = $1", decisions[42].decision_id
+    )
+    assert state == "intent"
+
+
+async def test_two_decisions_for_one_record_through_a_merged_away_id_are_compared_in_turn(
+    executor: Executor, pool: asyncpg.Pool
+) -> None:
+    """Different ids that resolve to one record (one merged into the other) in one batch: the
+    second is compared with what the first wrote, never with the value read before it."""
+    await sandbox.upsert_record(pool, C, "m1", {"jobtitle": "Engineer"})
+    await sandbox.upsert_record(pool, C, "m2", {"jobtitle": "Engineer"})
+    await SandboxCrm(pool).merge(C, "m1", ["m2"])
+    first = approved_decision("m1", {"jobtitle": ("Engineer", "CTO")})
+    second = approved_decision("m2", {"jobtitle": ("Engineer", "CEO")})
+    await executor.handle_batch([make_envelope(d, service="t") for d in (first, second)])
+    statuses = {e.decision.decision_id: e.status for e in await _emitted(pool, "execution")}
+    assert statuses == {
+        first.decision_id: ExecutionStatus.APPLIED,
+        second.decision_id: ExecutionStatus.CONFLICT,
+    }
+    assert (await sandbox.get_record(pool, C, "m1") or {})["jobtitle"] == "CTO"
+
+
+async def test_hubspot_writes_ids_that_resolve_to_one_record_in_turns(hubspot_sim: SimServer) -> None:
+    hubspot_sim.reset()
+    hubspot_sim.records(
+        {"id": "701", "properties": {"jobtitle": "Engineer"}},
+        {"id": "702", "properties": {"jobtitle": "Engineer"}},
+    )
+    crm = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN, attempts=3))
+    try:
+        merged = await crm.merge(C, "701", ["702"])
+        first = WriteItem("701", [FieldChange(field="jobtitle", previous="Engineer", proposed="CTO")])
+        second = WriteItem("702", [FieldChange(field="jobtitle", previous="Engineer", proposed="CEO")])
+        results = await crm.write_many(C, [first, second])
+    finally:
+        await crm.close()
+    assert [r.status for r in results if isinstance(r, WriteResult)] == [
+        WriteStatus.APPLIED,
+        WriteStatus.CONFLICT,
+    ]
+    assert (hubspot_sim.record(merged.merged_id) or {})["properties"]["jobtitle"] == "CTO"
+    assert hubspot_sim.log()["violations"] == []
+
+
+async def test_a_replica_spends_only_its_share_of_the_apps_rate_limit(hubspot_sim: SimServer) -> None:
+    hubspot_sim.reset()
+    hubspot_sim.records({"id": "801", "properties": {"jobtitle": "Engineer"}})
+    whole = HubSpotClient(hubspot_sim.url, TOKEN, requests_per_window=4, window_seconds=600)
+    third = HubSpotClient(hubspot_sim.url, TOKEN, requests_per_window=4, window_seconds=600)
+    third.share = lambda: 1 / 3  # one of three replicas: each call costs three of the four
+    try:
+        for client in (whole, third):
+            await HubSpotCrm(client).read(C, ["801"], ["jobtitle"])
+        assert (await whole.remaining(), await third.remaining()) == (3, 0)
+    finally:
+        await whole.close()
+        await third.close()

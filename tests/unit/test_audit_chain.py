@@ -459,3 +459,42 @@ def test_parse_head_takes_what_verify_prints() -> None:
     ):
         with pytest.raises(ValueError, match=r"^expected SEQ:HASH, e.g. 42:<64 hex digits>$"):
             parse_head(bad)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 11, 30, 9, 15, 0, tzinfo=UTC),
+        datetime(2026, 11, 30, 9, 15, 0, 120000, tzinfo=UTC),
+        datetime.fromisoformat("2026-11-30T10:15:00.000001+05:45"),
+        datetime.fromisoformat("2026-11-30T10:15:00-03:00"),
+        datetime.fromisoformat("2026-11-30T10:15:00+00:00:30"),  # an offset in seconds
+    ],
+)
+@pytest.mark.parametrize("human", [False, True])
+def test_rows_hash_as_the_verifier_recomputes_them_whatever_the_values(
+    when: datetime,
+    human: bool,
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
+    make_execution: Callable[..., Execution],
+) -> None:
+    """Rows are built without a model per row; their hashes must be what `verify` recomputes from
+    the stored row (timestamps with and without fractions or another offset, every JSON type)."""
+    values: list[Any] = [None, "", "Ünïcode ✓", 2.5e16, 0.1, -3, True, 1e-7]
+    proposal = make_proposal(
+        changes=[FieldChange(field=f"f{i}", previous=None, proposed=v) for i, v in enumerate(values)],
+        proposed_at=when,
+        confidence=1.0,
+    )
+    decider = Decider(kind="human", identity="bob@example.com") if human else None
+    decision = make_decision(proposal, decided_by=decider, decided_at=when)
+    execution = make_execution(decision, executed_at=when)
+    entries = entries_for(execution, 7, "a" * 64)
+    assert [e.new_value for e in entries] == values
+    for entry in entries:
+        assert _recomputed(entry) == entry.hash
+        stored = {c: to_column(c, v) for c, v in entry.model_dump().items()}
+        for name in VALUE_COLUMNS:
+            stored[name] = json.loads(stored[name])
+        assert _recomputed(AuditEntry.model_validate(stored)) == entry.hash

@@ -22,6 +22,7 @@ from changegate.core.contracts import (
     ObjectType,
     Producer,
     Proposal,
+    RecordChange,
     ReviewRequest,
 )
 from changegate.core.contracts import envelope as envelope_module
@@ -87,6 +88,15 @@ def _payloads(
             routed_by=make_decision().decided_by,
             explanation="sent to review: rule merge-always-review",
         ),
+        "record_change": RecordChange(
+            object_type=ObjectType.CONTACT,
+            record_id="hs-contact-1001",
+            writer="3f9a0c1d2e4b5a69",
+            seen=41,
+            searched=True,
+            source_system="hubspot",
+            source_event_id="hs-1001-created",
+        ),
     }
 
 
@@ -117,7 +127,8 @@ def test_every_registered_event_type_has_a_round_trip_case(
 
 
 @pytest.mark.parametrize(
-    "event_type", ["crm_event", "proposal", "decision", "execution", "audit_entry", "review_request"]
+    "event_type",
+    ["crm_event", "proposal", "decision", "execution", "audit_entry", "review_request", "record_change"],
 )
 def test_envelope_round_trips_through_serde(
     event_type: str,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from changegate.cli.main import app
+from changegate.core import canonical as canonical_json
+from changegate.core import signing as signing_module
 from changegate.core.contracts import (
     Decider,
     Decision,
@@ -26,12 +28,15 @@ from changegate.core.signing import (
     TrustedKey,
     Verifier,
     _b64,
+    _forms,
     _unb64,
     canonical,
     dev_keys,
     may_sign,
 )
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import REGISTRY
+from pydantic import BaseModel
 from typer.testing import CliRunner
 
 KEYS = {s: SigningKey.generate(f"{s}-1", s) for s in ("policy", "review-api", "detector", "executor")}
@@ -447,3 +452,84 @@ def test_review_request_refusals_are_counted_as_review_requests(
         before = _refusals("review_request", reason)
         _refused(reason, lambda bad=bad: VERIFIER.review_request(bad))  # type: ignore[misc]
         assert _refusals("review_request", reason) == before + 1, reason
+
+
+def test_the_forms_of_a_message_and_what_it_holds_are_their_canonical_json(
+    make_execution: Callable[..., Execution],
+    signed_decision: Callable[..., Decision],
+    make_proposal: Callable[..., Proposal],
+) -> None:
+    """Each level serialised once, then put in its place in its holder's: byte for byte what
+    serialising each whole would give (signatures held inside included)."""
+    decision = KEYS["policy"].sign(signed_decision())
+    execution = KEYS["executor"].sign(make_execution(decision=decision))
+    request = ReviewRequest(
+        proposal=KEYS["detector"].sign(make_proposal()),
+        queue="default",
+        priority="normal",
+        routed_by=Decider(kind="system", identity="executor", rule_id="compare-and-set-conflict"),
+        explanation="x",
+    )
+    held: list[tuple[BaseModel, list[BaseModel]]] = [
+        (execution, [execution.decision, execution.decision.proposal]),
+        (request, [request.proposal]),
+    ]
+    for message, inside in held:
+        out: dict[int, bytes] = {}
+        whole = _forms(message, out)
+        assert whole == canonical_json.dumps(message.model_dump(mode="json"))
+        for model in [message, *inside]:
+            assert out[id(model)] == canonical(model)
+
+
+class _Counting:
+    """A public key that counts the signatures it is asked to check."""
+
+    def __init__(self, key: Ed25519PublicKey, calls: list[bytes]) -> None:
+        self.key, self.calls = key, calls
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        self.calls.append(data)
+        self.key.verify(signature, data)
+
+
+def _counting_verifier(calls: list[bytes]) -> Verifier:
+    verifier = Verifier({k.key_id: k.trusted() for k in KEYS.values()})
+    verifier.keys = {k: (s, _Counting(key, calls)) for k, (s, key) in verifier.keys.items()}  # type: ignore[misc]
+    return verifier
+
+
+def test_a_signature_is_verified_once_and_only_over_the_same_bytes(
+    make_execution: Callable[..., Execution],
+    signed_decision: Callable[..., Decision],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decision = KEYS["policy"].sign(signed_decision())
+    execution = KEYS["executor"].sign(make_execution(decision=decision))
+    monkeypatch.setattr(signing_module, "_VERIFIED", {})  # nothing verified (nor signed) here yet
+    calls: list[bytes] = []
+    fresh = _counting_verifier(calls)
+    assert fresh.decision(decision) == "policy"
+    assert calls == [canonical(decision), canonical(decision.proposal)]
+    assert fresh.execution(execution) == "executor"
+    assert calls[2:] == [canonical(execution)]  # what it holds was verified already
+    # The same signature over other content is no verified signature.
+    altered = decision.model_copy(update={"explanation": "something else"})
+    _refused("bad_signature", lambda: fresh.decision(altered))
+    forged = KEYS["executor"].sign(execution.model_copy(update={"decision": altered}))
+    _refused("bad_signature", lambda: fresh.execution(forged))
+
+
+def test_what_a_process_signed_it_does_not_verify_again(
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(signing_module, "_VERIFIED", {})
+    proposal = KEYS["detector"].sign(make_proposal())  # signed here: remembered
+    decision = KEYS["policy"].sign(make_decision(proposal=proposal))
+    signing_module._VERIFIED.clear()
+    KEYS["detector"].sign(make_proposal())  # the proposal signed again: the same signature (Ed25519)
+    calls: list[bytes] = []
+    assert _counting_verifier(calls).decision(decision) == "policy"
+    assert calls == [canonical(decision)]

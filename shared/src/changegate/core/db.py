@@ -150,3 +150,15 @@ async def claim_event(conn: DbConn, consumer: str, event_id: uuid.UUID) -> bool:
         event_id,
     )
     return row is not None
+
+
+async def claim_events(conn: DbConn, consumer: str, event_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """``claim_event`` for many events in one statement: the ids ``consumer`` had not processed
+    (each once, however often it is in ``event_ids``)."""
+    rows = await conn.fetch(
+        "INSERT INTO changegate_processed_events (consumer, event_id) SELECT $1, unnest($2::uuid[])"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        consumer,
+        event_ids,
+    )
+    return {r["event_id"] for r in rows}

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -47,11 +47,16 @@ from tenacity import (
 )
 
 log = get_logger(__name__)
+_T = TypeVar("_T")
 decompression.install()  # every aiokafka consumer of the process: bounded before aiokafka inflates
 
 Handler = Callable[[Envelope[Any]], Awaitable[None]]
-# Handles a partition's batch at once (one transaction for many messages).
-BatchHandler = Callable[[list[Envelope[Any]]], Awaitable[None]]
+# What a batch handler refuses for good, by position in its batch: dead-lettered with the reason,
+# while the rest of the batch counts as done.
+Refusals = Mapping[int, MessageRefusedError]
+# Handles a poll's messages of one topic at once (one transaction for many messages); returns the
+# messages it refuses, if any. Raising fails the whole batch: then each message is retried alone.
+BatchHandler = Callable[[list[Envelope[Any]]], Awaitable[Refusals | None]]
 
 # Infrastructure being away is not the message's fault: retry it without end, never dead-letter it.
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
@@ -166,12 +171,61 @@ async def publish(producer: AIOKafkaProducer, topic: str, key: str | None, envel
     metrics.MESSAGES_PRODUCED.labels(topic=topic).inc()
 
 
+def screen(
+    envelopes: Sequence[Envelope[Any]], check: Callable[[Any], object]
+) -> tuple[dict[int, MessageRefusedError], list[tuple[int, Any]]]:
+    """Each message's payload through ``check`` (e.g. a signature check): those it refuses
+    (MessageRefusedError) by position, and the others' (position, payload)."""
+    refused: dict[int, MessageRefusedError] = {}
+    passed: list[tuple[int, Any]] = []
+    for n, envelope in enumerate(envelopes):
+        try:
+            check(envelope.payload)
+        except MessageRefusedError as exc:
+            refused[n] = exc
+            continue
+        passed.append((n, envelope.payload))
+    return refused, passed
+
+
+async def screen_more(
+    refused: dict[int, MessageRefusedError],
+    passed: list[tuple[int, Any]],
+    check: Callable[[Any], Awaitable[object]],
+) -> list[tuple[int, Any]]:
+    """``screen`` again, with an async ``check`` (e.g. one that asks the database): what it refuses
+    joins ``refused``; the rest is returned."""
+    still: list[tuple[int, Any]] = []
+    for n, payload in passed:
+        try:
+            await check(payload)
+        except MessageRefusedError as exc:
+            refused[n] = exc
+            continue
+        still.append((n, payload))
+    return still
+
+
+async def handle_one(handler: BatchHandler, envelope: Envelope[Any]) -> None:
+    """A batch handler on one message; what it refuses is raised."""
+    refused = await handler([envelope])
+    if refused:
+        raise refused[0]
+
+
 @dataclass(frozen=True)
 class Subscription:
+    """A topic a consumer reads, the event types it accepts there, and its handler: one message at
+    a time (``handler``) or, what every service uses, a poll's messages at once (``batch_handler``)."""
+
     topic: Topic
-    handler: Handler
+    handler: Handler | None
     event_types: frozenset[str]
     batch_handler: BatchHandler | None = None
+
+    @classmethod
+    def batch(cls, topic: Topic, event_types: frozenset[str], handler: BatchHandler) -> Subscription:
+        return cls(topic, None, event_types, handler)
 
 
 class Record(Protocol):
@@ -242,6 +296,10 @@ class MessageProcessor:
 
     async def process(self, record: Record) -> None:
         sub = self.by_topic[record.topic]
+        if sub.handler is None:
+            await self.process_batch([record])
+            return
+        handler = sub.handler
         started = time.perf_counter()
         envelope = await self._decode(record)
         if envelope is None:
@@ -251,7 +309,7 @@ class MessageProcessor:
             tracing.processing([record], [envelope], self.group_id),
         ):
             try:
-                await self._with_retry(lambda: sub.handler(envelope), record.topic)
+                await self._with_retry(lambda: handler(envelope), record.topic)
             except BackpressureError:
                 raise
             except Exception as exc:
@@ -261,15 +319,15 @@ class MessageProcessor:
         metrics.PROCESSING_SECONDS.labels(topic=record.topic).observe(time.perf_counter() - started)
 
     async def process_batch(self, records: Sequence[Record]) -> None:
-        """One partition's records through the subscription's batch handler; if the batch fails
-        for a reason other than infrastructure, each message is retried alone, so only the poison
-        one is dead-lettered."""
+        """Records of one topic (any of its partitions, each partition's in order) through the
+        subscription's batch handler. Messages it refuses are dead-lettered and the rest are done; if
+        the batch fails for a reason other than infrastructure, each message is retried alone, so only
+        the poison one is dead-lettered."""
         if not records:
             return
         topic = records[0].topic
         sub = self.by_topic[topic]
-        assert sub.batch_handler is not None
-        batch_handler = sub.batch_handler
+        batch_handler = sub.batch_handler or _one_at_a_time(sub)
         started = time.perf_counter()
         decoded = [(r, e) for r in records if (e := await self._decode(r)) is not None]
         envelopes = [e for _, e in decoded]
@@ -277,7 +335,7 @@ class MessageProcessor:
             return
         try:
             with tracing.processing([r for r, _ in decoded], envelopes, self.group_id):
-                await self._with_retry(lambda: batch_handler(envelopes), topic, attempts=1)
+                refused = await self._with_retry(lambda: batch_handler(envelopes), topic, attempts=1)
         except BackpressureError:
             raise
         except Exception:
@@ -285,21 +343,29 @@ class MessageProcessor:
             for record, envelope in decoded:
                 with correlation(envelope.correlation_id, event_id=envelope.event_id):
                     try:
-                        await self._with_retry(lambda e=envelope: batch_handler([e]), topic)  # type: ignore[misc]
+                        alone = await self._with_retry(lambda e=envelope: batch_handler([e]), topic)  # type: ignore[misc]
                     except BackpressureError:
                         raise
                     except Exception as exc:
                         await self._handler_failed(record, exc)
                         continue
+                    if alone:
+                        await self._handler_failed(record, alone[0])
+                        continue
                 metrics.MESSAGES_CONSUMED.labels(topic=topic, outcome="processed").inc()
             return
-        metrics.MESSAGES_CONSUMED.labels(topic=topic, outcome="processed").inc(len(envelopes))
+        for index, refusal in (refused or {}).items():
+            record, envelope = decoded[index]
+            with correlation(envelope.correlation_id, event_id=envelope.event_id):
+                await self._handler_failed(record, refusal)
+        done = len(envelopes) - len(refused or {})
+        metrics.MESSAGES_CONSUMED.labels(topic=topic, outcome="processed").inc(done)
         # One observation per message, of its share of the batch's time.
         elapsed, histogram = (
             (time.perf_counter() - started) / len(envelopes),
             metrics.PROCESSING_SECONDS.labels(topic=topic),
         )
-        for _ in envelopes:
+        for _ in range(done):
             histogram.observe(elapsed)
 
     async def _handler_failed(self, record: Record, exc: Exception) -> None:
@@ -324,8 +390,8 @@ class MessageProcessor:
         return None
 
     async def _with_retry(
-        self, call: Callable[[], Awaitable[None]], topic: str, attempts: int | None = None
-    ) -> None:
+        self, call: Callable[[], Awaitable[_T]], topic: str, attempts: int | None = None
+    ) -> _T:
         """Logic errors: ``attempts`` tries with backoff, then raise. Transient errors (database
         or broker away): retry without end, or give up at shutdown when that is safe."""
         limit = attempts or self.settings.handler_max_attempts
@@ -356,7 +422,8 @@ class MessageProcessor:
                 retry=retry, wait=wait, before_sleep=before_sleep, reraise=True
             ):
                 with attempt:
-                    await call()
+                    result = await call()
+            return result  # the loop ends after the attempt that succeeded
         except Exception as exc:
             if is_transient(exc):  # given up only at shutdown: uncommitted, redelivered after restart
                 raise asyncio.CancelledError from exc
@@ -408,6 +475,18 @@ class MessageProcessor:
 # trouble up to a few seconds (it may take a while to come back).
 _LOGIC_WAIT = wait_exponential(multiplier=0.05, max=1)
 _TRANSIENT_WAIT = wait_exponential_jitter(multiplier=0.1, max=5, jitter=0.5)
+
+
+def _one_at_a_time(sub: Subscription) -> BatchHandler:
+    """A per-message handler as a batch handler (the messages in order, each on its own)."""
+    handler = sub.handler
+    assert handler is not None
+
+    async def each(envelopes: list[Envelope[Any]]) -> None:
+        for envelope in envelopes:
+            await handler(envelope)
+
+    return each
 
 
 class _AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -469,6 +548,13 @@ class ConsumerLoop:
         """Readiness: joined the group and holding its assignment (possibly empty, when the group
         has more members than the topics have partitions)."""
         return self.ready.is_set() and self.assignment.joined
+
+    def share(self, topic: Topic) -> float:
+        """The share of ``topic``'s partitions this member holds (0 before it joined)."""
+        name = self.processor.names(topic)
+        total = self.consumer.partitions_for_topic(name)
+        held = sum(1 for tp in self.assignment.partitions if tp.topic == name)
+        return held / len(total) if total else 0.0
 
     async def run(self) -> None:
         await start_with_retry(self.consumer)

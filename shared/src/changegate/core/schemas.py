@@ -19,6 +19,8 @@ FLOWS: list[tuple[str, str, Topic]] = [
     ("detector", "receive", Topic.CRM_EVENTS),
     ("detector", "send", Topic.PROPOSALS),
     ("detector", "send", Topic.DECISIONS),
+    ("detector", "send", Topic.RECORD_CHANGES),
+    ("detector", "receive", Topic.RECORD_CHANGES),
     ("policy", "receive", Topic.PROPOSALS),
     ("policy", "receive", Topic.DECISIONS),
     ("policy", "send", Topic.DECISIONS),

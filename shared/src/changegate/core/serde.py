@@ -83,9 +83,7 @@ def parse_json(value: bytes, limits: MessageLimits = DEFAULT_LIMITS) -> Any:
 
 def _parse(value: bytes, limits: MessageLimits) -> Any:
     try:
-        raw = json.loads(
-            value, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant, parse_float=_finite
-        )
+        raw = _DECODER.decode(value.decode(json.detect_encoding(value), "surrogatepass"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UnknownEventError(f"not JSON: {exc}") from exc
     except RecursionError as exc:
@@ -146,6 +144,12 @@ class _StringChecks:
                 text.encode()
             except UnicodeEncodeError as exc:
                 raise UnknownEventError("a string holds a lone UTF-16 surrogate") from exc
+
+
+# json.loads with these options, built once (loads builds a decoder per call when given options).
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constant, parse_float=_finite
+)
 
 
 def _check_tree(root: Any, max_depth: int, strings: _StringChecks) -> None:

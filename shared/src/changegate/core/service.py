@@ -1,4 +1,6 @@
-"""The process shell every service runs in: ops HTTP endpoints, signals, graceful shutdown."""
+"""The process shell every service runs in: ops HTTP endpoints, signals, graceful shutdown — and
+``Service``, the declaration each service makes of itself (name, settings, migrations, consumers
+with their batch handlers, HTTP app), from which the shell builds and runs the process."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ import contextlib
 import inspect
 import platform
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import uvicorn
@@ -17,9 +20,12 @@ from changegate.core import __version__, metrics, tracing
 from changegate.core.consumer_health import ConsumerHealth
 from changegate.core.db import create_pool, migrate, pending_migrations
 from changegate.core.http import ProblemH11Protocol, harden, problem, problem_responses
-from changegate.core.kafka import ensure_topics, make_producer, start_with_retry
-from changegate.core.logging import get_logger
+from changegate.core.kafka import ConsumerLoop, Subscription, ensure_topics, make_producer, start_with_retry
+from changegate.core.logging import configure_logging, get_logger
+from changegate.core.outbox import OutboxRelay
 from changegate.core.settings import CommonSettings
+from changegate.core.signing import SigningKey, Verifier
+from changegate.core.topics import Topic, TopicNames
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -151,9 +157,11 @@ class ServiceRuntime:
         self.checks["database"] = database_check(pool)
         return pool
 
-    async def open_producer(self) -> AIOKafkaProducer:
-        await ensure_topics(self.settings)
-        producer = make_producer(self.settings, self.name)
+    async def open_producer(self, topics: Sequence[Topic] | None = None, **options: Any) -> AIOKafkaProducer:
+        """Create ``topics`` (default: all) that do not exist; a started producer (``options`` go
+        to aiokafka)."""
+        await ensure_topics(self.settings, topics)
+        producer = make_producer(self.settings, self.name, **options)
         await start_with_retry(producer)
         self.checks["broker"] = broker_answers(producer)
         return producer
@@ -203,3 +211,107 @@ class ServiceRuntime:
             raise SystemExit(1)
         tracing.shutdown()
         log.info("service stopped")
+
+
+S = TypeVar("S", bound=CommonSettings)
+Worker = Callable[[], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A consumer group of the service and what it reads; its readiness check is ``check``."""
+
+    group: str
+    subscriptions: Sequence[Subscription]
+    check: str = "consumer"
+
+
+@dataclass
+class Parts:
+    """What a service's ``setup`` builds: its consumers, HTTP app (made with ``runtime.app``; none:
+    the operations endpoints alone), other workers, and what to close at the end (after the workers
+    stopped, before the producer and the database)."""
+
+    consumers: list[Consumer] = field(default_factory=list)
+    app: FastAPI | None = None
+    workers: list[Worker] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The running ConsumerLoops, by group (filled in by the shell, for setups that need them).
+    loops: dict[str, ConsumerLoop] = field(default_factory=dict)
+
+
+@dataclass
+class Context(Generic[S]):
+    """What ``setup`` gets: settings, the runtime (stop event, readiness checks), the database and
+    the producer."""
+
+    service: str
+    settings: S
+    runtime: ServiceRuntime
+    producer: AIOKafkaProducer
+    _pool: asyncpg.Pool | None = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, f"{self.service} declares no database"
+        return self._pool
+
+    @property
+    def names(self) -> TopicNames:
+        return TopicNames(self.settings.topic_prefix)
+
+    def signer(self) -> SigningKey:
+        return self.settings.signing(self.service)
+
+    def verifier(self) -> Verifier:
+        return self.settings.verifier(self.service)
+
+
+@dataclass(frozen=True)
+class Service(Generic[S]):
+    """A service, declared: the shell connects what it declares, calls ``setup`` for its own parts,
+    runs consumers, outbox relay, workers and HTTP app until SIGTERM, and closes everything.
+
+    ``check`` runs on the settings before anything is connected (a service that cannot work as
+    configured refuses to start, saying why); ``topics`` are the topics it creates if missing
+    (default: all); ``producer`` gives aiokafka options of its producer."""
+
+    name: str
+    settings: Callable[[], S]
+    setup: Callable[[Context[S]], Awaitable[Parts]]
+    migrations: str | None = None
+    database: bool = True
+    outbox: bool = False
+    check: Callable[[S], None] | None = None
+    topics: Sequence[Topic] | None = None
+    producer: Callable[[S], dict[str, Any]] | None = None
+
+    async def main(self) -> None:
+        settings = self.settings()
+        configure_logging(self.name, settings.log_level, settings.log_format)
+        if self.check is not None:
+            self.check(settings)
+        runtime = ServiceRuntime(self.name, settings)
+        closers: list[Callable[[], Awaitable[None]]] = []
+        try:
+            pool = await runtime.open_database(self.name, self.migrations) if self.database else None
+            if pool is not None:
+                closers.append(pool.close)
+            options = self.producer(settings) if self.producer else {}
+            producer = await runtime.open_producer(self.topics, **options)
+            closers.append(producer.stop)
+            parts = await self.setup(Context(self.name, settings, runtime, producer, pool))
+            closers.extend(parts.closers)
+            workers = list(parts.workers)
+            for consumer in parts.consumers:
+                loop = ConsumerLoop(settings, consumer.group, consumer.subscriptions, producer, runtime.stop)
+                parts.loops[consumer.group] = loop
+                runtime.checks[consumer.check] = loop.has_partitions
+                workers.append(loop.run)
+            if self.outbox:
+                assert pool is not None, f"{self.name}: an outbox needs the database"
+                workers.append(OutboxRelay(pool, producer, self.name, runtime.stop).run)
+            await runtime.run(parts.app or runtime.app(), workers)
+        finally:
+            for close in reversed(closers):
+                await close()

@@ -11,10 +11,14 @@ request it sends back to review after a compare-and-set conflict."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
+import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-import rfc8785
+from changegate.core import canonical as canonical_json
 from changegate.core import field_risk
 from changegate.core.contracts import (
     Decision,
@@ -96,14 +100,59 @@ class SigningKey:
         return TrustedKey(signer=self.signer, public_key=_b64(public))
 
     def sign(self, model: Signed) -> Signed:
-        value = self.private.sign(canonical(model))
+        forms: dict[int, bytes] = {}
+        _forms(model, forms)
+        data = forms[id(model)]
+        value = self.private.sign(data)
+        public = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        _remember(public, value, data)  # what this process signed needs no verifying here
         signature = Signature(key_id=self.key_id, signer=self.signer, value=_b64(value))
         return model.model_copy(update={"signature": signature})
 
 
 def canonical(model: BaseModel) -> bytes:
     """What is signed: the model's JSON without its signature, in RFC 8785 canonical form."""
-    return rfc8785.dumps(model.model_dump(mode="json", exclude={"signature"}))
+    return canonical_json.dumps(model.model_dump(mode="json", exclude={"signature"}))
+
+
+# Signed models that hold another signed model, and the field that holds it.
+_NESTED: dict[type[BaseModel], str] = {Execution: "decision", Decision: "proposal", ReviewRequest: "proposal"}
+
+
+def _forms(model: BaseModel, out: dict[int, bytes]) -> bytes:
+    """``canonical`` of ``model`` and of every signed model it holds, each serialised once: theirs go
+    to ``out`` by id; the model's whole canonical JSON (signature included) is returned, for the
+    model that holds it. RFC 8785 serialises an object member independently of the object around
+    it, so a held model's JSON is put in its place in its holder's."""
+    nested = _NESTED.get(type(model))
+    dumped = model.model_dump(mode="json", exclude={nested} if nested else None)
+    marker = b""
+    if nested:
+        inner = _forms(getattr(model, nested), out)
+        token = secrets.token_hex(16)  # unguessable: no content can hold it
+        dumped[nested] = token
+        marker = f'"{token}"'.encode()
+    signature = dumped.pop("signature", None)
+    without = canonical_json.dumps(dumped)
+    dumped["signature"] = signature
+    whole = canonical_json.dumps(dumped)
+    if marker:
+        without, whole = without.replace(marker, inner, 1), whole.replace(marker, inner, 1)
+    out[id(model)] = without
+    return whole
+
+
+# Verified signatures: (public key, signature) -> sha256 of what it signs. A signature found here
+# over the same bytes again is as good as verified; the process verifies each one once (a decision
+# on its topic, then inside its execution), and trusts what it signed itself.
+_VERIFIED: dict[tuple[bytes, bytes], bytes] = {}
+_VERIFIED_MAX = 100_000
+
+
+def _remember(public: bytes, signature: bytes, data: bytes) -> None:
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        del _VERIFIED[next(iter(_VERIFIED))]  # the oldest
+    _VERIFIED[(public, signature)] = hashlib.sha256(data).digest()
 
 
 def may_sign(signer: str, decision: Decision) -> str | None:
@@ -193,6 +242,20 @@ class Verifier:
             key_id: (t.signer, Ed25519PublicKey.from_public_bytes(_unb64(t.public_key)))
             for key_id, t in trusted.items()
         }
+        self._raw = {key_id: _unb64(t.public_key) for key_id, t in trusted.items()}
+        self._canonical: dict[int, bytes] = {}  # of the message being checked, by model id
+
+    @contextlib.contextmanager
+    def _message(self, model: BaseModel) -> Iterator[None]:
+        """While a message is checked, the canonical forms of it and what it holds, computed once."""
+        if self._canonical:  # a model inside the message being checked
+            yield
+            return
+        _forms(model, self._canonical)
+        try:
+            yield
+        finally:
+            self._canonical.clear()
 
     def _signer(
         self,
@@ -214,8 +277,12 @@ class Verifier:
             raise self._refuse(
                 event_type, prefix + "bad_signature", f"key {signature.key_id!r} belongs to {signer}", count
             )
+        data = self._canonical.get(id(model)) or canonical(model)
         try:
-            public.verify(_unb64(signature.value), canonical(model))
+            value, raw = _unb64(signature.value), self._raw[signature.key_id]
+            if _VERIFIED.get((raw, value)) != hashlib.sha256(data).digest():
+                public.verify(value, data)
+                _remember(raw, value, data)
         except (InvalidSignature, ValueError) as exc:
             raise self._refuse(
                 event_type, prefix + "bad_signature", "the signature does not match the content", count
@@ -225,6 +292,10 @@ class Verifier:
     def decision(self, decision: Decision) -> str:
         """The signer of a decision it may make; else SignatureRefusedError. What executes must
         also be a proposal its producer signed: a signer of decisions cannot invent the change."""
+        with self._message(decision):
+            return self._decision(decision)
+
+    def _decision(self, decision: Decision) -> str:
         signer = self._signer(decision, decision.signature, "decision")
         refusal = decision_refusal(signer, decision, self.fields)
         if refusal is not None:
@@ -244,7 +315,8 @@ class Verifier:
         ``count=False`` when the same message will be checked again alone (a batch that fails is
         retried message by message), so a refusal is counted once."""
         prefix = "" if event_type == "proposal" else "proposal_"
-        signer = self._signer(proposal, proposal.signature, event_type, prefix, count)
+        with self._message(proposal):
+            signer = self._signer(proposal, proposal.signature, event_type, prefix, count)
         refusal = proposal_refusal(signer, proposal)
         if refusal is None and signer not in signers:
             refusal = "signer_not_allowed", f"a proposal signed by {signer} is not accepted here"
@@ -258,8 +330,9 @@ class Verifier:
     def review_request(self, request: ReviewRequest) -> str:
         """A review request signed by policy (a detector's proposal) or by the executor (its own
         re-proposal after a conflict)."""
-        signer = self._signer(request, request.signature, "review_request")
-        proposal_signer = self.proposal(request.proposal, event_type="review_request")
+        with self._message(request):
+            signer = self._signer(request, request.signature, "review_request")
+            proposal_signer = self.proposal(request.proposal, event_type="review_request")
         refusal = review_request_refusal(signer, request, proposal_signer)
         if refusal is not None:
             raise self._refuse("review_request", *refusal)
@@ -267,10 +340,11 @@ class Verifier:
 
     def execution(self, execution: Execution) -> str:
         """An execution signed by the executor, of a decision properly signed."""
-        signer = self._signer(execution, execution.signature, "execution")
-        if signer != "executor":
-            raise self._refuse("execution", "signer_not_allowed", f"{signer} may not sign executions")
-        self.decision(execution.decision)
+        with self._message(execution):
+            signer = self._signer(execution, execution.signature, "execution")
+            if signer != "executor":
+                raise self._refuse("execution", "signer_not_allowed", f"{signer} may not sign executions")
+            self.decision(execution.decision)
         return signer
 
     @staticmethod

@@ -12,6 +12,7 @@ class Topic(StrEnum):
     PROPOSALS_PENDING = "proposals.pending"
     DECISIONS = "decisions"
     EXECUTIONS = "executions"
+    RECORD_CHANGES = "detector.records"
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,13 @@ TOPICS: dict[Topic, TopicSpec] = {
         TopicSpec(Topic.PROPOSALS_PENDING, "review_request", "proposals sent to human review"),
         TopicSpec(Topic.DECISIONS, "decision", "policy and reviewer decisions"),
         TopicSpec(Topic.EXECUTIONS, "execution", "what the executor did in the CRM"),
+        # One partition: every detector replica reads it in full, in one order.
+        TopicSpec(
+            Topic.RECORD_CHANGES,
+            "record_change",
+            "the detector's changelog: records whose state changed, read by every detector replica",
+            partitions=1,
+        ),
     )
 }
 

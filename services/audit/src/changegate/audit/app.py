@@ -8,19 +8,19 @@ from typing import Annotated, Any
 import asyncpg
 from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
 from changegate.audit.settings import AuditSettings
-from changegate.audit.store import append_execution, record_decision
+from changegate.audit.store import append_executions, record_decisions
 from changegate.audit.watch import ChainWatch
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, UnscopedViewer
-from changegate.core.contracts import AuditEntry, Decision, Execution
+from changegate.core.contracts import AuditEntry, Execution, ExecutionStatus
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope
-from changegate.core.db import claim_event
+from changegate.core.db import claim_events
 from changegate.core.http import MAX_BIGINT, Name, problem_responses
-from changegate.core.kafka import ConsumerLoop, Subscription
-from changegate.core.logging import configure_logging, get_logger
+from changegate.core.kafka import Refusals, Subscription, screen, screen_more
+from changegate.core.logging import get_logger
 from changegate.core.policy_versions import RecordedPolicies
-from changegate.core.service import ServiceRuntime
+from changegate.core.service import Consumer, Context, Parts, Service, ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic
 from fastapi import FastAPI, Query, Request
@@ -47,31 +47,44 @@ def observe_event_age(execution: Execution, mode: str) -> None:
 
 
 class AuditConsumer:
+    """Decisions and executions into the log, a polled batch per transaction."""
+
     def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
         self.pool, self.verifier = pool, verifier
         self.policies = RecordedPolicies(pool)
 
-    async def on_decision(self, envelope: Envelope[Any]) -> None:
-        decision: Decision = envelope.payload
-        self.verifier.decision(decision)  # a forged decision never reaches the log
-        await self.policies.check(decision)  # nor one of a policy version never loaded
-        async with self.pool.acquire() as conn:
-            if not await record_decision(conn, decision):
-                log.info("decision not kept", outcome=decision.outcome.value)
+    async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        # A forged decision never reaches the log, nor one of a policy version never loaded.
+        refused, decisions = screen(envelopes, self.verifier.decision)
+        decisions = await screen_more(refused, decisions, self.policies.check)
+        if decisions:
+            async with self.pool.acquire() as conn, conn.transaction():
+                kept = await record_decisions(conn, [d for _, d in decisions])
+            if not all(kept):
+                log.debug("decisions not kept", count=kept.count(False))
+        return refused
 
-    async def on_execution(self, envelope: Envelope[Any]) -> None:
-        execution: Execution = envelope.payload
-        self.verifier.execution(execution)  # signed by the executor, of a properly signed decision
-        await self.policies.check(execution.decision, "execution")
+    async def on_executions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        # Signed by the executor, of a properly signed decision of a recorded policy version.
+        refused, executions = screen(envelopes, self.verifier.execution)
+        executions = await screen_more(
+            refused, executions, lambda e: self.policies.check(e.decision, "execution")
+        )
+        if not executions:
+            return refused
         async with self.pool.acquire() as conn, conn.transaction():
-            if not await claim_event(conn, "audit-executions", execution.execution_id):
-                return  # already logged: redelivery writes no second row
-            written = await append_execution(conn, execution)
-        if written:
+            fresh = await claim_events(conn, "audit-executions", [e.execution_id for _, e in executions])
+            # Already logged ones write no second row (redelivery); each execution once.
+            todo = list({e.execution_id: e for _, e in executions if e.execution_id in fresh}.values())
+            written = await append_executions(conn, todo)
+        for execution in todo:
             mode = "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved"
-            ROWS_WRITTEN.labels(mode=mode).inc(written)
+            if execution.status is ExecutionStatus.APPLIED and execution.writes:
+                ROWS_WRITTEN.labels(mode=mode).inc(len(execution.writes))
             observe_event_age(execution, mode)
-            log.info("audited", rows=written, status=execution.status.value)
+        if written:
+            log.debug("audited", rows=written, executions=len(todo))
+        return refused
 
 
 class ChainHead(BaseModel):
@@ -149,28 +162,24 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
     return runtime.app(app)
 
 
-async def main() -> None:
-    settings = AuditSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    runtime = ServiceRuntime(SERVICE, settings)
-    pool = await runtime.open_database(SERVICE, "changegate.audit.migrations")
-    producer = await runtime.open_producer()  # dead-letters
-    settings.require_configured(SERVICE)
-    consumer = AuditConsumer(pool, settings.verifier(SERVICE))
-    loop = ConsumerLoop(
-        settings,
-        "changegate-audit",
-        [
-            Subscription(Topic.DECISIONS, consumer.on_decision, frozenset({"decision"})),
-            Subscription(Topic.EXECUTIONS, consumer.on_execution, frozenset({"execution"})),
-        ],
-        producer,
-        runtime.stop,
+async def setup(ctx: Context[AuditSettings]) -> Parts:
+    consumer = AuditConsumer(ctx.pool, ctx.verifier())
+    subscriptions = [
+        Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
+        Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
+    ]
+    return Parts(
+        consumers=[Consumer("changegate-audit", subscriptions)],
+        app=build_app(ctx.runtime, ctx.pool, ctx.settings),
+        workers=[ChainWatch(ctx.pool, ctx.settings.audit_verify_interval_seconds, ctx.runtime.stop).run],
     )
-    runtime.checks["consumer"] = loop.has_partitions
-    watch = ChainWatch(pool, settings.audit_verify_interval_seconds, runtime.stop)
-    try:
-        await runtime.run(build_app(runtime, pool, settings), [loop.run, watch.run])
-    finally:
-        await producer.stop()
-        await pool.close()
+
+
+AUDIT = Service(
+    SERVICE,
+    AuditSettings,
+    setup,
+    migrations="changegate.audit.migrations",
+    check=lambda settings: settings.require_configured(SERVICE),
+)
+main = AUDIT.main

@@ -24,18 +24,29 @@ def parse_head(text: str) -> tuple[int, str]:
     return int(seq), digest
 
 
+# json.dumps(sort_keys=True, separators=(",", ":"), default=str), built once (dumps builds an
+# encoder per call when given options).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
+
+
 def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:
     """sha256 over the canonical JSON of every field but the hashes, then the previous hash. The
     proposed value counts only where the reviewer changed it (mode approved_with_changes): rows
     written before the field existed verify as they were written."""
     modified = fields.get("mode") == "approved_with_changes"
-    body = {
-        k: v
-        for k, v in fields.items()
-        if k not in ("hash", "prev_hash") and (k != "proposed_value" or modified)
-    }
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(f"{canonical}|{prev_hash}".encode()).hexdigest()
+    return body_hash(
+        {
+            k: v
+            for k, v in fields.items()
+            if k not in ("hash", "prev_hash") and (k != "proposed_value" or modified)
+        },
+        prev_hash,
+    )
+
+
+def body_hash(body: dict[str, Any], prev_hash: str) -> str:
+    """``entry_hash`` of fields that hold no hashes already (and a proposed value only if modified)."""
+    return hashlib.sha256(f"{_CANONICAL.encode(body)}|{prev_hash}".encode()).hexdigest()
 
 
 VALUE_COLUMNS = ("previous_value", "new_value", "proposed_value")

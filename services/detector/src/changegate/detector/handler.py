@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -11,17 +12,24 @@ from changegate.core import outbox
 from changegate.core.contracts import CrmEvent, CrmEventKind, Proposal
 from changegate.core.contracts.base import is_empty
 from changegate.core.contracts.envelope import Envelope, make_envelope
-from changegate.core.db import DbConn, claim_event
+from changegate.core.db import DbConn, claim_events
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
 from changegate.detector import dedup, lifecycle, owner, state, verification
+from changegate.detector.changelog import LATE, Changed, Late, RecordFeed, changed_by
 from changegate.detector.enrichment import propose_enrichment
 from changegate.detector.matching.engine import DuplicateFinder
 from changegate.detector.matching.model import load_model
 from changegate.detector.matching.normalize import identity_changed
 from changegate.detector.settings import DetectorSettings
-from changegate.detector.supersede import enqueue_retirements, is_closed, retire_merges_naming, supersede
+from changegate.detector.supersede import (
+    enqueue_retirements,
+    is_closed,
+    retire_merges_naming,
+    retirement_messages,
+    supersede,
+)
 from prometheus_client import Counter, Histogram
 
 SERVICE = "detector"
@@ -50,8 +58,15 @@ REDETECTED = Counter(
 
 
 class Detector:
-    def __init__(self, pool: asyncpg.Pool, settings: DetectorSettings, signer: SigningKey) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: DetectorSettings,
+        signer: SigningKey,
+        feed: RecordFeed | None = None,
+    ) -> None:
         self.pool = pool
+        self.feed = feed  # the changelog other replicas read (none: a replica alone, in tests)
         self.settings = settings
         self.signer = signer
         self.names = TopicNames(settings.topic_prefix)
@@ -72,12 +87,26 @@ class Detector:
         await self.handle_batch([envelope])
 
     async def handle_batch(self, envelopes: list[Envelope[Any]]) -> None:
-        """Events in order, one transaction (one commit, one fsync) for the whole batch."""
+        """Events in order, one transaction (one commit, one fsync) for the whole batch: claimed in
+        one statement, their messages to the outbox in one."""
         started = time.perf_counter()
         outcomes: list[tuple[CrmEvent, list[Proposal] | None]] = []
+        seen = self.feed.seen if self.feed else 0  # what this batch's searches see of other replicas
         async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await claim_events(conn, SERVICE, [e.event_id for e in envelopes])
+            messages: list[tuple[str, str | None, Envelope[Any]]] = []
+            changed: list[Changed] = []
             for envelope in envelopes:
-                outcomes.append((envelope.payload, await self._handle_one(conn, envelope)))
+                if envelope.event_id not in fresh:  # processed before (redelivery), or twice here
+                    outcomes.append((envelope.payload, None))
+                    continue
+                fresh.discard(envelope.event_id)
+                found = await self._handle_one(conn, envelope.payload, envelope.occurred_at, messages)
+                outcomes.append((envelope.payload, found))
+                changed += changed_by(envelope.payload)
+            if self.feed is not None:
+                messages += self.feed.messages(changed, seen)
+            await outbox.enqueue_many(conn, SERVICE, messages)
         self.indexes.observe()
         elapsed = (time.perf_counter() - started) / len(envelopes)
         for event, proposals in outcomes:
@@ -86,46 +115,102 @@ class Detector:
             EVENTS.labels(kind=event.kind.value, outcome=outcome).inc()
             for proposal in proposals or []:
                 PROPOSALS.labels(kind=proposal.kind.value).inc()
-                log.info(
-                    "proposed",
-                    correlation_id=str(proposal.proposal_id),
-                    kind=proposal.kind.value,
-                    record_id=proposal.record_id,
-                    confidence=proposal.confidence,
-                )
 
-    async def _handle_one(self, conn: DbConn, envelope: Envelope[Any]) -> list[Proposal] | None:
-        """Claim, detect, emit; None when the event was processed before (redelivery)."""
-        event: CrmEvent = envelope.payload
-        if not await claim_event(conn, SERVICE, envelope.event_id):
-            return None
+    async def _handle_one(
+        self,
+        conn: DbConn,
+        event: CrmEvent,
+        received: datetime,
+        messages: list[tuple[str, str | None, Envelope[Any]]],
+    ) -> list[Proposal]:
+        """Detect; the proposals emitted (and retirements of those they supersede) join ``messages``."""
         proposals = await self._detect(conn, event)
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
         # The start of the event-age SLI: the source's own time, else when changegate received it.
-        happened = event.occurred_at or envelope.occurred_at
+        happened = event.occurred_at or received
         proposals = [
             p.model_copy(update={"source": p.source.model_copy(update={"occurred_at": happened})})
             for p in proposals
         ]
-        proposals = [self.signer.sign(p) for p in proposals]  # policy and review-api refuse unsigned ones
+        return await self._emit(conn, proposals, messages)
+
+    async def _emit(
+        self, conn: DbConn, proposals: list[Proposal], messages: list[tuple[str, str | None, Envelope[Any]]]
+    ) -> list[Proposal]:
+        """Proposals not decided before are signed and opened (retiring what they supersede); they
+        and the retirements join ``messages``."""
         emitted = []
         for proposal in proposals:
             if await is_closed(conn, proposal.proposal_id):
                 # Decided before (a replayed event; a rejected merge of the same records).
                 REDETECTED.labels(kind=proposal.kind.value).inc()
                 continue
+            proposal = self.signer.sign(proposal)  # policy and review-api refuse unsigned ones
             emitted.append(proposal)
-            retired = await supersede(conn, proposal)
+            retired = await supersede(conn, proposal, undecided=True)
             SUPERSEDED.inc(len(retired))
-            await enqueue_retirements(conn, self.names, self.signer, proposal.record_id, retired)
+            messages.extend(retirement_messages(self.names, self.signer, proposal.record_id, retired))
             out = make_envelope(
                 proposal,
                 service=SERVICE,
                 correlation_id=proposal.proposal_id,
                 dedup_key=str(proposal.proposal_id),
             )
-            await outbox.enqueue(conn, SERVICE, self.names(Topic.PROPOSALS), proposal.record_id, out)
+            messages.append((self.names(Topic.PROPOSALS), proposal.record_id, out))
+        return emitted
+
+    async def recheck(self, late: Late) -> list[Proposal]:
+        """A late check (see ``changelog``): the record's search did not see records another replica
+        wrote at the same time; if one of them matches it and is not in its cluster, its duplicates
+        are searched again, as for the change that searched them (same source event: a cluster
+        found before is the same proposal). Claimed, so once across replicas."""
+        change = late.change
+        index = self.indexes.of(change.object_type)
+        mine = index.features(change.record_id)
+        if mine is None:
+            return []  # gone since
+        candidates = [c for c in index.candidates(mine, exclude=change.record_id) if c[0] in late.unseen]
+        # At the floor: a candidate below the review threshold may still join through its cluster.
+        found = [m.other_id for m in self.finder.matches(mine, candidates, at_least=self.finder.floor)]
+        if not found:
+            LATE.labels(outcome="no_match").inc()
+            return []
+        async with self.pool.acquire() as conn, conn.transaction():
+            groups = await dedup.cluster_groups(conn, change.object_type, [change.record_id, *found])
+            own = next((ids for ids in groups.values() if change.record_id in ids), None)
+            if own is not None and all(rid in own for rid in found):
+                LATE.labels(outcome="clustered").inc()
+                return []
+            if not await claim_events(conn, "detector-late", [late.event_id]):
+                LATE.labels(outcome="done_elsewhere").inc()
+                return []
+            event = CrmEvent(
+                source_system=change.source_system,
+                source_event_id=change.source_event_id,
+                object_type=change.object_type,
+                record_id=change.record_id,
+                kind=CrmEventKind.PROPERTY_CHANGED,
+            )
+            record = await state.known_properties(conn, event)
+            if not record:
+                return []
+            opened = {
+                r["proposal_id"]
+                for r in await conn.fetch(
+                    "SELECT proposal_id FROM detector_open_merges"
+                    " WHERE object_type = $1 AND $2 = ANY(members)",
+                    change.object_type.value,
+                    change.record_id,
+                )
+            }
+            found_now = [p for p in await self._merges(conn, event, record) if p.proposal_id not in opened]
+            messages: list[tuple[str, str | None, Envelope[Any]]] = []
+            emitted = await self._emit(conn, found_now, messages)
+            await outbox.enqueue_many(conn, SERVICE, messages)
+        LATE.labels(outcome="proposed" if emitted else "nothing_new").inc()
+        for proposal in emitted:
+            PROPOSALS.labels(kind=proposal.kind.value).inc()
         return emitted
 
     async def _detect(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:

@@ -35,9 +35,6 @@ class DetectorSettings(CommonSettings):
         description="match probability every pair inside a proposed cluster must reach (no transitive joins"
         " of records that disagree); at most the review threshold",
     )
-    batch_wait_seconds: float = Field(
-        0.01, description="how long the agent waits to fill a batch (latency added per hop at most)"
-    )
     max_merge_proposals: int = Field(
         20,
         ge=1,

@@ -55,22 +55,25 @@ async def mark_gone(conn: DbConn, object_type: ObjectType, record_ids: list[str]
 
 
 async def apply_executed(
-    conn: DbConn,
-    object_type: ObjectType,
-    record_id: str,
-    values: dict[str, Any],
-    executed_at: datetime,
-) -> dict[str, Any] | None:
-    """What changegate itself wrote to a record, folded into the known state — unless the detector
-    learnt of the record after that write (a later event knows better). The record's properties
-    afterwards, or None if nothing changed."""
-    props: dict[str, Any] | None = await conn.fetchval(
-        "UPDATE detector_records SET properties = properties || $3, updated_at = now()"
-        " WHERE object_type = $1 AND record_id = $2 AND NOT deleted AND updated_at <= $4"
-        " RETURNING properties",
-        object_type.value,
-        record_id,
-        values,
-        executed_at,
+    conn: DbConn, writes: list[tuple[ObjectType, str, dict[str, Any], datetime]]
+) -> dict[tuple[ObjectType, str], dict[str, Any]]:
+    """What changegate itself wrote to records — (object type, record, values, executed at), in the
+    order they were written — folded into the known state, unless the detector learnt of a record
+    after its first write here (a later event knows better). Each record's properties afterwards,
+    for the records that changed."""
+    folded: dict[tuple[ObjectType, str], tuple[dict[str, Any], datetime]] = {}
+    for object_type, record_id, values, executed_at in writes:
+        before, first = folded.get((object_type, record_id), ({}, executed_at))
+        folded[(object_type, record_id)] = ({**before, **values}, min(first, executed_at))
+    rows = await conn.fetch(
+        "UPDATE detector_records AS r SET properties = r.properties || v.values, updated_at = now()"
+        " FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::timestamptz[])"
+        " AS v(object_type, record_id, values, executed_at)"
+        " WHERE r.object_type = v.object_type AND r.record_id = v.record_id AND NOT r.deleted"
+        " AND r.updated_at <= v.executed_at RETURNING r.object_type, r.record_id, r.properties",
+        [k[0].value for k in folded],
+        [k[1] for k in folded],
+        [v[0] for v in folded.values()],
+        [v[1] for v in folded.values()],
     )
-    return props
+    return {(ObjectType(r["object_type"]), r["record_id"]): r["properties"] for r in rows}

@@ -21,7 +21,7 @@ from changegate.core.contracts import (
     ProposalKind,
 )
 from changegate.core.contracts.base import utcnow
-from changegate.core.contracts.envelope import make_envelope
+from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import DbConn
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
@@ -30,18 +30,21 @@ SERVICE = "detector"
 SUPERSEDE_NAMESPACE = uuid.UUID("5e3c1a2b-7d4f-4e6a-9b8c-1f2e3d4c5b6a")
 
 
-async def close(conn: DbConn, proposal_id: uuid.UUID, outcome: str) -> bool:
-    """A decision ends the proposal's lifecycle: it is no longer open, and never will be again.
-    False if it was closed before (a redelivered decision)."""
-    await conn.execute("DELETE FROM detector_open_proposals WHERE proposal_id = $1", proposal_id)
-    await conn.execute("DELETE FROM detector_open_merges WHERE proposal_id = $1", proposal_id)
-    closed = await conn.fetchval(
-        "INSERT INTO detector_closed_proposals (proposal_id, outcome) VALUES ($1, $2)"
-        " ON CONFLICT DO NOTHING RETURNING 1",
-        proposal_id,
-        outcome,
+async def close(conn: DbConn, outcomes: list[tuple[uuid.UUID, str]]) -> list[str]:
+    """Decisions end their proposals' lifecycles: no longer open, and never again. The outcomes of
+    the proposals closed now (one closed before — a redelivered decision — is not counted; of one
+    proposal decided twice in ``outcomes``, the first decision counts)."""
+    ids = [pid for pid, _ in outcomes]
+    await conn.execute("DELETE FROM detector_open_proposals WHERE proposal_id = ANY($1::uuid[])", ids)
+    await conn.execute("DELETE FROM detector_open_merges WHERE proposal_id = ANY($1::uuid[])", ids)
+    first = list({pid: outcome for pid, outcome in reversed(outcomes)}.items())
+    rows = await conn.fetch(
+        "INSERT INTO detector_closed_proposals (proposal_id, outcome)"
+        " SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING RETURNING outcome",
+        [pid for pid, _ in first],
+        [outcome for _, outcome in first],
     )
-    return closed is not None
+    return [r["outcome"] for r in rows]
 
 
 async def is_closed(conn: DbConn, proposal_id: uuid.UUID) -> bool:
@@ -51,11 +54,12 @@ async def is_closed(conn: DbConn, proposal_id: uuid.UUID) -> bool:
     )
 
 
-async def supersede(conn: DbConn, proposal: Proposal) -> list[Decision]:
+async def supersede(conn: DbConn, proposal: Proposal, *, undecided: bool = False) -> list[Decision]:
     """Record ``proposal`` as the open one for each field it changes (for a merge: for each record
     it names); return decisions retiring the older open proposals it replaces. A proposal already
-    decided is not opened again (re-detection, a redelivered review request)."""
-    if await is_closed(conn, proposal.proposal_id):
+    decided is not opened again (re-detection, a redelivered review request); ``undecided``: the
+    caller checked that it is not."""
+    if not undecided and await is_closed(conn, proposal.proposal_id):
         return []
     if proposal.kind is ProposalKind.MERGE:
         return await _supersede_merges(conn, proposal)
@@ -124,18 +128,30 @@ async def _supersede_merges(conn: DbConn, merge: Proposal) -> list[Decision]:
     return [_retirement(older, str(merge.proposal_id), because) for older in retired]
 
 
+def retirement_messages(
+    names: TopicNames, signer: SigningKey, record_id: str, retired: list[Decision]
+) -> list[tuple[str, str | None, Envelope[Any]]]:
+    """Retirements as the outbox takes them: signed ``superseded`` decisions."""
+    return [
+        (
+            names(Topic.DECISIONS),
+            record_id,
+            make_envelope(
+                signer.sign(decision),
+                service=SERVICE,
+                correlation_id=decision.proposal.proposal_id,
+                dedup_key=str(decision.decision_id),
+            ),
+        )
+        for decision in retired
+    ]
+
+
 async def enqueue_retirements(
     conn: DbConn, names: TopicNames, signer: SigningKey, record_id: str, retired: list[Decision]
 ) -> None:
-    """Retirements go out as signed ``superseded`` decisions, in the transaction that made them."""
-    for decision in retired:
-        envelope = make_envelope(
-            signer.sign(decision),
-            service=SERVICE,
-            correlation_id=decision.proposal.proposal_id,
-            dedup_key=str(decision.decision_id),
-        )
-        await outbox.enqueue(conn, SERVICE, names(Topic.DECISIONS), record_id, envelope)
+    """Retirements go out in the transaction that made them."""
+    await outbox.enqueue_many(conn, SERVICE, retirement_messages(names, signer, record_id, retired))
 
 
 async def retire_merged_away(conn: DbConn, merge: Proposal) -> list[Decision]:

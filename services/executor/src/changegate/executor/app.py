@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncpg
-from changegate.core.kafka import ConsumerLoop, Subscription
-from changegate.core.logging import configure_logging, get_logger
-from changegate.core.outbox import OutboxRelay
-from changegate.core.service import ServiceRuntime
-from changegate.core.topics import Topic, TopicNames
+from changegate.core.kafka import Subscription
+from changegate.core.logging import get_logger
+from changegate.core.service import Consumer, Context, Parts, Service
+from changegate.core.topics import Topic
 from changegate.executor.crm.breaker import Breaker
+from changegate.executor.crm.hubspot.adapter import HubSpotCrm
 from changegate.executor.crm.port import CrmAdapter
 from changegate.executor.crm.sandbox import SandboxCrm
 from changegate.executor.handler import SERVICE, Executor
@@ -19,8 +19,6 @@ log = get_logger(__name__)
 
 def make_crm(settings: ExecutorSettings, pool: asyncpg.Pool) -> CrmAdapter:
     if settings.crm == "hubspot":
-        from changegate.executor.crm.hubspot.adapter import HubSpotCrm
-
         if settings.hubspot_token is None:
             raise SystemExit(
                 "executor: CHANGEGATE_CRM=hubspot needs CHANGEGATE_HUBSPOT_TOKEN (a private app token)"
@@ -29,39 +27,35 @@ def make_crm(settings: ExecutorSettings, pool: asyncpg.Pool) -> CrmAdapter:
     return SandboxCrm(pool)
 
 
-async def main() -> None:
-    settings = ExecutorSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    runtime = ServiceRuntime(SERVICE, settings)
-    pool = await runtime.open_database(SERVICE, "changegate.executor.migrations")
-    producer = await runtime.open_producer()
-    crm = make_crm(settings, pool)
+GROUP = "changegate-executor"
+
+
+async def setup(ctx: Context[ExecutorSettings]) -> Parts:
+    settings = ctx.settings
+    crm = make_crm(settings, ctx.pool)
     breaker = Breaker(
         crm.target,
         failures=settings.breaker_failures,
         cooldown=settings.breaker_cooldown_seconds,
     )
-    executor = Executor(
-        pool,
-        TopicNames(settings.topic_prefix),
-        settings.signing(SERVICE),
-        settings.verifier(SERVICE),
-        crm,
-        breaker,
+    executor = Executor(ctx.pool, ctx.names, ctx.signer(), ctx.verifier(), crm, breaker)
+    parts = Parts(
+        consumers=[
+            Consumer(
+                GROUP, [Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), executor.handle_batch)]
+            )
+        ],
+        closers=[crm.close],
     )
-    loop = ConsumerLoop(
-        settings,
-        "changegate-executor",
-        [Subscription(Topic.DECISIONS, executor.handle, frozenset({"decision"}))],
-        producer,
-        runtime.stop,
-    )
-    relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
-    runtime.checks["consumer"] = loop.has_partitions
+    if isinstance(crm, HubSpotCrm):
+        share = settings.hubspot_rate_share
+        # Holding no partition yet (or between rebalances) it makes no calls; say 1 meanwhile.
+        crm.client.share = (
+            (lambda: share) if share else (lambda: parts.loops[GROUP].share(Topic.DECISIONS) or 1.0)
+        )
     log.info("executing to", crm=crm.target)
-    try:
-        await runtime.run(runtime.app(), [loop.run, relay.run])
-    finally:
-        await crm.close()
-        await producer.stop()
-        await pool.close()
+    return parts
+
+
+EXECUTOR = Service(SERVICE, ExecutorSettings, setup, migrations="changegate.executor.migrations", outbox=True)
+main = EXECUTOR.main

@@ -26,6 +26,13 @@ class ExecutorSettings(CommonSettings):
         description="client-side rate limit: requests per window (HubSpot private apps: 190 / 10 s)",
     )
     hubspot_window_seconds: float = Field(10.0, gt=0, description="the rate limit's window")
+    hubspot_rate_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="this replica's share of the rate limit (HubSpot counts it per app, across every "
+        "replica); unset: the share of the decisions topic's partitions it holds",
+    )
     hubspot_timeout_seconds: float = Field(10.0, gt=0, description="every HubSpot call's timeout")
     hubspot_attempts: int = Field(
         5, ge=1, description="tries of one HubSpot call on 429/423/5xx/timeouts before the CRM counts as down"

@@ -18,12 +18,11 @@ from typing import Annotated, Any
 from changegate.core import __version__
 from changegate.core.contracts import CrmEvent
 from changegate.core.http import ASGIApp, Message, Receive, Scope, Send, problem, problem_responses
-from changegate.core.kafka import ensure_topics, make_producer, start_with_retry
-from changegate.core.logging import configure_logging, get_logger
+from changegate.core.logging import get_logger
 from changegate.core.serde import MessageLimits, parse_json
-from changegate.core.service import ServiceRuntime, broker_answers
+from changegate.core.service import Context, Parts, Service, ServiceRuntime
 from changegate.core.settings import SECRETS_DIR
-from changegate.core.topics import Topic, TopicNames
+from changegate.core.topics import Topic
 from changegate.ingest import hubspot, metrics
 from changegate.ingest.produce import SERVICE, Publisher
 from changegate.ingest.refusals import NotFoundError, PayloadError, RefusedError, SignatureError
@@ -295,34 +294,44 @@ def _list_sources(app: FastAPI, names: list[str]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-async def main() -> None:
-    settings = IngestSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
+def _sources(settings: IngestSettings) -> dict[str, Source]:
     try:
-        sources = load_sources(
+        return load_sources(
             settings.ingest_sources_file, secrets_dir=Path(SECRETS_DIR) if SECRETS_DIR else None
         )
     except SourcesFileError as exc:
         raise SystemExit(f"ingest: {exc}") from exc
+
+
+def _check_sources(settings: IngestSettings) -> None:
+    """The sources file is valid (else the service refuses to start, naming the source)."""
+    _sources(settings)
+
+
+async def setup(ctx: Context[IngestSettings]) -> Parts:
+    settings = ctx.settings
+    sources = _sources(settings)
     if settings.hubspot_client_secret is None:
         log.info("HubSpot webhooks off: CHANGEGATE_HUBSPOT_CLIENT_SECRET is not set")
     log.info("webhook sources", sources=sorted(sources), hubspot=settings.hubspot_client_secret is not None)
-    runtime = ServiceRuntime(SERVICE, settings)
-    await ensure_topics(settings, [Topic.CRM_EVENTS])
-    # aiokafka gives up on a batch after request_timeout_ms: no later than a request waits for it.
-    producer = make_producer(
-        settings, SERVICE, request_timeout_ms=int(settings.produce_timeout_seconds * 1000)
-    )
-    await start_with_retry(producer)
-    runtime.checks["broker"] = broker_answers(producer)  # the same check as every service's
     publisher = Publisher(
-        producer,
-        TopicNames(settings.topic_prefix)(Topic.CRM_EVENTS),
+        ctx.producer,
+        ctx.names(Topic.CRM_EVENTS),
         settings.produce_timeout_seconds,
         settings.message_max_bytes,
         settings.retry_after_seconds,
     )
-    try:
-        await runtime.run(build_app(runtime, settings, publisher, sources), [])
-    finally:
-        await producer.stop()
+    return Parts(app=build_app(ctx.runtime, settings, publisher, sources))
+
+
+INGEST = Service(
+    SERVICE,
+    IngestSettings,
+    setup,
+    database=False,
+    check=_check_sources,
+    topics=[Topic.CRM_EVENTS],
+    # aiokafka gives up on a batch after request_timeout_ms: no later than a request waits for it.
+    producer=lambda settings: {"request_timeout_ms": int(settings.produce_timeout_seconds * 1000)},
+)
+main = INGEST.main

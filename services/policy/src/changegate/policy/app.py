@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
 from pathlib import Path
 
 import asyncpg
 from changegate.core import policy_versions
-from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
-from changegate.core.logging import configure_logging, get_logger
-from changegate.core.outbox import OutboxRelay
-from changegate.core.service import ServiceRuntime
-from changegate.core.topics import Topic, TopicNames
-from changegate.policy.engine import Policy, PolicyError
+from changegate.core.kafka import Subscription, is_transient
+from changegate.core.logging import get_logger
+from changegate.core.service import Consumer, Context, Parts, Service
+from changegate.core.topics import Topic
+from changegate.policy.engine import DEFAULT_POLICY, Policy, PolicyError
 from changegate.policy.router import SERVICE, Router
 from changegate.policy.settings import PolicySettings
 from prometheus_client import Info
@@ -53,6 +53,12 @@ class PolicyWatcher:
         self._hup.set()
 
     async def reload(self) -> None:
+        with contextlib.suppress(OSError):  # unreadable: Policy.load says why
+            if (
+                hashlib.sha256((self.path or DEFAULT_POLICY).read_bytes()).hexdigest()
+                == self.router.policy.content_hash
+            ):
+                return  # unchanged: not parsed again every poll
         try:
             policy = Policy.load(self.path)
         except PolicyError as exc:
@@ -87,35 +93,33 @@ class PolicyWatcher:
             hup.cancel()
 
 
-async def main() -> None:
-    settings = PolicySettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    policy = Policy.load(settings.policy_file)  # an invalid file stops the service here, loudly
+def _loads(settings: PolicySettings) -> None:
+    """The policy file is valid: else the service stops here, before connecting anything."""
+    Policy.load(settings.policy_file)
+
+
+async def setup(ctx: Context[PolicySettings]) -> Parts:
+    settings = ctx.settings
+    policy = Policy.load(settings.policy_file)
     _announce(policy)
     log.info("policy loaded", version=policy.version, hash=policy.content_hash, source=policy.source)
-    runtime = ServiceRuntime(SERVICE, settings)
-    pool = await runtime.open_database(SERVICE, "changegate.policy.migrations")
-    await record_version(pool, policy)
-    producer = await runtime.open_producer()
-    router = Router(
-        pool, policy, TopicNames(settings.topic_prefix), settings.signing(SERVICE), settings.verifier(SERVICE)
-    )
-    loop = ConsumerLoop(
-        settings,
-        "changegate-policy",
-        [
-            Subscription(Topic.PROPOSALS, router.handle, frozenset({"proposal"}), router.handle_batch),
-            Subscription(Topic.DECISIONS, router.on_decision, frozenset({"decision"})),
-        ],
-        producer,
-        runtime.stop,
-    )
-    relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
-    watcher = PolicyWatcher(settings.policy_file, router, runtime.stop, settings.policy_poll_seconds)
+    await record_version(ctx.pool, policy)
+    router = Router(ctx.pool, policy, ctx.names, ctx.signer(), ctx.verifier())
+    subscriptions = [
+        Subscription.batch(Topic.PROPOSALS, frozenset({"proposal"}), router.handle_batch),
+        Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), router.on_decisions),
+    ]
+    watcher = PolicyWatcher(settings.policy_file, router, ctx.runtime.stop, settings.policy_poll_seconds)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.sighup)
-    runtime.checks["consumer"] = loop.has_partitions
-    try:
-        await runtime.run(runtime.app(), [loop.run, relay.run, watcher.run])
-    finally:
-        await producer.stop()
-        await pool.close()
+    return Parts(consumers=[Consumer("changegate-policy", subscriptions)], workers=[watcher.run])
+
+
+POLICY = Service(
+    SERVICE,
+    PolicySettings,
+    setup,
+    migrations="changegate.policy.migrations",
+    outbox=True,
+    check=_loads,
+)
+main = POLICY.main

@@ -16,6 +16,7 @@ from changegate.core import outbox
 from changegate.core.contracts import Decision, DecisionOutcome, Proposal, ReviewRequest
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope, make_envelope
+from changegate.core.kafka import Refusals, handle_one, screen
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
@@ -152,18 +153,26 @@ class Router:
     async def handle(self, envelope: Envelope[Any]) -> None:
         await self.handle_batch([envelope])
 
+    async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        """A proposal superseded before it was routed is never routed (nor auto-applied). The other
+        decisions are not verified: nothing is done with them."""
+        superseded = [
+            (n, e) for n, e in enumerate(envelopes) if e.payload.outcome is DecisionOutcome.SUPERSEDED
+        ]
+        # A forged supersession must not block routing.
+        refused, decisions = screen([e for _, e in superseded], self.verifier.decision)
+        if decisions:
+            policy = self.policy
+            await self.pool.execute(
+                "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
+                " explanation) SELECT p, 'superseded', 'superseded', $2, $3, e"
+                " FROM unnest($1::uuid[], $4::text[]) AS t(p, e) ON CONFLICT (proposal_id) DO NOTHING",
+                [d.proposal.proposal_id for _, d in decisions],
+                policy.version,
+                policy.content_hash,
+                [d.explanation for _, d in decisions],
+            )
+        return {superseded[n][0]: exc for n, exc in refused.items()}
+
     async def on_decision(self, envelope: Envelope[Any]) -> None:
-        """A proposal superseded before it was routed is never routed (nor auto-applied)."""
-        decision: Decision = envelope.payload
-        if decision.outcome is not DecisionOutcome.SUPERSEDED:
-            return
-        self.verifier.decision(decision)  # a forged supersession must not block routing
-        await self.pool.execute(
-            "INSERT INTO policy_routes (proposal_id, action, rule_id, policy_version, policy_hash,"
-            " explanation)"
-            " VALUES ($1, 'superseded', 'superseded', $2, $3, $4) ON CONFLICT (proposal_id) DO NOTHING",
-            decision.proposal.proposal_id,
-            self.policy.version,
-            self.policy.content_hash,
-            decision.explanation,
-        )
+        await handle_one(self.on_decisions, envelope)

@@ -9,12 +9,11 @@ from typing import Any
 import asyncpg
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, RateLimit
-from changegate.core.contracts import Decision, DecisionOutcome, Execution, ReviewRequest
+from changegate.core.contracts import DecisionOutcome
 from changegate.core.contracts.envelope import Envelope
-from changegate.core.kafka import ConsumerLoop, Subscription, is_transient
-from changegate.core.logging import configure_logging, get_logger
-from changegate.core.outbox import OutboxRelay
-from changegate.core.service import ServiceRuntime
+from changegate.core.kafka import Refusals, Subscription, is_transient, screen
+from changegate.core.logging import get_logger
+from changegate.core.service import Consumer, Context, Parts, Service, ServiceRuntime
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic, TopicNames
 from changegate.review_api import idempotency, inbox, metrics, queue
@@ -28,13 +27,52 @@ SERVICE = queue.SERVICE
 log = get_logger(__name__)
 
 
-async def on_pending(pool: asyncpg.Pool, verifier: Verifier, envelope: Envelope[Any]) -> None:
-    request: ReviewRequest = envelope.payload
-    verifier.review_request(request)  # nobody but policy and the executor queues work for reviewers
-    proposal = request.proposal
-    if await queue.enqueue(pool, request):
-        metrics.ENQUEUED.labels(kind=proposal.kind.value).inc()
-        log.info("queued for review", kind=proposal.kind.value, record_id=proposal.record_id)
+class QueueConsumer:
+    """The review queue's inputs, a polled batch per transaction."""
+
+    def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
+        self.pool, self.verifier = pool, verifier
+
+    async def on_pending(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        # Nobody but policy and the executor queues work for reviewers.
+        refused, requests = screen(envelopes, self.verifier.review_request)
+        if not requests:
+            return refused
+        queued = await queue.enqueue_many(self.pool, [r for _, r in requests])
+        for request in queued:
+            metrics.ENQUEUED.labels(kind=request.proposal.kind.value).inc()
+        if queued:
+            log.debug("queued for review", count=len(queued))
+        return refused
+
+    async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        """Every decision is kept (any proposal can be read, whatever its route); a supersession
+        takes its item off the queue. Ours (a human's, an expiry) were recorded when made."""
+        theirs = [
+            (n, e)
+            for n, e in enumerate(envelopes)
+            if e.payload.decided_by.kind != "human" and e.payload.outcome is not DecisionOutcome.EXPIRED
+        ]
+        # Nothing forged is shown to a reviewer or closes an item.
+        refused, decisions = screen([e for _, e in theirs], self.verifier.decision)
+        if decisions:
+            for decision in await queue.record_decisions(self.pool, [d for _, d in decisions]):
+                metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
+                log.debug(
+                    "decided elsewhere",
+                    outcome=decision.outcome.value,
+                    correlation_id=str(decision.proposal.proposal_id),
+                )
+        return {theirs[n][0]: exc for n, exc in refused.items()}
+
+    async def on_executions(self, envelopes: list[Envelope[Any]]) -> Refusals:
+        # A forged execution must not show an item as applied.
+        refused, executions = screen(envelopes, self.verifier.execution)
+        if executions:
+            recorded = await queue.record_executions(self.pool, [e for _, e in executions])
+            if recorded:
+                log.debug("executions recorded", count=len(recorded))
+        return refused
 
 
 def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSettings, hub: Hub) -> FastAPI:
@@ -59,85 +97,67 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: ReviewApiSe
     return runtime.app(app)
 
 
-async def main() -> None:
-    settings = ReviewApiSettings()
-    configure_logging(SERVICE, settings.log_level, settings.log_format)
-    settings.require_configured(SERVICE)
-    signer, verifier = settings.signing(SERVICE), settings.verifier(SERVICE)
-    runtime = ServiceRuntime(SERVICE, settings)
-    pool = await runtime.open_database(SERVICE, "changegate.review_api.migrations")
-    producer = await runtime.open_producer()
+class Housekeeping:
+    """Expires overdue proposals and refreshes the queue gauges, every few seconds."""
 
-    async def handle(envelope: Envelope[Any]) -> None:
-        await on_pending(pool, verifier, envelope)
+    def __init__(self, ctx: Context[ReviewApiSettings]) -> None:
+        self.pool, self.names, self.stop = ctx.pool, ctx.names, ctx.runtime.stop
+        self.signer = ctx.signer()
 
-    async def on_decision(envelope: Envelope[Any]) -> None:
-        """Every decision is kept (any proposal can be read, whatever its route); a supersession
-        takes its item off the queue."""
-        decision: Decision = envelope.payload
-        if decision.decided_by.kind == "human" or decision.outcome is DecisionOutcome.EXPIRED:
-            return  # ours: recorded when it was made
-        verifier.decision(decision)  # nothing forged is shown to a reviewer or closes an item
-        if await queue.record_decision(pool, decision):
-            metrics.DECISIONS.labels(outcome=decision.outcome.value).inc()
-            log.info(
-                "decided elsewhere",
-                outcome=decision.outcome.value,
-                correlation_id=str(decision.proposal.proposal_id),
-            )
-
-    async def on_execution(envelope: Envelope[Any]) -> None:
-        execution: Execution = envelope.payload
-        verifier.execution(execution)  # a forged execution must not show an item as applied
-        if await queue.record_execution(pool, execution):
-            log.info("execution recorded", status=execution.status.value)
-
-    loop = ConsumerLoop(
-        settings,
-        "changegate-review-api",
-        [
-            Subscription(Topic.PROPOSALS_PENDING, handle, frozenset({"review_request"})),
-            Subscription(Topic.DECISIONS, on_decision, frozenset({"decision"})),
-            Subscription(Topic.EXECUTIONS, on_execution, frozenset({"execution"})),
-        ],
-        producer,
-        runtime.stop,
-    )
-    relay = OutboxRelay(pool, producer, SERVICE, runtime.stop)
-    hub = Hub(settings.database_url, runtime.stop)
-    runtime.checks["consumer"] = loop.has_partitions
-    runtime.checks["change_feed"] = lambda: hub.listening
-
-    async def housekeeping() -> None:
-        """Expire overdue proposals and refresh the queue gauges, every few seconds."""
-        names = TopicNames(settings.topic_prefix)
-        while not runtime.stop.is_set():
+    async def run(self) -> None:
+        while not self.stop.is_set():
             try:
-                for proposal_id in await queue.overdue(pool):
+                for proposal_id in await queue.overdue(self.pool):
                     with contextlib.suppress(ActionRefusedError):  # decided meanwhile
                         await act(
-                            pool,
-                            names,
+                            self.pool,
+                            self.names,
                             proposal_id,
                             Action.EXPIRE,
                             f"system:{SERVICE}",
                             "not reviewed before it expired",
-                            signer=signer,
+                            signer=self.signer,
                         )
                         log.info("expired", correlation_id=str(proposal_id))
-                await queue.refresh_depth(pool)
-                await idempotency.expire(pool)
+                await queue.refresh_depth(self.pool)
+                await idempotency.expire(self.pool)
             except Exception as exc:  # a gauge may go stale; the service must not stop
                 if not is_transient(exc):
                     raise
                 log.warning("queue depth not refreshed", error=repr(exc))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runtime.stop.wait(), 5)
+                await asyncio.wait_for(self.stop.wait(), 5)
 
-    try:
-        await runtime.run(
-            build_app(runtime, pool, settings, hub), [loop.run, relay.run, housekeeping, hub.run]
-        )
-    finally:
-        await producer.stop()
-        await pool.close()
+
+async def setup(ctx: Context[ReviewApiSettings]) -> Parts:
+    consumer = QueueConsumer(ctx.pool, ctx.verifier())
+    subscriptions = [
+        Subscription.batch(Topic.PROPOSALS_PENDING, frozenset({"review_request"}), consumer.on_pending),
+        Subscription.batch(Topic.DECISIONS, frozenset({"decision"}), consumer.on_decisions),
+        Subscription.batch(Topic.EXECUTIONS, frozenset({"execution"}), consumer.on_executions),
+    ]
+    hub = Hub(ctx.settings.database_url, ctx.runtime.stop)
+    ctx.runtime.checks["change_feed"] = lambda: hub.listening
+    return Parts(
+        consumers=[Consumer("changegate-review-api", subscriptions)],
+        app=build_app(ctx.runtime, ctx.pool, ctx.settings, hub),
+        workers=[Housekeeping(ctx).run, hub.run],
+    )
+
+
+def _configured(settings: ReviewApiSettings) -> None:
+    """Authentication configured and the keys to sign and verify with: else it refuses to start."""
+    settings.require_configured(SERVICE)
+    settings.signing(SERVICE)
+    settings.verifier(SERVICE)
+
+
+REVIEW_API = Service(
+    SERVICE,
+    ReviewApiSettings,
+    setup,
+    migrations="changegate.review_api.migrations",
+    outbox=True,
+    check=_configured,
+)
+main = REVIEW_API.main

@@ -12,6 +12,7 @@ from changegate.core.contracts.proposal import (
     ProposalSource,
     Trigger,
 )
+from changegate.core.contracts.record_change import RecordChange
 from changegate.core.contracts.review_request import ReviewRequest
 from changegate.core.contracts.signature import Signature
 
@@ -33,6 +34,7 @@ __all__ = [
     "Proposal",
     "ProposalKind",
     "ProposalSource",
+    "RecordChange",
     "ReviewRequest",
     "Signature",
     "Trigger",

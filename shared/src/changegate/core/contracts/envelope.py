@@ -15,6 +15,7 @@ from changegate.core.contracts.crm_event import CrmEvent
 from changegate.core.contracts.decision import Decision
 from changegate.core.contracts.execution import Execution
 from changegate.core.contracts.proposal import Proposal
+from changegate.core.contracts.record_change import RecordChange
 from changegate.core.contracts.review_request import ReviewRequest
 from pydantic import BaseModel, Field, StrictInt, ValidationError
 
@@ -91,6 +92,7 @@ EVENT_TYPES: dict[str, EventType] = {
         EventType("decision", Decision, 3, {1: _same, 2: _same}),
         EventType("execution", Execution, 3, {1: _same, 2: _same}),
         EventType("audit_entry", AuditEntry, 2, {1: _same}),  # v2: approved_with_changes, proposed_value
+        EventType("record_change", RecordChange, 1),
     )
 }
 EVENT_TYPE_OF: dict[type[BaseModel], str] = {et.model: et.name for et in EVENT_TYPES.values()}

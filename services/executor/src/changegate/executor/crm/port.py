@@ -19,6 +19,8 @@ from changegate.core.errors import TransientError
 
 # Called with the values the CRM holds, after the compare and before the write.
 BeforeWrite = Callable[[dict[str, PropertyValue]], Awaitable[None]]
+# The same for a batch: the values of each record about to be written, by its position in the batch.
+BeforeWriteMany = Callable[[dict[int, dict[str, PropertyValue]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,19 @@ class RecordNotFoundError(Exception):
     """The record is gone (deleted, never existed): the execution fails, for good."""
 
 
+@dataclass(frozen=True)
+class WriteItem:
+    """One record's compare-and-set in a batch write."""
+
+    record_id: str
+    changes: Sequence[FieldChange]
+
+
+# Per item of a batch write: its result, or why it failed alone (RecordNotFoundError,
+# CrmRefusedError); an outage (CrmUnavailableError) fails the whole call instead.
+WriteOutcome = WriteResult | RecordNotFoundError | CrmRefusedError
+
+
 class CrmAdapter(Protocol):
     """What the executor needs of a CRM."""
 
@@ -103,6 +118,13 @@ class CrmAdapter(Protocol):
         ``before_write`` gets the values read, right before the write (the ledger records them)."""
         ...
 
+    async def write_many(
+        self, object_type: ObjectType, items: Sequence[WriteItem], before_write: BeforeWriteMany | None = None
+    ) -> list[WriteOutcome]:
+        """``write`` for many records at once (the CRM's batch calls), results in the items' order;
+        ``before_write`` is called once, with every record about to be written."""
+        ...
+
     async def merge(self, object_type: ObjectType, survivor: str, losers: Sequence[str]) -> MergeResult:
         """Fold ``losers`` into ``survivor`` (its own values kept; the survivorship fills are written
         before, as a compare-and-set)."""
@@ -111,3 +133,28 @@ class CrmAdapter(Protocol):
     async def owner_status(self, owner_id: str) -> OwnerStatus: ...
 
     async def close(self) -> None: ...
+
+
+class BatchWriter:
+    """``write`` of one record through the adapter's ``write_many``."""
+
+    async def write_many(
+        self, object_type: ObjectType, items: Sequence[WriteItem], before_write: BeforeWriteMany | None = None
+    ) -> list[WriteOutcome]:
+        raise NotImplementedError
+
+    async def write(
+        self,
+        object_type: ObjectType,
+        record_id: str,
+        changes: Sequence[FieldChange],
+        before_write: BeforeWrite | None = None,
+    ) -> WriteResult:
+        async def before(values: dict[int, dict[str, PropertyValue]]) -> None:
+            if before_write is not None:
+                await before_write(values[0])
+
+        [outcome] = await self.write_many(object_type, [WriteItem(record_id, changes)], before)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome

@@ -14,12 +14,15 @@ from changegate.core.contracts.base import PropertyValue
 from changegate.core.db import DbConn, Queryable
 from changegate.executor.crm.metrics import measured
 from changegate.executor.crm.port import (
-    BeforeWrite,
+    BatchWriter,
+    BeforeWriteMany,
     Capabilities,
     MergeResult,
     OwnerStatus,
     RecordNotFoundError,
     RecordState,
+    WriteItem,
+    WriteOutcome,
     WriteResult,
     WriteStatus,
 )
@@ -30,7 +33,7 @@ MERGED_IDS_FIELD = "hs_merged_object_ids"
 _MAX_REDIRECTS = 16
 
 
-class SandboxCrm:
+class SandboxCrm(BatchWriter):
     target = TARGET
     capabilities = Capabilities(
         conditional_write=True, max_batch=1000, max_merge_records=100, merge_gives_new_id=False, owners=True
@@ -52,42 +55,58 @@ class SandboxCrm:
                     out[record_id] = RecordState(rid, {f: props.get(f) for f in fields})
         return out
 
-    @measured("write")
-    async def write(
-        self,
-        object_type: ObjectType,
-        record_id: str,
-        changes: Sequence[FieldChange],
-        before_write: BeforeWrite | None = None,
-    ) -> WriteResult:
+    @measured("write_many")
+    async def write_many(
+        self, object_type: ObjectType, items: Sequence[WriteItem], before_write: BeforeWriteMany | None = None
+    ) -> list[WriteOutcome]:
+        """Every record locked (in id order, so concurrent batches cannot deadlock), each item
+        compared against the record as the items before it left it, the writes in one statement."""
+        outcomes: list[WriteOutcome | None] = [None] * len(items)
         async with self.pool.acquire() as conn, conn.transaction():
-            found = await _resolve(conn, object_type, record_id, lock=True)
-            if found is None:
-                raise RecordNotFoundError(f"{object_type.value} {record_id} is not in the sandbox CRM")
-            rid, props = found
-            current = {c.field: props.get(c.field) for c in changes}
-            writes = [
-                FieldWrite(field=c.field, expected=c.previous, overwritten=current[c.field], new=c.proposed)
-                for c in changes
-            ]
-            if all(same(c.field, current[c.field], c.proposed) for c in changes):
-                return WriteResult(WriteStatus.NOOP, writes, current)
-            conflicts = [c.field for c in changes if not same(c.field, current[c.field], c.previous)]
-            if conflicts:
-                return WriteResult(WriteStatus.CONFLICT, writes, current, conflicts)
-            if before_write is not None:
-                await before_write(current)
-            version: int = await conn.fetchval(
-                "UPDATE sandbox_crm_records SET properties = properties || $3::jsonb,"
-                " version = version + 1, updated_at = now()"
-                " WHERE object_type = $1 AND record_id = $2 RETURNING version",
-                object_type.value,
-                rid,
-                {c.field: c.proposed for c in changes},
+            found = await _resolve_many(conn, object_type, [i.record_id for i in items])
+            held: dict[str, dict[str, Any]] = {rid: dict(props) for rid, props in found.values()}
+            written: dict[str, dict[str, Any]] = {}
+            observed: dict[int, dict[str, PropertyValue]] = {}
+            for n, item in enumerate(items):
+                if item.record_id not in found:
+                    outcomes[n] = RecordNotFoundError(
+                        f"{object_type.value} {item.record_id} is not in the sandbox CRM"
+                    )
+                    continue
+                rid = found[item.record_id][0]
+                result = _compare(item.changes, held[rid])
+                if result.status is WriteStatus.APPLIED:
+                    observed[n] = result.current
+                    new = {c.field: c.proposed for c in item.changes}
+                    held[rid].update(new)
+                    written.setdefault(rid, {}).update(new)
+                outcomes[n] = result
+            if before_write is not None and observed:
+                await before_write(observed)
+            versions = {}
+            if written:
+                rows = await conn.fetch(
+                    "UPDATE sandbox_crm_records AS r SET properties = r.properties || v.props,"
+                    " version = r.version + 1, updated_at = now()"
+                    " FROM unnest($2::text[], $3::jsonb[]) AS v(record_id, props)"
+                    " WHERE r.object_type = $1 AND r.record_id = v.record_id"
+                    " RETURNING r.record_id, r.version",
+                    object_type.value,
+                    list(written),
+                    list(written.values()),
+                )
+                versions = {r["record_id"]: r["version"] for r in rows}
+        for n in observed:
+            planned = outcomes[n]
+            assert isinstance(planned, WriteResult)
+            rid = found[items[n].record_id][0]
+            outcomes[n] = WriteResult(
+                WriteStatus.APPLIED,
+                planned.writes,
+                planned.current,
+                response_ids=[f"{object_type.value}/{rid}@v{versions[rid]}"],
             )
-        return WriteResult(
-            WriteStatus.APPLIED, writes, current, response_ids=[f"{object_type.value}/{rid}@v{version}"]
-        )
+        return [o for o in outcomes if o is not None]
 
     @measured("merge")
     async def merge(self, object_type: ObjectType, survivor: str, losers: Sequence[str]) -> MergeResult:
@@ -152,6 +171,44 @@ async def _resolve(
             return rid, props
         rid = row["merged_into"]
     raise RuntimeError(f"{object_type.value} {record_id}: merge redirects loop")
+
+
+def _compare(changes: Sequence[FieldChange], props: dict[str, Any]) -> WriteResult:
+    """Compare-and-set on a record's values: APPLIED here means 'to write'."""
+    current = {c.field: props.get(c.field) for c in changes}
+    writes = [
+        FieldWrite(field=c.field, expected=c.previous, overwritten=current[c.field], new=c.proposed)
+        for c in changes
+    ]
+    if all(same(c.field, current[c.field], c.proposed) for c in changes):
+        return WriteResult(WriteStatus.NOOP, writes, current)
+    conflicts = [c.field for c in changes if not same(c.field, current[c.field], c.previous)]
+    if conflicts:
+        return WriteResult(WriteStatus.CONFLICT, writes, current, conflicts)
+    return WriteResult(WriteStatus.APPLIED, writes, current)
+
+
+async def _resolve_many(
+    conn: DbConn, object_type: ObjectType, record_ids: Sequence[str]
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each asked-for id that exists -> (the id holding its data now, its properties), locked."""
+    rows = await conn.fetch(
+        "SELECT record_id, properties, merged_into FROM sandbox_crm_records"
+        " WHERE object_type = $1 AND record_id = ANY($2::text[]) ORDER BY record_id FOR UPDATE",
+        object_type.value,
+        sorted(set(record_ids)),
+    )
+    direct = {r["record_id"]: r for r in rows}
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for record_id in record_ids:
+        row = direct.get(record_id)
+        if row is None:
+            continue
+        if row["merged_into"] is None:
+            out[record_id] = (record_id, row["properties"])
+        elif (followed := await _resolve(conn, object_type, record_id, lock=True)) is not None:
+            out[record_id] = followed  # merged away: rare, followed one hop at a time
+    return out
 
 
 # Seeding and inspection, for the demo feed and tests.

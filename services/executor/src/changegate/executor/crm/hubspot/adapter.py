@@ -11,33 +11,38 @@ A merge creates a new record id that both old ids resolve to; the adapter report
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
 
 import httpx
-from changegate.core.contracts import FieldChange, FieldWrite, ObjectType
+from changegate.core.contracts import FieldWrite, ObjectType
 from changegate.core.contracts.base import PropertyValue
 from changegate.executor.crm.hubspot.client import HubSpotClient
 from changegate.executor.crm.port import (
-    BeforeWrite,
+    BatchWriter,
+    BeforeWriteMany,
     Capabilities,
     CrmRefusedError,
     MergeResult,
     OwnerStatus,
     RecordNotFoundError,
     RecordState,
+    WriteItem,
+    WriteOutcome,
     WriteResult,
     WriteStatus,
 )
 from changegate.executor.crm.values import same, to_crm_string
 from changegate.executor.settings import ExecutorSettings
 
+T = TypeVar("T")
 TARGET = "hubspot"
 BATCH = 100
 OBJECTS = {ObjectType.CONTACT: "contacts", ObjectType.COMPANY: "companies"}
 
 
-class HubSpotCrm:
+class HubSpotCrm(BatchWriter):
     target = TARGET
     capabilities = Capabilities(
         conditional_write=False, max_batch=BATCH, max_merge_records=2, merge_gives_new_id=True, owners=True
@@ -70,31 +75,39 @@ class HubSpotCrm:
     async def read(
         self, object_type: ObjectType, record_ids: Sequence[str], fields: Sequence[str]
     ) -> dict[str, RecordState]:
+        """Batch reads of 100 ids, sent together (the client's limiter spaces them)."""
         objects = OBJECTS[object_type]
+        chunks = [list(record_ids[at : at + BATCH]) for at in range(0, len(record_ids), BATCH)]
         found: dict[str, RecordState] = {}
-        for start in range(0, len(record_ids), BATCH):
-            chunk = list(record_ids[start : start + BATCH])
-            response = await self.client.request(
-                "batch_read",
-                "POST",
-                f"/crm/v3/objects/{objects}/batch/read",
-                json={
-                    "inputs": [{"id": rid} for rid in chunk],
-                    "properties": list(fields),
-                    "propertiesWithHistory": [],
-                },
-            )
-            body = _json(response, "batch read", ok=(200, 207))
-            for result in body.get("results", []):
-                rid = str(result["id"])
-                found[rid] = RecordState(rid, _properties(result, fields))
-            # An id merged away answers under its survivor's id: ask for it alone to learn where.
-            for rid in chunk:
-                if rid not in found and not _named_in_errors(body, rid, "OBJECT_NOT_FOUND"):
-                    state = await self._read_one(objects, rid, fields)
-                    if state is not None:
-                        found[rid] = state
+        for part in await _together(self._read_chunk(objects, chunk, fields) for chunk in chunks):
+            found.update(part)
         return {rid: found[rid] for rid in record_ids if rid in found}
+
+    async def _read_chunk(
+        self, objects: str, chunk: list[str], fields: Sequence[str]
+    ) -> dict[str, RecordState]:
+        response = await self.client.request(
+            "batch_read",
+            "POST",
+            f"/crm/v3/objects/{objects}/batch/read",
+            json={
+                "inputs": [{"id": rid} for rid in chunk],
+                "properties": list(fields),
+                "propertiesWithHistory": [],
+            },
+        )
+        body = _json(response, "batch read", ok=(200, 207))
+        found = {}
+        for result in body.get("results", []):
+            rid = str(result["id"])
+            found[rid] = RecordState(rid, _properties(result, fields))
+        # An id merged away answers under its survivor's id: ask for it alone to learn where.
+        for rid in chunk:
+            if rid not in found and not _named_in_errors(body, rid, "OBJECT_NOT_FOUND"):
+                state = await self._read_one(objects, rid, fields)
+                if state is not None:
+                    found[rid] = state
+        return found
 
     async def _read_one(self, objects: str, record_id: str, fields: Sequence[str]) -> RecordState | None:
         response = await self.client.request(
@@ -109,54 +122,105 @@ class HubSpotCrm:
         return RecordState(str(body["id"]), _properties(body, fields))
 
     # -- compare-and-set -----------------------------------------------------------------------
-    async def write(
+    async def write_many(
+        self, object_type: ObjectType, items: Sequence[WriteItem], before_write: BeforeWriteMany | None = None
+    ) -> list[WriteOutcome]:
+        """Batch read, compare each item, batch update what may be written, batch re-read: three
+        requests per 100 records. Items that resolve to one record (an id merged into another) are
+        written in turns, each compared with what the turn before left."""
+        outcomes: dict[int, WriteOutcome] = {}
+        pending = list(range(len(items)))
+        while pending:
+            pending = await self._write_turn(object_type, items, pending, outcomes, before_write)
+        return [outcomes[n] for n in range(len(items))]
+
+    async def _write_turn(
         self,
         object_type: ObjectType,
-        record_id: str,
-        changes: Sequence[FieldChange],
-        before_write: BeforeWrite | None = None,
-    ) -> WriteResult:
-        fields = [c.field for c in changes]
-        state = (await self.read(object_type, [record_id], fields)).get(record_id)
-        if state is None:
-            raise RecordNotFoundError(f"HubSpot has no {object_type.value} {record_id}")
-        current = state.properties
-        writes = [
-            FieldWrite(field=c.field, expected=c.previous, overwritten=current.get(c.field), new=c.proposed)
-            for c in changes
-        ]
-        if all(same(c.field, current.get(c.field), c.proposed) for c in changes):
-            return WriteResult(WriteStatus.NOOP, writes, current)
-        conflicts = [c.field for c in changes if not same(c.field, current.get(c.field), c.previous)]
-        if conflicts:
-            return WriteResult(WriteStatus.CONFLICT, writes, current, conflicts)
-        if before_write is not None:
-            await before_write(current)
+        items: Sequence[WriteItem],
+        pending: list[int],
+        outcomes: dict[int, WriteOutcome],
+        before_write: BeforeWriteMany | None,
+    ) -> list[int]:
+        """One read-compare-write-reread pass over ``pending``; returns the items left for the next
+        turn (a second item for a record this turn writes)."""
         objects = OBJECTS[object_type]
-        properties = {c.field: to_crm_string(c.proposed) for c in changes}
-        response = await self.client.request(
-            "batch_update",
-            "POST",
-            f"/crm/v3/objects/{objects}/batch/update",
-            json={"inputs": [{"id": state.record_id, "properties": properties}]},
-        )
-        body = _json(response, "batch update", ok=(200, 207))
-        refusal = _errors_for(body, state.record_id)
-        if refusal:
-            raise CrmRefusedError(f"HubSpot refused the update of {objects} {state.record_id}: {refusal}")
-        updated = next((r for r in body.get("results", []) if str(r["id"]) == state.record_id), None)
-        response_ids = (
-            [f"hubspot:{objects}/{state.record_id}@{updated.get('updatedAt', '')}"] if updated else []
-        )
+        fields = sorted({c.field for n in pending for c in items[n].changes})
+        states = await self.read(object_type, sorted({items[n].record_id for n in pending}), fields)
+        planned: dict[int, tuple[str, dict[str, PropertyValue], list[FieldWrite]]] = {}
+        later, taken = [], set()
+        for n in pending:
+            item, state = items[n], states.get(items[n].record_id)
+            if state is None:
+                outcomes[n] = RecordNotFoundError(f"HubSpot has no {object_type.value} {item.record_id}")
+                continue
+            if state.record_id in taken:
+                later.append(n)
+                continue
+            current = {c.field: state.properties.get(c.field) for c in item.changes}
+            writes = [
+                FieldWrite(field=c.field, expected=c.previous, overwritten=current[c.field], new=c.proposed)
+                for c in item.changes
+            ]
+            if all(same(c.field, current[c.field], c.proposed) for c in item.changes):
+                outcomes[n] = WriteResult(WriteStatus.NOOP, writes, current)
+                continue
+            conflicts = [c.field for c in item.changes if not same(c.field, current[c.field], c.previous)]
+            if conflicts:
+                outcomes[n] = WriteResult(WriteStatus.CONFLICT, writes, current, conflicts)
+                continue
+            taken.add(state.record_id)
+            planned[n] = (state.record_id, current, writes)
+        if not planned:
+            return later
+        if before_write is not None:
+            await before_write({n: current for n, (_, current, _) in planned.items()})
+        response_ids: dict[int, list[str]] = {}
+        order = list(planned)
+
+        async def update(chunk: list[int]) -> None:
+            inputs = [
+                {
+                    "id": planned[n][0],
+                    "properties": {c.field: to_crm_string(c.proposed) for c in items[n].changes},
+                }
+                for n in chunk
+            ]
+            response = await self.client.request(
+                "batch_update", "POST", f"/crm/v3/objects/{objects}/batch/update", json={"inputs": inputs}
+            )
+            body = _json(response, "batch update", ok=(200, 207))
+            updated = {str(r["id"]): r for r in body.get("results", [])}
+            for n in chunk:
+                record_id = planned[n][0]
+                refusal = _errors_for(body, record_id)
+                if refusal:  # a 207: this record refused, the others of the call written
+                    outcomes[n] = CrmRefusedError(
+                        f"HubSpot refused the update of {objects} {record_id}: {refusal}"
+                    )
+                    continue
+                done = updated.get(record_id)
+                response_ids[n] = (
+                    [f"hubspot:{objects}/{record_id}@{done.get('updatedAt', '')}"] if done else []
+                )
+
+        await _together(update(order[at : at + BATCH]) for at in range(0, len(order), BATCH))
         # No conditional write in HubSpot: read again, and say if another writer got in right after us.
-        again = (await self.read(object_type, [state.record_id], fields)).get(state.record_id)
-        moved = [
-            c.field
-            for c in changes
-            if again is not None and not same(c.field, again.properties.get(c.field), c.proposed)
-        ]
-        note = f"changed by another writer right after this write: {', '.join(moved)}" if moved else None
-        return WriteResult(WriteStatus.APPLIED, writes, current, response_ids=response_ids, note=note)
+        written = [n for n in order if n not in outcomes]
+        again = await self.read(object_type, sorted({planned[n][0] for n in written}), fields)
+        for n in written:
+            record_id, current, writes = planned[n]
+            state = again.get(record_id)
+            moved = [
+                c.field
+                for c in items[n].changes
+                if state is not None and not same(c.field, state.properties.get(c.field), c.proposed)
+            ]
+            note = f"changed by another writer right after this write: {', '.join(moved)}" if moved else None
+            outcomes[n] = WriteResult(
+                WriteStatus.APPLIED, writes, current, response_ids=response_ids[n], note=note
+            )
+        return later
 
     # -- merges --------------------------------------------------------------------------------
     async def merge(self, object_type: ObjectType, survivor: str, losers: Sequence[str]) -> MergeResult:
@@ -194,6 +258,17 @@ class HubSpotCrm:
             body = _json(response, "owner", ok=(200,))
             return OwnerStatus.ARCHIVED if body.get("archived") or archived == "true" else OwnerStatus.ACTIVE
         return OwnerStatus.UNKNOWN
+
+
+async def _together(calls: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Calls sent together; if one fails, the others are cancelled and waited for before its error
+    is raised (no request of ours is left in flight behind the caller's back)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(call) for call in calls]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [t.result() for t in tasks]
 
 
 def _json(response: httpx.Response, what: str, ok: tuple[int, ...]) -> dict[str, Any]:

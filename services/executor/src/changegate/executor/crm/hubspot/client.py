@@ -1,22 +1,30 @@
 """HTTP to HubSpot's CRM v3 API: a private app's bearer token, a client-side rate limit (HubSpot's
-private-app default, 190 requests per 10 s), a timeout on every call, and retries with backoff for
-what HubSpot says to retry: 429 (after Retry-After, or the rate-limit window its headers give), 423
-(a locked record: wait and retry), 5xx, timeouts and connection errors. What still fails after the
-configured attempts is ``CrmUnavailableError``: the executor retries it later (its circuit breaker
-pauses consumption meanwhile)."""
+private-app default, 190 requests in any 10 s: a moving window, as HubSpot's own "ten-secondly
+rolling" limit), a timeout on every call, and retries with backoff for what HubSpot says to retry:
+429 (after Retry-After, or the rate-limit window its headers give), 423 (a locked record: wait and
+retry), 5xx, timeouts and connection errors. What still fails after the configured attempts is
+``CrmUnavailableError``: the executor retries it later (its circuit breaker pauses consumption
+meanwhile).
+
+HubSpot counts the limit per app, across every replica that uses its token: each replica spends
+only its share (``share``: a request costs 1/share of the budget)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-from aiolimiter import AsyncLimiter
 from changegate.core import tracing
 from changegate.core.logging import get_logger
 from changegate.executor.crm import metrics as crm_metrics
 from changegate.executor.crm.port import CrmUnavailableError
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage
+from limits.aio.strategies import MovingWindowRateLimiter
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -27,6 +35,7 @@ from tenacity import (
 
 log = get_logger(__name__)
 LOCKED_WAIT_SECONDS = 2.0
+_KEY = "hubspot"
 _BACKOFF = wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5)  # 5xx, timeouts
 
 
@@ -54,7 +63,10 @@ class HubSpotClient:
             timeout=timeout,
             transport=transport,
         )
-        self.limiter = AsyncLimiter(requests_per_window, window_seconds)
+        self.limit = RateLimitItemPerSecond(requests_per_window, max(1, math.ceil(window_seconds)))
+        self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        # This replica's share of the app's limit (set by the executor as partitions move).
+        self.share: Callable[[], float] = lambda: 1.0
         self.attempts = attempts
         self._not_before = 0.0  # HubSpot's own rate-limit headers said to wait until then
 
@@ -90,18 +102,17 @@ class HubSpotClient:
         pause = self._not_before - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        span = tracing.client_span(f"HubSpot {operation}", **{"http.request.method": method})
-        async with self.limiter:
-            with span as trace:
-                started = time.perf_counter()
-                try:
-                    response = await self.http.request(method, path, json=json, params=params, headers=trace)
-                except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "error"
-                    crm_metrics.record("hubspot", operation, outcome, time.perf_counter() - started)
-                    raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
+        await self._acquire()
+        with tracing.client_span(f"HubSpot {operation}", **{"http.request.method": method}) as trace:
+            started = time.perf_counter()
+            try:
+                response = await self.http.request(method, path, json=json, params=params, headers=trace)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "error"
+                crm_metrics.record("hubspot", operation, outcome, time.perf_counter() - started)
+                raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
         crm_metrics.record("hubspot", operation, str(response.status_code), time.perf_counter() - started)
-        self._note_rate_limit(response)
+        await self._note_rate_limit(response)
         status = response.status_code
         if status == 429:
             raise _RetryError("429 rate limited", _retry_after(response) or self._window_left(response))
@@ -111,13 +122,33 @@ class HubSpotClient:
             raise _RetryError(f"{status} server error")
         return response
 
-    def _note_rate_limit(self, response: httpx.Response) -> None:
-        """X-HubSpot-RateLimit-Remaining at 0: hold every call until the window rolls over."""
+    def cost(self) -> int:
+        """What one request costs of the budget: 1 for the whole of it, 3 for a third."""
+        return min(self.limit.amount, math.ceil(1 / max(self.share(), 1e-9) - 1e-9))
+
+    async def _acquire(self) -> None:
+        """Wait for room in the moving window, then take this request's cost of it."""
+        while not await self.limiter.hit(self.limit, _KEY, cost=self.cost()):
+            stats = await self.limiter.get_window_stats(self.limit, _KEY)
+            await asyncio.sleep(max(0.005, stats.reset_time - time.time()))
+
+    async def remaining(self) -> int:
+        """Requests this client may still make in the current window."""
+        return (await self.limiter.get_window_stats(self.limit, _KEY)).remaining // self.cost()
+
+    async def _note_rate_limit(self, response: httpx.Response) -> None:
+        """X-HubSpot-RateLimit-Remaining at 0 although this client has room left in its own window:
+        others spend the app's budget too (another app on the token, replicas out of share), so hold
+        every call for a window. At 0 because this client spent exactly its budget, its own window
+        already holds it back, and no more."""
         remaining = response.headers.get("X-HubSpot-RateLimit-Remaining")
-        if remaining is not None and remaining.strip() == "0":
-            wait = self._window_left(response)
-            if wait:
-                self._not_before = max(self._not_before, time.monotonic() + wait)
+        if remaining is None or remaining.strip() != "0":
+            return
+        if (await self.limiter.get_window_stats(self.limit, _KEY)).remaining < self.cost():
+            return
+        wait = self._window_left(response)
+        if wait:
+            self._not_before = max(self._not_before, time.monotonic() + wait)
 
     @staticmethod
     def _window_left(response: httpx.Response) -> float | None:
