@@ -20,6 +20,7 @@ import yaml
 # jsonschema ships no type information and types-jsonschema is not in requirements.lock.
 from jsonschema import validators
 from jsonschema.validators import validator_for
+from k8s_render import kustomize
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
@@ -485,18 +486,13 @@ def test_dockerfile_installs_every_member_and_drops_root() -> None:
 
 @pytest.fixture(scope="module")
 def k8s_documents() -> list[tuple[Path, Mapping]]:
-    files = sorted([*K8S_DIR.glob("*.yaml"), *K8S_DIR.glob("*.yml")])
-    assert files, f"{rel(K8S_DIR)} holds no manifest"
+    """The objects `kubectl apply -k deploy/k8s` creates (kustomize renders the base)."""
     documents: list[tuple[Path, Mapping]] = []
-    for path in files:
-        with path.open(encoding="utf-8") as handle:
-            for document in yaml.safe_load_all(handle):
-                if document is None:
-                    continue
-                body = as_mapping(document, rel(path))
-                assert body.get("apiVersion"), f"{rel(path)}: a document has no apiVersion"
-                assert body.get("kind"), f"{rel(path)}: a document has no kind"
-                documents.append((path, body))
+    for document in kustomize(K8S_DIR):
+        body = as_mapping(document, rel(K8S_DIR))
+        assert body.get("apiVersion"), f"{rel(K8S_DIR)}: a document has no apiVersion"
+        assert body.get("kind"), f"{rel(K8S_DIR)}: a document has no kind"
+        documents.append((K8S_DIR, body))
     return documents
 
 
@@ -629,12 +625,6 @@ def test_k8s_configuration_references_resolve(
             for item in secret.get("items") or []:
                 if item["key"] not in secrets.get(secret.get("secretName"), set()):
                     problems.append(f"{name}: volume {volume['name']} mounts missing {item['key']}")
-    kustomizations = [(path, body) for path, body in k8s_documents if body["kind"] == "Kustomization"]
-    for path, body in kustomizations:
-        listed = set(body.get("resources") or [])
-        manifests = {p.name for p, b in k8s_documents if b["kind"] != "Kustomization"}
-        if manifests - listed:
-            problems.append(f"{rel(path)} does not list {sorted(manifests - listed)}")
     assert not problems, "\n".join(problems)
 
 
@@ -674,3 +664,27 @@ def test_stateless_services_open_no_database() -> None:
             word for word in ("open_database", "create_pool", "asyncpg") if any(word in s for s in sources)
         ]
         assert not opened, f"services/{name} uses {opened}: it needs a database role after all"
+
+
+def test_compose_wires_the_executor_to_hubspot_with_its_token(our_services: dict[str, Mapping]) -> None:
+    executor = environment(our_services["executor"])
+    assert executor["CHANGEGATE_CRM"] == "${EXECUTOR_CRM:-hubspot}", "production writes to HubSpot by default"
+    assert executor["CHANGEGATE_HUBSPOT_TOKEN"] == "${HUBSPOT_TOKEN:-}"
+    for name, service in our_services.items():
+        if name != "executor":
+            assert "CHANGEGATE_HUBSPOT_TOKEN" not in environment(service), f"{name} gets the CRM token"
+
+
+def test_an_empty_token_variable_leaves_the_token_to_the_secrets_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Compose passes without HUBSPOT_TOKEN: an empty variable, which is no token at all (the
+    executor then refuses to start on HubSpot), and which a token file still fills."""
+    from changegate.executor.settings import ExecutorSettings
+
+    monkeypatch.setenv("CHANGEGATE_HUBSPOT_TOKEN", "")
+    assert ExecutorSettings().hubspot_token is None
+    (tmp_path / "changegate_hubspot_token").write_text("pat-from-a-file")
+    token = ExecutorSettings(_secrets_dir=tmp_path).hubspot_token
+    assert token is not None
+    assert token.get_secret_value() == "pat-from-a-file"

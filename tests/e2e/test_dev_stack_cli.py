@@ -42,7 +42,9 @@ def _free_base_port() -> int:
     raise RuntimeError("no free ports")
 
 
-def _start(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
+def _start(
+    workdir: Path, printed: list[str] | None = None
+) -> tuple[subprocess.Popen[str], dict[str, object]]:
     proc = subprocess.Popen(
         [*CLI, "dev", "up", "--workdir", str(workdir), "--base-port", str(_free_base_port())],
         stdout=subprocess.PIPE,
@@ -51,11 +53,11 @@ def _start(workdir: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
         text=True,
     )
     assert proc.stdout is not None
-    lines = []
+    lines = printed if printed is not None else []
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         lines.append(line)
-        if "dev stack ready" in line:
+        if line.startswith("webhooks:"):  # the last line of what `dev up` prints once ready
             break
         if time.monotonic() > deadline or proc.poll() is not None:
             proc.kill()
@@ -92,9 +94,16 @@ def _assert_all_gone(state: dict[str, object], workdir: Path) -> None:
 
 
 def test_the_printed_token_works_as_the_readme_says_and_ctrl_c_stops_everything(workdir: Path) -> None:
-    proc, state = _start(workdir)
+    printed: list[str] = []
+    proc, state = _start(workdir, printed)
     try:
         _check_the_printed_token(workdir, state)
+        # Piped (a log, CI): the table keeps every path whole, nothing folded or cut with "…".
+        text = "".join(printed)
+        for name in ("audit", "executor", "review-api", "policy", "detector", "ingest"):
+            assert str(workdir.resolve() / "logs" / f"{name}.log") in text, text
+        assert "…" not in text
+        _check_the_commands_find_the_stack(workdir, state)
     except BaseException:
         proc.send_signal(signal.SIGINT)  # whatever failed, leave nothing running
         proc.wait(60)
@@ -119,6 +128,56 @@ def _check_the_printed_token(workdir: Path, state: dict[str, object]) -> None:
         ):
             assert client.get(url).status_code == 401
             assert client.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200, url
+
+
+def _cli(*args: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """A command as a user beside the stack runs it: no CHANGEGATE_* variable but ``variables``,
+    no terminal."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEGATE_")} | variables
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+def _check_the_commands_find_the_stack(workdir: Path, state: dict[str, object]) -> None:
+    """Every command finds the stack (its own ports, not the defaults) through --workdir."""
+    w = ["--workdir", str(workdir)]
+    created = _cli("tokens", "create", "--name", "ops@example.com", "--role", "viewer", *w)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert token
+    listed = _cli("tokens", "list", *w)
+    assert listed.returncode == 0, listed.stderr
+    assert "ops@example.com" in listed.stderr
+    verified = _cli("audit", "verify", *w)
+    assert verified.returncode == 0, verified.stderr
+    assert "chain intact" in verified.stderr
+    dlq = _cli("dlq", "list", *w)
+    assert dlq.returncode == 0, dlq.stderr
+    assert "changegate.decisions.dlq" in dlq.stdout
+    status = _cli("status", "--json", "--interval", "1", *w)
+    assert status.returncode == 0, status.stdout + status.stderr
+    rows = {row["service"]: row for row in json.loads(status.stdout)}
+    ports = state["ports"]
+    assert isinstance(ports, dict)
+    assert set(rows) == {"ingest", "detector", "policy", "review-api", "executor", "audit"}
+    for name, row in rows.items():
+        assert row["up"], row
+        assert row["ready"], row
+        assert row["url"] == f"http://127.0.0.1:{ports[name]}"
+    assert rows["executor"]["breaker"] == "closed"
+    assert rows["review-api"]["queue"] == 0
+    plan = _cli("replay", "--from", "2000-01-01T00:00:00Z", *w)
+    assert plan.returncode == 0, plan.stderr
+    assert "nothing to replay" in plan.stderr  # no event came in yet
+    # A variable wins over the state file; where nothing answers: a message saying so, no traceback.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    nowhere = _cli(
+        "tokens", "list", *w, CHANGEGATE_DATABASE_URL=f"postgresql://postgres@127.0.0.1:{closed}/postgres"
+    )
+    assert nowhere.returncode == 2
+    assert "no database at" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
 
 
 def test_dev_down_stops_everything(workdir: Path) -> None:

@@ -149,3 +149,75 @@ async def test_a_poison_message_in_a_batch_is_dead_lettered_and_the_rest_process
         assert dict(dead[0].headers)["x-changegate-error"] == b"ValueError: boom in batch"  # type: ignore[attr-defined]
     finally:
         await producer.stop()
+
+
+def _sample(name: str, **labels: str) -> float | None:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels)
+
+
+async def test_lag_progress_and_liveness_of_a_wedged_partition(
+    settings: CommonSettings, topics: None
+) -> None:
+    """Lag comes from the fetch's high watermark while the messages wait (not only at commit); the
+    partition's progress clock stands still while its handler is wedged, and so does the loop's last
+    poll, which liveness reads; released, the lag drains to 0 and the clocks move again."""
+    from changegate.core.consumer_health import ConsumerHealth
+
+    names = TopicNames(settings.topic_prefix)
+    topic = names(Topic.CRM_EVENTS)
+    producer = make_producer(settings, "test")
+    await producer.start()
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(envelope: Envelope[Any]) -> None:
+        if envelope.payload.record_id == "stuck":
+            await release.wait()
+        seen.append(envelope.payload.record_id)
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    loop = ConsumerLoop(
+        settings,
+        group,
+        [Subscription(Topic.CRM_EVENTS, handler, frozenset({"crm_event"}))],
+        producer,
+        asyncio.Event(),
+    )
+    task = asyncio.create_task(loop.run())
+    p0 = {"group": group, "topic": topic, "partition": "0"}
+    try:
+        for record_id in ("stuck", "a", "b"):
+            await producer.send_and_wait(
+                topic, encode(make_envelope(created(record_id), service="t")), key=b"k", partition=0
+            )
+        lag = await eventually(
+            lambda: asyncio.sleep(0, _sample("changegate_consumer_lag_messages", **p0)),
+            lambda v: v == 3,
+            what="the lag of the waiting messages, before any commit",
+        )
+        assert lag == 3
+        progress = _sample("changegate_consumer_last_progress_timestamp_seconds", **p0)
+        assert progress is not None
+        await eventually(
+            lambda: asyncio.sleep(0, ConsumerHealth.stuck(0.5)), lambda s: group in s, what="liveness failing"
+        )
+        assert _sample("changegate_consumer_last_progress_timestamp_seconds", **p0) == progress
+        release.set()
+        await eventually(
+            lambda: asyncio.sleep(0, _sample("changegate_consumer_lag_messages", **p0)),
+            lambda v: v == 0,
+            what="the lag drained",
+        )
+        assert seen == ["stuck", "a", "b"]
+        assert (_sample("changegate_consumer_last_progress_timestamp_seconds", **p0) or 0) > progress
+        await eventually(
+            lambda: asyncio.sleep(0, ConsumerHealth.stuck(0.5)), lambda s: group not in s, what="live again"
+        )
+        assert (_sample("changegate_consumer_rebalances_total", group=group) or 0) >= 1
+    finally:
+        release.set()
+        loop.stop.set()
+        await asyncio.wait_for(task, 10)
+        await producer.stop()

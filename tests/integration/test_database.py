@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -151,6 +152,34 @@ async def test_audit_log_is_append_only_and_tampering_is_detected(pool: asyncpg.
     assert not report.ok
     assert "row 2: content does not match its hash (altered)" in report.problems
     assert "rows 5..5 are missing" in report.problems
+
+
+async def test_the_audit_service_verifies_its_chain_and_says_so_in_metrics(pool: asyncpg.Pool) -> None:
+    """What ChangegateAuditChainBroken reads: the problems the last scheduled verification found."""
+    from changegate.audit.watch import ChainWatch
+    from prometheus_client import REGISTRY
+
+    await migrate_core(pool)
+    await migrate(pool, "audit", "changegate.audit.migrations")
+    for i in range(2):
+        async with pool.acquire() as conn, conn.transaction():
+            await append_execution(conn, _execution(f"w{i}", {"jobtitle": f"T{i}"}))
+    watch = ChainWatch(pool, 3600, asyncio.Event())
+    broken_before = (
+        REGISTRY.get_sample_value("changegate_audit_chain_verifications_total", {"result": "broken"}) or 0
+    )
+    assert await watch.once()
+    assert REGISTRY.get_sample_value("changegate_audit_chain_problems") == 0
+    assert REGISTRY.get_sample_value("changegate_audit_chain_rows") == 2
+    verified_at = REGISTRY.get_sample_value("changegate_audit_chain_last_verification_timestamp_seconds")
+    assert verified_at is not None
+    assert abs(verified_at - time.time()) < 60
+    await pool.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+    await pool.execute("UPDATE audit_entries SET new_value = '\"CEO\"' WHERE seq = 1")
+    assert not await watch.once()
+    assert REGISTRY.get_sample_value("changegate_audit_chain_problems") == 1
+    broken = REGISTRY.get_sample_value("changegate_audit_chain_verifications_total", {"result": "broken"})
+    assert broken == broken_before + 1
 
 
 async def test_audit_values_survive_the_database_round_trip(pool: asyncpg.Pool) -> None:

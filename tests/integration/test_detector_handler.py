@@ -99,3 +99,48 @@ async def test_an_echo_of_our_own_change_updates_state_and_the_index_and_propose
     assert known == {**held, **ada, "jobtitle": "CTO"}
     # The blocking index learnt the echoed record: a duplicate arriving later is matched to it.
     assert await proposed_after(_event(CrmEventKind.RECORD_CREATED, "c2", **ada)) == ["merge"]
+
+
+async def test_a_replayed_event_is_detected_again_on_what_the_detector_knows_now(
+    settings: CommonSettings, pool: asyncpg.Pool
+) -> None:
+    """`changegate replay` after a detector upgrade: the copy proposes by the new rules, from the
+    record as known now (the old event's values are not folded back in), and the same copy twice
+    changes nothing the second time."""
+    from changegate.cli.replay import copy_of
+    from changegate.core.dlq import DeadLetter
+
+    await migrate_core(pool)
+    await migrate(pool, "detector", "changegate.detector.migrations")
+    before = Detector(pool, DetectorSettings(database_url=settings.database_url), signing_key("detector"))
+    created = _event(
+        CrmEventKind.RECORD_CREATED, "r1", country="United States", state="CA", hubspot_owner_id="owner-17"
+    )
+    created = created.model_copy(update={"properties": {**created.properties, "jobtitle": "Engineer"}})
+    await before.handle(make_envelope(created, service="t"))
+    changed = _event(CrmEventKind.PROPERTY_CHANGED, "r1", jobtitle="CTO")
+    await before.handle(make_envelope(changed, service="t"))
+    assert await pool.fetchval("SELECT count(*) FROM changegate_outbox") == 0  # no rule applied then
+
+    upgraded = Detector(
+        pool,
+        DetectorSettings(
+            database_url=settings.database_url,
+            owner=OwnerConfig.model_validate(
+                {"territories": [{"country": "us", "state": "CA", "owner": "owner-west"}]}
+            ),
+        ),
+        signing_key("detector"),
+    )
+    original = DeadLetter("changegate.crm.events", 0, 0, 0, b"r1", b"")
+    copy = decode(copy_of(original, created, "upgrade-1"))
+    assert copy.payload.redetect is True
+    await upgraded.handle(copy)
+    proposals = [decode(r["value"]).payload for r in await pool.fetch("SELECT value FROM changegate_outbox")]
+    assert [(p.record_id, p.changes[0].proposed) for p in proposals] == [("r1", "owner-west")]
+    assert proposals[0].source.occurred_at == copy.occurred_at  # no source time: when received
+    known = await pool.fetchval("SELECT properties FROM detector_records WHERE record_id = 'r1'")
+    assert known["jobtitle"] == "CTO", "the replayed creation must not bring the old title back"
+
+    await upgraded.handle(decode(copy_of(original, created, "upgrade-1")))  # the same run again
+    assert await pool.fetchval("SELECT count(*) FROM changegate_outbox") == 1

@@ -21,6 +21,7 @@ from changegate.core.contracts import (
 )
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.db import migrate, migrate_core
+from changegate.core.errors import BackpressureError
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
 from changegate.core.signing import SignatureRefusedError
@@ -44,7 +45,7 @@ async def executor(settings: CommonSettings, pool: asyncpg.Pool) -> Executor:
     await migrate_core(pool)
     await migrate(pool, "executor", "changegate.executor.migrations")
     crm = SandboxCrm(pool)
-    breaker = Breaker(crm.target, asyncio.Event())
+    breaker = Breaker(crm.target)
     return Executor(
         pool, TopicNames(settings.topic_prefix), signing_key("executor"), verifier(), crm, breaker
     )
@@ -233,7 +234,7 @@ async def test_the_same_guarantees_against_the_hubspot_simulator(
         signing_key("executor"),
         verifier(),
         crm,
-        Breaker("hubspot", asyncio.Event()),
+        Breaker("hubspot"),
     )
     try:
         applied = approved_decision("11", {"jobtitle": ("Engineer", "CTO")})
@@ -266,19 +267,29 @@ async def test_the_breaker_opens_on_an_outage_probes_and_closes(hubspot_sim: Sim
     hubspot_sim.reset()
     hubspot_sim.records({"id": "21", "properties": {"city": "Oslo"}})
     crm = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN, attempts=1))
-    breaker = Breaker("hubspot-test", asyncio.Event(), failures=2, cooldown=0.2)
+    breaker = Breaker("hubspot-test", failures=2, cooldown=0.2)
     hubspot_sim.fault(path="/batch/read", status=503, count=4)
-    states = []
+    states, waits = [], []
     try:
-        for _ in range(4):
-            with pytest.raises(CrmUnavailableError):
+        with pytest.raises(CrmUnavailableError):  # not open yet: the consumer retries it
+            await breaker.call(lambda: crm.read(C, ["21"], ["city"]))
+        states.append(breaker.state)
+        for _ in range(3):
+            with pytest.raises(BackpressureError) as held:  # opens (reopens): pause, do not wait here
                 await breaker.call(lambda: crm.read(C, ["21"], ["city"]))
             states.append(breaker.state)
+            with pytest.raises(BackpressureError) as early:  # still cooling down: not even a call
+                await breaker.call(lambda: crm.read(C, ["21"], ["city"]))
+            assert 0 < early.value.retry_after <= held.value.retry_after
+            waits.append(held.value.retry_after)
+            await asyncio.sleep(held.value.retry_after)
         found = await breaker.call(lambda: crm.read(C, ["21"], ["city"]))
     finally:
         await crm.close()
-    # Two failures open it; each probe after a cooldown fails and reopens it; the fifth call closes it.
+    # Two failures open it; each probe after a cooldown fails and reopens it for longer; the fifth
+    # call closes it.
     assert states == [State.CLOSED, State.OPEN, State.OPEN, State.OPEN]
+    assert waits == [0.2, 0.4, 0.8]
     assert breaker.state is State.CLOSED
     assert found["21"].properties == {"city": "Oslo"}
     assert len(hubspot_sim.calls("/batch/read")) == 5  # never more calls than the breaker let through
@@ -300,7 +311,7 @@ async def test_a_batch_shares_hubspots_batch_calls_and_a_207_refuses_only_its_ow
         signing_key("executor"),
         verifier(),
         crm,
-        Breaker("h", asyncio.Event()),
+        Breaker("h"),
     )
     decisions = [approved_decision(i, {"jobtitle": ("Engineer", "CTO")}) for i in ids]
     # The same record twice: its second decision runs after the first, and sees its write.

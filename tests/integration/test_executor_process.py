@@ -110,3 +110,66 @@ async def test_a_refused_decision_is_dead_lettered_and_replays_once_fixed(
     updates = hubspot_sim.calls("/batch/update")
     assert len(updates) == 2  # the refused one, then the one write
     assert len(await _executions(settings, 2)) == 1
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
+
+
+async def test_a_crm_outage_longer_than_max_poll_interval_pauses_partitions_and_keeps_the_group(
+    settings: CommonSettings, topics: None, hubspot_sim: SimServer, tmp_path: Path
+) -> None:
+    """HubSpot answers 503 for 8 s while max_poll_interval is 2 s: the executor pauses the decisions'
+    partitions and keeps polling instead of waiting in the handler, so it never leaves its group (one
+    assignment, no rebalance); when the breaker's probe succeeds it resumes, and every decision is
+    applied exactly once."""
+    hubspot_sim.reset()
+    ids = [str(n) for n in range(960, 966)]
+    hubspot_sim.records(*({"id": i, "properties": {"jobtitle": "Engineer"}} for i in ids))
+    env = {
+        **_env(hubspot_sim),
+        "CHANGEGATE_KAFKA_MAX_POLL_INTERVAL_MS": "2000",
+        "CHANGEGATE_HUBSPOT_ATTEMPTS": "1",
+        "CHANGEGATE_HUBSPOT_TIMEOUT_SECONDS": "0.5",
+        "CHANGEGATE_BREAKER_FAILURES": "1",
+        "CHANGEGATE_BREAKER_COOLDOWN_SECONDS": "0.5",
+    }
+    outage = 8.0
+    with service_process(
+        "changegate.executor", settings, free_port(), tmp_path / "executor.log", **env
+    ) as svc:
+        assert _metric(svc.url, "changegate_consumer_rebalances_total", group="changegate-executor") == 1
+        hubspot_sim.fault(status=503, seconds=outage)
+        started = asyncio.get_running_loop().time()
+        for record_id in ids:
+            await _send(settings, approved_decision(record_id, {"jobtitle": ("Engineer", "CTO")}))
+        executions = await _executions(settings, len(ids))
+        assert asyncio.get_running_loop().time() - started >= outage  # it did outlast the interval
+        # Still the first assignment: never dropped from the group, no rebalance storm.
+        assert _metric(svc.url, "changegate_consumer_rebalances_total", group="changegate-executor") == 1
+        assert (
+            _metric(svc.url, "changegate_consumer_backpressure_pauses_total", reason="crm_unavailable") >= 1
+        )
+        assert _metric(svc.url, "changegate_consumer_partition_paused") == 0
+        log = svc.log.read_text()
+    assert sorted(e.decision.proposal.record_id for e in executions) == ids  # nothing lost, once each
+    assert {e.status.value for e in executions} == {"applied"}
+    for record_id in ids:
+        assert (hubspot_sim.record(record_id) or {})["properties"]["jobtitle"] == "CTO"
+    writes = [
+        c
+        for c in hubspot_sim.calls("/batch/update")
+        if c.get("status") is None and any(i["id"] in ids for i in c["body"]["inputs"])
+    ]
+    written = sorted(i["id"] for c in writes for i in c["body"]["inputs"])
+    assert written == ids, "each record written once, none twice"
+    assert "backpressure: partitions paused" in log

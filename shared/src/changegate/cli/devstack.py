@@ -328,6 +328,8 @@ class DevStack:
             "crm": self.crm,
             "crm_url": self.simulator_url if self.crm == SIMULATOR else None,
         }
+        # It names the owner's DSN: readable by its user only.
+        self.state_file.touch(mode=0o600, exist_ok=True)
         self.state_file.write_text(json.dumps(state, indent=2))
 
 

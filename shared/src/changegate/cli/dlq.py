@@ -1,7 +1,7 @@
 """`changegate dlq …` and `changegate consumer skip`: see, replay and get past dead letters.
 
-Broker and topic prefix come from the CHANGEGATE_* environment (e.g. what `changegate dev up`
-prints), like every other command."""
+Broker and topic prefix come from the CHANGEGATE_* environment or, beside `changegate dev up`, from
+its state file (`--workdir`), like every other command."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import typer
+from changegate.cli import stack
+from changegate.cli.stack import DEFAULT_WORKDIR, WorkDir
 from changegate.core.dlq import DeadLetter, OperatorError, dlq_name, dlq_topics, read_all, replay, skip
 from changegate.core.settings import CommonSettings
 from rich.console import Console
@@ -25,8 +27,8 @@ dlq_app = typer.Typer(
     no_args_is_help=True,
 )
 consumer_app = typer.Typer(help="Consumer groups.", no_args_is_help=True)
-console = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+console = stack.log_friendly(Console(stderr=True, soft_wrap=True))
+out = stack.log_friendly(Console(soft_wrap=True))
 
 TopicArg = Annotated[
     str, typer.Argument(help="a topic (decisions, crm.events, …) or its dead-letter topic's full name")
@@ -79,9 +81,9 @@ def _at(values: list[str] | None) -> list[tuple[int, int]]:
 
 
 @dlq_app.command("list")
-def dlq_list() -> None:
+def dlq_list(workdir: WorkDir = DEFAULT_WORKDIR) -> None:
     """Each dead-letter topic with its count of dead letters, by reason."""
-    settings = CommonSettings()
+    settings = stack.common(workdir)
 
     async def run() -> list[tuple[str, Counter[str]]]:
         rows = []
@@ -105,9 +107,10 @@ def dlq_show(
     group: GroupOpt = None,
     limit: Annotated[int, typer.Option(min=1, help="at most this many, newest last")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line, body included")] = False,
+    workdir: WorkDir = DEFAULT_WORKDIR,
 ) -> None:
     """The dead letters of TOPIC: where each came from, the reason, the error and the body."""
-    settings = CommonSettings()
+    settings = stack.common(workdir)
     name = _name(settings, topic)
     letters = _run(_letters(settings, name, reason, group))[-limit:]
     if as_json:
@@ -140,11 +143,12 @@ def dlq_replay(
     reason: ReasonOpt = None,
     group: GroupOpt = None,
     dry_run: Annotated[bool, typer.Option(help="say what would be replayed, send nothing")] = False,
+    workdir: WorkDir = DEFAULT_WORKDIR,
 ) -> None:
     """Send dead letters of TOPIC back to their source topic, once the cause is fixed. Each source
     message is replayed once; consumers deduplicate on event ids, so what was processed before
     changes nothing (an executed decision never executes twice)."""
-    settings = CommonSettings()
+    settings = stack.common(workdir)
     name = _name(settings, topic)
     wanted = _at(at)
     letters = _run(_letters(settings, name, reason, group, wanted))
@@ -172,10 +176,11 @@ def consumer_skip(
     force: Annotated[
         bool, typer.Option(help="commit even if the group would also skip messages before OFFSET")
     ] = False,
+    workdir: WorkDir = DEFAULT_WORKDIR,
 ) -> None:
     """Move GROUP past one message: copy it to the dead-letter topic (reason skipped_by_operator),
     then commit OFFSET+1. Stop the group's service first; it resumes after the message."""
-    settings = CommonSettings()
+    settings = stack.common(workdir)
     done = _run(
         skip(
             settings,

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from changegate.cli.stack import log_friendly
 from changegate.core.signing import SIGNERS, SigningKey, TrustedKey
 from rich.console import Console
 
 app = typer.Typer(help="Signing keys of the services that decide, execute and audit.", no_args_is_help=True)
-console = Console(stderr=True, soft_wrap=True)
+console = log_friendly(Console(stderr=True, soft_wrap=True))
 # Every service that signs or verifies: each gets the trusted keys; signers also their own key.
 SERVICES = ("detector", "policy", "review-api", "executor", "audit")
 SIGNING_FILE, TRUSTED_FILE = "changegate_signing_key", "changegate_trusted_keys"

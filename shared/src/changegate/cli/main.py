@@ -14,9 +14,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import httpx
 import typer
+from changegate.cli import stack
 from changegate.cli.dlq import consumer_app, dlq_app
 from changegate.cli.keys import app as keys_app
 from changegate.cli.migrate import migrate_command
+from changegate.cli.replay import replay_command
+from changegate.cli.stack import DEFAULT_WORKDIR, WorkDir
+from changegate.cli.status import status_command
 from changegate.cli.tokens import app as tokens_app
 from changegate.core.settings import SECRETS_DIR, CommonSettings
 from rich.console import Console
@@ -43,6 +47,8 @@ app.add_typer(consumer_app, name="consumer")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(keys_app, name="keys")
 app.command("migrate")(migrate_command)
+app.command("status")(status_command)
+app.command("replay")(replay_command)
 
 # Each service that has commands brings them along; an install without it just lacks them.
 with contextlib.suppress(ImportError):
@@ -61,17 +67,13 @@ with contextlib.suppress(ImportError):  # reads through the executor's adapter i
     from changegate.cli.crm import app as crm_app
 
     app.add_typer(crm_app, name="crm")
-console = Console(stderr=True, soft_wrap=True)
+console = stack.log_friendly(Console(stderr=True, soft_wrap=True))
 
 
 class Crm(StrEnum):
     SANDBOX = "sandbox"
     HUBSPOT = "hubspot"
     HUBSPOT_SIM = "hubspot-sim"
-
-
-WorkDir = Annotated[Path, typer.Option(help="where the stack keeps data, logs and its state file")]
-DEFAULT_WORKDIR = Path(".changegate/dev")
 
 
 @dev.command("up")
@@ -348,7 +350,7 @@ def demo_feed(
         port = json.loads(state_file.read_text()).get("ports", {}).get("review-api")
         if port:
             review = ReviewTarget(f"http://127.0.0.1:{port}", token_file.read_text().strip())
-    sent = asyncio.run(_demo_stream(CommonSettings(), count, interval, ingest=target, crm=crm, review=review))
+    sent = asyncio.run(_demo_stream(stack.common(workdir), count, interval, ingest=target, crm=crm, review=review))
     console.print(f"fed {sent} scenario steps")
 
 

@@ -7,6 +7,8 @@ import asyncio
 from typing import Annotated
 
 import typer
+from changegate.cli import stack
+from changegate.cli.stack import DEFAULT_WORKDIR, WorkDir, log_friendly
 from changegate.core.db import create_pool, migrate
 from changegate.core.roles import ensure_roles
 from changegate.core.settings import CommonSettings
@@ -14,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True, soft_wrap=True)
+console = log_friendly(Console(stderr=True, soft_wrap=True))
 # component -> migrations package, in the order they apply (core first).
 COMPONENTS = {
     "core": "changegate.core.migrations",
@@ -52,12 +54,13 @@ def migrate_command(
     roles: Annotated[
         bool, typer.Option(help="create or update each service's login role and its grants")
     ] = True,
+    workdir: WorkDir = DEFAULT_WORKDIR,
 ) -> None:
     """Apply the migrations of every component as the owner (CHANGEGATE_DATABASE_URL), then make each
     service's role (changegate_<service>) with only its privileges. Role passwords come from
     CHANGEGATE_ROLE_PASSWORDS, a JSON object service -> password (a role without one keeps its own)."""
     try:
-        settings = MigrateSettings()
+        settings = stack.settings(workdir, MigrateSettings)
     except ValidationError as exc:
         raise typer.BadParameter(str(exc)) from exc
     passwords = {service: secret.get_secret_value() for service, secret in settings.role_passwords.items()}

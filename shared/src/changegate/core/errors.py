@@ -15,3 +15,14 @@ class MessageRefusedError(Exception):
 class TransientError(Exception):
     """Infrastructure a handler depends on is away for now (a CRM's outage, its rate limit): not
     the message's fault, so it is retried without end, never dead-lettered."""
+
+
+class BackpressureError(Exception):
+    """What a handler depends on pushes back for a while (a CRM that is down, an open circuit, a
+    long rate limit): the consumer pauses the topic's partitions for ``retry_after`` seconds, keeps
+    polling (so it stays in its group however long it lasts), and then gives the same messages
+    again. Nothing is retried in the handler, dead-lettered or committed meanwhile."""
+
+    def __init__(self, retry_after: float, reason: str) -> None:
+        super().__init__(f"{reason}: retry in {retry_after:.1f}s")
+        self.retry_after, self.reason = max(0.0, retry_after), reason

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import h11
 from changegate.core.logging import get_logger
+from changegate.core.tracing import TraceMiddleware
 from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
@@ -282,6 +283,7 @@ def harden(app: FastAPI, max_body_bytes: int) -> FastAPI:
     _document_problems(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware)
+    app.add_middleware(TraceMiddleware)  # outermost: the request's span covers everything
     return app
 
 

@@ -27,10 +27,12 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     TopicAuthorizationFailedError,
 )
-from changegate.core import decompression, metrics
+from changegate.core import decompression, metrics, tracing
+from changegate.core.backpressure import PartitionGate
+from changegate.core.consumer_health import ConsumerHealth
 from changegate.core.contracts.envelope import Envelope, UnknownEventError
+from changegate.core.errors import BackpressureError, TransientError
 from changegate.core.errors import MessageRefusedError as MessageRefusedError  # re-exported
-from changegate.core.errors import TransientError
 from changegate.core.logging import correlation, get_logger
 from changegate.core.serde import MessageLimits, decode, encode
 from changegate.core.settings import CommonSettings
@@ -163,7 +165,9 @@ async def ensure_topics(settings: CommonSettings, topics: Sequence[Topic] | None
 
 
 async def publish(producer: AIOKafkaProducer, topic: str, key: str | None, envelope: Envelope[Any]) -> None:
-    await producer.send_and_wait(topic, encode(envelope), key=key.encode() if key else None)
+    await producer.send_and_wait(
+        topic, encode(envelope), key=key.encode() if key else None, headers=tracing.headers_for(envelope)
+    )
     metrics.MESSAGES_PRODUCED.labels(topic=topic).inc()
 
 
@@ -300,9 +304,14 @@ class MessageProcessor:
         envelope = await self._decode(record)
         if envelope is None:
             return
-        with correlation(envelope.correlation_id, event_id=envelope.event_id):
+        with (
+            correlation(envelope.correlation_id, event_id=envelope.event_id),
+            tracing.processing([record], [envelope], self.group_id),
+        ):
             try:
                 await self._with_retry(lambda: handler(envelope), record.topic)
+            except BackpressureError:
+                raise
             except Exception as exc:
                 await self._handler_failed(record, exc)
                 return
@@ -325,13 +334,18 @@ class MessageProcessor:
         if not envelopes:
             return
         try:
-            refused = await self._with_retry(lambda: batch_handler(envelopes), topic, attempts=1)
+            with tracing.processing([r for r, _ in decoded], envelopes, self.group_id):
+                refused = await self._with_retry(lambda: batch_handler(envelopes), topic, attempts=1)
+        except BackpressureError:
+            raise
         except Exception:
             log.warning("batch failed, handling its messages one by one", topic=topic, size=len(envelopes))
             for record, envelope in decoded:
                 with correlation(envelope.correlation_id, event_id=envelope.event_id):
                     try:
                         alone = await self._with_retry(lambda e=envelope: batch_handler([e]), topic)  # type: ignore[misc]
+                    except BackpressureError:
+                        raise
                     except Exception as exc:
                         await self._handler_failed(record, exc)
                         continue
@@ -386,8 +400,8 @@ class MessageProcessor:
         def retry(state: RetryCallState) -> bool:
             nonlocal logic_failures
             exc = state.outcome.exception() if state.outcome else None
-            if exc is None or isinstance(exc, MessageRefusedError):
-                return False
+            if exc is None or isinstance(exc, MessageRefusedError | BackpressureError):
+                return False  # refused: dead-lettered; backpressure: the loop pauses the partitions
             if is_transient(exc):
                 return not (self.stop.is_set() and self.abort_on_stop)
             logic_failures += 1
@@ -478,16 +492,19 @@ def _one_at_a_time(sub: Subscription) -> BatchHandler:
 class _AssignmentTracker(ConsumerRebalanceListener):  # type: ignore[misc]
     """Knows whether the member holds its assignment (joined, not in the middle of a rebalance)."""
 
-    def __init__(self) -> None:
+    def __init__(self, health: ConsumerHealth) -> None:
         self.joined = False
         self.partitions: frozenset[TopicPartition] = frozenset()
+        self.health = health
 
     async def on_partitions_revoked(self, revoked: object) -> None:
         self.joined = False
+        self.health.revoked(revoked)  # type: ignore[arg-type]
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         self.partitions = frozenset(assigned)  # type: ignore[call-overload]
         self.joined = True
+        self.health.assigned(self.partitions)
 
 
 class ConsumerLoop:
@@ -506,7 +523,11 @@ class ConsumerLoop:
         self.stop = stop
         self.ready = asyncio.Event()
         self.processor = MessageProcessor(settings, group_id, subscriptions, producer, stop)
-        self.assignment = _AssignmentTracker()
+        self.health = ConsumerHealth(group_id)
+        self.assignment = _AssignmentTracker(self.health)
+        # Backpressure: partitions paused, and where to rewind those of the poll in hand.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._topic_in_hand = ""
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             **settings.kafka_security(),
@@ -519,7 +540,9 @@ class ConsumerLoop:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
             rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
+            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         )
+        self.gate = PartitionGate(self.consumer, self.health)
 
     def has_partitions(self) -> bool:
         """Readiness: joined the group and holding its assignment (possibly empty, when the group
@@ -540,42 +563,67 @@ class ConsumerLoop:
         log.info("consuming", group=self.group_id, topics=sorted(self.processor.by_topic))
         try:
             while not self.stop.is_set():
+                self.gate.release_due()
                 batch = await self._poll()
-                # Batch subscriptions take every partition's records of a poll at once (one
-                # transaction); order within each partition is kept.
-                batched: dict[str, dict[TopicPartition, list[Any]]] = {}
-                for tp, records in batch.items():
-                    if self.processor.by_topic[tp.topic].batch_handler is not None:
-                        batched.setdefault(tp.topic, {})[tp] = records
-                for parts in batched.values():
-                    await self.processor.process_batch([r for records in parts.values() for r in records])
-                    await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
-                for tp, records in batch.items():
-                    if self.processor.by_topic[tp.topic].batch_handler is not None:
-                        continue
-                    next_offset = None
-                    for record in records:
-                        if self.stop.is_set() and next_offset is not None:
-                            break  # shut down between messages; the rest is redelivered
-                        await self.processor.process(record)
-                        next_offset = record.offset + 1
-                    if next_offset is not None:
-                        await self._commit({tp: next_offset})
+                # Records fetched but not yet committed, per partition: where to rewind on backpressure.
+                self._uncommitted = {tp: records[0].offset for tp, records in batch.items() if records}
+                try:
+                    await self._process(batch)
+                except BackpressureError as exc:
+                    self.gate.hold(exc, self._topic_in_hand, self._uncommitted)
         finally:
             await self.consumer.stop()
             log.info("consumer stopped", group=self.group_id)
+
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        # Batch subscriptions take every partition's records of a poll at once (one
+        # transaction); order within each partition is kept.
+        batched: dict[str, dict[TopicPartition, list[Any]]] = {}
+        for tp, records in batch.items():
+            if self.processor.by_topic[tp.topic].batch_handler is not None:
+                batched.setdefault(tp.topic, {})[tp] = records
+        for topic, parts in batched.items():
+            self._topic_in_hand = topic
+            await self.processor.process_batch([r for records in parts.values() for r in records])
+            await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
+        for tp, records in batch.items():
+            if self.processor.by_topic[tp.topic].batch_handler is not None:
+                continue
+            next_offset = None
+            self._topic_in_hand = tp.topic
+            for record in records:
+                if self.stop.is_set() and next_offset is not None:
+                    break  # shut down between messages; the rest is redelivered
+                await self.processor.process(record)
+                next_offset = record.offset + 1
+                self._uncommitted[tp] = next_offset
+            if next_offset is not None:
+                await self._commit({tp: next_offset})
 
     async def _poll(self) -> dict[TopicPartition, list[Any]]:
         """One fetch; a broker error is waited out (logged), never the end of the consumer."""
         try:
             batch: dict[TopicPartition, list[Any]] = await self.consumer.getmany(timeout_ms=200)
-            return batch
         except KafkaError as exc:
+            self.health.polled()
             metrics.RETRIES.labels(topic="(fetch)").inc()
             log.warning("fetch failed, retrying", error=repr(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 1.0)
             return {}
+        self.health.polled()
+        await self._observe(batch)
+        return batch
+
+    async def _observe(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Lag of every held partition from this fetch's high watermark: those with records from
+        the first one to process, the others from the position."""
+        firsts = {tp: records[0].offset for tp, records in batch.items() if records}
+        positions = {}
+        for tp in self.consumer.assignment() - set(firsts):
+            with contextlib.suppress(IllegalStateError):  # revoked meanwhile
+                positions[tp] = await self.consumer.position(tp)
+        self.health.fetched(self.consumer, firsts, positions)
 
     async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Only now are the effects of every record up to ``next_offset`` durable. A rebalance may
@@ -586,12 +634,7 @@ class ConsumerLoop:
         except (CommitFailedError, IllegalStateError, KafkaError) as exc:
             log.warning("commit refused; the records will be redelivered", error=repr(exc))
             return
+        self.health.committed(self.consumer, offsets)
         for tp, next_offset in offsets.items():
-            self._record_lag(tp, next_offset)
-
-    def _record_lag(self, tp: TopicPartition, next_offset: int) -> None:
-        # The fetch high watermark is right on Tansu; its ListOffsets answer for the end is not.
-        highwater = self.consumer.highwater(tp)
-        if highwater is not None:
-            lag = max(0, highwater - next_offset)
-            metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+            if self._uncommitted.get(tp, -1) <= next_offset:
+                self._uncommitted.pop(tp, None)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram
 
-SERVICE_INFO = Info("changegate_service", "Service name and version")
+BUILD_INFO = Gauge(
+    "changegate_build_info",
+    "Always 1: the service, its changegate version and its Python version",
+    ["service", "version", "python"],
+)
 
 MESSAGES_CONSUMED = Counter(
     "changegate_messages_consumed_total",
@@ -23,11 +27,6 @@ DEAD_LETTERS = Counter(
     "changegate_dead_letters_total",
     "Messages sent to a dead-letter topic, by reason",
     ["topic", "reason"],
-)
-CONSUMER_LAG = Gauge(
-    "changegate_consumer_lag_messages",
-    "High watermark (from fetch responses) minus position, per topic partition",
-    ["topic", "partition"],
 )
 OUTBOX_PENDING = Gauge("changegate_outbox_pending_messages", "Outbox rows not yet published")
 OUTBOX_FAILED = Counter(

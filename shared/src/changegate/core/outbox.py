@@ -7,6 +7,7 @@ least once: consumers deduplicate on the envelope's event id."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import zlib
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from changegate.core import metrics
+from changegate.core import metrics, tracing
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import DbConn
 from changegate.core.kafka import (
@@ -45,14 +46,20 @@ def _channel(service: str) -> str:
     return f"changegate_outbox_{service.replace('-', '_')}"
 
 
+def _headers(envelope: Envelope[Any]) -> list[list[str]]:
+    """The Kafka headers a message will carry (its trace), as the outbox keeps them."""
+    return [[k, v.decode("latin-1")] for k, v in tracing.headers_for(envelope)]
+
+
 async def enqueue(conn: DbConn, service: str, topic: str, key: str | None, envelope: Envelope[Any]) -> None:
     """Add a message to the outbox; call inside the transaction that writes the state."""
     await conn.execute(
-        "INSERT INTO changegate_outbox (service, topic, key, value) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO changegate_outbox (service, topic, key, value, headers) VALUES ($1, $2, $3, $4, $5)",
         service,
         topic,
         key.encode() if key else None,
         encode(envelope),
+        _headers(envelope),
     )
     await conn.execute("SELECT pg_notify($1, '')", _channel(service))  # delivered on commit
 
@@ -66,12 +73,14 @@ async def enqueue_many(
     # One INSERT of arrays, not COPY: PostgreSQL refuses COPY into a table with row-level security
     # (each service owns its outbox rows). Ids follow the messages' order.
     await conn.execute(
-        "INSERT INTO changegate_outbox (service, topic, key, value) SELECT $1, t, k, v"
-        " FROM unnest($2::text[], $3::bytea[], $4::bytea[]) WITH ORDINALITY AS m(t, k, v, n) ORDER BY n",
+        "INSERT INTO changegate_outbox (service, topic, key, value, headers) SELECT $1, t, k, v, h::jsonb"
+        " FROM unnest($2::text[], $3::bytea[], $4::bytea[], $5::text[]) WITH ORDINALITY AS m(t, k, v, h, n)"
+        " ORDER BY n",
         service,
         [topic for topic, _, _ in messages],
         [key.encode() if key else None for _, key, _ in messages],
         [encode(env) for _, _, env in messages],
+        [json.dumps(_headers(env)) for _, _, env in messages],  # JSON text: nested lists read as 2-D arrays
     )
     await conn.execute("SELECT pg_notify($1, '')", _channel(service))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import platform
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from typing import Any, Generic, TypeVar
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer
-from changegate.core import __version__, metrics
+from changegate.core import __version__, metrics, tracing
+from changegate.core.consumer_health import ConsumerHealth
 from changegate.core.db import create_pool, migrate, pending_migrations
 from changegate.core.http import ProblemH11Protocol, harden, problem, problem_responses
 from changegate.core.kafka import ConsumerLoop, Subscription, ensure_topics, make_producer, start_with_retry
@@ -53,17 +55,29 @@ async def _passes(check: ReadinessCheck) -> bool:
         return False
 
 
-def ops_router(checks: dict[str, ReadinessCheck], stopping: asyncio.Event) -> APIRouter:
-    """``/metrics``, ``/healthz`` (the process answers) and ``/readyz`` (every check passes)."""
+def ops_router(
+    checks: dict[str, ReadinessCheck], stopping: asyncio.Event, max_poll_gap: float = 300
+) -> APIRouter:
+    """``/metrics``, ``/healthz`` (the process answers and every consumer loop polled within
+    ``max_poll_gap`` seconds) and ``/readyz`` (every check passes)."""
     router = APIRouter(tags=["operations"])
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def prometheus_metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @router.get("/healthz", summary="Liveness: the process answers")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @router.get(
+        "/healthz",
+        summary="Liveness: the process answers and no consumer loop is wedged",
+        responses=problem_responses(503),
+    )
+    def healthz() -> Response:
+        stuck = ConsumerHealth.stuck(max_poll_gap)
+        if stuck:
+            return problem(
+                503, f"not live: {', '.join(stuck)} has not polled for over {max_poll_gap:g}s", stuck=stuck
+            )
+        return JSONResponse({"status": "ok"})
 
     @router.get(
         "/readyz",
@@ -91,6 +105,18 @@ def database_check(pool: asyncpg.Pool) -> ReadinessCheck:
     return answers
 
 
+def broker_answers(producer: AIOKafkaProducer) -> ReadinessCheck:
+    """Ready: the producer runs and a broker answers a metadata request (in the check's time)."""
+
+    async def answers() -> bool:
+        if producer._closed:
+            return False
+        await producer.client.fetch_all_metadata()
+        return True
+
+    return answers
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -108,7 +134,8 @@ class ServiceRuntime:
         self.settings = settings
         self.stop = asyncio.Event()
         self.checks: dict[str, ReadinessCheck] = {}
-        metrics.SERVICE_INFO.info({"service": name, "version": __version__})
+        tracing.configure(name, settings.tracing_exporter)
+        metrics.BUILD_INFO.labels(service=name, version=__version__, python=platform.python_version()).set(1)
 
     async def open_database(self, component: str, migrations: str | None = None) -> asyncpg.Pool:
         """Connect, apply (or, with migrate_on_start off, check) the core migrations and the
@@ -136,14 +163,14 @@ class ServiceRuntime:
         await ensure_topics(self.settings, topics)
         producer = make_producer(self.settings, self.name, **options)
         await start_with_retry(producer)
-        self.checks["broker_producer"] = lambda: not producer._closed
+        self.checks["broker"] = broker_answers(producer)
         return producer
 
     def app(self, app: FastAPI | None = None) -> FastAPI:
         """The service's HTTP app (or a bare one) with the ops endpoints, problem details for
         every error and the request body limit."""
         app = app or FastAPI(title=f"changegate {self.name}", version=__version__)
-        app.include_router(ops_router(self.checks, self.stop))
+        app.include_router(ops_router(self.checks, self.stop, self.settings.liveness_max_poll_gap_seconds))
         return harden(app, self.settings.http_max_body_bytes)
 
     async def run(self, app: FastAPI, workers: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> None:
@@ -182,6 +209,7 @@ class ServiceRuntime:
             exc = failed[0].exception()
             log.error("worker failed, exiting", worker=failed[0].get_name(), error=repr(exc), exc_info=exc)
             raise SystemExit(1)
+        tracing.shutdown()
         log.info("service stopped")
 
 

@@ -39,6 +39,17 @@ class CommonSettings(BaseSettings):
     kafka_session_timeout_ms: int = 2_000
     kafka_heartbeat_interval_ms: int = 500
     kafka_rebalance_timeout_ms: int = 1_000
+    kafka_max_poll_interval_ms: int = Field(
+        300_000,
+        ge=1_000,
+        description="a member that does not poll for this long leaves its group; backpressure pauses "
+        "partitions instead of waiting in a handler, so the loop keeps polling",
+    )
+    liveness_max_poll_gap_seconds: float = Field(
+        300,
+        gt=0,
+        description="/healthz fails when a consumer loop has not polled for longer (a wedged loop)",
+    )
     # Transport security to Kafka (see docs/security.md): TLS, SASL, or both.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
@@ -89,6 +100,11 @@ class CommonSettings(BaseSettings):
     trusted_keys: dict[str, TrustedKey] = Field(
         default_factory=dict,
         description="key id -> {signer, public_key}: whose signed decisions and executions to accept (JSON)",
+    )
+    tracing_exporter: Literal["none", "otlp"] = Field(
+        "none",
+        description="OpenTelemetry spans: none (default), or otlp to the collector that "
+        "OTEL_EXPORTER_OTLP_ENDPOINT (or _TRACES_ENDPOINT) names, over HTTP",
     )
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")

@@ -86,6 +86,8 @@ class Fault:
     delay: float = 0.0
     apply_first: bool = False  # handle the request (change state), then answer slowly / with status
     fail_ids: list[str] = field(default_factory=list)  # batch update: 207 errors for these inputs
+    seconds: float | None = None  # an outage: every matching request for this long (count aside)
+    ends_at: float | None = None  # set when the fault is put, from ``seconds``
 
 
 # A CRM call's handler: the request, its JSON body, who asks, the fault injected (if any).
@@ -557,8 +559,18 @@ def create_app(
         if limited is not None:
             state.calls[-1]["status"] = 429
             return limited
-        fault = next((f for f in state.faults if f.path in path and f.count > 0), None)
+        now = time.monotonic()
+        fault = next(
+            (
+                f
+                for f in state.faults
+                if f.path in path and (now < f.ends_at if f.ends_at is not None else f.count > 0)
+            ),
+            None,
+        )
         if fault is not None:
+            if fault.status is not None and not fault.apply_first:
+                state.calls[-1]["status"] = fault.status
             fault.count -= 1
             if fault.delay and not fault.apply_first:
                 await asyncio.sleep(fault.delay)
@@ -676,7 +688,10 @@ def create_app(
         return JSONResponse({"ok": True})
 
     async def put_fault(request: Request) -> Response:
-        state.faults.append(Fault(**(await request.json())))
+        fault = Fault(**(await request.json()))
+        if fault.seconds is not None:
+            fault.ends_at = time.monotonic() + fault.seconds
+        state.faults.append(fault)
         return JSONResponse({"ok": True})
 
     async def clear_faults(request: Request) -> Response:

@@ -19,7 +19,9 @@ from changegate.audit.store import (
 )
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, UnscopedViewer
-from changegate.core.contracts import AuditEntry
+from changegate.audit.watch import ChainWatch
+from changegate.core.contracts import AuditEntry, Execution
+from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope
 from changegate.core.db import claim_events
 from changegate.core.http import MAX_BIGINT, Name, problem_responses, refuse_unknown_query
@@ -30,11 +32,25 @@ from changegate.core.service import Consumer, Context, Parts, Service, ServiceRu
 from changegate.core.signing import Verifier
 from changegate.core.topics import Topic
 from fastapi import Depends, FastAPI, Query, Request
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 SERVICE = "audit"
 log = get_logger(__name__)
 ROWS_WRITTEN = Counter("changegate_audit_rows_written_total", "Audit rows appended", ["mode"])
+# The SLI of the auto-apply path (deploy/prometheus/rules: 99% within 60 s): from the event at its
+# source to its audit row; human approvals are measured too, in their own mode.
+EVENT_AGE = Histogram(
+    "changegate_event_age_seconds",
+    "From the CRM's event to the audit row of the change it led to, by mode (auto_applied, approved)",
+    ["mode"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400, 86400, 259200, 604800),
+)
+
+
+def observe_event_age(execution: Execution, mode: str) -> None:
+    happened = execution.decision.proposal.source.occurred_at
+    if happened is not None:
+        EVENT_AGE.labels(mode=mode).observe(max(0.0, (utcnow() - happened).total_seconds()))
 
 
 def count_rows(outcomes: list[Outcome]) -> None:
@@ -81,6 +97,8 @@ class AuditConsumer:
             outcomes = [o for e in todo if (o := execution_outcome(e))]
             written = await append_outcomes(conn, outcomes)
         count_rows(outcomes)
+        for execution in todo:
+            observe_event_age(execution, "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved")
         if written:
             log.debug("audited", rows=written, executions=len(todo))
         return refused
@@ -166,7 +184,10 @@ async def setup(ctx: Context[AuditSettings]) -> Parts:
     return Parts(
         consumers=[Consumer("changegate-audit", subscriptions)],
         app=app,
-        workers=[checkpointer.run],
+        workers=[
+            checkpointer.run,
+            ChainWatch(ctx.pool, ctx.settings.audit_verify_interval_seconds, ctx.runtime.stop).run,
+        ],
     )
 
 

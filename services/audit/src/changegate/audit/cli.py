@@ -6,11 +6,12 @@ import asyncio
 from typing import Annotated
 
 import typer
-from changegate.core.settings import CommonSettings
+from changegate.cli import stack
+from changegate.cli.stack import DEFAULT_WORKDIR, WorkDir, log_friendly
 from rich.console import Console
 
 app = typer.Typer(help="The append-only audit log.", no_args_is_help=True)
-console = Console(stderr=True, soft_wrap=True)
+console = log_friendly(Console(stderr=True, soft_wrap=True))
 
 
 @app.command("verify")
@@ -19,6 +20,7 @@ def audit_verify(
         str | None,
         typer.Option(help="SEQ:HASH printed by an earlier verify; catches rows cut from the end"),
     ] = None,
+    workdir: WorkDir = DEFAULT_WORKDIR,
 ) -> None:
     """Recompute the audit log's hash chain; exit 1 if a row was altered or removed."""
     from changegate.audit.chain import parse_head
@@ -32,9 +34,8 @@ def audit_verify(
 
     async def run() -> tuple[bool, int, list[str], str]:
         from changegate.audit.chain import verify
-        from changegate.core.db import create_pool
 
-        pool = await create_pool(CommonSettings().database_url, max_size=1)
+        pool = await stack.connect(stack.common(workdir).database_url)
         try:
             report = await verify(pool, head)
         finally:

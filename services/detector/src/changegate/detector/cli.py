@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from changegate.cli import stack
+from changegate.cli.stack import DEFAULT_WORKDIR, WorkDir, log_friendly
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,7 +36,7 @@ app = typer.Typer(
     " calibrate its confidences on reviewers' decisions.",
     no_args_is_help=True,
 )
-console = Console(stderr=True, soft_wrap=True)
+console = log_friendly(Console(stderr=True, soft_wrap=True))
 
 ID_FIELDS = ("record_id", "hs_object_id", "id")
 Snapshot = list[tuple[str, dict[str, Any]]]
@@ -141,9 +143,11 @@ def train(
     database_url: Annotated[
         str | None,
         typer.Option(
-            help="the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL), when no file is given"
+            help="the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL, else the dev stack's), "
+            "when no file is given"
         ),
     ] = None,
+    workdir: WorkDir = DEFAULT_WORKDIR,
     object_type: Annotated[str, typer.Option(help="contact or company (the database's records)")] = "contact",
     labels: Annotated[
         Path | None,
@@ -173,9 +177,7 @@ def train(
         elif csv_file:
             snapshot = list(read_csv(csv_file))
         else:
-            from changegate.core.settings import CommonSettings
-
-            url = database_url or CommonSettings().database_url
+            url = database_url or stack.common(workdir).database_url
             console.print(f"reading {object_type} records from PostgreSQL")
             snapshot = asyncio.run(read_database(url, object_type))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -387,10 +389,10 @@ def scan(
     from changegate.core.contracts import ObjectType
     from changegate.detector.settings import DetectorSettings
 
-    stack = _dev_stack(workdir)
+    running = _dev_stack(workdir)
     overrides: dict[str, Any] = {}
-    if database_url or (stack.get("database_url") and "CHANGEGATE_DATABASE_URL" not in os.environ):
-        overrides["database_url"] = database_url or stack["database_url"]
+    if database_url or (running.get("database_url") and "CHANGEGATE_DATABASE_URL" not in os.environ):
+        overrides["database_url"] = database_url or running["database_url"]
     key_file = workdir / "detector.key"
     if publish and "CHANGEGATE_SIGNING_KEY" not in os.environ and key_file.is_file():
         overrides["signing_key"] = key_file.read_text().strip()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -110,7 +111,8 @@ class Detector:
                     outcomes.append((envelope.payload, None))
                     continue
                 fresh.discard(envelope.event_id)
-                outcomes.append((envelope.payload, await self._handle_one(conn, envelope.payload, messages)))
+                found = await self._handle_one(conn, envelope.payload, envelope.occurred_at, messages)
+                outcomes.append((envelope.payload, found))
                 changed += changed_by(envelope.payload)
             if self.feed is not None:
                 messages += self.feed.messages(changed, seen)
@@ -128,12 +130,22 @@ class Detector:
                 CONFIDENCE_BASIS.labels(kind=proposal.kind.value, method=method).inc()
 
     async def _handle_one(
-        self, conn: DbConn, event: CrmEvent, messages: list[tuple[str, str | None, Envelope[Any]]]
+        self,
+        conn: DbConn,
+        event: CrmEvent,
+        received: datetime,
+        messages: list[tuple[str, str | None, Envelope[Any]]],
     ) -> list[Proposal]:
         """Detect; the proposals emitted (and retirements of those they supersede) join ``messages``."""
         proposals = await self._detect(conn, event)
         if event.requested_by:  # who caused the event caused the proposals: they may not approve them
             proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
+        # The start of the event-age SLI: the source's own time, else when changegate received it.
+        happened = event.occurred_at or received
+        proposals = [
+            p.model_copy(update={"source": p.source.model_copy(update={"occurred_at": happened})})
+            for p in proposals
+        ]
         return await self._emit(conn, proposals, messages)
 
     async def emit(self, conn: DbConn, proposals: list[Proposal]) -> list[Proposal]:
@@ -234,15 +246,24 @@ class Detector:
         if event.echo:
             return await self._learn_echo(conn, event)
         if kind in (CrmEventKind.RECORD_CREATED, CrmEventKind.PROPERTY_CHANGED):
-            before = (
-                await state.known_properties(conn, event) if kind is CrmEventKind.PROPERTY_CHANGED else {}
-            )
-            # What the CRM holds now as far as we know: a value older than one known stays out.
-            record = await state.apply_record_event(conn, event)
+            if event.redetect:  # `changegate replay`: the record as known now, examined afresh
+                before, record = {}, await state.known_properties(conn, event)
+                if not record:
+                    return []  # gone since (deleted or merged away)
+            else:
+                before = (
+                    await state.known_properties(conn, event) if kind is CrmEventKind.PROPERTY_CHANGED else {}
+                )
+                # What the CRM holds now as far as we know: a value older than one known stays out.
+                record = await state.apply_record_event(conn, event)
             proposals: list[Proposal] = []
             # Duplicates can only appear when something identifying changed (a job title does not).
-            if kind is CrmEventKind.RECORD_CREATED or identity_changed(
-                event.object_type.value, before, record, self.settings.default_phone_region
+            if (
+                kind is CrmEventKind.RECORD_CREATED
+                or event.redetect
+                or identity_changed(
+                    event.object_type.value, before, record, self.settings.default_phone_region
+                )
             ):
                 proposals += await self._merges(conn, event, record)
             # The rotation row is locked until commit: only take it for an unowned record.

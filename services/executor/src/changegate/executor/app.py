@@ -35,7 +35,6 @@ async def setup(ctx: Context[ExecutorSettings]) -> Parts:
     crm = make_crm(settings, ctx.pool)
     breaker = Breaker(
         crm.target,
-        ctx.runtime.stop,
         failures=settings.breaker_failures,
         cooldown=settings.breaker_cooldown_seconds,
     )

@@ -4,9 +4,14 @@ from typing import Literal
 
 from changegate.core.settings import CommonSettings
 from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
 
 class ExecutorSettings(CommonSettings):
+    # An empty variable is unset (Compose passes ``${HUBSPOT_TOKEN:-}``): the secrets file, if
+    # any, then gives the token, and without either the executor refuses to start on HubSpot.
+    model_config = SettingsConfigDict(env_ignore_empty=True)
+
     http_port: int = 8004
     crm: Literal["sandbox", "hubspot"] = Field(
         "sandbox", description="the CRM approved changes go to: the sandbox (embedded default) or HubSpot"

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from aiokafka import AIOKafkaProducer
 from changegate.core import __version__
 from changegate.core.contracts import CrmEvent
 from changegate.core.http import ASGIApp, Message, Receive, Scope, Send, problem, problem_responses
@@ -305,18 +303,6 @@ def _list_sources(app: FastAPI, names: list[str]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def broker_answers(producer: AIOKafkaProducer) -> Callable[[], Awaitable[bool]]:
-    """Ready: the producer runs and a broker answers a metadata request (in the check's time)."""
-
-    async def check() -> bool:
-        if producer._closed:
-            return False
-        await producer.client.fetch_all_metadata()
-        return True
-
-    return check
-
-
 def _sources(settings: IngestSettings) -> dict[str, Source]:
     try:
         return load_sources(
@@ -337,8 +323,6 @@ async def setup(ctx: Context[IngestSettings]) -> Parts:
     if settings.hubspot_client_secret is None:
         log.info("HubSpot webhooks off: CHANGEGATE_HUBSPOT_CLIENT_SECRET is not set")
     log.info("webhook sources", sources=sorted(sources), hubspot=settings.hubspot_client_secret is not None)
-    ctx.runtime.checks.pop("broker_producer", None)
-    ctx.runtime.checks["broker"] = broker_answers(ctx.producer)
     publisher = Publisher(
         ctx.producer,
         ctx.names(Topic.CRM_EVENTS),

@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from changegate.core import metrics as core_metrics
+from changegate.core import tracing
 from changegate.core.contracts import CrmEvent
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.serde import encode
@@ -45,8 +46,9 @@ class Publisher:
         try:
             async with asyncio.timeout(self.timeout):
                 # send() queues in call order (per partition, hence per record); then wait for every ack.
+                trace = tracing.kafka_headers()  # the webhook request's span: each event's trace starts here
                 futures: list[asyncio.Future[Any]] = [
-                    await self.producer.send(self.topic, value, key=event.record_id.encode())
+                    await self.producer.send(self.topic, value, key=event.record_id.encode(), headers=trace)
                     for (event, _), value in zip(events, encoded, strict=True)
                 ]
                 await asyncio.gather(*futures)

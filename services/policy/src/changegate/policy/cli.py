@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from changegate.cli.stack import log_friendly
 from changegate.core.contracts import Proposal
 from changegate.policy.engine import Policy, PolicyError
 from changegate.policy.simulate import proposal_part, read_proposals, simulate
@@ -29,8 +30,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 # soft_wrap: messages carry file paths and rule ids that must stay greppable on one line.
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+console = log_friendly(Console(soft_wrap=True))
+err = log_friendly(Console(stderr=True, soft_wrap=True))
 
 PolicyFile = Annotated[Path, typer.Argument(help="policy YAML", exists=True, dir_okay=False)]
 

@@ -23,7 +23,7 @@ from changegate.core.topics import Topic, TopicNames
 from changegate.policy import shadow
 from changegate.policy.engine import Action, Policy, Route
 from prometheus_client import Counter as PromCounter
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Histogram
 
 SERVICE = "policy"
 DETECTOR_ONLY = frozenset({"detector"})  # the executor's re-proposals go to review, never here
@@ -37,7 +37,6 @@ DECISIONS = PromCounter(
 DUPLICATES = PromCounter(
     "changegate_policy_duplicates_total", "Proposals already routed before (redelivered)"
 )
-AUTO_APPLY_RATIO = Gauge("changegate_policy_auto_apply_ratio", "Share of routed proposals auto-applied")
 EVALUATION_SECONDS = Histogram(
     "changegate_policy_evaluation_duration_seconds",
     "Time to evaluate one proposal against the policy",
@@ -83,8 +82,6 @@ class Router:
         self.pool, self.policy, self.names = pool, policy, names
         self.candidate = candidate  # a policy in shadow: its routes recorded, never acted on
         self.signer, self.verifier = signer, verifier
-        self._routed = 0
-        self._auto = 0
 
     def switch(self, policy: Policy) -> None:
         """Take a new policy; the batch in flight finishes under the old one."""
@@ -155,8 +152,6 @@ class Router:
         counts = Counter((r.action.value, r.rule_id, p.kind.value) for p, r in routes)
         for (action, rule, kind), n in counts.items():
             DECISIONS.labels(route=action, rule=rule, kind=kind).inc(n)
-            self._auto += n if action == Action.AUTO_APPLY.value else 0
-        self._routed += len(routes)
         for proposal, route in routes:  # the audit log keeps decisions; this is for tracing
             log.debug(
                 "routed",
@@ -165,8 +160,6 @@ class Router:
                 rule=route.rule_id,
                 explanation=route.explanation,
             )
-        if self._routed:
-            AUTO_APPLY_RATIO.set(self._auto / self._routed)
 
     async def handle(self, envelope: Envelope[Any]) -> None:
         await self.handle_batch([envelope])

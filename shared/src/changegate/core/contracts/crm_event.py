@@ -60,3 +60,11 @@ class CrmEvent(Contract):
         description="true when the CRM reports a change changegate itself applied (its own app wrote it): "
         "consumers update what they know of the record and propose nothing from it",
     )
+    # Like echo: optional, written only when true, so no version bump.
+    redetect: bool = Field(
+        False,
+        exclude_if=lambda redetect: redetect is False,
+        description="true on a copy `changegate replay` sent to detect again (after a model or detector "
+        "upgrade): the detector re-examines the record against what it knows now and does not fold "
+        "the event's properties into it (later events know better)",
+    )

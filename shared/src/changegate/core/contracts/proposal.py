@@ -48,6 +48,13 @@ class ProposalSource(Contract):
     detector: str = Field(min_length=1)
     detector_version: str = Field(min_length=1)
     trigger: Trigger
+    # Optional, written only when known: proposals without it read (and verify) as before.
+    occurred_at: UtcDatetime | None = Field(
+        None,
+        exclude_if=lambda at: at is None,
+        description="when the triggering event happened at its source (else when changegate received "
+        "it): the start of the event-age SLI, measured at the audit row",
+    )
 
 
 class Proposal(Contract):

@@ -1,16 +1,17 @@
-"""A circuit breaker in front of the CRM: after consecutive outages it opens, and the executor waits
-(consumption pauses, partition order kept) instead of burning retries against a CRM that is down;
-after a cooldown one call probes it (half-open); success closes, failure reopens for longer."""
+"""A circuit breaker in front of the CRM: after consecutive outages it opens, and instead of burning
+retries against a CRM that is down — or waiting inside the handler, which would keep the consumer
+from polling and drop it from its group — it raises BackpressureError: the consumer pauses the
+decisions' partitions (order kept) and keeps polling. After the cooldown the partitions resume and
+the next call probes the CRM (half-open); success closes, failure reopens for longer."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
 from typing import TypeVar
 
+from changegate.core.errors import BackpressureError
 from changegate.core.logging import get_logger
 from changegate.executor.crm.port import CrmUnavailableError
 from prometheus_client import Counter, Gauge
@@ -36,12 +37,11 @@ class Breaker:
     def __init__(
         self,
         target: str,
-        stop: asyncio.Event,
         failures: int = 5,
         cooldown: float = 5.0,
         max_cooldown: float = 60.0,
     ) -> None:
-        self.target, self.stop = target, stop
+        self.target = target
         self.threshold, self.base_cooldown, self.max_cooldown = failures, cooldown, max_cooldown
         self.cooldown = cooldown
         self.failures = 0
@@ -53,11 +53,16 @@ class Breaker:
         STATE.labels(target=self.target).set(int(state))
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        await self._allowed()
+        """``fn()`` through the breaker. Open: BackpressureError until the cooldown has passed, then
+        ``fn`` is the probe. A CrmUnavailableError that opens (or reopens) the circuit comes out as
+        BackpressureError; before that it is raised as it is (retried by the consumer)."""
+        self._allowed()
         try:
             result = await fn()
-        except CrmUnavailableError:
+        except CrmUnavailableError as exc:
             self._failed()
+            if self.state is State.OPEN:
+                raise self._backpressure(self.cooldown) from exc
             raise
         if self.state is not State.CLOSED:
             log.info("CRM answers again: circuit closed", target=self.target)
@@ -65,15 +70,15 @@ class Breaker:
         self._set(State.CLOSED)
         return result
 
-    async def _allowed(self) -> None:
+    def _backpressure(self, retry_after: float) -> BackpressureError:
+        return BackpressureError(retry_after, "crm_unavailable")
+
+    def _allowed(self) -> None:
         if self.state is not State.OPEN:
             return
         remaining = self.opened_at + self.cooldown - time.monotonic()
         if remaining > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), remaining)
-            if self.stop.is_set():
-                raise CrmUnavailableError(f"{self.target} circuit open at shutdown")
+            raise self._backpressure(remaining)
         self._set(State.HALF_OPEN)
 
     def _failed(self) -> None:

@@ -13,6 +13,7 @@ import asyncpg
 from changegate.core.contracts import FieldChange, FieldWrite, ObjectType
 from changegate.core.contracts.base import PropertyValue
 from changegate.core.db import DbConn, Queryable
+from changegate.executor.crm.metrics import measured
 from changegate.executor.crm.port import (
     BatchWriter,
     BeforeWriteMany,
@@ -68,6 +69,7 @@ class SandboxCrm(BatchWriter):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
+    @measured("read")
     @_reachable
     async def read(
         self, object_type: ObjectType, record_ids: Sequence[str], fields: Sequence[str]
@@ -81,6 +83,7 @@ class SandboxCrm(BatchWriter):
                     out[record_id] = RecordState(rid, {f: props.get(f) for f in fields})
         return out
 
+    @measured("write_many")
     @_reachable
     async def write_many(
         self, object_type: ObjectType, items: Sequence[WriteItem], before_write: BeforeWriteMany | None = None
@@ -134,6 +137,7 @@ class SandboxCrm(BatchWriter):
             )
         return [o for o in outcomes if o is not None]
 
+    @measured("merge")
     @_reachable
     async def merge(self, object_type: ObjectType, survivor: str, losers: Sequence[str]) -> MergeResult:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -165,6 +169,7 @@ class SandboxCrm(BatchWriter):
             )
         return MergeResult(sid, [f"{object_type.value}/{sid}"])
 
+    @measured("owner_status")
     @_reachable
     async def owner_status(self, owner_id: str) -> OwnerStatus:
         archived = await self.pool.fetchval(

@@ -18,12 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from changegate.core import tracing
 from changegate.core.logging import get_logger
+from changegate.executor.crm import metrics as crm_metrics
 from changegate.executor.crm.port import CrmUnavailableError
 from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from prometheus_client import Counter
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -33,9 +34,6 @@ from tenacity import (
 )
 
 log = get_logger(__name__)
-CALLS = Counter(
-    "changegate_hubspot_requests_total", "HubSpot API calls, by operation and status", ["operation", "status"]
-)
 LOCKED_WAIT_SECONDS = 2.0
 _KEY = "hubspot"
 _BACKOFF = wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5)  # 5xx, timeouts
@@ -105,12 +103,15 @@ class HubSpotClient:
         if pause > 0:
             await asyncio.sleep(pause)
         room = await self._acquire()
-        try:
-            response = await self.http.request(method, path, json=json, params=params)
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
-            CALLS.labels(operation=operation, status="error").inc()
-            raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
-        CALLS.labels(operation=operation, status=str(response.status_code)).inc()
+        with tracing.client_span(f"HubSpot {operation}", **{"http.request.method": method}) as trace:
+            started = time.perf_counter()
+            try:
+                response = await self.http.request(method, path, json=json, params=params, headers=trace)
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "error"
+                crm_metrics.record("hubspot", operation, outcome, time.perf_counter() - started)
+                raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
+        crm_metrics.record("hubspot", operation, str(response.status_code), time.perf_counter() - started)
         self._note_rate_limit(response, room)
         status = response.status_code
         if status == 429:
