@@ -350,7 +350,9 @@ def demo_feed(
         port = json.loads(state_file.read_text()).get("ports", {}).get("review-api")
         if port:
             review = ReviewTarget(f"http://127.0.0.1:{port}", token_file.read_text().strip())
-    sent = asyncio.run(_demo_stream(stack.common(workdir), count, interval, ingest=target, crm=crm, review=review))
+    sent = asyncio.run(
+        _demo_stream(stack.common(workdir), count, interval, ingest=target, crm=crm, review=review)
+    )
     console.print(f"fed {sent} scenario steps")
 
 

@@ -17,9 +17,9 @@ from changegate.audit.store import (
     execution_outcome,
     record_decisions,
 )
+from changegate.audit.watch import ChainWatch
 from changegate.core import __version__
 from changegate.core.auth import Authenticator, UnscopedViewer
-from changegate.audit.watch import ChainWatch
 from changegate.core.contracts import AuditEntry, Execution
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope
@@ -98,7 +98,9 @@ class AuditConsumer:
             written = await append_outcomes(conn, outcomes)
         count_rows(outcomes)
         for execution in todo:
-            observe_event_age(execution, "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved")
+            observe_event_age(
+                execution, "auto_applied" if execution.decision.decided_by.kind == "policy" else "approved"
+            )
         if written:
             log.debug("audited", rows=written, executions=len(todo))
         return refused
