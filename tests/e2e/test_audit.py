@@ -63,9 +63,9 @@ async def test_every_outcome_is_in_the_chain_and_an_export_verifies_standalone(
             db, ObjectType.CONTACT, record, {"email": f"{label}@x.example", "jobtitle": title}
         )
         await _send(stack, producer, created(record, email=f"{label}@x.example", jobtitle=title))
-    await _send(stack, producer, *[enrichment(r, confidence=0.95, jobtitle="CTO") for r in rid.values()])
+    await _send(stack, producer, *[enrichment(r, confidence=0.99, jobtitle="CTO") for r in rid.values()])
     await _send(
-        stack, producer, enrichment(rid["supersede"], confidence=0.95, jobtitle="Chief Technology Officer")
+        stack, producer, enrichment(rid["supersede"], confidence=0.99, jobtitle="Chief Technology Officer")
     )
 
     async def pending(label: str) -> dict[str, Any]:
@@ -128,7 +128,7 @@ async def test_every_outcome_is_in_the_chain_and_an_export_verifies_standalone(
         "",
         "CTO",
         "clay",
-        0.95,
+        0.99,
     )
     modified = histories["modify"][0]
     assert (modified["proposed_value"], modified["new_value"], modified["approver"]) == (
