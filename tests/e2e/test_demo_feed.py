@@ -109,7 +109,8 @@ async def test_one_round_of_the_demo_feed_shows_every_scenario(
     refreshed = await eventually(lambda: pending(edited), lambda q: len(q) == 1, what="refreshed proposal")
     assert refreshed[0]["changes"][0]["previous"] == rep
     assert refreshed[0]["queue"] == "conflicts"
-    assert not await audited(edited)  # nothing was written, so nothing audited
+    # Nothing was written: the log holds the conflict, and no applied change.
+    assert [r["mode"] for r in await audited(edited)] == ["conflict"]
 
 
 async def _known_to_detector(db: asyncpg.Pool, record_ids: list[str]) -> set[str]:
