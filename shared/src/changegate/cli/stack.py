@@ -108,11 +108,12 @@ def common(workdir: Path) -> CommonSettings:
 def service_urls(workdir: Path) -> dict[str, str]:
     """Each service's base URL: the dev stack's ports when one runs from ``workdir``, else the
     embedded defaults."""
-    from changegate.cli.devstack import DEFAULT_PORTS
+    from changegate.cli.devstack import DEFAULT_PORTS, SIMULATOR
 
     state = StackState.load(workdir)
     ports = (state.ports if state is not None else {}) or DEFAULT_PORTS
-    return {name: f"http://127.0.0.1:{port}" for name, port in ports.items() if name != "broker"}
+    # The broker and the HubSpot simulator are not changegate services (no /metrics, /readyz).
+    return {n: f"http://127.0.0.1:{p}" for n, p in ports.items() if n not in ("broker", SIMULATOR)}
 
 
 async def connect(dsn: str) -> asyncpg.Pool:
