@@ -232,13 +232,15 @@ def test_the_metrics_hold_sane_values_after_load(loaded: dict[str, tuple[str, di
     assert (
         sum(v for ls, v in samples(executor, "changegate_executions_total") if ls["status"] == "applied") >= 3
     )
+    # Decisions polled together share one sandbox call (write_many, compare-and-set inside it), so
+    # three applied changes may have taken a single request.
     assert (
         sum(
             v
             for ls, v in samples(executor, "changegate_crm_requests_total")
             if ls["target"] == "sandbox" and ls["status"] == "ok"
         )
-        >= 3
+        >= 1
     )
     assert [v for _, v in samples(executor, "changegate_executor_crm_breaker_state")] == [0]
     audit = loaded["audit"][1]
