@@ -171,6 +171,8 @@ def review_api(
             }
         ),
         "CHANGEGATE_REVIEW_DECISION_RATE_LIMIT": "5/minute",
+        # Revocation at once (the default cache's delay is tested in test_token_cache).
+        "CHANGEGATE_AUTH_TOKEN_CACHE_SECONDS": "0",
     }
     with service_process("changegate.review_api", settings, free_port(), tmp_path / "svc.log", **env) as svc:
         yield svc

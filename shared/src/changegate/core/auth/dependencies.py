@@ -4,6 +4,7 @@ malformed, unknown, revoked or expired token is the same 401."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated
@@ -13,7 +14,7 @@ import httpx
 from changegate.core.auth.oidc import InvalidTokenError, OidcVerifier
 from changegate.core.auth.principal import Principal, Role
 from changegate.core.auth.settings import AuthSettings
-from changegate.core.auth.tokens import authenticate_token
+from changegate.core.auth.tokens import lookup_token
 from changegate.core.logging import get_logger
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -32,14 +33,52 @@ RATE_LIMITED = Counter("changegate_rate_limited_total", "Requests refused by a r
 _bearer = HTTPBearer(auto_error=False, description="an OIDC access token (JWT) or a changegate API token")
 
 
+class TokenCache:
+    """API tokens recently found valid, each kept ``seconds`` (never past its expiry): a revoked
+    token stops working within ``seconds``. Only valid tokens are kept, by their SHA-256; an
+    unknown or refused token is looked up every time."""
+
+    def __init__(
+        self, seconds: float, clock: Callable[[], float] = time.monotonic, size: int = 10_000
+    ) -> None:
+        self.seconds, self.clock, self.size = seconds, clock, size
+        self.entries: dict[bytes, tuple[Principal, float]] = {}
+
+    def get(self, token: str) -> Principal | None:
+        key = hashlib.sha256(token.encode()).digest()
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= self.clock():
+            del self.entries[key]
+            return None
+        return entry[0]
+
+    def put(self, token: str, principal: Principal, seconds_left: float | None) -> None:
+        if self.seconds <= 0:
+            return
+        now = self.clock()
+        if len(self.entries) >= self.size:  # full: drop what expired, else everything (rare)
+            self.entries = {k: v for k, v in self.entries.items() if v[1] > now}
+            if len(self.entries) >= self.size:
+                self.entries.clear()
+        keep = self.seconds if seconds_left is None else min(self.seconds, seconds_left)
+        self.entries[hashlib.sha256(token.encode()).digest()] = (principal, now + keep)
+
+
 class Authenticator:
     """Turns a bearer token into a principal, by whichever method is configured."""
 
     def __init__(
-        self, settings: AuthSettings, pool: asyncpg.Pool | None, client: httpx.AsyncClient | None = None
+        self,
+        settings: AuthSettings,
+        pool: asyncpg.Pool | None,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.pool = pool if settings.auth_api_tokens else None
         self.oidc = OidcVerifier(settings, client) if settings.auth_oidc_issuer else None
+        self.tokens = TokenCache(settings.auth_token_cache_seconds, clock)
 
     async def authenticate(self, token: str) -> Principal | None:
         if self.oidc is not None and token.count(".") == 2:
@@ -49,7 +88,14 @@ class Authenticator:
                 log.info("JWT refused", reason=str(exc))
                 return None
         if self.pool is not None:
-            return await authenticate_token(self.pool, token)
+            cached = self.tokens.get(token)
+            if cached is not None:
+                return cached
+            found = await lookup_token(self.pool, token)
+            if found is None:
+                return None
+            self.tokens.put(token, *found)
+            return found[0]
         return None
 
 

@@ -30,6 +30,13 @@ class AuthSettings(BaseSettings):
         False,
         description="accept API tokens made with `changegate tokens create` (kept hashed in PostgreSQL)",
     )
+    auth_token_cache_seconds: float = Field(
+        5,
+        ge=0,
+        le=60,
+        description="how long a process keeps an API token it checked (saving a database lookup per "
+        "request): a revoked token stops working within this many seconds; 0: checked on every request",
+    )
     auth_oidc_issuer: str | None = Field(None, description="OIDC issuer URL; JWTs must carry it as iss")
     auth_oidc_audience: str | None = Field(None, description="the aud JWTs must carry (required with OIDC)")
     auth_oidc_jwks_url: str | None = Field(

@@ -78,13 +78,21 @@ async def create_token(
 async def authenticate_token(db: Queryable, token: str) -> Principal | None:
     """The token's principal; None for anything else (malformed, unknown, revoked, expired) — the
     caller must not tell these apart."""
+    found = await lookup_token(db, token)
+    return found[0] if found is not None else None
+
+
+async def lookup_token(db: Queryable, token: str) -> tuple[Principal, float | None] | None:
+    """As ``authenticate_token``, with the seconds the token has left (None: no expiry)."""
     match = _TOKEN.fullmatch(token)
     if match is None:
         return None
     token_id, secret = match[1], match[2]
     row = await db.fetchrow(
         "SELECT name, role, queues, kinds, secret_hash, revoked_at IS NULL AND"
-        " (expires_at IS NULL OR expires_at > now()) AS live FROM changegate_api_tokens WHERE id = $1",
+        " (expires_at IS NULL OR expires_at > now()) AS live,"
+        " extract(epoch FROM expires_at - now())::float8 AS seconds_left"
+        " FROM changegate_api_tokens WHERE id = $1",
         token_id,
     )
     # Compare even when there is no such token, so the answer takes as long either way.
@@ -98,7 +106,7 @@ async def authenticate_token(db: Queryable, token: str) -> Principal | None:
         frozenset(row["queues"]) if row["queues"] is not None else None,
         frozenset(row["kinds"]) if row["kinds"] is not None else None,
     )
-    return Principal(row["name"], (grant,), via="token")
+    return Principal(row["name"], (grant,), via="token"), row["seconds_left"]
 
 
 async def list_tokens(db: Queryable) -> list[TokenInfo]:
