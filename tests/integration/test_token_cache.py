@@ -43,7 +43,8 @@ async def test_a_revoked_token_stops_working_within_the_cache_time(db: asyncpg.P
     auth = authenticator(db, clock, 5)
     token_id, token = await create_token(db, "bot@example.com", Role.REVIEWER, created_by="test")
     principal = await auth.authenticate(token)
-    assert principal is not None and principal.subject == "bot@example.com"
+    assert principal is not None
+    assert principal.subject == "bot@example.com"
     assert await revoke_token(db, token_id)
     # Within the cache time the process still trusts what it checked...
     clock.now += 4.9
