@@ -7,8 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import platform
+import shutil
 import signal
+import socket
+import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -28,7 +33,7 @@ from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from pydantic import BaseModel, Field
 
 log = get_logger(__name__)
@@ -37,6 +42,12 @@ log = get_logger(__name__)
 # READINESS_TIMEOUT seconds, after which it counts as failed.
 ReadinessCheck = Callable[[], bool | Awaitable[bool]]
 READINESS_TIMEOUT = 2.0
+# Several worker processes (``Service.http_workers``): the supervisor hands each the listening
+# socket and its role; prometheus_client keeps every process's series in this folder (it must be set
+# before prometheus_client is imported, which a fresh process does).
+WORKER_ROLE = "CHANGEGATE_WORKER_ROLE"  # "primary" (consumers, outbox, housekeeping too) or "http"
+WORKER_SOCKET = "CHANGEGATE_WORKER_SOCKET_FD"
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Readiness(BaseModel):
@@ -64,6 +75,10 @@ def ops_router(
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def prometheus_metrics() -> Response:
+        if MULTIPROC_DIR in os.environ:  # several worker processes: every one's series, merged
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get(
@@ -173,7 +188,14 @@ class ServiceRuntime:
         app.include_router(ops_router(self.checks, self.stop, self.settings.liveness_max_poll_gap_seconds))
         return harden(app, self.settings.http_max_body_bytes)
 
-    async def run(self, app: FastAPI, workers: Iterable[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    async def run(
+        self,
+        app: FastAPI,
+        workers: Iterable[Callable[[], Coroutine[Any, Any, None]]],
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Serve ``app`` (on ``sock`` if given, else the configured host and port) beside
+        ``workers`` until SIGTERM/SIGINT or a worker fails."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
@@ -188,7 +210,7 @@ class ServiceRuntime:
                 http=ProblemH11Protocol,  # problem+json for what the parser refuses, too
             )
         )
-        http = asyncio.create_task(server.serve(), name="http")
+        http = asyncio.create_task(server.serve(sockets=[sock] if sock else None), name="http")
         tasks = [asyncio.create_task(w(), name=getattr(w, "__qualname__", "worker")) for w in workers]
         stopper = asyncio.create_task(self.stop.wait(), name="stop")
         log.info("service started", port=self.settings.http_port)
@@ -235,6 +257,9 @@ class Parts:
     consumers: list[Consumer] = field(default_factory=list)
     app: FastAPI | None = None
     workers: list[Worker] = field(default_factory=list)
+    # Workers each HTTP worker process runs too (with several: e.g. the change feed of the streams
+    # it serves); ``workers`` run in the primary process only.
+    per_process: list[Worker] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # The running ConsumerLoops, by group (filled in by the shell, for setups that need them).
     loops: dict[str, ConsumerLoop] = field(default_factory=dict)
@@ -285,12 +310,22 @@ class Service(Generic[S]):
     check: Callable[[S], None] | None = None
     topics: Sequence[Topic] | None = None
     producer: Callable[[S], dict[str, Any]] | None = None
+    # How many processes serve HTTP (from the settings; default one). With more, a supervisor
+    # process binds the port and starts them: the first ("primary") runs everything, the others
+    # only the HTTP app and ``Parts.per_process``; the kernel spreads connections among them.
+    http_workers: Callable[[S], int] | None = None
 
     async def main(self) -> None:
         settings = self.settings()
         configure_logging(self.name, settings.log_level, settings.log_format)
         if self.check is not None:
             self.check(settings)
+        role = os.environ.get(WORKER_ROLE)
+        count = self.http_workers(settings) if self.http_workers else 1
+        if count > 1 and role is None:
+            await supervise(self.name, settings, count)
+            return
+        sock = socket.socket(fileno=int(os.environ[WORKER_SOCKET])) if role else None
         runtime = ServiceRuntime(self.name, settings)
         closers: list[Callable[[], Awaitable[None]]] = []
         try:
@@ -302,7 +337,13 @@ class Service(Generic[S]):
             closers.append(producer.stop)
             parts = await self.setup(Context(self.name, settings, runtime, producer, pool))
             closers.extend(parts.closers)
-            workers = list(parts.workers)
+            if role == "http":  # the primary runs consumers, outbox and the service's own workers
+                watch = parent_watch(runtime.stop)
+                await runtime.run(parts.app or runtime.app(), [*parts.per_process, watch], sock)
+                return
+            workers = [*parts.workers, *parts.per_process]
+            if role == "primary":
+                workers.append(parent_watch(runtime.stop))
             for consumer in parts.consumers:
                 loop = ConsumerLoop(settings, consumer.group, consumer.subscriptions, producer, runtime.stop)
                 parts.loops[consumer.group] = loop
@@ -311,7 +352,66 @@ class Service(Generic[S]):
             if self.outbox:
                 assert pool is not None, f"{self.name}: an outbox needs the database"
                 workers.append(OutboxRelay(pool, producer, self.name, runtime.stop).run)
-            await runtime.run(parts.app or runtime.app(), workers)
+            await runtime.run(parts.app or runtime.app(), workers, sock)
         finally:
             for close in reversed(closers):
                 await close()
+
+
+def parent_watch(stop: asyncio.Event) -> Worker:
+    """A worker process stops when its supervisor is gone (killed without passing SIGTERM on)."""
+    parent = os.getppid()
+
+    async def watch() -> None:
+        while not stop.is_set():
+            if os.getppid() != parent:
+                log.warning("supervisor gone, stopping")
+                stop.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1)
+
+    return watch
+
+
+async def supervise(name: str, settings: CommonSettings, count: int) -> None:
+    """Bind the HTTP port and run ``count`` worker processes of this same command on it (the first
+    the primary), until SIGTERM/SIGINT, passed on to them; if one of them exits, the others are
+    stopped and this process exits with an error (its supervisor restarts it)."""
+    sock = socket.create_server((settings.http_host, settings.http_port), backlog=2048)
+    sock.set_inheritable(True)
+    metrics_dir = tempfile.mkdtemp(prefix=f"changegate-{name}-metrics-")
+    env = {**os.environ, WORKER_SOCKET: str(sock.fileno()), MULTIPROC_DIR: metrics_dir}
+    command = [sys.executable, *sys.orig_argv[1:]]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *command, env={**env, WORKER_ROLE: "primary" if n == 0 else "http"}, pass_fds=[sock.fileno()]
+        )
+        for n in range(count)
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("workers started", workers=count, port=settings.http_port, pids=[p.pid for p in procs])
+    exits = {asyncio.create_task(p.wait()): p for p in procs}
+    stopping = asyncio.create_task(stop.wait())
+    failed = None
+    try:
+        done, _ = await asyncio.wait([stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+        failed = next((exits[t] for t in done if t in exits), None)
+        if failed is not None:
+            log.error("worker exited, stopping the others", pid=failed.pid, code=failed.returncode)
+    finally:
+        stopping.cancel()
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        _, late = await asyncio.wait(exits, timeout=settings.shutdown_grace_seconds + 10)
+        for task in late:
+            exits[task].kill()
+        await asyncio.gather(*exits)
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    if failed is not None:
+        raise SystemExit(1)

@@ -150,11 +150,12 @@ async def list_proposals(
 
 
 async def _detail(pool: asyncpg.Pool, proposal_id: uuid.UUID, principal: Principal) -> views.Detail:
-    row = await store.item(pool, proposal_id, principal)
-    if row is None:
-        raise HTTPException(404, f"no proposal {proposal_id}")
-    history = await store.history(pool, proposal_id)
-    seen = await store.latest_values(pool, row["object_type"], row["record_id"])
+    async with pool.acquire() as conn:  # one connection for the three reads (a pool release costs a query)
+        row = await store.item(conn, proposal_id, principal)
+        if row is None:
+            raise HTTPException(404, f"no proposal {proposal_id}")
+        history = await store.history(conn, proposal_id)
+        seen = await store.latest_values(conn, row["object_type"], row["record_id"])
     return views.detail(row, history, seen)
 
 

@@ -141,7 +141,8 @@ async def setup(ctx: Context[ReviewApiSettings]) -> Parts:
     return Parts(
         consumers=[Consumer("changegate-review-api", subscriptions)],
         app=build_app(ctx.runtime, ctx.pool, ctx.settings, hub),
-        workers=[Housekeeping(ctx).run, hub.run],
+        workers=[Housekeeping(ctx).run],
+        per_process=[hub.run],  # each process streams to its own SSE clients
     )
 
 
@@ -159,5 +160,6 @@ REVIEW_API = Service(
     migrations="changegate.review_api.migrations",
     outbox=True,
     check=_configured,
+    http_workers=lambda settings: settings.review_workers,
 )
 main = REVIEW_API.main

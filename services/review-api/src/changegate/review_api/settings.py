@@ -9,9 +9,18 @@ from pydantic import Field, SecretStr, model_validator
 
 class ReviewApiSettings(CommonSettings, AuthSettings):
     http_port: int = 8000
+    review_workers: int = Field(
+        1,
+        ge=1,
+        le=32,
+        description="processes serving the API on the one port (one process runs Python on one core): "
+        "the first also consumes the queue's topics and runs the outbox and expiry; the others serve HTTP "
+        "and their own SSE streams",
+    )
     review_decision_rate_limit: str = Field(
         "60/minute",
-        description="decisions per reviewer identity (per replica); over it, 429 with Retry-After",
+        description="decisions per reviewer identity (per replica, and per worker process); over it, "
+        "429 with Retry-After",
     )
     review_min_approvals: dict[str, int] = Field(
         default_factory=dict,
