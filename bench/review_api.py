@@ -385,7 +385,7 @@ async def run(
             print(f"\n{label}")
             print(f"{'operation':<46} {'requests':>9} {'p50 ms':>8} {'p99 ms':>8} {'per s':>7}  target p99")
             for name, n, p50, p99, rate in results:
-                target = next((t for k, t in targets.items() if k in name), None)
+                target = next((t for k, t in targets.items() if k in name and "/v1/" in name), None)
                 verdict = "" if target is None else f"  {target} ms: {'met' if p99 <= target else 'missed'}"
                 print(f"{name:<46} {n:>9,} {p50:>8.2f} {p99:>8.2f} {rate:>7,.0f}{verdict}")
         await pool.close()

@@ -361,16 +361,21 @@ async def decide(
 ) -> idempotency.Answer:
     """One reviewer's action on one item, with every check; the answer to send."""
     state = request.app.state
-    row = await store.item(state.pool, proposal_id, principal)
-    if row is None:
-        raise HTTPException(404, f"no proposal {proposal_id}")
-    if not principal.may(Role.REVIEWER, queue=row["queue"], kind=row["kind"]):
-        AUTH_FAILURES.labels(reason="out_of_scope").inc()
-        raise HTTPException(403, f"your role does not cover {row['kind']} proposals in queue {row['queue']}")
-    final: list[FieldChange] | None = None
-    if modified is not None:
+
+    def admit(row: asyncpg.Record) -> list[FieldChange] | None:
+        # Checked on the row the decision locks (one read less than checking before).
+        if not store.may_read(principal, row["queue"], row["kind"]):
+            AUTH_FAILURES.labels(reason="out_of_scope").inc()
+            raise HTTPException(404, f"no proposal {proposal_id}")
+        if not principal.may(Role.REVIEWER, queue=row["queue"], kind=row["kind"]):
+            AUTH_FAILURES.labels(reason="out_of_scope").inc()
+            raise HTTPException(
+                403, f"your role does not cover {row['kind']} proposals in queue {row['queue']}"
+            )
+        if modified is None:
+            return None
         try:
-            final = merge_modifications(Proposal.model_validate(row["proposal"]), modified)
+            return merge_modifications(Proposal.model_validate(row["proposal"]), modified)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from exc
 
@@ -386,11 +391,11 @@ async def decide(
             action,
             principal.subject,
             comment,
-            final,
             signer=state.signer,
             min_approvals=state.settings.review_min_approvals,
             if_match=if_match,
             before_commit=before_commit,
+            admit=admit,
         )
     except ItemMissingError as exc:
         raise HTTPException(404, f"no proposal {proposal_id}") from exc
@@ -412,6 +417,27 @@ def _decision_route(path: str, summary: str, operation_id: str) -> Callable[[Any
     )
 
 
+async def decide_once(
+    request: Request,
+    principal: Principal,
+    proposal_id: uuid.UUID,
+    action: Action,
+    comment: str | None,
+    if_match: str | None,
+    idempotency_key: str | None,
+    modified: dict[str, Any] | None = None,
+) -> Response:
+    """A decision route's body: the rate limit, then ``decide`` once per Idempotency-Key."""
+    await request.app.state.decision_limit.check(principal.subject)
+    version = parse_if_match(if_match)
+    return await idempotent(
+        request,
+        principal,
+        idempotency_key,
+        lambda keep: decide(request, principal, proposal_id, action, comment, modified, version, keep),
+    )
+
+
 @_decision_route(
     "/proposals/{proposal_id}/approve", "Approve as proposed (one of N approvals under four-eyes)", "approve"
 )
@@ -423,15 +449,9 @@ async def approve(
     idempotency_key: IdempotencyKey = None,
     body: ApproveBody | None = None,
 ) -> Response:
-    await request.app.state.decision_limit.check(principal.subject)
     comment = body.comment if body else None
-    return await idempotent(
-        request,
-        principal,
-        idempotency_key,
-        lambda keep: decide(
-            request, principal, proposal_id, Action.APPROVE, comment, None, parse_if_match(if_match), keep
-        ),
+    return await decide_once(
+        request, principal, proposal_id, Action.APPROVE, comment, if_match, idempotency_key
     )
 
 
@@ -446,14 +466,8 @@ async def reject(
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    await request.app.state.decision_limit.check(principal.subject)
-    return await idempotent(
-        request,
-        principal,
-        idempotency_key,
-        lambda keep: decide(
-            request, principal, proposal_id, Action.REJECT, body.reason, None, parse_if_match(if_match), keep
-        ),
+    return await decide_once(
+        request, principal, proposal_id, Action.REJECT, body.reason, if_match, idempotency_key
     )
 
 
@@ -470,21 +484,15 @@ async def approve_with_changes(
     if_match: IfMatch = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    await request.app.state.decision_limit.check(principal.subject)
-    return await idempotent(
+    return await decide_once(
         request,
         principal,
+        proposal_id,
+        Action.APPROVE,
+        body.comment,
+        if_match,
         idempotency_key,
-        lambda keep: decide(
-            request,
-            principal,
-            proposal_id,
-            Action.APPROVE,
-            body.comment,
-            dict(body.changes),
-            parse_if_match(if_match),
-            keep,
-        ),
+        dict(body.changes),
     )
 
 

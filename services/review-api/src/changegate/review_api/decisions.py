@@ -76,6 +76,7 @@ def changes_digest(changes: list[FieldChange]) -> str:
 
 
 OnCommit = Callable[[DbConn, Outcome], Awaitable[None]]
+Admit = Callable[[asyncpg.Record], list[FieldChange] | None]
 
 
 async def act(
@@ -91,10 +92,13 @@ async def act(
     min_approvals: Mapping[str, int] | None = None,
     if_match: int | None = None,
     before_commit: OnCommit | None = None,
+    admit: Admit | None = None,
 ) -> Outcome:
     """Approve (``final_changes``: the reviewer's edited values), reject or expire one item.
     ``min_approvals`` (kind -> count, from settings) raises the route's required count; ``before_commit``
-    runs in the transaction (e.g. to store an idempotent answer with the effect)."""
+    runs in the transaction (e.g. to store an idempotent answer with the effect); ``admit`` sees the
+    locked row first and raises to refuse (the caller's own checks: scopes, edited values), or
+    returns the final changes to use instead of ``final_changes``."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "SELECT *, expires_at <= now() AS overdue FROM review_queue WHERE proposal_id = $1 FOR UPDATE",
@@ -102,6 +106,8 @@ async def act(
         )
         if row is None:
             raise ItemMissingError(str(proposal_id))
+        if admit is not None:
+            final_changes = admit(row) or final_changes
         if row["status"] != "pending":
             raise ActionRefusedError("decided", row, f"proposal {proposal_id} is already {row['status']}")
         if row["overdue"] and action is not Action.EXPIRE:
