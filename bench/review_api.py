@@ -1,13 +1,15 @@
-"""Review API speed with 1,000,000 pending items: p50/p99 of the first page, a deep page (by
-cursor), an item's detail and an approval, each at 50 concurrent clients, beside a bare asyncpg
-query of the same first page measured in the same run (the baseline: no HTTP, no auth, no JSON).
+"""Review API speed with 1,000,000 pending items: p50/p99 (and requests/s) of the first page, a
+deep page (by cursor), an item's detail and an approval, each at 50 concurrent clients, for each
+review-api configuration in turn (worker processes; optionally another checkout's code first, for a
+before and after in one run). Beside each: the load generator's ceiling against a trivial server,
+a bare asyncpg query of the same first page (no HTTP, no auth, no JSON in Python) and /healthz.
 
-Targets: list and detail p99 <= 20 ms, approve p99 <= 30 ms. The server (one review-api process),
-PostgreSQL, the broker and this load generator share one machine (2 cores here), so the figures
-include their contention; they are printed as measured, met or not.
+Targets: list and detail p99 <= 20 ms, approve p99 <= 30 ms. The server, PostgreSQL, the broker
+and this load generator share one machine (2 cores here), so the figures include their contention;
+they are printed as measured, met or not, with the load average.
 
     .venv/bin/python bench/review_api.py [--items 1000000] [--requests 2000] [--clients 50]
-"""
+        [--workers 1,2] [--baseline-code DIR]"""
 
 from __future__ import annotations
 
