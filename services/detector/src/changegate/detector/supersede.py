@@ -59,21 +59,36 @@ async def supersede(conn: DbConn, proposal: Proposal, *, undecided: bool = False
     it names); return decisions retiring the older open proposals it replaces. A proposal already
     decided is not opened again (re-detection, a redelivered review request); ``undecided``: the
     caller checked that it is not."""
-    if not undecided and await is_closed(conn, proposal.proposal_id):
-        return []
+    return await open_unless_decided(conn, proposal, checked=undecided) or []
+
+
+async def open_unless_decided(
+    conn: DbConn, proposal: Proposal, *, checked: bool = False
+) -> list[Decision] | None:
+    """``supersede``, or None if ``proposal`` was decided before (``checked``: the caller knows it
+    was not). For a field update, whether it was decided and the open proposals it replaces come
+    in one round trip."""
     if proposal.kind is ProposalKind.MERGE:
+        if not checked and await is_closed(conn, proposal.proposal_id):
+            return None
         return await _supersede_merges(conn, proposal)
     fields = {c.field for c in proposal.changes}
     retired: dict[uuid.UUID, Proposal] = {}
     rows = await conn.fetch(
-        "SELECT proposal_id, proposal FROM detector_open_proposals"
+        "SELECT d.decided, o.proposal_id, o.proposal FROM (SELECT $5::bool AND EXISTS"
+        " (SELECT 1 FROM detector_closed_proposals WHERE proposal_id = $4) AS decided) d"
+        " LEFT JOIN LATERAL (SELECT proposal_id, proposal FROM detector_open_proposals"
         " WHERE object_type = $1 AND record_id = $2 AND field = ANY($3::text[]) AND proposal_id <> $4"
-        " FOR UPDATE",
+        " FOR UPDATE) o ON NOT d.decided",
         proposal.object_type.value,
         proposal.record_id,
         sorted(fields),
         proposal.proposal_id,
+        not checked,
     )
+    if rows[0]["decided"]:
+        return None
+    rows = [r for r in rows if r["proposal_id"] is not None]
     for row in rows:
         older = Proposal.model_validate(row["proposal"])
         # Only a proposal of the same kind whose every change the newer one covers is replaced;
