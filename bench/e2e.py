@@ -420,7 +420,12 @@ class Probe:
 
             async def approve(pid: str, event: Event) -> None:
                 async with gate:
-                    response = await client.post(f"{url}/{pid}/approve", json={"comment": "bench"})
+                    try:
+                        response = await client.post(f"{url}/{pid}/approve", json={"comment": "bench"})
+                    except httpx.HTTPError as exc:  # e.g. a timeout on a loaded machine: try again
+                        print(f"  approval not answered ({exc!r}), retrying", flush=True)
+                        submitted.discard(pid)
+                        return
                     if response.status_code == 200:
                         event.approved = time.time()
                     else:
@@ -428,7 +433,12 @@ class Probe:
 
             params: dict[str, Any] = {"limit": 200, "kind": "field_update"}
             while not self.stopping.is_set():
-                response = await client.get(url, params=params)
+                try:
+                    response = await client.get(url, params=params)
+                except httpx.HTTPError as exc:
+                    print(f"  review queue not answered ({exc!r}), retrying", flush=True)
+                    await asyncio.sleep(0.5)
+                    continue
                 page = response.json() if response.status_code == 200 else {"items": [], "next_cursor": None}
                 # A bench record has one event (its key is the record id).
                 by_record = {e.key.decode(): e for e in self.events.values() if e.reviewed}
