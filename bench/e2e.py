@@ -19,7 +19,7 @@ process of ours (services or chain, broker, PostgreSQL) and PostgreSQL transacti
 
     .venv/bin/python bench/e2e.py [--rates 100,1000] [--duration 10] [--flat-count 10000]
                                   [--review-share 0.05] [--kafka HOST:PORT --database-url DSN]
-                                  [--profile DIR]   # py-spy each service (pip install py-spy)
+                                  [--profile DIR]   # py-spy each service per phase (pip install py-spy)
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,10 @@ class Event:
     executed: float = 0.0
     approved: float = 0.0
     audited: float = 0.0
+    # Per hop: when a service's handler made its message (the envelope's occurred_at, inside the
+    # batch's transaction) and when its outbox relay sent it (the record's timestamp), by topic.
+    made: dict[str, float] = field(default_factory=dict)
+    relayed: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +105,36 @@ class PhaseResult:
     @property
     def kept_up(self) -> bool:
         return self.completed == self.events
+
+
+# The per-hop split of an auto-applied event: (stage, from, to), each a (kind, topic) point.
+HOP_STAGES = [
+    ("detector", ("sent", ""), ("made", "proposals")),
+    ("detector relay", ("made", "proposals"), ("relayed", "proposals")),
+    ("policy", ("relayed", "proposals"), ("made", "decisions")),
+    ("policy relay", ("made", "decisions"), ("relayed", "decisions")),
+    ("executor", ("relayed", "decisions"), ("made", "executions")),
+    ("executor relay", ("made", "executions"), ("relayed", "executions")),
+    ("audit", ("relayed", "executions"), ("audited", "")),
+]
+
+
+def _at(event: Event, point: tuple[str, str]) -> float | None:
+    kind, topic = point
+    if kind in ("made", "relayed"):
+        return (event.made if kind == "made" else event.relayed).get(topic)
+    return float(getattr(event, kind)) or None
+
+
+def hop_latencies(events: list[Event]) -> dict[str, list[float]]:
+    """Where an auto-applied event's time goes: a service's wait and handling (from the message it
+    consumes reaching the broker to the handler making its own), and its relay (from then to the
+    message reaching the broker: the rest of the batch, the commit and the outbox relay)."""
+    out: dict[str, list[float]] = {}
+    for stage, begin, end in HOP_STAGES:
+        spans = [(_at(e, begin), _at(e, end)) for e in events]
+        out[f"hop {stage}"] = [b - a for a, b in spans if a is not None and b is not None]
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -184,6 +219,10 @@ def all_audited(events: list[Event]) -> bool:
 
 def all_in(events: list[Event], arrived: dict[bytes, float]) -> bool:
     return all(e.key in arrived for e in events)
+
+
+def slug(name: str) -> str:
+    return name.replace("/", "").replace(" ", "").replace(",", "").replace(".", "")
 
 
 def phases(rates: list[float]) -> list[tuple[str, float | None]]:
@@ -331,9 +370,12 @@ class Probe:
             await conn.close()
 
     async def _executions(self) -> None:
-        topic = TopicNames(self.stack.topic_prefix)(Topic.EXECUTIONS)
+        """Proposals, decisions and executions as they reach their topics: when each was made and
+        relayed (the per-hop split), and when each event's change was executed."""
+        names = TopicNames(self.stack.topic_prefix)
+        hops = {names(t): t.value for t in (Topic.PROPOSALS, Topic.DECISIONS, Topic.EXECUTIONS)}
         consumer = AIOKafkaConsumer(
-            topic,
+            *hops,
             bootstrap_servers=self.stack.kafka,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=15,
@@ -345,9 +387,25 @@ class Probe:
                 batch = await consumer.getmany(timeout_ms=100)
                 for records in batch.values():
                     for r in records:
-                        payload = json.loads(r.value)["payload"]
-                        event = self.events.get(payload["decision"]["proposal"]["source"]["event_id"])
-                        if event is not None and payload["status"] == "applied":
+                        envelope = json.loads(r.value)
+                        payload, hop = envelope["payload"], hops[r.topic]
+                        proposal = (
+                            payload
+                            if hop == "proposals"
+                            else payload.get("proposal") or payload.get("decision", {}).get("proposal")
+                        )
+                        if not isinstance(proposal, dict):
+                            continue
+                        event = self.events.get(proposal["source"]["event_id"])
+                        if event is None:
+                            continue
+                        if hop == "decisions" and payload.get("outcome") not in ("auto_approved", None):
+                            continue  # a human's approval or a supersession: not the auto-applied hop
+                        event.made.setdefault(
+                            hop, datetime.fromisoformat(envelope["occurred_at"]).timestamp()
+                        )
+                        event.relayed.setdefault(hop, r.timestamp / 1000)
+                        if hop == "executions" and payload["status"] == "applied":
                             event.executed = datetime.fromisoformat(payload["executed_at"]).timestamp()
         finally:
             await consumer.stop()
@@ -362,7 +420,12 @@ class Probe:
 
             async def approve(pid: str, event: Event) -> None:
                 async with gate:
-                    response = await client.post(f"{url}/{pid}/approve", json={"comment": "bench"})
+                    try:
+                        response = await client.post(f"{url}/{pid}/approve", json={"comment": "bench"})
+                    except httpx.HTTPError as exc:  # e.g. a timeout on a loaded machine: try again
+                        print(f"  approval not answered ({exc!r}), retrying", flush=True)
+                        submitted.discard(pid)
+                        return
                     if response.status_code == 200:
                         event.approved = time.time()
                     else:
@@ -370,7 +433,12 @@ class Probe:
 
             params: dict[str, Any] = {"limit": 200, "kind": "field_update"}
             while not self.stopping.is_set():
-                response = await client.get(url, params=params)
+                try:
+                    response = await client.get(url, params=params)
+                except httpx.HTTPError as exc:
+                    print(f"  review queue not answered ({exc!r}), retrying", flush=True)
+                    await asyncio.sleep(0.5)
+                    continue
                 page = response.json() if response.status_code == 200 else {"items": [], "next_cursor": None}
                 # A bench record has one event (its key is the record id).
                 by_record = {e.key.decode(): e for e in self.events.values() if e.reviewed}
@@ -397,7 +465,9 @@ def enrichment(record_id: str, event_id: str, title: str) -> CrmEvent:
         record_id=record_id,
         kind=CrmEventKind.ENRICHMENT_RESULT,
         properties={"jobtitle": title},
-        confidence=0.93,
+        # A source confident enough for the default policy's auto-apply rules (0.98 since policy
+        # 2026-12-04.1); at 0.93 every enrichment waited for a reviewer who never came.
+        confidence=0.99,
     )
 
 
@@ -471,12 +541,7 @@ async def run_stack_phases(
     cpu = CpuMeter(pids)
     results = []
     try:
-        planned = {
-            name: make_events(
-                name.replace("/", "").replace(" ", "").replace(",", ""), count, args.review_share
-            )
-            for name, _, count in plan
-        }
+        planned = {name: make_events(slug(name), count, args.review_share) for name, _, count in plan}
         print("  seeding the sandbox CRM and the detector's view of the reviewed records", flush=True)
         for events, known in planned.values():
             await seed(pool, events)
@@ -488,8 +553,9 @@ async def run_stack_phases(
             await asyncio.sleep(1)  # let the previous phase's stats settle
             polls, xacts = probe.polls, await transactions(stats)
             cpu.start()
-            await send(producer, names(Topic.CRM_EVENTS), events, rate)
-            await wait_for(partial(all_audited, events), args.drain_timeout)
+            with profiling(stack, args.profile / slug(name) if args.profile else None):
+                await send(producer, names(Topic.CRM_EVENTS), events, rate)
+                await wait_for(partial(all_audited, events), args.drain_timeout)
             cpu_seconds = cpu.stop()
             await asyncio.sleep(1.0)  # PostgreSQL's statistics are flushed about every second
             xacts = await transactions(stats) - xacts - (probe.polls - polls)
@@ -507,6 +573,7 @@ async def run_stack_phases(
                     "in->audited": [e.audited - e.sent for e in auto],
                     "executed->audited": [e.audited - e.executed for e in auto if e.executed],
                     "approved->audited": [e.audited - e.approved for e in reviewed],
+                    **hop_latencies(auto),
                 },
                 cpu_seconds,
                 xacts,
@@ -526,7 +593,7 @@ async def run_stack_phases(
         # The highest sustainable rate: a fixed rate under the flat-out one that keeps up (every
         # event audited within a second or 10% of the phase after the last send).
         flat = next(r for r in results if r.offered is None)
-        for share in (0.9, 0.75, 0.6, 0.45, 0.3):
+        for share in (0.9, 0.75, 0.6, 0.45, 0.3) if args.sustained else ():
             rate = max(1.0, round(flat.achieved * share, -1 if flat.achieved > 100 else 0))
             name = f"sust. {rate:,.0f}/s"
             events, known = make_events(f"s{len(results)}", int(rate * args.duration), args.review_share)
@@ -560,8 +627,9 @@ async def create_database(database_url: str) -> str:
 
 
 @contextlib.contextmanager
-def profiling(stack: DevStack, out: Path | None, seconds: int) -> Any:
-    """py-spy each service (an SVG flame graph and a speedscope file per service)."""
+def profiling(stack: DevStack, out: Path | None) -> Any:
+    """py-spy each service while the block runs (a speedscope file and raw folded stacks per
+    service); py-spy writes its output when interrupted, so the profile covers exactly the block."""
     if out is None:
         yield
         return
@@ -574,8 +642,6 @@ def profiling(stack: DevStack, out: Path | None, seconds: int) -> Any:
                 "record",
                 "--pid",
                 str(s.proc.pid),
-                "--duration",
-                str(seconds),
                 "--rate",
                 "100",
                 "--format",
@@ -588,15 +654,17 @@ def profiling(stack: DevStack, out: Path | None, seconds: int) -> Any:
             stderr=subprocess.DEVNULL,
         )
         for name, s in stack.services.items()
-        if name != "ingest"
+        if name != "ingest"  # the bench feeds crm.events directly
         for fmt, ext in (("speedscope", "json"), ("raw", "txt"))
     ]
     try:
         yield
     finally:
         for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
             try:
-                p.wait(seconds + 30)
+                p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
 
@@ -621,6 +689,13 @@ def ms3(values: list[float]) -> str:
     if not values:
         return "-"
     return " / ".join(f"{v * 1000:,.0f}" for v in (pct(values, 0.5), pct(values, 0.99), max(values)))
+
+
+def ms2(values: list[float]) -> str:
+    """p50 / p99 in milliseconds."""
+    if not values:
+        return "-"
+    return " / ".join(f"{v * 1000:,.0f}" for v in (pct(values, 0.5), pct(values, 0.99)))
 
 
 def report(raw: list[PhaseResult], e2e: list[PhaseResult]) -> None:
@@ -662,6 +737,14 @@ def report(raw: list[PhaseResult], e2e: list[PhaseResult]) -> None:
     print()
     print("latency, ms (p50 / p99 / max); auto-applied events, and reviewed ones from their approval")
     table(["phase", "chain", "in->audited", "in->executed", "executed->audited", "approved->audited"], rows)
+    print()
+    print("where an auto-applied event's time goes, ms (p50 / p99): each service's wait and handling,")
+    print("then its outbox relay (rest of the batch, commit, relay) to the broker")
+    stages = [stage for stage, _, _ in HOP_STAGES]
+    table(
+        ["phase", *stages],
+        [[s.name, *(ms2(s.latencies.get(f"hop {stage}", [])) for stage in stages)] for s in e2e],
+    )
     flat_raw = next(r for r in raw if r.name == "flat out")
     flat = next(s for s in e2e if s.name == "flat out")
     ratio = flat.achieved / flat_raw.achieved if flat_raw.achieved else 0.0
@@ -744,8 +827,7 @@ async def amain(args: argparse.Namespace) -> None:
         shares = ", ".join(f"{n} {m.stop() / args.idle_seconds:.0%}" for n, m in per_service.items())
         print(f"  idle: {idle_share:.0%} of a core ({shares})", flush=True)
         print("end to end", flush=True)
-        with profiling(stack, args.profile, args.profile_seconds):
-            e2e = await run_stack_phases(stack, owner_dsn, plan, args, pids)
+        e2e = await run_stack_phases(stack, owner_dsn, plan, args, pids)
         print(
             f"\n{datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, {os.cpu_count()} cores, "
             f"{psutil.virtual_memory().total / 2**30:.0f} GB; review share {args.review_share:.0%}; "
@@ -779,6 +861,12 @@ def main() -> None:
         "--review-share", type=float, default=0.05, help="share of events that wait for a reviewer"
     )
     parser.add_argument(
+        "--sustained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="search the highest sustainable rate after the flat-out phase",
+    )
+    parser.add_argument(
         "--drain-timeout", type=float, default=60, help="seconds a phase may take after its last send"
     )
     parser.add_argument("--idle-seconds", type=float, default=10, help="seconds the idle stack is measured")
@@ -787,8 +875,9 @@ def main() -> None:
     parser.add_argument(
         "--code", type=Path, help="run the services from this checkout (e.g. an export of main)"
     )
-    parser.add_argument("--profile", type=Path, help="py-spy every service into this directory")
-    parser.add_argument("--profile-seconds", type=int, default=60, help="how long py-spy records")
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy every service during each phase into DIR/<phase>/"
+    )
     asyncio.run(amain(parser.parse_args()))
 
 

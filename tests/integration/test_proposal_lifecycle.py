@@ -166,6 +166,23 @@ async def test_a_decided_proposal_is_not_reopened(
         assert await conn.fetchval("SELECT count(*) FROM detector_open_proposals WHERE record_id = 'r4'") == 0
 
 
+async def test_a_decided_proposal_is_not_raised_again_by_its_event_seen_again(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    """The same enrichment under a new envelope (a replay, a copy) after its proposal was decided:
+    the detector emits nothing and opens nothing (checked with the open proposals it replaces, in
+    one statement)."""
+    detector, lifecycle = parts
+    event = _enrichment("r6", "CTO")
+    await detector.handle(event)
+    [first] = await _emitted(pool, "proposal")
+    await lifecycle.on_decision(make_envelope(_decision(first, DecisionOutcome.REJECTED), service="r"))
+    await pool.execute("DELETE FROM changegate_outbox")
+    await detector.handle(make_envelope(event.payload, service="t"))
+    assert await _emitted(pool, "proposal") == []
+    assert await pool.fetchval("SELECT count(*) FROM detector_open_proposals WHERE record_id = 'r6'") == 0
+
+
 async def test_a_forged_decision_closes_nothing(
     parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
 ) -> None:

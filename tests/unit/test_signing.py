@@ -521,6 +521,9 @@ def test_the_forms_of_a_message_and_what_it_holds_are_their_canonical_json(
         assert whole == canonical_json.dumps(message.model_dump(mode="json"))
         for model in [message, *inside]:
             assert out[id(model)] == canonical(model)
+        outermost: dict[int, bytes] = {}
+        assert _forms(message, outermost, held=False) == b""  # not held: its whole form is not needed
+        assert outermost == out
 
 
 class _Counting:

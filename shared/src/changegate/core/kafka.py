@@ -518,9 +518,13 @@ class ConsumerLoop:
         subscriptions: Sequence[Subscription],
         producer: AIOKafkaProducer,
         stop: asyncio.Event,
+        committed: Callable[[], None] | None = None,
     ) -> None:
         self.group_id = group_id
         self.stop = stop
+        # Called when a batch's transaction has committed, before its offsets are (the outbox
+        # relay starts publishing what the batch wrote while the offsets go to the broker).
+        self.committed = committed or (lambda: None)
         self.ready = asyncio.Event()
         self.processor = MessageProcessor(settings, group_id, subscriptions, producer, stop)
         self.health = ConsumerHealth(group_id)
@@ -585,6 +589,7 @@ class ConsumerLoop:
         for topic, parts in batched.items():
             self._topic_in_hand = topic
             await self.processor.process_batch([r for records in parts.values() for r in records])
+            self.committed()
             await self._commit({tp: records[-1].offset + 1 for tp, records in parts.items()})
         for tp, records in batch.items():
             if self.processor.by_topic[tp.topic].batch_handler is not None:
@@ -598,6 +603,7 @@ class ConsumerLoop:
                 next_offset = record.offset + 1
                 self._uncommitted[tp] = next_offset
             if next_offset is not None:
+                self.committed()
                 await self._commit({tp: next_offset})
 
     async def _poll(self) -> dict[TopicPartition, list[Any]]:

@@ -34,6 +34,11 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_exponential_jitter
 
 log = get_logger(__name__)
 HEADER_OUTBOX_ID = "x-changegate-outbox-id"
+# Services whose outbox this process wrote to since its relay last looked: a consumer batch that
+# wrote wakes the relay as soon as its transaction commits (``OutboxRelay.nudge``), without waiting
+# for the NOTIFY round trip; NOTIFY and the poll stay for what this does not cover (another
+# replica's relay, writes outside a consumer batch).
+_written: set[str] = set()
 
 
 async def _done(value: object) -> object:
@@ -62,6 +67,7 @@ async def enqueue(conn: DbConn, service: str, topic: str, key: str | None, envel
         _headers(envelope),
     )
     await conn.execute("SELECT pg_notify($1, '')", _channel(service))  # delivered on commit
+    _written.add(service)
 
 
 async def enqueue_many(
@@ -83,6 +89,7 @@ async def enqueue_many(
         [json.dumps(_headers(env)) for _, _, env in messages],  # JSON text: nested lists read as 2-D arrays
     )
     await conn.execute("SELECT pg_notify($1, '')", _channel(service))
+    _written.add(service)
 
 
 class OutboxRelay:
@@ -140,6 +147,13 @@ class OutboxRelay:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
                 await conn.remove_listener(channel, wake)
+
+    def nudge(self) -> None:
+        """A transaction of this process committed: relay now if it wrote to this outbox (a write
+        rolled back costs one empty look)."""
+        if self.service in _written:
+            _written.discard(self.service)
+            self._wake.set()
 
     async def _sleep(self) -> None:
         stop = asyncio.ensure_future(self.stop.wait())

@@ -344,14 +344,23 @@ class Service(Generic[S]):
             workers = [*parts.workers, *parts.per_process]
             if role == "primary":
                 workers.append(parent_watch(runtime.stop))
+            relay = None
+            if self.outbox:
+                assert pool is not None, f"{self.name}: an outbox needs the database"
+                relay = OutboxRelay(pool, producer, self.name, runtime.stop)
+                workers.append(relay.run)
             for consumer in parts.consumers:
-                loop = ConsumerLoop(settings, consumer.group, consumer.subscriptions, producer, runtime.stop)
+                loop = ConsumerLoop(
+                    settings,
+                    consumer.group,
+                    consumer.subscriptions,
+                    producer,
+                    runtime.stop,
+                    committed=relay.nudge if relay else None,
+                )
                 parts.loops[consumer.group] = loop
                 runtime.checks[consumer.check] = loop.has_partitions
                 workers.append(loop.run)
-            if self.outbox:
-                assert pool is not None, f"{self.name}: an outbox needs the database"
-                workers.append(OutboxRelay(pool, producer, self.name, runtime.stop).run)
             await runtime.run(parts.app or runtime.app(), workers, sock)
         finally:
             for close in reversed(closers):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import secrets
 from collections.abc import Iterator
@@ -104,13 +105,16 @@ class SigningKey:
         public = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         return TrustedKey(signer=self.signer, public_key=_b64(public))
 
+    @functools.cached_property
+    def _public(self) -> bytes:
+        return self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
     def sign(self, model: Signed) -> Signed:
         forms: dict[int, bytes] = {}
-        _forms(model, forms)
+        _forms(model, forms, held=False)
         data = forms[id(model)]
         value = self.private.sign(data)
-        public = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        _remember(public, value, data)  # what this process signed needs no verifying here
+        _remember(self._public, value, data)  # what this process signed needs no verifying here
         signature = Signature(key_id=self.key_id, signer=self.signer, value=_b64(value))
         return model.model_copy(update={"signature": signature})
 
@@ -124,11 +128,12 @@ def canonical(model: BaseModel) -> bytes:
 _NESTED: dict[type[BaseModel], str] = {Execution: "decision", Decision: "proposal", ReviewRequest: "proposal"}
 
 
-def _forms(model: BaseModel, out: dict[int, bytes]) -> bytes:
+def _forms(model: BaseModel, out: dict[int, bytes], held: bool = True) -> bytes:
     """``canonical`` of ``model`` and of every signed model it holds, each serialised once: theirs go
     to ``out`` by id; the model's whole canonical JSON (signature included) is returned, for the
-    model that holds it. RFC 8785 serialises an object member independently of the object around
-    it, so a held model's JSON is put in its place in its holder's."""
+    model that holds it (``held``; else not serialised: empty). RFC 8785 serialises an object
+    member independently of the object around it, so a held model's JSON is put in its place in
+    its holder's."""
     nested = _NESTED.get(type(model))
     dumped = model.model_dump(mode="json", exclude={nested} if nested else None)
     marker = b""
@@ -139,12 +144,12 @@ def _forms(model: BaseModel, out: dict[int, bytes]) -> bytes:
         marker = f'"{token}"'.encode()
     signature = dumped.pop("signature", None)
     without = canonical_json.dumps(dumped)
+    out[id(model)] = without.replace(marker, inner, 1) if marker else without
+    if not held:
+        return b""
     dumped["signature"] = signature
     whole = canonical_json.dumps(dumped)
-    if marker:
-        without, whole = without.replace(marker, inner, 1), whole.replace(marker, inner, 1)
-    out[id(model)] = without
-    return whole
+    return whole.replace(marker, inner, 1) if marker else whole
 
 
 # Verified signatures: (public key, signature) -> sha256 of what it signs. A signature found here
@@ -263,7 +268,7 @@ class Verifier:
         if self._canonical:  # a model inside the message being checked
             yield
             return
-        _forms(model, self._canonical)
+        _forms(model, self._canonical, held=False)
         try:
             yield
         finally:

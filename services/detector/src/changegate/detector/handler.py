@@ -25,10 +25,9 @@ from changegate.detector.matching.normalize import identity_changed
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import (
     enqueue_retirements,
-    is_closed,
+    open_unless_decided,
     retire_merges_naming,
     retirement_messages,
-    supersede,
 )
 from prometheus_client import Counter, Histogram, Info
 
@@ -163,14 +162,14 @@ class Detector:
         (retiring what they supersede); they and the retirements join ``messages``."""
         emitted = []
         for proposal in proposals:
-            if await is_closed(conn, proposal.proposal_id):
+            proposal = reliability.calibrate(proposal, self.reliability)
+            proposal = self.signer.sign(proposal)  # policy and review-api refuse unsigned ones
+            retired = await open_unless_decided(conn, proposal)
+            if retired is None:
                 # Decided before (a replayed event; a rejected merge of the same records).
                 REDETECTED.labels(kind=proposal.kind.value).inc()
                 continue
-            proposal = reliability.calibrate(proposal, self.reliability)
-            proposal = self.signer.sign(proposal)  # policy and review-api refuse unsigned ones
             emitted.append(proposal)
-            retired = await supersede(conn, proposal, undecided=True)
             SUPERSEDED.inc(len(retired))
             messages.extend(retirement_messages(self.names, self.signer, proposal.record_id, retired))
             out = make_envelope(

@@ -59,43 +59,51 @@ async def supersede(conn: DbConn, proposal: Proposal, *, undecided: bool = False
     it names); return decisions retiring the older open proposals it replaces. A proposal already
     decided is not opened again (re-detection, a redelivered review request); ``undecided``: the
     caller checked that it is not."""
-    if not undecided and await is_closed(conn, proposal.proposal_id):
-        return []
+    return await open_unless_decided(conn, proposal, checked=undecided) or []
+
+
+async def open_unless_decided(
+    conn: DbConn, proposal: Proposal, *, checked: bool = False
+) -> list[Decision] | None:
+    """``supersede``, or None if ``proposal`` was decided before (``checked``: the caller knows it
+    was not). For a field update, whether it was decided, the open proposals it replaces and its
+    own opening are one statement (every part sees the table as it was before it)."""
     if proposal.kind is ProposalKind.MERGE:
+        if not checked and await is_closed(conn, proposal.proposal_id):
+            return None
         return await _supersede_merges(conn, proposal)
     fields = {c.field for c in proposal.changes}
     retired: dict[uuid.UUID, Proposal] = {}
     rows = await conn.fetch(
-        "SELECT proposal_id, proposal FROM detector_open_proposals"
+        "WITH d AS (SELECT $5::bool AND EXISTS"
+        " (SELECT 1 FROM detector_closed_proposals WHERE proposal_id = $4) AS decided),"
+        " old AS (SELECT proposal_id, proposal FROM detector_open_proposals"
         " WHERE object_type = $1 AND record_id = $2 AND field = ANY($3::text[]) AND proposal_id <> $4"
-        " FOR UPDATE",
+        " AND NOT (SELECT decided FROM d) FOR UPDATE),"
+        " opened AS (INSERT INTO detector_open_proposals (object_type, record_id, field, proposal_id,"
+        " proposal) SELECT $1, $2, f, $4, $6 FROM unnest($3::text[]) AS f WHERE NOT (SELECT decided FROM d)"
+        " ON CONFLICT (object_type, record_id, field) DO UPDATE"
+        " SET proposal_id = EXCLUDED.proposal_id, proposal = EXCLUDED.proposal)"
+        " SELECT d.decided, old.proposal_id, old.proposal FROM d LEFT JOIN old ON true",
         proposal.object_type.value,
         proposal.record_id,
         sorted(fields),
         proposal.proposal_id,
+        not checked,
+        proposal.model_dump(mode="json"),
     )
+    if rows[0]["decided"]:
+        return None
     for row in rows:
+        if row["proposal_id"] is None:
+            continue
         older = Proposal.model_validate(row["proposal"])
         # Only a proposal of the same kind whose every change the newer one covers is replaced;
-        # otherwise retiring it would drop a change nobody re-proposed.
+        # otherwise retiring it would drop a change nobody re-proposed. (Its rows were taken over
+        # by the newer one above; what closing it deletes is whatever else it held.)
         if older.kind is proposal.kind and {c.field for c in older.changes} <= fields:
             retired[older.proposal_id] = older
     await _close_superseded(conn, list(retired))
-    await conn.executemany(
-        "INSERT INTO detector_open_proposals (object_type, record_id, field, proposal_id, proposal)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (object_type, record_id, field) DO UPDATE"
-        " SET proposal_id = EXCLUDED.proposal_id, proposal = EXCLUDED.proposal",
-        [
-            (
-                proposal.object_type.value,
-                proposal.record_id,
-                f,
-                proposal.proposal_id,
-                proposal.model_dump(mode="json"),
-            )
-            for f in sorted(fields)
-        ],
-    )
     because = f"superseded by {proposal.proposal_id} (event {proposal.source.event_id})"
     return [_retirement(older, str(proposal.proposal_id), because) for older in retired.values()]
 
