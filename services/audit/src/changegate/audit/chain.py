@@ -119,6 +119,76 @@ def canonical_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.dumps(body)).hexdigest()
 
 
+# Member by member: an RFC 8785 object is "{", its members (sorted by key) joined by ",", "}", and
+# a member's text depends on its own value only. The keys are ASCII, so code-point order is JCS's
+# UTF-16 order.
+_ORDER = tuple(sorted(CHAIN_FIELDS))
+_ESCAPE = json.encoder.encode_basestring  # RFC 8785's string escapes (no ASCII escaping)
+
+
+def json_text(value: Any) -> str:
+    """One value's RFC 8785 text: the C escaper for strings, repr where Python and ECMAScript
+    print alike (as ``canonical_hash``), core.canonical for anything else."""
+    kind = type(value)
+    if kind is str:
+        return str(_ESCAPE(value))
+    if value is None:
+        return "null"
+    if (kind is int and -_SAFE < value < _SAFE) or (
+        kind is float and math.isfinite(value) and not value.is_integer() and abs(value) >= 1e-4
+    ):
+        return repr(value)
+    return canonical.dumps(value).decode()
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(varying: tuple[str, ...]) -> list[tuple[list[tuple[str, str]], str]]:
+    """The segments of a ``BodyTemplate``: each the shared members' (head, key) before a varying
+    member, then that member's head (the last: "}")."""
+    assert varying == tuple(k for k in _ORDER if k in varying), "varying fields in key order"
+    layout: list[tuple[list[tuple[str, str]], str]] = []
+    members: list[tuple[str, str]] = []
+    first = "{"
+    for n, key in enumerate(_ORDER):
+        head = f'{first if n == 0 else ","}"{key}":'
+        if key in varying:
+            layout.append((members, head))
+            members, first = [], ""
+        else:
+            members.append((head, key))
+    layout.append((members, "}"))
+    return layout
+
+
+class BodyTemplate:
+    """The canonical text of chain bodies sharing every field but ``varying`` (the rows of one
+    outcome): the shared members are serialised once, into the fixed segments between the varying
+    ones, so a row costs a few string joins and its hash."""
+
+    __slots__ = ("segments", "shared", "varying")
+
+    def __init__(self, shared: dict[str, Any], varying: tuple[str, ...]) -> None:
+        self.shared, self.varying = shared, varying
+        self.segments = [
+            "".join([head + json_text(shared[key]) for head, key in members]) + tail
+            for members, tail in _layout(varying)
+        ]
+
+    def text(self, values: tuple[Any, ...]) -> str:
+        """The canonical text of the body with ``values`` for the varying fields (in their order)."""
+        parts = [self.segments[0]]
+        for value, segment in zip(values, self.segments[1:], strict=True):
+            parts += (json_text(value), segment)
+        return "".join(parts)
+
+    def hash(self, values: tuple[Any, ...]) -> str:
+        try:
+            data = self.text(values).encode()
+        except UnicodeEncodeError:  # a lone surrogate: the reference refuses it, with its own error
+            data = canonical.dumps({**self.shared, **dict(zip(self.varying, values, strict=True))})
+        return hashlib.sha256(data).hexdigest()
+
+
 def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:
     """The hash of an entry in its JSON form (``AuditEntry.model_dump(mode="json")``: values as
     values), by the entry's hash version."""
