@@ -154,6 +154,36 @@ async def test_audit_log_is_append_only_and_tampering_is_detected(pool: asyncpg.
     assert "rows 5..5 are missing" in report.problems
 
 
+async def test_a_chain_checked_in_ranges_links_them_and_finds_what_lies_on_their_edges(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify checks ranges of seqs in parallel: a row missing at a range's start, a row altered at
+    another's end and the links between ranges are found as in one pass."""
+    from changegate.audit import chain
+
+    await migrate_core(pool)
+    await migrate(pool, "audit", "changegate.audit.migrations")
+    monkeypatch.setattr(chain, "_RANGE", 2)  # ranges (0, 2], (2, 4], (4, 6], (6, 8]
+    for i in range(4):
+        async with pool.acquire() as conn, conn.transaction():
+            await append_execution(conn, _execution(f"r{i}", {"jobtitle": f"T{i}", "city": "Oslo"}))
+    intact = await verify(pool)
+    assert (intact.ok, intact.rows, intact.head_seq) == (True, 8, 8)
+    assert (
+        await verify(pool, start=(3, await pool.fetchval("SELECT hash FROM audit_entries WHERE seq = 3")))
+    ).ok
+    await pool.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+    await pool.execute("DELETE FROM audit_entries WHERE seq = 3")
+    await pool.execute("UPDATE audit_entries SET new_value = '\"CEO\"' WHERE seq = 6")
+    report = await verify(pool)
+    assert report.problems == [
+        "rows 3..3 are missing",
+        "row 4: prev_hash does not link to the row before it",
+        "row 6: content does not match its hash (altered)",
+    ]
+    assert (report.rows, report.head_seq, report.head_hash) == (7, 8, intact.head_hash)
+
+
 async def test_the_audit_service_verifies_its_chain_and_says_so_in_metrics(pool: asyncpg.Pool) -> None:
     """What ChangegateAuditChainBroken reads: the problems the last scheduled verification found."""
     from changegate.audit.watch import ChainWatch

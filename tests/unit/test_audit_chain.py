@@ -455,8 +455,10 @@ def test_a_null_value_column_reads_as_null(two_field_execution: Execution) -> No
 
 # --- verification, on a log held by a fake connection ---------------------------------------------
 
-SELECT_ALL = "SELECT * FROM audit_entries WHERE seq > $1 ORDER BY seq LIMIT $2"
+SELECT_RANGE = "SELECT * FROM audit_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
 SELECT_HEAD = "SELECT hash FROM audit_entries WHERE seq = $1"
+SELECT_LAST = "SELECT max(seq) FROM audit_entries WHERE seq > $1"
+IN_SQL = "SELECT current_setting('server_encoding') = 'UTF8'"
 
 
 def _row(entry: AuditEntry) -> Any:
@@ -465,17 +467,24 @@ def _row(entry: AuditEntry) -> Any:
 
 
 class FakeLog:
-    """The two queries verify() makes, answered from rows in memory (any other query fails)."""
+    """The queries verify() makes when the database cannot check rows itself (an encoding other
+    than UTF-8: every row is recomputed in Python), answered from rows in memory (any other query
+    fails). The database's own check runs in tests/integration/test_audit_log.py."""
 
     def __init__(self, entries: list[AuditEntry]) -> None:
         self.rows = [_row(e) for e in entries]
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        assert query == SELECT_ALL
-        after, limit = args
-        return sorted((r for r in self.rows if r["seq"] > after), key=lambda r: int(r["seq"]))[:limit]
+        assert query == SELECT_RANGE
+        after, high, limit = args
+        rows = (r for r in self.rows if after < r["seq"] <= high)
+        return sorted(rows, key=lambda r: int(r["seq"]))[:limit]
 
     async def fetchval(self, query: str, *args: Any) -> Any:
+        if query == IN_SQL:
+            return False
+        if query == SELECT_LAST:
+            return max((r["seq"] for r in self.rows if r["seq"] > args[0]), default=None)
         assert query == SELECT_HEAD
         (seq,) = args
         return next((r["hash"] for r in self.rows if r["seq"] == seq), None)
