@@ -60,12 +60,14 @@ _TIME = TypeAdapter(AwareDatetime)
 _MINUTE = timedelta(minutes=1)
 
 
-@functools.lru_cache(maxsize=4096)  # the rows of one outcome share their times: format them once
 def json_time(value: datetime) -> str:
     """A time as the version 2 chain hashes it: in UTC, ``Z``, microseconds unless zero. Always
     UTC: PostgreSQL gives back UTC whatever offset a producer sent, so the form hashed at append
-    must be the one read back (equal instants give equal text, which the cache relies on)."""
-    return f"{value.astimezone(UTC).isoformat()[:-6]}Z"
+    must be the one read back. (Not cached: an outcome's rows share one conversion, and a cache
+    costs more than isoformat on the distinct times of a batch.)"""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return f"{value.isoformat()[:-6]}Z"
 
 
 def legacy_time(value: datetime) -> str:
@@ -142,45 +144,33 @@ def json_text(value: Any) -> str:
     return canonical.dumps(value).decode()
 
 
-@functools.lru_cache(maxsize=8)
-def _layout(varying: tuple[str, ...]) -> list[tuple[list[tuple[str, str]], str]]:
-    """The segments of a ``BodyTemplate``: each the shared members' (head, key) before a varying
-    member, then that member's head (the last: "}")."""
-    assert varying == tuple(k for k in _ORDER if k in varying), "varying fields in key order"
-    layout: list[tuple[list[tuple[str, str]], str]] = []
-    members: list[tuple[str, str]] = []
-    first = "{"
-    for n, key in enumerate(_ORDER):
-        head = f'{first if n == 0 else ","}"{key}":'
-        if key in varying:
-            layout.append((members, head))
-            members, first = [], ""
-        else:
-            members.append((head, key))
-    layout.append((members, "}"))
-    return layout
+# The body's text with a slot per member, in key order.
+_FORMAT = "{{" + ",".join(f'"{key}":{{}}' for key in _ORDER) + "}}"
+_SLOT = {key: n for n, key in enumerate(_ORDER)}
 
 
 class BodyTemplate:
     """The canonical text of chain bodies sharing every field but ``varying`` (the rows of one
-    outcome): the shared members are serialised once, into the fixed segments between the varying
-    ones, so a row costs a few string joins and its hash."""
+    outcome): the shared members are serialised once, a row adds its own into the same format."""
 
-    __slots__ = ("segments", "shared", "varying")
+    __slots__ = ("shared", "slots", "texts", "varying")
 
     def __init__(self, shared: dict[str, Any], varying: tuple[str, ...]) -> None:
         self.shared, self.varying = shared, varying
-        self.segments = [
-            "".join([head + json_text(shared[key]) for head, key in members]) + tail
-            for members, tail in _layout(varying)
-        ]
+        texts = [""] * len(_ORDER)
+        escape = _ESCAPE
+        for key, value in shared.items():
+            texts[_SLOT[key]] = escape(value) if type(value) is str else json_text(value)
+        self.texts, self.slots = texts, [_SLOT[key] for key in varying]
+        if len(shared) + len(varying) != len(_ORDER) or set(shared) & set(varying):
+            raise ValueError("the shared and varying fields must be the chain's, once each")
 
     def text(self, values: tuple[Any, ...]) -> str:
         """The canonical text of the body with ``values`` for the varying fields (in their order)."""
-        parts = [self.segments[0]]
-        for value, segment in zip(values, self.segments[1:], strict=True):
-            parts += (json_text(value), segment)
-        return "".join(parts)
+        texts = self.texts.copy()
+        for slot, value in zip(self.slots, values, strict=True):
+            texts[slot] = _ESCAPE(value) if type(value) is str else json_text(value)
+        return _FORMAT.format(*texts)
 
     def hash(self, values: tuple[Any, ...]) -> str:
         try:
@@ -369,18 +359,20 @@ async def verify(
     conn: Queryable,
     expect_head: tuple[int, str] | None = None,
     start: tuple[int, str] | None = None,
+    in_database: bool = True,
 ) -> VerifyReport:
     """Recompute the chain; report altered rows (hash mismatch) and missing ones (gaps, broken links).
 
-    From genesis, or from ``start`` (a seq and its hash already verified, e.g. a signed checkpoint):
-    the row after it must link to that hash. Rows removed from the end leave a shorter chain that is
-    still consistent: only a head recorded elsewhere (``expect_head``: a seq and its hash, e.g. a
-    checkpoint) reveals them. Given a pool, ranges of the log are checked on two connections at once."""
+        From genesis, or from ``start`` (a seq and its hash already verified, e.g. a signed checkpoint):
+        the row after it must link to that hash. Rows removed from the end leave a shorter chain that is
+        still consistent: only a head recorded elsewhere (``expect_head``: a seq and its hash, e.g. a
+        checkpoint) reveals them. Given a pool, ranges of the log are checked on two connections at once;
+    ``in_database=False`` recomputes every row in Python (what the database's check is measured against)."""
     problems: list[str] = []
     from_seq, prev_hash = start if start else (0, GENESIS)
     expected_seq, count = from_seq + 1, 0
     last = await conn.fetchval("SELECT max(seq) FROM audit_entries WHERE seq > $1", from_seq)
-    in_sql = await conn.fetchval("SELECT current_setting('server_encoding') = 'UTF8'")
+    in_sql = in_database and await conn.fetchval("SELECT current_setting('server_encoding') = 'UTF8'")
     bounds = list(range(from_seq, last or from_seq, _RANGE)) if last else []
     limit = asyncio.Semaphore(_WORKERS if isinstance(conn, asyncpg.Pool) else 1)
 
