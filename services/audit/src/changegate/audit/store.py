@@ -176,11 +176,9 @@ def _chained(outcome: Outcome, seq: int, prev_hash: str) -> Iterator[list[Any]]:
         "executed_at": json_time(outcome.executed_at) if outcome.executed_at else None,
     }
     template = BodyTemplate(shared, _ROW_FIELDS)
-    # The COPY takes ids and times as they are (the text forms above are what is hashed).
+    # The COPY takes times as they are (ids as text: asyncpg parses those in C, and reads a UUID's
+    # bytes through a Python property).
     native = shared | {
-        "proposal_id": proposal.proposal_id,
-        "decision_id": decision.decision_id,
-        "execution_id": outcome.execution_id,
         "proposed_at": proposal.proposed_at,
         "decided_at": decision.decided_at,
         "executed_at": outcome.executed_at,
