@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import struct
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from changegate.audit.chain import GENESIS, LEGACY_FIELDS, row_hash, verify
+import rfc8785
+from changegate.audit.chain import (
+    GENESIS,
+    LEGACY_FIELDS,
+    SQL_CANONICAL,
+    SQL_DOMAIN,
+    chain_body,
+    row_hash,
+    verify,
+)
 from changegate.audit.store import append_decisions, append_executions, record_decisions
 from changegate.core.contracts import (
     DecisionOutcome,
@@ -137,3 +148,98 @@ async def test_rows_written_before_the_migration_still_verify_and_the_chain_cont
     new = await pool.fetchrow("SELECT hash_version, prev_hash FROM audit_entries WHERE seq = 5")
     assert new is not None
     assert (new["hash_version"], new["prev_hash"]) == (2, prev)
+
+
+def _nasty_text(rng: random.Random) -> str:
+    alphabet = [chr(c) for c in range(1, 0xA0)] + list("éß€\u2028\u2029\ufeff\uffff😀𝄞中")
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+
+
+def _nasty_float(rng: random.Random) -> float:
+    pick = rng.random()
+    if pick < 0.3:
+        return rng.random()  # a confidence
+    if pick < 0.6:  # any double
+        return float(struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0])
+    return rng.choice(
+        [
+            *(0.0, -0.0, 1.0, 0.1, 1 / 3, 1e-4, 9.99e-5, 1e-5, 5e-324, 1e15 - 0.5, 1e15, 1e16, 2.5),
+            *(0.3, 1e21, float("nan"), float("inf"), -0.75, 123456789012345.6),
+        ]
+    )
+
+
+async def test_the_database_builds_the_chain_text_of_rfc8785_or_leaves_the_row_to_python(
+    pool: asyncpg.Pool,
+) -> None:
+    """verify lets PostgreSQL hash rows where its text is the chain's: on generated rows (every
+    control character, non-BMP text, any double, times from year 1 to 9999), the SQL text must be
+    rfc8785's bytes of the row's body wherever the database vouches for the row, and the rows it
+    cannot vouch for must be left to Python (NULL), never judged."""
+    await migrate_core(pool)
+    await migrate(pool, "audit", MIGRATIONS)
+    rng = random.Random(8785)
+    lowest, highest = datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+    def when() -> datetime | None:
+        if rng.random() < 0.1:
+            return None
+        at = lowest + (highest - lowest) * rng.random()
+        return at.replace(microsecond=0) if rng.random() < 0.3 else at
+
+    rows = []
+    for n in range(4000):
+        text = [_nasty_text(rng) if rng.random() > 0.1 else None for _ in range(14)]
+        rows.append(
+            (
+                rng.choice([n + 1, n + 1, n + 1, rng.randint(1, 2**53 - 1), 2**53, 2**62]),
+                rng.choice([2, 2, 2, 2, 2, 1]),
+                *text[:3],
+                *text[3:5],
+                rng.choice([None, None, None, rng.randint(-(2**60), 2**60), rng.randint(1, 2**53 - 1)]),
+                _nasty_float(rng),
+                *text[5:14],
+                uuid.uuid4(),
+                uuid.uuid4(),
+                rng.choice([None, uuid.uuid4()]),
+                when() or lowest,
+                when() or highest,
+                when(),
+            )
+        )
+    columns = (
+        "seq", "hash_version", "kind", "reason", "proposed_value", "object_type", "record_id",
+        "reverts_seq", "confidence", "field", "previous_value", "new_value", "source_system",
+        "source_event_id", "detector", "mode", "approver", "policy_version", "proposal_id",
+        "decision_id", "execution_id", "proposed_at", "decided_at", "executed_at",
+    )  # fmt: skip
+    async with pool.acquire() as conn:
+        await conn.execute("SET TimeZone = 'Asia/Kathmandu'")  # the text must not depend on it
+        # Shaped like the log, without its NOT NULL constraints (the text must hold for nulls too).
+        await conn.execute("CREATE TEMP TABLE generated AS SELECT * FROM audit_entries WITH NO DATA")
+        fixed = {"policy_hash": None, "rule_id": None, "decider": None, "prev_hash": "", "hash": ""}
+        await conn.copy_records_to_table(
+            "generated",
+            columns=[*columns, *fixed],
+            records=[(*r, *fixed.values()) for r in rows],
+        )
+        async with conn.transaction():
+            await conn.execute("SET LOCAL extra_float_digits = 1")
+            checked = await conn.fetch(
+                f"SELECT *, {SQL_CANONICAL} AS text, {SQL_DOMAIN} AS vouched FROM generated"
+            )
+    vouched = left = 0
+    for row in checked:
+        try:
+            expected = rfc8785.dumps(chain_body(row)).decode()
+        except (rfc8785.CanonicalizationError, ValueError, OverflowError):
+            # JCS refuses the row (an integer beyond 2**53, NaN) or Python cannot write its time
+            # (year 1 or 9999 shifted out of range): never vouched for.
+            expected = None
+        if row["vouched"]:  # JCS-refused rows (expected None) must never be among these
+            vouched += 1
+            assert row["text"] == expected, dict(row)
+        else:
+            left += 1
+    assert vouched > 500  # both paths are taken
+    assert left > 500

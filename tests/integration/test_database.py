@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from changegate.audit.chain import verify
+from changegate.audit.chain import canonical_hash, verify
 from changegate.audit.store import append_execution
 from changegate.core import outbox
 from changegate.core.contracts import (
@@ -32,7 +32,7 @@ from changegate.core.kafka import make_producer
 from changegate.core.outbox import OutboxRelay
 from changegate.core.serde import decode, encode
 from changegate.core.settings import CommonSettings
-from helpers import created, read_topic
+from helpers import created, read_topic, signing_key, verifier
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -154,9 +154,43 @@ async def test_audit_log_is_append_only_and_tampering_is_detected(pool: asyncpg.
     assert "rows 5..5 are missing" in report.problems
 
 
+async def test_a_chain_checked_in_ranges_links_them_and_finds_what_lies_on_their_edges(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify checks ranges of seqs in parallel: a row missing at a range's start, a row altered at
+    another's end and the links between ranges are found as in one pass."""
+    from changegate.audit import chain
+
+    await migrate_core(pool)
+    await migrate(pool, "audit", "changegate.audit.migrations")
+    monkeypatch.setattr(chain, "_RANGE", 2)  # ranges (0, 2], (2, 4], (4, 6], (6, 8]
+    for i in range(4):
+        async with pool.acquire() as conn, conn.transaction():
+            await append_execution(conn, _execution(f"r{i}", {"jobtitle": f"T{i}", "city": "Oslo"}))
+    intact = await verify(pool)
+    assert (intact.ok, intact.rows, intact.head_seq) == (True, 8, 8)
+    assert (
+        await verify(pool, start=(3, await pool.fetchval("SELECT hash FROM audit_entries WHERE seq = 3")))
+    ).ok
+    await pool.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+    await pool.execute("DELETE FROM audit_entries WHERE seq = 3")
+    await pool.execute("UPDATE audit_entries SET new_value = '\"CEO\"' WHERE seq = 6")
+    report = await verify(pool)
+    assert report.problems == [
+        "rows 3..3 are missing",
+        "row 4: prev_hash does not link to the row before it",
+        "row 6: content does not match its hash (altered)",
+    ]
+    assert (report.rows, report.head_seq, report.head_hash) == (7, 8, intact.head_hash)
+
+
 async def test_the_audit_service_verifies_its_chain_and_says_so_in_metrics(pool: asyncpg.Pool) -> None:
-    """What ChangegateAuditChainBroken reads: the problems the last scheduled verification found."""
+    """What ChangegateAuditChainBroken reads: the problems the last scheduled verification found.
+    A round checks the signed checkpoints and recomputes only the rows after the latest."""
+    from changegate.audit.chain import chain_body, json_text
+    from changegate.audit.checkpoints import sign_head
     from changegate.audit.watch import ChainWatch
+    from changegate.core.topics import TopicNames
     from prometheus_client import REGISTRY
 
     await migrate_core(pool)
@@ -164,7 +198,7 @@ async def test_the_audit_service_verifies_its_chain_and_says_so_in_metrics(pool:
     for i in range(2):
         async with pool.acquire() as conn, conn.transaction():
             await append_execution(conn, _execution(f"w{i}", {"jobtitle": f"T{i}"}))
-    watch = ChainWatch(pool, 3600, asyncio.Event())
+    watch = ChainWatch(pool, verifier(), 3600, asyncio.Event())
     broken_before = (
         REGISTRY.get_sample_value("changegate_audit_chain_verifications_total", {"result": "broken"}) or 0
     )
@@ -174,12 +208,36 @@ async def test_the_audit_service_verifies_its_chain_and_says_so_in_metrics(pool:
     verified_at = REGISTRY.get_sample_value("changegate_audit_chain_last_verification_timestamp_seconds")
     assert verified_at is not None
     assert abs(verified_at - time.time()) < 60
+    checkpoint, _ = await sign_head(pool, signing_key("audit"), TopicNames("watch."))
+    assert checkpoint is not None
+    assert checkpoint.seq == 2
+    async with pool.acquire() as conn, conn.transaction():
+        await append_execution(conn, _execution("w2", {"jobtitle": "T2"}))
+    assert await watch.once()
+    assert REGISTRY.get_sample_value("changegate_audit_chain_rows") == 1  # after the checkpoint only
     await pool.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
-    await pool.execute("UPDATE audit_entries SET new_value = '\"CEO\"' WHERE seq = 1")
+    await pool.execute("UPDATE audit_entries SET new_value = '\"CEO\"' WHERE seq = 3")
     assert not await watch.once()
     assert REGISTRY.get_sample_value("changegate_audit_chain_problems") == 1
+    # The owner rewrites row 1 and recomputes every hash after it: the checkpoint no longer matches.
+    prev = ""
+    for row in await pool.fetch("SELECT * FROM audit_entries ORDER BY seq"):
+        body = chain_body(row) | {"prev_hash": prev}
+        if row["seq"] == 1:
+            body["new_value"] = json_text("CEO")
+        digest = canonical_hash(body)
+        await pool.execute(
+            "UPDATE audit_entries SET new_value = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
+            row["seq"],
+            body["new_value"],
+            prev,
+            digest,
+        )
+        prev = digest
+    assert not await watch.once()
+    assert REGISTRY.get_sample_value("changegate_audit_chain_problems") == 1  # the checkpoint at 2
     broken = REGISTRY.get_sample_value("changegate_audit_chain_verifications_total", {"result": "broken"})
-    assert broken == broken_before + 1
+    assert broken == broken_before + 2
 
 
 async def test_audit_values_survive_the_database_round_trip(pool: asyncpg.Pool) -> None:

@@ -17,6 +17,7 @@ from changegate.audit.chain import (
     GENESIS,
     LEGACY_FIELDS,
     VALUE_COLUMNS,
+    BodyTemplate,
     VerifyReport,
     canonical_hash,
     entry_hash,
@@ -454,8 +455,10 @@ def test_a_null_value_column_reads_as_null(two_field_execution: Execution) -> No
 
 # --- verification, on a log held by a fake connection ---------------------------------------------
 
-SELECT_ALL = "SELECT * FROM audit_entries WHERE seq > $1 ORDER BY seq LIMIT $2"
+SELECT_RANGE = "SELECT * FROM audit_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3"
 SELECT_HEAD = "SELECT hash FROM audit_entries WHERE seq = $1"
+SELECT_LAST = "SELECT max(seq) FROM audit_entries WHERE seq > $1"
+IN_SQL = "SELECT current_setting('server_encoding') = 'UTF8'"
 
 
 def _row(entry: AuditEntry) -> Any:
@@ -464,17 +467,24 @@ def _row(entry: AuditEntry) -> Any:
 
 
 class FakeLog:
-    """The two queries verify() makes, answered from rows in memory (any other query fails)."""
+    """The queries verify() makes when the database cannot check rows itself (an encoding other
+    than UTF-8: every row is recomputed in Python), answered from rows in memory (any other query
+    fails). The database's own check runs in tests/integration/test_audit_log.py."""
 
     def __init__(self, entries: list[AuditEntry]) -> None:
         self.rows = [_row(e) for e in entries]
 
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
-        assert query == SELECT_ALL
-        after, limit = args
-        return sorted((r for r in self.rows if r["seq"] > after), key=lambda r: int(r["seq"]))[:limit]
+        assert query == SELECT_RANGE
+        after, high, limit = args
+        rows = (r for r in self.rows if after < r["seq"] <= high)
+        return sorted(rows, key=lambda r: int(r["seq"]))[:limit]
 
     async def fetchval(self, query: str, *args: Any) -> Any:
+        if query == IN_SQL:
+            return False
+        if query == SELECT_LAST:
+            return max((r["seq"] for r in self.rows if r["seq"] > args[0]), default=None)
         assert query == SELECT_HEAD
         (seq,) = args
         return next((r["hash"] for r in self.rows if r["seq"] == seq), None)
@@ -648,3 +658,29 @@ def test_the_chain_hash_is_sha256_of_rfc8785_whatever_the_values(body: dict[str,
     except rfc8785.CanonicalizationError:
         return  # what JCS refuses (NaN, an integer beyond 2**53) the chain never holds
     assert canonical_hash(body) == expected
+
+
+_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.lists(st.integers(), max_size=2)
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.fixed_dictionaries({k: _VALUES for k in CHAIN_FIELDS}), st.sets(st.sampled_from(CHAIN_FIELDS)))
+def test_a_body_template_gives_rfc8785_bytes_whatever_the_values(
+    body: dict[str, Any], varying: set[str]
+) -> None:
+    """The append path serialises the members a row shares once and the row's own between them:
+    the hash must be sha256 of RFC 8785's bytes of the whole body, whichever members vary."""
+    try:
+        expected = hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+    except rfc8785.CanonicalizationError:
+        return  # what JCS refuses (NaN, an integer beyond 2**53) the chain never holds
+    order = tuple(sorted(varying))
+    template = BodyTemplate({k: v for k, v in body.items() if k not in varying}, order)
+    assert template.hash(tuple(body[k] for k in order)) == expected

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from changegate.audit import checkpoints, query, revert
-from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
+from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry
 from changegate.core.auth import Reviewer, UnscopedViewer
 from changegate.core.contracts import AuditCheckpoint, AuditEntry, AuditMode, Proposal
 from changegate.core.contracts.crm_event import ObjectType
@@ -163,19 +163,17 @@ class VerifyResult(BaseModel):
 
 
 async def verify_result(request: Request, head: str | None, from_genesis: bool) -> dict[str, Any]:
-    """Every checkpoint (signature, and its row's hash), then the rows: from genesis, or from the
-    latest checkpoint that passed (incremental: rows before it were verified when it was signed)."""
-    pool = request.app.state.pool
-    marks, good = await checkpoints.check_checkpoints(pool, request.app.state.verifier)
-    start = None if from_genesis or good is None else (good.seq, good.hash)
-    report = await verify(pool, parse_head(head) if head else None, start)
-    problems = marks.problems + report.problems
+    """Every checkpoint, then the rows from genesis or from the latest checkpoint that passed."""
+    checked = await checkpoints.verify_chain(
+        request.app.state.pool, request.app.state.verifier, parse_head(head) if head else None, from_genesis
+    )
+    report = checked.rows
     return {
-        "ok": not problems,
+        "ok": checked.ok,
         "rows": report.rows,
         "from_seq": report.from_seq,
-        "checkpoints": marks.checked,
-        "problems": problems,
+        "checkpoints": checked.marks.checked,
+        "problems": checked.problems,
         "head": {"seq": report.head_seq, "hash": report.head_hash},
     }
 

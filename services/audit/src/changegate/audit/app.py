@@ -188,7 +188,7 @@ async def setup(ctx: Context[AuditSettings]) -> Parts:
         app=app,
         workers=[
             checkpointer.run,
-            ChainWatch(ctx.pool, ctx.settings.audit_verify_interval_seconds, ctx.runtime.stop).run,
+            ChainWatch(ctx.pool, verifier, ctx.settings.audit_verify_interval_seconds, ctx.runtime.stop).run,
         ],
     )
 

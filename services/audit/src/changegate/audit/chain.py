@@ -8,6 +8,7 @@ Version 1 (rows written before): sha256 over ``json.dumps(sort_keys=True)`` of t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -15,7 +16,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import asyncpg
 from changegate.core import canonical
 from changegate.core.contracts import AuditEntry
-from changegate.core.db import Queryable
+from changegate.core.db import DbConn, Queryable
 from pydantic import AwareDatetime, TypeAdapter
 
 GENESIS = ""
@@ -59,12 +60,14 @@ _TIME = TypeAdapter(AwareDatetime)
 _MINUTE = timedelta(minutes=1)
 
 
-@functools.lru_cache(maxsize=4096)  # the rows of one outcome share their times: format them once
 def json_time(value: datetime) -> str:
     """A time as the version 2 chain hashes it: in UTC, ``Z``, microseconds unless zero. Always
     UTC: PostgreSQL gives back UTC whatever offset a producer sent, so the form hashed at append
-    must be the one read back (equal instants give equal text, which the cache relies on)."""
-    return f"{value.astimezone(UTC).isoformat()[:-6]}Z"
+    must be the one read back. (Not cached: an outcome's rows share one conversion, and a cache
+    costs more than isoformat on the distinct times of a batch.)"""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return f"{value.isoformat()[:-6]}Z"
 
 
 def legacy_time(value: datetime) -> str:
@@ -117,6 +120,64 @@ def canonical_hash(body: dict[str, Any]) -> str:
         except UnicodeEncodeError:  # a lone surrogate: the reference refuses it, with its own error
             pass
     return hashlib.sha256(canonical.dumps(body)).hexdigest()
+
+
+# Member by member: an RFC 8785 object is "{", its members (sorted by key) joined by ",", "}", and
+# a member's text depends on its own value only. The keys are ASCII, so code-point order is JCS's
+# UTF-16 order.
+_ORDER = tuple(sorted(CHAIN_FIELDS))
+_ESCAPE = json.encoder.encode_basestring  # RFC 8785's string escapes (no ASCII escaping)
+
+
+def json_text(value: Any) -> str:
+    """One value's RFC 8785 text: the C escaper for strings, repr where Python and ECMAScript
+    print alike (as ``canonical_hash``), core.canonical for anything else."""
+    kind = type(value)
+    if kind is str:
+        return str(_ESCAPE(value))
+    if value is None:
+        return "null"
+    if (kind is int and -_SAFE < value < _SAFE) or (
+        kind is float and math.isfinite(value) and not value.is_integer() and abs(value) >= 1e-4
+    ):
+        return repr(value)
+    return canonical.dumps(value).decode()
+
+
+# The body's text with a slot per member, in key order.
+_FORMAT = "{{" + ",".join(f'"{key}":{{}}' for key in _ORDER) + "}}"
+_SLOT = {key: n for n, key in enumerate(_ORDER)}
+
+
+class BodyTemplate:
+    """The canonical text of chain bodies sharing every field but ``varying`` (the rows of one
+    outcome): the shared members are serialised once, a row adds its own into the same format."""
+
+    __slots__ = ("shared", "slots", "texts", "varying")
+
+    def __init__(self, shared: dict[str, Any], varying: tuple[str, ...]) -> None:
+        self.shared, self.varying = shared, varying
+        texts = [""] * len(_ORDER)
+        escape = _ESCAPE
+        for key, value in shared.items():
+            texts[_SLOT[key]] = escape(value) if type(value) is str else json_text(value)
+        self.texts, self.slots = texts, [_SLOT[key] for key in varying]
+        if len(shared) + len(varying) != len(_ORDER) or set(shared) & set(varying):
+            raise ValueError("the shared and varying fields must be the chain's, once each")
+
+    def text(self, values: tuple[Any, ...]) -> str:
+        """The canonical text of the body with ``values`` for the varying fields (in their order)."""
+        texts = self.texts.copy()
+        for slot, value in zip(self.slots, values, strict=True):
+            texts[slot] = _ESCAPE(value) if type(value) is str else json_text(value)
+        return _FORMAT.format(*texts)
+
+    def hash(self, values: tuple[Any, ...]) -> str:
+        try:
+            data = self.text(values).encode()
+        except UnicodeEncodeError:  # a lone surrogate: the reference refuses it, with its own error
+            data = canonical.dumps({**self.shared, **dict(zip(self.varying, values, strict=True))})
+        return hashlib.sha256(data).hexdigest()
 
 
 def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:
@@ -189,45 +250,159 @@ class VerifyReport:
     from_seq: int = 0  # verified from after this row (0: from genesis)
 
 
-_SCAN = 20_000  # rows a verify reads at a time
+_SCAN = 20_000  # rows a verify reads at a time (rows the database could not check)
+_RANGE = 50_000  # seqs the database checks per statement
+_WORKERS = 2  # statements at a time (given a pool): the database checks on as many cores
 
 
-async def _rows(conn: Queryable, after: int) -> AsyncIterator[list[asyncpg.Record]]:
-    while True:
-        rows = await conn.fetch(
-            "SELECT * FROM audit_entries WHERE seq > $1 ORDER BY seq LIMIT $2", after, _SCAN
+# The database recomputes version 2 hashes itself (sha256 over the same RFC 8785 text, built in
+# SQL) where its text forms are provably those of the chain; every other row (version 1, or a
+# value outside those forms) and every row whose hash the database finds wrong is recomputed here
+# in Python, whose answer counts. A test compares the SQL text with ``rfc8785`` on generated rows.
+def _sql_member(column: str) -> str:
+    if column in ("seq", "hash_version", "reverts_seq"):
+        return f"coalesce({column}::text, 'null')"
+    if column == "confidence":  # shortest round-trip digits (extra_float_digits = 1)
+        return f"{column}::text"
+    if column in UUID_COLUMNS:  # lower-case, hyphenated: as Python's str(uuid)
+        return f"""coalesce('"' || {column}::text || '"', 'null')"""
+    if column in TIME_COLUMNS:  # json_time: UTC, Z, microseconds unless zero
+        return (
+            f"""coalesce('"' || replace(to_char({column} AT TIME ZONE 'UTC',"""
+            f""" 'YYYY-MM-DD"T"HH24:MI:SS.US'), '.000000', '') || 'Z"', 'null')"""
         )
-        if not rows:
-            return
-        yield rows
-        after = rows[-1]["seq"]
+    return f"coalesce(to_json({column})::text, 'null')"  # the escapes of RFC 8785 (and _ESCAPE)
+
+
+_SQL_BODY = " || ".join(
+    [f"""'{"{" if n == 0 else ","}"{key}":' || {_sql_member(key)}""" for n, key in enumerate(_ORDER)]
+    + ["'}'"]
+)
+# Where the SQL text is the chain's: integers JCS accepts, confidences that PostgreSQL and
+# ECMAScript print alike (fixed notation between 1e-4 and 1e15, or exactly 0 or 1), times in
+# years 2 to 9998 (clear of the ends of Python's range); anything else is left to Python (the answer is NULL).
+_SQL_TIME_OK = " AND ".join(
+    f"({c} IS NULL OR ({c} >= '0002-01-01 00:00:00+00' AND {c} < '9999-01-01 00:00:00+00'))"
+    for c in TIME_COLUMNS
+)
+_SQL_DOMAIN = (
+    "hash_version = 2 AND seq < 9007199254740992"
+    " AND (reverts_seq IS NULL OR reverts_seq BETWEEN -9007199254740991 AND 9007199254740991)"
+    " AND (confidence::text IN ('0', '1') OR (abs(confidence) >= 1e-4 AND abs(confidence) < 1e15"
+    f" AND confidence <> trunc(confidence))) AND {_SQL_TIME_OK}"
+)
+# What tests compare with rfc8785: the body's text, and where the database may vouch for it.
+SQL_CANONICAL, SQL_DOMAIN = _SQL_BODY, _SQL_DOMAIN
+_CHECK = f"""
+SELECT seq, hash, prev_hash, before_seq, before_hash, after_seq, ok FROM (
+    SELECT seq, hash, prev_hash,
+           lag(seq) OVER w AS before_seq, lag(hash) OVER w AS before_hash, lead(seq) OVER w AS after_seq,
+           CASE WHEN {_SQL_DOMAIN}
+                THEN encode(sha256(convert_to({_SQL_BODY}, 'UTF8')), 'hex') = hash END AS ok
+    FROM audit_entries WHERE seq > $1 AND seq <= $2
+    WINDOW w AS (ORDER BY seq)
+) r
+WHERE ok IS NOT TRUE OR before_seq IS NULL OR after_seq IS NULL
+      OR seq <> before_seq + 1 OR prev_hash <> before_hash
+ORDER BY seq
+"""
+_COUNT = "SELECT count(*) FROM audit_entries WHERE seq > $1 AND seq <= $2"
+
+
+@dataclass(frozen=True)
+class _Range:
+    rows: int
+    # Records or mappings: first and last rows, breaks, and rows the database did not vouch for.
+    marks: Sequence[Any]
+    altered: set[int]  # seqs Python recomputed and found not matching their hash
+
+
+async def _check_range(conn: Queryable, low: int, high: int, in_sql: bool) -> _Range:
+    """Rows low < seq <= high: links and gaps inside the range, and each row's hash."""
+    if in_sql:
+        async with _connection(conn) as c, c.transaction():
+            await c.execute("SET LOCAL extra_float_digits = 1")
+            found: list[asyncpg.Record] = await c.fetch(_CHECK, low, high)
+            rows = await c.fetchval(_COUNT, low, high)
+        doubtful = [m["seq"] for m in found if m["ok"] is not True]
+        altered = set()
+        for at in range(0, len(doubtful), _SCAN):
+            for row in await conn.fetch(
+                "SELECT * FROM audit_entries WHERE seq = ANY($1::bigint[])", doubtful[at : at + _SCAN]
+            ):
+                if row_hash(row) != row["hash"]:
+                    altered.add(row["seq"])
+        return _Range(rows, found, altered)
+    marks: list[Mapping[str, Any]] = []
+    altered, count, after = set(), 0, low
+    while rows := await conn.fetch(
+        "SELECT * FROM audit_entries WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3", after, high, _SCAN
+    ):
+        for row in rows:  # every row is a mark: the links are checked by the caller
+            if row_hash(row) != row["hash"]:
+                altered.add(row["seq"])
+        marks += [{**dict(r.items()), "before_seq": None} for r in rows]
+        count, after = count + len(rows), rows[-1]["seq"]
+    return _Range(count, marks, altered)
+
+
+@contextlib.asynccontextmanager
+async def _connection(conn: Queryable) -> AsyncIterator[DbConn]:
+    if isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as acquired:
+            yield acquired
+    else:
+        yield conn
 
 
 async def verify(
     conn: Queryable,
     expect_head: tuple[int, str] | None = None,
     start: tuple[int, str] | None = None,
+    in_database: bool = True,
 ) -> VerifyReport:
     """Recompute the chain; report altered rows (hash mismatch) and missing ones (gaps, broken links).
 
-    From genesis, or from ``start`` (a seq and its hash already verified, e.g. a signed checkpoint):
-    the row after it must link to that hash. Rows removed from the end leave a shorter chain that is
-    still consistent: only a head recorded elsewhere (``expect_head``: a seq and its hash, e.g. a
-    checkpoint) reveals them."""
+        From genesis, or from ``start`` (a seq and its hash already verified, e.g. a signed checkpoint):
+        the row after it must link to that hash. Rows removed from the end leave a shorter chain that is
+        still consistent: only a head recorded elsewhere (``expect_head``: a seq and its hash, e.g. a
+        checkpoint) reveals them. Given a pool, ranges of the log are checked on two connections at once;
+    ``in_database=False`` recomputes every row in Python (what the database's check is measured against)."""
     problems: list[str] = []
     from_seq, prev_hash = start if start else (0, GENESIS)
     expected_seq, count = from_seq + 1, 0
-    async for rows in _rows(conn, from_seq):
-        for row in rows:
-            count += 1
-            seq = row["seq"]
-            if seq != expected_seq:
-                problems.append(f"rows {expected_seq}..{seq - 1} are missing")
-            if row["prev_hash"] != prev_hash:
-                problems.append(f"row {seq}: prev_hash does not link to the row before it")
-            if row_hash(row) != row["hash"]:
-                problems.append(f"row {seq}: content does not match its hash (altered)")
-            prev_hash, expected_seq = row["hash"], seq + 1
+    last = await conn.fetchval("SELECT max(seq) FROM audit_entries WHERE seq > $1", from_seq)
+    in_sql = in_database and await conn.fetchval("SELECT current_setting('server_encoding') = 'UTF8'")
+    bounds = list(range(from_seq, last or from_seq, _RANGE)) if last else []
+    limit = asyncio.Semaphore(_WORKERS if isinstance(conn, asyncpg.Pool) else 1)
+
+    async def check(low: int) -> _Range:
+        async with limit:
+            return await _check_range(conn, low, min(low + _RANGE, last), in_sql)
+
+    tasks = [asyncio.ensure_future(check(low)) for low in bounds]
+    try:
+        for task in tasks:  # in order: the ranges are linked one to the next here
+            checked = await task
+            count += checked.rows
+            for mark in checked.marks:
+                seq = mark["seq"]
+                before = (
+                    (expected_seq - 1, prev_hash)
+                    if mark["before_seq"] is None
+                    else (mark["before_seq"], mark["before_hash"])
+                )
+                if seq != before[0] + 1:
+                    problems.append(f"rows {before[0] + 1}..{seq - 1} are missing")
+                if mark["prev_hash"] != before[1]:
+                    problems.append(f"row {seq}: prev_hash does not link to the row before it")
+                if seq in checked.altered:
+                    problems.append(f"row {seq}: content does not match its hash (altered)")
+                prev_hash, expected_seq = mark["hash"], seq + 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     if start is not None:
         at = await conn.fetchval("SELECT hash FROM audit_entries WHERE seq = $1", from_seq)
         if at != start[1]:

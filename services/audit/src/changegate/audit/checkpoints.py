@@ -106,6 +106,32 @@ async def check_checkpoints(
     return CheckpointReport(not problems, len(rows), problems), good
 
 
+@dataclass(frozen=True)
+class ChainReport:
+    """The checkpoints, then the rows after the latest good one (or every row)."""
+
+    marks: CheckpointReport
+    rows: VerifyReport
+
+    @property
+    def problems(self) -> list[str]:
+        return self.marks.problems + self.rows.problems
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+async def verify_chain(
+    pool: asyncpg.Pool, verifier: Verifier, head: tuple[int, str] | None = None, from_genesis: bool = False
+) -> ChainReport:
+    """Every checkpoint (signature, and its row's hash), then the rows: from genesis, or from the
+    latest checkpoint that passed (incremental: rows before it were verified when it was signed)."""
+    marks, good = await check_checkpoints(pool, verifier)
+    start = None if from_genesis or good is None else (good.seq, good.hash)
+    return ChainReport(marks, await verify(pool, head, start))
+
+
 class Checkpointer:
     """Signs the head every ``every`` new rows or, when rows came since, every ``seconds``."""
 

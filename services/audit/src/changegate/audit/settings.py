@@ -12,5 +12,7 @@ class AuditSettings(CommonSettings, AuthSettings):
         60.0, gt=0, le=86_400, description="and at least this often (seconds) while rows arrive"
     )
     audit_verify_interval_seconds: float = Field(
-        900, gt=0, description="how often the service verifies the whole hash chain (metrics, alerts)"
+        900,
+        gt=0,
+        description="how often the service verifies the chain from its checkpoints (metrics, alerts)",
     )

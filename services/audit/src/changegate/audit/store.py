@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from changegate.audit.chain import GENESIS, HASH_VERSION, VALUE_COLUMNS, canonical_hash, json_time
+from changegate.audit.chain import GENESIS, HASH_VERSION, VALUE_COLUMNS, BodyTemplate, json_time
 from changegate.core.contracts import (
     AuditEntry,
     AuditMode,
@@ -137,10 +137,15 @@ def _reverts(proposal: Proposal) -> int | None:
     return seq if type(seq) is int and 0 < seq <= MAX_BIGINT else None
 
 
+# What differs between the rows of one outcome (in key order, as BodyTemplate takes them).
+_ROW_FIELDS = ("field", "new_value", "prev_hash", "previous_value", "proposed_value", "seq")
+_AT = {name: _COLUMNS.index(name) for name in _ROW_FIELDS}
+
+
 def _chained(outcome: Outcome, seq: int, prev_hash: str) -> Iterator[list[Any]]:
     """An outcome's rows (values in ``_COLUMNS`` order, value columns as the JSON text the database
-    keeps), hash-chained from ``prev_hash``. Built without a model per row: the columns the rows
-    share are serialised once; each row's chain body is theirs with the field's own."""
+    keeps), hash-chained from ``prev_hash``. Built without a model or a dict per row: the members
+    the rows share are serialised once (``BodyTemplate``); a row adds its own and its hash."""
     decision = outcome.decision
     proposal = decision.proposal
     by = decision.decided_by
@@ -170,28 +175,26 @@ def _chained(outcome: Outcome, seq: int, prev_hash: str) -> Iterator[list[Any]]:
         "decided_at": json_time(decision.decided_at),
         "executed_at": json_time(outcome.executed_at) if outcome.executed_at else None,
     }
-    native = {
-        "proposal_id": proposal.proposal_id,
-        "decision_id": decision.decision_id,
-        "execution_id": outcome.execution_id,
+    template = BodyTemplate(shared, _ROW_FIELDS)
+    # The COPY takes times as they are (ids as text: asyncpg parses those in C, and reads a UUID's
+    # bytes through a Python property).
+    native = shared | {
         "proposed_at": proposal.proposed_at,
         "decided_at": decision.decided_at,
         "executed_at": outcome.executed_at,
     }
+    base = [native.get(c) for c in _COLUMNS]
+    dumps = json.dumps
     for seq_n, (field, previous, new) in enumerate(outcome.fields, seq):
-        body = shared.copy()
         # Values are JSON scalars: their text is what the database keeps and the chain hashes.
-        body.update(
-            seq=seq_n,
-            field=field,
-            previous_value=json.dumps(previous),
-            new_value=json.dumps(new),
-            proposed_value=json.dumps(proposed.get(field)),
-            prev_hash=prev_hash,
-        )
-        digest = canonical_hash(body)
-        body.update(native, hash=digest)
-        yield [body[c] for c in _COLUMNS]
+        new_text, previous_text = dumps(new), dumps(previous)
+        proposed_text = dumps(proposed.get(field))
+        digest = template.hash((field, new_text, prev_hash, previous_text, proposed_text, seq_n))
+        row = base.copy()
+        row[_AT["field"]], row[_AT["new_value"]], row[_AT["prev_hash"]] = field, new_text, prev_hash
+        row[_AT["previous_value"]], row[_AT["proposed_value"]] = previous_text, proposed_text
+        row[_AT["seq"]], row[_HASH] = seq_n, digest
+        yield row
         prev_hash = digest
 
 

@@ -1,5 +1,11 @@
 """The audit service verifies its own hash chain on a schedule and says so in metrics, so an altered
-or missing row pages someone (ChangegateAuditChainBroken) instead of waiting for an audit."""
+or missing row pages someone (ChangegateAuditChainBroken) instead of waiting for an audit.
+
+Each round checks every signed checkpoint (signature, and that its row still carries its hash) and
+the rows after the latest good one, as ``GET /v1/audit/verify`` does: a chain rewritten and
+recomputed breaks a checkpoint; rows before the latest checkpoint were verified when it was signed.
+A row changed without recomputing the rest is found by a verify from genesis (the API's
+``?from=genesis``, ``changegate audit verify``)."""
 
 from __future__ import annotations
 
@@ -8,15 +14,20 @@ import contextlib
 import time
 
 import asyncpg
-from changegate.audit.chain import verify
+from changegate.audit.checkpoints import verify_chain
 from changegate.core.logging import get_logger
+from changegate.core.signing import Verifier
 from prometheus_client import Counter, Gauge
 
 log = get_logger(__name__)
 PROBLEMS = Gauge(
-    "changegate_audit_chain_problems", "Rows altered or missing that the last verification of the chain found"
+    "changegate_audit_chain_problems",
+    "Rows altered or missing and checkpoints not matching that the last verification of the chain found",
 )
-ROWS = Gauge("changegate_audit_chain_rows", "Rows the last verification of the chain checked")
+ROWS = Gauge(
+    "changegate_audit_chain_rows",
+    "Rows the last verification of the chain recomputed (after the latest checkpoint)",
+)
 LAST_VERIFIED = Gauge(
     "changegate_audit_chain_last_verification_timestamp_seconds",
     "When the last verification of the chain finished (Unix time)",
@@ -28,25 +39,31 @@ SECONDS = Gauge("changegate_audit_chain_verification_duration_seconds", "How lon
 
 
 class ChainWatch:
-    """Verify the whole chain every ``interval`` seconds (the first at start), until ``stop``."""
+    """Verify the chain from its checkpoints every ``interval`` seconds (the first at start), until
+    ``stop``."""
 
-    def __init__(self, pool: asyncpg.Pool, interval: float, stop: asyncio.Event) -> None:
-        self.pool, self.interval, self.stop = pool, interval, stop
+    def __init__(self, pool: asyncpg.Pool, verifier: Verifier, interval: float, stop: asyncio.Event) -> None:
+        self.pool, self.verifier, self.interval, self.stop = pool, verifier, interval, stop
 
     async def once(self) -> bool:
         started = time.perf_counter()
-        async with self.pool.acquire() as conn:
-            report = await verify(conn)
+        report = await verify_chain(self.pool, self.verifier)
         elapsed = time.perf_counter() - started
         PROBLEMS.set(len(report.problems))
-        ROWS.set(report.rows)
+        ROWS.set(report.rows.rows)
         SECONDS.set(elapsed)
         LAST_VERIFIED.set(time.time())
         VERIFICATIONS.labels(result="intact" if report.ok else "broken").inc()
         if report.ok:
-            log.info("audit chain verified", rows=report.rows, seconds=round(elapsed, 3))
+            log.info(
+                "audit chain verified",
+                rows=report.rows.rows,
+                from_seq=report.rows.from_seq,
+                checkpoints=report.marks.checked,
+                seconds=round(elapsed, 3),
+            )
         else:
-            log.error("AUDIT CHAIN BROKEN", rows=report.rows, problems=report.problems[:20])
+            log.error("AUDIT CHAIN BROKEN", rows=report.rows.rows, problems=report.problems[:20])
         return report.ok
 
     async def run(self) -> None:
