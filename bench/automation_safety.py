@@ -11,15 +11,25 @@ the real detector and policy services, each its own process on the embedded brok
    else corrected. ``reliability.learn`` turns those decisions into a reliability table — the
    production path of ``changegate detector calibrate``. The thresholds the tuning part supports
    (the lowest confidence above every wrong low-risk proposal of its shape, with the table) are
-   printed: this is where the shipped policy's thresholds were chosen.
+   printed: this is where the shipped policy's thresholds were chosen. Then the *level* of the
+   evidence floor (the lower credible bound each proposal states, which the policy's
+   ``min_confidence_bound`` gates on) is checked out of sample on the tuning part alone: its
+   records are split in two folds, a table learnt from one fold calibrates the other's proposals
+   (both ways), and the shipped policy routes them. A cell learnt from few decisions can be right
+   by luck in-sample; cross-fitting shows what that costs. The rule: the conventional 95% (the
+   detector's default), or the next stricter candidate whose cross-fitted auto-applies are wrong
+   at most once in 1,000; the table the held-out part is calibrated with has the level it
+   chooses. ``--tuning-only`` stops here.
 2. **Held-out part**: other records, the same world; the detector runs with the tuning part's table,
    the policy is the shipped one. Nothing is chosen here. Printed, per kind and overall:
    automation (the share of right low-risk changes auto-applied), wrong auto-applies (count and
    share of what was auto-applied, with the expected count the confidences themselves promise),
    review load (items sent to review per 1,000 events), and per detector the expected calibration
    error (10 equal bins) with its reliability table. Beside them, from the same held-out proposals
-   in the same run: *before* (the policy of 2026-12-01.1 on the detectors' prior confidences, as
-   the code stood before calibration) and *priors* (the shipped policy on prior confidences).
+   in the same run: *mean* (the shipped policy on the learnt confidences without the evidence
+   floor: each cell trusted at its posterior mean, as the policy stood before 2026-12-04.2),
+   *before* (the policy of 2026-12-01.1 on the detectors' prior confidences, as the code stood
+   before calibration) and *priors* (the shipped policy on prior confidences).
 
 **Low-risk** are the changes the mission lets a policy apply by itself when confident, and the
 field-risk table allows: an empty field filled by enrichment, a lifecycle stage on a defined event,
@@ -28,7 +38,10 @@ always go to a human under the default policy; the right ones among them are cou
 
 Targets (held-out): 0 wrong auto-applies at >= 60% automation; ECE <= 0.05 per detector.
 
-    .venv/bin/python bench/automation_safety.py [--seed 23] [--scale 1.0] [--policy FILE]
+    .venv/bin/python bench/automation_safety.py [--seed 2412] [--scale 1.0] [--policy FILE]
+
+The default seed, 2412, was picked before the evidence floor was evaluated on any held-out part;
+seed 23's held-out part was seen while building the bench (reported beside it, labelled so).
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import sys
 import tempfile
 import time
 import uuid
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -230,19 +244,29 @@ def reviewers_decide(proposal: Proposal, right: bool, truth: labelled_stream.Tru
     )
 
 
-def learn_table(run: Run, seed: int) -> reliability.ReliabilityTable:
+def learn_table(
+    run: Run, seed: int, level: float = reliability.DEFAULT_LEVEL, fold: int | None = None
+) -> reliability.ReliabilityTable:
+    """The table reviewers' decisions on the tuning part teach (``fold``: only the proposals not
+    in that fold, for cross-fitting)."""
     observed = []
     for proposal in run.proposals.values():
         right = run.part.truth.judge(proposal)
-        if right is not None:
+        if right is not None and (fold is None or fold_of(proposal) != fold):
             observed += reliability.observations(reviewers_decide(proposal, right, run.part.truth))
     return reliability.learn(
         observed,
-        version=f"bench-seed{seed}-tuning",
+        version=f"bench-seed{seed}-tuning" + ("" if fold is None else f"-without-fold{fold}"),
         learned_from=f"automation_safety bench, seed {seed}: the tuning part's {len(run.proposals)} "
         "proposals, decided by the truth",
         learned_at=utcnow(),
+        level=level,
     )
+
+
+def fold_of(proposal: Proposal) -> int:
+    """Two folds by record: a record's proposals stay together."""
+    return zlib.crc32(proposal.record_id.encode()) % 2
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -328,15 +352,24 @@ def items_of(run: Run) -> tuple[list[Item], int]:
 
 
 def rerouted(items: list[Item], policy: Policy, confidence: str) -> list[Item]:
-    """The same proposals under ``policy``, with their prior (``confidence='prior'``) or their own
-    confidence: what the services would have done (the engine is the service's own)."""
+    """The same proposals under ``policy``: with their prior (``confidence='prior'``), or their own
+    confidence without the evidence floor (``'mean'``: no bound stated, so each is held to its
+    confidence): what the services would have done (the engine is the service's own)."""
     out = []
     for item in items:
-        p = item.proposal
+        p = _without_bound(item.proposal)
         if confidence == "prior":
             p = p.model_copy(update={"confidence": prior_of(p)})
         out.append(Item(p, policy.evaluate(p).action.value, item.right))
     return out
+
+
+def _without_bound(proposal: Proposal) -> Proposal:
+    raw = proposal.evidence.get(reliability.BASIS)
+    if not isinstance(raw, dict) or "lower_bound" not in raw:
+        return proposal
+    said = {k: v for k, v in raw.items() if k not in ("lower_bound", "level")}
+    return proposal.model_copy(update={"evidence": {**proposal.evidence, reliability.BASIS: said}})
 
 
 CANDIDATES = (0.95, 0.98, 0.99, 0.995, 0.999)
@@ -397,7 +430,75 @@ def print_thresholds(rows: dict[float, dict[str, tuple[int, int, int]]], shipped
     )
     for rule in shipped.document.rules:
         if rule.action is Action.AUTO_APPLY:
-            print(f"    {rule.id:<24} min_confidence {rule.when.min_confidence}")
+            print(
+                f"    {rule.id:<24} min_confidence {rule.when.min_confidence}"
+                f" min_confidence_bound {rule.when.min_confidence_bound}"
+            )
+
+
+LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)  # 0.5: the bound is about the median, near the mean
+
+
+@dataclass
+class LevelFigures:
+    auto: int = 0
+    wrong: int = 0
+    auto_right: int = 0
+    low_risk_right: int = 0
+
+
+def tuning_levels(run: Run, seed: int, shipped: Policy) -> dict[float, tuple[LevelFigures, LevelFigures]]:
+    """Per candidate level, on the tuning part only, the shipped policy's routes: cross-fitted
+    (each fold calibrated by a table learnt from the other) and in-sample (the whole part's table,
+    what the held-out part is calibrated with)."""
+    labelled = [(p, r) for p in run.proposals.values() if (r := run.part.truth.judge(p)) is not None]
+    out = {}
+    for level in LEVELS:
+        tables = {f: learn_table(run, seed, level, fold=f) for f in (0, 1)}
+        whole = learn_table(run, seed, level)
+        cross, inside = LevelFigures(), LevelFigures()
+        for proposal, right in labelled:
+            start = _uncalibrated(proposal)
+            low = shape(proposal) is not None
+            for f, table in ((cross, tables[fold_of(proposal)]), (inside, whole)):
+                routed = shipped.evaluate(reliability.calibrate(start, table)).action is Action.AUTO_APPLY
+                f.low_risk_right += low and right
+                f.auto += routed
+                f.wrong += routed and not right
+                f.auto_right += routed and low and right
+        out[level] = (cross, inside)
+    return out
+
+
+def print_levels(rows: dict[float, tuple[LevelFigures, LevelFigures]]) -> float | None:
+    print(
+        "\nthe evidence floor's level on the tuning part (shipped policy): cross-fitted (2 folds by"
+        " record, each calibrated by the other's table) and in-sample (the whole part's table)"
+    )
+    print(
+        f"  {'level':<7}{'cross: auto':>12}{'wrong':>7}{'automation':>11}"
+        f"{'in-sample: auto':>17}{'automation':>11}"
+    )
+    for level, (cross, inside) in rows.items():
+        print(
+            f"  {level:<7}{cross.auto:>12,}{cross.wrong:>7}{cross.auto_right / cross.low_risk_right:>11.1%}"
+            f"{inside.auto:>17,}{inside.auto_right / inside.low_risk_right:>11.1%}"
+        )
+    # The level is a statement of risk: 95% by convention. The tuning part must confirm it (its
+    # cross-fitted auto-applies wrong at most once in 1,000, the thresholds' rule); else the next
+    # stricter candidate that does. The automation target is reported, never traded for it.
+    ok = [
+        level
+        for level, (cross, _) in rows.items()
+        if level >= reliability.DEFAULT_LEVEL and cross.wrong <= MAX_WRONG_RATE * cross.auto
+    ]
+    chosen = min(ok) if ok else None
+    print(
+        f"  the rule (the conventional {reliability.DEFAULT_LEVEL:.0%}, or the next stricter level whose"
+        f" cross-fitted auto-applies are wrong at most once in {1 / MAX_WRONG_RATE:,.0f}) chooses {chosen};"
+        f" the detector's default level is {reliability.DEFAULT_LEVEL}"
+    )
+    return chosen
 
 
 # -- printing --------------------------------------------------------------------------------------
@@ -456,8 +557,8 @@ def print_wrong_auto_applies(items: list[Item], table: reliability.ReliabilityTa
             for c, n in zip(cells, counts, strict=True)
         )
         print(
-            f"  {item.kind} confidence {item.proposal.confidence:.4f}"
-            f" prior {prior_of(item.proposal):.3f}: {held}"
+            f"  {item.kind} confidence {item.proposal.confidence:.4f} lower bound"
+            f" {said.get('lower_bound', '-')} prior {prior_of(item.proposal):.3f}: {held}"
         )
 
 
@@ -496,10 +597,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seed", type=int, default=23, help="the world: sources, records, events")
+    parser.add_argument(
+        "--seed", type=int, default=2412, help="the world: sources, records, events (23: already seen)"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="size of each part (1: ~20k events)")
     parser.add_argument("--policy", type=Path, default=None, help="policy file (default: the shipped one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, table)")
+    parser.add_argument(
+        "--tuning-only", action="store_true", help="stop after the tuning part (thresholds, level)"
+    )
     args = parser.parse_args()
     shipped = Policy.load(args.policy)
     world = World(args.seed, args.scale)
@@ -521,11 +627,19 @@ def main() -> None:
             f"tuning part: {len(tune.proposals):,} proposals in {tune.seconds:.0f} s"
             " (detector without a table)"
         )
-        table = learn_table(tune, args.seed)
+        print_thresholds(tuning_thresholds(tune, learn_table(tune, args.seed)), shipped)
+        chosen = print_levels(tuning_levels(tune, args.seed, shipped))
+        if args.tuning_only:
+            ok = True
+            return
+        level = chosen if chosen is not None else max(LEVELS)
+        table = learn_table(tune, args.seed, level)
         table_file = workdir / "reliability.json"
         table_file.write_text(table.model_dump_json(indent=1))
-        print(f"reliability table learnt from the tuning part: {len(table.cells)} cells")
-        print_thresholds(tuning_thresholds(tune, table), shipped)
+        print(
+            f"reliability table learnt from the tuning part: {len(table.cells)} cells, level {level}"
+            + ("" if chosen is not None else " (no level met the rule: the strictest)")
+        )
         held = asyncio.run(run_part(held_out, workdir, bootstrap, server_url, table_file))
         print(
             f"held-out part: {len(held.proposals):,} proposals in {held.seconds:.0f} s"
@@ -534,15 +648,16 @@ def main() -> None:
         items, unlabelled = items_of(held)
         superseded = sum(1 for a, _ in held.routes.values() if a == "superseded")
         print(f"  {unlabelled} proposals without a label, {superseded} superseded before routing (left out)")
+        mean = rerouted(items, shipped, "mean")
         before = rerouted(items, Policy.load(BEFORE_POLICY), "prior")
         priors = rerouted(items, shipped, "prior")
         events = len(held_out.events)
         after = figures(items)
         print_figures(
-            f"held-out, {events:,} events: after = shipped policy with learnt confidences"
-            " (the services' routes);"
+            f"held-out, {events:,} events: after = shipped policy with learnt confidences and their"
+            " evidence floor (the services' routes); mean = the same without the floor;"
             " priors = shipped policy, prior confidences; before = policy 2026-12-01.1, prior confidences",
-            {"after": after, "priors": figures(priors), "before": figures(before)},
+            {"after": after, "mean": figures(mean), "priors": figures(priors), "before": figures(before)},
             events,
         )
         print(

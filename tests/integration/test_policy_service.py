@@ -143,7 +143,7 @@ async def test_five_kinds_are_routed_to_the_right_topics_and_edits_apply_without
     # Edit the file: email results now all go to review. The switch is picked up without restart.
     service.policy_file.write_text(
         service.policy_file.read_text()
-        .replace('version: "2026-12-04.1"', 'version: "edited"')
+        .replace('version: "2026-12-04.2"', 'version: "edited"')
         .replace(
             "action: auto_apply\n  - id: email-risky-review", "action: review\n  - id: email-risky-review"
         )
@@ -159,7 +159,7 @@ async def test_five_kinds_are_routed_to_the_right_topics_and_edits_apply_without
         recorded = await conn.fetch("SELECT version, policy_hash, content FROM changegate_policy_versions")
     finally:
         await conn.close()
-    assert {r["version"] for r in recorded} == {"2026-12-04.1", "edited"}
+    assert {r["version"] for r in recorded} == {"2026-12-04.2", "edited"}
     edited = next(r for r in recorded if r["version"] == "edited")
     assert edited["content"] == service.policy_file.read_text()
     assert edited["policy_hash"] == Policy.load(service.policy_file).content_hash
@@ -200,7 +200,7 @@ async def test_a_broken_edit_is_refused_and_the_policy_in_force_stays(
         what="the refusal in the log",
     )
     assert "rule 'yolo': would auto-apply merge, owner_reassignment" in service.log.read_text()
-    assert await service.metric("changegate_policy_info", version="2026-12-04.1") == 1
+    assert await service.metric("changegate_policy_info", version="2026-12-04.2") == 1
     merge = next(p for p in sample_proposals(200, seed=13) if p.kind is ProposalKind.MERGE)
     await _propose(settings, [merge])
     routed = await eventually(lambda: asyncio.sleep(0, _routed(outputs)), lambda r: len(r) == 1, what="merge")
@@ -261,7 +261,8 @@ async def test_a_shadow_candidate_is_recorded_never_acted_on_compared_with_human
     candidate_file = tmp_path / "candidate.yaml"
     candidate_file.write_text(
         live.content.replace(f'version: "{live.version}"', 'version: "candidate-1"').replace(
-            "previous_empty: true, min_confidence: 0.98", "previous_empty: true, min_confidence: 0.6"
+            "previous_empty: true, min_confidence: 0.98, min_confidence_bound: 0.98",
+            "previous_empty: true, min_confidence: 0.6",
         )
     )
     candidate = Policy.load(candidate_file)
@@ -401,7 +402,7 @@ async def test_the_shadow_setting_runs_a_candidate_from_start(
 ) -> None:
     candidate_file = tmp_path / "candidate.yaml"
     candidate_file.write_text(
-        DEFAULT_POLICY.read_text().replace('version: "2026-12-04.1"', 'version: "set-2"')
+        DEFAULT_POLICY.read_text().replace('version: "2026-12-04.2"', 'version: "set-2"')
     )
     env = {"CHANGEGATE_SHADOW_POLICY_FILE": str(candidate_file), "CHANGEGATE_POLICY_POLL_SECONDS": "0.2"}
     with service_process("changegate.policy", settings, free_port(), tmp_path / "p.log", **env) as svc:

@@ -175,7 +175,12 @@ def test_calibrate_learns_a_table_from_human_decisions_the_detector_loads(
     assert "decisions.jsonl:5: not JSON" in result.output
     assert "decisions.jsonl:6: not a decision" in result.output
     table = reliability.load(out)
-    assert (table.version, table.prior_weight, table.prior_cap) == ("v7", 20.0, 0.9)
+    assert (table.version, table.prior_weight, table.prior_cap, table.level) == ("v7", 20.0, 0.9, 0.95)
     assert table.cells == {cell: reliability.CellCounts(approved=2, corrected=1)}
     assert table.learned_from == "3 human decisions of 4 read from decisions.jsonl"
     assert DetectorSettings(reliability_file=out).reliability_file == out
+    stricter = CliRunner().invoke(
+        app, ["detector", "calibrate", "--from", str(source), "--out", str(out), "--level", "0.99"]
+    )
+    assert stricter.exit_code == 0, stricter.output
+    assert reliability.load(out).level == 0.99

@@ -25,7 +25,7 @@ def proposals_file(tmp_path: Path) -> Path:
 def test_check_accepts_the_default_policy() -> None:
     result = runner.invoke(app, ["check", str(DEFAULT_POLICY)])
     assert result.exit_code == 0, result.output
-    assert "valid — version 2026-12-04.1, 9 rules, default review" in result.output
+    assert "valid — version 2026-12-04.2, 9 rules, default review" in result.output
 
 
 def test_check_refuses_an_unsafe_policy_naming_the_rule(tmp_path: Path) -> None:
@@ -73,7 +73,8 @@ def test_simulation_counts_every_route_and_the_changes(proposals_file: Path, tmp
     current = Policy.load()
     looser = Policy.parse(
         DEFAULT_POLICY.read_bytes().replace(
-            b"previous_empty: true, min_confidence: 0.98", b"previous_empty: true, min_confidence: 0.6"
+            b"previous_empty: true, min_confidence: 0.98, min_confidence_bound: 0.98",
+            b"previous_empty: true, min_confidence: 0.6",
         ),
         "l",
     )
@@ -99,12 +100,13 @@ def test_simulate_command_prints_shares_and_changes(proposals_file: Path, tmp_pa
     edited = tmp_path / "edited.yaml"
     edited.write_text(
         DEFAULT_POLICY.read_text().replace(
-            "previous_empty: true, min_confidence: 0.98", "previous_empty: true, min_confidence: 0.6"
+            "previous_empty: true, min_confidence: 0.98, min_confidence_bound: 0.98",
+            "previous_empty: true, min_confidence: 0.6",
         )
     )
     result = runner.invoke(app, ["simulate", str(edited), "--from", str(proposals_file)])
     assert result.exit_code == 0, result.output
-    assert "500 proposals under 2026-12-04.1" in result.output
+    assert "500 proposals under 2026-12-04.2" in result.output
     assert "skipped line 11: not a proposal" in result.output
     assert "change route" in result.output
 

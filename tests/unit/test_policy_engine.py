@@ -26,7 +26,7 @@ def _yaml(rules: str, *, version: str = "test-1", default: str = "review") -> by
 
 def test_default_policy_is_the_packaged_file(policy: Policy) -> None:
     assert policy.source == str(DEFAULT_POLICY)
-    assert policy.version == "2026-12-04.1"
+    assert policy.version == "2026-12-04.2"
     assert policy.content_hash == hashlib.sha256(DEFAULT_POLICY.read_bytes()).hexdigest()
     assert policy.content == DEFAULT_POLICY.read_text()  # what the policy service records
     assert policy.document.default is Action.REVIEW
@@ -194,6 +194,51 @@ def test_auto_apply_explanation_names_rule_and_confidence_comparison(
 ) -> None:
     route = policy.evaluate(make_proposal(confidence=0.993))
     assert route.explanation == "auto-applied: rule enrichment-fill-empty, confidence 0.99 ≥ 0.98"
+
+
+def _with_bound(p: Proposal, bound: object) -> Proposal:
+    basis = {"cells": [], "prior": 0.9, "prior_from": "source_claim", "lower_bound": bound, "level": 0.95}
+    return p.model_copy(update={"evidence": {**p.evidence, "confidence_basis": basis}})
+
+
+def test_auto_apply_needs_the_evidence_floor_not_only_the_mean(
+    policy: Policy, make_proposal: Callable[..., Proposal]
+) -> None:
+    """A mean of 0.984 learnt from 102 decisions clears min_confidence, not min_confidence_bound:
+    review; with evidence enough, auto-apply, and the explanation names the bound."""
+    lucky = _with_bound(make_proposal(confidence=0.984), 0.961)
+    route = policy.evaluate(lucky)
+    assert (route.action, route.rule_id) == (Action.REVIEW, "enrichment-review")
+    rule = next(r for r in policy.document.rules if r.id == "enrichment-fill-empty")
+    assert rule.when.mismatches(lucky) == ["confidence's lower bound 0.961 < 0.980"]
+    enough = policy.evaluate(_with_bound(make_proposal(confidence=0.99), 0.9812))
+    assert enough.action is Action.AUTO_APPLY
+    assert enough.explanation == (
+        "auto-applied: rule enrichment-fill-empty, confidence 0.99 ≥ 0.98, lower bound 0.981 ≥ 0.98"
+    )
+
+
+@pytest.mark.parametrize("bound", [1.5, -0.1, "0.99", True, None, float("nan")])
+def test_a_bound_that_is_not_a_probability_never_clears_the_floor(
+    policy: Policy, make_proposal: Callable[..., Proposal], bound: object
+) -> None:
+    assert policy.evaluate(_with_bound(make_proposal(confidence=0.999), bound)).action is Action.REVIEW
+
+
+def test_a_bound_above_the_confidence_counts_as_the_confidence(
+    make_proposal: Callable[..., Proposal],
+) -> None:
+    floor_only = Policy.parse(
+        _yaml(
+            "  - id: a\n    when: {kind: [field_update], min_confidence_bound: 0.98}\n"
+            "    action: auto_apply\n"
+        ),
+        "t",
+    )
+    assert floor_only.evaluate(_with_bound(make_proposal(confidence=0.97), 0.99)).action is Action.REVIEW
+    # a proposal that states no bound (no reliability table) is held to its confidence
+    assert floor_only.evaluate(make_proposal(confidence=0.99)).action is Action.AUTO_APPLY
+    assert floor_only.evaluate(make_proposal(confidence=0.97)).action is Action.REVIEW
 
 
 def test_review_explanation_names_the_rule(policy: Policy, make_proposal: Callable[..., Proposal]) -> None:

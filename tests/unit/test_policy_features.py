@@ -270,6 +270,27 @@ rules:
     ]
 
 
+def test_an_evidence_floor_narrows_a_rule_as_a_threshold_does() -> None:
+    policy = _policy("""
+rules:
+  - id: floor
+    when: {kind: [field_update], min_confidence_bound: 0.9}
+    action: review
+  - id: higher-floor
+    when: {kind: [field_update], min_confidence_bound: 0.95}
+    action: review
+  - id: lower-floor
+    when: {kind: [field_update], min_confidence_bound: 0.5}
+    action: review
+  - id: no-floor
+    when: {kind: [field_update]}
+    action: review
+""")
+    assert policy.warnings == [
+        "rule 'higher-floor' can never match: rule 'floor' before it matches every proposal it would",
+    ]
+
+
 def test_the_default_policy_has_no_shadowed_rules() -> None:
     assert Policy.load().warnings == []
 

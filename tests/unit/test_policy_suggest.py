@@ -89,3 +89,45 @@ def test_a_suggestion_to_auto_apply_merges_is_refused_by_the_guardrails_and_left
     written = Policy.parse(text.encode(), "cand")
     assert "merge-always-review-suggested-auto" not in {r.id for r in written.document.rules}
     assert "enrichment-review-suggested-auto" in {r.id for r in written.document.rules}
+
+
+def test_what_the_default_route_sent_to_review_is_suggested_per_kind_after_every_rule() -> None:
+    policy = Policy.parse(
+        b"""version: p-1
+default: review
+rules:
+  - id: merge-always-review
+    when: {kind: [merge]}
+    action: review
+  - id: fill-review
+    when: {kind: [field_update], previous_empty: true}
+    action: review
+""",
+        "p",
+    )
+    decided = [
+        *_decided("default", "field_update", 150, 0.96),  # overwrites: no rule matched them
+        *_decided("default", "owner_reassignment", 300, 0.99),
+        *_decided("default", "lifecycle_transition", 150, 0.97, "rejected"),
+    ]
+    table = by_band(decided)
+    assert table[("default (field_update)", "0.95-0.97")].approved == 150
+    found = suggest(policy, decided, days=30)
+    assert [(s.rule, s.kind, s.threshold) for s in found] == [
+        ("default", "field_update", 0.95),
+        ("default", "owner_reassignment", 0.99),
+    ]
+    assert found[0].evidence.startswith("the default route for field_update: 150 of 150 approved unchanged")
+    text, checked = candidate(policy, found, "cand-3")
+    owner = next(s for s in checked if s.kind == "owner_reassignment")
+    assert owner.refused is not None
+    assert "would auto-apply owner_reassignment" in owner.refused
+    written = Policy.parse(text.encode(), "cand")
+    last = written.document.rules[-1]
+    assert (last.id, last.action, last.when.kind, last.when.min_confidence) == (
+        "default-field-update-suggested-auto",
+        Action.AUTO_APPLY,
+        ["field_update"],
+        0.95,
+    )
+    assert [r.id for r in written.document.rules[:-1]] == ["merge-always-review", "fill-review"]

@@ -4,6 +4,7 @@ proposals alike (the reliability table), and what a proposal says about it."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from changegate.detector.reliability import (
 )
 from changegate.detector.settings import DetectorSettings
 from pydantic import ValidationError
+from scipy.special import betaincinv
 
 JOBTITLE = "enrichment|contact|clay|jobtitle|fill|claim-0.9-0.95"
 CITY = "enrichment|contact|clay|city|fill|claim-0.9-0.95"
@@ -122,10 +124,15 @@ def test_reviewers_decisions_move_the_confidence_from_the_prior_to_their_rate(
     assert calibrated.confidence == round((20 * 0.93 + 412) / (20 + 425), 4) == 0.9676
     assert calibrated.rationale.endswith(
         "(confidence 0.97: reviewers approved 412 of 425 proposals alike unchanged "
-        "(starting from the source's own claim 0.93))"
+        "(starting from the source's own claim 0.93); trusted at 0.952, the 95% lower credible bound"
+        " of 425 reviewer outcomes)"
     )
     said = calibrated.evidence[BASIS]
     assert (said["method"], said["table"], said["prior_weight"]) == ("reviewer_outcomes", "t1", 20)
+    # the bound: the beta posterior's 5% quantile, rounded down (a bound never rounds up)
+    exact = betaincinv(20 * 0.93 + 412, 20 * 0.07 + 13, 0.05)
+    assert said["lower_bound"] == math.floor(exact * 10_000) / 10_000 == 0.9527
+    assert said["level"] == 0.95
     # rejected cells pull it down, whatever the source claims
     low = ReliabilityTable(
         version="t2", prior_cap=None, cells={JOBTITLE: CellCounts(approved=60, corrected=40)}
@@ -150,7 +157,7 @@ def test_a_table_counts_no_prior_above_its_cap(make_proposal: Callable[..., Prop
     assert unmeasured.confidence == 0.9
     assert unmeasured.rationale.endswith(
         "(confidence 0.90: a configured value 1.00, counted as at most 0.90 until reviewers have decided"
-        " proposals alike)"
+        " proposals alike; trusted at 0.773, its 95% lower credible bound before any reviewer outcome)"
     )
     assert unmeasured.evidence[BASIS]["prior_cap"] == 0.9
     one_wrong = ReliabilityTable(version="t", cells={event_cell: CellCounts(approved=134, corrected=1)})
@@ -158,6 +165,57 @@ def test_a_table_counts_no_prior_above_its_cap(make_proposal: Callable[..., Prop
     clean = ReliabilityTable(version="t", cells={event_cell: CellCounts(approved=180)})
     assert calibrate(p, clean).confidence == 0.99
     assert "(starting from a configured value 1.00, counted as at most 0.90)" in calibrate(p, clean).rationale
+
+
+def test_a_mean_high_by_luck_is_not_trusted_until_the_evidence_carries_it(
+    make_proposal: Callable[..., Proposal],
+) -> None:
+    """102 of 102 approved: the mean clears 0.98, but so would a cell right 93% of the time once in
+    some 1,600 tries; its 95% lower bound does not clear 0.98 until some 220 approvals alike."""
+    p = _proposal(make_proposal, [Cell(CITY, "city")])
+    lucky = calibrate(p, ReliabilityTable(version="t", cells={CITY: CellCounts(approved=102)}))
+    assert lucky.confidence == round((20 * 0.9 + 102) / 122, 4) >= 0.98
+    assert 0.95 < lucky.evidence[BASIS]["lower_bound"] < 0.98
+    assert 0.93**102 < 0.001
+    enough = calibrate(p, ReliabilityTable(version="t", cells={CITY: CellCounts(approved=220)}))
+    assert (
+        enough.evidence[BASIS]["lower_bound"]
+        >= 0.98
+        > calibrate(p, ReliabilityTable(version="t", cells={CITY: CellCounts(approved=200)})).evidence[BASIS][
+            "lower_bound"
+        ]
+    )
+    assert enough.rationale.endswith("the 95% lower credible bound of 220 reviewer outcomes)")
+    # a stricter level asks for more evidence; the confidence (the mean) is the same
+    strict = calibrate(p, ReliabilityTable(version="t", level=0.99, cells={CITY: CellCounts(approved=220)}))
+    assert strict.confidence == enough.confidence
+    assert strict.evidence[BASIS]["lower_bound"] < enough.evidence[BASIS]["lower_bound"]
+    assert "the 99% lower credible bound" in strict.rationale
+
+
+def test_without_a_table_no_bound_is_stated(make_proposal: Callable[..., Proposal]) -> None:
+    said = calibrate(_proposal(make_proposal, [Cell(JOBTITLE, "jobtitle")]), NO_TABLE).evidence[BASIS]
+    assert "lower_bound" not in said
+    assert all("lower_bound" not in c for c in said["cells"])
+
+
+def test_a_bound_of_several_cells_holds_for_all_at_once(make_proposal: Callable[..., Proposal]) -> None:
+    """Each cell's bound at half the tail (Bonferroni), multiplied; never above the confidence."""
+    cells = [Cell(CITY, "city"), Cell(JOBTITLE, "jobtitle")]
+    table = ReliabilityTable(
+        version="t", cells={CITY: CellCounts(approved=300), JOBTITLE: CellCounts(approved=500, corrected=2)}
+    )
+    said = calibrate(_proposal(make_proposal, cells, prior=0.81), table).evidence[BASIS]
+    city = betaincinv(20 * 0.9 + 300, 20 * 0.1, 0.025)
+    jobtitle = betaincinv(20 * 0.9 + 500, 20 * 0.1 + 2, 0.025)
+    assert said["lower_bound"] == math.floor(city * jobtitle * 10_000) / 10_000
+    assert [c["lower_bound"] for c in said["cells"]] == [round(city, 4), round(jobtitle, 4)]
+
+
+def test_a_level_outside_its_range_is_refused() -> None:
+    for level in (0.4, 1.0):
+        with pytest.raises(ValidationError):
+            ReliabilityTable(version="t", level=level)
 
 
 def test_several_values_multiply_and_start_from_an_equal_share_of_the_prior(

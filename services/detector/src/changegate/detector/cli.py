@@ -279,6 +279,15 @@ def calibrate(
     prior_cap: Annotated[
         float, typer.Option(min=0.001, max=1.0, help="the most a prior counts as (1: no cap)")
     ] = 0.9,
+    level: Annotated[
+        float,
+        typer.Option(
+            min=0.5,
+            max=0.999,
+            help="credible level of the lower bound each proposal states (the evidence floor a policy's"
+            " min_confidence_bound gates on)",
+        ),
+    ] = 0.95,
 ) -> None:
     """Learn the reliability table from reviewers' decisions: per cell of proposals alike (a source,
     field and fill or overwrite; a verifier and status; a defined event; a score band; a territory
@@ -313,6 +322,7 @@ def calibrate(
         learned_at=now,
         prior_weight=prior_weight,
         prior_cap=None if prior_cap >= 1 else prior_cap,
+        level=level,
     )
     out.write_text(table.model_dump_json(indent=1) + "\n")
     shown = Table(title=f"reliability table {table.version}: {len(table.cells)} cells from {used} decisions")

@@ -19,14 +19,26 @@ value is: its confidence is the
 product (the cells taken as independent), each cell starting from an equal share of the prior
 (``prior ** (1/n)``), so that before any decision the confidence is the prior itself.
 
+The mean is what the confidence says (calibrated: of proposals at 0.9, nine in ten are right),
+but a mean learnt from few decisions can be high by luck: 102 of 102 approved is what a cell right
+93% of the time shows once in some 1,600 tries. So the proposal also states how far the evidence
+carries: ``lower_bound``, the posterior's lower credible bound at the table's ``level`` (0.95: the
+cell is right at least this often with 95% probability) — for a proposal of several cells, the
+product of each cell's bound at ``(1 - level) / n`` (Bonferroni: all hold at once with at least
+``level``). The policy's ``min_confidence_bound`` gates auto-applies on it (an evidence floor);
+the confidence itself stays the mean, so it stays calibrated. Without a table nothing is measured
+and no bound is stated (the policy then holds a proposal to its confidence).
+
 ``evidence.confidence_basis`` says which: ``method`` ``prior`` (not yet measured) or
-``reviewer_outcomes``, the prior and where it came from, the table's version and each cell's
-counts; the rationale says it in words. The table is an artefact a person deploys, never learnt
+``reviewer_outcomes``, the prior and where it came from, the table's version, each cell's
+counts and the bound; the rationale says it in words. The table is an artefact a person deploys, never learnt
 by the running detector: a confidence crossing a policy threshold is a decision someone made."""
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -38,10 +50,15 @@ from typing import Any
 
 from changegate.core.contracts import Decision, DecisionOutcome, Proposal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from scipy.special import betaincinv
 
 BASIS = "confidence_basis"  # the evidence key
 DEFAULT_PRIOR_WEIGHT = 20.0
 DEFAULT_PRIOR_CAP = 0.9
+# The credible level of the bound the policy gates on: the conventional 95%, i.e. a cell is
+# trusted to be right at least as often as its bound says with 95% probability (see
+# bench/automation_safety.py for how the tuning part checks the choice).
+DEFAULT_LEVEL = 0.95
 # Band edges: an enrichment source's claimed confidence, an AI score, a match probability.
 CLAIM_EDGES = (0.5, 0.8, 0.9, 0.95)
 SCORE_EDGES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -125,15 +142,43 @@ class ReliabilityTable(BaseModel):
         description="the most a prior counts as: above it, only reviewers' decisions take a cell"
         " (a claimed or configured 1.0 is no evidence); null: priors as they are",
     )
+    level: float = Field(
+        DEFAULT_LEVEL,
+        ge=0.5,
+        lt=1,
+        description="credible level of each proposal's lower bound on its reliability (the evidence"
+        " floor the policy's min_confidence_bound gates on)",
+    )
     cells: dict[str, CellCounts] = Field(default_factory=dict)
 
     def start(self, prior: float) -> float:
         return prior if self.prior_cap is None else min(prior, self.prior_cap)
 
-    def reliability(self, key: str, prior: float) -> tuple[float, CellCounts]:
+    def posterior(self, key: str, prior: float) -> tuple[float, float, CellCounts]:
+        """The cell's beta posterior: (alpha, beta, counts), the prior as ``prior_weight``
+        pseudo-decisions."""
         counts = self.cells.get(key, CellCounts())
-        k = self.prior_weight
-        return (k * self.start(prior) + counts.approved) / (k + counts.decided), counts
+        start, k = self.start(prior), self.prior_weight
+        return k * start + counts.approved, k * (1 - start) + counts.corrected, counts
+
+    def reliability(self, key: str, prior: float) -> tuple[float, CellCounts]:
+        alpha, beta, counts = self.posterior(key, prior)
+        return alpha / (alpha + beta), counts
+
+    def lower_bound(self, key: str, prior: float, tail: float) -> float:
+        """The cell's reliability exceeds this with probability ``1 - tail`` (its posterior's
+        ``tail`` quantile)."""
+        alpha, beta, _ = self.posterior(key, prior)
+        return _beta_quantile(alpha, beta, tail)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _beta_quantile(alpha: float, beta: float, q: float) -> float:
+    if beta <= 0:  # nothing against the cell, not even in its prior: a point mass at 1
+        return 1.0
+    if alpha <= 0:
+        return 0.0
+    return float(betaincinv(alpha, beta, q))
 
 
 # Without a table nothing is measured and nothing capped: every confidence is its prior.
@@ -169,13 +214,19 @@ def calibrate(proposal: Proposal, table: ReliabilityTable) -> Proposal:
     # The prior is the claim about the proposal as a whole: spread evenly over its cells, so that
     # without reviewers' decisions the confidence is the prior itself.
     share = prior ** (1 / len(raw["cells"]))
-    confidence = 1.0
+    tail = (1 - table.level) / len(raw["cells"])  # Bonferroni: every cell's bound holds at once
+    bounded = table is not NO_TABLE  # without a table nothing is measured: no bound to state
+    confidence = bound = 1.0
     cells = []
     for entry in raw["cells"]:
         value, counts = table.reliability(entry["cell"], share)
         confidence *= value
         cells.append({**entry, "approved": counts.approved, "corrected": counts.corrected,
                       "reliability": round(value, 4)})  # fmt: skip
+        if bounded:
+            low = table.lower_bound(entry["cell"], share, tail)
+            bound *= low
+            cells[-1]["lower_bound"] = round(low, 4)
     confidence = round(min(1.0, max(0.0, confidence)), 4)
     measured = any(c["approved"] or c["corrected"] for c in cells)
     said = {
@@ -186,8 +237,19 @@ def calibrate(proposal: Proposal, table: ReliabilityTable) -> Proposal:
         "table": table.version,
         "cells": cells,
     }
+    if bounded:
+        # floor, not round: a bound rounded up could clear a threshold the evidence does not
+        said |= {"lower_bound": math.floor(min(bound, confidence) * 10_000) / 10_000, "level": table.level}
     capped = table.start(share) < share
     words = _words(confidence, cells, prior, prior_from, measured, table.prior_cap if capped else None)
+    if "lower_bound" in said:
+        outcomes = sum(c["approved"] + c["corrected"] for c in cells)
+        shown = math.floor(said["lower_bound"] * 1000) / 1000  # shown rounded down too
+        words += f"; trusted at {shown:.3f}, " + (
+            f"the {table.level:.0%} lower credible bound of {outcomes:,} reviewer outcomes"
+            if outcomes
+            else f"its {table.level:.0%} lower credible bound before any reviewer outcome"
+        )
     rationale = f"{proposal.rationale} ({words})"
     return proposal.model_copy(
         update={
@@ -261,6 +323,7 @@ def learn(
     learned_at: datetime | None = None,
     prior_weight: float = DEFAULT_PRIOR_WEIGHT,
     prior_cap: float | None = DEFAULT_PRIOR_CAP,
+    level: float = DEFAULT_LEVEL,
 ) -> ReliabilityTable:
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for key, held in observed:
@@ -271,5 +334,6 @@ def learn(
         learned_at=learned_at,
         prior_weight=prior_weight,
         prior_cap=prior_cap,
+        level=level,
         cells={k: CellCounts(approved=a, corrected=c) for k, (a, c) in sorted(counts.items())},
     )

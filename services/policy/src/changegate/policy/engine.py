@@ -12,7 +12,15 @@ from changegate.core import field_risk
 from changegate.core.contracts import Decider, Proposal
 from changegate.policy.lint import shadowed_rules
 from changegate.policy.loader import DEFAULT_POLICY, PolicyError, parse_document
-from changegate.policy.model import Action, PolicyDocument, ReviewOptions, Rule, evidence_flags
+from changegate.policy.model import (
+    Action,
+    PolicyDocument,
+    ReviewOptions,
+    Rule,
+    confidence_bound,
+    evidence_flags,
+    stated_bound,
+)
 
 __all__ = ["DEFAULT_POLICY", "Action", "Policy", "PolicyError", "Route"]
 
@@ -134,6 +142,8 @@ class Policy:
             text += f", confidence {p.confidence:.2f} ≥ {rule.when.min_confidence:.2f}"
         elif rule.when.max_confidence is not None:
             text += f", confidence {p.confidence:.2f} ≤ {rule.when.max_confidence:.2f}"
+        if rule.when.min_confidence_bound is not None and stated_bound(p):
+            text += f", lower bound {confidence_bound(p):.3f} ≥ {rule.when.min_confidence_bound:.2f}"
         if rule.action is Action.REJECT:
             text += f" ({rule.reason})"
         return text

@@ -18,6 +18,10 @@ def covers(a: Condition, b: Condition) -> bool:
         return False
     if a.min_confidence is not None and (b.min_confidence is None or b.min_confidence < a.min_confidence):
         return False
+    if a.min_confidence_bound is not None and (
+        b.min_confidence_bound is None or b.min_confidence_bound < a.min_confidence_bound
+    ):
+        return False
     if a.max_confidence is not None and (b.max_confidence is None or b.max_confidence > a.max_confidence):
         return False
     if a.evidence_flags_any is not None and (

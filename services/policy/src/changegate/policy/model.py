@@ -42,6 +42,14 @@ class Condition(_Strict):
     )
     min_confidence: float | None = Field(None, ge=0, le=1)
     max_confidence: float | None = Field(None, ge=0, le=1)
+    min_confidence_bound: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the evidence floor: the lower credible bound the detector states for the confidence"
+        " (evidence.confidence_basis.lower_bound, from reviewers' decisions) is at least this; a proposal"
+        " that states none is held to its confidence",
+    )
     evidence_flags_any: list[str] | None = Field(None, description="the evidence raises one of these")
     evidence_flags_none: list[str] | None = Field(None, description="the evidence raises none of these")
     proposed_values: dict[str, list[PropertyValue]] | None = Field(
@@ -70,6 +78,8 @@ class Condition(_Strict):
         if self.min_confidence is not None and p.confidence < self.min_confidence:
             return False
         if self.max_confidence is not None and p.confidence > self.max_confidence:
+            return False
+        if self.min_confidence_bound is not None and confidence_bound(p) < self.min_confidence_bound:
             return False
         if self.object_type is not None and p.object_type not in self.object_type:
             return False
@@ -118,6 +128,10 @@ class Condition(_Strict):
             why.append(f"confidence {p.confidence:.2f} < {self.min_confidence:.2f}")
         if self.max_confidence is not None and p.confidence > self.max_confidence:
             why.append(f"confidence {p.confidence:.2f} > {self.max_confidence:.2f}")
+        if self.min_confidence_bound is not None and confidence_bound(p) < self.min_confidence_bound:
+            why.append(
+                f"confidence's lower bound {confidence_bound(p):.3f} < {self.min_confidence_bound:.3f}"
+            )
         flags = evidence_flags(p)
         if self.evidence_flags_any is not None and not flags.intersection(self.evidence_flags_any):
             why.append(f"evidence raises none of {self.evidence_flags_any}")
@@ -142,6 +156,22 @@ def evidence_flags(p: Proposal) -> set[str]:
     """Risk flags a detector raised in the evidence (e.g. ``different_email_domains``)."""
     flags = p.evidence.get("flags", [])
     return {str(f) for f in flags} if isinstance(flags, list) else set()
+
+
+def stated_bound(p: Proposal) -> bool:
+    basis = p.evidence.get("confidence_basis")
+    return isinstance(basis, dict) and "lower_bound" in basis
+
+
+def confidence_bound(p: Proposal) -> float:
+    """The lower credible bound the detector states for the confidence (never above it); the
+    confidence itself when none is stated, and 0 for one that is not a probability."""
+    if not stated_bound(p):
+        return p.confidence
+    bound = p.evidence["confidence_basis"]["lower_bound"]
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not 0 <= bound <= 1:
+        return 0.0
+    return min(float(bound), p.confidence)
 
 
 def _values_match(actual: dict[str, PropertyValue], wanted: dict[str, list[PropertyValue]]) -> bool:

@@ -5,7 +5,10 @@ unchanged, modified (approved with changes) or rejected, and how long they took.
 proposals above some confidence were approved unchanged often enough and never corrected, a
 suggestion says so with its evidence ("rule X: 412 of 412 approved unchanged at or above 0.93 in 30
 days; 0 rejected or modified — consider auto-apply at or above 0.93") and :func:`candidate` writes a
-candidate policy with an auto-apply rule before the review rule, to run in shadow. The candidate is
+candidate policy with an auto-apply rule before the review rule, to run in shadow. Proposals no
+rule matched (the policy's default route, when it is review) count per kind, since the default has
+no condition to narrow: a suggestion for them appends an auto-apply rule for that kind after every
+other rule, so it takes only what the default took. The candidate is
 loaded like any policy file, so the guardrails refuse what would auto-apply a merge, an owner
 change or a human-only field: such a suggestion is reported as refused and left out of the file.
 """
@@ -75,11 +78,19 @@ def band(confidence: float) -> str:
     return f"{BAND_EDGES[-2]:g}-1"
 
 
+DEFAULT = "default"  # the rule id of the policy's default route
+
+
+def route_of(d: Decided) -> str:
+    """The rule, or for the default route the default and the kind (it has no other condition)."""
+    return f"{DEFAULT} ({d.kind})" if d.rule == DEFAULT else d.rule
+
+
 def by_band(decided: Iterable[Decided]) -> dict[tuple[str, str], Outcomes]:
     """(rule, confidence band) -> how reviewers decided."""
     table: dict[tuple[str, str], Outcomes] = defaultdict(Outcomes)
     for d in decided:
-        table[(d.rule, band(d.confidence))].add(d)
+        table[(route_of(d), band(d.confidence))].add(d)
     return dict(sorted(table.items()))
 
 
@@ -92,12 +103,14 @@ class Suggestion:
     rejected: int
     days: int
     refused: str | None = None  # why the guardrails refuse it (None: written to the candidate)
+    kind: str | None = None  # for the default route: the kind it is about
 
     @property
     def evidence(self) -> str:
         n = self.approved + self.modified + self.rejected
+        route = f"the default route for {self.kind}" if self.rule == DEFAULT else f"rule {self.rule}"
         return (
-            f"rule {self.rule}: {self.approved} of {n} approved unchanged at or above {self.threshold:g}"
+            f"{route}: {self.approved} of {n} approved unchanged at or above {self.threshold:g}"
             f" in {self.days} days; {self.rejected} rejected, {self.modified} modified"
             f" — consider auto-apply at or above {self.threshold:g}"
         )
@@ -109,13 +122,14 @@ def suggest(
     """Per review rule of ``policy``, the lowest threshold above which at least ``min_support``
     proposals were decided and at most ``max_corrected`` of them rejected or modified (never below
     the least confidence among them: no suggestion reaches where no reviewer has looked)."""
-    review_rules = {r.id for r in policy.document.rules if r.action is Action.REVIEW}
-    by_rule: dict[str, list[Decided]] = defaultdict(list)
+    # the default route is always review (a policy refuses any other)
+    review_rules = {r.id for r in policy.document.rules if r.action is Action.REVIEW} | {DEFAULT}
+    by_rule: dict[tuple[str, str | None], list[Decided]] = defaultdict(list)
     for d in decided:
         if d.rule in review_rules:
-            by_rule[d.rule].append(d)
+            by_rule[(d.rule, d.kind if d.rule == DEFAULT else None)].append(d)
     out = []
-    for rule, items in sorted(by_rule.items()):
+    for (rule, kind), items in sorted(by_rule.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         for t in THRESHOLDS:
             above = [d for d in items if d.confidence >= t]
             corrected = sum(not d.unchanged for d in above)
@@ -123,13 +137,26 @@ def suggest(
                 # no lower than the evidence reaches: the highest threshold under its least confidence
                 t = max(c for c in THRESHOLDS if c <= min(d.confidence for d in above))
                 modified = sum(d.outcome == "approved_with_changes" for d in above)
-                out.append(Suggestion(rule, t, len(above) - corrected, modified, corrected - modified, days))
+                out.append(
+                    Suggestion(
+                        rule, t, len(above) - corrected, modified, corrected - modified, days, kind=kind
+                    )
+                )
                 break
     return out
 
 
 def _with(document: dict[str, Any], s: Suggestion) -> dict[str, Any]:
     rules = list(document["rules"])
+    if s.rule == DEFAULT:  # after every rule: only what the default route took
+        kind = str(s.kind)
+        rule = {
+            "id": f"default-{kind.replace('_', '-')}-suggested-auto",
+            "description": f"suggested: {s.evidence}",
+            "when": {"kind": [kind], "min_confidence": s.threshold},
+            "action": "auto_apply",
+        }
+        return {**document, "rules": [*rules, rule]}
     at = next(i for i, r in enumerate(rules) if r.get("id") == s.rule)
     when = dict(rules[at].get("when") or {})
     when["min_confidence"] = max(s.threshold, float(when.get("min_confidence") or 0))
