@@ -125,7 +125,7 @@ async def test_rows_written_before_the_migration_still_verify_and_the_chain_cont
         await pool.execute(f"INSERT INTO audit_entries ({', '.join(args)}) VALUES ({places})", *args.values())
         prev = row["hash"]
 
-    assert await migrate(pool, "audit", MIGRATIONS) == [4, 5]
+    assert await migrate(pool, "audit", MIGRATIONS) == [4, 5, 6]
     stored = await pool.fetch("SELECT * FROM audit_entries ORDER BY seq")
     assert {r["hash_version"] for r in stored} == {1}
     assert all(row_hash(r) == r["hash"] for r in stored)
