@@ -10,8 +10,8 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from changegate.audit import checkpoints, query, revert
-from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry, verify
+from changegate.audit import checkpoints, query, retention, revert
+from changegate.audit.chain import HEAD_PATTERN, parse_head, row_to_entry
 from changegate.core.auth import Reviewer, UnscopedViewer
 from changegate.core.contracts import AuditCheckpoint, AuditEntry, AuditMode, Proposal
 from changegate.core.contracts.crm_event import ObjectType
@@ -153,6 +153,13 @@ class ChainHead(BaseModel):
     hash: str
 
 
+class ArchivedUpTo(BaseModel):
+    month: str = Field(description="the last month archived (YYYY-MM); it and the months before are detached")
+    last_seq: int = Field(description="its last row: verification from genesis starts after it")
+    last_hash: str = Field(description="that row's hash, as archived; a signed checkpoint names it")
+    file_sha256: str = Field(description="sha256 of the month's export (`changegate audit archive`)")
+
+
 class VerifyResult(BaseModel):
     ok: bool = Field(description="no row altered or missing, every checkpoint matches (and the head given)")
     rows: int = Field(description="rows recomputed")
@@ -160,17 +167,30 @@ class VerifyResult(BaseModel):
     checkpoints: int = Field(0, description="signed checkpoints checked against the rows they name")
     problems: list[str]
     head: ChainHead = Field(description="keep it outside this database; pass it back as head=SEQ:HASH")
+    archived: ArchivedUpTo | None = Field(
+        None, description="rows up to here are archived and detached: not recomputed here (their exports are)"
+    )
 
 
 async def verify_result(request: Request, head: str | None, from_genesis: bool) -> dict[str, Any]:
     """Every checkpoint (signature, and its row's hash), then the rows: from genesis, or from the
-    latest checkpoint that passed (incremental: rows before it were verified when it was signed)."""
+    latest checkpoint that passed (incremental: rows before it were verified when it was signed).
+    Once months are archived, "genesis" is the last archived row (reported as ``archived``)."""
     pool = request.app.state.pool
     marks, good = await checkpoints.check_checkpoints(pool, request.app.state.verifier)
     start = None if from_genesis or good is None else (good.seq, good.hash)
-    report = await verify(pool, parse_head(head) if head else None, start)
+    report, anchor = await retention.verify_log(pool, parse_head(head) if head else None, start)
     problems = marks.problems + report.problems
+    archived = None
+    if anchor is not None:
+        archived = {
+            "month": anchor.label,
+            "last_seq": anchor.last_seq,
+            "last_hash": anchor.last_hash,
+            "file_sha256": anchor.file_sha256,
+        }
     return {
+        "archived": archived,
         "ok": not problems,
         "rows": report.rows,
         "from_seq": report.from_seq,

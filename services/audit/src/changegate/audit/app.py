@@ -9,6 +9,7 @@ import asyncpg
 from changegate.audit import api
 from changegate.audit.chain import row_to_entry
 from changegate.audit.checkpoints import Checkpointer
+from changegate.audit.retention import PartitionKeeper
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import (
     Outcome,
@@ -187,6 +188,12 @@ async def setup(ctx: Context[AuditSettings]) -> Parts:
         consumers=[Consumer("changegate-audit", subscriptions)],
         app=app,
         workers=[
+            PartitionKeeper(
+                ctx.pool,
+                ctx.settings.audit_partitions_ahead,
+                ctx.settings.audit_partitions_interval_seconds,
+                ctx.runtime.stop,
+            ).run,
             checkpointer.run,
             ChainWatch(ctx.pool, ctx.settings.audit_verify_interval_seconds, ctx.runtime.stop).run,
         ],

@@ -207,13 +207,15 @@ async def verify(
     conn: Queryable,
     expect_head: tuple[int, str] | None = None,
     start: tuple[int, str] | None = None,
+    archived: bool = False,
 ) -> VerifyReport:
     """Recompute the chain; report altered rows (hash mismatch) and missing ones (gaps, broken links).
 
     From genesis, or from ``start`` (a seq and its hash already verified, e.g. a signed checkpoint):
     the row after it must link to that hash. Rows removed from the end leave a shorter chain that is
     still consistent: only a head recorded elsewhere (``expect_head``: a seq and its hash, e.g. a
-    checkpoint) reveals them."""
+    checkpoint) reveals them. ``archived``: ``start`` is the last row of an archived month (detached:
+    not looked up here: it is the archive's record, which a signed checkpoint must name)."""
     problems: list[str] = []
     from_seq, prev_hash = start if start else (0, GENESIS)
     expected_seq, count = from_seq + 1, 0
@@ -228,7 +230,7 @@ async def verify(
             if row_hash(row) != row["hash"]:
                 problems.append(f"row {seq}: content does not match its hash (altered)")
             prev_hash, expected_seq = row["hash"], seq + 1
-    if start is not None:
+    if start is not None and not archived:
         at = await conn.fetchval("SELECT hash FROM audit_entries WHERE seq = $1", from_seq)
         if at != start[1]:
             problems.append(f"row {from_seq} no longer carries the hash verified earlier")
