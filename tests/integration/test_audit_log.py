@@ -7,17 +7,16 @@ import hashlib
 import json
 import uuid
 from datetime import datetime
-from typing import Any
 
 import asyncpg
-from changegate.audit.chain import GENESIS, LEGACY_FIELDS, row_hash, verify
+from changegate.audit.chain import GENESIS, row_hash, verify
 from changegate.audit.store import append_decisions, append_executions, record_decisions
 from changegate.core.contracts import (
     DecisionOutcome,
     ExecutionStatus,
 )
 from changegate.core.db import _load_migrations, migrate, migrate_core
-from helpers import approved_decision, ended_decision, execution_of
+from helpers import approved_decision, ended_decision, execution_of, legacy_audit_row
 
 MIGRATIONS = "changegate.audit.migrations"
 
@@ -76,44 +75,13 @@ async def _apply_up_to(pool: asyncpg.Pool, last: int) -> None:
                 )
 
 
-def _legacy_row(seq: int, prev_hash: str, value: Any) -> dict[str, Any]:
-    """A row as release 3 wrote it: its hash by that release's rule (json.dumps form)."""
-    fields: dict[str, Any] = {
-        "seq": seq,
-        "object_type": "contact",
-        "record_id": f"old-{seq}",
-        "field": "jobtitle",
-        "previous_value": "Engineer",
-        "new_value": value,
-        "source_system": "t",
-        "source_event_id": "e",
-        "detector": "t@1",
-        "confidence": 0.9,
-        "mode": "approved",
-        "approver": "alice@example.com",
-        "policy_version": None,
-        "policy_hash": None,
-        "rule_id": None,
-        "proposal_id": str(uuid.uuid4()),
-        "decision_id": str(uuid.uuid4()),
-        "execution_id": str(uuid.uuid4()),
-        "proposed_at": "2026-11-30T09:00:00Z",
-        "decided_at": "2026-11-30T09:05:00.250000Z",
-        "executed_at": "2026-11-30T09:05:01Z",
-    }
-    assert set(fields) == set(LEGACY_FIELDS)
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(f"{text}|{prev_hash}".encode()).hexdigest()
-    return {**fields, "proposed_value": value, "prev_hash": prev_hash, "hash": digest}
-
-
 async def test_rows_written_before_the_migration_still_verify_and_the_chain_continues(
     pool: asyncpg.Pool,
 ) -> None:
     await _apply_up_to(pool, 3)
     prev = GENESIS
     for seq, value in enumerate(["CTO", 2.5e16, 10**18, "Ünïcode"], 1):
-        row = _legacy_row(seq, prev, value)
+        row = legacy_audit_row(seq, prev, value)
         args = dict(row)
         for name in ("previous_value", "new_value", "proposed_value"):
             args[name] = json.dumps(row[name])

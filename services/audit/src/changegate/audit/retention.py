@@ -318,21 +318,19 @@ async def archive_month(
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     export = out / f"audit-{month:%Y-%m}.jsonl"
     part = export.with_name(export.name + ".part")
-    written = 0
-    with part.open("wb") as sink:
-        if count:
-            async for chunk in query.export_jsonl(pool, query.Filters(), after[0], last_seq):
-                await asyncio.to_thread(sink.write, chunk)
-                written += chunk.count(b"\n")  # a line a row (the checkpoints come last)
-                progress(min(written, count), count)
-    check = await asyncio.to_thread(check_export, part, after, verifier)
-    problems = list(check.problems)
-    if check.rows != count:
-        problems.append(f"the export holds {check.rows} rows, the partition {count}")
-    if problems:
-        raise ArchiveRefusedError(
-            f"{month:%Y-%m} does not verify; its partition stays attached:\n" + "\n".join(problems)
-        )
+    try:
+        await _export(pool, part, after[0], last_seq if count else None, count, progress)
+        check = await asyncio.to_thread(check_export, part, after, verifier)
+        problems = list(check.problems)
+        if check.rows != count:
+            problems.append(f"the export holds {check.rows} rows, the partition {count}")
+        if problems:
+            raise ArchiveRefusedError(
+                f"{month:%Y-%m} does not verify; its partition stays attached:\n" + "\n".join(problems)
+            )
+    except BaseException:
+        await asyncio.to_thread(part.unlink, missing_ok=True)
+        raise
     await asyncio.to_thread(part.replace, export)
     detached_as = f"{ARCHIVE_SCHEMA}.{name}"
     last_checkpoint = next((c for c in check.checkpoints if c["seq"] == check.last_seq), None)
@@ -356,6 +354,25 @@ async def archive_month(
     await _detach(pool, month, name, body)
     log.info("audit month archived", month=body["month"], rows=count, detached_as=detached_as)
     return ArchiveResult(month, False, count, export, manifest, detached_as, body)
+
+
+async def _export(
+    pool: asyncpg.Pool,
+    part: Path,
+    after_seq: int,
+    last_seq: int | None,
+    count: int,
+    progress: Callable[[int, int], None],
+) -> None:
+    """The rows after ``after_seq`` up to ``last_seq`` (none if None) and their checkpoints, as
+    GET /v1/audit/export streams them, to ``part``."""
+    written = 0
+    with part.open("wb") as sink:
+        if last_seq is not None:
+            async for chunk in query.export_jsonl(pool, query.Filters(), after_seq, last_seq):
+                await asyncio.to_thread(sink.write, chunk)
+                written += chunk.count(b"\n")  # a line a row (the checkpoints come last)
+                progress(min(written, count), count)
 
 
 async def _detach(pool: asyncpg.Pool, month: date, name: str, body: dict[str, Any]) -> None:
