@@ -173,7 +173,7 @@ def row_hash(row: asyncpg.Record | dict[str, Any]) -> str:
 
 
 def row_to_entry(row: asyncpg.Record) -> AuditEntry:
-    fields = dict(row)
+    fields = {k: row[k] for k in AuditEntry.model_fields}  # not appended_at: storage, not the entry
     for name in VALUE_COLUMNS:
         fields[name] = json.loads(fields[name]) if fields[name] is not None else None
     return AuditEntry.model_validate(fields)
