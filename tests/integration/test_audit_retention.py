@@ -20,13 +20,15 @@ import httpx
 import pytest
 from changegate.audit.chain import GENESIS, canonical_hash, chain_body, to_column
 from changegate.audit.checkpoints import check_checkpoints, sign_month_ends
-from changegate.audit.retention import ArchiveRefusedError, archive_month, verify_log
+from changegate.audit.retention import ArchiveRefusedError, archive_month, month_partitions, verify_log
 from changegate.audit.store import append_executions, entries_for
 from changegate.cli.embedded import free_port
 from changegate.core.auth import Role
 from changegate.core.auth.tokens import create_token
 from changegate.core.contracts import AuditEntry, ExecutionStatus
 from changegate.core.db import migrate, migrate_core
+from changegate.core.errors import TransientError
+from changegate.core.kafka import is_transient
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import TopicNames
 from helpers import (
@@ -130,6 +132,28 @@ async def test_rows_land_in_their_months_partition(log: asyncpg.Pool) -> None:
     assert len([p for p in attached if p >= f"audit_entries_{this:%Y_%m}"]) == 4
     report, anchor = await verify_log(log)
     assert (report.ok, report.rows, anchor) == (True, 7, None), report.problems
+
+
+async def test_a_row_for_a_month_without_partition_makes_it_and_is_retried(pool: asyncpg.Pool) -> None:
+    """Never dead-lettered: the batch fails as transient (retried without end) once the month's
+    partition is made (the service was down for months, or could not make them)."""
+    await migrate_core(pool)
+    await migrate(pool, "audit", "changegate.audit.migrations")
+    this = f"audit_entries_{_now_month():%Y_%m}"
+    await pool.execute(f"ALTER TABLE audit_entries DETACH PARTITION {this}")
+    await pool.execute(f"DROP TABLE {this}")
+
+    async def append() -> None:
+        execution = execution_of(approved_decision("r-1", {"city": (None, "Oslo")}), ExecutionStatus.APPLIED)
+        async with month_partitions(pool, 1), pool.acquire() as conn, conn.transaction():
+            await append_executions(conn, [execution])
+
+    with pytest.raises(TransientError) as refused:
+        await append()
+    assert is_transient(refused.value)
+    assert this in await _attached(pool)
+    await append()
+    assert await _partition_of(pool, 1) == this
 
 
 def _cli(settings: CommonSettings, *args: str) -> subprocess.CompletedProcess[str]:

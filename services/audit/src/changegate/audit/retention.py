@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from changegate.audit.chain import (
 )
 from changegate.core.contracts import AuditCheckpoint
 from changegate.core.db import Queryable
+from changegate.core.errors import TransientError
 from changegate.core.logging import get_logger
 from changegate.core.signing import SignatureRefusedError, Verifier
 from prometheus_client import Gauge
@@ -75,6 +76,20 @@ async def add_partitions(conn: Queryable, ahead: int) -> int:
     if until is not None:
         READY_UNTIL.set(until.timestamp())
     return made
+
+
+@contextlib.asynccontextmanager
+async def month_partitions(pool: asyncpg.Pool, ahead: int) -> AsyncIterator[None]:
+    """Around an append: a row refused for want of its month's partition (the service was down for
+    months, or could not make them) makes them and is retried (TransientError: never dead-lettered)."""
+    try:
+        yield
+    except asyncpg.CheckViolationError as exc:
+        if "no partition of relation" not in str(exc):
+            raise
+        made = await add_partitions(pool, ahead)
+        log.warning("no audit partition for this month: made now, the batch is retried", made=made)
+        raise TransientError("no partition of the audit log for this month yet") from exc
 
 
 class PartitionKeeper:
