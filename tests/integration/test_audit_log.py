@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 import asyncpg
 from changegate.audit.chain import GENESIS, row_hash, verify
@@ -79,7 +79,7 @@ async def test_rows_written_before_the_migration_still_verify_and_the_chain_cont
     pool: asyncpg.Pool,
 ) -> None:
     await _apply_up_to(pool, 3)
-    prev = GENESIS
+    prev, hashes = GENESIS, []
     for seq, value in enumerate(["CTO", 2.5e16, 10**18, "Ünïcode"], 1):
         row = legacy_audit_row(seq, prev, value)
         args = dict(row)
@@ -92,16 +92,23 @@ async def test_rows_written_before_the_migration_still_verify_and_the_chain_cont
         places = ", ".join(f"${i + 1}" for i in range(len(args)))
         await pool.execute(f"INSERT INTO audit_entries ({', '.join(args)}) VALUES ({places})", *args.values())
         prev = row["hash"]
+        hashes.append(prev)
 
     assert await migrate(pool, "audit", MIGRATIONS) == [4, 5, 6]
-    stored = await pool.fetch("SELECT * FROM audit_entries ORDER BY seq")
+    stored = await pool.fetch("SELECT *, tableoid::regclass::text AS part FROM audit_entries ORDER BY seq")
     assert {r["hash_version"] for r in stored} == {1}
     assert all(row_hash(r) == r["hash"] for r in stored)
+    # Partitioned by month (0006): the old rows in their outcome's month, moved as they were.
+    assert {r["part"] for r in stored} == {"audit_entries_2026_11"}
+    assert [r["hash"] for r in stored] == hashes
     async with pool.acquire() as conn, conn.transaction():
         decision = approved_decision("new-1", {"city": (None, "Oslo")})
         await append_executions(conn, [execution_of(decision, ExecutionStatus.APPLIED)])
     report = await verify(pool)
     assert (report.ok, report.rows) == (True, 5), report.problems
-    new = await pool.fetchrow("SELECT hash_version, prev_hash FROM audit_entries WHERE seq = 5")
+    new = await pool.fetchrow(
+        "SELECT hash_version, prev_hash, tableoid::regclass::text AS part FROM audit_entries WHERE seq = 5"
+    )
     assert new is not None
     assert (new["hash_version"], new["prev_hash"]) == (2, prev)
+    assert new["part"] == f"audit_entries_{datetime.now(UTC):%Y_%m}"  # appended now: this month
