@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from changegate.core import canonical
 from changegate.core.contracts import (
     AuditCheckpoint,
     AuditEntry,
@@ -173,6 +174,21 @@ def test_round_trip_keeps_property_value_types(make_crm_event: Callable[..., Crm
     got = received.payload.properties
     assert got == props
     assert [type(v) for v in got.values()] == [str, int, float, bool, type(None)]
+
+
+@pytest.mark.parametrize("value", [2**53, -(2**53), 2**64])
+def test_property_integer_beyond_json_interop_is_refused(
+    make_crm_event: Callable[..., CrmEvent], value: int
+) -> None:
+    # RFC 8785 (which every signature and the audit hash use) has no integer beyond +-(2**53 - 1):
+    # such a value is refused where it enters, not when a proposal carrying it is signed.
+    with pytest.raises(ValidationError, match="the range RFC 8785 signs"):
+        make_crm_event(properties={"employees": value})
+
+
+def test_property_integer_at_the_interop_limit_signs(make_crm_event: Callable[..., CrmEvent]) -> None:
+    event = make_crm_event(properties={"employees": 2**53 - 1, "debt": -(2**53 - 1)})
+    assert canonical.dumps(event.model_dump(mode="json"))
 
 
 def test_decoded_timestamps_are_utc() -> None:

@@ -157,6 +157,14 @@ def test_the_same_clay_row_twice_is_one_event_and_a_new_value_another() -> None:
     assert first == again != other
 
 
+def test_an_enrichment_integer_too_large_to_sign_is_refused_saying_why(sources: dict[str, Source]) -> None:
+    with pytest.raises(PayloadError) as refused:
+        sources["clay"].to_crm_events({**CLAY_ROW, "enrichment": {"annualrevenue": 2**63}})
+    assert "the range RFC 8785 signs" in str(refused.value), refused.value
+    event = one(sources["clay"], {**CLAY_ROW, "enrichment": {"annualrevenue": str(2**63)}})
+    assert event.properties == {"annualrevenue": str(2**63)}
+
+
 def test_a_zerobounce_result_keeps_status_and_sub_status(sources: dict[str, Source]) -> None:
     event = one(sources["zerobounce"], {"record_id": "77", "result": ZEROBOUNCE_RESULT})
     assert (event.kind, event.source_system, event.object_type.value) == (
