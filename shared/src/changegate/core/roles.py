@@ -1,7 +1,8 @@
 """Least privilege in PostgreSQL: migrations run as the owner (`changegate migrate`); each service
 runs as its own login role that may touch only its own tables, in only the ways it needs. The audit
-role may INSERT and SELECT the log and nothing else: not being the owner, it cannot ALTER the
-table, DISABLE its triggers, TRUNCATE or DELETE.
+role may INSERT and SELECT the log, read its archives, and make its next months' partitions through
+the owner's function ``audit_add_partitions`` — nothing else: not being the owner, it cannot ALTER
+the table, DISABLE its triggers, TRUNCATE, DELETE or detach a month.
 
 The shared tables are shared by rows: row-level security (core migration 0006) keeps each role to
 its own idempotency claims and outbox rows. API tokens are written by the owner only; the services
