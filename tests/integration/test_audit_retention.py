@@ -258,7 +258,9 @@ async def test_a_past_month_is_exported_verified_and_detached_and_the_log_still_
     assert (report.ok, report.from_seq, report.rows) == (True, 5, 2), report.problems
 
 
-async def test_a_tampered_month_is_refused_and_stays_attached(log: asyncpg.Pool, tmp_path: Path) -> None:
+async def test_a_tampered_month_is_refused_and_stays_attached(
+    log: asyncpg.Pool, tmp_path: Path, settings: CommonSettings
+) -> None:
     await log.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
     await log.execute("UPDATE audit_entries SET new_value = '\"CEO\"' WHERE seq = 2")
     with pytest.raises(ArchiveRefusedError, match="row 2: content does not match its hash"):
@@ -281,6 +283,10 @@ async def test_a_tampered_month_is_refused_and_stays_attached(log: asyncpg.Pool,
         await archive_month(log, OCTOBER, tmp_path, verifier())
     assert "audit_entries_2026_10" in await _attached(log)
     assert await log.fetchval("SELECT count(*) FROM audit_archives") == 0
+    # The CLI's verify checks the signed checkpoints too (as the API does): the rewrite is caught.
+    cli = _cli(settings, "verify")
+    assert cli.returncode == 1
+    assert "checkpoint at 3: row 3 no longer carries the signed hash (rewritten)" in cli.stderr
     assert not (tmp_path / "audit-2026-10.jsonl").exists()
     assert not (tmp_path / "audit-2026-10.jsonl.part").exists()
 
