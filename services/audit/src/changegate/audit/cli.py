@@ -176,3 +176,6 @@ def audit_archive(
     except ArchiveRefusedError as exc:
         console.print(f"[red]not archived: {exc}[/]")
         raise typer.Exit(1) from exc
+    except OSError as exc:  # the folder cannot be written: nothing was detached
+        console.print(f"[red]not archived: {out}: {exc}[/]")
+        raise typer.Exit(2) from exc
