@@ -420,3 +420,24 @@ def legacy_audit_row(seq: int, prev_hash: str, value: Any) -> dict[str, Any]:
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     digest = hashlib.sha256(f"{text}|{prev_hash}".encode()).hexdigest()
     return {**fields, "proposed_value": value, "prev_hash": prev_hash, "hash": digest}
+
+
+AUDIT_VERIFIER = Path(__file__).resolve().parents[1] / "docs" / "verify_audit.py"
+
+
+def run_audit_verifier(export: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """docs/verify_audit.py with changegate made unimportable: it must stand on its own."""
+    code = (
+        "import runpy, sys; sys.modules['changegate'] = None; "
+        f"sys.argv = {[str(AUDIT_VERIFIER), str(export), *options]!r}; "
+        f"runpy.run_path({str(AUDIT_VERIFIER)!r}, run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def audit_public_key() -> str:
+    """The audit service's checkpoint key of the test run (base64url), as the verifier takes it."""
+    [key] = [k for k in TRUSTED_KEYS.values() if k.signer == "audit"]
+    return key.public_key

@@ -32,18 +32,18 @@ from changegate.core.kafka import is_transient
 from changegate.core.settings import CommonSettings
 from changegate.core.topics import TopicNames
 from helpers import (
-    TRUSTED_KEYS,
     ServiceProcess,
     approved_decision,
+    audit_public_key,
     execution_of,
     legacy_audit_row,
+    run_audit_verifier,
     service_process,
     signing_env,
     signing_key,
     verifier,
 )
 
-VERIFIER = Path(__file__).resolve().parents[2] / "docs" / "verify_audit.py"
 OCTOBER, NOVEMBER = date(2026, 10, 1), date(2026, 11, 1)
 COLUMNS = [*AuditEntry.model_fields, "appended_at"]
 
@@ -173,23 +173,6 @@ def _cli(settings: CommonSettings, *args: str) -> subprocess.CompletedProcess[st
     )
 
 
-def _standalone(export: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    """docs/verify_audit.py with changegate made unimportable."""
-    code = (
-        "import runpy, sys; sys.modules['changegate'] = None; "
-        f"sys.argv = {[str(VERIFIER), str(export), *options]!r}; "
-        f"runpy.run_path({str(VERIFIER)!r}, run_name='__main__')"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def _public_key() -> str:
-    [key] = [k for k in TRUSTED_KEYS.values() if k.signer == "audit"]
-    return key.public_key
-
-
 async def test_a_past_month_is_exported_verified_and_detached_and_the_log_still_verifies(
     log: asyncpg.Pool, settings: CommonSettings, tmp_path: Path
 ) -> None:
@@ -220,12 +203,12 @@ async def test_a_past_month_is_exported_verified_and_detached_and_the_log_still_
     assert manifest["last_hash"] == lines[2]["hash"]
     assert (manifest["checkpoint"]["seq"], manifest["checkpoint"]["hash"]) == (3, lines[2]["hash"])
     # The standalone verifier accepts the archive against its manifest, and a changed file it does not.
-    result = _standalone(export, "--manifest", str(manifest_path), "--public-key", _public_key())
+    result = run_audit_verifier(export, "--manifest", str(manifest_path), "--public-key", audit_public_key())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 3 rows (seq 1..3), 1 checkpoints, 0 problems" in result.stdout
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_text(export.read_text().replace("CTO", "CEO", 1))
-    assert _standalone(tampered, "--manifest", str(manifest_path)).returncode == 1
+    assert run_audit_verifier(tampered, "--manifest", str(manifest_path)).returncode == 1
     # Nothing changed in place: the detached table still refuses updates.
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await log.execute("UPDATE audit_archive.audit_entries_2026_10 SET new_value = '\"x\"'")
@@ -250,8 +233,8 @@ async def test_a_past_month_is_exported_verified_and_detached_and_the_log_still_
     result_nov = await archive_month(log, NOVEMBER, tmp_path, verifier())
     assert (result_nov.rows, result_nov.manifest_body["prev_hash"]) == (2, manifest["last_hash"])
     nov = tmp_path / "audit-2026-11.jsonl"
-    ok = _standalone(
-        nov, "--manifest", str(tmp_path / "audit-2026-11.manifest.json"), "--public-key", _public_key()
+    ok = run_audit_verifier(
+        nov, "--manifest", str(tmp_path / "audit-2026-11.manifest.json"), "--public-key", audit_public_key()
     )
     assert ok.returncode == 0, ok.stdout
     report, anchor = await verify_log(log)
