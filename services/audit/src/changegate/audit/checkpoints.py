@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 log = get_logger(__name__)
 SERVICE = "audit"
+MONTH_ENDS_SECONDS = 60.0  # how often the last rows of past months are looked at (and signed)
 
 
 async def latest(conn: Queryable) -> AuditCheckpoint | None:
@@ -185,17 +186,18 @@ class Checkpointer:
 
     async def run(self) -> None:
         signed_at = time.monotonic()
-        ended = ""  # the month whose predecessors' last rows were signed
+        ends_at = 0.0  # when the last rows of past months were last looked at
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), min(1.0, self.seconds))
             if self.stop.is_set():
                 return
             try:
-                month = utcnow().strftime("%Y-%m")
-                if month != ended:  # at start, and when a month ends: sign its last row
+                # At start and every minute, not only when the month changes: a transaction that
+                # began in the old month may still commit rows into it just after.
+                if time.monotonic() - ends_at >= MONTH_ENDS_SECONDS:
                     await sign_month_ends(self.pool, self.signer, self.names)
-                    ended = month
+                    ends_at = time.monotonic()
                 head = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM audit_entries")
                 last = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM audit_checkpoints")
                 due = head - last >= self.every or (
