@@ -302,6 +302,16 @@ async def test_the_api_verifies_after_an_archive_and_says_where_it_starts(
         assert report["archived"]["last_seq"] == 3
     genesis = (await client.get("/v1/audit/verify", params={"from": "genesis"})).json()
     assert (genesis["from_seq"], genesis["rows"]) == (3, 4)
+    # The service made this month's partition and the next three (at start), and says until when.
+    metrics = (await client.get("/metrics")).text
+    [ready] = [
+        line for line in metrics.splitlines() if line.startswith("changegate_audit_partitions_ready_until")
+    ]
+    this = _now_month()
+    assert (
+        float(ready.split()[-1])
+        == datetime(this.year + (this.month + 3) // 12, (this.month + 3) % 12 + 1, 1, tzinfo=UTC).timestamp()
+    )
     # The chain's first attached row no longer linking to the archive is caught.
     await log.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
     await log.execute("UPDATE audit_entries SET prev_hash = 'x' WHERE seq = 4")

@@ -185,7 +185,7 @@ async def test_the_audit_service_verifies_its_chain_and_says_so_in_metrics(pool:
 async def test_audit_values_survive_the_database_round_trip(pool: asyncpg.Pool) -> None:
     await migrate_core(pool)
     await migrate(pool, "audit", "changegate.audit.migrations")
-    odd_values = {"revenue": 2.5e16, "score": 0.1 + 0.2, "is_customer": "true", "employees": 10**18}
+    odd_values = {"revenue": 2.5e16, "score": 0.1 + 0.2, "is_customer": "true", "employees": 2**53 - 1}
     execution = _execution("c-values", {k: str(v) for k, v in odd_values.items()})
     writes = [
         FieldWrite(field=k, expected=None, overwritten=None if k != "score" else False, new=v)
