@@ -35,6 +35,7 @@ from helpers import (
     ServiceProcess,
     approved_decision,
     audit_public_key,
+    eventually,
     execution_of,
     legacy_audit_row,
     run_audit_verifier,
@@ -99,9 +100,8 @@ async def _attached(pool: asyncpg.Pool) -> list[str]:
 
 
 @pytest.fixture
-async def log(pool: asyncpg.Pool, settings: CommonSettings) -> asyncpg.Pool:
-    """Rows in October (a version 1 row among them), November and this month, and the signed
-    checkpoints of October's and November's last rows (as the audit service signs them)."""
+async def unsigned_log(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """Rows in October (a version 1 row among them), November and this month; no checkpoint."""
     await migrate_core(pool)
     await migrate(pool, "audit", "changegate.audit.migrations")
     for month in (OCTOBER, NOVEMBER):
@@ -114,9 +114,16 @@ async def log(pool: asyncpg.Pool, settings: CommonSettings) -> asyncpg.Pool:
     async with pool.acquire() as conn, conn.transaction():  # the append path: this month
         more = [approved_decision(f"now-{i}", {"city": (None, "Oslo")}) for i in range(2)]
         await append_executions(conn, [execution_of(d, ExecutionStatus.APPLIED) for d in more])
-    signed = await sign_month_ends(pool, signing_key("audit"), TopicNames(settings.topic_prefix))
-    assert [c.seq for c in signed] == [3, 5]
     return pool
+
+
+@pytest.fixture
+async def log(unsigned_log: asyncpg.Pool, settings: CommonSettings) -> asyncpg.Pool:
+    """And the signed checkpoints of October's and November's last rows (as the service signs them)."""
+    signed = await sign_month_ends(unsigned_log, signing_key("audit"), TopicNames(settings.topic_prefix))
+    assert [c.seq for c in signed] == [3, 5]
+    assert await sign_month_ends(unsigned_log, signing_key("audit"), TopicNames(settings.topic_prefix)) == []
+    return unsigned_log
 
 
 async def test_rows_land_in_their_months_partition(log: asyncpg.Pool) -> None:
@@ -276,7 +283,7 @@ async def test_a_tampered_month_is_refused_and_stays_attached(
 
 @pytest.fixture
 def audit(
-    log: asyncpg.Pool, settings: CommonSettings, topics: None, tmp_path: Path
+    unsigned_log: asyncpg.Pool, settings: CommonSettings, topics: None, tmp_path: Path
 ) -> Iterator[ServiceProcess]:
     env = {"CHANGEGATE_CHECKPOINT_SECONDS": "3600", "CHANGEGATE_CHECKPOINT_EVERY": "1000"}
     with service_process("changegate.audit", settings, free_port(), tmp_path / "audit.log", **env) as svc:
@@ -284,16 +291,22 @@ def audit(
 
 
 @pytest.fixture
-async def client(audit: ServiceProcess, log: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    _, token = await create_token(log, "auditor@example.com", Role.VIEWER, created_by="test")
+async def client(audit: ServiceProcess, unsigned_log: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    _, token = await create_token(unsigned_log, "auditor@example.com", Role.VIEWER, created_by="test")
     headers = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(base_url=audit.url, headers=headers, timeout=30) as client:
         yield client
 
 
-async def test_the_api_verifies_after_an_archive_and_says_where_it_starts(
-    log: asyncpg.Pool, client: httpx.AsyncClient, tmp_path: Path
+async def test_the_service_signs_month_ends_and_verifies_after_an_archive_saying_where_it_starts(
+    unsigned_log: asyncpg.Pool, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
+    log = unsigned_log
+    await eventually(
+        lambda: client.get("/v1/audit/checkpoints"),
+        lambda r: [c["seq"] for c in r.json()["items"]][:2] == [3, 5],
+        what="the last rows of October and November signed by the service",
+    )
     await archive_month(log, OCTOBER, tmp_path, verifier())
     for start in ("genesis", "checkpoint"):
         report = (await client.get("/v1/audit/verify", params={"from": start})).json()
