@@ -9,7 +9,12 @@ byte); a row whose seq follows the previous row's must link to it (``prev_hash``
 reported (a filtered export has gaps: pass --allow-gaps, and only each row's own hash and the links
 between consecutive rows are checked). Each checkpoint line must name the hash of its row.
 
+An archived month (`changegate audit archive`) starts after the month before: give its manifest
+(--manifest: the file's sha256, its seq range, the first row's link to the month before, and the
+last row named by a checkpoint in the export are checked too), or the row before it (--after).
+
     python3 verify_audit.py audit.jsonl [--public-key BASE64URL] [--head SEQ:HASH] [--allow-gaps]
+                                        [--after SEQ:HASH] [--manifest audit-YYYY-MM.manifest.json]
 
 Exit status 0: every check passed; 1: a check failed (each failure printed); 2: unreadable input.
 """
@@ -78,15 +83,31 @@ def main() -> int:
     parser.add_argument("--public-key", help="the audit service's Ed25519 public key (base64url)")
     parser.add_argument("--head", help="SEQ:HASH kept from an earlier verify: the export must hold it")
     parser.add_argument("--allow-gaps", action="store_true", help="a filtered export: gaps are expected")
+    parser.add_argument("--after", help="SEQ:HASH of the row before the export's first (0: genesis)")
+    parser.add_argument("--manifest", help="an archived month's manifest: check the export against it")
     args = parser.parse_args()
+    manifest: dict[str, Any] = {}
+    after: tuple[int, str] | None = None
+    if args.manifest:
+        with open(args.manifest, encoding="utf-8") as file:
+            manifest = json.load(file)
+        if manifest.get("rows"):
+            after = (manifest["first_seq"] - 1, manifest["prev_hash"])
+    if args.after:
+        seq_text, _, link = args.after.partition(":")
+        after = (int(seq_text), link)
     stream = sys.stdin if args.export == "-" else open(args.export, encoding="utf-8")  # noqa: SIM115
     problems: list[str] = []
     hashes: dict[int, str] = {}
     checkpoints: list[dict[str, Any]] = []
     previous: dict[str, Any] | None = None
+    if after is not None:
+        previous = {"seq": after[0], "hash": after[1]}
     rows = 0
+    digest = hashlib.sha256()
     with stream:
         for number, line in enumerate(stream, 1):
+            digest.update(line.encode())
             if not line.strip():
                 continue
             try:
@@ -105,7 +126,7 @@ def main() -> int:
                 if seq == previous["seq"] + 1:
                     if item["prev_hash"] != previous["hash"]:
                         problems.append(f"row {seq}: prev_hash does not link to row {previous['seq']}")
-                elif not args.allow_gaps:
+                elif not args.allow_gaps or (after is not None and previous["seq"] == after[0]):
                     problems.append(f"rows {previous['seq'] + 1}..{seq - 1} are missing")
             elif seq == 1 and item["prev_hash"] != "":
                 problems.append("row 1: prev_hash is not the genesis value ''")
@@ -123,6 +144,19 @@ def main() -> int:
         seq_text, _, digest = args.head.partition(":")
         if hashes.get(int(seq_text)) != digest:
             problems.append(f"row {seq_text} does not carry the expected head hash (or is missing)")
+    if manifest:
+        if digest.hexdigest() != manifest.get("sha256"):
+            problems.append("the export's sha256 is not the manifest's")
+        first_last = (min(hashes), max(hashes)) if hashes else (None, None)
+        if (rows, *first_last) != (manifest.get("rows"), manifest.get("first_seq"), manifest.get("last_seq")):
+            problems.append("the export's rows are not the manifest's (count, first or last seq)")
+        last_seq = manifest.get("last_seq")
+        if last_seq is not None and hashes.get(last_seq) != manifest.get("last_hash"):
+            problems.append(f"row {last_seq} does not carry the manifest's last hash")
+        if last_seq is not None and not any(
+            c["seq"] == last_seq and c["hash"] == hashes.get(last_seq) for c in checkpoints
+        ):
+            problems.append(f"row {last_seq} (the last) is named by no checkpoint in the export")
     for problem in problems:
         print(problem)
     first = min(hashes) if hashes else 0

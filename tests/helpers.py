@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from changegate.audit.chain import LEGACY_FIELDS
 from changegate.cli.demo import DEMO_VERIFICATION
 from changegate.cli.devstack import DEFAULT_PORTS, DevStack
 from changegate.cli.embedded import free_port
@@ -387,3 +389,55 @@ def running_stack(
 
 
 OWNER_WEST = "owner-west"
+
+
+def legacy_audit_row(seq: int, prev_hash: str, value: Any) -> dict[str, Any]:
+    """A row as release 3 wrote it: its hash by that release's rule (json.dumps form)."""
+    fields: dict[str, Any] = {
+        "seq": seq,
+        "object_type": "contact",
+        "record_id": f"old-{seq}",
+        "field": "jobtitle",
+        "previous_value": "Engineer",
+        "new_value": value,
+        "source_system": "t",
+        "source_event_id": "e",
+        "detector": "t@1",
+        "confidence": 0.9,
+        "mode": "approved",
+        "approver": "alice@example.com",
+        "policy_version": None,
+        "policy_hash": None,
+        "rule_id": None,
+        "proposal_id": str(uuid.uuid4()),
+        "decision_id": str(uuid.uuid4()),
+        "execution_id": str(uuid.uuid4()),
+        "proposed_at": "2026-11-30T09:00:00Z",
+        "decided_at": "2026-11-30T09:05:00.250000Z",
+        "executed_at": "2026-11-30T09:05:01Z",
+    }
+    assert set(fields) == set(LEGACY_FIELDS)
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(f"{text}|{prev_hash}".encode()).hexdigest()
+    return {**fields, "proposed_value": value, "prev_hash": prev_hash, "hash": digest}
+
+
+AUDIT_VERIFIER = Path(__file__).resolve().parents[1] / "docs" / "verify_audit.py"
+
+
+def run_audit_verifier(export: Path, *options: str) -> subprocess.CompletedProcess[str]:
+    """docs/verify_audit.py with changegate made unimportable: it must stand on its own."""
+    code = (
+        "import runpy, sys; sys.modules['changegate'] = None; "
+        f"sys.argv = {[str(AUDIT_VERIFIER), str(export), *options]!r}; "
+        f"runpy.run_path({str(AUDIT_VERIFIER)!r}, run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def audit_public_key() -> str:
+    """The audit service's checkpoint key of the test run (base64url), as the verifier takes it."""
+    [key] = [k for k in TRUSTED_KEYS.values() if k.signer == "audit"]
+    return key.public_key

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,9 +21,14 @@ from changegate.core.contracts.envelope import make_envelope
 from changegate.core.kafka import publish
 from changegate.core.topics import Topic, TopicNames
 from changegate.executor.crm import sandbox
-from helpers import TRUSTED_KEYS, created, enrichment, eventually, review_items
-
-VERIFIER = Path(__file__).resolve().parents[2] / "docs" / "verify_audit.py"
+from helpers import (
+    audit_public_key,
+    created,
+    enrichment,
+    eventually,
+    review_items,
+    run_audit_verifier,
+)
 
 
 def _rid(label: str) -> str:
@@ -171,9 +174,12 @@ async def test_every_outcome_is_in_the_chain_and_an_export_verifies_standalone(
         data = b"".join([chunk async for chunk in response.aiter_bytes()])
     export = tmp_path / "audit.jsonl"
     await asyncio.to_thread(export.write_bytes, data)
-    [key] = [k.public_key for k in TRUSTED_KEYS.values() if k.signer == "audit"]
-    result = _verify(
-        export, "--public-key", key, "--head", f"{head.json()['head']['seq']}:{head.json()['head']['hash']}"
+    result = run_audit_verifier(
+        export,
+        "--public-key",
+        audit_public_key(),
+        "--head",
+        f"{head.json()['head']['seq']}:{head.json()['head']['hash']}",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [json.loads(line) for line in data.decode().splitlines()]
@@ -181,24 +187,13 @@ async def test_every_outcome_is_in_the_chain_and_an_export_verifies_standalone(
     assert {r["mode"] for r in rows} >= {m for modes in expected.values() for m in modes}
     rows[0]["approver"] = "mallory@example.com"
     await asyncio.to_thread(export.write_text, "".join(json.dumps(r) + "\n" for r in rows))
-    result = _verify(export)
+    result = run_audit_verifier(export)
     assert result.returncode == 1
     assert f"row {rows[0]['seq']}: content does not match its hash (altered)" in result.stdout
 
 
 def _modes_are(modes: list[str], history: list[dict[str, Any]]) -> bool:
     return [e["mode"] for e in history] == modes
-
-
-def _verify(export: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    code = (
-        "import runpy, sys; sys.modules['changegate'] = None; "
-        f"sys.argv = {[str(VERIFIER), str(export), *options]!r}; "
-        f"runpy.run_path({str(VERIFIER)!r}, run_name='__main__')"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 async def test_a_revert_goes_through_review_and_restores_the_value_with_a_link(

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,30 +23,17 @@ from changegate.core.contracts import AuditCheckpoint, DecisionOutcome, Executio
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
 from helpers import (
-    TRUSTED_KEYS,
     ServiceProcess,
     approved_decision,
+    audit_public_key,
     ended_decision,
     eventually,
     execution_of,
     read_topic,
+    run_audit_verifier,
     service_process,
     verifier,
 )
-
-VERIFIER = Path(__file__).resolve().parents[2] / "docs" / "verify_audit.py"
-
-
-def run_verifier(export: Path, *options: str) -> subprocess.CompletedProcess[str]:
-    """docs/verify_audit.py with changegate made unimportable: it must stand on its own."""
-    code = (
-        "import runpy, sys; sys.modules['changegate'] = None; "
-        f"sys.argv = {[str(VERIFIER), str(export), *options]!r}; "
-        f"runpy.run_path({str(VERIFIER)!r}, run_name='__main__')"
-    )
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 @pytest.fixture
@@ -163,7 +148,7 @@ async def test_an_export_verifies_standalone_and_tampering_is_caught(
     assert [line["seq"] for line in lines[:-1]] == list(range(1, 10))
     assert lines[-1]["checkpoint"]["seq"] == 9
     public_key = audit_public_key()
-    result = run_verifier(tmp_path / "audit.jsonl", "--public-key", public_key)
+    result = run_audit_verifier(tmp_path / "audit.jsonl", "--public-key", public_key)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 9 rows (seq 1..9), 1 checkpoints, 0 problems" in result.stdout
 
@@ -172,7 +157,7 @@ async def test_an_export_verifies_standalone_and_tampering_is_caught(
     tampered[2]["new_value"] = json.dumps("CEO")
     bad = tmp_path / "tampered.jsonl"
     bad.write_text("".join(json.dumps(line) + "\n" for line in tampered))
-    result = run_verifier(bad)
+    result = run_audit_verifier(bad)
     assert result.returncode == 1
     assert "row 3: content does not match its hash (altered)" in result.stdout
 
@@ -185,30 +170,25 @@ async def test_an_export_verifies_standalone_and_tampering_is_caught(
         line["hash"] = canonical_hash({k: v for k, v in line.items() if k != "hash"})
         prev = line["hash"]
     bad.write_text("".join(json.dumps(line) + "\n" for line in [*rehashed, lines[-1]]))
-    result = run_verifier(bad, "--public-key", public_key)
+    result = run_audit_verifier(bad, "--public-key", public_key)
     assert result.returncode == 1
     assert "checkpoint at 9: row 9 does not carry the signed hash (rewritten)" in result.stdout
 
     # A forged checkpoint over the rewritten chain: its signature fails.
     forged = {**lines[-1]["checkpoint"], "hash": prev}
     bad.write_text("".join(json.dumps(line) + "\n" for line in [*rehashed, {"checkpoint": forged}]))
-    result = run_verifier(bad, "--public-key", public_key)
+    result = run_audit_verifier(bad, "--public-key", public_key)
     assert (result.returncode, "checkpoint at 9: bad signature" in result.stdout) == (1, True)
 
     # A filtered export: each row still checks; gaps are expected.
     await _export(client, tmp_path / "rec0.jsonl", record_id="rec-0")
-    assert run_verifier(tmp_path / "rec0.jsonl", "--allow-gaps").returncode == 0
-    assert "rows 2..4 are missing" in run_verifier(tmp_path / "rec0.jsonl").stdout
+    assert run_audit_verifier(tmp_path / "rec0.jsonl", "--allow-gaps").returncode == 0
+    assert "rows 2..4 are missing" in run_audit_verifier(tmp_path / "rec0.jsonl").stdout
 
     csv = await client.get("/v1/audit/export", params={"format": "csv", "mode": "failed"})
     header, row, *rest = csv.text.splitlines()
     assert header.startswith("seq,hash_version,object_type,record_id")
     assert (row.split(",")[0], rest) == ("6", [])
-
-
-def audit_public_key() -> str:
-    [key] = [k for k in TRUSTED_KEYS.values() if k.signer == "audit"]
-    return key.public_key
 
 
 async def test_a_chain_rewritten_and_recomputed_by_the_owner_fails_its_checkpoints(

@@ -9,13 +9,11 @@ import random
 import struct
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import rfc8785
 from changegate.audit.chain import (
     GENESIS,
-    LEGACY_FIELDS,
     SQL_CANONICAL,
     SQL_DOMAIN,
     chain_body,
@@ -28,7 +26,7 @@ from changegate.core.contracts import (
     ExecutionStatus,
 )
 from changegate.core.db import _load_migrations, migrate, migrate_core
-from helpers import approved_decision, ended_decision, execution_of
+from helpers import approved_decision, ended_decision, execution_of, legacy_audit_row
 
 MIGRATIONS = "changegate.audit.migrations"
 
@@ -87,44 +85,13 @@ async def _apply_up_to(pool: asyncpg.Pool, last: int) -> None:
                 )
 
 
-def _legacy_row(seq: int, prev_hash: str, value: Any) -> dict[str, Any]:
-    """A row as release 3 wrote it: its hash by that release's rule (json.dumps form)."""
-    fields: dict[str, Any] = {
-        "seq": seq,
-        "object_type": "contact",
-        "record_id": f"old-{seq}",
-        "field": "jobtitle",
-        "previous_value": "Engineer",
-        "new_value": value,
-        "source_system": "t",
-        "source_event_id": "e",
-        "detector": "t@1",
-        "confidence": 0.9,
-        "mode": "approved",
-        "approver": "alice@example.com",
-        "policy_version": None,
-        "policy_hash": None,
-        "rule_id": None,
-        "proposal_id": str(uuid.uuid4()),
-        "decision_id": str(uuid.uuid4()),
-        "execution_id": str(uuid.uuid4()),
-        "proposed_at": "2026-11-30T09:00:00Z",
-        "decided_at": "2026-11-30T09:05:00.250000Z",
-        "executed_at": "2026-11-30T09:05:01Z",
-    }
-    assert set(fields) == set(LEGACY_FIELDS)
-    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(f"{text}|{prev_hash}".encode()).hexdigest()
-    return {**fields, "proposed_value": value, "prev_hash": prev_hash, "hash": digest}
-
-
 async def test_rows_written_before_the_migration_still_verify_and_the_chain_continues(
     pool: asyncpg.Pool,
 ) -> None:
     await _apply_up_to(pool, 3)
-    prev = GENESIS
+    prev, hashes = GENESIS, []
     for seq, value in enumerate(["CTO", 2.5e16, 10**18, "Ünïcode"], 1):
-        row = _legacy_row(seq, prev, value)
+        row = legacy_audit_row(seq, prev, value)
         args = dict(row)
         for name in ("previous_value", "new_value", "proposed_value"):
             args[name] = json.dumps(row[name])
@@ -135,19 +102,26 @@ async def test_rows_written_before_the_migration_still_verify_and_the_chain_cont
         places = ", ".join(f"${i + 1}" for i in range(len(args)))
         await pool.execute(f"INSERT INTO audit_entries ({', '.join(args)}) VALUES ({places})", *args.values())
         prev = row["hash"]
+        hashes.append(prev)
 
-    assert await migrate(pool, "audit", MIGRATIONS) == [4, 5]
-    stored = await pool.fetch("SELECT * FROM audit_entries ORDER BY seq")
+    assert await migrate(pool, "audit", MIGRATIONS) == [4, 5, 6]
+    stored = await pool.fetch("SELECT *, tableoid::regclass::text AS part FROM audit_entries ORDER BY seq")
     assert {r["hash_version"] for r in stored} == {1}
     assert all(row_hash(r) == r["hash"] for r in stored)
+    # Partitioned by month (0006): the old rows in their outcome's month, moved as they were.
+    assert {r["part"] for r in stored} == {"audit_entries_2026_11"}
+    assert [r["hash"] for r in stored] == hashes
     async with pool.acquire() as conn, conn.transaction():
         decision = approved_decision("new-1", {"city": (None, "Oslo")})
         await append_executions(conn, [execution_of(decision, ExecutionStatus.APPLIED)])
     report = await verify(pool)
     assert (report.ok, report.rows) == (True, 5), report.problems
-    new = await pool.fetchrow("SELECT hash_version, prev_hash FROM audit_entries WHERE seq = 5")
+    new = await pool.fetchrow(
+        "SELECT hash_version, prev_hash, tableoid::regclass::text AS part FROM audit_entries WHERE seq = 5"
+    )
     assert new is not None
     assert (new["hash_version"], new["prev_hash"]) == (2, prev)
+    assert new["part"] == f"audit_entries_{datetime.now(UTC):%Y_%m}"  # appended now: this month
 
 
 def _nasty_text(rng: random.Random) -> str:

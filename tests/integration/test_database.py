@@ -39,7 +39,7 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 async def test_migrations_apply_once_and_refuse_edited_files(pool: asyncpg.Pool) -> None:
     await migrate_core(pool)
-    assert await migrate(pool, "audit", "changegate.audit.migrations") == [1, 2, 3, 4, 5]
+    assert await migrate(pool, "audit", "changegate.audit.migrations") == [1, 2, 3, 4, 5, 6]
     assert await migrate(pool, "audit", "changegate.audit.migrations") == []
     await pool.execute("UPDATE changegate_migrations SET checksum = 'x' WHERE component = 'audit'")
     with pytest.raises(RuntimeError, match="changed after it was applied"):

@@ -6,6 +6,7 @@ log append-only. Each attack of issue 16 on the database is tried as each role."
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -59,6 +60,10 @@ async def test_the_audit_role_appends_and_reads_and_can_do_nothing_else(migrated
         ]
         await audit.execute(f"INSERT INTO audit_entries ({columns}) VALUES ({values})", *args)
         assert await audit.fetchval("SELECT count(*) FROM audit_entries") == 1
+        this_month = f"{datetime.now(UTC):%Y_%m}"
+        # It makes the log's next months (through the owner's function), and reads the archives.
+        assert await audit.fetchval("SELECT audit_add_partitions(12)") == 12 - 3
+        assert await audit.fetchval("SELECT count(*) FROM audit_archives") == 0
 
         for statement in (
             "UPDATE audit_entries SET new_value = '\"EVIL\"'",
@@ -74,6 +79,11 @@ async def test_the_audit_role_appends_and_reads_and_can_do_nothing_else(migrated
             "CREATE TABLE mine (x int)",
             "SELECT * FROM review_queue",
             "SET session_replication_role = replica",  # would silence triggers: superuser only
+            "INSERT INTO audit_archives (month, rows, file_sha256, manifest, detached_as)"
+            " VALUES ('2026-01-01', 0, '', '{}', '')",  # would move where verification starts
+            "SELECT audit_add_partition(now() - interval '1 year')",  # only the owner's function may
+            f"ALTER TABLE audit_entries DETACH PARTITION audit_entries_{this_month}",
+            f"DROP TABLE audit_entries_{this_month}",
         ):
             with pytest.raises(REFUSED):
                 await audit.execute(statement)
@@ -103,6 +113,8 @@ async def test_no_other_role_can_write_the_log_or_read_anothers_tables(migrated:
             await conn.execute("INSERT INTO audit_decisions (decision_id) VALUES (gen_random_uuid())")
         with pytest.raises(REFUSED):
             await conn.execute("SELECT * FROM audit_entries")
+        with pytest.raises(REFUSED):
+            await conn.execute("SELECT audit_add_partitions(1)")
         others = {s: r for s, r in ROLES.items() if s != service and r.table_prefixes}
         tables = [
             r["tablename"]

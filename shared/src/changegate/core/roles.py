@@ -1,7 +1,8 @@
 """Least privilege in PostgreSQL: migrations run as the owner (`changegate migrate`); each service
 runs as its own login role that may touch only its own tables, in only the ways it needs. The audit
-role may INSERT and SELECT the log and nothing else: not being the owner, it cannot ALTER the
-table, DISABLE its triggers, TRUNCATE or DELETE.
+role may INSERT and SELECT the log, read its archives, and make its next months' partitions through
+the owner's function ``audit_add_partitions`` — nothing else: not being the owner, it cannot ALTER
+the table, DISABLE its triggers, TRUNCATE, DELETE or detach a month.
 
 The shared tables are shared by rows: row-level security (core migration 0006) keeps each role to
 its own idempotency claims and outbox rows. API tokens are written by the owner only; the services
@@ -48,6 +49,8 @@ class ServiceRole:
     table_prefixes: tuple[str, ...]  # the service's own tables
     privileges: tuple[str, ...] = READ_WRITE
     api: bool = False
+    read_only: tuple[str, ...] = ()  # own tables it may only read
+    functions: tuple[str, ...] = ()  # functions it may call (SECURITY DEFINER ones: the owner's powers)
 
     @property
     def name(self) -> str:
@@ -61,7 +64,14 @@ ROLES = {
         ServiceRole("policy", ("policy_",)),
         ServiceRole("review-api", ("review_",), api=True),
         ServiceRole("executor", ("executor_", "sandbox_crm_")),
-        ServiceRole("audit", ("audit_",), privileges=("SELECT", "INSERT"), api=True),
+        ServiceRole(
+            "audit",
+            ("audit_",),
+            privileges=("SELECT", "INSERT"),
+            api=True,
+            read_only=("audit_archives",),  # written by `changegate audit archive`, as the owner
+            functions=("audit_add_partitions(integer)",),  # the log's next months
+        ),
     )
 }
 
@@ -79,8 +89,12 @@ async def ensure_roles(conn: DbConn, passwords: dict[str, str] | None = None) ->
     anything else it had on our tables. Run as the owner after the migrations. Returns the grants."""
     passwords = passwords or {}
     database = await conn.fetchval("SELECT current_database()")
-    rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-    tables = [r["tablename"] for r in rows]
+    # Partitions get no grants of their own: reached through their table, its grants apply.
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+    )
+    tables = [r["relname"] for r in rows]
     # Each serial column's sequence and the table it belongs to.
     sequences = {
         r["seq"]: r["tbl"]
@@ -117,7 +131,7 @@ async def ensure_roles(conn: DbConn, passwords: dict[str, str] | None = None) ->
             }
             for table in tables:
                 if role.table_prefixes and table.startswith(role.table_prefixes):
-                    wanted[table] = role.privileges
+                    wanted[table] = ("SELECT",) if table in role.read_only else role.privileges
             grants = []
             for table, privileges in sorted(wanted.items()):
                 if table in tables:
@@ -132,6 +146,10 @@ async def ensure_roles(conn: DbConn, passwords: dict[str, str] | None = None) ->
                 await conn.execute(grant.format(f"EXECUTE ON FUNCTION {TOKEN_USED}", _ident(role.name)))
                 if role.api:
                     grants.append(f"{TOKEN_USED}: EXECUTE")
+            for function in role.functions:
+                if await conn.fetchval("SELECT to_regprocedure($1)", function) is not None:
+                    await conn.execute(f"GRANT EXECUTE ON FUNCTION {function} TO {_ident(role.name)}")
+                    grants.append(f"{function}: EXECUTE")
             granted[role.name] = grants
             log.info("role granted", role=role.name, grants=grants)
         for name in RETIRED:

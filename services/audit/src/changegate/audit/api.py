@@ -153,6 +153,13 @@ class ChainHead(BaseModel):
     hash: str
 
 
+class ArchivedUpTo(BaseModel):
+    month: str = Field(description="the last month archived (YYYY-MM); it and the months before are detached")
+    last_seq: int = Field(description="its last row: verification from genesis starts after it")
+    last_hash: str = Field(description="that row's hash, as archived; a signed checkpoint names it")
+    file_sha256: str = Field(description="sha256 of the month's export (`changegate audit archive`)")
+
+
 class VerifyResult(BaseModel):
     ok: bool = Field(description="no row altered or missing, every checkpoint matches (and the head given)")
     rows: int = Field(description="rows recomputed")
@@ -160,15 +167,28 @@ class VerifyResult(BaseModel):
     checkpoints: int = Field(0, description="signed checkpoints checked against the rows they name")
     problems: list[str]
     head: ChainHead = Field(description="keep it outside this database; pass it back as head=SEQ:HASH")
+    archived: ArchivedUpTo | None = Field(
+        None, description="rows up to here are archived and detached: not recomputed here (their exports are)"
+    )
 
 
 async def verify_result(request: Request, head: str | None, from_genesis: bool) -> dict[str, Any]:
-    """Every checkpoint, then the rows from genesis or from the latest checkpoint that passed."""
+    """Every checkpoint, then the rows from genesis or from the latest checkpoint that passed; once
+    months are archived, "genesis" is the last archived row (reported as ``archived``)."""
     checked = await checkpoints.verify_chain(
         request.app.state.pool, request.app.state.verifier, parse_head(head) if head else None, from_genesis
     )
-    report = checked.rows
+    report, anchor = checked.rows, checked.archived
+    archived = None
+    if anchor is not None:
+        archived = {
+            "month": anchor.label,
+            "last_seq": anchor.last_seq,
+            "last_hash": anchor.last_hash,
+            "file_sha256": anchor.file_sha256,
+        }
     return {
+        "archived": archived,
         "ok": checked.ok,
         "rows": report.rows,
         "from_seq": report.from_seq,

@@ -9,6 +9,7 @@ import asyncpg
 from changegate.audit import api
 from changegate.audit.chain import row_to_entry
 from changegate.audit.checkpoints import Checkpointer
+from changegate.audit.retention import PartitionKeeper, month_partitions
 from changegate.audit.settings import AuditSettings
 from changegate.audit.store import (
     Outcome,
@@ -61,8 +62,8 @@ def count_rows(outcomes: list[Outcome]) -> None:
 class AuditConsumer:
     """Decisions and executions into the log, a polled batch per transaction."""
 
-    def __init__(self, pool: asyncpg.Pool, verifier: Verifier) -> None:
-        self.pool, self.verifier = pool, verifier
+    def __init__(self, pool: asyncpg.Pool, verifier: Verifier, partitions_ahead: int = 3) -> None:
+        self.pool, self.verifier, self.ahead = pool, verifier, partitions_ahead
         self.policies = RecordedPolicies(pool)
 
     async def on_decisions(self, envelopes: list[Envelope[Any]]) -> Refusals:
@@ -71,7 +72,11 @@ class AuditConsumer:
         decisions = await screen_more(refused, decisions, self.policies.check)
         if decisions:
             batch = [d for _, d in decisions]
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with (
+                month_partitions(self.pool, self.ahead),
+                self.pool.acquire() as conn,
+                conn.transaction(),
+            ):
                 kept = await record_decisions(conn, batch)
                 # Those that end their proposal here (rejected, expired, superseded) go in the chain
                 # now, once: a decision kept before (redelivery) is not kept again.
@@ -90,7 +95,7 @@ class AuditConsumer:
         )
         if not executions:
             return refused
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with month_partitions(self.pool, self.ahead), self.pool.acquire() as conn, conn.transaction():
             fresh = await claim_events(conn, "audit-executions", [e.execution_id for _, e in executions])
             # Already logged ones write no second row (redelivery); each execution once.
             todo = list({e.execution_id: e for _, e in executions if e.execution_id in fresh}.values())
@@ -168,7 +173,7 @@ def build_app(runtime: ServiceRuntime, pool: asyncpg.Pool, settings: AuditSettin
 
 async def setup(ctx: Context[AuditSettings]) -> Parts:
     verifier = ctx.verifier()
-    consumer = AuditConsumer(ctx.pool, verifier)
+    consumer = AuditConsumer(ctx.pool, verifier, ctx.settings.audit_partitions_ahead)
     checkpointer = Checkpointer(
         ctx.pool,
         ctx.signer(),
@@ -187,6 +192,12 @@ async def setup(ctx: Context[AuditSettings]) -> Parts:
         consumers=[Consumer("changegate-audit", subscriptions)],
         app=app,
         workers=[
+            PartitionKeeper(
+                ctx.pool,
+                ctx.settings.audit_partitions_ahead,
+                ctx.settings.audit_partitions_interval_seconds,
+                ctx.runtime.stop,
+            ).run,
             checkpointer.run,
             ChainWatch(ctx.pool, verifier, ctx.settings.audit_verify_interval_seconds, ctx.runtime.stop).run,
         ],

@@ -234,7 +234,7 @@ def row_hash(row: asyncpg.Record | dict[str, Any]) -> str:
 
 
 def row_to_entry(row: asyncpg.Record) -> AuditEntry:
-    fields = dict(row)
+    fields = {k: row[k] for k in AuditEntry.model_fields}  # not appended_at: storage, not the entry
     for name in VALUE_COLUMNS:
         fields[name] = json.loads(fields[name]) if fields[name] is not None else None
     return AuditEntry.model_validate(fields)
@@ -360,14 +360,17 @@ async def verify(
     expect_head: tuple[int, str] | None = None,
     start: tuple[int, str] | None = None,
     in_database: bool = True,
+    archived: bool = False,
 ) -> VerifyReport:
     """Recompute the chain; report altered rows (hash mismatch) and missing ones (gaps, broken links).
 
-        From genesis, or from ``start`` (a seq and its hash already verified, e.g. a signed checkpoint):
-        the row after it must link to that hash. Rows removed from the end leave a shorter chain that is
-        still consistent: only a head recorded elsewhere (``expect_head``: a seq and its hash, e.g. a
-        checkpoint) reveals them. Given a pool, ranges of the log are checked on two connections at once;
-    ``in_database=False`` recomputes every row in Python (what the database's check is measured against)."""
+    From genesis, or from ``start`` (a seq and its hash already verified, e.g. a signed checkpoint):
+    the row after it must link to that hash. Rows removed from the end leave a shorter chain that is
+    still consistent: only a head recorded elsewhere (``expect_head``: a seq and its hash, e.g. a
+    checkpoint) reveals them. Given a pool, ranges of the log are checked on two connections at once;
+    ``in_database=False`` recomputes every row in Python (what the database's check is measured against).
+    ``archived``: ``start`` is the last row of an archived month (detached: not looked up here: it is
+    the archive's record, which a signed checkpoint must name)."""
     problems: list[str] = []
     from_seq, prev_hash = start if start else (0, GENESIS)
     expected_seq, count = from_seq + 1, 0
@@ -403,7 +406,7 @@ async def verify(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    if start is not None:
+    if start is not None and not archived:
         at = await conn.fetchval("SELECT hash FROM audit_entries WHERE seq = $1", from_seq)
         if at != start[1]:
             problems.append(f"row {from_seq} no longer carries the hash verified earlier")

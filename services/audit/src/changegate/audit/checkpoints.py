@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 
 import asyncpg
-from changegate.audit.chain import VerifyReport, verify
+from changegate.audit.chain import VerifyReport
+from changegate.audit.retention import Archived, anchor_of, archives, verify_log
 from changegate.core import outbox
 from changegate.core.contracts import AuditCheckpoint
 from changegate.core.contracts.base import utcnow
@@ -26,6 +27,7 @@ from pydantic import ValidationError
 
 log = get_logger(__name__)
 SERVICE = "audit"
+MONTH_ENDS_SECONDS = 60.0  # how often the last rows of past months are looked at (and signed)
 
 
 async def latest(conn: Queryable) -> AuditCheckpoint | None:
@@ -40,17 +42,18 @@ async def sign_head(
     chain is broken, or nothing new)."""
     last = await latest(pool)
     start = (last.seq, last.hash) if last else None
-    report = await verify(pool, start=start)
+    report, _ = await verify_log(pool, start=start)
     if not report.ok or report.head_seq == (last.seq if last else 0):
         return None, report
-    checkpoint = signer.sign(
-        AuditCheckpoint(
-            seq=report.head_seq,
-            hash=report.head_hash,
-            previous_seq=last.seq if last else 0,
-            signed_at=utcnow(),
-        )
-    )
+    return await _sign(pool, signer, names, report.head_seq, report.head_hash), report
+
+
+async def _sign(
+    pool: asyncpg.Pool, signer: SigningKey, names: TopicNames, seq: int, digest: str
+) -> AuditCheckpoint | None:
+    """Sign row ``seq``'s hash, keep it and publish it (None: another replica signed it first)."""
+    previous = await pool.fetchval("SELECT coalesce(max(seq), 0) FROM audit_checkpoints WHERE seq < $1", seq)
+    checkpoint = signer.sign(AuditCheckpoint(seq=seq, hash=digest, previous_seq=previous, signed_at=utcnow()))
     async with pool.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
             "INSERT INTO audit_checkpoints (seq, hash, signed_at, checkpoint) VALUES ($1, $2, $3, $4)"
@@ -60,12 +63,53 @@ async def sign_head(
             checkpoint.signed_at,
             checkpoint.model_dump_json(),
         )
-        if inserted is None:  # another replica signed this head
-            return None, report
+        if inserted is None:  # another replica signed this row
+            return None
         envelope = make_envelope(checkpoint, service=SERVICE, dedup_key=f"checkpoint|{checkpoint.seq}")
         await outbox.enqueue(conn, SERVICE, names(Topic.AUDIT_CHECKPOINTS), "chain", envelope)
-    log.info("checkpoint signed", seq=checkpoint.seq, rows=report.rows)
-    return checkpoint, report
+    log.info("checkpoint signed", seq=checkpoint.seq)
+    return checkpoint
+
+
+async def month_ends(conn: Queryable) -> list[int]:
+    """The last row of each month that is over and still attached, if no checkpoint names it yet:
+    `changegate audit archive` needs a signed checkpoint at a month's last row."""
+    found: list[int] = []
+    before = await conn.fetchval("SELECT date_trunc('month', now(), 'UTC')")
+    while True:
+        row = await conn.fetchrow(
+            "SELECT seq, appended_at FROM audit_entries WHERE appended_at < $1 ORDER BY seq DESC LIMIT 1",
+            before,
+        )
+        if row is None:
+            break
+        found.append(row["seq"])
+        before = await conn.fetchval("SELECT date_trunc('month', $1::timestamptz, 'UTC')", row["appended_at"])
+    if not found:
+        return []
+    signed = await conn.fetch("SELECT seq FROM audit_checkpoints WHERE seq = ANY($1::bigint[])", found)
+    return sorted(set(found) - {r["seq"] for r in signed})
+
+
+async def sign_month_ends(pool: asyncpg.Pool, signer: SigningKey, names: TopicNames) -> list[AuditCheckpoint]:
+    """Sign the last row of every month that is over (see ``month_ends``), once the rows from the
+    checkpoint before the first of them to the head verify."""
+    ends = await month_ends(pool)
+    if not ends:
+        return []
+    before = await pool.fetchrow(
+        "SELECT seq, hash FROM audit_checkpoints WHERE seq < $1 ORDER BY seq DESC LIMIT 1", ends[0]
+    )
+    report, _ = await verify_log(pool, start=(before["seq"], before["hash"]) if before else None)
+    if not report.ok:
+        log.error("chain broken: month ends not signed", problems=report.problems[:10])
+        return []
+    signed = []
+    for seq in ends:
+        digest = await pool.fetchval("SELECT hash FROM audit_entries WHERE seq = $1", seq)
+        if digest is not None and (checkpoint := await _sign(pool, signer, names, seq, digest)):
+            signed.append(checkpoint)
+    return signed
 
 
 @dataclass(frozen=True)
@@ -78,14 +122,21 @@ class CheckpointReport:
 async def check_checkpoints(
     conn: Queryable, verifier: Verifier
 ) -> tuple[CheckpointReport, AuditCheckpoint | None]:
-    """Every kept checkpoint: its signature, and whether its row still carries its hash. Returns the
-    report and the latest checkpoint that passed (where incremental verification starts)."""
+    """Every kept checkpoint: its signature, and whether its row still carries its hash (a row of an
+    archived month: the archive's last hash, for its last row). Each archived month's last row must
+    be named by a good checkpoint: verification starts from it. Returns the report and the latest
+    checkpoint that passed on an attached row (where incremental verification starts)."""
     rows = await conn.fetch(
         "SELECT c.seq, c.checkpoint, e.hash AS row_hash FROM audit_checkpoints c"
         " LEFT JOIN audit_entries e ON e.seq = c.seq ORDER BY c.seq"
     )
+    done = await archives(conn)
+    anchor = anchor_of(done)
+    archived_upto = anchor.last_seq or 0 if anchor else 0
+    archived_last = {a.last_seq: a for a in done if a.last_seq is not None}
     problems: list[str] = []
     good: AuditCheckpoint | None = None
+    named: set[tuple[int, str]] = set()
     for row in rows:
         try:
             checkpoint = AuditCheckpoint.model_validate_json(row["checkpoint"])
@@ -95,6 +146,13 @@ async def check_checkpoints(
             continue
         if checkpoint.seq != row["seq"]:
             problems.append(f"checkpoint at {row['seq']}: names row {checkpoint.seq}")
+        elif row["row_hash"] is None and row["seq"] <= archived_upto:
+            month = archived_last.get(row["seq"])
+            if month is not None and month.last_hash != checkpoint.hash:
+                problems.append(
+                    f"checkpoint at {row['seq']}: the archive of {month.label} records another hash for it"
+                )
+            named.add((checkpoint.seq, checkpoint.hash))
         elif row["row_hash"] is None:
             problems.append(f"checkpoint at {row['seq']}: row {row['seq']} is missing (the log was cut)")
         elif row["row_hash"] != checkpoint.hash:
@@ -103,6 +161,11 @@ async def check_checkpoints(
             )
         elif good is None or checkpoint.seq > good.seq:
             good = checkpoint
+    for month in done:
+        if month.last_seq is not None and (month.last_seq, month.last_hash) not in named:
+            problems.append(
+                f"archive of {month.label}: no signed checkpoint names its last row {month.last_seq}"
+            )
     return CheckpointReport(not problems, len(rows), problems), good
 
 
@@ -112,6 +175,7 @@ class ChainReport:
 
     marks: CheckpointReport
     rows: VerifyReport
+    archived: Archived | None = None  # where the rows started: the last archived month's end
 
     @property
     def problems(self) -> list[str]:
@@ -126,10 +190,12 @@ async def verify_chain(
     pool: asyncpg.Pool, verifier: Verifier, head: tuple[int, str] | None = None, from_genesis: bool = False
 ) -> ChainReport:
     """Every checkpoint (signature, and its row's hash), then the rows: from genesis, or from the
-    latest checkpoint that passed (incremental: rows before it were verified when it was signed)."""
+    latest checkpoint that passed (incremental: rows before it were verified when it was signed).
+    Once months are archived, "genesis" is the last archived row (reported as ``archived``)."""
     marks, good = await check_checkpoints(pool, verifier)
     start = None if from_genesis or good is None else (good.seq, good.hash)
-    return ChainReport(marks, await verify(pool, head, start))
+    rows, anchor = await verify_log(pool, head, start)
+    return ChainReport(marks, rows, anchor)
 
 
 class Checkpointer:
@@ -149,12 +215,18 @@ class Checkpointer:
 
     async def run(self) -> None:
         signed_at = time.monotonic()
+        ends_at = 0.0  # when the last rows of past months were last looked at
         while not self.stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), min(1.0, self.seconds))
             if self.stop.is_set():
                 return
             try:
+                # At start and every minute, not only when the month changes: a transaction that
+                # began in the old month may still commit rows into it just after.
+                if time.monotonic() - ends_at >= MONTH_ENDS_SECONDS:
+                    await sign_month_ends(self.pool, self.signer, self.names)
+                    ends_at = time.monotonic()
                 head = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM audit_entries")
                 last = await self.pool.fetchval("SELECT coalesce(max(seq), 0) FROM audit_checkpoints")
                 due = head - last >= self.every or (

@@ -16,3 +16,9 @@ class AuditSettings(CommonSettings, AuthSettings):
         gt=0,
         description="how often the service verifies the chain from its checkpoints (metrics, alerts)",
     )
+    audit_partitions_ahead: int = Field(
+        3, ge=1, le=24, description="months of log partitions kept made beyond the current one"
+    )
+    audit_partitions_interval_seconds: float = Field(
+        3600, gt=0, le=86_400, description="how often the service makes the next months' partitions"
+    )
