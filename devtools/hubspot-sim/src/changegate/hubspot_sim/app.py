@@ -25,7 +25,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -237,22 +237,9 @@ def create_app(
         values.update(createdate=iso(stamp), lastmodifieddate=iso(stamp), hs_object_id=rid)
         state.objects[objects].put(rid, Record(values, stamp, stamp))
         if actor is not None:
-            hooks.emit(
-                [event(objects, "creation", actor, stamp, objectId=_oid(rid), changeFlag="CREATED")]
-                + [
-                    event(
-                        objects,
-                        "propertyChange",
-                        actor,
-                        stamp,
-                        objectId=_oid(rid),
-                        propertyName=k,
-                        propertyValue=v,
-                    )
-                    for k, v in sorted(props.items())
-                    if _string(v) is not None
-                ]
-            )
+            set_now = [(k, s) for k, v in sorted(props.items()) if (s := _string(v)) is not None]
+            created = event(objects, "creation", actor, stamp, objectId=_oid(rid), changeFlag="CREATED")
+            hooks.emit([created, *property_changes(objects, rid, set_now, actor, stamp)])
         return rid
 
     def update(objects: str, rid: str, props: dict[str, Any], actor: Actor | None, stamp: int) -> None:
@@ -267,20 +254,24 @@ def create_app(
             record.updated_ms = stamp
             record.properties["lastmodifieddate"] = iso(stamp)
         if actor is not None:
-            hooks.emit(
-                [
-                    event(
-                        objects,
-                        "propertyChange",
-                        actor,
-                        stamp,
-                        objectId=_oid(rid),
-                        propertyName=k,
-                        propertyValue=v or "",
-                    )
-                    for k, v in changed
-                ]
+            hooks.emit(property_changes(objects, rid, changed, actor, stamp))
+
+    def property_changes(
+        objects: str, rid: str, changes: Sequence[tuple[str, str | None]], actor: Actor, stamp: int
+    ) -> list[dict[str, Any]]:
+        """One ``propertyChange`` webhook per property set; HubSpot reports a cleared value as ""."""
+        return [
+            event(
+                objects,
+                "propertyChange",
+                actor,
+                stamp,
+                objectId=_oid(rid),
+                propertyName=name,
+                propertyValue=value or "",
             )
+            for name, value in changes
+        ]
 
     def not_found(objects: str, ids: list[str]) -> dict[str, Any]:
         return {
