@@ -16,6 +16,7 @@ from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.envelope import make_envelope
 from changegate.core.dlq import DeadLetter
 from changegate.core.serde import decode, encode
+from changegate.core.settings import CommonSettings
 from rich.console import Console
 
 
@@ -47,6 +48,10 @@ def test_a_running_stack_s_state_fills_what_the_environment_leaves_unset(
     assert stack.service_urls(tmp_path) == {"audit": "http://127.0.0.1:29094"}
     monkeypatch.setenv("CHANGEGATE_DATABASE_URL", "postgresql://ops@db/changegate")
     assert stack.common(tmp_path).database_url == "postgresql://ops@db/changegate"  # the variable wins
+    monkeypatch.delenv("CHANGEGATE_DATABASE_URL")
+    given = stack.settings(tmp_path, CommonSettings, database_url="postgresql://cli@db/flag")
+    assert given.database_url == "postgresql://cli@db/flag"  # a command's own option wins too
+    assert given.topic_prefix == "acme."
 
 
 def test_a_state_file_left_by_a_stack_that_is_gone_is_ignored(

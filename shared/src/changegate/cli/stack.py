@@ -98,7 +98,7 @@ def settings(workdir: Path, cls: type[S], **overrides: Any) -> S:
             value = state.values.get(key)
             if value and f"{ENV_PREFIX}{name.upper()}" not in os.environ:
                 given[name] = value
-    return cls(**given, **overrides)
+    return cls(**(given | overrides))  # what the caller gives wins over the stack's
 
 
 def common(workdir: Path) -> CommonSettings:

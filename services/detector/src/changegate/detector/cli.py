@@ -336,15 +336,6 @@ def calibrate(
     console.print(f"wrote {out} — set CHANGEGATE_RELIABILITY_FILE={out} for the detector")
 
 
-def _dev_stack(workdir: Path) -> dict[str, Any]:
-    """The state file of a dev stack running from ``workdir`` ({} when none)."""
-    state_file = workdir / "state.json"
-    if not state_file.is_file():
-        return {}
-    state: dict[str, Any] = json.loads(state_file.read_text())
-    return state
-
-
 def _write_report(out: Path, found: list[Found]) -> None:
     from changegate.detector.scan import rows
 
@@ -383,9 +374,7 @@ def scan(
             help="the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL, else the dev stack's)"
         ),
     ] = None,
-    workdir: Annotated[Path, typer.Option(help="a dev stack's folder (its database and keys)")] = Path(
-        ".changegate/dev"
-    ),
+    workdir: WorkDir = DEFAULT_WORKDIR,
 ) -> None:
     """Find the duplicate clusters already in the records the detector knows (`changegate crm
     import` loads a CRM's), as the detector would have found them had it seen every record arrive,
@@ -399,14 +388,13 @@ def scan(
     from changegate.core.contracts import ObjectType
     from changegate.detector.settings import DetectorSettings
 
-    running = _dev_stack(workdir)
     overrides: dict[str, Any] = {}
-    if database_url or (running.get("database_url") and "CHANGEGATE_DATABASE_URL" not in os.environ):
-        overrides["database_url"] = database_url or running["database_url"]
+    if database_url:
+        overrides["database_url"] = database_url
     key_file = workdir / "detector.key"
     if publish and "CHANGEGATE_SIGNING_KEY" not in os.environ and key_file.is_file():
         overrides["signing_key"] = key_file.read_text().strip()
-    settings = DetectorSettings(**overrides)
+    settings = stack.settings(workdir, DetectorSettings, **overrides)
     try:
         kind = ObjectType(object_type)
     except ValueError as exc:
