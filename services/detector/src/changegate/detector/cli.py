@@ -46,6 +46,12 @@ class SnapshotError(ValueError):
     """A snapshot that cannot be read, with the reason (file and line)."""
 
 
+def _progress() -> Progress:
+    """The bar a long detector command shows on the console (stderr)."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    return Progress(*columns, TimeElapsedColumn(), console=console)
+
+
 def _record_id(obj: dict[str, Any], fallback: str) -> str:
     return next((str(obj[k]) for k in ID_FIELDS if obj.get(k) not in (None, "")), fallback)
 
@@ -187,14 +193,7 @@ def train(
         console.print(f"[yellow]skipped[/] {problem}")
     if len(problems) > 20:
         console.print(f"[yellow]… and {len(problems) - 20} more unusable lines[/]")
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _progress() as progress:
         task = progress.add_task("normalising records", total=len(snapshot))
         ids, records = [], []
         for record_id, props in snapshot:
@@ -400,14 +399,7 @@ def scan(
     except ValueError as exc:
         raise typer.BadParameter(f"{object_type!r}: contact or company") from exc
     signer = settings.signing("detector") if publish else None
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
+    with _progress() as progress:
         task = progress.add_task(f"streaming the {kind.value}s", total=None)
         found, sent = asyncio.run(
             _scan(

@@ -141,20 +141,29 @@ LIST_COLUMNS = (
 )
 
 
-async def page(
-    db: Queryable, filters: Filters, principal: Principal, limit: int, after: str | None
-) -> tuple[list[asyncpg.Record], str | None]:
-    """One page, highest priority first, then oldest; the cursor of the next page, if any."""
+async def _page_rows(
+    db: Queryable, columns: str, filters: Filters, principal: Principal, limit: int, after: str | None
+) -> list[asyncpg.Record]:
+    """Up to ``limit`` + 1 rows of the queue after the cursor, in the inbox's order (the extra row
+    says whether a next page exists)."""
     sql = filter_sql(filters, principal)
     if after is not None:
         rank, at, pid = decode_cursor(after)
         sql.add("(priority_rank, enqueued_at, proposal_id) > ({}, {}, {})", rank, at, pid)
     sql.params.append(limit + 1)
-    rows = await db.fetch(
-        f"SELECT {LIST_COLUMNS} FROM review_queue WHERE {sql.where}"
+    rows: list[asyncpg.Record] = await db.fetch(
+        f"SELECT {columns} FROM review_queue WHERE {sql.where}"
         f" ORDER BY priority_rank, enqueued_at, proposal_id LIMIT ${len(sql.params)}",
         *sql.params,
     )
+    return rows
+
+
+async def page(
+    db: Queryable, filters: Filters, principal: Principal, limit: int, after: str | None
+) -> tuple[list[asyncpg.Record], str | None]:
+    """One page, highest priority first, then oldest; the cursor of the next page, if any."""
+    rows = await _page_rows(db, LIST_COLUMNS, filters, principal, limit, after)
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, encode_cursor(rows[-1]) if more and rows else None
@@ -178,16 +187,8 @@ async def page_json(
     db: Queryable, filters: Filters, principal: Principal, limit: int, after: str | None
 ) -> str:
     """One page as the API's JSON (views.Page), highest priority first, then oldest."""
-    sql = filter_sql(filters, principal)
-    if after is not None:
-        rank, at, pid = decode_cursor(after)
-        sql.add("(priority_rank, enqueued_at, proposal_id) > ({}, {}, {})", rank, at, pid)
-    sql.params.append(limit + 1)
-    rows = await db.fetch(
-        f"SELECT priority_rank, enqueued_at, proposal_id, {SUMMARY_JSON} AS item FROM review_queue"
-        f" WHERE {sql.where} ORDER BY priority_rank, enqueued_at, proposal_id LIMIT ${len(sql.params)}",
-        *sql.params,
-    )
+    columns = f"priority_rank, enqueued_at, proposal_id, {SUMMARY_JSON} AS item"
+    rows = await _page_rows(db, columns, filters, principal, limit, after)
     following = json.dumps(encode_cursor(rows[limit - 1])) if len(rows) > limit else "null"
     return '{"items":[' + ",".join(r["item"] for r in rows[:limit]) + '],"next_cursor":' + following + "}"
 
