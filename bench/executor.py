@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import os
 import shutil
 import sys
@@ -304,10 +305,21 @@ async def simulator(
         f"{_statuses(statuses)}; {100 * len(calls) / count:.1f} HubSpot requests per 100,"
         f" {throttled} answered 429"
     )
+    if limit:
+        peak = _peak([c["at"] for c in calls], limit[1])
+        if peak > limit[0]:
+            raise RuntimeError(f"{peak} requests reached HubSpot within {limit[1]:g} s (limit {limit[0]})")
+        detail += f", at most {peak} in any {limit[1]:g} s"
     label = "executor -> HubSpot simulator, " + (
         f"limit {limit[0]}/{limit[1]:.0f} s" if limit else "unlimited"
     )
     return Result(label, count, rate, detail)
+
+
+def _peak(arrivals: list[float], window: float) -> int:
+    """The most requests the simulator saw arrive within any ``window`` seconds of its clock."""
+    arrivals = sorted(arrivals)
+    return max((bisect.bisect_left(arrivals, t + window) - n for n, t in enumerate(arrivals)), default=0)
 
 
 def _sim_env() -> dict[str, str]:

@@ -6,6 +6,7 @@ limit headers, tokens."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -123,6 +124,28 @@ async def test_the_rate_limit_headers_hold_calls_until_the_window_rolls(
         assert (await crm.read(C, ["601"], ["city"]))["601"].properties == {"city": "Oslo"}
     hubspot_sim.rate(None)
     assert len(hubspot_sim.calls("/batch/read")) <= 8
+
+
+async def test_calls_in_flight_together_never_exceed_hubspots_rolling_window(
+    crm: HubSpotCrm, hubspot_sim: SimServer
+) -> None:
+    """Four times the limit at once, as the executor sends a batch's chunks: every call gets through
+    and HubSpot, which counts each call as it arrives, never sees more than the limit in any window
+    of its own clock (nor answers 429)."""
+    hubspot_sim.records(*({"id": str(700 + n), "properties": {"city": "Oslo"}} for n in range(20)))
+    limited = HubSpotCrm(HubSpotClient(hubspot_sim.url, TOKEN, requests_per_window=5, window_seconds=0.5))
+    hubspot_sim.rate(5, window=0.5)
+    try:
+        reads = await asyncio.gather(*(limited.read(C, [str(700 + n)], ["city"]) for n in range(20)))
+    finally:
+        hubspot_sim.rate(None)
+        await limited.close()
+    assert [r[str(700 + n)].properties for n, r in enumerate(reads)] == [{"city": "Oslo"}] * 20
+    calls = hubspot_sim.calls("/batch/read")
+    assert len(calls) == 20
+    assert not [c for c in calls if c.get("status") == 429]
+    arrived = sorted(c["at"] for c in calls)
+    assert max(sum(1 for t in arrived if start <= t < start + 0.5) for start in arrived) <= 5
 
 
 async def test_a_wrong_token_is_a_refusal_not_an_outage(hubspot_sim: SimServer) -> None:

@@ -81,8 +81,7 @@ def _adapter(settings: ImportSettings, pool: Any) -> tuple[CrmAdapter, str]:
     name of the CRM."""
     from changegate.executor.app import make_crm
 
-    share = max(1, int(settings.hubspot_requests_per_window * settings.import_rate_share))
-    adapter = make_crm(settings.model_copy(update={"hubspot_requests_per_window": share}), pool)
+    adapter = make_crm(settings.model_copy(update={"hubspot_rate_share": settings.import_rate_share}), pool)
     source = f"hubspot@{settings.hubspot_base_url}" if settings.crm == "hubspot" else settings.crm
     return adapter, source
 

@@ -147,7 +147,7 @@ class State:
     objects: dict[str, Objects] = field(default_factory=lambda: {o: Objects() for o in OBJECTS})
     owners: dict[str, dict[str, Any]] = field(default_factory=dict)
     faults: list[Fault] = field(default_factory=list)
-    calls: list[dict[str, Any]] = field(default_factory=list)  # method, path, body: what was asked
+    calls: list[dict[str, Any]] = field(default_factory=list)  # method, path, body, when: what was asked
     violations: list[str] = field(default_factory=list)  # requests/answers HubSpot's documents refuse
     next_id: int = 1000
     rate_max: int | None = None  # requests in any window before 429 (None: unlimited)
@@ -534,7 +534,13 @@ def create_app(
         except ValueError:
             body = None
         state.calls.append(
-            {"method": request.method, "path": path, "query": str(request.url.query), "body": body}
+            {
+                "method": request.method,
+                "path": path,
+                "query": str(request.url.query),
+                "body": body,
+                "at": time.monotonic(),  # the simulator's clock: to check a rate limit was kept
+            }
         )
         actor = known.get(request.headers.get("authorization", "").removeprefix("Bearer "))
         if actor is None:

@@ -47,12 +47,10 @@ async def setup(ctx: Context[ExecutorSettings]) -> Parts:
         ],
         closers=[crm.close],
     )
-    if isinstance(crm, HubSpotCrm):
-        share = settings.hubspot_rate_share
-        # Holding no partition yet (or between rebalances) it makes no calls; say 1 meanwhile.
-        crm.client.share = (
-            (lambda: share) if share else (lambda: parts.loops[GROUP].share(Topic.DECISIONS) or 1.0)
-        )
+    if isinstance(crm, HubSpotCrm) and settings.hubspot_rate_share is None:
+        # The share of the decisions' partitions it holds. Holding none yet (or between
+        # rebalances) it makes no calls; say 1 meanwhile.
+        crm.client.share = lambda: parts.loops[GROUP].share(Topic.DECISIONS) or 1.0
     log.info("executing to", crm=crm.target)
     return parts
 

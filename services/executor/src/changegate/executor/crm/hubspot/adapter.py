@@ -61,6 +61,7 @@ class HubSpotCrm(BatchWriter):
         cls, settings: ExecutorSettings, transport: httpx.AsyncBaseTransport | None = None
     ) -> HubSpotCrm:
         assert settings.hubspot_token is not None
+        share = settings.hubspot_rate_share  # unset: the executor sets its share of partitions
         return cls(
             HubSpotClient(
                 settings.hubspot_base_url,
@@ -70,6 +71,7 @@ class HubSpotCrm(BatchWriter):
                 timeout=settings.hubspot_timeout_seconds,
                 attempts=settings.hubspot_attempts,
                 transport=transport,
+                share=None if share is None else (lambda: share),
             )
         )
 

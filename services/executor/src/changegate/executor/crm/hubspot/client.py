@@ -1,18 +1,16 @@
 """HTTP to HubSpot's CRM v3 API: a private app's bearer token, a client-side rate limit (HubSpot's
-private-app default, 190 requests in any 10 s: a moving window, as HubSpot's own "ten-secondly
-rolling" limit), a timeout on every call, and retries with backoff for what HubSpot says to retry:
-429 (after Retry-After, or the rate-limit window its headers give), 423 (a locked record: wait and
-retry), 5xx, timeouts and connection errors. What still fails after the configured attempts is
-``CrmUnavailableError``: the executor retries it later (its circuit breaker pauses consumption
-meanwhile).
+private-app default, 190 requests in any rolling 10 s: ``limiter.py``), a timeout on every call,
+and retries with backoff for what HubSpot says to retry: 429 (after Retry-After, or the rate-limit
+window its headers give), 423 (a locked record: wait and retry), 5xx, timeouts and connection
+errors. What still fails after the configured attempts is ``CrmUnavailableError``: the executor
+retries it later (its circuit breaker pauses consumption meanwhile).
 
-HubSpot counts the limit per app, across every replica that uses its token: each replica spends
-only its share (``share``: a request costs 1/share of the budget)."""
+HubSpot counts the limit per app, across every replica that uses its token (and an import): each
+spends only its share (``share``)."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,10 +19,8 @@ import httpx
 from changegate.core import tracing
 from changegate.core.logging import get_logger
 from changegate.executor.crm import metrics as crm_metrics
+from changegate.executor.crm.hubspot.limiter import RollingWindowLimiter, Slot
 from changegate.executor.crm.port import CrmUnavailableError
-from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -35,7 +31,6 @@ from tenacity import (
 
 log = get_logger(__name__)
 LOCKED_WAIT_SECONDS = 2.0
-_KEY = "hubspot"
 _BACKOFF = wait_exponential_jitter(multiplier=0.2, max=10, jitter=0.5)  # 5xx, timeouts
 
 
@@ -56,6 +51,7 @@ class HubSpotClient:
         timeout: float = 10.0,
         attempts: int = 5,
         transport: httpx.AsyncBaseTransport | None = None,
+        share: Callable[[], float] | None = None,
     ) -> None:
         self.http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -63,10 +59,8 @@ class HubSpotClient:
             timeout=timeout,
             transport=transport,
         )
-        self.limit = RateLimitItemPerSecond(requests_per_window, max(1, math.ceil(window_seconds)))
-        self.limiter = MovingWindowRateLimiter(MemoryStorage())
-        # This replica's share of the app's limit (set by the executor as partitions move).
-        self.share: Callable[[], float] = lambda: 1.0
+        # This client's share of the app's limit: fixed, or the executor's share of partitions.
+        self.limiter = RollingWindowLimiter(requests_per_window, window_seconds, share)
         self.attempts = attempts
         self._not_before = 0.0  # HubSpot's own rate-limit headers said to wait until then
 
@@ -102,17 +96,17 @@ class HubSpotClient:
         pause = self._not_before - time.monotonic()
         if pause > 0:
             await asyncio.sleep(pause)
-        room = await self._acquire()
-        with tracing.client_span(f"HubSpot {operation}", **{"http.request.method": method}) as trace:
-            started = time.perf_counter()
-            try:
-                response = await self.http.request(method, path, json=json, params=params, headers=trace)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "error"
-                crm_metrics.record("hubspot", operation, outcome, time.perf_counter() - started)
-                raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
+        async with self.limiter.slot() as slot:
+            with tracing.client_span(f"HubSpot {operation}", **{"http.request.method": method}) as trace:
+                started = time.perf_counter()
+                try:
+                    response = await self.http.request(method, path, json=json, params=params, headers=trace)
+                except (httpx.TimeoutException, httpx.TransportError) as exc:
+                    outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "error"
+                    crm_metrics.record("hubspot", operation, outcome, time.perf_counter() - started)
+                    raise _RetryError(f"{type(exc).__name__}: {exc}") from exc
+            self._note_rate_limit(response, slot)
         crm_metrics.record("hubspot", operation, str(response.status_code), time.perf_counter() - started)
-        self._note_rate_limit(response, room)
         status = response.status_code
         if status == 429:
             raise _RetryError("429 rate limited", _retry_after(response) or self._window_left(response))
@@ -122,34 +116,31 @@ class HubSpotClient:
             raise _RetryError(f"{status} server error")
         return response
 
-    def cost(self) -> int:
-        """What one request costs of the budget: 1 for the whole of it, 3 for a third."""
-        return min(self.limit.amount, math.ceil(1 / max(self.share(), 1e-9) - 1e-9))
+    @property
+    def share(self) -> Callable[[], float]:
+        return self.limiter.share
 
-    async def _acquire(self) -> int:
-        """Wait for room in the moving window, then take this request's cost of it; the room left
-        in the window after it."""
-        while not await self.limiter.hit(self.limit, _KEY, cost=self.cost()):
-            stats = await self.limiter.get_window_stats(self.limit, _KEY)
-            await asyncio.sleep(max(0.005, stats.reset_time - time.time()))
-        return int((await self.limiter.get_window_stats(self.limit, _KEY)).remaining)
+    @share.setter
+    def share(self, share: Callable[[], float]) -> None:
+        self.limiter.share = share
 
     async def remaining(self) -> int:
-        """Requests this client may still make in the current window."""
-        return (await self.limiter.get_window_stats(self.limit, _KEY)).remaining // self.cost()
+        """Requests this client may still send in the current window."""
+        return self.limiter.remaining()
 
-    def _note_rate_limit(self, response: httpx.Response, room: int) -> None:
-        """X-HubSpot-RateLimit-Remaining at 0 although this client had room left in its own window
-        when it sent the request (``room``): others spend the app's budget too (another app on the
-        token, replicas out of share), so hold every call for a window. At 0 because this client
-        had spent exactly its budget, its own window already holds it back, and no more — judged
-        at sending, not on the answer: a slot of its window that frees while the request is in
-        flight is not room HubSpot saw, and taking it for that held a client running at its whole
-        limit for a full window every few seconds."""
+    def _note_rate_limit(self, response: httpx.Response, slot: Slot) -> None:
+        """X-HubSpot-RateLimit-Remaining at 0 although this client's own requests cannot fill
+        HubSpot's window: others spend the app's budget too (another app on the token, replicas
+        out of share), so hold every call for a window. Of ours, HubSpot can have counted at most
+        the slots held as this request was sent (``slot.room`` is what was left) and the requests
+        sent since (they may have overtaken it); judged on the answer, a slot freed meanwhile is
+        not room HubSpot saw, and taking it for that held a client running at its whole limit for
+        a full window every few seconds."""
         remaining = response.headers.get("X-HubSpot-RateLimit-Remaining")
         if remaining is None or remaining.strip() != "0":
             return
-        if room < self.cost():
+        overtaken = self.limiter.sent - slot.sent_before - 1
+        if slot.room - overtaken < 1:
             return
         wait = self._window_left(response)
         if wait:
