@@ -8,9 +8,8 @@ import re
 import uuid
 import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from changegate.audit.chain import (
     GENESIS,
@@ -85,9 +84,9 @@ async def record_decision(conn: DbConn, decision: Decision) -> bool:
     return (await record_decisions(conn, [decision]))[0]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one decision or execution puts in the chain: a row per field, sharing the rest."""
+class Outcome(NamedTuple):
+    """What one decision or execution puts in the chain: a row per field, sharing the rest. (A
+    tuple: one is built per row appended, and a tuple is built fastest.)"""
 
     decision: Decision
     mode: AuditMode
@@ -146,10 +145,17 @@ def _reverts(proposal: Proposal) -> int | None:
 # A row's own columns; the others its outcome's rows share. The COPY names them in this order, so
 # a row's line is its own columns then one text shared by its outcome's rows.
 _OWN = ("seq", "field", "previous_value", "new_value", "proposed_value", "prev_hash", "hash")
-_SHARED = tuple(c for c in _COLUMNS if c not in _OWN)
+_SHARED = (
+    "hash_version", "object_type", "record_id", "kind", "source_system", "source_event_id", "detector",
+    "confidence", "mode", "decider", "approver", "policy_version", "policy_hash", "rule_id", "reason",
+    "proposal_id", "decision_id", "execution_id", "reverts_seq", "proposed_at", "decided_at", "executed_at",
+)  # fmt: skip
+if sorted(_OWN + _SHARED) != sorted(_COLUMNS):
+    raise RuntimeError("_OWN and _SHARED must name every column of the log once")
 _COPY_COLUMNS = [*_OWN, *_SHARED]
 _ROW = "\x00"  # where a row's own members go (never in a canonical text: RFC 8785 escapes it)
 _ESCAPE = json.encoder.encode_basestring  # RFC 8785's string escapes (no ASCII escaping)
+_ASCII = json.encoder.encode_basestring_ascii  # what json.dumps does with a string
 _VERSION_TEXT = json_text(HASH_VERSION)
 _COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
 _FLUSH_ROWS = 64  # rows per COPY data message: PostgreSQL stores them while the next are hashed
@@ -158,6 +164,13 @@ _FLUSH_ROWS = 64  # rows per COPY data message: PostgreSQL stores them while the
 def _text(value: Any) -> str:
     """A member's RFC 8785 text (``json_text``, the common case first)."""
     return _ESCAPE(value) if type(value) is str else json_text(value)
+
+
+def _json(value: PropertyValue) -> str:
+    """``json.dumps(value)`` (the text a value column keeps), strings and nulls without its detour."""
+    if type(value) is str:
+        return _ASCII(value)
+    return "null" if value is None else json.dumps(value)
 
 
 def _quoted(text: str | None) -> str:
@@ -177,64 +190,66 @@ def _copy_text(value: Any) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _chained(outcome: Outcome, seq: int, prev_hash: str) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+def _copy_shared(values: list[Any]) -> str:
+    """The columns an outcome's rows share (``_SHARED``) as COPY's text (tab-separated)."""
+    line = "\t".join([v if type(v) is str else "\\N" if v is None else str(v) for v in values])
+    # Usually nothing needs escaping: no backslash but those of the NULLs, no tab but the separators.
+    if (
+        line.count("\\") == values.count(None)
+        and line.count("\t") == len(values) - 1
+        and "\n" not in line
+        and "\r" not in line
+    ):
+        return line
+    return "\t".join([_copy_text(v) for v in values])
+
+
+def _chained(outcome: Outcome, seq: int, prev_hash: str) -> tuple[list[Any], list[tuple[Any, ...]]]:
     """An outcome's rows, hash-chained from ``prev_hash``: the columns they share (``_SHARED``, in
     that order; times as ``json_time`` text, ids as text) and each row's own (``_OWN``; value
     columns as the JSON text the database keeps and the chain hashes). Built without a model or a
     dict per row: the body's members the rows share are written once, in RFC 8785's key order
     (``CHAIN_FIELDS`` sorted; tests compare every row's hash with ``rfc8785`` and with what
     ``verify`` recomputes), around the places of a row's own (field, values, prev_hash, seq)."""
-    decision = outcome.decision
+    decision, mode, fields, reason, execution_uuid, executed = outcome
     proposal = decision.proposal
     by = decision.decided_by
     source = proposal.source
-    execution_id = None if outcome.execution_id is None else str(outcome.execution_id)
+    execution_id = None if execution_uuid is None else str(execution_uuid)
     proposal_id, decision_id = str(proposal.proposal_id), str(decision.decision_id)
     proposed_at, decided_at = json_time(proposal.proposed_at), json_time(decision.decided_at)
-    executed_at = None if outcome.executed_at is None else json_time(outcome.executed_at)
-    shared: dict[str, Any] = {
-        "hash_version": HASH_VERSION,
-        "object_type": proposal.object_type.value,
-        "record_id": proposal.record_id,
-        "kind": proposal.kind.value,
-        "source_system": source.system,
-        "source_event_id": source.event_id,
-        "detector": f"{source.detector}@{source.detector_version}",
-        "confidence": proposal.confidence,
-        "mode": outcome.mode.value,
-        "decider": by.kind,
-        "approver": by.identity,
-        "policy_version": by.policy_version,
-        "policy_hash": by.policy_hash,
-        "rule_id": by.rule_id,
-        "reason": outcome.reason,
-        "proposal_id": proposal_id,
-        "decision_id": decision_id,
-        "execution_id": execution_id,
-        "reverts_seq": _reverts(proposal),
-        "proposed_at": proposed_at,
-        "decided_at": decided_at,
-        "executed_at": executed_at,
-    }
+    executed_at = None if executed is None else json_time(executed)
+    object_type, kind, mode_name = proposal.object_type.value, proposal.kind.value, mode.value
+    record_id, confidence, reverts = proposal.record_id, proposal.confidence, _reverts(proposal)
+    source_system, source_event_id = source.system, source.event_id
+    detector = f"{source.detector}@{source.detector_version}"
+    decider, approver, policy_version, policy_hash, rule_id = (
+        by.kind, by.identity, by.policy_version, by.policy_hash, by.rule_id
+    )  # fmt: skip
+    shared = [
+        HASH_VERSION, object_type, record_id, kind, source_system, source_event_id, detector,
+        confidence, mode_name, decider, approver, policy_version, policy_hash, rule_id, reason,
+        proposal_id, decision_id, execution_id, reverts, proposed_at, decided_at, executed_at,
+    ]  # fmt: skip
     s0, s1, s2, s3, s4, s5, s6 = (
-        f'{{"approver":{_text(by.identity)},"confidence":{json_text(proposal.confidence)}'
-        f',"decided_at":"{decided_at}","decider":{_text(by.kind)},"decision_id":"{decision_id}"'
-        f',"detector":{_text(shared["detector"])},"executed_at":{_quoted(executed_at)}'
+        f'{{"approver":{_text(approver)},"confidence":{json_text(confidence)}'
+        f',"decided_at":"{decided_at}","decider":{_text(decider)},"decision_id":"{decision_id}"'
+        f',"detector":{_text(detector)},"executed_at":{_quoted(executed_at)}'
         f',"execution_id":{_quoted(execution_id)},"field":{_ROW},"hash_version":{_VERSION_TEXT}'
-        f',"kind":{_text(shared["kind"])},"mode":{_text(shared["mode"])},"new_value":{_ROW}'
-        f',"object_type":{_text(shared["object_type"])},"policy_hash":{_text(by.policy_hash)}'
-        f',"policy_version":{_text(by.policy_version)},"prev_hash":{_ROW},"previous_value":{_ROW}'
+        f',"kind":{_text(kind)},"mode":{_text(mode_name)},"new_value":{_ROW}'
+        f',"object_type":{_text(object_type)},"policy_hash":{_text(policy_hash)}'
+        f',"policy_version":{_text(policy_version)},"prev_hash":{_ROW},"previous_value":{_ROW}'
         f',"proposal_id":"{proposal_id}","proposed_at":"{proposed_at}","proposed_value":{_ROW}'
-        f',"reason":{_text(outcome.reason)},"record_id":{_text(proposal.record_id)}'
-        f',"reverts_seq":{_text(shared["reverts_seq"])},"rule_id":{_text(by.rule_id)},"seq":{_ROW}'
-        f',"source_event_id":{_text(source.event_id)},"source_system":{_text(source.system)}}}'
+        f',"reason":{_text(reason)},"record_id":{_text(record_id)}'
+        f',"reverts_seq":{_text(reverts)},"rule_id":{_text(rule_id)},"seq":{_ROW}'
+        f',"source_event_id":{_text(source_event_id)},"source_system":{_text(source_system)}}}'
     ).split(_ROW)
-    dumps, escape, sha256 = json.dumps, _ESCAPE, hashlib.sha256
+    escape, sha256 = _ESCAPE, hashlib.sha256
     proposed = {c.field: c.proposed for c in proposal.changes}
     rows = []
-    for seq_n, (field, previous, new) in enumerate(outcome.fields, seq):
+    for seq_n, (field, previous, new) in enumerate(fields, seq):
         # Values are JSON scalars: their text is what the database keeps and the chain hashes.
-        new_text, previous_text, proposed_text = dumps(new), dumps(previous), dumps(proposed.get(field))
+        new_text, previous_text, proposed_text = _json(new), _json(previous), _json(proposed.get(field))
         text = (
             f"{s0}{_text(field)}{s1}{escape(new_text)}{s2}{_text(prev_hash)}{s3}{escape(previous_text)}"
             f"{s4}{escape(proposed_text)}{s5}{_text(seq_n)}{s6}"
@@ -256,7 +271,7 @@ def entries_for(item: Execution | Decision, start_seq: int, prev_hash: str) -> l
     shared, rows = _chained(outcome, start_seq, prev_hash)
     entries = []
     for own in rows:
-        row = shared | dict(zip(_OWN, own, strict=True))
+        row = dict(zip(_SHARED, shared, strict=True)) | dict(zip(_OWN, own, strict=True))
         for name in VALUE_COLUMNS:
             row[name] = json.loads(row[name])
         entries.append(AuditEntry.model_validate(row))
@@ -293,11 +308,16 @@ async def append_outcomes(conn: DbConn, outcomes: list[Outcome]) -> int:
         lines: list[str] = []
         for outcome in outcomes:
             shared, rows = _chained(outcome, seq, prev)
-            tail = "\t".join([_copy_text(shared[c]) for c in _SHARED])
-            for n, field, previous_text, new_text, proposed_text, prev_hash, digest in rows:
+            tail = _copy_shared(shared)
+            for n, field, *texts, prev_hash, digest in rows:
+                # The value texts are JSON (ASCII, control characters escaped): only a backslash
+                # needs COPY's escape.
+                previous_text, new_text, proposed_text = (
+                    t.replace("\\", "\\\\") if "\\" in t else t for t in texts
+                )
                 lines.append(
-                    f"{n}\t{_copy_text(field)}\t{_copy_text(previous_text)}\t{_copy_text(new_text)}"
-                    f"\t{_copy_text(proposed_text)}\t{_copy_text(prev_hash)}\t{digest}\t{tail}\n"
+                    f"{n}\t{_copy_text(field)}\t{previous_text}\t{new_text}\t{proposed_text}"
+                    f"\t{_copy_text(prev_hash)}\t{digest}\t{tail}\n"
                 )
                 seq, prev = n + 1, digest
             if len(lines) >= _FLUSH_ROWS:
