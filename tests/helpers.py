@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,11 +22,12 @@ from typing import Any, TypeVar
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from changegate.audit.chain import LEGACY_FIELDS
+from changegate.audit.chain import LEGACY_FIELDS, canonical_hash, chain_body
 from changegate.cli.demo import DEMO_VERIFICATION
 from changegate.cli.devstack import DEFAULT_PORTS, DevStack
 from changegate.cli.embedded import free_port
 from changegate.core.auth import Role
+from changegate.core.auth.tokens import create_token
 from changegate.core.contracts import (
     CrmEvent,
     CrmEventKind,
@@ -265,6 +266,49 @@ def service_process(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+@contextlib.contextmanager
+def audit_service(
+    settings: CommonSettings, tmp_path: Path, checkpoint_every: int
+) -> Iterator[ServiceProcess]:
+    """The audit service, signing a checkpoint every ``checkpoint_every`` rows and never by time (a
+    checkpoint signed mid-test would move the expected ones)."""
+    env = {"CHANGEGATE_CHECKPOINT_SECONDS": "3600", "CHANGEGATE_CHECKPOINT_EVERY": str(checkpoint_every)}
+    with service_process("changegate.audit", settings, free_port(), tmp_path / "audit.log", **env) as svc:
+        yield svc
+
+
+@contextlib.asynccontextmanager
+async def viewer_client(pool: asyncpg.Pool, service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of ``service`` holding a viewer's API token."""
+    _, token = await create_token(pool, "auditor@example.com", Role.VIEWER, created_by="test")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+async def rewrite_audit_chain(pool: asyncpg.Pool, new_values: dict[int, PropertyValue]) -> None:
+    """The database owner's attack: with the log's triggers off, give rows (by seq) another
+    ``new_value`` and recompute every hash from the first of them on, so the chain links again."""
+    await pool.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
+    first = min(new_values)
+    prev = await pool.fetchval(
+        "SELECT coalesce((SELECT hash FROM audit_entries WHERE seq = $1), '')", first - 1
+    )
+    for row in await pool.fetch("SELECT * FROM audit_entries WHERE seq >= $1 ORDER BY seq", first):
+        body = chain_body(row) | {"prev_hash": prev}
+        if row["seq"] in new_values:
+            body["new_value"] = json.dumps(new_values[row["seq"]])
+        digest = canonical_hash(body)
+        await pool.execute(
+            "UPDATE audit_entries SET new_value = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
+            row["seq"],
+            body["new_value"],
+            prev,
+            digest,
+        )
+        prev = digest
 
 
 # Driving a running stack (tests/e2e).

@@ -14,9 +14,8 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from changegate.audit.chain import GENESIS, canonical_hash, chain_body
+from changegate.audit.chain import GENESIS, canonical_hash
 from changegate.audit.store import append_decisions, append_executions, record_decisions
-from changegate.cli.embedded import free_port
 from changegate.core.auth import Role
 from changegate.core.auth.tokens import create_token
 from changegate.core.contracts import AuditCheckpoint, DecisionOutcome, ExecutionStatus, ProposalKind
@@ -26,29 +25,27 @@ from helpers import (
     ServiceProcess,
     approved_decision,
     audit_public_key,
+    audit_service,
     ended_decision,
     eventually,
     execution_of,
     read_topic,
+    rewrite_audit_chain,
     run_audit_verifier,
-    service_process,
     verifier,
+    viewer_client,
 )
 
 
 @pytest.fixture
 def audit(settings: CommonSettings, topics: None, tmp_path: Path) -> Iterator[ServiceProcess]:
-    # Every 5 rows, and not by time (a checkpoint signed mid-test would move the expected ones).
-    env = {"CHANGEGATE_CHECKPOINT_SECONDS": "3600", "CHANGEGATE_CHECKPOINT_EVERY": "5"}
-    with service_process("changegate.audit", settings, free_port(), tmp_path / "audit.log", **env) as svc:
+    with audit_service(settings, tmp_path, checkpoint_every=5) as svc:
         yield svc
 
 
 @pytest.fixture
 async def client(audit: ServiceProcess, pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    _, token = await create_token(pool, "auditor@example.com", Role.VIEWER, created_by="test")
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=audit.url, headers=headers, timeout=30) as client:
+    async with viewer_client(pool, audit) as client:
         yield client
 
 
@@ -209,23 +206,8 @@ async def test_a_chain_rewritten_and_recomputed_by_the_owner_fails_its_checkpoin
     assert (incremental["ok"], incremental["from_seq"], incremental["rows"]) == (True, 9, 1)
 
     # The owner disables the triggers, changes row 3 and recomputes every hash after it.
-    await pool.execute("ALTER TABLE audit_entries DISABLE TRIGGER USER")
     rows = await pool.fetch("SELECT * FROM audit_entries ORDER BY seq")
-    prev = rows[1]["hash"]
-    for row in rows[2:]:
-        body = chain_body(row)
-        body["prev_hash"] = prev
-        if row["seq"] == 3:
-            body["new_value"] = json.dumps("Chief Everything Officer")
-        digest = canonical_hash(body)
-        await pool.execute(
-            "UPDATE audit_entries SET new_value = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
-            row["seq"],
-            body["new_value"],
-            prev,
-            digest,
-        )
-        prev = digest
+    await rewrite_audit_chain(pool, {3: "Chief Everything Officer"})
     for start in ("checkpoint", "genesis"):
         report = (await client.get("/v1/audit/verify", params={"from": start})).json()
         assert not report["ok"]

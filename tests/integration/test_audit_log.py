@@ -8,9 +8,10 @@ import json
 import random
 import struct
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
+import pytest
 import rfc8785
 from changegate.audit.chain import (
     GENESIS,
@@ -20,11 +21,21 @@ from changegate.audit.chain import (
     row_hash,
     verify,
 )
-from changegate.audit.store import append_decisions, append_executions, record_decisions
+from changegate.audit.store import (
+    Outcome,
+    append_decisions,
+    append_executions,
+    append_outcomes,
+    record_decisions,
+)
 from changegate.core.contracts import (
+    AuditMode,
+    Decider,
     DecisionOutcome,
     ExecutionStatus,
+    FieldChange,
 )
+from changegate.core.contracts.base import PropertyValue
 from changegate.core.db import _load_migrations, migrate, migrate_core
 from helpers import approved_decision, ended_decision, execution_of, legacy_audit_row
 
@@ -217,3 +228,146 @@ async def test_the_database_builds_the_chain_text_of_rfc8785_or_leaves_the_row_t
             left += 1
     assert vouched > 500  # both paths are taken
     assert left > 500
+
+
+def _nasty_outcome(rng: random.Random, template: Outcome) -> Outcome:
+    """An outcome whose every text holds what COPY's text format must escape (tab, newline, carriage
+    return, backslash, "\\N"), any other control character, non-BMP text, quotes; values of every
+    JSON type; times at other offsets (seconds included)."""
+
+    def text() -> str:
+        return rng.choice([_nasty_text(rng), "\\N", "a\tb\nc\rd\\e", '"q"']) or "x"
+
+    def value() -> PropertyValue:
+        return rng.choice(
+            [None, text(), rng.randint(-(2**53) + 1, 2**53 - 1), rng.random(), rng.choice([True, False])]
+        )
+
+    def when() -> datetime:
+        zone = timezone(timedelta(seconds=rng.randint(-50_000, 50_000)))
+        return (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.random() * 3e7)).astimezone(zone)
+
+    changes = [
+        FieldChange(field=f"{text()}-{n}", previous=value(), proposed=value())
+        for n in range(rng.randint(1, 3))
+    ]
+    proposal = template.decision.proposal.model_copy(
+        update={
+            "proposal_id": uuid.uuid4(),
+            "record_id": text(),
+            "changes": changes,
+            "confidence": rng.choice([rng.random(), 0.0, 1.0, 1e-5, 5e-324, 0.1]),
+            "proposed_at": when(),
+            "source": template.decision.proposal.source.model_copy(
+                update={"system": text(), "event_id": text(), "detector": text(), "detector_version": text()}
+            ),
+        }
+    )
+    maybe = [None, text()]
+    decided_by = Decider(
+        kind="human",
+        identity=text(),
+        policy_version=rng.choice(maybe),
+        policy_hash=rng.choice(maybe),
+        rule_id=rng.choice(maybe),
+    )
+    decision = template.decision.model_copy(
+        update={
+            "proposal": proposal,
+            "decision_id": uuid.uuid4(),
+            "decided_by": decided_by,
+            "decided_at": when(),
+        }
+    )
+    executed = rng.random() < 0.7
+    return Outcome(
+        decision,
+        rng.choice(list(AuditMode)),
+        [(c.field, c.previous, value()) for c in changes],
+        rng.choice([None, text()]),
+        uuid.uuid4() if executed else None,
+        when() if executed else None,
+    )
+
+
+def _template() -> Outcome:
+    decision = approved_decision("template", {"city": (None, "Oslo")})
+    return Outcome(decision, AuditMode.APPROVED, [], None)
+
+
+async def test_rows_of_any_text_are_stored_exactly_as_hashed(pool: asyncpg.Pool) -> None:
+    """The append streams rows in COPY's text format: every text, value and time must come back
+    from PostgreSQL exactly as the outcome held it, and every row must verify (in the database and
+    recomputed in Python) across several COPY messages and transactions."""
+    await migrate_core(pool)
+    await migrate(pool, "audit", MIGRATIONS)
+    rng = random.Random(4180)
+    template = _template()
+    outcomes = [_nasty_outcome(rng, template) for _ in range(400)]
+    for at in (0, 150):  # two transactions: the second continues the first's chain
+        async with pool.acquire() as conn, conn.transaction():
+            await append_outcomes(conn, outcomes[at : at + 150] if at == 0 else outcomes[at:])
+    rows = await pool.fetch("SELECT * FROM audit_entries ORDER BY seq")
+    expected = [(o, f) for o in outcomes for f in o.fields]
+    assert len(rows) == len(expected) > 64 * 4  # more rows than a few COPY messages hold
+    for row, (outcome, (field, previous, new)) in zip(rows, expected, strict=True):
+        proposal, decided_by = outcome.decision.proposal, outcome.decision.decided_by
+        proposed = {c.field: c.proposed for c in proposal.changes}[field]
+        assert (row["record_id"], row["field"], row["reason"], row["mode"]) == (
+            proposal.record_id,
+            field,
+            outcome.reason,
+            outcome.mode.value,
+        )
+        values = [json.loads(row[c]) for c in ("previous_value", "new_value", "proposed_value")]
+        assert values == [previous, new, proposed]
+        assert [type(v) for v in values] == [type(previous), type(new), type(proposed)]
+        assert (row["source_system"], row["source_event_id"], row["detector"]) == (
+            proposal.source.system,
+            proposal.source.event_id,
+            f"{proposal.source.detector}@{proposal.source.detector_version}",
+        )
+        assert (row["approver"], row["policy_version"], row["policy_hash"], row["rule_id"]) == (
+            decided_by.identity,
+            decided_by.policy_version,
+            decided_by.policy_hash,
+            decided_by.rule_id,
+        )
+        assert row["confidence"] == proposal.confidence
+        assert (row["proposed_at"], row["decided_at"], row["executed_at"]) == (
+            proposal.proposed_at,
+            outcome.decision.decided_at,
+            outcome.executed_at,
+        )
+        assert (row["proposal_id"], row["execution_id"]) == (proposal.proposal_id, outcome.execution_id)
+        assert row_hash(row) == row["hash"]
+    for in_database in (True, False):
+        report = await verify(pool, in_database=in_database)
+        assert (report.ok, report.rows) == (True, len(expected)), report.problems[:5]
+
+
+async def test_a_row_that_cannot_be_hashed_mid_copy_keeps_no_row_of_the_batch(pool: asyncpg.Pool) -> None:
+    """Rows are sent while later ones are still being hashed: one that cannot be (a lone surrogate,
+    which RFC 8785 refuses) after several COPY messages aborts the COPY; nothing of the batch is
+    kept, the connection serves the next batch, and the chain continues intact."""
+    await migrate_core(pool)
+    await migrate(pool, "audit", MIGRATIONS)
+    template = _template()
+    good = [
+        template._replace(
+            fields=[(f"f{n}", None, n)], execution_id=uuid.uuid4(), executed_at=datetime.now(UTC)
+        )
+        for n in range(300)
+    ]
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            assert await append_outcomes(conn, good[:5]) == 5
+        bad = [*good[5:250], template._replace(fields=[("f", None, 1)], reason="\ud800"), *good[250:]]
+        with pytest.raises(rfc8785.CanonicalizationError):
+            async with conn.transaction():
+                await append_outcomes(conn, bad)
+        assert await conn.fetchval("SELECT count(*) FROM audit_entries") == 5
+        async with conn.transaction():
+            assert await append_outcomes(conn, good[5:]) == 295
+    report = await verify(pool)
+    assert (report.ok, report.rows) == (True, 300), report.problems[:5]

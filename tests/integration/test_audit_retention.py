@@ -22,9 +22,6 @@ from changegate.audit.chain import GENESIS, canonical_hash, chain_body, to_colum
 from changegate.audit.checkpoints import check_checkpoints, sign_month_ends
 from changegate.audit.retention import ArchiveRefusedError, archive_month, month_partitions, verify_log
 from changegate.audit.store import append_executions, entries_for
-from changegate.cli.embedded import free_port
-from changegate.core.auth import Role
-from changegate.core.auth.tokens import create_token
 from changegate.core.contracts import AuditEntry, ExecutionStatus
 from changegate.core.db import migrate, migrate_core
 from changegate.core.errors import TransientError
@@ -35,14 +32,15 @@ from helpers import (
     ServiceProcess,
     approved_decision,
     audit_public_key,
+    audit_service,
     eventually,
     execution_of,
     legacy_audit_row,
     run_audit_verifier,
-    service_process,
     signing_env,
     signing_key,
     verifier,
+    viewer_client,
 )
 
 OCTOBER, NOVEMBER = date(2026, 10, 1), date(2026, 11, 1)
@@ -285,16 +283,13 @@ async def test_a_tampered_month_is_refused_and_stays_attached(
 def audit(
     unsigned_log: asyncpg.Pool, settings: CommonSettings, topics: None, tmp_path: Path
 ) -> Iterator[ServiceProcess]:
-    env = {"CHANGEGATE_CHECKPOINT_SECONDS": "3600", "CHANGEGATE_CHECKPOINT_EVERY": "1000"}
-    with service_process("changegate.audit", settings, free_port(), tmp_path / "audit.log", **env) as svc:
+    with audit_service(settings, tmp_path, checkpoint_every=1000) as svc:  # started on a filled log
         yield svc
 
 
 @pytest.fixture
 async def client(audit: ServiceProcess, unsigned_log: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
-    _, token = await create_token(unsigned_log, "auditor@example.com", Role.VIEWER, created_by="test")
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=audit.url, headers=headers, timeout=30) as client:
+    async with viewer_client(unsigned_log, audit) as client:
         yield client
 
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 import pytest
-from changegate.audit.chain import canonical_hash, verify
+from changegate.audit.chain import verify
 from changegate.audit.store import append_execution
 from changegate.core import outbox
 from changegate.core.contracts import (
@@ -32,7 +32,7 @@ from changegate.core.kafka import make_producer
 from changegate.core.outbox import OutboxRelay
 from changegate.core.serde import decode, encode
 from changegate.core.settings import CommonSettings
-from helpers import created, read_topic, signing_key, verifier
+from helpers import created, read_topic, rewrite_audit_chain, signing_key, verifier
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -187,7 +187,6 @@ async def test_a_chain_checked_in_ranges_links_them_and_finds_what_lies_on_their
 async def test_the_audit_service_verifies_its_chain_and_says_so_in_metrics(pool: asyncpg.Pool) -> None:
     """What ChangegateAuditChainBroken reads: the problems the last scheduled verification found.
     A round checks the signed checkpoints and recomputes only the rows after the latest."""
-    from changegate.audit.chain import chain_body, json_text
     from changegate.audit.checkpoints import sign_head
     from changegate.audit.watch import ChainWatch
     from changegate.core.topics import TopicNames
@@ -220,20 +219,7 @@ async def test_the_audit_service_verifies_its_chain_and_says_so_in_metrics(pool:
     assert not await watch.once()
     assert REGISTRY.get_sample_value("changegate_audit_chain_problems") == 1
     # The owner rewrites row 1 and recomputes every hash after it: the checkpoint no longer matches.
-    prev = ""
-    for row in await pool.fetch("SELECT * FROM audit_entries ORDER BY seq"):
-        body = chain_body(row) | {"prev_hash": prev}
-        if row["seq"] == 1:
-            body["new_value"] = json_text("CEO")
-        digest = canonical_hash(body)
-        await pool.execute(
-            "UPDATE audit_entries SET new_value = $2, prev_hash = $3, hash = $4 WHERE seq = $1",
-            row["seq"],
-            body["new_value"],
-            prev,
-            digest,
-        )
-        prev = digest
+    await rewrite_audit_chain(pool, {1: "CEO"})
     assert not await watch.once()
     assert REGISTRY.get_sample_value("changegate_audit_chain_problems") == 1  # the checkpoint at 2
     broken = REGISTRY.get_sample_value("changegate_audit_chain_verifications_total", {"result": "broken"})

@@ -17,17 +17,17 @@ from changegate.audit.chain import (
     GENESIS,
     LEGACY_FIELDS,
     VALUE_COLUMNS,
-    BodyTemplate,
     VerifyReport,
     canonical_hash,
     entry_hash,
+    json_time,
     parse_head,
     row_hash,
     row_to_entry,
     to_column,
     verify,
 )
-from changegate.audit.store import entries_for
+from changegate.audit.store import _OWN, _SHARED, REVERTS_KEY, Outcome, _chained, entries_for
 from changegate.core import canonical
 from changegate.core.contracts import (
     AuditEntry,
@@ -670,17 +670,99 @@ _VALUES = (
 )
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
-@given(st.fixed_dictionaries({k: _VALUES for k in CHAIN_FIELDS}), st.sets(st.sampled_from(CHAIN_FIELDS)))
-def test_a_body_template_gives_rfc8785_bytes_whatever_the_values(
-    body: dict[str, Any], varying: set[str]
+_TEXT = st.text(max_size=12)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.lists(_TEXT, min_size=12, max_size=12),
+    maybe=st.lists(st.none() | _TEXT, min_size=4, max_size=4),
+    values=st.lists(_VALUES.filter(lambda v: type(v) is not list), min_size=6, max_size=6),
+    confidence=st.floats(),
+    seq=st.integers(1, 2**54),
+    reverts=st.none() | st.integers(1, 2**60),
+    mode=st.sampled_from(AuditMode),
+)
+def test_the_append_hashes_rfc8785_bytes_of_the_row_whatever_the_values(
+    texts: list[str],
+    maybe: list[str | None],
+    values: list[Any],
+    confidence: float,
+    seq: int,
+    reverts: int | None,
+    mode: AuditMode,
+    make_proposal: Callable[..., Proposal],
+    make_decision: Callable[..., Decision],
 ) -> None:
-    """The append path serialises the members a row shares once and the row's own between them:
-    the hash must be sha256 of RFC 8785's bytes of the whole body, whichever members vary."""
+    """The append writes a row's canonical text itself (the members an outcome's rows share once,
+    in key order, a row's own between them): each hash must be sha256 of RFC 8785's bytes of the
+    row's body, and where RFC 8785 refuses the body (an integer beyond 2**53, NaN), so must it."""
+    fields = [(f"{texts[0]}-{n}", values[2 * n], values[2 * n + 1]) for n in range(2)]
+    base = make_proposal(changes=[FieldChange(field=fields[0][0], previous=None, proposed="x")])
+    proposal = base.model_copy(
+        update={
+            "record_id": texts[1],
+            "confidence": confidence,
+            "evidence": {REVERTS_KEY: reverts},
+            "source": base.source.model_copy(
+                update={
+                    "system": texts[2],
+                    "event_id": texts[3],
+                    "detector": texts[4],
+                    "detector_version": texts[5],
+                }
+            ),
+        }
+    )
+    by: dict[str, Any] = {"kind": texts[6], "identity": texts[7]}  # any text, unvalidated
+    decided_by = Decider.model_construct(
+        **by, policy_version=maybe[0], policy_hash=maybe[1], rule_id=maybe[2]
+    )
+    decision = make_decision(proposal).model_copy(update={"decided_by": decided_by})
+    outcome = Outcome(decision, mode, fields, maybe[3])
     try:
-        expected = hashlib.sha256(rfc8785.dumps(body)).hexdigest()
-    except rfc8785.CanonicalizationError:
-        return  # what JCS refuses (NaN, an integer beyond 2**53) the chain never holds
-    order = tuple(sorted(varying))
-    template = BodyTemplate({k: v for k, v in body.items() if k not in varying}, order)
-    assert template.hash(tuple(body[k] for k in order)) == expected
+        shared, rows = _chained(outcome, seq, texts[8])
+    except (rfc8785.CanonicalizationError, ValueError, OverflowError):
+        shared, rows = [], []
+    prev_hash = texts[8]
+    for n, (field, previous, new) in enumerate(fields):
+        body = {
+            "hash_version": 2,
+            "object_type": proposal.object_type.value,
+            "record_id": texts[1],
+            "kind": proposal.kind.value,
+            "source_system": texts[2],
+            "source_event_id": texts[3],
+            "detector": f"{texts[4]}@{texts[5]}",
+            "confidence": confidence,
+            "mode": mode.value,
+            "decider": texts[6],
+            "approver": texts[7],
+            "policy_version": maybe[0],
+            "policy_hash": maybe[1],
+            "rule_id": maybe[2],
+            "reason": maybe[3],
+            "proposal_id": str(proposal.proposal_id),
+            "decision_id": str(decision.decision_id),
+            "execution_id": None,
+            "reverts_seq": reverts,
+            "proposed_at": json_time(proposal.proposed_at),
+            "decided_at": json_time(decision.decided_at),
+            "executed_at": None,
+            "seq": seq + n,
+            "field": field,
+            "previous_value": json.dumps(previous),
+            "new_value": json.dumps(new),
+            "proposed_value": json.dumps("x" if n == 0 else None),
+            "prev_hash": prev_hash,
+        }
+        assert set(body) == set(CHAIN_FIELDS)
+        try:
+            expected = hashlib.sha256(rfc8785.dumps(body)).hexdigest()
+        except rfc8785.CanonicalizationError:
+            assert not rows  # refused too
+            return
+        own = dict(zip(_OWN, rows[n], strict=True))
+        assert own.pop("hash") == expected
+        assert dict(zip(_SHARED, shared, strict=True)) | own == body  # the columns, as hashed
+        prev_hash = expected

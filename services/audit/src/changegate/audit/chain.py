@@ -58,6 +58,7 @@ def parse_head(text: str) -> tuple[int, str]:
 _LEGACY = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 _TIME = TypeAdapter(AwareDatetime)
 _MINUTE = timedelta(minutes=1)
+_ZERO = timedelta(0)
 
 
 def json_time(value: datetime) -> str:
@@ -65,7 +66,7 @@ def json_time(value: datetime) -> str:
     UTC: PostgreSQL gives back UTC whatever offset a producer sent, so the form hashed at append
     must be the one read back. (Not cached: an outcome's rows share one conversion, and a cache
     costs more than isoformat on the distinct times of a batch.)"""
-    if value.tzinfo is not UTC:
+    if value.tzinfo is not UTC and value.utcoffset() != _ZERO:  # UTC by another name: as it is
         value = value.astimezone(UTC)
     return f"{value.isoformat()[:-6]}Z"
 
@@ -142,42 +143,6 @@ def json_text(value: Any) -> str:
     ):
         return repr(value)
     return canonical.dumps(value).decode()
-
-
-# The body's text with a slot per member, in key order.
-_FORMAT = "{{" + ",".join(f'"{key}":{{}}' for key in _ORDER) + "}}"
-_SLOT = {key: n for n, key in enumerate(_ORDER)}
-
-
-class BodyTemplate:
-    """The canonical text of chain bodies sharing every field but ``varying`` (the rows of one
-    outcome): the shared members are serialised once, a row adds its own into the same format."""
-
-    __slots__ = ("shared", "slots", "texts", "varying")
-
-    def __init__(self, shared: dict[str, Any], varying: tuple[str, ...]) -> None:
-        self.shared, self.varying = shared, varying
-        texts = [""] * len(_ORDER)
-        escape = _ESCAPE
-        for key, value in shared.items():
-            texts[_SLOT[key]] = escape(value) if type(value) is str else json_text(value)
-        self.texts, self.slots = texts, [_SLOT[key] for key in varying]
-        if len(shared) + len(varying) != len(_ORDER) or set(shared) & set(varying):
-            raise ValueError("the shared and varying fields must be the chain's, once each")
-
-    def text(self, values: tuple[Any, ...]) -> str:
-        """The canonical text of the body with ``values`` for the varying fields (in their order)."""
-        texts = self.texts.copy()
-        for slot, value in zip(self.slots, values, strict=True):
-            texts[slot] = _ESCAPE(value) if type(value) is str else json_text(value)
-        return _FORMAT.format(*texts)
-
-    def hash(self, values: tuple[Any, ...]) -> str:
-        try:
-            data = self.text(values).encode()
-        except UnicodeEncodeError:  # a lone surrogate: the reference refuses it, with its own error
-            data = canonical.dumps({**self.shared, **dict(zip(self.varying, values, strict=True))})
-        return hashlib.sha256(data).hexdigest()
 
 
 def entry_hash(fields: dict[str, Any], prev_hash: str) -> str:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import json
+import re
 import uuid
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from changegate.audit.chain import GENESIS, HASH_VERSION, VALUE_COLUMNS, BodyTemplate, json_time
+from changegate.audit.chain import (
+    GENESIS,
+    HASH_VERSION,
+    VALUE_COLUMNS,
+    canonical_hash,
+    json_text,
+    json_time,
+)
 from changegate.core.contracts import (
     AuditEntry,
     AuditMode,
@@ -27,8 +34,6 @@ from changegate.core.http import MAX_BIGINT
 
 _CHAIN_LOCK = zlib.crc32(b"audit-chain")  # appends are serialised: the chain is one sequence
 _COLUMNS = list(AuditEntry.model_fields)
-_HASH = _COLUMNS.index("hash")
-_CHUNK = 100  # outcomes per COPY
 REVERTS_KEY = "reverts_seq"  # a revert proposal's evidence names the entry it reverts
 
 
@@ -79,9 +84,9 @@ async def record_decision(conn: DbConn, decision: Decision) -> bool:
     return (await record_decisions(conn, [decision]))[0]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What one decision or execution puts in the chain: a row per field, sharing the rest."""
+class Outcome(NamedTuple):
+    """What one decision or execution puts in the chain: a row per field, sharing the rest. (A
+    tuple: one is built per row appended, and a tuple is built fastest.)"""
 
     decision: Decision
     mode: AuditMode
@@ -137,65 +142,125 @@ def _reverts(proposal: Proposal) -> int | None:
     return seq if type(seq) is int and 0 < seq <= MAX_BIGINT else None
 
 
-# What differs between the rows of one outcome (in key order, as BodyTemplate takes them).
-_ROW_FIELDS = ("field", "new_value", "prev_hash", "previous_value", "proposed_value", "seq")
-_AT = {name: _COLUMNS.index(name) for name in _ROW_FIELDS}
+# A row's own columns; the others its outcome's rows share. The COPY names them in this order, so
+# a row's line is its own columns then one text shared by its outcome's rows.
+_OWN = ("seq", "field", "previous_value", "new_value", "proposed_value", "prev_hash", "hash")
+_SHARED = (
+    "hash_version", "object_type", "record_id", "kind", "source_system", "source_event_id", "detector",
+    "confidence", "mode", "decider", "approver", "policy_version", "policy_hash", "rule_id", "reason",
+    "proposal_id", "decision_id", "execution_id", "reverts_seq", "proposed_at", "decided_at", "executed_at",
+)  # fmt: skip
+if sorted(_OWN + _SHARED) != sorted(_COLUMNS):
+    raise RuntimeError("_OWN and _SHARED must name every column of the log once")
+_COPY_COLUMNS = [*_OWN, *_SHARED]
+_ROW = "\x00"  # where a row's own members go (never in a canonical text: RFC 8785 escapes it)
+_ESCAPE = json.encoder.encode_basestring  # RFC 8785's string escapes (no ASCII escaping)
+_ASCII = json.encoder.encode_basestring_ascii  # what json.dumps does with a string
+_VERSION_TEXT = json_text(HASH_VERSION)
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_FLUSH_ROWS = 64  # rows per COPY data message: PostgreSQL stores them while the next are hashed
 
 
-def _chained(outcome: Outcome, seq: int, prev_hash: str) -> Iterator[list[Any]]:
-    """An outcome's rows (values in ``_COLUMNS`` order, value columns as the JSON text the database
-    keeps), hash-chained from ``prev_hash``. Built without a model or a dict per row: the members
-    the rows share are serialised once (``BodyTemplate``); a row adds its own and its hash."""
-    decision = outcome.decision
+def _text(value: Any) -> str:
+    """A member's RFC 8785 text (``json_text``, the common case first)."""
+    return _ESCAPE(value) if type(value) is str else json_text(value)
+
+
+def _json(value: PropertyValue) -> str:
+    """``json.dumps(value)`` (the text a value column keeps), strings and nulls without its detour."""
+    if type(value) is str:
+        return _ASCII(value)
+    return "null" if value is None else json.dumps(value)
+
+
+def _quoted(text: str | None) -> str:
+    """A time (``json_time``) or a UUID's text as a JSON string: nothing in them needs escaping."""
+    return "null" if text is None else f'"{text}"'
+
+
+def _copy_text(value: Any) -> str:
+    """A value as COPY's text format reads it: NULL as \\N, a backslash, tab, newline or carriage
+    return escaped; numbers as Python prints them (a float's shortest round-trip digits, which
+    PostgreSQL reads back to the same double); times as ``json_time`` writes them (UTC)."""
+    if value is None:
+        return "\\N"
+    text = value if type(value) is str else str(value)
+    if _COPY_SPECIAL.search(text) is None:
+        return text
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy_shared(values: list[Any]) -> str:
+    """The columns an outcome's rows share (``_SHARED``) as COPY's text (tab-separated)."""
+    line = "\t".join([v if type(v) is str else "\\N" if v is None else str(v) for v in values])
+    # Usually nothing needs escaping: no backslash but those of the NULLs, no tab but the separators.
+    if (
+        line.count("\\") == values.count(None)
+        and line.count("\t") == len(values) - 1
+        and "\n" not in line
+        and "\r" not in line
+    ):
+        return line
+    return "\t".join([_copy_text(v) for v in values])
+
+
+def _chained(outcome: Outcome, seq: int, prev_hash: str) -> tuple[list[Any], list[tuple[Any, ...]]]:
+    """An outcome's rows, hash-chained from ``prev_hash``: the columns they share (``_SHARED``, in
+    that order; times as ``json_time`` text, ids as text) and each row's own (``_OWN``; value
+    columns as the JSON text the database keeps and the chain hashes). Built without a model or a
+    dict per row: the body's members the rows share are written once, in RFC 8785's key order
+    (``CHAIN_FIELDS`` sorted; tests compare every row's hash with ``rfc8785`` and with what
+    ``verify`` recomputes), around the places of a row's own (field, values, prev_hash, seq)."""
+    decision, mode, fields, reason, execution_uuid, executed = outcome
     proposal = decision.proposal
     by = decision.decided_by
     source = proposal.source
+    execution_id = None if execution_uuid is None else str(execution_uuid)
+    proposal_id, decision_id = str(proposal.proposal_id), str(decision.decision_id)
+    proposed_at, decided_at = json_time(proposal.proposed_at), json_time(decision.decided_at)
+    executed_at = None if executed is None else json_time(executed)
+    object_type, kind, mode_name = proposal.object_type.value, proposal.kind.value, mode.value
+    record_id, confidence, reverts = proposal.record_id, proposal.confidence, _reverts(proposal)
+    source_system, source_event_id = source.system, source.event_id
+    detector = f"{source.detector}@{source.detector_version}"
+    decider, approver, policy_version, policy_hash, rule_id = (
+        by.kind, by.identity, by.policy_version, by.policy_hash, by.rule_id
+    )  # fmt: skip
+    shared = [
+        HASH_VERSION, object_type, record_id, kind, source_system, source_event_id, detector,
+        confidence, mode_name, decider, approver, policy_version, policy_hash, rule_id, reason,
+        proposal_id, decision_id, execution_id, reverts, proposed_at, decided_at, executed_at,
+    ]  # fmt: skip
+    s0, s1, s2, s3, s4, s5, s6 = (
+        f'{{"approver":{_text(approver)},"confidence":{json_text(confidence)}'
+        f',"decided_at":"{decided_at}","decider":{_text(decider)},"decision_id":"{decision_id}"'
+        f',"detector":{_text(detector)},"executed_at":{_quoted(executed_at)}'
+        f',"execution_id":{_quoted(execution_id)},"field":{_ROW},"hash_version":{_VERSION_TEXT}'
+        f',"kind":{_text(kind)},"mode":{_text(mode_name)},"new_value":{_ROW}'
+        f',"object_type":{_text(object_type)},"policy_hash":{_text(policy_hash)}'
+        f',"policy_version":{_text(policy_version)},"prev_hash":{_ROW},"previous_value":{_ROW}'
+        f',"proposal_id":"{proposal_id}","proposed_at":"{proposed_at}","proposed_value":{_ROW}'
+        f',"reason":{_text(reason)},"record_id":{_text(record_id)}'
+        f',"reverts_seq":{_text(reverts)},"rule_id":{_text(rule_id)},"seq":{_ROW}'
+        f',"source_event_id":{_text(source_event_id)},"source_system":{_text(source_system)}}}'
+    ).split(_ROW)
+    escape, sha256 = _ESCAPE, hashlib.sha256
     proposed = {c.field: c.proposed for c in proposal.changes}
-    shared: dict[str, Any] = {
-        "hash_version": HASH_VERSION,
-        "object_type": proposal.object_type.value,
-        "record_id": proposal.record_id,
-        "kind": proposal.kind.value,
-        "source_system": source.system,
-        "source_event_id": source.event_id,
-        "detector": f"{source.detector}@{source.detector_version}",
-        "confidence": proposal.confidence,
-        "mode": outcome.mode.value,
-        "decider": by.kind,
-        "approver": by.identity,
-        "policy_version": by.policy_version,
-        "policy_hash": by.policy_hash,
-        "rule_id": by.rule_id,
-        "reason": outcome.reason,
-        "proposal_id": str(proposal.proposal_id),
-        "decision_id": str(decision.decision_id),
-        "execution_id": str(outcome.execution_id) if outcome.execution_id else None,
-        "reverts_seq": _reverts(proposal),
-        "proposed_at": json_time(proposal.proposed_at),
-        "decided_at": json_time(decision.decided_at),
-        "executed_at": json_time(outcome.executed_at) if outcome.executed_at else None,
-    }
-    template = BodyTemplate(shared, _ROW_FIELDS)
-    # The COPY takes times as they are (ids as text: asyncpg parses those in C, and reads a UUID's
-    # bytes through a Python property).
-    native = shared | {
-        "proposed_at": proposal.proposed_at,
-        "decided_at": decision.decided_at,
-        "executed_at": outcome.executed_at,
-    }
-    base = [native.get(c) for c in _COLUMNS]
-    dumps = json.dumps
-    for seq_n, (field, previous, new) in enumerate(outcome.fields, seq):
+    rows = []
+    for seq_n, (field, previous, new) in enumerate(fields, seq):
         # Values are JSON scalars: their text is what the database keeps and the chain hashes.
-        new_text, previous_text = dumps(new), dumps(previous)
-        proposed_text = dumps(proposed.get(field))
-        digest = template.hash((field, new_text, prev_hash, previous_text, proposed_text, seq_n))
-        row = base.copy()
-        row[_AT["field"]], row[_AT["new_value"]], row[_AT["prev_hash"]] = field, new_text, prev_hash
-        row[_AT["previous_value"]], row[_AT["proposed_value"]] = previous_text, proposed_text
-        row[_AT["seq"]], row[_HASH] = seq_n, digest
-        yield row
+        new_text, previous_text, proposed_text = _json(new), _json(previous), _json(proposed.get(field))
+        text = (
+            f"{s0}{_text(field)}{s1}{escape(new_text)}{s2}{_text(prev_hash)}{s3}{escape(previous_text)}"
+            f"{s4}{escape(proposed_text)}{s5}{_text(seq_n)}{s6}"
+        )
+        try:
+            digest = sha256(text.encode()).hexdigest()
+        except UnicodeEncodeError:  # a lone surrogate: the reference refuses it, with its own error
+            digest = canonical_hash(json.loads(text))
+        rows.append((seq_n, field, previous_text, new_text, proposed_text, prev_hash, digest))
         prev_hash = digest
+    return shared, rows
 
 
 def entries_for(item: Execution | Decision, start_seq: int, prev_hash: str) -> list[AuditEntry]:
@@ -203,11 +268,14 @@ def entries_for(item: Execution | Decision, start_seq: int, prev_hash: str) -> l
     outcome = execution_outcome(item) if isinstance(item, Execution) else decision_outcome(item)
     if outcome is None:
         return []
-    rows = [dict(zip(_COLUMNS, row, strict=True)) for row in _chained(outcome, start_seq, prev_hash)]
-    for row in rows:
+    shared, rows = _chained(outcome, start_seq, prev_hash)
+    entries = []
+    for own in rows:
+        row = dict(zip(_SHARED, shared, strict=True)) | dict(zip(_OWN, own, strict=True))
         for name in VALUE_COLUMNS:
             row[name] = json.loads(row[name])
-    return [AuditEntry.model_validate(row) for row in rows]
+        entries.append(AuditEntry.model_validate(row))
+    return entries
 
 
 async def append_executions(conn: DbConn, executions: list[Execution]) -> int:
@@ -225,38 +293,40 @@ async def append_outcomes(conn: DbConn, outcomes: list[Outcome]) -> int:
     """Append the rows of outcomes, chained in their order; call inside a transaction (the chain's
     lock is held until it ends). Returns rows written.
 
-    The rows go in COPYs of ``_CHUNK`` outcomes each, and while PostgreSQL stores one chunk the
-    next is hashed (the hashing is the costly part, and the database works in another process)."""
+    One COPY (text format) per call, its data sent every ``_FLUSH_ROWS`` rows as they are hashed:
+    PostgreSQL stores a message's rows (in its own process) while the next are hashed here, and a
+    COPY is set up once. Anything raised while hashing aborts the COPY: no row of the call is kept."""
     if not outcomes:
         return 0
     await conn.execute("SELECT pg_advisory_xact_lock($1)", _CHAIN_LOCK)
     last = await conn.fetchrow("SELECT seq, hash FROM audit_entries ORDER BY seq DESC LIMIT 1")
     start, prev = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
     seq = start
-    copying: asyncio.Task[str] | None = None
-    try:
-        for at in range(0, len(outcomes), _CHUNK):
-            rows = []
-            for n, outcome in enumerate(outcomes[at : at + _CHUNK], 1):
-                for row in _chained(outcome, seq, prev):
-                    rows.append(row)
-                    seq, prev = seq + 1, row[_HASH]
-                if copying is not None and n % 10 == 0:
-                    await asyncio.sleep(0)  # the COPY before this chunk moves on meanwhile
-            if copying is not None:
-                await copying
-                copying = None
-            if rows:
-                copying = asyncio.create_task(
-                    conn.copy_records_to_table("audit_entries", columns=_COLUMNS, records=rows)
+
+    async def data() -> AsyncIterator[bytes]:
+        nonlocal seq, prev
+        lines: list[str] = []
+        for outcome in outcomes:
+            shared, rows = _chained(outcome, seq, prev)
+            tail = _copy_shared(shared)
+            for n, field, *texts, prev_hash, digest in rows:
+                # The value texts are JSON (ASCII, control characters escaped): only a backslash
+                # needs COPY's escape.
+                previous_text, new_text, proposed_text = (
+                    t.replace("\\", "\\\\") if "\\" in t else t for t in texts
                 )
-        if copying is not None:
-            await copying
-    except BaseException:
-        if copying is not None and not copying.done():
-            copying.cancel()
-            await asyncio.gather(copying, return_exceptions=True)
-        raise
+                lines.append(
+                    f"{n}\t{_copy_text(field)}\t{previous_text}\t{new_text}\t{proposed_text}"
+                    f"\t{_copy_text(prev_hash)}\t{digest}\t{tail}\n"
+                )
+                seq, prev = n + 1, digest
+            if len(lines) >= _FLUSH_ROWS:
+                yield "".join(lines).encode()
+                lines = []
+        if lines:
+            yield "".join(lines).encode()
+
+    await conn.copy_to_table("audit_entries", source=data(), columns=_COPY_COLUMNS, format="text")
     return seq - start
 
 
