@@ -218,8 +218,10 @@ async def test_hostile_decision_bodies_get_a_4xx_and_leave_the_item_pending(
 
 
 async def test_policy_shadow_api_answers_every_input_as_documented(
-    settings: CommonSettings, topics: None, tmp_path: Path
+    settings: CommonSettings, topics: None, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     """The policy service's port: GET /v1/shadow beside the operations endpoints."""
     with service_process("changegate.policy", settings, free_port(), tmp_path / "svc.log") as svc:
-        await asyncio.to_thread(schemathesis, svc.url, tmp_path / "report.txt")
+        _, token = await create_token(pool, "viewer@example.com", Role.VIEWER, created_by="test")
+        header = f"Authorization: Bearer {token}"
+        await asyncio.to_thread(schemathesis, svc.url, tmp_path / "report.txt", "--header", header)

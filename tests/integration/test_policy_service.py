@@ -20,6 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from changegate.cli.embedded import free_port
 from changegate.cli.main import app as cli_app
+from changegate.core.auth import Role
+from changegate.core.auth.tokens import create_token
 from changegate.core.contracts import Decider, Decision, DecisionOutcome, Proposal, ProposalKind
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import make_envelope
@@ -342,12 +344,27 @@ async def test_a_shadow_candidate_is_recorded_never_acted_on_compared_with_human
         )
         == 1
     )
-    # The diff, from the API and the CLI: per rule, overruled auto-applies, agreement.
-    async with httpx.AsyncClient() as client:
-        answer = await client.get(f"http://127.0.0.1:{service.port}/v1/shadow")
-        refused = await client.get(f"http://127.0.0.1:{service.port}/v1/shadow", params={"policy_hash": "x'"})
+    # The diff, from the API (a viewer without scopes: it counts every queue) and the CLI: per
+    # rule, overruled auto-applies, agreement.
+    pool = await create_pool(settings.database_url, max_size=1)
+    try:
+        _, viewer = await create_token(pool, "viewer@example.com", Role.VIEWER, created_by="test")
+        _, scoped = await create_token(
+            pool, "scoped@example.com", Role.ADMIN, created_by="test", queues=["enrichment"]
+        )
+    finally:
+        await pool.close()
+    url = f"http://127.0.0.1:{service.port}/v1/shadow"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {viewer}"}) as client:
+        answer = await client.get(url)
+        refused = await client.get(url, params={"policy_hash": "x'"})
+        anonymous = await client.get(url, headers={"Authorization": ""})
+        narrowed = await client.get(url, headers={"Authorization": f"Bearer {scoped}"})
     assert answer.status_code == 200, answer.text
     assert refused.status_code == 422
+    assert anonymous.status_code == 401
+    assert anonymous.headers["content-type"].startswith("application/problem+json")
+    assert narrowed.status_code == 403, narrowed.text
     api = ShadowDiff.model_validate(answer.json())
     cli = ShadowDiff.model_validate_json((await _cli(settings, "diff", "--json")).stdout)
     for d in (api, cli):

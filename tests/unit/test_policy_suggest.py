@@ -58,6 +58,9 @@ def test_the_lowest_clean_threshold_with_enough_decisions_is_suggested_with_its_
     assert written.version == "cand-1"
     rule = next(r for r in written.document.rules if r.id == "enrichment-review-suggested-auto")
     assert (rule.action, rule.when.min_confidence) == (Action.AUTO_APPLY, 0.93)
+    # The shipped policy gates its auto-applies on the evidence floor: the suggestion keeps it.
+    floors = [r.when.min_confidence_bound for r in policy.document.rules if r.action is Action.AUTO_APPLY]
+    assert rule.when.min_confidence_bound == max(f for f in floors if f is not None) == 0.98
     ids = [r.id for r in written.document.rules]
     assert ids.index("enrichment-review-suggested-auto") == ids.index("enrichment-review") - 1
 
@@ -131,3 +134,29 @@ rules:
         0.95,
     )
     assert [r.id for r in written.document.rules[:-1]] == ["merge-always-review", "fill-review"]
+    assert last.when.min_confidence_bound is None  # this policy gates nothing on the floor
+
+
+def test_a_suggested_rule_keeps_the_policy_s_evidence_floor_and_a_stricter_one_of_its_own() -> None:
+    policy = Policy.parse(
+        b"""version: p-2
+default: review
+rules:
+  - id: verified-auto
+    when: {kind: [email_verification], min_confidence: 0.99, min_confidence_bound: 0.97}
+    action: auto_apply
+  - id: fill-review
+    when: {kind: [field_update], previous_empty: true, min_confidence_bound: 0.99}
+    action: review
+""",
+        "p",
+    )
+    decided = [
+        *_decided("fill-review", "field_update", 150, 0.96),
+        *_decided("default", "lifecycle_transition", 150, 0.97),
+    ]
+    text, checked = candidate(policy, suggest(policy, decided, days=30), "cand-4")
+    assert [s.refused for s in checked] == [None, None]
+    rules = {r.id: r for r in Policy.parse(text.encode(), "cand").document.rules}
+    assert rules["fill-review-suggested-auto"].when.min_confidence_bound == 0.99  # its own, stricter
+    assert rules["default-lifecycle-transition-suggested-auto"].when.min_confidence_bound == 0.97

@@ -61,7 +61,7 @@ ROLES = {
     r.service: r
     for r in (
         ServiceRole("detector", ("detector_",)),
-        ServiceRole("policy", ("policy_",)),
+        ServiceRole("policy", ("policy_",), api=True),
         ServiceRole("review-api", ("review_",), api=True),
         ServiceRole("executor", ("executor_", "sandbox_crm_")),
         ServiceRole(

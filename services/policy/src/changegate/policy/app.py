@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 from changegate.core import __version__, policy_versions
+from changegate.core.auth import Authenticator
 from changegate.core.kafka import Subscription, is_transient
 from changegate.core.logging import get_logger
 from changegate.core.service import Consumer, Context, Parts, Service
@@ -107,8 +108,9 @@ async def start_shadow(pool: asyncpg.Pool, candidate: Policy | None) -> shadow.S
 
 
 def _loads(settings: PolicySettings) -> None:
-    """The policy file (and a shadow candidate's) is valid: else the service stops here, before
-    connecting anything."""
+    """The policy file (and a shadow candidate's) is valid, and its API has authentication: else
+    the service stops here, before connecting anything."""
+    settings.require_configured(SERVICE)
     Policy.load(settings.policy_file)
     if settings.shadow_policy_file:
         Policy.load(settings.shadow_policy_file)
@@ -129,7 +131,14 @@ async def setup(ctx: Context[PolicySettings]) -> Parts:
     ]
     watcher = PolicyWatcher(settings.policy_file, router, ctx.runtime.stop, settings.policy_poll_seconds)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, watcher.sighup)
-    app = FastAPI(title="changegate policy", version=__version__)
+    app = FastAPI(
+        title="changegate policy",
+        version=__version__,
+        description="The candidate policy in shadow, against the policy in force and human decisions. "
+        "Authenticate with 'Authorization: Bearer <token>' (viewer role or above, without queue or kind "
+        "scopes: the diff spans every queue).",
+    )
+    app.state.authenticator = Authenticator(settings, ctx.pool)
     app.include_router(shadow.api(ctx.pool))
     return Parts(
         consumers=[Consumer("changegate-policy", subscriptions)],

@@ -23,11 +23,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import asyncpg
+from changegate.core.auth import UnscopedViewer
 from changegate.core.contracts import Decision, DecisionOutcome, Proposal
 from changegate.core.db import DbConn, Queryable
+from changegate.core.http import problem_responses, refuse_unknown_query
 from changegate.core.logging import get_logger
 from changegate.policy.engine import Action, Policy, PolicyError, Route
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Info
 from pydantic import BaseModel, Field
@@ -375,16 +377,20 @@ async def promotions(conn: Queryable) -> list[dict[str, Any]]:
 
 
 def api(pool: asyncpg.Pool) -> APIRouter:
-    """``GET /v1/shadow``: the diff as JSON, on the policy service's port beside its metrics. It
-    carries counts only (no proposal ids): the list of overruled proposals is the CLI's."""
+    """``GET /v1/shadow``: the diff as JSON, on the policy service's port beside its metrics, for a
+    viewer without scopes (it counts every queue's items). It carries counts only (no proposal
+    ids): the list of overruled proposals is the CLI's."""
     router = APIRouter(prefix="/v1", tags=["shadow"])
 
     @router.get(
         "/shadow",
         summary="The candidate policy in shadow against the policy in force and human decisions",
         response_model=ShadowDiff,
+        responses=problem_responses(401, 403, 422),
+        dependencies=[Depends(refuse_unknown_query)],
     )
     async def shadow_diff(
+        _: UnscopedViewer,
         policy_hash: Annotated[
             str | None,
             Query(

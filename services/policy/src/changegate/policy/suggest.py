@@ -8,7 +8,8 @@ days; 0 rejected or modified — consider auto-apply at or above 0.93") and :fun
 candidate policy with an auto-apply rule before the review rule, to run in shadow. Proposals no
 rule matched (the policy's default route, when it is review) count per kind, since the default has
 no condition to narrow: a suggestion for them appends an auto-apply rule for that kind after every
-other rule, so it takes only what the default took. The candidate is
+other rule, so it takes only what the default took. A suggested rule keeps the policy's evidence
+floor (the strictest ``min_confidence_bound`` of its auto-apply rules). The candidate is
 loaded like any policy file, so the guardrails refuse what would auto-apply a merge, an owner
 change or a human-only field: such a suggestion is reported as refused and left out of the file.
 """
@@ -146,20 +147,41 @@ def suggest(
     return out
 
 
+def evidence_floor(document: dict[str, Any]) -> float | None:
+    """The strictest ``min_confidence_bound`` among the policy's auto-apply rules (None: it gates
+    none on the evidence floor). A suggested rule carries it, so that promoting a suggestion never
+    lets through a proposal whose own evidence the policy would otherwise find too thin: reviewers
+    approving a rule's proposals says nothing of the evidence behind the next one."""
+    floors = [
+        float(bound)
+        for r in document.get("rules") or []
+        if r.get("action") == "auto_apply"
+        and (bound := (r.get("when") or {}).get("min_confidence_bound")) is not None
+    ]
+    return max(floors, default=None)
+
+
 def _with(document: dict[str, Any], s: Suggestion) -> dict[str, Any]:
     rules = list(document["rules"])
+    floor = evidence_floor(document)
     if s.rule == DEFAULT:  # after every rule: only what the default route took
         kind = str(s.kind)
+        when: dict[str, Any] = {"kind": [kind], "min_confidence": s.threshold}
+        if floor is not None:
+            when["min_confidence_bound"] = floor
         rule = {
             "id": f"default-{kind.replace('_', '-')}-suggested-auto",
             "description": f"suggested: {s.evidence}",
-            "when": {"kind": [kind], "min_confidence": s.threshold},
+            "when": when,
             "action": "auto_apply",
         }
         return {**document, "rules": [*rules, rule]}
     at = next(i for i, r in enumerate(rules) if r.get("id") == s.rule)
     when = dict(rules[at].get("when") or {})
     when["min_confidence"] = max(s.threshold, float(when.get("min_confidence") or 0))
+    bounds = [b for b in (floor, when.get("min_confidence_bound")) if b is not None]
+    if bounds:
+        when["min_confidence_bound"] = max(float(b) for b in bounds)
     rules.insert(
         at,
         {
