@@ -5,6 +5,7 @@ supersession that came after the decision."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +36,9 @@ from changegate.core.settings import CommonSettings
 from changegate.core.signing import SignatureRefusedError
 from changegate.core.topics import TopicNames
 from changegate.detector.handler import Detector
+from changegate.detector.learning import Learner
 from changegate.detector.open_proposals import ProposalLifecycle
+from changegate.detector.reliability import CellCounts, ReliabilityTable
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import supersede
 from helpers import signing_key, verifier
@@ -554,3 +557,36 @@ async def test_a_verdict_on_the_merged_away_records_own_address_is_not_moved(
     await lifecycle.on_execution(_applied(_decision(merge), [], utcnow()))
     assert [d.proposal.proposal_id for d in await _emitted(pool, "decision")] == [pending.proposal_id]
     assert not [p for p in await _emitted(pool, "proposal") if p.evidence.get("retargeted_from")]
+
+
+async def test_human_decisions_teach_the_reliability_table_the_next_proposals_use(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool
+) -> None:
+    detector, lifecycle = parts
+    for n in range(5):
+        await detector.handle(_enrichment(f"learn-{n}", "CTO"))
+    proposals = await _emitted(pool, "proposal")
+    assert [p.evidence["confidence_basis"]["table"] for p in proposals] == ["none"] * 5
+    [cell] = {c["cell"] for p in proposals for c in p.evidence["confidence_basis"]["cells"]}
+    # Four approved, one rejected by a human; a redelivered approval teaches nothing twice; a
+    # supersession (no human's) teaches nothing at all.
+    approvals = [_decision(p) for p in proposals[:4]]
+    for decision in [*approvals, approvals[0], _decision(proposals[4], DecisionOutcome.REJECTED)]:
+        await lifecycle.on_decision(make_envelope(decision, service="review-api"))
+    learner = Learner(pool, detector.reliability, detector.use_reliability, 60, asyncio.Event())
+    table = await learner.refresh()
+    assert (table.cells[cell].approved, table.cells[cell].corrected) == (4, 1)
+    assert table.version == "learnt+5-decisions"
+    assert detector.reliability is table
+    await detector.handle(_enrichment("learn-9", "CTO"))
+    latest = (await _emitted(pool, "proposal"))[-1]
+    basis = latest.evidence["confidence_basis"]
+    assert (basis["table"], basis["method"]) == ("learnt+5-decisions", "reviewer_outcomes")
+    assert [(c["approved"], c["corrected"]) for c in basis["cells"]] == [(4, 1)]
+    assert "lower_bound" in basis
+    assert await learner.refresh() is table  # nothing new: the same table
+    # A file learnt after these decisions already holds them: they are not added again.
+    filed = ReliabilityTable(version="file-1", learned_at=utcnow(), cells={cell: CellCounts(approved=9)})
+    used: list[ReliabilityTable] = []
+    assert (await Learner(pool, filed, used.append, 60, asyncio.Event()).refresh()) is filed
+    assert used == []

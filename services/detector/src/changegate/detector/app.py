@@ -14,6 +14,7 @@ from changegate.core.service import Consumer, Context, Parts, Service
 from changegate.core.topics import Topic
 from changegate.detector.changelog import RecordFeed
 from changegate.detector.handler import SERVICE, Detector
+from changegate.detector.learning import Learner
 from changegate.detector.open_proposals import GROUP as LIFECYCLE_GROUP
 from changegate.detector.open_proposals import ProposalLifecycle
 from changegate.detector.settings import DetectorSettings
@@ -40,6 +41,17 @@ async def setup(ctx: Context[DetectorSettings]) -> Parts:
     detector.feed, feed.on_late = feed, detector.recheck
     ctx.runtime.checks["changelog"] = feed.caught_up.is_set
     lifecycle = ProposalLifecycle(ctx.pool, ctx.names, signer, ctx.verifier(), detector.indexes, feed)
+    workers = [feed.run]
+    if ctx.settings.reliability_learn_seconds > 0:
+        learner = Learner(
+            ctx.pool,
+            detector.reliability,
+            detector.use_reliability,
+            ctx.settings.reliability_learn_seconds,
+            ctx.runtime.stop,
+        )
+        await learner.refresh()  # before the first event: what reviewers decided until now
+        workers.append(learner.run)
     return Parts(
         consumers=[
             Consumer(
@@ -58,7 +70,7 @@ async def setup(ctx: Context[DetectorSettings]) -> Parts:
                 check="lifecycle_consumer",
             ),
         ],
-        workers=[feed.run],
+        workers=workers,
     )
 
 

@@ -81,10 +81,12 @@ class Detector:
         self.indexes = dedup.Indexes(settings.default_phone_region)
         model = self.finder.model
         self.model_info = {"version": model.model_version, "sha256": model.sha256}
-        self.reliability = reliability.load(settings.reliability_file)
-        RELIABILITY_INFO.info(
-            {"version": self.reliability.version, "cells": str(len(self.reliability.cells))}
-        )
+        self.use_reliability(reliability.load(settings.reliability_file))
+
+    def use_reliability(self, table: reliability.ReliabilityTable) -> None:
+        """The table the next proposals are calibrated with (the file's, or one learnt since)."""
+        self.reliability = table
+        RELIABILITY_INFO.info({"version": table.version, "cells": str(len(table.cells))})
 
     async def load_index(self) -> int:
         """Rebuild the in-process blocking index from PostgreSQL (at start: before any event)."""

@@ -29,7 +29,7 @@ from changegate.core.kafka import Refusals, handle_one, screen
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
-from changegate.detector import dedup, state
+from changegate.detector import dedup, learning, state
 from changegate.detector.changelog import SERVICE, Changed, RecordFeed
 from changegate.detector.supersede import (
     close,
@@ -83,6 +83,7 @@ class ProposalLifecycle:
         if decisions:
             async with self.pool.acquire() as conn, conn.transaction():
                 closed = await close(conn, [(d.proposal.proposal_id, d.outcome.value) for _, d in decisions])
+                await learning.record(conn, [d for _, d in decisions])
                 for _, decision in decisions:
                     if (
                         decision.outcome is DecisionOutcome.REJECTED

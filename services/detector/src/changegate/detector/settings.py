@@ -24,6 +24,13 @@ class DetectorSettings(CommonSettings):
         " proposals alike, which corrects each detector's prior confidence; unset: every confidence is"
         " its prior (a source's claim, the score, the match model's, or the configured value)",
     )
+    reliability_learn_seconds: float = Field(
+        0,
+        ge=0,
+        le=86_400,
+        description="rebuild the reliability table this often from the human decisions the detector has"
+        " recorded since the file's learned_at (added to the file's counts); 0: the file's table only",
+    )
     lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
     owner: OwnerConfig = Field(default_factory=OwnerConfig)
     verification: VerificationConfig = Field(default_factory=VerificationConfig)
