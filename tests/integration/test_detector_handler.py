@@ -208,9 +208,12 @@ async def test_a_batch_of_enrichments_opens_and_supersedes_as_one_event_after_an
     retired = [e.payload for e in sent if e.event_type == "decision"]
     assert [d.proposal.proposal_id for d in retired] == [proposals[0].proposal_id, proposals[2].proposal_id]
     assert {d.outcome.value for d in retired} == {"superseded"}
-    assert dict(
-        await pool.fetch("SELECT record_id, proposal_id FROM detector_open_proposals ORDER BY record_id")
-    ) == {"r1": proposals[3].proposal_id, "r2": proposals[1].proposal_id, "unknown": proposals[4].proposal_id}
+    open_now = await pool.fetch("SELECT record_id, proposal_id FROM detector_open_proposals")
+    assert {r["record_id"]: r["proposal_id"] for r in open_now} == {
+        "r1": proposals[3].proposal_id,
+        "r2": proposals[1].proposal_id,
+        "unknown": proposals[4].proposal_id,
+    }
     closed = {r[0] for r in await pool.fetch("SELECT proposal_id FROM detector_closed_proposals")}
     assert closed == {decided, proposals[0].proposal_id, proposals[2].proposal_id}
 
