@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import datetime
@@ -13,6 +14,7 @@ from changegate.core.contracts import CrmEvent, CrmEventKind, Decision, Proposal
 from changegate.core.contracts.base import is_empty
 from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import DbConn, claim_events
+from changegate.core.kafka import YIELD_EVERY
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
@@ -180,10 +182,11 @@ class Detector:
         """``_emit`` of each event's field updates in turn, in as few statements as records repeat:
         a record's n-th proposal of the batch is opened in the n-th statement, after its earlier
         ones (which it may supersede). Messages join ``messages`` in the order ``_emit`` adds them."""
-        signed = [
-            [self.signer.sign(reliability.calibrate(p, self.reliability)) for p in proposals]
-            for proposals in found
-        ]
+        signed: list[list[Proposal]] = []
+        for n, proposals in enumerate(found, 1):
+            signed.append([self.signer.sign(reliability.calibrate(p, self.reliability)) for p in proposals])
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # signing does not suspend: let the outbox relay run
         rounds: list[list[Proposal]] = []
         seen: dict[tuple[Any, str], int] = {}
         for proposal in (p for proposals in signed for p in proposals):
