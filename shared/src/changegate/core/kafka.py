@@ -96,7 +96,7 @@ def is_transient(exc: BaseException) -> bool:
 def make_producer(settings: CommonSettings, service: str, **options: Any) -> AIOKafkaProducer:
     """acks=all, idempotence as configured; ``options`` override aiokafka's others (e.g. a shorter
     ``request_timeout_ms`` where a caller waits for the acknowledgement)."""
-    defaults: dict[str, Any] = {"linger_ms": 2}
+    defaults: dict[str, Any] = {"linger_ms": 2, "max_batch_size": settings.kafka_producer_batch_bytes}
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         **settings.kafka_security(),
