@@ -13,6 +13,7 @@ from changegate.core.settings import CommonSettings
 from changegate.detector.config import OwnerConfig
 from changegate.detector.handler import Detector
 from changegate.detector.settings import DetectorSettings
+from changegate.detector.supersede import close
 from helpers import signing_key
 
 
@@ -144,3 +145,78 @@ async def test_a_replayed_event_is_detected_again_on_what_the_detector_knows_now
 
     await upgraded.handle(decode(copy_of(original, created, "upgrade-1")))  # the same run again
     assert await pool.fetchval("SELECT count(*) FROM changegate_outbox") == 1
+
+
+async def test_a_batch_of_enrichments_opens_and_supersedes_as_one_event_after_another_would(
+    settings: CommonSettings, pool: asyncpg.Pool
+) -> None:
+    """A batch that only reads record state is handled in a few statements (``_handle_reading``):
+    a record's later proposal in the batch still retires its earlier one, right before it goes
+    out; a proposal decided before is not raised again; a redelivered batch emits nothing."""
+    await migrate_core(pool)
+    await migrate(pool, "detector", "changegate.detector.migrations")
+    detector = Detector(pool, DetectorSettings(database_url=settings.database_url), signing_key("detector"))
+    for rid in ("r1", "r2", "r3"):
+        await detector.handle(
+            make_envelope(_event(CrmEventKind.RECORD_CREATED, rid, firstname=rid), service="t")
+        )
+
+    def enriched(rid: str, source_id: str, title: str) -> CrmEvent:
+        return CrmEvent(
+            source_system="clay",
+            source_event_id=source_id,
+            object_type=ObjectType.CONTACT,
+            record_id=rid,
+            kind=CrmEventKind.ENRICHMENT_RESULT,
+            properties={"jobtitle": title},
+        )
+
+    # r3's proposal from an earlier batch was decided: the same one again is not raised.
+    await detector.handle(make_envelope(enriched("r3", "e0", "CEO"), service="t"))
+    decided = await pool.fetchval("SELECT proposal_id FROM detector_open_proposals WHERE record_id = 'r3'")
+    async with pool.acquire() as conn:
+        await close(conn, [(decided, "rejected")])
+    await pool.execute("DELETE FROM changegate_outbox")
+    batch = [
+        make_envelope(event, service="t")
+        for event in (
+            enriched("r1", "e1", "CTO"),
+            enriched("r2", "e2", "VP Sales"),
+            enriched("r1", "e3", "CFO"),
+            enriched("r3", "e0", "CEO"),
+            enriched("r1", "e4", "COO"),
+            enriched("unknown", "e5", "CEO"),
+        )
+    ]
+    await detector.handle_batch(batch)
+    sent = [decode(r["value"]) for r in await pool.fetch("SELECT value FROM changegate_outbox ORDER BY id")]
+    out = [
+        (e.event_type, e.payload.proposal.record_id if e.event_type == "decision" else e.payload.record_id)
+        for e in sent
+        if e.event_type in ("proposal", "decision")
+    ]
+    assert out == [
+        ("proposal", "r1"),
+        ("proposal", "r2"),
+        ("decision", "r1"),  # CTO retired by CFO
+        ("proposal", "r1"),
+        ("decision", "r1"),  # CFO retired by COO
+        ("proposal", "r1"),
+        ("proposal", "unknown"),  # a record not known: every value fills an empty field
+    ]
+    proposals = [e.payload for e in sent if e.event_type == "proposal"]
+    retired = [e.payload for e in sent if e.event_type == "decision"]
+    assert [d.proposal.proposal_id for d in retired] == [proposals[0].proposal_id, proposals[2].proposal_id]
+    assert {d.outcome.value for d in retired} == {"superseded"}
+    open_now = await pool.fetch("SELECT record_id, proposal_id FROM detector_open_proposals")
+    assert {r["record_id"]: r["proposal_id"] for r in open_now} == {
+        "r1": proposals[3].proposal_id,
+        "r2": proposals[1].proposal_id,
+        "unknown": proposals[4].proposal_id,
+    }
+    closed = {r[0] for r in await pool.fetch("SELECT proposal_id FROM detector_closed_proposals")}
+    assert closed == {decided, proposals[0].proposal_id, proposals[2].proposal_id}
+
+    await pool.execute("DELETE FROM changegate_outbox")
+    await detector.handle_batch(batch)  # redelivered
+    assert await pool.fetchval("SELECT count(*) FROM changegate_outbox") == 0

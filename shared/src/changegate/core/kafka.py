@@ -96,7 +96,7 @@ def is_transient(exc: BaseException) -> bool:
 def make_producer(settings: CommonSettings, service: str, **options: Any) -> AIOKafkaProducer:
     """acks=all, idempotence as configured; ``options`` override aiokafka's others (e.g. a shorter
     ``request_timeout_ms`` where a caller waits for the acknowledgement)."""
-    defaults: dict[str, Any] = {"linger_ms": 2}
+    defaults: dict[str, Any] = {"linger_ms": 2, "max_batch_size": settings.kafka_producer_batch_bytes}
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
         **settings.kafka_security(),
@@ -260,6 +260,12 @@ def header_bytes(text: str, limit: int = 2000) -> bytes:
     return text[:limit].encode("utf-8", "backslashreplace")
 
 
+# CPU-bound loops over a polled batch (decoding, signing) give the event loop a turn this often, so
+# the process's other tasks (its outbox relay, the producer's sender, fetches, heartbeats) do not
+# wait for a whole batch: a relay starved that way held finished work back for seconds.
+YIELD_EVERY = 50
+
+
 class MessageProcessor:
     """Decode, handle with retries, dead-letter: the per-message policy every consumer shares.
 
@@ -329,7 +335,12 @@ class MessageProcessor:
         sub = self.by_topic[topic]
         batch_handler = sub.batch_handler or _one_at_a_time(sub)
         started = time.perf_counter()
-        decoded = [(r, e) for r in records if (e := await self._decode(r)) is not None]
+        decoded = []
+        for n, record in enumerate(records, 1):
+            if (envelope := await self._decode(record)) is not None:
+                decoded.append((record, envelope))
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # decoding does not suspend: let the outbox relay, fetches run
         envelopes = [e for _, e in decoded]
         if not envelopes:
             return

@@ -60,6 +60,12 @@ class CommonSettings(BaseSettings):
     kafka_ssl_keyfile: str | None = Field(None, description="client certificate's private key")
     kafka_replication_factor: int = Field(1, ge=1, description="replicas of each topic it creates")
     kafka_max_batch: int = Field(500, description="max records a consumer takes per poll")
+    kafka_producer_batch_bytes: int = Field(
+        262_144,
+        ge=16_384,
+        description="bytes a producer puts in one partition's batch; a relay publishing a backlog "
+        "sends one request per broker at a time, so aiokafka's 16 KiB (~6 proposals) held it back",
+    )
     handler_max_attempts: int = Field(
         5, ge=1, description="attempts per message (exponential backoff) before it is dead-lettered"
     )

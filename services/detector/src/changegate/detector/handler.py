@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from datetime import datetime
@@ -9,10 +10,11 @@ from typing import Any
 
 import asyncpg
 from changegate.core import outbox
-from changegate.core.contracts import CrmEvent, CrmEventKind, Proposal
+from changegate.core.contracts import CrmEvent, CrmEventKind, Decision, Proposal
 from changegate.core.contracts.base import is_empty
 from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import DbConn, claim_events
+from changegate.core.kafka import YIELD_EVERY
 from changegate.core.logging import get_logger
 from changegate.core.signing import SigningKey
 from changegate.core.topics import Topic, TopicNames
@@ -25,6 +27,7 @@ from changegate.detector.matching.normalize import identity_changed
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import (
     enqueue_retirements,
+    open_many_unless_decided,
     open_unless_decided,
     retire_merges_naming,
     retirement_messages,
@@ -107,14 +110,27 @@ class Detector:
             fresh = await claim_events(conn, SERVICE, [e.event_id for e in envelopes])
             messages: list[tuple[str, str | None, Envelope[Any]]] = []
             changed: list[Changed] = []
+            todo: list[Envelope[Any] | None] = []
             for envelope in envelopes:
                 if envelope.event_id not in fresh:  # processed before (redelivery), or twice here
-                    outcomes.append((envelope.payload, None))
+                    todo.append(None)
                     continue
                 fresh.discard(envelope.event_id)
-                found = await self._handle_one(conn, envelope.payload, envelope.occurred_at, messages)
+                todo.append(envelope)
+            if all(e is None or _reads_only(e.payload) for e in todo):
+                found_all = await self._handle_reading(conn, todo, messages)
+            else:
+                found_all = []
+                for maybe in todo:
+                    found_all.append(
+                        None
+                        if maybe is None
+                        else await self._handle_one(conn, maybe.payload, maybe.occurred_at, messages)
+                    )
+            for envelope, found in zip(envelopes, found_all, strict=True):
                 outcomes.append((envelope.payload, found))
-                changed += changed_by(envelope.payload)
+                if found is not None:
+                    changed += changed_by(envelope.payload)
             if self.feed is not None:
                 messages += self.feed.messages(changed, seen)
             await outbox.enqueue_many(conn, SERVICE, messages)
@@ -130,6 +146,85 @@ class Detector:
                 method = basis.get("method", "none") if isinstance(basis, dict) else "none"
                 CONFIDENCE_BASIS.labels(kind=proposal.kind.value, method=method).inc()
 
+    async def _handle_reading(
+        self,
+        conn: DbConn,
+        todo: list[Envelope[Any] | None],
+        messages: list[tuple[str, str | None, Envelope[Any]]],
+    ) -> list[list[Proposal] | None]:
+        """A batch whose events only read record state (``_reads_only``): what one event proposes
+        does not depend on what another proposed or opened, so the state of every record is read in
+        one statement and the proposals opened together (``_emit_many``), as handling the events
+        one by one would. Per event: the proposals emitted (None: not fresh)."""
+        events = [(e.payload, e.occurred_at) for e in todo if e is not None]
+        known = await state.known_properties_many(conn, [(ev.object_type, ev.record_id) for ev, _ in events])
+        found = [
+            self._stamped(ev, received, self._propose_from(ev, known[(ev.object_type, ev.record_id)]))
+            for ev, received in events
+        ]
+        emitted = iter(await self._emit_many(conn, found, messages))
+        return [None if e is None else next(emitted) for e in todo]
+
+    def _stamped(self, event: CrmEvent, received: datetime, proposals: list[Proposal]) -> list[Proposal]:
+        if event.requested_by:  # who caused the event caused the proposals: they may not approve them
+            proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
+        # The start of the event-age SLI: the source's own time, else when changegate received it.
+        happened = event.occurred_at or received
+        return [
+            p.model_copy(update={"source": p.source.model_copy(update={"occurred_at": happened})})
+            for p in proposals
+        ]
+
+    async def _emit_many(
+        self,
+        conn: DbConn,
+        found: list[list[Proposal]],
+        messages: list[tuple[str, str | None, Envelope[Any]]],
+    ) -> list[list[Proposal]]:
+        """``_emit`` of each event's field updates in turn, in as few statements as records repeat:
+        a record's n-th proposal of the batch is opened in the n-th statement, after its earlier
+        ones (which it may supersede). Messages join ``messages`` in the order ``_emit`` adds them."""
+        signed: list[list[Proposal]] = []
+        for n, proposals in enumerate(found, 1):
+            signed.append([self.signer.sign(reliability.calibrate(p, self.reliability)) for p in proposals])
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # signing does not suspend: let the outbox relay run
+        rounds: list[list[Proposal]] = []
+        seen: dict[tuple[Any, str], int] = {}
+        for proposal in (p for proposals in signed for p in proposals):
+            key = (proposal.object_type, proposal.record_id)
+            n = seen[key] = seen.get(key, -1) + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(proposal)
+        retired: dict[int, list[Decision] | None] = {}  # by id() of the signed proposal
+        for group in rounds:
+            for proposal, result in zip(group, await open_many_unless_decided(conn, group), strict=True):
+                retired[id(proposal)] = result
+        emitted: list[list[Proposal]] = []
+        for proposals in signed:
+            kept = []
+            for proposal in proposals:
+                replaced = retired[id(proposal)]
+                if replaced is None:
+                    REDETECTED.labels(kind=proposal.kind.value).inc()
+                    continue
+                kept.append(proposal)
+                SUPERSEDED.inc(len(replaced))
+                messages.extend(retirement_messages(self.names, self.signer, proposal.record_id, replaced))
+                messages.append(self._outgoing(proposal))
+            emitted.append(kept)
+        return emitted
+
+    def _outgoing(self, proposal: Proposal) -> tuple[str, str | None, Envelope[Any]]:
+        out = make_envelope(
+            proposal,
+            service=SERVICE,
+            correlation_id=proposal.proposal_id,
+            dedup_key=str(proposal.proposal_id),
+        )
+        return (self.names(Topic.PROPOSALS), proposal.record_id, out)
+
     async def _handle_one(
         self,
         conn: DbConn,
@@ -138,15 +233,7 @@ class Detector:
         messages: list[tuple[str, str | None, Envelope[Any]]],
     ) -> list[Proposal]:
         """Detect; the proposals emitted (and retirements of those they supersede) join ``messages``."""
-        proposals = await self._detect(conn, event)
-        if event.requested_by:  # who caused the event caused the proposals: they may not approve them
-            proposals = [p.model_copy(update={"requested_by": event.requested_by}) for p in proposals]
-        # The start of the event-age SLI: the source's own time, else when changegate received it.
-        happened = event.occurred_at or received
-        proposals = [
-            p.model_copy(update={"source": p.source.model_copy(update={"occurred_at": happened})})
-            for p in proposals
-        ]
+        proposals = self._stamped(event, received, await self._detect(conn, event))
         return await self._emit(conn, proposals, messages)
 
     async def emit(self, conn: DbConn, proposals: list[Proposal]) -> list[Proposal]:
@@ -174,13 +261,7 @@ class Detector:
             emitted.append(proposal)
             SUPERSEDED.inc(len(retired))
             messages.extend(retirement_messages(self.names, self.signer, proposal.record_id, retired))
-            out = make_envelope(
-                proposal,
-                service=SERVICE,
-                correlation_id=proposal.proposal_id,
-                dedup_key=str(proposal.proposal_id),
-            )
-            messages.append((self.names(Topic.PROPOSALS), proposal.record_id, out))
+            messages.append(self._outgoing(proposal))
         return emitted
 
     async def recheck(self, late: Late) -> list[Proposal]:
@@ -274,19 +355,23 @@ class Detector:
             if owned.consumed_round_robin:
                 await _round_robin_advance(conn)
             return proposals + self._kept(owned.proposal, "owner", owned.reason)
-        known = await state.known_properties(conn, event)
+        if kind in _READING:
+            return self._propose_from(event, await state.known_properties(conn, event))
+        if kind is CrmEventKind.OWNER_DEACTIVATED:
+            return await self._reassign_from(conn, event)
+        return []
+
+    def _propose_from(self, event: CrmEvent, known: dict[str, Any]) -> list[Proposal]:
+        """What an event of a ``_READING`` kind proposes, given the record's known properties."""
+        kind = event.kind
         if kind is CrmEventKind.ENRICHMENT_RESULT:
             proposal = propose_enrichment(event, known, self.settings.enrichment_default_confidence)
             return self._kept(proposal, "enrichment", "proposed" if proposal else "no_change")
         if kind in (CrmEventKind.LIFECYCLE_EVENT, CrmEventKind.SCORE):
             moved = lifecycle.propose_lifecycle(event, known, self.settings.lifecycle)
             return self._kept(moved.proposal, "lifecycle", moved.reason)
-        if kind is CrmEventKind.VERIFICATION_RESULT:
-            verified = verification.propose_verification(event, known, self.settings.verification)
-            return self._kept(verified.proposal, "verification", verified.reason)
-        if kind is CrmEventKind.OWNER_DEACTIVATED:
-            return await self._reassign_from(conn, event)
-        return []
+        verified = verification.propose_verification(event, known, self.settings.verification)
+        return self._kept(verified.proposal, "verification", verified.reason)
 
     async def _learn_echo(self, conn: DbConn, event: CrmEvent) -> list[Proposal]:
         """The CRM reporting a change changegate applied itself: the record state and the blocking
@@ -352,6 +437,22 @@ class Detector:
             SKIPPED.labels(detector=detector, reason=str(reason)).inc()
             return []
         return [proposal]
+
+
+# Kinds whose detection only reads the record's known properties and proposes field updates from
+# them: no state written, no merge, nothing that depends on open or decided proposals.
+_READING = frozenset(
+    {
+        CrmEventKind.ENRICHMENT_RESULT,
+        CrmEventKind.LIFECYCLE_EVENT,
+        CrmEventKind.SCORE,
+        CrmEventKind.VERIFICATION_RESULT,
+    }
+)
+
+
+def _reads_only(event: CrmEvent) -> bool:
+    return event.kind in _READING and not event.echo
 
 
 async def _round_robin_next(conn: DbConn) -> int:

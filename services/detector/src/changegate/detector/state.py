@@ -56,6 +56,21 @@ async def known_properties(conn: DbConn, event: CrmEvent) -> dict[str, Any]:
     return props or {}
 
 
+async def known_properties_many(
+    conn: DbConn, records: Sequence[tuple[ObjectType, str]]
+) -> dict[tuple[ObjectType, str], dict[str, Any]]:
+    """``known_properties`` of many records in one statement ({} for one not known)."""
+    rows = await conn.fetch(
+        "SELECT r.object_type, r.record_id, r.properties FROM detector_records r"
+        " JOIN unnest($1::text[], $2::text[]) AS k(object_type, record_id)"
+        " ON r.object_type = k.object_type AND r.record_id = k.record_id WHERE NOT r.deleted",
+        [ot.value for ot, _ in records],
+        [rid for _, rid in records],
+    )
+    found = {(ObjectType(r["object_type"]), r["record_id"]): r["properties"] for r in rows}
+    return {key: found.get(key) or {} for key in records}
+
+
 async def record_properties(conn: DbConn, object_type: ObjectType, record_id: str) -> dict[str, Any]:
     props: dict[str, Any] | None = await conn.fetchval(
         "SELECT properties FROM detector_records WHERE object_type = $1 AND record_id = $2 AND NOT deleted",

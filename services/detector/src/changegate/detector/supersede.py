@@ -108,6 +108,66 @@ async def open_unless_decided(
     return [_retirement(older, str(proposal.proposal_id), because) for older in retired.values()]
 
 
+_OPEN_MANY = """
+WITH p AS (SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
+           AS p(n, object_type, record_id, proposal_id, proposal)),
+f AS (SELECT * FROM unnest($6::int[], $7::text[]) AS f(n, field)),
+d AS (SELECT p.n, EXISTS (SELECT 1 FROM detector_closed_proposals c WHERE c.proposal_id = p.proposal_id)
+      AS decided FROM p),
+old AS (SELECT f.n, o.proposal_id, o.proposal FROM f JOIN p USING (n) JOIN d USING (n)
+        JOIN detector_open_proposals o ON o.object_type = p.object_type AND o.record_id = p.record_id
+        AND o.field = f.field AND o.proposal_id <> p.proposal_id WHERE NOT d.decided FOR UPDATE OF o),
+opened AS (INSERT INTO detector_open_proposals (object_type, record_id, field, proposal_id, proposal)
+           SELECT p.object_type, p.record_id, f.field, p.proposal_id, p.proposal
+           FROM f JOIN p USING (n) JOIN d USING (n) WHERE NOT d.decided
+           ON CONFLICT (object_type, record_id, field) DO UPDATE
+           SET proposal_id = EXCLUDED.proposal_id, proposal = EXCLUDED.proposal)
+SELECT d.n, d.decided, old.proposal_id, old.proposal FROM d LEFT JOIN old USING (n) ORDER BY d.n
+"""
+
+
+async def open_many_unless_decided(conn: DbConn, proposals: list[Proposal]) -> list[list[Decision] | None]:
+    """``open_unless_decided`` for field updates of distinct records, in one statement: none of
+    them touches another's rows, so this is what opening them one after the other does. Per
+    proposal, in order: the retirements it makes, or None if it was decided before."""
+    if not proposals:
+        return []
+    keys = {(p.object_type, p.record_id) for p in proposals}
+    if len(keys) < len(proposals) or any(p.kind is ProposalKind.MERGE for p in proposals):
+        raise ValueError("open_many_unless_decided takes field updates of distinct records")
+    fields = [sorted({c.field for c in p.changes}) for p in proposals]
+    rows = await conn.fetch(
+        _OPEN_MANY,
+        list(range(len(proposals))),
+        [p.object_type.value for p in proposals],
+        [p.record_id for p in proposals],
+        [p.proposal_id for p in proposals],
+        [p.model_dump(mode="json") for p in proposals],
+        [n for n, names in enumerate(fields) for _ in names],
+        [name for names in fields for name in names],
+    )
+    decided: dict[int, bool] = {}
+    retired: list[dict[uuid.UUID, Proposal]] = [{} for _ in proposals]
+    for row in rows:
+        n = row["n"]
+        decided[n] = row["decided"]
+        if row["proposal_id"] is None:
+            continue
+        older = Proposal.model_validate(row["proposal"])
+        # As in open_unless_decided: only a proposal of the same kind it covers in full is replaced.
+        if older.kind is proposals[n].kind and {c.field for c in older.changes} <= set(fields[n]):
+            retired[n][older.proposal_id] = older
+    await _close_superseded(conn, [pid for found in retired for pid in found])
+    out: list[list[Decision] | None] = []
+    for n, proposal in enumerate(proposals):
+        if decided[n]:
+            out.append(None)
+            continue
+        because = f"superseded by {proposal.proposal_id} (event {proposal.source.event_id})"
+        out.append([_retirement(older, str(proposal.proposal_id), because) for older in retired[n].values()])
+    return out
+
+
 def _members(merge: Proposal) -> list[str]:
     return sorted({merge.record_id, *merge.other_record_ids})
 
