@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from changegate.audit.store import record_decision
+from changegate.cli.main import app
 from changegate.core.contracts import (
     CrmEvent,
     CrmEventKind,
@@ -35,6 +37,7 @@ from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
 from changegate.core.signing import SignatureRefusedError
 from changegate.core.topics import TopicNames
+from changegate.detector import reliability
 from changegate.detector.handler import Detector
 from changegate.detector.learning import Learner
 from changegate.detector.open_proposals import ProposalLifecycle
@@ -42,6 +45,7 @@ from changegate.detector.reliability import CellCounts, ReliabilityTable
 from changegate.detector.settings import DetectorSettings
 from changegate.detector.supersede import supersede
 from helpers import signing_key, verifier
+from typer.testing import CliRunner
 
 POLICY = Decider(kind="policy", identity="policy:t", policy_version="t", policy_hash="a" * 64, rule_id="r")
 
@@ -590,3 +594,47 @@ async def test_human_decisions_teach_the_reliability_table_the_next_proposals_us
     used: list[ReliabilityTable] = []
     assert (await Learner(pool, filed, used.append, 60, asyncio.Event()).refresh()) is filed
     assert used == []
+
+
+async def test_calibrate_from_the_database_writes_the_table_the_recorded_decisions_teach(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool, settings: CommonSettings, tmp_path: Path
+) -> None:
+    detector, lifecycle = parts
+    for n in range(4):
+        await detector.handle(_enrichment(f"cal-{n}", "CTO"))
+    proposals = await _emitted(pool, "proposal")
+    [cell] = {c["cell"] for p in proposals for c in p.evidence["confidence_basis"]["cells"]}
+    for decision in [
+        _decision(proposals[0]),
+        _decision(proposals[1]),
+        _decision(proposals[2], DecisionOutcome.REJECTED),
+    ]:
+        await lifecycle.on_decision(make_envelope(decision, service="review-api"))
+    out = tmp_path / "reliability.json"
+    args = ["detector", "calibrate", "--from-database", "--database-url", settings.database_url]
+    args += ["--out", str(out), "--workdir", str(tmp_path), "--level", "0.99"]
+    result = await asyncio.to_thread(CliRunner().invoke, app, args)
+    assert result.exit_code == 0, result.output
+    table = reliability.load(out)
+    assert table.cells == {cell: CellCounts(approved=2, corrected=1)}
+    assert table.level == 0.99
+    assert table.learned_from.startswith("3 human decisions recorded in the detector's database up to ")
+    assert table.learned_at is not None
+    # The file holds every decision made up to its learned_at: the detector's online learning
+    # starting from it adds none of them again, and only the next decision.
+    used: list[ReliabilityTable] = []
+    learner = Learner(pool, table, used.append, 60, asyncio.Event())
+    assert await learner.refresh() is table
+    await lifecycle.on_decision(make_envelope(_decision(proposals[3]), service="review-api"))
+    assert (await learner.refresh()).cells == {cell: CellCounts(approved=3, corrected=1)}
+
+
+async def test_calibrate_from_a_database_the_detector_never_migrated_says_so(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "reliability.json"
+    args = ["detector", "calibrate", "--from-database", "--database-url", fresh_database, "--out", str(out)]
+    result = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--workdir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "the detector has not migrated it" in result.output
+    assert not out.exists()

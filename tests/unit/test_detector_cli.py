@@ -184,3 +184,22 @@ def test_calibrate_learns_a_table_from_human_decisions_the_detector_loads(
     )
     assert stricter.exit_code == 0, stricter.output
     assert reliability.load(out).level == 0.99
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ([], "give --from FILE or --from-database"),
+        (["--from", "DECISIONS", "--from-database"], "give --from FILE or --from-database"),
+        (["--from", "DECISIONS", "--database-url", "postgresql://x/y"], "only with --from-database"),
+    ],
+)
+def test_calibrate_reads_decisions_from_one_place(tmp_path: Path, given: list[str], message: str) -> None:
+    source = tmp_path / "decisions.jsonl"
+    source.write_text("")
+    args = [str(source) if a == "DECISIONS" else a for a in given]
+    out = tmp_path / "reliability.json"
+    result = CliRunner().invoke(app, ["detector", "calibrate", *args, "--out", str(out)])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())
+    assert not out.exists()

@@ -299,6 +299,9 @@ def test_learning_counts_per_cell() -> None:
         JOBTITLE: CellCounts(approved=0, corrected=1),
     }
     assert (table.version, table.prior_weight) == ("v", reliability.DEFAULT_PRIOR_WEIGHT)
+    # cells the database counted make the same table as the observations they count
+    counted = {JOBTITLE: CellCounts(corrected=1), CITY: CellCounts(approved=2, corrected=1)}
+    assert learn(counted, version="v", learned_from="test") == table
 
 
 # -- the file --------------------------------------------------------------------------------------

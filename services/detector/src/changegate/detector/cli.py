@@ -26,8 +26,11 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from changegate.core.contracts import ObjectType, Proposal
     from changegate.core.signing import SigningKey
+    from changegate.detector.reliability import CellCounts
     from changegate.detector.scan import Found
     from changegate.detector.settings import DetectorSettings
 
@@ -259,16 +262,32 @@ def read_decisions(path: Path, problems: list[str]) -> Iterator[Any]:
 
 @app.command("calibrate")
 def calibrate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the reliability table (JSON)")],
     source: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--from",
             help="decisions as JSON lines (bare, or envelopes as on the decisions topic)",
             exists=True,
             dir_okay=False,
         ),
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the reliability table (JSON)")],
+    ] = None,
+    from_database: Annotated[
+        bool,
+        typer.Option(
+            "--from-database",
+            help="the human decisions the detector recorded in its PostgreSQL as they were made"
+            " (instead of --from)",
+        ),
+    ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="with --from-database: the detector's PostgreSQL (default: CHANGEGATE_DATABASE_URL,"
+            " else the dev stack's)"
+        ),
+    ] = None,
+    workdir: WorkDir = DEFAULT_WORKDIR,
     version: Annotated[
         str | None, typer.Option(help="version to name (default: calibrated-<UTC time>)")
     ] = None,
@@ -292,32 +311,30 @@ def calibrate(
     field and fill or overwrite; a verifier and status; a defined event; a score band; a territory
     rule; a match-probability band), how many were approved unchanged and how many rejected or
     corrected. Only human decisions count (auto-applied, expired and superseded ones say nothing).
+    The decisions come from a file of JSON lines (--from) or from the detector's own database
+    (--from-database: every human decision made up to now, as its lifecycle consumer recorded it).
     Point the detector at the file with CHANGEGATE_RELIABILITY_FILE; each proposal then says
     whether its confidence rests on reviewers' decisions or on its prior alone."""
     from changegate.core.contracts.base import utcnow
     from changegate.detector import reliability
 
-    problems: list[str] = []
-    observed: list[tuple[str, bool]] = []
-    decisions = used = 0
-    try:
-        for decision in read_decisions(source, problems):
-            decisions += 1
-            seen = reliability.observations(decision)
-            used += bool(seen)
-            observed += seen
-    except (OSError, UnicodeDecodeError) as exc:
-        console.print(f"[red]cannot read the decisions:[/] {exc}")
-        raise typer.Exit(2) from exc
-    for problem in problems[:20]:
-        console.print(f"[yellow]skipped[/] {problem}")
-    if len(problems) > 20:
-        console.print(f"[yellow]… and {len(problems) - 20} more unusable lines[/]")
+    if (source is None) == (not from_database):
+        raise typer.BadParameter("give --from FILE or --from-database, one of them")
+    if database_url and not from_database:
+        raise typer.BadParameter("--database-url reads decisions only with --from-database")
     now = utcnow()
+    observed: list[tuple[str, bool]] | dict[str, CellCounts]
+    if source is not None:
+        observed, used, learned_from = _decisions_from_file(source)
+    else:
+        observed, used = _decisions_from_database(workdir, database_url, now)
+        learned_from = f"{used} human decisions recorded in the detector's database up to {now.isoformat()}"
+    # The table's learned_at is the moment its decisions end: the detector's online learning
+    # (CHANGEGATE_RELIABILITY_LEARN_SECONDS) adds only the decisions made after it.
     table = reliability.learn(
         observed,
         version=version or f"calibrated-{now:%Y%m%dT%H%M%SZ}",
-        learned_from=f"{used} human decisions of {decisions} read from {source.name}",
+        learned_from=learned_from,
         learned_at=now,
         prior_weight=prior_weight,
         prior_cap=None if prior_cap >= 1 else prior_cap,
@@ -333,6 +350,68 @@ def calibrate(
         )
     console.print(shown)
     console.print(f"wrote {out} — set CHANGEGATE_RELIABILITY_FILE={out} for the detector")
+
+
+def _decisions_from_file(source: Path) -> tuple[list[tuple[str, bool]], int, str]:
+    """What the human decisions in ``source`` say of each cell; how many decisions were human, and
+    what the table says it was learnt from."""
+    from changegate.detector import reliability
+
+    problems: list[str] = []
+    observed: list[tuple[str, bool]] = []
+    decisions = used = 0
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"reading {source.name}", total=None)
+            for decision in read_decisions(source, problems):
+                decisions += 1
+                seen = reliability.observations(decision)
+                used += bool(seen)
+                observed += seen
+                progress.advance(task)
+    except (OSError, UnicodeDecodeError) as exc:
+        console.print(f"[red]cannot read the decisions:[/] {exc}")
+        raise typer.Exit(2) from exc
+    for problem in problems[:20]:
+        console.print(f"[yellow]skipped[/] {problem}")
+    if len(problems) > 20:
+        console.print(f"[yellow]… and {len(problems) - 20} more unusable lines[/]")
+    return observed, used, f"{used} human decisions of {decisions} read from {source.name}"
+
+
+def _decisions_from_database(
+    workdir: Path, database_url: str | None, until: datetime
+) -> tuple[dict[str, CellCounts], int]:
+    """Per cell, the counts of the human decisions the detector recorded (made up to ``until``)."""
+    import asyncpg
+    from changegate.detector.settings import DetectorSettings
+
+    settings = stack.settings(
+        workdir, DetectorSettings, **({"database_url": database_url} if database_url else {})
+    )
+
+    async def read() -> tuple[dict[str, CellCounts], int]:
+        from changegate.detector import learning
+
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            return await learning.counts(conn, None, until)
+        finally:
+            await conn.close()
+
+    try:
+        with _progress() as progress:
+            progress.add_task("counting the decisions the detector recorded", total=None)
+            return asyncio.run(read())
+    except asyncpg.UndefinedTableError as exc:
+        console.print(
+            "[red]no decisions recorded in this database:[/] the detector has not migrated it"
+            " (point --database-url at the detector's PostgreSQL)"
+        )
+        raise typer.Exit(2) from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        console.print(f"[red]cannot read the detector's database:[/] {exc}")
+        raise typer.Exit(2) from exc
 
 
 def _write_report(out: Path, found: list[Found]) -> None:

@@ -45,17 +45,23 @@ async def record(conn: DbConn, decisions: Sequence[Decision]) -> int:
     return len(rows)
 
 
-async def counts(conn: DbConn | asyncpg.Pool, after: datetime | None) -> tuple[dict[str, CellCounts], int]:
-    """Per cell, approved and corrected among the decisions recorded after ``after`` (all: None),
-    and how many decisions that is."""
-    where = " FROM detector_reliability_observations WHERE $1::timestamptz IS NULL OR decided_at > $1"
+async def counts(
+    conn: DbConn | asyncpg.Pool, after: datetime | None, until: datetime | None = None
+) -> tuple[dict[str, CellCounts], int]:
+    """Per cell, approved and corrected among the decisions made after ``after`` and up to
+    ``until`` (None: no bound), and how many decisions that is."""
+    where = (
+        " FROM detector_reliability_observations WHERE ($1::timestamptz IS NULL OR decided_at > $1)"
+        " AND ($2::timestamptz IS NULL OR decided_at <= $2)"
+    )
     rows = await conn.fetch(
         "SELECT cell, count(*) FILTER (WHERE held) AS approved,"
         f" count(*) FILTER (WHERE NOT held) AS corrected{where} GROUP BY cell ORDER BY cell",
         after,
+        until,
     )
     found = {r["cell"]: CellCounts(approved=r["approved"], corrected=r["corrected"]) for r in rows}
-    decisions = await conn.fetchval(f"SELECT count(DISTINCT decision_id){where}", after) if rows else 0
+    decisions = await conn.fetchval(f"SELECT count(DISTINCT decision_id){where}", after, until) if rows else 0
     return found, int(decisions)
 
 

@@ -41,7 +41,7 @@ import itertools
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -316,7 +316,7 @@ def observations(decision: Decision) -> list[tuple[str, bool]]:
 
 
 def learn(
-    observed: Iterable[tuple[str, bool]],
+    observed: Iterable[tuple[str, bool]] | Mapping[str, CellCounts],
     *,
     version: str,
     learned_from: str,
@@ -325,9 +325,15 @@ def learn(
     prior_cap: float | None = DEFAULT_PRIOR_CAP,
     level: float = DEFAULT_LEVEL,
 ) -> ReliabilityTable:
-    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for key, held in observed:
-        counts[key][0 if held else 1] += 1
+    """The table of ``observed``: (cell, the claim held) per decision and cell, or cells already
+    counted (by the database: ``learning.counts``)."""
+    if isinstance(observed, Mapping):
+        cells = dict(observed)
+    else:
+        counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for key, held in observed:
+            counts[key][0 if held else 1] += 1
+        cells = {k: CellCounts(approved=a, corrected=c) for k, (a, c) in counts.items()}
     return ReliabilityTable(
         version=version,
         learned_from=learned_from,
@@ -335,5 +341,5 @@ def learn(
         prior_weight=prior_weight,
         prior_cap=prior_cap,
         level=level,
-        cells={k: CellCounts(approved=a, corrected=c) for k, (a, c) in sorted(counts.items())},
+        cells=dict(sorted(cells.items())),
     )
