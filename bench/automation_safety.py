@@ -31,6 +31,15 @@ the real detector and policy services, each its own process on the embedded brok
    *before* (the policy of 2026-12-01.1 on the detectors' prior confidences, as the code stood
    before calibration) and *priors* (the shipped policy on prior confidences).
 
+3. **What 0 wrong can mean** (after measuring: it reads the world's hidden reliabilities,
+   ``Truth.hidden_error``): for the held-out part's auto-applies, and the tuning part's in-sample
+   ones, the expected number of wrong ones (the sum of their hidden error rates) and the
+   probability that none is (the product of one minus each); beside them, an oracle that knows
+   every rate — never which change is wrong — and auto-applies the lowest-error low-risk proposals
+   first until it reaches the automation target (and the shipped policy's). If even the oracle's
+   P(0 wrong) is well under 1, 0 wrong auto-applies on one stream is a draw, not a property any
+   policy can guarantee at that automation.
+
 **Low-risk** are the changes the mission lets a policy apply by itself when confident, and the
 field-risk table allows: an empty field filled by enrichment, a lifecycle stage on a defined event,
 an email status set to valid. Overwrites, other email statuses, AI-scored stages, owners and merges
