@@ -49,7 +49,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import confounders
-from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType, Proposal, ProposalKind
+from changegate.cli.demo import contact_event
+from changegate.core.contracts import CrmEvent, CrmEventKind, Proposal, ProposalKind
 from changegate.core.contracts.base import PropertyValue
 from changegate.hubspot_sim.population import Population
 
@@ -278,16 +279,9 @@ class _Generator:
         props: dict[str, PropertyValue],
         confidence: float | None = None,
     ) -> CrmEvent:
-        return CrmEvent(
-            source_system=source,
-            source_event_id=f"{source}-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:16]}",
-            object_type=ObjectType.CONTACT,
-            record_id=record,
-            kind=kind,
-            properties=props,
-            confidence=confidence,
-            occurred_at=EPOCH,
-        )
+        # The source's event id from the part's own random stream: a seed replays the same stream.
+        event_id = f"{source}-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:16]}"
+        return contact_event(kind, record, source, props, confidence, event_id=event_id, occurred_at=EPOCH)
 
     def created(self, record: str, props: dict[str, PropertyValue]) -> CrmEvent:
         return self.event(CrmEventKind.RECORD_CREATED, record, "hubspot", props)

@@ -19,6 +19,7 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from changegate.core.contracts import CrmEvent, CrmEventKind, ObjectType
 from changegate.core.contracts.base import PropertyValue, utcnow
@@ -74,28 +75,33 @@ class DemoStep:
     crm_change: dict[str, dict[str, PropertyValue]] = field(default_factory=dict)
 
 
-def _event(
+def contact_event(
     kind: CrmEventKind,
     record_id: str,
     source: str,
     props: dict[str, PropertyValue],
     confidence: float | None = None,
+    *,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
 ) -> CrmEvent:
+    """What ``source`` reports of a contact: with a fresh event id and the time now, unless given (a
+    generator that must replay the same stream for a seed gives both: bench/labelled_stream.py)."""
     return CrmEvent(
         source_system=source,
-        source_event_id=f"{source}-{uuid.uuid4().hex[:12]}",
+        source_event_id=event_id or f"{source}-{uuid.uuid4().hex[:12]}",
         object_type=ObjectType.CONTACT,
         record_id=record_id,
         kind=kind,
         properties=props,
         confidence=confidence,
-        occurred_at=utcnow(),
+        occurred_at=occurred_at or utcnow(),
     )
 
 
 def _created(step: DemoStep, record_id: str, **props: PropertyValue) -> None:
     step.records[record_id] = dict(props)
-    step.events.append(_event(CrmEventKind.RECORD_CREATED, record_id, "hubspot", dict(props)))
+    step.events.append(contact_event(CrmEventKind.RECORD_CREATED, record_id, "hubspot", dict(props)))
 
 
 def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
@@ -152,7 +158,7 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
         )
         title = rng.choice([t for t in TITLES if t != current])
         step.events.append(
-            _event(
+            contact_event(
                 CrmEventKind.ENRICHMENT_RESULT,
                 contact,
                 "clay",
@@ -249,7 +255,7 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
         first, last, _ = next(people)
         _created(step, scored, firstname=first, lastname=last, lifecyclestage="lead")
         step.events.append(
-            _event(
+            contact_event(
                 CrmEventKind.LIFECYCLE_EVENT,
                 lead,
                 "forms",
@@ -257,7 +263,7 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
             )
         )
         step.events.append(
-            _event(
+            contact_event(
                 CrmEventKind.SCORE,
                 scored,
                 "scoring",
@@ -300,7 +306,7 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
         risky_email = f"{risky}@{domain}"
         _created(step, risky, firstname=first, email=risky_email, email_status="valid")
         step.events.append(
-            _event(
+            contact_event(
                 CrmEventKind.VERIFICATION_RESULT,
                 good,
                 "zerobounce",
@@ -308,7 +314,7 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
             )
         )
         step.events.append(
-            _event(
+            contact_event(
                 CrmEventKind.VERIFICATION_RESULT,
                 risky,
                 "neverbounce",
@@ -338,7 +344,7 @@ def steps(seed: int = 7, run: str | None = None) -> Iterator[DemoStep]:
             email=f"{first}.{last}.{n}@{domain}".lower(),
         )
         step.events.append(
-            _event(
+            contact_event(
                 CrmEventKind.ENRICHMENT_RESULT,
                 edited,
                 "clay",
