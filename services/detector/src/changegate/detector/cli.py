@@ -384,11 +384,17 @@ def _decisions_from_database(
 ) -> tuple[dict[str, CellCounts], int]:
     """Per cell, the counts of the human decisions the detector recorded (made up to ``until``)."""
     import asyncpg
-    from changegate.detector.settings import DetectorSettings
+    from changegate.core.settings import CommonSettings
+    from pydantic import ValidationError
 
-    settings = stack.settings(
-        workdir, DetectorSettings, **({"database_url": database_url} if database_url else {})
-    )
+    # Only the database is needed: a detector setting beside it (a model file) cannot stop this.
+    try:
+        settings = stack.settings(
+            workdir, CommonSettings, **({"database_url": database_url} if database_url else {})
+        )
+    except ValidationError as exc:
+        console.print(f"[red]the settings cannot be used:[/] {exc}")
+        raise typer.Exit(2) from exc
 
     async def read() -> tuple[dict[str, CellCounts], int]:
         from changegate.detector import learning
