@@ -31,8 +31,10 @@ and no bound is stated (the policy then holds a proposal to its confidence).
 
 ``evidence.confidence_basis`` says which: ``method`` ``prior`` (not yet measured) or
 ``reviewer_outcomes``, the prior and where it came from, the table's version, each cell's
-counts and the bound; the rationale says it in words. The table is an artefact a person deploys, never learnt
-by the running detector: a confidence crossing a policy threshold is a decision someone made."""
+counts and the bound; the rationale says it in words. By default the table is an artefact a person
+deploys (a confidence crossing a policy threshold is a decision someone made); a team may opt in to
+the running detector adding the human decisions it records (``learning.py``,
+``CHANGEGATE_RELIABILITY_LEARN_SECONDS``), and each proposal then names the table it used."""
 
 from __future__ import annotations
 
