@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from changegate.audit.chain import GENESIS, canonical_hash, chain_body, to_column
+from changegate.audit.chain import GENESIS, to_column
 from changegate.audit.checkpoints import check_checkpoints, sign_month_ends
 from changegate.audit.retention import ArchiveRefusedError, archive_month, month_partitions, verify_log
 from changegate.audit.store import append_executions, entries_for
@@ -36,6 +36,7 @@ from helpers import (
     eventually,
     execution_of,
     legacy_audit_row,
+    rewrite_audit_chain,
     run_audit_verifier,
     signing_env,
     signing_key,
@@ -254,19 +255,8 @@ async def test_a_tampered_month_is_refused_and_stays_attached(
     with pytest.raises(ArchiveRefusedError, match="row 2: content does not match its hash"):
         await archive_month(log, OCTOBER, tmp_path, verifier())
 
-    # Rewritten and rehashed to the month's end: the signed checkpoint of row 3 no longer matches.
-    rows = await log.fetch("SELECT * FROM audit_entries WHERE seq BETWEEN 2 AND 3 ORDER BY seq")
-    prev = await log.fetchval("SELECT hash FROM audit_entries WHERE seq = 1")
-    for row in rows:
-        body = chain_body(row)
-        body["prev_hash"] = prev
-        prev = canonical_hash(body)
-        await log.execute(
-            "UPDATE audit_entries SET prev_hash = $2, hash = $3 WHERE seq = $1",
-            row["seq"],
-            body["prev_hash"],
-            prev,
-        )
+    # Rewritten and rehashed from there on: the signed checkpoint of row 3 no longer matches.
+    await rewrite_audit_chain(log, {2: "CEO"})
     with pytest.raises(ArchiveRefusedError, match="checkpoint at 3: row 3 does not carry the signed hash"):
         await archive_month(log, OCTOBER, tmp_path, verifier())
     assert "audit_entries_2026_10" in await _attached(log)
