@@ -66,6 +66,7 @@ HERE = Path(__file__).resolve().parent
 REVIEWER = "bench-reviewer@changegate.local"
 HOPS = 4
 POLL_SECONDS = 0.01  # how often the audit table is read for new rows (the audited time's resolution)
+BENCH_PROBE = "bench probe"  # the PostgreSQL backends of the bench's own probe: shown, not counted
 
 
 # -- what is measured ------------------------------------------------------------------------------
@@ -95,12 +96,17 @@ class PhaseResult:
     completed: int
     elapsed: float  # first sent -> last completed
     latencies: dict[str, list[float]] = field(default_factory=dict)  # seconds
-    cpu_seconds: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process group
     transactions: int = 0
 
     @property
     def achieved(self) -> float:
         return self.completed / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """Of the stack (or chain) and its broker and PostgreSQL; not of the bench's own probe."""
+        return sum(v for group, v in self.cpu.items() if group != BENCH_PROBE)
 
     @property
     def kept_up(self) -> bool:
@@ -145,26 +151,33 @@ def pct(values: list[float], q: float) -> float:
 
 
 class CpuMeter:
-    """CPU seconds (user + system) of the processes that do the work: ours and PostgreSQL's."""
+    """CPU seconds (user + system) of the processes that do the work, by group (each service or
+    passthrough hop by name, the broker, PostgreSQL: the postmaster and its backends)."""
 
-    def __init__(self, pids: Callable[[], list[int]]) -> None:
-        self.pids = pids
+    def __init__(self, groups: Callable[[], dict[str, list[int]]]) -> None:
+        self.groups = groups
         self.seen: dict[int, float] = {}
 
-    def _sample(self) -> dict[int, float]:
-        out = {}
-        for pid in self.pids():
-            with contextlib.suppress(psutil.Error):
-                t = psutil.Process(pid).cpu_times()
-                out[pid] = t.user + t.system
+    def _sample(self) -> dict[str, dict[int, float]]:
+        out: dict[str, dict[int, float]] = {}
+        for group, pids in self.groups().items():
+            times = out.setdefault(group, {})
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    t = psutil.Process(pid).cpu_times()
+                    times[pid] = t.user + t.system
         return out
 
     def start(self) -> None:
-        self.seen = self._sample()
+        self.seen = {pid: v for times in self._sample().values() for pid, v in times.items()}
 
-    def stop(self) -> float:
-        now = self._sample()
-        return sum(v - self.seen.get(pid, 0.0) for pid, v in now.items())
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per group since ``start`` (a process started since counts in full; one that
+        ended since is not counted: PostgreSQL's backends live as long as the pools)."""
+        return {
+            group: sum(v - self.seen.get(pid, 0.0) for pid, v in times.items())
+            for group, times in self._sample().items()
+        }
 
 
 def postgres_pids(database_url: str, pgdata: Path | None) -> list[int]:
@@ -284,7 +297,12 @@ async def raw_chain(
     collector = asyncio.create_task(collect())
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
     await producer.start()
-    cpu = CpuMeter(lambda: [p.pid for p in procs] + ([broker_pid] if broker_pid else []))
+    cpu = CpuMeter(
+        lambda: {
+            **{f"hop{i}": [p.pid] for i, p in enumerate(procs)},
+            **({"broker": [broker_pid]} if broker_pid else {}),
+        }
+    )
     results = []
     offset = 0
     try:
@@ -343,12 +361,14 @@ class Probe:
         self.events: dict[str, Event] = {}
         self.stopping = asyncio.Event()
         self.polls = 0
+        self.backends: set[int] = set()  # its PostgreSQL server processes
 
     async def run(self) -> None:
         await asyncio.gather(self._audit(), self._executions(), self._approve())
 
     async def _audit(self) -> None:
         conn = await asyncpg.connect(self.owner_dsn)
+        self.backends.add(conn.get_server_pid())
         last = 0
         try:
             while not self.stopping.is_set():
@@ -529,7 +549,7 @@ async def run_stack_phases(
     owner_dsn: str,
     plan: list[tuple[str, float | None, int]],
     args: argparse.Namespace,
-    pids: Callable[[], list[int]],
+    pids: Callable[[], dict[str, list[int]]],
 ) -> list[PhaseResult]:
     names = TopicNames(stack.topic_prefix)
     pool = await create_pool(owner_dsn, max_size=2)
@@ -538,7 +558,17 @@ async def run_stack_phases(
     await producer.start()
     probe = Probe(stack, owner_dsn)
     probing = asyncio.create_task(probe.run())
-    cpu = CpuMeter(pids)
+    probe.backends.add(stats.get_server_pid())
+
+    def groups() -> dict[str, list[int]]:
+        """The stack's groups, with the backends of the bench's probe apart from PostgreSQL's."""
+        out = pids()
+        if "postgres" in out:
+            out["postgres"] = [p for p in out["postgres"] if p not in probe.backends]
+            out[BENCH_PROBE] = sorted(probe.backends)
+        return out
+
+    cpu = CpuMeter(groups)
     results = []
     try:
         planned = {name: make_events(slug(name), count, args.review_share) for name, _, count in plan}
@@ -556,7 +586,7 @@ async def run_stack_phases(
             with profiling(stack, args.profile / slug(name) if args.profile else None):
                 await send(producer, names(Topic.CRM_EVENTS), events, rate)
                 await wait_for(partial(all_audited, events), args.drain_timeout)
-            cpu_seconds = cpu.stop()
+            cpu_by_group = cpu.stop()
             await asyncio.sleep(1.0)  # PostgreSQL's statistics are flushed about every second
             xacts = await transactions(stats) - xacts - (probe.polls - polls)
             done = [e for e in events if e.audited]
@@ -575,7 +605,7 @@ async def run_stack_phases(
                     "approved->audited": [e.audited - e.approved for e in reviewed],
                     **hop_latencies(auto),
                 },
-                cpu_seconds,
+                cpu_by_group,
                 xacts,
             )
             print(
@@ -698,6 +728,41 @@ def ms2(values: list[float]) -> str:
     return " / ".join(f"{v * 1000:,.0f}" for v in (pct(values, 0.5), pct(values, 0.99)))
 
 
+def cpu_table(raw_by_name: dict[str, PhaseResult], e2e: list[PhaseResult]) -> None:
+    """CPU ms per completed event by process group, and what the broker and PostgreSQL alone cost:
+    the floor the rest of the stack cannot go under, hence the best rate these cores allow."""
+    groups: list[str] = []
+    for x in [*raw_by_name.values(), *e2e]:
+        groups += [g for g in x.cpu if g not in groups]
+    rows = []
+    for s in e2e:
+        for chain, x in [
+            *([("raw chain", raw_by_name[s.name])] if s.name in raw_by_name else []),
+            ("stack", s),
+        ]:
+            per = max(x.completed, 1)
+            rows.append(
+                [
+                    x.name,
+                    chain,
+                    *(f"{x.cpu[g] / per * 1000:.2f}" if g in x.cpu else "" for g in groups),
+                    f"{x.cpu_seconds / per * 1000:.2f}",
+                ]
+            )
+    print()
+    print(f"CPU ms per event by process group ({BENCH_PROBE}: the bench reading the audit log; not in total)")
+    table(["phase", "chain", *groups, "total"], rows)
+    cores = os.cpu_count() or 1
+    # Only where the stack is saturated: at a rate it keeps up with, idle polling is in the figure.
+    for s in [x for x in e2e if x.offered is None or x.achieved < 0.9 * x.offered]:
+        floor = (s.cpu.get("broker", 0.0) + s.cpu.get("postgres", 0.0)) / max(s.completed, 1)
+        if floor > 0:
+            print(
+                f"{s.name}: broker + PostgreSQL alone {floor * 1000:.2f} ms/event: at most "
+                f"{cores / floor:,.0f} events/s on {cores} cores were nothing else running"
+            )
+
+
 def report(raw: list[PhaseResult], e2e: list[PhaseResult]) -> None:
     raw_by_name = {r.name: r for r in raw}
     rows = []
@@ -745,6 +810,7 @@ def report(raw: list[PhaseResult], e2e: list[PhaseResult]) -> None:
         ["phase", *stages],
         [[s.name, *(ms2(s.latencies.get(f"hop {stage}", [])) for stage in stages)] for s in e2e],
     )
+    cpu_table(raw_by_name, e2e)
     flat_raw = next(r for r in raw if r.name == "flat out")
     flat = next(s for s in e2e if s.name == "flat out")
     ratio = flat.achieved / flat_raw.achieved if flat_raw.achieved else 0.0
@@ -809,22 +875,21 @@ async def amain(args: argparse.Namespace) -> None:
         await asyncio.to_thread(stack.start, 180)
         pgdata = Path(postgres.data_dir) if postgres else None
 
-        def pids() -> list[int]:
+        def pids() -> dict[str, list[int]]:
             assert stack is not None
-            return (
-                [s.proc.pid for s in stack.services.values()]
-                + ([broker_pid] if broker_pid else [])
-                + postgres_pids(database_url, pgdata)
-            )
+            return {
+                **{name: [s.proc.pid] for name, s in stack.services.items()},
+                **({"broker": [broker_pid]} if broker_pid else {}),
+                **({"postgres": postgres_pids(database_url, pgdata)} if pgdata else {}),
+            }
 
-        # What the stack costs doing nothing (polling, heartbeats, housekeeping), per service.
+        # What the stack costs doing nothing (polling, heartbeats, housekeeping), per process group.
         idle = CpuMeter(pids)
-        per_service = {n: CpuMeter(lambda s=s: [s.proc.pid]) for n, s in stack.services.items()}  # type: ignore[misc]
-        for meter in [idle, *per_service.values()]:
-            meter.start()
+        idle.start()
         await asyncio.sleep(args.idle_seconds)
-        idle_share = idle.stop() / args.idle_seconds
-        shares = ", ".join(f"{n} {m.stop() / args.idle_seconds:.0%}" for n, m in per_service.items())
+        idle_cpu = idle.stop()
+        idle_share = sum(idle_cpu.values()) / args.idle_seconds
+        shares = ", ".join(f"{n} {v / args.idle_seconds:.0%}" for n, v in idle_cpu.items())
         print(f"  idle: {idle_share:.0%} of a core ({shares})", flush=True)
         print("end to end", flush=True)
         e2e = await run_stack_phases(stack, owner_dsn, plan, args, pids)

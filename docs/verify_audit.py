@@ -80,7 +80,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("export", help="the JSONL export ('-' for standard input)")
-    parser.add_argument("--public-key", help="the audit service's Ed25519 public key (base64url)")
+    parser.add_argument(
+        "--public-key",
+        help="the audit service's Ed25519 public key (base64url); write --public-key=KEY "
+        "(a key may start with '-')",
+    )
     parser.add_argument("--head", help="SEQ:HASH kept from an earlier verify: the export must hold it")
     parser.add_argument("--allow-gaps", action="store_true", help="a filtered export: gaps are expected")
     parser.add_argument("--after", help="SEQ:HASH of the row before the export's first (0: genesis)")

@@ -176,8 +176,7 @@ async def test_every_outcome_is_in_the_chain_and_an_export_verifies_standalone(
     await asyncio.to_thread(export.write_bytes, data)
     result = run_audit_verifier(
         export,
-        "--public-key",
-        audit_public_key(),
+        f"--public-key={audit_public_key()}",  # a key may start with "-": one argument, with "="
         "--head",
         f"{head.json()['head']['seq']}:{head.json()['head']['hash']}",
     )

@@ -145,7 +145,7 @@ async def test_an_export_verifies_standalone_and_tampering_is_caught(
     assert [line["seq"] for line in lines[:-1]] == list(range(1, 10))
     assert lines[-1]["checkpoint"]["seq"] == 9
     public_key = audit_public_key()
-    result = run_audit_verifier(tmp_path / "audit.jsonl", "--public-key", public_key)
+    result = run_audit_verifier(tmp_path / "audit.jsonl", f"--public-key={public_key}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 9 rows (seq 1..9), 1 checkpoints, 0 problems" in result.stdout
 
@@ -167,14 +167,14 @@ async def test_an_export_verifies_standalone_and_tampering_is_caught(
         line["hash"] = canonical_hash({k: v for k, v in line.items() if k != "hash"})
         prev = line["hash"]
     bad.write_text("".join(json.dumps(line) + "\n" for line in [*rehashed, lines[-1]]))
-    result = run_audit_verifier(bad, "--public-key", public_key)
+    result = run_audit_verifier(bad, f"--public-key={public_key}")
     assert result.returncode == 1
     assert "checkpoint at 9: row 9 does not carry the signed hash (rewritten)" in result.stdout
 
     # A forged checkpoint over the rewritten chain: its signature fails.
     forged = {**lines[-1]["checkpoint"], "hash": prev}
     bad.write_text("".join(json.dumps(line) + "\n" for line in [*rehashed, {"checkpoint": forged}]))
-    result = run_audit_verifier(bad, "--public-key", public_key)
+    result = run_audit_verifier(bad, f"--public-key={public_key}")
     assert (result.returncode, "checkpoint at 9: bad signature" in result.stdout) == (1, True)
 
     # A filtered export: each row still checks; gaps are expected.

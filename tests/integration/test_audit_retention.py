@@ -209,7 +209,9 @@ async def test_a_past_month_is_exported_verified_and_detached_and_the_log_still_
     assert manifest["last_hash"] == lines[2]["hash"]
     assert (manifest["checkpoint"]["seq"], manifest["checkpoint"]["hash"]) == (3, lines[2]["hash"])
     # The standalone verifier accepts the archive against its manifest, and a changed file it does not.
-    result = run_audit_verifier(export, "--manifest", str(manifest_path), "--public-key", audit_public_key())
+    result = run_audit_verifier(
+        export, "--manifest", str(manifest_path), f"--public-key={audit_public_key()}"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: 3 rows (seq 1..3), 1 checkpoints, 0 problems" in result.stdout
     tampered = tmp_path / "tampered.jsonl"
@@ -240,7 +242,7 @@ async def test_a_past_month_is_exported_verified_and_detached_and_the_log_still_
     assert (result_nov.rows, result_nov.manifest_body["prev_hash"]) == (2, manifest["last_hash"])
     nov = tmp_path / "audit-2026-11.jsonl"
     ok = run_audit_verifier(
-        nov, "--manifest", str(tmp_path / "audit-2026-11.manifest.json"), "--public-key", audit_public_key()
+        nov, "--manifest", str(tmp_path / "audit-2026-11.manifest.json"), f"--public-key={audit_public_key()}"
     )
     assert ok.returncode == 0, ok.stdout
     report, anchor = await verify_log(log)

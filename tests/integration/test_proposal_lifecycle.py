@@ -33,11 +33,13 @@ from changegate.core.contracts import (
 from changegate.core.contracts.base import utcnow
 from changegate.core.contracts.envelope import Envelope, make_envelope
 from changegate.core.db import migrate, migrate_core
+from changegate.core.kafka import make_producer
 from changegate.core.serde import decode
 from changegate.core.settings import CommonSettings
 from changegate.core.signing import SignatureRefusedError
 from changegate.core.topics import TopicNames
 from changegate.detector import reliability
+from changegate.detector.changelog import RecordFeed
 from changegate.detector.handler import Detector
 from changegate.detector.learning import Learner
 from changegate.detector.open_proposals import ProposalLifecycle
@@ -480,6 +482,33 @@ async def test_what_changegate_wrote_becomes_the_detectors_view_without_an_echo(
     await detector.handle(_enrichment("w-1", "CEO"))
     latest = (await _emitted(pool, "proposal"))[-1]
     assert [(c.previous, c.proposed) for c in latest.changes] == [("CTO", "CEO")]
+
+
+async def test_only_writes_of_what_the_index_is_made_of_go_on_the_changelog(
+    parts: tuple[Detector, ProposalLifecycle], pool: asyncpg.Pool, settings: CommonSettings
+) -> None:
+    detector, _ = parts
+    producer = make_producer(settings, "t")  # never started: the feed only makes messages here
+    feed = RecordFeed(settings, pool, detector.indexes, producer, asyncio.Event())
+    await producer.stop()
+    lifecycle = ProposalLifecycle(
+        pool, TopicNames(settings.topic_prefix), signing_key("detector"), verifier(), detector.indexes, feed
+    )
+    await detector.handle(_created("w-9", jobtitle="Engineer"))
+    await detector.handle(_enrichment("w-9", "CTO"))
+    [proposal] = [p for p in await _emitted(pool, "proposal") if p.kind is ProposalKind.FIELD_UPDATE]
+    decision = _decision(proposal)
+    title = FieldWrite(field="jobtitle", expected="Engineer", overwritten="Engineer", new="CTO")
+    await lifecycle.on_execution(_applied(decision, [title], utcnow()))
+    # Another replica's index would not change: nothing to tell it.
+    assert await _emitted(pool, "record_change") == []
+    email = FieldWrite(field="email", expected=None, overwritten=None, new="bob@zedman.example")
+    await lifecycle.on_execution(_applied(_decision(proposal), [email], utcnow()))
+    [change] = await _emitted(pool, "record_change")
+    assert (change.record_id, change.searched) == ("w-9", False)
+    found = detector.indexes.of(ObjectType.CONTACT).features("w-9")
+    assert found is not None
+    assert found.email == "bob@zedman.example"
 
 
 async def test_a_late_execution_never_overrides_what_a_later_event_said(

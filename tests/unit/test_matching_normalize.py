@@ -7,6 +7,8 @@ from changegate.detector.matching.blocking import MAX_KEY_LENGTH, blocking_keys
 from changegate.detector.matching.normalize import (
     FREE_MAIL,
     Features,
+    cached_features,
+    feature_fields,
     features,
     fold,
     name_variants,
@@ -394,3 +396,17 @@ def test_sound(name: str, code: str) -> None:
 )
 def test_street_number(street: str, number: str) -> None:
     assert Features("contact", street=street).street_number == number
+
+
+def test_features_are_made_of_the_feature_fields_only() -> None:
+    """What the changelog leaves out (a write of other properties) cannot change a record's place
+    in any replica's index."""
+    contact = {"firstname": "Ann", "lastname": "Lee", "email": "ann@lee.example", "phone": "+1 212 555 0172"}
+    extra = {"jobtitle": "CTO", "lifecyclestage": "lead", "hs_lead_status": "NEW"}
+    assert not feature_fields("contact") & extra.keys()
+    assert features("contact", {**contact, **extra}) == features("contact", contact)
+    assert cached_features("contact", {**contact, **extra}) == features("contact", contact)
+    assert features("contact", {**contact, "email": "ann@other.example"}) != features("contact", contact)
+    company = {"name": "Northwind", "domain": "northwind.example"}
+    assert features("company", {**company, "industry": "retail"}) == features("company", company)
+    assert {"name", "domain"} <= feature_fields("company")

@@ -201,20 +201,24 @@ class Detector:
         for group in rounds:
             for proposal, result in zip(group, await open_many_unless_decided(conn, group), strict=True):
                 retired[id(proposal)] = result
-        emitted: list[list[Proposal]] = []
-        for proposals in signed:
-            kept = []
-            for proposal in proposals:
-                replaced = retired[id(proposal)]
-                if replaced is None:
-                    REDETECTED.labels(kind=proposal.kind.value).inc()
-                    continue
-                kept.append(proposal)
-                SUPERSEDED.inc(len(replaced))
-                messages.extend(retirement_messages(self.names, self.signer, proposal.record_id, replaced))
-                messages.append(self._outgoing(proposal))
-            emitted.append(kept)
-        return emitted
+        return [[p for p in proposals if self._opened(p, retired[id(p)], messages)] for proposals in signed]
+
+    def _opened(
+        self,
+        proposal: Proposal,
+        retired: list[Decision] | None,
+        messages: list[tuple[str, str | None, Envelope[Any]]],
+    ) -> bool:
+        """A signed proposal after its opening: emitted (it and the retirements of the open ones it
+        supersedes join ``messages``) unless decided before (``retired`` None: a replayed event, a
+        rejected merge of the same records)."""
+        if retired is None:
+            REDETECTED.labels(kind=proposal.kind.value).inc()
+            return False
+        SUPERSEDED.inc(len(retired))
+        messages.extend(retirement_messages(self.names, self.signer, proposal.record_id, retired))
+        messages.append(self._outgoing(proposal))
+        return True
 
     def _outgoing(self, proposal: Proposal) -> tuple[str, str | None, Envelope[Any]]:
         out = make_envelope(
@@ -253,15 +257,8 @@ class Detector:
         for proposal in proposals:
             proposal = reliability.calibrate(proposal, self.reliability)
             proposal = self.signer.sign(proposal)  # policy and review-api refuse unsigned ones
-            retired = await open_unless_decided(conn, proposal)
-            if retired is None:
-                # Decided before (a replayed event; a rejected merge of the same records).
-                REDETECTED.labels(kind=proposal.kind.value).inc()
-                continue
-            emitted.append(proposal)
-            SUPERSEDED.inc(len(retired))
-            messages.extend(retirement_messages(self.names, self.signer, proposal.record_id, retired))
-            messages.append(self._outgoing(proposal))
+            if self._opened(proposal, await open_unless_decided(conn, proposal), messages):
+                emitted.append(proposal)
         return emitted
 
     async def recheck(self, late: Late) -> list[Proposal]:

@@ -31,6 +31,7 @@ from changegate.core.signing import SigningKey, Verifier
 from changegate.core.topics import Topic, TopicNames
 from changegate.detector import dedup, learning, state
 from changegate.detector.changelog import SERVICE, Changed, RecordFeed
+from changegate.detector.matching.normalize import feature_fields
 from changegate.detector.supersede import (
     close,
     enqueue_retirements,
@@ -60,6 +61,13 @@ RETARGETED = Counter(
 )
 
 GROUP = "changegate-detector-lifecycle"
+
+
+def _indexed(execution: Execution) -> bool:
+    """Whether an execution wrote a property the index is made of: a write of others (an enriched
+    job title) changes no replica's index, so it goes on no changelog."""
+    fields = feature_fields(execution.decision.proposal.object_type.value)
+    return any(w.field in fields for w in execution.writes)
 
 
 class ProposalLifecycle:
@@ -124,7 +132,7 @@ class ProposalLifecycle:
                 if self.feed is not None:  # what changed, for the other replicas' indexes
                     by = {
                         (e.decision.proposal.object_type, e.decision.proposal.record_id): e.execution_id
-                        for e in [*writes, *merges]
+                        for e in [*filter(_indexed, writes), *merges]
                     }
                     await outbox.enqueue_many(
                         conn,
@@ -133,6 +141,7 @@ class ProposalLifecycle:
                             [
                                 Changed(ot, rid, False, "changegate", f"execution:{by[ot, rid]}")
                                 for ot, rid in changed
+                                if (ot, rid) in by
                             ]
                             + [
                                 Changed(

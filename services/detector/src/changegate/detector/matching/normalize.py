@@ -234,9 +234,25 @@ class Features:
         return self.email_domain if self.email_domain not in FREE_MAIL else ""
 
 
+# The properties ``features`` reads, by object type (a company's, else a contact's): a change of
+# any other property leaves a record's features, hence its place in the index, as they were.
+_SHARED_FIELDS = ("email", "country", "phone", "mobilephone", "website", "address", "city", "zip", "state")
+_FEATURE_FIELDS = {
+    "company": frozenset({*_SHARED_FIELDS, "name", "domain"}),
+    "contact": frozenset({*_SHARED_FIELDS, "firstname", "lastname", "company", "date_of_birth"}),
+}
+
+
+def feature_fields(object_type: str) -> frozenset[str]:
+    """The properties the features of a record of this type are made of."""
+    return _FEATURE_FIELDS["company" if object_type == "company" else "contact"]
+
+
 def features(object_type: str, props: dict[str, Any], default_region: str = "US") -> Features:
     """Features of a HubSpot-style record (contacts: firstname, lastname, email, phone, company,
     address, city, zip, state, country, date_of_birth; companies: name, domain/website, phone, address, …)."""
+    fields = feature_fields(object_type)
+    props = {k: v for k, v in props.items() if k in fields}  # nothing else may count
     email = normalize_email(props.get("email"))
     local, _, email_domain = email.partition("@")
     country = fold(props.get("country"))
@@ -325,6 +341,7 @@ def cached_features(object_type: str, props: dict[str, Any], region: str = "US")
     """Features of a record, memoised by content (a changed record is never served stale ones): an
     event's record is normalised once whatever asks (change check, index, clusters)."""
     try:
-        return _cached(object_type, tuple(sorted(props.items())), region)
+        fields = feature_fields(object_type)
+        return _cached(object_type, tuple(sorted(i for i in props.items() if i[0] in fields)), region)
     except TypeError:  # an unhashable property value (a list): compute without the cache
         return features(object_type, props, region)
