@@ -19,7 +19,7 @@ process of ours (services or chain, broker, PostgreSQL) and PostgreSQL transacti
 
     .venv/bin/python bench/e2e.py [--rates 100,1000] [--duration 10] [--flat-count 10000]
                                   [--review-share 0.05] [--kafka HOST:PORT --database-url DSN]
-                                  [--profile DIR]   # py-spy each service per phase (pip install py-spy)
+                                  [--profile DIR]   # py-spy each service per phase (py-spy is in the lock)
 """
 
 from __future__ import annotations
