@@ -8,7 +8,7 @@ MEMBERS := shared services/detector services/policy services/executor services/a
 STAMP := $(VENV)/.installed
 
 .PHONY: help install up down test test-fast lint typecheck schemas lock bench bench-policy bench-executor \
-	bench-ingest bench-detector-quality bench-detector-speed bench-e2e bench-review bench-safety bench-import mutation prometheus-tools k8s-rules clean
+	bench-ingest bench-detector-quality bench-detector-speed bench-e2e bench-review bench-safety bench-import bench-audit mutation prometheus-tools k8s-rules clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -69,7 +69,7 @@ lock: ## recompile requirements.lock from requirements.in, keeping the pins it h
 	{ echo "# Compiled by 'make lock' (uv pip compile --generate-hashes) from requirements.in. Do not edit."; \
 	  cat requirements.lock.tmp; } > requirements.lock && rm requirements.lock.tmp
 
-bench: bench-policy bench-executor bench-ingest bench-detector-quality bench-detector-speed bench-e2e bench-review bench-safety bench-import ## every benchmark (figures printed, with a baseline from the same run)
+bench: bench-policy bench-executor bench-ingest bench-detector-quality bench-detector-speed bench-e2e bench-review bench-safety bench-import bench-audit ## every benchmark (figures printed, with a baseline from the same run)
 
 bench-policy: $(STAMP) ## policy evaluator and service rate vs a raw aiokafka pass-through
 	$(BIN)/python bench/policy_speed.py
@@ -94,6 +94,9 @@ bench-detector-speed: $(STAMP) ## per-event latency, memory per record, index re
 
 bench-review: $(STAMP) ## review API with 1M pending items: first page, deep page, detail, approve at 50 clients vs bare asyncpg
 	$(BIN)/python bench/review_api.py
+
+bench-audit: $(STAMP) ## audit append rows/s vs a bare COPY into a table of the log's kind; verify, history and page latency on 1M rows
+	$(BIN)/python bench/audit.py
 
 bench-import: $(STAMP) ## crm import records/s from the HubSpot simulator at HubSpot's rate limit vs the ceiling it allows and bare paging
 	$(BIN)/python bench/import.py
