@@ -530,7 +530,6 @@ class ConsumerLoop:
         producer: AIOKafkaProducer,
         stop: asyncio.Event,
         committed: Callable[[], None] | None = None,
-        follower: bool = False,
     ) -> None:
         self.group_id = group_id
         self.stop = stop
@@ -551,7 +550,7 @@ class ConsumerLoop:
             client_id=group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=settings.fetch_max_wait_ms(follower),
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             max_poll_records=settings.kafka_max_batch,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,

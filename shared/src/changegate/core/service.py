@@ -246,9 +246,6 @@ class Consumer:
     group: str
     subscriptions: Sequence[Subscription]
     check: str = "consumer"
-    # Off the way from an event to its execution (a latency of ~100 ms does not matter): it fetches
-    # less often (``CommonSettings.fetch_max_wait_ms``).
-    follower: bool = False
 
 
 @dataclass
@@ -360,7 +357,6 @@ class Service(Generic[S]):
                     producer,
                     runtime.stop,
                     committed=relay.nudge if relay else None,
-                    follower=consumer.follower,
                 )
                 parts.loops[consumer.group] = loop
                 runtime.checks[consumer.check] = loop.has_partitions

@@ -33,13 +33,6 @@ class CommonSettings(BaseSettings):
         15,
         description="fetch wait; Tansu waits it out in full even when records are ready, keep it low there",
     )
-    kafka_follower_fetch_max_wait_ms: int = Field(
-        100,
-        ge=0,
-        description="fetch wait of the consumers off the way from an event to its execution (the review "
-        "queue's, the detector's changelog) when longer than kafka_fetch_max_wait_ms: each fetch of an "
-        "idle consumer costs Tansu CPU, so these fetch less often",
-    )
     # Group timings: Tansu makes a first join wait ~the rebalance timeout and a rejoin after a
     # restart wait ~2 session timeouts (it does not act on LeaveGroup), so the embedded defaults are
     # short. On Kafka use its usual values (e.g. 45000 / 3000 / 60000).
@@ -143,11 +136,6 @@ class CommonSettings(BaseSettings):
                 "services that sign (policy, review-api, detector, executor)."
             )
         return Verifier(self.trusted_keys)
-
-    def fetch_max_wait_ms(self, follower: bool = False) -> int:
-        """The fetch wait of a consumer; a follower's (off the way to an execution) is the longer."""
-        wait = self.kafka_fetch_max_wait_ms
-        return max(wait, self.kafka_follower_fetch_max_wait_ms) if follower else wait
 
     def kafka_security(self) -> dict[str, Any]:
         """aiokafka client options for the configured transport security."""

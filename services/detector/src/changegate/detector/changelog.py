@@ -159,7 +159,7 @@ class RecordFeed:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=settings.fetch_max_wait_ms(follower=True),  # late checks cover a lag
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             max_poll_records=settings.kafka_max_batch,
         )
 

@@ -139,8 +139,7 @@ async def setup(ctx: Context[ReviewApiSettings]) -> Parts:
     hub = Hub(ctx.settings.database_url, ctx.runtime.stop)
     ctx.runtime.checks["change_feed"] = lambda: hub.listening
     return Parts(
-        # What reviewers see follows the bus; nothing waits on it to execute.
-        consumers=[Consumer("changegate-review-api", subscriptions, follower=True)],
+        consumers=[Consumer("changegate-review-api", subscriptions)],
         app=build_app(ctx.runtime, ctx.pool, ctx.settings, hub),
         workers=[Housekeeping(ctx).run],
         per_process=[hub.run],  # each process streams to its own SSE clients
