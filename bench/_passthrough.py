@@ -8,6 +8,7 @@ import asyncio
 import sys
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from changegate.core.settings import CommonSettings
 
 
 async def main(bootstrap: str, source: str, target: str, group: str) -> None:
@@ -17,7 +18,7 @@ async def main(bootstrap: str, source: str, target: str, group: str) -> None:
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=15,
+        fetch_max_wait_ms=CommonSettings().kafka_fetch_max_wait_ms,  # as the stack's consumers
         max_poll_records=500,
         session_timeout_ms=2000,
         heartbeat_interval_ms=500,
