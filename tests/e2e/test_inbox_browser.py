@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,12 +38,17 @@ FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-# The README's screenshots are refreshed only on request: a test run leaves the tree as it was.
-DOCS = (
-    Path(__file__).resolve().parents[2] / "docs"
-    if os.environ.get("CHANGEGATE_UPDATE_SCREENSHOTS") == "1"
-    else Path(tempfile.mkdtemp(prefix="changegate-screenshots-"))
-)
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the pages are photographed: the README's ``docs/`` only on request (a test run leaves
+    the tree as it was), else a folder pytest keeps with its last few runs and then removes."""
+    if os.environ.get("CHANGEGATE_UPDATE_SCREENSHOTS") == "1":
+        return Path(__file__).resolve().parents[2] / "docs"
+    return tmp_path_factory.mktemp("screenshots")
+
+
 # Every form control has an accessible name: a label, aria-label or aria-labelledby.
 UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
   .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
@@ -122,7 +126,12 @@ async def pending(client: httpx.AsyncClient, stack: DevStack, rid: str) -> list[
 
 
 async def test_sign_in_filter_open_a_merge_approve_it_and_see_it_executed(
-    page: Page, stack: DevStack, db: asyncpg.Pool, client: httpx.AsyncClient, producer: AIOKafkaProducer
+    page: Page,
+    stack: DevStack,
+    db: asyncpg.Pool,
+    client: httpx.AsyncClient,
+    producer: AIOKafkaProducer,
+    screenshots: Path,
 ) -> None:
     tag = uuid.uuid4().hex[:6]
     first, second = f"ada-{tag}", f"ada2-{tag}"
@@ -165,7 +174,6 @@ async def test_sign_in_filter_open_a_merge_approve_it_and_see_it_executed(
     await expect(rows.filter(has_text=first)).to_have_count(1)
     for kind in await rows.locator("td:nth-child(1) a").all_inner_texts():
         assert kind == "merge"
-    DOCS.mkdir(exist_ok=True)
 
     await rows.filter(has_text=first).get_by_role("link", name="merge").click()
     await expect(page.get_by_role("heading", name="Records side by side")).to_be_visible()
@@ -175,7 +183,7 @@ async def test_sign_in_filter_open_a_merge_approve_it_and_see_it_executed(
     await expect(compare.locator("tr", has_text="email")).to_contain_text("agree")
     await expect(page.locator(".rationale")).to_contain_text("duplicate")
     assert await page.evaluate(UNLABELLED) == []
-    await page.screenshot(path=str(DOCS / "inbox-merge.png"), full_page=True)
+    await page.screenshot(path=str(screenshots / "inbox-merge.png"), full_page=True)
 
     await page.get_by_label("Comment (optional)").first.fill("same person: email and phone agree")
     await page.get_by_role("button", name="Approve").first.click()
@@ -218,7 +226,12 @@ async def test_approve_with_changes(
 
 
 async def test_bulk_approve_after_a_dry_run(
-    page: Page, stack: DevStack, db: asyncpg.Pool, client: httpx.AsyncClient, producer: AIOKafkaProducer
+    page: Page,
+    stack: DevStack,
+    db: asyncpg.Pool,
+    client: httpx.AsyncClient,
+    producer: AIOKafkaProducer,
+    screenshots: Path,
 ) -> None:
     records = [await overwrite(db, stack, producer, f"Director {n}") for n in range(3)]
     items: list[dict[str, Any]] = []
@@ -233,7 +246,7 @@ async def test_bulk_approve_after_a_dry_run(
     await page.get_by_role("button", name="Filter").click()
     for item in items:
         await expect(page.locator(f'tr[data-id="{item["proposal_id"]}"]')).to_be_visible()
-    await page.screenshot(path=str(DOCS / "inbox.png"))
+    await page.screenshot(path=str(screenshots / "inbox.png"))
     for item in items:
         await page.locator(f'input[name="ids"][value="{item["proposal_id"]}"]').check()
     await page.get_by_role("button", name="Count first (dry run)").click()

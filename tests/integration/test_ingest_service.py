@@ -8,11 +8,9 @@ import base64
 import hashlib
 import hmac
 import json
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -45,8 +43,10 @@ def ingest_settings(kafka_bootstrap: str) -> CommonSettings:
 
 
 @pytest.fixture(scope="module")
-def ingest(ingest_settings: CommonSettings) -> Iterator[ServiceProcess]:
-    log = Path(tempfile.mkdtemp(prefix="changegate-ingest-")) / "ingest.log"
+def ingest(
+    ingest_settings: CommonSettings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    log = tmp_path_factory.mktemp("ingest") / "ingest.log"
     env = {
         **SECRETS,
         "CHANGEGATE_HUBSPOT_ECHO_SOURCE_IDS": json.dumps([OUR_APP]),
