@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -728,27 +728,31 @@ def ms2(values: list[float]) -> str:
     return " / ".join(f"{v * 1000:,.0f}" for v in (pct(values, 0.5), pct(values, 0.99)))
 
 
+def side_by_side(
+    raw_by_name: dict[str, PhaseResult], e2e: list[PhaseResult]
+) -> Iterator[tuple[str, PhaseResult, int]]:
+    """Each phase's raw chain (when it ran) then the stack: (chain, result, completed events, >= 1)."""
+    for s in e2e:
+        pairs = [("raw chain", raw_by_name[s.name])] if s.name in raw_by_name else []
+        for chain, x in [*pairs, ("stack", s)]:
+            yield chain, x, max(x.completed, 1)
+
+
 def cpu_table(raw_by_name: dict[str, PhaseResult], e2e: list[PhaseResult]) -> None:
     """CPU ms per completed event by process group, and what the broker and PostgreSQL alone cost:
     the floor the rest of the stack cannot go under, hence the best rate these cores allow."""
     groups: list[str] = []
     for x in [*raw_by_name.values(), *e2e]:
         groups += [g for g in x.cpu if g not in groups]
-    rows = []
-    for s in e2e:
-        for chain, x in [
-            *([("raw chain", raw_by_name[s.name])] if s.name in raw_by_name else []),
-            ("stack", s),
-        ]:
-            per = max(x.completed, 1)
-            rows.append(
-                [
-                    x.name,
-                    chain,
-                    *(f"{x.cpu[g] / per * 1000:.2f}" if g in x.cpu else "" for g in groups),
-                    f"{x.cpu_seconds / per * 1000:.2f}",
-                ]
-            )
+    rows = [
+        [
+            x.name,
+            chain,
+            *(f"{x.cpu[g] / per * 1000:.2f}" if g in x.cpu else "" for g in groups),
+            f"{x.cpu_seconds / per * 1000:.2f}",
+        ]
+        for chain, x, per in side_by_side(raw_by_name, e2e)
+    ]
     print()
     print(f"CPU ms per event by process group ({BENCH_PROBE}: the bench reading the audit log; not in total)")
     table(["phase", "chain", *groups, "total"], rows)
@@ -765,23 +769,17 @@ def cpu_table(raw_by_name: dict[str, PhaseResult], e2e: list[PhaseResult]) -> No
 
 def report(raw: list[PhaseResult], e2e: list[PhaseResult]) -> None:
     raw_by_name = {r.name: r for r in raw}
-    rows = []
-    for s in e2e:
-        for chain, x in [
-            *([("raw chain", raw_by_name[s.name])] if s.name in raw_by_name else []),
-            ("stack", s),
-        ]:
-            per = max(x.completed, 1)
-            rows.append(
-                [
-                    x.name,
-                    chain,
-                    f"{x.achieved:,.0f}",
-                    f"{x.completed}/{x.events}",
-                    f"{x.cpu_seconds / per * 1000:.2f}",
-                    f"{x.transactions / per:.1f}" if chain == "stack" else "",
-                ]
-            )
+    rows = [
+        [
+            x.name,
+            chain,
+            f"{x.achieved:,.0f}",
+            f"{x.completed}/{x.events}",
+            f"{x.cpu_seconds / per * 1000:.2f}",
+            f"{x.transactions / per:.1f}" if chain == "stack" else "",
+        ]
+        for chain, x, per in side_by_side(raw_by_name, e2e)
+    ]
     print()
     table(["phase", "chain", "events/s", "done", "CPU ms/event", "PG xact/event"], rows)
     rows = []
