@@ -192,10 +192,7 @@ def train(
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         console.print(f"[red]cannot read the snapshot:[/] {exc}")
         raise typer.Exit(2) from exc
-    for problem in problems[:20]:
-        console.print(f"[yellow]skipped[/] {problem}")
-    if len(problems) > 20:
-        console.print(f"[yellow]… and {len(problems) - 20} more unusable lines[/]")
+    _print_skipped(problems)
     with _progress() as progress:
         task = progress.add_task("normalising records", total=len(snapshot))
         ids, records = [], []
@@ -352,6 +349,14 @@ def calibrate(
     console.print(f"wrote {out} — set CHANGEGATE_RELIABILITY_FILE={out} for the detector")
 
 
+def _print_skipped(problems: list[str], shown: int = 20) -> None:
+    """The first unusable input lines, and how many more there were."""
+    for problem in problems[:shown]:
+        console.print(f"[yellow]skipped[/] {problem}")
+    if len(problems) > shown:
+        console.print(f"[yellow]… and {len(problems) - shown} more unusable lines[/]")
+
+
 def _decisions_from_file(source: Path) -> tuple[list[tuple[str, bool]], int, str]:
     """What the human decisions in ``source`` say of each cell; how many decisions were human, and
     what the table says it was learnt from."""
@@ -372,10 +377,7 @@ def _decisions_from_file(source: Path) -> tuple[list[tuple[str, bool]], int, str
     except (OSError, UnicodeDecodeError) as exc:
         console.print(f"[red]cannot read the decisions:[/] {exc}")
         raise typer.Exit(2) from exc
-    for problem in problems[:20]:
-        console.print(f"[yellow]skipped[/] {problem}")
-    if len(problems) > 20:
-        console.print(f"[yellow]… and {len(problems) - 20} more unusable lines[/]")
+    _print_skipped(problems)
     return observed, used, f"{used} human decisions of {decisions} read from {source.name}"
 
 
